@@ -1,0 +1,35 @@
+"""Evaluation stage: test metrics, reports, plots, latency; all logged to the parent run."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import run_dir
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig
+from tuneflow.data import load_raw, split_dataset
+from tuneflow.evaluation import Classifier, evaluate as evaluate_model
+
+HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "train_accuracy")
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, float]:
+    """Evaluate the exported model; returns the metrics (also logged to MLflow with the artifacts)."""
+    tracking.configure(cfg.tracking.tracking_uri)
+    splits = split_dataset(load_raw(cfg.data), cfg.data, cfg.train.seed)
+    clf = Classifier.load(export_dir, max_length=cfg.model.max_length)
+    out = run_dir(cfg, run_id) / "eval"
+    result = evaluate_model(
+        clf, splits, out, batch_size=cfg.train.eval_batch_size, worst_examples=cfg.eval.worst_examples,
+        latency_examples=cfg.eval.latency_examples, overfit_gap_threshold=cfg.train.overfit_gap_threshold,
+        history=tracking.metric_history(run_id, HISTORY_KEYS),
+    )
+    logger = get_run_logger()
+    for warning in result.warnings:
+        logger.warning(warning)
+    tracking.log_metrics(run_id, result.metrics)
+    tracking.log_artifacts(run_id, out, "evaluation")
+    tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics["overfit_warning"])})
+    return result.metrics

@@ -1,0 +1,65 @@
+"""Open and close the parent MLflow run of a flow run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks.common import run_dir
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig, flatten
+from tuneflow.training import LAST_CHECKPOINT
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def open_run(cfg: PipelineConfig, resume: bool = False) -> dict[str, str | None]:
+    """Start the parent run (or reopen an interrupted one with ``resume``); log config and tags.
+
+    Returns ``{"run_id", "resume_from"}``; ``resume_from`` is the last checkpoint to continue from.
+    """
+    tracking.configure(cfg.tracking.tracking_uri)
+    config_hash = cfg.fingerprint()
+    if resume:
+        previous = tracking.find_resumable_run(cfg.experiment_name, config_hash)
+        if previous is not None:
+            ckpt = run_dir(cfg, previous.info.run_id) / LAST_CHECKPOINT
+            if ckpt.exists():
+                tracking.reopen_run(previous.info.run_id)
+                tracking.set_tags(previous.info.run_id, {"tuneflow.resumed_from": str(ckpt)})
+                print(f"resuming MLflow run {previous.info.run_id} from {ckpt}")
+                return {"run_id": previous.info.run_id, "resume_from": str(ckpt)}
+        print("--resume: no interrupted run of this config with a checkpoint; starting a new run")
+    tags = {
+        tracking.TAG_STAGE: "finetune",
+        tracking.TAG_CONFIG_HASH: config_hash,
+        "tuneflow.task": cfg.task,
+        "tuneflow.base_model": cfg.model.name,
+        "tuneflow.git_commit": _git_commit(),
+        "prefect.flow_run_id": str(flow_run.get_id() or "none"),
+        "prefect.flow_run_name": str(flow_run.get_name() or "none"),
+    }
+    run_id = tracking.start_run(cfg.experiment_name, run_name=flow_run.get_name(), tags=tags)
+    tracking.log_params(run_id, flatten(cfg.model_dump(mode="json")))
+    tracking.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+    return {"run_id": run_id, "resume_from": None}
+
+
+@task(cache_policy=NO_CACHE)
+def close_run(cfg: PipelineConfig, run_id: str, status: str) -> None:
+    """Mark the parent run FINISHED, FAILED or KILLED."""
+    tracking.configure(cfg.tracking.tracking_uri)
+    tracking.end_run(run_id, status)

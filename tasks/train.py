@@ -1,0 +1,32 @@
+"""Training stage: Lightning fine-tuning with per-step metrics in the parent MLflow run."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import run_dir
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig
+from tuneflow.data import load_raw, split_dataset
+from tuneflow.model import load_tokenizer
+from tuneflow.training import export_model, fit
+
+
+@task(cache_policy=NO_CACHE)  # no retries: a failed fit is a bug or bad settings, not a transient fault
+def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> dict:
+    """Fine-tune, export the best checkpoint as a Hugging Face directory; returns paths and fit facts."""
+    uri = tracking.configure(cfg.tracking.tracking_uri)
+    tokenizer = load_tokenizer(cfg.model.name)
+    splits = split_dataset(load_raw(cfg.data), cfg.data, cfg.train.seed)  # validated by the previous task
+    out = run_dir(cfg, run_id)
+    logger = tracking.MLflowMetricsLogger(run_id, uri)
+    result = fit(cfg, splits, tokenizer, out, logger=logger, resume_from=resume_from)
+    export_dir = export_model(result.best_checkpoint, out / "export", tokenizer)
+    (export_dir / "inference.json").write_text(json.dumps({"max_length": cfg.model.max_length}))
+    tracking.log_metrics(run_id, {"epochs_trained": result.epochs, "best_" + result.monitor: result.best_score or 0.0})
+    tracking.set_tags(run_id, {"tuneflow.stopped_early": result.stopped_early,
+                               "tuneflow.best_checkpoint": result.best_checkpoint})
+    return {**result.to_dict(), "export_dir": str(export_dir)}

@@ -1,0 +1,45 @@
+"""Validation stage: read the data, check it, log the report; fail the flow on errors."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import retry_transient
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig
+from tuneflow.data import LABEL, TEXT, fingerprint, load_raw
+from tuneflow.model import load_tokenizer
+from tuneflow.validation import DataValidationError, validate_dataset
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
+    """Validate the configured data; returns the report's stats and the data fingerprint.
+
+    Raises:
+        DataValidationError: when the report has errors (after logging the report to MLflow).
+    """
+    logger = get_run_logger()
+    tracking.configure(cfg.tracking.tracking_uri)
+    tokenizer = load_tokenizer(cfg.model.name)
+    report, splits = validate_dataset(load_raw(cfg.data), cfg, tokenizer)
+    tracking.log_text(run_id, report.to_json(), "validation/report.json")
+    tracking.log_text(run_id, report.to_markdown(), "validation/report.md")
+    for warning in report.warnings:
+        logger.warning(warning)
+    if not report.ok:
+        tracking.set_tags(run_id, {"tuneflow.validation": "failed"})
+        raise DataValidationError(report)
+    data_fp = fingerprint(splits)
+    tracking.set_tags(run_id, {"tuneflow.validation": "passed", tracking.TAG_DATA_FP: data_fp,
+                               "tuneflow.validation_warnings": len(report.warnings)})
+    for name, df in splits.frames().items():
+        context = name if name in ("train", "validation", "test") else f"eval:{name}"
+        tracking.log_dataset(run_id, df[[TEXT, LABEL]], name=f"{cfg.name}-{name}",
+                             source=splits.sources.get(name, name), context=context, targets=LABEL)
+    tracking.log_text(run_id, json.dumps({"labels": splits.labels}, indent=2), "validation/labels.json")
+    logger.info("validation passed: %s", json.dumps(report.stats))
+    return {"data_fingerprint": data_fp, "warnings": len(report.warnings), "stats": report.stats}

@@ -1,0 +1,135 @@
+"""The ``tuneflow`` command line. Heavy libraries are imported inside commands so ``--help`` is instant.
+
+Exit codes: 0 success, 1 unexpected failure, 2 invalid config or arguments, 3 data validation failed,
+4 model could not be loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Fine-tune pre-trained language models; track and register them in MLflow.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-5")]
+
+
+def _quiet_env() -> None:
+    # No network on CI/offline machines: Prefect must not try to phone home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
+    from tuneflow.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _fail_on_known(exc: BaseException) -> None:
+    from tuneflow.config import ConfigError
+    from tuneflow.model import ModelLoadError
+    from tuneflow.validation import DataValidationError
+
+    for kind, code in ((ConfigError, 2), (DataValidationError, 3), (ModelLoadError, 4)):
+        if isinstance(exc, kind):
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(code) from None
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = None,
+        resume: Annotated[bool, typer.Option(help="Continue the last interrupted run of this config.")] = False
+        ) -> None:
+    """Validate data, fine-tune, evaluate and register a model (the finetune flow)."""
+    _load(config, set_)  # fail fast, before Prefect starts, on a bad config
+    _quiet_env()
+    from flows.finetune import finetune
+
+    try:
+        result = finetune(str(config), set_ or [], resume)
+    except Exception as exc:
+        _fail_on_known(exc)
+        raise
+    m = result["metrics"]
+    console.rule("[bold green]tuneflow run finished")
+    console.print(f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', {result['tracking_uri']})")
+    console.print(f"test accuracy   {m['test_accuracy']:.4f}   macro F1 {m['test_f1_macro']:.4f}   "
+                  f"train/val gap {m['train_val_gap']:+.3f}")
+    for key in sorted(k for k in m if k.startswith("ood_") and k.endswith("_accuracy")):
+        console.print(f"{key:<15} {m[key]:.4f}")
+    if result["model"]:
+        mdl = result["model"]
+        console.print(f"registered      models:/{mdl['name']}/{mdl['version']}")
+        console.print(f"try it          tuneflow predict --model models:/{mdl['name']}/{mdl['version']} \"some text\"")
+    console.print("browse runs     tuneflow ui   (then open http://127.0.0.1:5000)")
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Only run the data checks and print the report (no training, nothing logged)."""
+    cfg = _load(config, set_)
+    from tuneflow.data import load_raw
+    from tuneflow.model import ModelLoadError, load_tokenizer
+    from tuneflow.validation import validate_dataset
+
+    try:
+        tokenizer = load_tokenizer(cfg.model.name)
+    except ModelLoadError as exc:
+        _fail_on_known(exc)
+    report, _ = validate_dataset(load_raw(cfg.data), cfg, tokenizer)
+    print(report.to_markdown())
+    if not report.ok:
+        raise typer.Exit(3)
+
+
+@app.command()
+def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+            model: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model")],
+            tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None) -> None:
+    """Classify texts with a registered model."""
+    from tuneflow import tracking
+
+    tracking.configure(tracking_uri)
+    try:
+        pyfunc = tracking.load_pyfunc(model)
+    except Exception as exc:
+        console.print(f"[bold red]error:[/] cannot load model '{model}': {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    out = pyfunc.predict(list(texts))
+    for text, label, score in zip(texts, out["label"], out["score"], strict=True):
+        print(f"{label}\t{score:.4f}\t{text}")
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+       tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None) -> None:
+    """Start the MLflow UI on the project's store, bound to 127.0.0.1."""
+    from tuneflow.tracking import configure
+
+    uri = configure(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
+    os.execv(sys.executable, cmd)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

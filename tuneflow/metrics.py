@@ -1,0 +1,41 @@
+"""Pure metric functions (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], prefix: str = "") -> dict[str, float]:
+    """Accuracy, macro and weighted F1."""
+    return {
+        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
+        f"{prefix}f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        f"{prefix}f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+    }
+
+
+def per_class_table(y_true: Sequence[str], y_pred: Sequence[str], labels: list[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, one row per label (sorted by F1, worst first)."""
+    report = classification_report(y_true, y_pred, labels=labels, output_dict=True, zero_division=0)
+    rows = [{"label": label, **{k: report[label][k] for k in ("precision", "recall", "f1-score", "support")}}
+            for label in labels]
+    df = pd.DataFrame(rows).rename(columns={"f1-score": "f1"})
+    df["support"] = df["support"].astype(int)
+    return df.sort_values(["f1", "label"]).reset_index(drop=True)
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: list[str]) -> np.ndarray:
+    """Confusion matrix, rows = true label, columns = predicted label, in ``labels`` order."""
+    return confusion_matrix(y_true, y_pred, labels=labels)
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95 of per-example latencies in milliseconds."""
+    if not len(seconds):
+        return {}
+    ms = np.asarray(seconds) * 1000
+    return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p95_ms": float(np.percentile(ms, 95))}

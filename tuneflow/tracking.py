@@ -1,0 +1,255 @@
+"""Every MLflow call of tuneflow goes through this module.
+
+Runs are addressed by id through ``MlflowClient`` (never the thread-local "active run"), because Prefect
+tasks run on worker threads. Store default: ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts``; ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` override it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+DEFAULT_STORE = "mlruns"
+TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = "tuneflow.stage", "tuneflow.config_hash", "tuneflow.data_fingerprint"
+MAX_PARAM_LEN = 6000
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else the project's SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}/mlflow.db"
+
+
+def configure(configured: str | None = None) -> str:
+    """Point MLflow at the store (creating ``mlruns/`` for the default SQLite store) and return its URI."""
+    uri = resolve_tracking_uri(configured)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def _artifact_root(uri: str) -> str | None:
+    # For a local SQLite store keep artifacts beside the database (mlruns/artifacts), not in ./mlartifacts.
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of experiment ``name``, created on first use."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = _artifact_root(mlflow.get_tracking_uri())
+    return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def start_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> str:
+    """Create a run and return its id (nested under ``parent_run_id`` when given)."""
+    tags = dict(tags or {})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client().create_run(ensure_experiment(experiment), run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def reopen_run(run_id: str) -> None:
+    """Mark an interrupted run as running again (``--resume``)."""
+    client().update_run(run_id, status="RUNNING")
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches (MLflow takes at most 100 per call); values are stringified and capped."""
+    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    existing = client().get_run(run_id).data.params
+    items = [p for p in items if p.key not in existing]  # params are immutable: a resumed run keeps its own
+    for i in range(0, len(items), 100):
+        client().log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        client().log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_artifacts(run_id: str, directory: str | Path, artifact_path: str | None = None) -> None:
+    client().log_artifacts(run_id, str(directory), artifact_path)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_dataset(run_id: str, df: pd.DataFrame, name: str, source: str, context: str, targets: str) -> None:
+    """Record a dataset's lineage (schema, digest, source) on the run via ``log_inputs``."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets)
+    client().log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                              tags=[InputTag("mlflow.data.context", context)])])
+
+
+def get_run(run_id: str) -> Any:
+    return client().get_run(run_id)
+
+
+def metric_history(run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+    """``{key: [(step, value), ...]}`` for each key (empty list when never logged)."""
+    c = client()
+    return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k)) for k in keys}
+
+
+def find_resumable_run(experiment: str, config_hash: str) -> Any | None:
+    """Newest unfinished run of ``experiment`` started from the same resolved config."""
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client().search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and tags.`{TAG_STAGE}` = 'finetune'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    return next((r for r in runs if r.info.status != RunStatus.to_string(RunStatus.FINISHED)), None)
+
+
+def log_model(run_id: str, model_dir: str | Path, input_example: list[str]) -> str:
+    """Log an exported classifier as an MLflow pyfunc model on ``run_id``; returns the model URI.
+
+    The model predicts on a list of raw texts (or a one-column DataFrame) and returns ``label``/``score``.
+    """
+    from mlflow.models import infer_signature
+
+    from tuneflow.serving import TextClassifierModel, pip_requirements
+
+    model = TextClassifierModel()
+    signature = infer_signature(input_example, pd.DataFrame({"label": ["x"], "score": [0.5]}))
+    # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            artifacts={"model_dir": str(model_dir)},
+            signature=signature,
+            # Explicit requirements: inferring them would re-load the model in a subprocess (slow).
+            pip_requirements=pip_requirements(),
+        )
+    client().update_run(run_id, status="RUNNING")  # leaving the block marked the run FINISHED too early
+    return info.model_uri
+
+
+def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """Create a new version of registered model ``name``; returns the version number."""
+    c = client()
+    try:
+        c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        c.create_registered_model(name, description="Fine-tuned by tuneflow")
+    mv = c.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    return str(mv.version)
+
+
+def latest_version(name: str) -> str | None:
+    versions = client().search_model_versions(f"name = '{name}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def count_versions(name: str) -> int:
+    try:
+        return len(client().search_model_versions(f"name = '{name}'"))
+    except mlflow.exceptions.MlflowException:
+        return 0
+
+
+def load_pyfunc(model_uri: str) -> Any:
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+class MLflowMetricsLogger(Logger):
+    """Lightning logger writing to an existing MLflow run, buffered into ``log_batch`` calls.
+
+    Buffering keeps per-step logging cheap on a SQLite store (one write per ``flush_every`` metrics).
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str, flush_every: int = 50):
+        super().__init__()
+        self.run_id, self.tracking_uri, self.flush_every = run_id, tracking_uri, flush_every
+        self._buffer: list[Metric] = []
+        self._client: MlflowClient | None = None
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the flow logs the flattened config as params; module hparams would duplicate them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            if k == "epoch":
+                continue
+            self._buffer.append(Metric(k.replace("lr-AdamW", "lr"), float(v), ts, step or 0))
+        if len(self._buffer) >= self.flush_every:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            for i in range(0, len(batch), 1000):
+                self.experiment.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None  # clients are not picklable (ddp_spawn sends the logger to workers)
+        return state

@@ -1,0 +1,142 @@
+"""``fit``: the one place a Lightning Trainer is built."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+from tuneflow.config import PipelineConfig, TrainConfig
+from tuneflow.data import Splits, TextDataModule
+from tuneflow.model import TextClassifier
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+@dataclass
+class FitResult:
+    """What a fit produced (plain values: it crosses Prefect task boundaries)."""
+
+    best_checkpoint: str
+    last_checkpoint: str
+    best_score: float | None
+    monitor: str
+    epochs: int
+    global_step: int
+    stopped_early: bool
+    resumed_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_precision(tcfg: TrainConfig) -> str:
+    """bf16-mixed on a CUDA GPU, full fp32 elsewhere, unless the config says otherwise."""
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    gpu = tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def monitor_mode(monitor: str) -> str:
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def build_trainer(tcfg: TrainConfig, ckpt_dir: Path, logger: Any = None,
+                  callbacks: list[pl.Callback] | None = None, progress_bar: bool = True) -> pl.Trainer:
+    """A Trainer with early stopping, best+last checkpoints, lr logging and the configured scale-out."""
+    mode = monitor_mode(tcfg.monitor)
+    cbs: list[pl.Callback] = [
+        EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}", monitor=tcfg.monitor, mode=mode,
+                        save_top_k=1, save_last=True),
+        *(callbacks or []),
+    ]
+    if logger is not None:
+        cbs.append(LearningRateMonitor(logging_interval="step"))
+    if progress_bar:
+        cbs.append(RichProgressBar(leave=True))
+    return pl.Trainer(
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        strategy=tcfg.strategy,
+        num_nodes=tcfg.num_nodes,
+        precision=resolve_precision(tcfg),
+        max_epochs=tcfg.max_epochs,
+        min_epochs=tcfg.min_epochs,
+        accumulate_grad_batches=tcfg.grad_accumulation,
+        gradient_clip_val=tcfg.grad_clip,
+        deterministic=tcfg.deterministic,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        logger=logger if logger is not None else False,
+        callbacks=cbs,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(ckpt_dir),
+    )
+
+
+def fit(cfg: PipelineConfig, splits: Splits, tokenizer: Any, ckpt_dir: str | Path, logger: Any = None,
+        resume_from: str | None = None, callbacks: list[pl.Callback] | None = None,
+        progress_bar: bool = True) -> FitResult:
+    """Fine-tune ``cfg.model.name`` on ``splits``.
+
+    Args:
+        cfg: pipeline config (model and train sections are used).
+        splits: validated, cleaned splits.
+        tokenizer: the model's tokenizer.
+        ckpt_dir: where best and last checkpoints go.
+        logger: a Lightning logger (e.g. :class:`tuneflow.tracking.MLflowMetricsLogger`).
+        resume_from: a ``last.ckpt`` to continue from (epoch, optimizer, scheduler and early-stopping state).
+        callbacks: extra callbacks (e.g. Optuna pruning).
+        progress_bar: show Lightning's rich progress bar.
+    """
+    tcfg = cfg.train
+    if tcfg.torch_threads:
+        torch.set_num_threads(tcfg.torch_threads)
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dm = TextDataModule(splits, tokenizer, cfg.model.max_length, tcfg.batch_size, tcfg.eval_batch_size,
+                          tcfg.seed, tcfg.group_by_length, tcfg.num_workers)
+    module = TextClassifier(cfg.model.name, splits.labels, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                            warmup_ratio=tcfg.warmup_ratio, dropout=cfg.model.dropout)
+    trainer = build_trainer(tcfg, ckpt_dir, logger, callbacks, progress_bar)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path or str(ckpt_dir / LAST_CHECKPOINT)
+    early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    score = ckpt_cb.best_model_score
+    result = FitResult(
+        best_checkpoint=best,
+        last_checkpoint=str(ckpt_dir / LAST_CHECKPOINT),
+        best_score=float(score) if score is not None else None,
+        monitor=tcfg.monitor,
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        stopped_early=bool(early and early.stopped_epoch > 0),
+        resumed_from=resume_from,
+    )
+    (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any) -> Path:
+    """Write the checkpoint's weights as a plain Hugging Face model directory (+ tokenizer, labels).
+
+    The export is what evaluation, the MLflow pyfunc model and ``tuneflow predict`` load: no Lightning needed.
+    """
+    out_dir = Path(out_dir)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    hp = state["hyper_parameters"]
+    module = TextClassifier(hp["model_name"], list(hp["labels"]), dropout=hp.get("dropout"))
+    module.load_state_dict(state["state_dict"])
+    module.model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "labels.json").write_text(json.dumps({"labels": list(hp["labels"])}, indent=2))
+    return out_dir
