@@ -222,6 +222,7 @@ def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
         sources["validation"] = f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
     labels = sorted(train[LABEL].unique().tolist())
     extra = {name.split(":", 1)[1]: df for name, df in frames.items() if name.startswith("extra:")}
+    sources = {name.removeprefix("extra:"): src for name, src in sources.items()}
     return Splits(train, frames["validation"], frames["test"], extra, labels, sources)
 
 

@@ -30,7 +30,9 @@ class Classifier:
     @classmethod
     def load(cls, model_dir: str | Path, max_length: int | None = None) -> Classifier:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # inference output (CLI, serving) should hold predictions only
         model_dir = Path(model_dir)
         labels = json.loads((model_dir / "labels.json").read_text())["labels"]
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()

@@ -55,7 +55,9 @@ def load_classifier(name: str, labels: list[str], dropout: float | None = None) 
                      "attention_dropout", "seq_classif_dropout"):
             if hasattr(config, attr):
                 setattr(config, attr, dropout)
-    return _load("model", AutoModelForSequenceClassification, name, config=config)
+    # Starting from a model that already has a head of another size (e.g. a sentiment checkpoint) is normal:
+    # the head is re-initialized for our labels.
+    return _load("model", AutoModelForSequenceClassification, name, config=config, ignore_mismatched_sizes=True)
 
 
 class TextClassifier(pl.LightningModule):
@@ -68,7 +70,9 @@ class TextClassifier(pl.LightningModule):
                  warmup_ratio: float = 0.1, dropout: float | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.model = load_classifier(model_name, labels, dropout)
+        # transformers 5 returns pretrained models in eval mode and Lightning 2.6 keeps submodule modes,
+        # so without this dropout would silently stay off during training.
+        self.model = load_classifier(model_name, labels, dropout).train()
         n = len(labels)
         self.train_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
@@ -81,6 +85,7 @@ class TextClassifier(pl.LightningModule):
         out = self.model(**batch)
         self.train_accuracy(out.logits.detach().argmax(-1), batch["labels"])
         self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
         self.log("train_accuracy", self.train_accuracy, on_step=False, on_epoch=True)
         return out.loss
 

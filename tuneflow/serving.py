@@ -31,10 +31,11 @@ def to_texts(model_input: Any) -> list[str]:
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
     """Loads the exported Hugging Face directory once; predicts labels and their probabilities."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):  # noqa: ANN001, ANN201
         from tuneflow.evaluation import Classifier
 
         self.classifier = Classifier.load(context.artifacts["model_dir"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # No type hints here: MLflow would try to derive a schema from them; the logged signature is explicit.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return self.classifier.predict(to_texts(model_input))

@@ -234,7 +234,7 @@ class MLflowMetricsLogger(Logger):
         for k, v in metrics.items():
             if k == "epoch":
                 continue
-            self._buffer.append(Metric(k.replace("lr-AdamW", "lr"), float(v), ts, step or 0))
+            self._buffer.append(Metric(k, float(v), ts, step or 0))
         if len(self._buffer) >= self.flush_every:
             self.save()
 

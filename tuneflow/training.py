@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from tuneflow.config import PipelineConfig, TrainConfig
 from tuneflow.data import Splits, TextDataModule
@@ -57,8 +57,6 @@ def build_trainer(tcfg: TrainConfig, ckpt_dir: Path, logger: Any = None,
                         save_top_k=1, save_last=True),
         *(callbacks or []),
     ]
-    if logger is not None:
-        cbs.append(LearningRateMonitor(logging_interval="step"))
     if progress_bar:
         cbs.append(RichProgressBar(leave=True))
     return pl.Trainer(

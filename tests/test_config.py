@@ -1,0 +1,100 @@
+"""Config loading: shipped configs validate, overrides apply, every problem is reported by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneflow.cli import app
+from tuneflow.config import ConfigError, PipelineConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, PipelineConfig)
+    assert Path(cfg.data.train.path).is_absolute()
+    # Every key in the YAML is commented (the config is documentation too).
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped and not stripped.startswith("- name"):
+            assert "#" in line or stripped.endswith(":") or stripped.startswith(("header", "column_names", "path")), (
+                f"{path.name}:{lineno} has no comment: {line}")
+
+
+def test_shipped_configs_exist() -> None:
+    assert {"demo.yaml", "banking77.yaml", "sst2.yaml"} <= {p.name for p in CONFIGS}
+
+
+def test_demo_paths_resolve_relative_to_config() -> None:
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert Path(cfg.data.train.path) == (ROOT / "data" / "chatbot_intents" / "train.csv").resolve()
+    assert Path(cfg.data.train.path).is_file()
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["train.lr=3e-5", "model.max_length=64", "train.devices=2",
+                                                       "model.dropout=null"])
+    assert cfg.train.lr == pytest.approx(3e-5)
+    assert cfg.model.max_length == 64
+    assert cfg.train.devices == 2
+    assert cfg.model.dropout is None
+
+
+def test_all_problems_reported_at_once_with_dotted_keys(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\n"
+        "data: {train: t.csv, txt_column: a}\n"
+        "train: {lr: -1, batch_size: 0, min_epochs: 5, max_epochs: 2, optimizer: sgd}\n"
+        "model: {max_length: 2}\n"
+        "bogus: 1\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    keys = {k for k, _ in err.value.problems}
+    assert {"data.txt_column", "train.lr", "train.batch_size", "train.optimizer", "model.max_length", "bogus"} <= keys
+    assert "unknown key" in str(err.value)
+
+
+def test_cross_field_check_names_section(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {train: t.csv}\ntrain: {min_epochs: 5, max_epochs: 2}\n")
+    with pytest.raises(ConfigError, match=r"train: min_epochs \(5\) must be <= max_epochs \(2\)"):
+        load_config(bad)
+
+
+def test_cli_invalid_config_exits_2_listing_every_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {train: t.csv}\ntrain: {lr: 0, batch_size: -3}\n")
+    result = CliRunner().invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    out = " ".join(result.output.split())
+    assert "train.lr" in out and "train.batch_size" in out and "2 problem(s)" in out
+
+
+def test_cli_bad_override_exits_2() -> None:
+    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "demo.yaml"), "--set", "train.nope=1"])
+    assert result.exit_code == 2
+    assert "train.nope" in result.output
+
+
+def test_missing_config_file() -> None:
+    result = CliRunner().invoke(app, ["run", "does-not-exist.yaml"])
+    assert result.exit_code == 2 and "config file not found" in result.output
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from tuneflow.cli import app; "
+            "heavy = [m for m in ('torch', 'transformers', 'prefect', 'mlflow', 'lightning') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

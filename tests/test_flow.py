@@ -1,0 +1,156 @@
+"""The finetune flow end to end on a tiny random model: MLflow state, registry, pyfunc, CLI, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from tests.conftest import demo_rows, make_config, write_csv
+from tuneflow import tracking
+from tuneflow.cli import app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_harness: None) -> dict:
+    """One successful flow run shared by the assertions below (training is the expensive part)."""
+    import mlflow
+
+    from flows.finetune import finetune
+
+    tmp = tmp_path_factory.mktemp("flow")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    ood = write_csv(tmp / "ood.csv", demo_rows("test")[:30])
+    cfg = make_config(tmp, tiny_model, tracking={"tracking_uri": uri},
+                      data={"extra_eval": [{"name": "ood", "path": str(ood)}]})
+    result = finetune(str(cfg), ["train.max_epochs=3"])
+    return {"result": result, "uri": uri, "tmp": tmp, "config": cfg}
+
+
+def _client(uri: str) -> MlflowClient:
+    tracking.configure(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_parent_run_has_tags_params_and_inputs(finished: dict) -> None:
+    c = _client(finished["uri"])
+    run = c.get_run(finished["result"]["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    for key in ("tuneflow.config_hash", "tuneflow.data_fingerprint", "tuneflow.base_model", "tuneflow.task",
+                "tuneflow.git_commit", "prefect.flow_run_id"):
+        assert tags.get(key) not in (None, "", "none"), key
+    assert run.data.params["train.lr"] == "0.003"
+    assert run.data.params["model.max_length"] == "32"
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert {"train", "validation", "test", "eval:ood"} <= contexts
+
+
+def test_metrics_per_step_per_epoch_and_test(finished: dict) -> None:
+    c = _client(finished["uri"])
+    run_id = finished["result"]["run_id"]
+    m = c.get_run(run_id).data.metrics
+    for key in ("test_accuracy", "test_f1_macro", "test_f1_weighted", "train_val_gap", "latency_p50_ms",
+                "latency_p95_ms", "throughput_examples_per_s", "ood_ood_accuracy", "validation_accuracy"):
+        assert key in m, key
+    assert 0 <= m["test_accuracy"] <= 1 and m["latency_p95_ms"] >= m["latency_p50_ms"] > 0
+    steps = [x.step for x in c.get_metric_history(run_id, "train_loss")]
+    assert len(steps) >= 5 and steps == sorted(steps)
+    assert len(c.get_metric_history(run_id, "lr")) >= 5
+    assert len(c.get_metric_history(run_id, "val_f1_macro")) == 3  # one point per epoch
+
+
+def test_artifacts_exist_and_parse(finished: dict, tmp_path: Path) -> None:
+    c = _client(finished["uri"])
+    run_id = finished["result"]["run_id"]
+    local = Path(c.download_artifacts(run_id, "", str(tmp_path)))
+    report = json.loads((local / "validation" / "report.json").read_text())
+    assert report["ok"] is True and report["stats"]["num_classes"] == 10
+    assert "# Data validation: passed" in (local / "validation" / "report.md").read_text()
+    per_class = pd.read_csv(local / "evaluation" / "per_class_metrics.csv")
+    assert set(per_class.columns) == {"label", "precision", "recall", "f1", "support"} and len(per_class) == 10
+    worst = pd.read_csv(local / "evaluation" / "worst_errors.csv")
+    assert {"line", "text", "label", "predicted", "p_predicted"} <= set(worst.columns)
+    for png in ("confusion_matrix.png", "learning_curves.png"):
+        assert (local / "evaluation" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "train:" in (local / "config" / "resolved.yaml").read_text()
+
+
+def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
+    import mlflow
+
+    c = _client(finished["uri"])
+    model = finished["result"]["model"]
+    mv = c.get_model_version(model["name"], model["version"])
+    assert mv.run_id == finished["result"]["run_id"]
+    assert mv.tags["tuneflow.data_fingerprint"]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model['name']}/{model['version']}")
+    out = pyfunc.predict(["where is my parcel", "hello there"])
+    labels = {label for _, label in demo_rows("train")}
+    assert list(out.columns) == ["label", "score"] and len(out) == 2
+    assert set(out["label"]) <= labels and ((out["score"] > 0) & (out["score"] <= 1)).all()
+
+
+def test_cli_predict(finished: dict) -> None:
+    model = finished["result"]["model"]
+    result = CliRunner().invoke(app, ["predict", "--model", f"models:/{model['name']}/{model['version']}",
+                                      "--tracking-uri", finished["uri"], "cancel my order"])
+    assert result.exit_code == 0, result.output
+    label, score, text = result.output.strip().splitlines()[-1].split("\t")
+    assert label in {lbl for _, lbl in demo_rows("train")} and text == "cancel my order" and 0 < float(score) <= 1
+
+
+def test_prefect_markdown_artifact(finished: dict) -> None:
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("finetune-tiny-intents")
+    assert artifact is not None and finished["result"]["run_id"] in artifact.data
+
+
+def _bad_data_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
+    good = demo_rows("train")
+    empty = [("   ", good[0][1])] + good[1:]
+    unseen = write_csv(tmp / "test_unseen.csv", [("hi", "no_such_intent")])
+    return {
+        "empty text": (write_csv(tmp / "empty.csv", empty), "empty or whitespace-only"),
+        "unseen label": (write_csv(tmp / "ok.csv", good), "never seen in train: 'no_such_intent'"),
+        "missing file": (tmp / "missing.csv", "file not found"),
+        "_unseen_test": (unseen, ""),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty text", "unseen label", "missing file"])
+def test_bad_data_exits_3_and_registers_nothing(case: str, tmp_path: Path, tiny_model: str,
+                                                  prefect_harness: None) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cases = _bad_data_cases(tmp_path)
+    train, expected = cases[case]
+    test = cases["_unseen_test"][0] if case == "unseen label" else None
+    cfg = make_config(tmp_path, tiny_model, name="bad-data", train=train, test=test,
+                      tracking={"tracking_uri": uri})
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 3, result.output
+    assert expected in " ".join(result.output.split())
+    c = _client(uri)
+    assert tracking.count_versions("bad-data") == 0
+    runs = c.search_runs([c.get_experiment_by_name("bad-data").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["tuneflow.validation"] == "failed"
+    assert "report.json" in {Path(a.path).name for a in c.list_artifacts(runs[0].info.run_id, "validation")}
+
+
+def test_unloadable_model_exits_4(tmp_path: Path, prefect_harness: None) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = make_config(tmp_path, str(tmp_path / "no-model-here"), name="no-model", tracking={"tracking_uri": uri})
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 4, result.output
+    assert "cannot load tokenizer" in result.output
+    tracking.configure(uri)
+    assert tracking.count_versions("no-model") == 0
