@@ -79,9 +79,10 @@ def prefect_harness():
         yield
 
 
-def make_config(tmp_path: Path, tiny_model: str, name: str = "tiny-intents", train: Path | None = None,
-                test: Path | None = None, **sections: dict) -> Path:
+def make_config(tmp_path: Path, tiny_model: str, name: str = "tiny-intents", train_file: Path | None = None,
+                test_file: Path | None = None, **sections: dict) -> Path:
     """Write a config for the tiny model on (a subset of) the demo data; ``sections`` override keys."""
+    train, test = train_file, test_file
     if train is None:
         rng = random.Random(0)
         rows = demo_rows("train")

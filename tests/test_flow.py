@@ -133,7 +133,7 @@ def test_bad_data_exits_3_and_registers_nothing(case: str, tmp_path: Path, tiny_
     cases = _bad_data_cases(tmp_path)
     train, expected = cases[case]
     test = cases["_unseen_test"][0] if case == "unseen label" else None
-    cfg = make_config(tmp_path, tiny_model, name="bad-data", train=train, test=test,
+    cfg = make_config(tmp_path, tiny_model, name="bad-data", train_file=train, test_file=test,
                       tracking={"tracking_uri": uri})
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code == 3, result.output

@@ -235,7 +235,8 @@ class MLflowMetricsLogger(Logger):
             if k == "epoch":
                 continue
             self._buffer.append(Metric(k, float(v), ts, step or 0))
-        if len(self._buffer) >= self.flush_every:
+        # Flush at each validation too, so a killed run keeps its per-epoch history (and --resume continues it).
+        if len(self._buffer) >= self.flush_every or any(k.startswith("val_") for k in metrics):
             self.save()
 
     @rank_zero_only

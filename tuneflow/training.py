@@ -107,17 +107,30 @@ def fit(cfg: PipelineConfig, splits: Splits, tokenizer: Any, ckpt_dir: str | Pat
     trainer = build_trainer(tcfg, ckpt_dir, logger, callbacks, progress_bar)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     ckpt_cb = trainer.checkpoint_callback
-    best = ckpt_cb.best_model_path or str(ckpt_dir / LAST_CHECKPOINT)
+    best, score = ckpt_cb.best_model_path, ckpt_cb.best_model_score
+    epochs, step = trainer.current_epoch, trainer.global_step
     early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
-    score = ckpt_cb.best_model_score
+    stopped_early = bool(early and early.stopped_epoch > 0)
+    last = ckpt_dir / LAST_CHECKPOINT
+    if step == 0 and last.exists():
+        # Spawn-based strategies train in worker processes: this Trainer's counters stay at 0, so read the
+        # facts from the last checkpoint the workers wrote.
+        state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        epochs, step = state["epoch"] + 1, state["global_step"]
+        for key, cb_state in state.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint"):
+                best = best or cb_state.get("best_model_path", "")
+                score = cb_state.get("best_model_score", score)
+            elif key.startswith("EarlyStopping"):
+                stopped_early = cb_state.get("stopped_epoch", 0) > 0
     result = FitResult(
-        best_checkpoint=best,
-        last_checkpoint=str(ckpt_dir / LAST_CHECKPOINT),
+        best_checkpoint=best or str(last),
+        last_checkpoint=str(last),
         best_score=float(score) if score is not None else None,
         monitor=tcfg.monitor,
-        epochs=trainer.current_epoch,
-        global_step=trainer.global_step,
-        stopped_early=bool(early and early.stopped_epoch > 0),
+        epochs=epochs,
+        global_step=step,
+        stopped_early=stopped_early,
         resumed_from=resume_from,
     )
     (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
