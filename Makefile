@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/tuneflow run configs/demo.yaml
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 test-slow: install

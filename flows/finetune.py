@@ -36,7 +36,11 @@ def finetune(config_path: str, overrides: list[str] | None = None, resume: bool 
         data = validate_data(cfg, run_id)
         fitted = train(cfg, run_id, opened["resume_from"])
         metrics = evaluate(cfg, run_id, fitted["export_dir"])
-        model = register(cfg, run_id, fitted["export_dir"], data["data_fingerprint"]) if cfg.tracking.register_after_eval else None
+        model = (
+            register(cfg, run_id, fitted["export_dir"], data["data_fingerprint"])
+            if cfg.tracking.register_after_eval
+            else None
+        )
     except KeyboardInterrupt:
         close_run(cfg, run_id, "KILLED")
         raise
@@ -48,10 +52,18 @@ def finetune(config_path: str, overrides: list[str] | None = None, resume: bool 
     registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
     create_markdown_artifact(
         key=f"finetune-{cfg.name.lower().replace('_', '-')}",
-        markdown=(f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({uri})\n- Model: {registered}\n"
-                  f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n\n"
-                  f"| metric | value |\n| --- | --- |\n{rows}\n"),
+        markdown=(
+            f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({uri})\n- Model: {registered}\n"
+            f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n\n"
+            f"| metric | value |\n| --- | --- |\n{rows}\n"
+        ),
         description="tuneflow fine-tuning summary",
     )
-    return {"run_id": run_id, "tracking_uri": uri, "experiment": cfg.experiment_name, "metrics": metrics,
-            "model": model, "fit": fitted}
+    return {
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "experiment": cfg.experiment_name,
+        "metrics": metrics,
+        "model": model,
+        "fit": fitted,
+    }

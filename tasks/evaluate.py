@@ -9,7 +9,8 @@ from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.data import load_raw, split_dataset
-from tuneflow.evaluation import Classifier, evaluate as evaluate_model
+from tuneflow.evaluation import Classifier
+from tuneflow.evaluation import evaluate as evaluate_model
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "train_accuracy")
 
@@ -22,8 +23,13 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, flo
     clf = Classifier.load(export_dir, max_length=cfg.model.max_length)
     out = run_dir(cfg, run_id) / "eval"
     result = evaluate_model(
-        clf, splits, out, batch_size=cfg.train.eval_batch_size, worst_examples=cfg.eval.worst_examples,
-        latency_examples=cfg.eval.latency_examples, overfit_gap_threshold=cfg.train.overfit_gap_threshold,
+        clf,
+        splits,
+        out,
+        batch_size=cfg.train.eval_batch_size,
+        worst_examples=cfg.eval.worst_examples,
+        latency_examples=cfg.eval.latency_examples,
+        overfit_gap_threshold=cfg.train.overfit_gap_threshold,
         history=tracking.metric_history(run_id, HISTORY_KEYS),
     )
     logger = get_run_logger()

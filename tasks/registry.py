@@ -15,9 +15,15 @@ def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint
     tracking.configure(cfg.tracking.tracking_uri)
     model_uri = tracking.log_model(run_id, export_dir, input_example=["where is my order?"])
     version = tracking.register_model(
-        model_uri, cfg.registered_model_name, run_id,
-        tags={"tuneflow.config_hash": cfg.fingerprint(), "tuneflow.data_fingerprint": data_fingerprint,
-              "tuneflow.base_model": cfg.model.name, "tuneflow.task": cfg.task},
+        model_uri,
+        cfg.registered_model_name,
+        run_id,
+        tags={
+            "tuneflow.config_hash": cfg.fingerprint(),
+            "tuneflow.data_fingerprint": data_fingerprint,
+            "tuneflow.base_model": cfg.model.name,
+            "tuneflow.task": cfg.task,
+        },
     )
     tracking.set_tags(run_id, {"tuneflow.registered_version": version})
     return {"model_uri": model_uri, "name": cfg.registered_model_name, "version": version}

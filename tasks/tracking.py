@@ -18,8 +18,9 @@ from tuneflow.training import LAST_CHECKPOINT
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -54,7 +55,9 @@ def open_run(cfg: PipelineConfig, resume: bool = False) -> dict[str, str | None]
     }
     run_id = tracking.start_run(cfg.experiment_name, run_name=flow_run.get_name(), tags=tags)
     tracking.log_params(run_id, flatten(cfg.model_dump(mode="json")))
-    tracking.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+    tracking.log_text(
+        run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml"
+    )
     return {"run_id": run_id, "resume_from": None}
 
 

@@ -26,7 +26,11 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> d
     result = fit(cfg, splits, tokenizer, out, logger=logger, resume_from=resume_from)
     export_dir = export_model(result.best_checkpoint, out / "export", tokenizer)
     (export_dir / "inference.json").write_text(json.dumps({"max_length": cfg.model.max_length}))
-    tracking.log_metrics(run_id, {"epochs_trained": result.epochs, "best_" + result.monitor: result.best_score or 0.0})
-    tracking.set_tags(run_id, {"tuneflow.stopped_early": result.stopped_early,
-                               "tuneflow.best_checkpoint": result.best_checkpoint})
+    tracking.log_metrics(
+        run_id, {"epochs_trained": result.epochs, "best_" + result.monitor: result.best_score or 0.0}
+    )
+    tracking.set_tags(
+        run_id,
+        {"tuneflow.stopped_early": result.stopped_early, "tuneflow.best_checkpoint": result.best_checkpoint},
+    )
     return {**result.to_dict(), "export_dir": str(export_dir)}

@@ -34,12 +34,24 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
         tracking.set_tags(run_id, {"tuneflow.validation": "failed"})
         raise DataValidationError(report)
     data_fp = fingerprint(splits)
-    tracking.set_tags(run_id, {"tuneflow.validation": "passed", tracking.TAG_DATA_FP: data_fp,
-                               "tuneflow.validation_warnings": len(report.warnings)})
+    tracking.set_tags(
+        run_id,
+        {
+            "tuneflow.validation": "passed",
+            tracking.TAG_DATA_FP: data_fp,
+            "tuneflow.validation_warnings": len(report.warnings),
+        },
+    )
     for name, df in splits.frames().items():
         context = name if name in ("train", "validation", "test") else f"eval:{name}"
-        tracking.log_dataset(run_id, df[[TEXT, LABEL]], name=f"{cfg.name}-{name}",
-                             source=splits.sources.get(name, name), context=context, targets=LABEL)
+        tracking.log_dataset(
+            run_id,
+            df[[TEXT, LABEL]],
+            name=f"{cfg.name}-{name}",
+            source=splits.sources.get(name, name),
+            context=context,
+            targets=LABEL,
+        )
     tracking.log_text(run_id, json.dumps({"labels": splits.labels}, indent=2), "validation/labels.json")
     logger.info("validation passed: %s", json.dumps(report.stats))
     return {"data_fingerprint": data_fp, "warnings": len(report.warnings), "stats": report.stats}

@@ -26,20 +26,40 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-bert")
-    texts = [row["text"] for row in csv.DictReader(open(DEMO_DATA / "train.csv"))]
+    texts = [text for text, _ in demo_rows("train")]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts * 3, trainers.WordPieceTrainer(
-        vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.train_from_iterator(
+        texts * 3,
+        trainers.WordPieceTrainer(
+            vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
     fast.save_pretrained(out)
-    config = BertConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    config = BertConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -56,7 +76,8 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
 
 
 def demo_rows(split: str = "train") -> list[tuple[str, str]]:
-    return [(r["text"], r["intent"]) for r in csv.DictReader(open(DEMO_DATA / f"{split}.csv"))]
+    with open(DEMO_DATA / f"{split}.csv", newline="") as fh:
+        return [(r["text"], r["intent"]) for r in csv.DictReader(fh)]
 
 
 @pytest.fixture
@@ -79,8 +100,14 @@ def prefect_harness():
         yield
 
 
-def make_config(tmp_path: Path, tiny_model: str, name: str = "tiny-intents", train_file: Path | None = None,
-                test_file: Path | None = None, **sections: dict) -> Path:
+def make_config(
+    tmp_path: Path,
+    tiny_model: str,
+    name: str = "tiny-intents",
+    train_file: Path | None = None,
+    test_file: Path | None = None,
+    **sections: dict,
+) -> Path:
     """Write a config for the tiny model on (a subset of) the demo data; ``sections`` override keys."""
     train, test = train_file, test_file
     if train is None:
@@ -95,8 +122,14 @@ def make_config(tmp_path: Path, tiny_model: str, name: str = "tiny-intents", tra
         "data": {"train": str(train), "test": str(test), "text_column": "text", "label_column": "intent"},
         "validation": {"min_examples_per_class": 3},
         "model": {"name": tiny_model, "max_length": 32},
-        "train": {"lr": 3e-3, "batch_size": 16, "max_epochs": 3, "early_stopping_patience": 3, "seed": 0,
-                  "log_every_n_steps": 2},
+        "train": {
+            "lr": 3e-3,
+            "batch_size": 16,
+            "max_epochs": 3,
+            "early_stopping_patience": 3,
+            "seed": 0,
+            "log_every_n_steps": 2,
+        },
         "eval": {"latency_examples": 5, "worst_examples": 10},
         "output_dir": str(tmp_path / "checkpoints"),
     }

@@ -22,9 +22,17 @@ def test_every_shipped_config_validates(path: Path) -> None:
     # Every key in the YAML is commented (the config is documentation too).
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
-        if stripped and not stripped.startswith("#") and ":" in stripped and not stripped.startswith("- name"):
-            assert "#" in line or stripped.endswith(":") or stripped.startswith(("header", "column_names", "path")), (
-                f"{path.name}:{lineno} has no comment: {line}")
+        if (
+            stripped
+            and not stripped.startswith("#")
+            and ":" in stripped
+            and not stripped.startswith("- name")
+        ):
+            assert (
+                "#" in line
+                or stripped.endswith(":")
+                or stripped.startswith(("header", "column_names", "path"))
+            ), f"{path.name}:{lineno} has no comment: {line}"
 
 
 def test_shipped_configs_exist() -> None:
@@ -38,8 +46,10 @@ def test_demo_paths_resolve_relative_to_config() -> None:
 
 
 def test_overrides_are_typed_and_applied() -> None:
-    cfg = load_config(ROOT / "configs" / "demo.yaml", ["train.lr=3e-5", "model.max_length=64", "train.devices=2",
-                                                       "model.dropout=null"])
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml",
+        ["train.lr=3e-5", "model.max_length=64", "train.devices=2", "model.dropout=null"],
+    )
     assert cfg.train.lr == pytest.approx(3e-5)
     assert cfg.model.max_length == 64
     assert cfg.train.devices == 2
@@ -58,7 +68,14 @@ def test_all_problems_reported_at_once_with_dotted_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     keys = {k for k, _ in err.value.problems}
-    assert {"data.txt_column", "train.lr", "train.batch_size", "train.optimizer", "model.max_length", "bogus"} <= keys
+    assert {
+        "data.txt_column",
+        "train.lr",
+        "train.batch_size",
+        "train.optimizer",
+        "model.max_length",
+        "bogus",
+    } <= keys
     assert "unknown key" in str(err.value)
 
 
@@ -93,8 +110,11 @@ def test_help_does_not_import_heavy_libraries() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from tuneflow.cli import app; "
-            "heavy = [m for m in ('torch', 'transformers', 'prefect', 'mlflow', 'lightning') if m in sys.modules]; "
-            "print(heavy)")
+    code = (
+        "import sys; from tuneflow.cli import app; "
+        "mods = ('torch', 'transformers', 'prefect', 'mlflow', 'lightning'); "
+        "heavy = [m for m in mods if m in sys.modules]; "
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

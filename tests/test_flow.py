@@ -28,8 +28,12 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_
     uri = f"sqlite:///{tmp}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     ood = write_csv(tmp / "ood.csv", demo_rows("test")[:30])
-    cfg = make_config(tmp, tiny_model, tracking={"tracking_uri": uri},
-                      data={"extra_eval": [{"name": "ood", "path": str(ood)}]})
+    cfg = make_config(
+        tmp,
+        tiny_model,
+        tracking={"tracking_uri": uri},
+        data={"extra_eval": [{"name": "ood", "path": str(ood)}]},
+    )
     result = finetune(str(cfg), ["train.max_epochs=3"])
     return {"result": result, "uri": uri, "tmp": tmp, "config": cfg}
 
@@ -44,8 +48,14 @@ def test_parent_run_has_tags_params_and_inputs(finished: dict) -> None:
     run = c.get_run(finished["result"]["run_id"])
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    for key in ("tuneflow.config_hash", "tuneflow.data_fingerprint", "tuneflow.base_model", "tuneflow.task",
-                "tuneflow.git_commit", "prefect.flow_run_id"):
+    for key in (
+        "tuneflow.config_hash",
+        "tuneflow.data_fingerprint",
+        "tuneflow.base_model",
+        "tuneflow.task",
+        "tuneflow.git_commit",
+        "prefect.flow_run_id",
+    ):
         assert tags.get(key) not in (None, "", "none"), key
     assert run.data.params["train.lr"] == "0.003"
     assert run.data.params["model.max_length"] == "32"
@@ -57,8 +67,17 @@ def test_metrics_per_step_per_epoch_and_test(finished: dict) -> None:
     c = _client(finished["uri"])
     run_id = finished["result"]["run_id"]
     m = c.get_run(run_id).data.metrics
-    for key in ("test_accuracy", "test_f1_macro", "test_f1_weighted", "train_val_gap", "latency_p50_ms",
-                "latency_p95_ms", "throughput_examples_per_s", "ood_ood_accuracy", "validation_accuracy"):
+    for key in (
+        "test_accuracy",
+        "test_f1_macro",
+        "test_f1_weighted",
+        "train_val_gap",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "throughput_examples_per_s",
+        "ood_ood_accuracy",
+        "validation_accuracy",
+    ):
         assert key in m, key
     assert 0 <= m["test_accuracy"] <= 1 and m["latency_p95_ms"] >= m["latency_p50_ms"] > 0
     steps = [x.step for x in c.get_metric_history(run_id, "train_loss")]
@@ -75,7 +94,9 @@ def test_artifacts_exist_and_parse(finished: dict, tmp_path: Path) -> None:
     assert report["ok"] is True and report["stats"]["num_classes"] == 10
     assert "# Data validation: passed" in (local / "validation" / "report.md").read_text()
     per_class = pd.read_csv(local / "evaluation" / "per_class_metrics.csv")
-    assert set(per_class.columns) == {"label", "precision", "recall", "f1", "support"} and len(per_class) == 10
+    assert (
+        set(per_class.columns) == {"label", "precision", "recall", "f1", "support"} and len(per_class) == 10
+    )
     worst = pd.read_csv(local / "evaluation" / "worst_errors.csv")
     assert {"line", "text", "label", "predicted", "p_predicted"} <= set(worst.columns)
     for png in ("confusion_matrix.png", "learning_curves.png"):
@@ -100,11 +121,24 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
 
 def test_cli_predict(finished: dict) -> None:
     model = finished["result"]["model"]
-    result = CliRunner().invoke(app, ["predict", "--model", f"models:/{model['name']}/{model['version']}",
-                                      "--tracking-uri", finished["uri"], "cancel my order"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            f"models:/{model['name']}/{model['version']}",
+            "--tracking-uri",
+            finished["uri"],
+            "cancel my order",
+        ],
+    )
     assert result.exit_code == 0, result.output
     label, score, text = result.output.strip().splitlines()[-1].split("\t")
-    assert label in {lbl for _, lbl in demo_rows("train")} and text == "cancel my order" and 0 < float(score) <= 1
+    assert (
+        label in {lbl for _, lbl in demo_rows("train")}
+        and text == "cancel my order"
+        and 0 < float(score) <= 1
+    )
 
 
 def test_prefect_markdown_artifact(finished: dict) -> None:
@@ -127,14 +161,21 @@ def _bad_data_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["empty text", "unseen label", "missing file"])
-def test_bad_data_exits_3_and_registers_nothing(case: str, tmp_path: Path, tiny_model: str,
-                                                  prefect_harness: None) -> None:
+def test_bad_data_exits_3_and_registers_nothing(
+    case: str, tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cases = _bad_data_cases(tmp_path)
     train, expected = cases[case]
     test = cases["_unseen_test"][0] if case == "unseen label" else None
-    cfg = make_config(tmp_path, tiny_model, name="bad-data", train_file=train, test_file=test,
-                      tracking={"tracking_uri": uri})
+    cfg = make_config(
+        tmp_path,
+        tiny_model,
+        name="bad-data",
+        train_file=train,
+        test_file=test,
+        tracking={"tracking_uri": uri},
+    )
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code == 3, result.output
     assert expected in " ".join(result.output.split())
@@ -148,7 +189,9 @@ def test_bad_data_exits_3_and_registers_nothing(case: str, tmp_path: Path, tiny_
 
 def test_unloadable_model_exits_4(tmp_path: Path, prefect_harness: None) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = make_config(tmp_path, str(tmp_path / "no-model-here"), name="no-model", tracking={"tracking_uri": uri})
+    cfg = make_config(
+        tmp_path, str(tmp_path / "no-model-here"), name="no-model", tracking={"tracking_uri": uri}
+    )
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code == 4, result.output
     assert "cannot load tokenizer" in result.output

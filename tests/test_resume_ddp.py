@@ -36,8 +36,12 @@ def _fit(cfg_path: Path, out: Path):
 
 def test_ddp_two_cpu_processes(tmp_path: Path, tiny_model: str) -> None:
     single_cfg = make_config(tmp_path, tiny_model, name="single", train={"max_epochs": 1})
-    ddp_cfg = make_config(tmp_path, tiny_model, name="ddp",
-                          train={"max_epochs": 1, "strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"})
+    ddp_cfg = make_config(
+        tmp_path,
+        tiny_model,
+        name="ddp",
+        train={"max_epochs": 1, "strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"},
+    )
     single, splits, cfg = _fit(single_cfg, tmp_path / "single")
     ddp, _, _ = _fit(ddp_cfg, tmp_path / "ddp")
     # Each of the 2 ranks sees half of the data: half the optimizer steps of one process.
@@ -50,13 +54,19 @@ def test_ddp_two_cpu_processes(tmp_path: Path, tiny_model: str) -> None:
 def test_resume_after_kill_continues_same_run(tmp_path: Path, tiny_model: str) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     epochs = 25
-    cfg = make_config(tmp_path, tiny_model, name="resumable", tracking={"tracking_uri": uri},
-                      train={"max_epochs": epochs, "early_stopping_patience": 100})
+    cfg = make_config(
+        tmp_path,
+        tiny_model,
+        name="resumable",
+        tracking={"tracking_uri": uri},
+        train={"max_epochs": epochs, "early_stopping_patience": 100},
+    )
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "tuneflow.cli", "run", str(cfg)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     ckpts = tmp_path / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpts.glob("*/last.ckpt")):

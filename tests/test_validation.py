@@ -71,14 +71,18 @@ def test_nan_labels(tmp_path: Path) -> None:
     rows = _rows()
     rows[0] = ("some text", "")
     report, _ = _check(_cfg(write_csv(tmp_path / "train.csv", rows)))
-    assert any("missing (NaN/empty) label" in e and "line(s) 2" in e and "column 'intent'" in e
-               for e in report.errors)
+    assert any(
+        "missing (NaN/empty) label" in e and "line(s) 2" in e and "column 'intent'" in e
+        for e in report.errors
+    )
 
 
 def test_label_unseen_in_train(tmp_path: Path) -> None:
     test = write_csv(tmp_path / "test.csv", [("a new thing", "zzz"), ("x y", "a")])
     report, _ = _check(_cfg(write_csv(tmp_path / "train.csv", _rows()), test=test))
-    assert any("test.csv" in e and "never seen in train: 'zzz'" in e and "line(s) 2" in e for e in report.errors)
+    assert any(
+        "test.csv" in e and "never seen in train: 'zzz'" in e and "line(s) 2" in e for e in report.errors
+    )
 
 
 def test_fewer_than_two_classes(tmp_path: Path) -> None:
@@ -107,8 +111,11 @@ def test_warnings_duplicates_leakage_imbalance(tmp_path: Path) -> None:
 
 def test_leakage_can_be_an_error(tmp_path: Path) -> None:
     test = write_csv(tmp_path / "test.csv", [("example number 1 of class a", "a")])
-    cfg = _cfg(write_csv(tmp_path / "train.csv", _rows()), test=test,
-               validation={"min_examples_per_class": 3, "fail_on_leakage": True})
+    cfg = _cfg(
+        write_csv(tmp_path / "train.csv", _rows()),
+        test=test,
+        validation={"min_examples_per_class": 3, "fail_on_leakage": True},
+    )
     report, _ = _check(cfg)
     assert any("leakage" in e for e in report.errors)
 
@@ -127,9 +134,17 @@ def test_truncation_share_uses_the_real_tokenizer(tmp_path: Path, tiny_model: st
 def test_tsv_without_header_and_unbalanced_quotes(tmp_path: Path) -> None:
     path = tmp_path / "reviews.txt"
     path.write_text('a "quoted start  \t1\nplain text\t0\n' * 4)
-    cfg = config_from_dict({"name": "t", "data": {
-        "train": {"path": str(path), "header": False, "column_names": ["sentence", "label"]},
-        "text_column": "sentence", "label_column": "label"}, "validation": {"min_examples_per_class": 2}})
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "data": {
+                "train": {"path": str(path), "header": False, "column_names": ["sentence", "label"]},
+                "text_column": "sentence",
+                "label_column": "label",
+            },
+            "validation": {"min_examples_per_class": 2},
+        }
+    )
     raw = load_raw(cfg.data)
     assert len(raw.frames["train"]) == 8 and not raw.problems
     assert raw.frames["train"]["label"].tolist()[:2] == ["1", "0"]
@@ -141,8 +156,10 @@ def test_hub_dataset_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> N
     cfg = config_from_dict({"name": "t", "data": {"hub_dataset": "tuneflow-test/no-such-dataset"}})
     report, splits = validate_dataset(load_raw(cfg.data), cfg)
     assert splits is None
-    assert any("cannot load hub dataset 'tuneflow-test/no-such-dataset'" in e and "local files" in e
-               for e in report.errors)
+    assert any(
+        "cannot load hub dataset 'tuneflow-test/no-such-dataset'" in e and "local files" in e
+        for e in report.errors
+    )
 
 
 def test_demo_dataset_is_clean() -> None:

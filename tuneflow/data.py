@@ -63,7 +63,9 @@ def _infer_format(spec: FileSpec) -> str:
     )
 
 
-def read_table(spec: FileSpec, text_column: str, label_column: str) -> tuple[pd.DataFrame | None, list[Problem]]:
+def read_table(
+    spec: FileSpec, text_column: str, label_column: str
+) -> tuple[pd.DataFrame | None, list[Problem]]:
     """Read one file into a ``text``/``label``/``_line`` frame.
 
     Returns the frame (None when it cannot be read) and the problems found: a missing or unreadable file,
@@ -79,7 +81,7 @@ def read_table(spec: FileSpec, text_column: str, label_column: str) -> tuple[pd.
             df = pd.read_csv(
                 path,
                 sep="\t" if fmt == "tsv" else ",",
-                # TSV corpora (SST-2, UCI sentences) contain unbalanced quotes: never treat " as quoting there.
+                # TSV corpora (SST-2, UCI sentences) have unbalanced quotes: " never quotes there.
                 quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
                 header=0 if spec.header else None,
                 names=spec.column_names,
@@ -97,9 +99,7 @@ def read_table(spec: FileSpec, text_column: str, label_column: str) -> tuple[pd.
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
         cols = ", ".join(map(str, df.columns))
-        return None, [
-            Problem(f"missing column (found: {cols})", file=str(path), column=c) for c in missing
-        ]
+        return None, [Problem(f"missing column (found: {cols})", file=str(path), column=c) for c in missing]
     out = pd.DataFrame(
         {
             TEXT: df[text_column],
@@ -145,7 +145,8 @@ def _load_hub(cfg: DataConfig, raw: RawData) -> None:
         raw.problems.append(
             Problem(
                 f"cannot load hub dataset '{cfg.hub_dataset}': {type(exc).__name__}: {exc}. "
-                "Without network access (HF_HUB_OFFLINE=1 here) use local files in data.train/validation/test."
+                "Without network access (HF_HUB_OFFLINE=1 here) use local files in "
+                "data.train/validation/test."
             )
         )
         return
@@ -162,7 +163,9 @@ def _load_hub(cfg: DataConfig, raw: RawData) -> None:
                 labels = df[cfg.label_column]
                 feature = dsd[n].features.get(cfg.label_column)
                 if hasattr(feature, "int2str"):  # ClassLabel: keep readable names
-                    labels = labels.map(lambda i, f=feature: f.int2str(int(i)) if i is not None and i >= 0 else None)
+                    labels = labels.map(
+                        lambda i, f=feature: f.int2str(int(i)) if i is not None and i >= 0 else None
+                    )
                 raw.frames[split] = pd.DataFrame(
                     {TEXT: df[cfg.text_column], LABEL: labels.map(_label_to_str), LINE: range(1, len(df) + 1)}
                 )
@@ -209,7 +212,10 @@ def _stratified_take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd
 
 def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
     """Clean the raw frames and carve missing validation/test splits out of train, stratified and seeded."""
-    frames = {name: df.assign(**{TEXT: clean_text(df[TEXT])}).reset_index(drop=True) for name, df in raw.frames.items()}
+    frames = {
+        name: df.assign(**{TEXT: clean_text(df[TEXT])}).reset_index(drop=True)
+        for name, df in raw.frames.items()
+    }
     train = frames["train"]
     sources = dict(raw.sources)
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
@@ -219,7 +225,9 @@ def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
         sources["test"] = f"{sources['train']} (stratified {cfg.test_size:.0%} split, seed {seed})"
     if "validation" not in frames:
         train, frames["validation"] = _stratified_take(train, cfg.validation_size, seed + 1)
-        sources["validation"] = f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
+        sources["validation"] = (
+            f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
+        )
     labels = sorted(train[LABEL].unique().tolist())
     extra = {name.split(":", 1)[1]: df for name, df in frames.items() if name.startswith("extra:")}
     sources = {name.removeprefix("extra:"): src for name, src in sources.items()}
@@ -277,8 +285,17 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int
 class TextDataModule(pl.LightningDataModule):
     """Tokenizes once, pads per batch (dynamic padding), optionally groups train batches by length."""
 
-    def __init__(self, splits: Splits, tokenizer: Any, max_length: int, batch_size: int, eval_batch_size: int,
-                 seed: int, group_by_length: bool = True, num_workers: int = 0):
+    def __init__(
+        self,
+        splits: Splits,
+        tokenizer: Any,
+        max_length: int,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.tokenizer, self.max_length = tokenizer, max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -303,12 +320,24 @@ class TextDataModule(pl.LightningDataModule):
         distributed = self.trainer is not None and self.trainer.world_size > 1
         if self.group_by_length and not distributed:
             sampler = LengthGroupedBatches([len(i) for i, _ in data], self.batch_size, self.seed)
-            return DataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)
+            return DataLoader(
+                data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers
+            )
         # Under DDP Lightning injects a DistributedSampler; plain seeded shuffling keeps that working.
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=self.collate, num_workers=self.num_workers)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=gen,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("validation"), batch_size=self.eval_batch_size,
-                          collate_fn=self.collate, num_workers=self.num_workers)
+        return DataLoader(
+            self._dataset("validation"),
+            batch_size=self.eval_batch_size,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )

@@ -48,8 +48,13 @@ class Classifier:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt")
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             out[idx] = torch.softmax(self.model(**enc).logits.float(), -1).numpy()
         return out
 
@@ -57,8 +62,12 @@ class Classifier:
         """``label`` and ``score`` (its probability) per text."""
         proba = self.predict_proba(texts, batch_size) if texts else np.zeros((0, len(self.labels)))
         best = proba.argmax(-1) if len(proba) else np.zeros(0, dtype=int)
-        return pd.DataFrame({"label": [self.labels[i] for i in best],
-                             "score": proba[np.arange(len(best)), best].astype(float)})
+        return pd.DataFrame(
+            {
+                "label": [self.labels[i] for i in best],
+                "score": proba[np.arange(len(best)), best].astype(float),
+            }
+        )
 
 
 @dataclass
@@ -107,8 +116,15 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
         for i in range(len(labels)):
             for j in range(len(labels)):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                            color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        color="white" if norm[i, j] > 0.5 else "black",
+                        fontsize=8,
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (test, row-normalized colour)")
@@ -127,8 +143,13 @@ def plot_learning_curves(history: dict[str, list[tuple[int, float]]], path: Path
     if not any(history.values()):
         return False
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, ax in (("train_loss", ax_loss), ("val_loss", ax_loss), ("train_accuracy", ax_metric),
-                    ("val_accuracy", ax_metric), ("val_f1_macro", ax_metric)):
+    for key, ax in (
+        ("train_loss", ax_loss),
+        ("val_loss", ax_loss),
+        ("train_accuracy", ax_metric),
+        ("val_accuracy", ax_metric),
+        ("val_f1_macro", ax_metric),
+    ):
         points = history.get(key) or []
         if points:
             steps, values = zip(*points, strict=True)
@@ -144,9 +165,17 @@ def plot_learning_curves(history: dict[str, list[tuple[int, float]]], path: Path
     return True
 
 
-def evaluate(clf: Classifier, splits: Splits, out_dir: str | Path, *, batch_size: int = 128,
-             worst_examples: int = 50, latency_examples: int = 50, overfit_gap_threshold: float = 0.1,
-             history: dict[str, list[tuple[int, float]]] | None = None) -> EvaluationResult:
+def evaluate(
+    clf: Classifier,
+    splits: Splits,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 128,
+    worst_examples: int = 50,
+    latency_examples: int = 50,
+    overfit_gap_threshold: float = 0.1,
+    history: dict[str, list[tuple[int, float]]] | None = None,
+) -> EvaluationResult:
     """Evaluate on test (headline), validation and a train sample (gap), and each extra set.
 
     Writes into ``out_dir``: ``per_class_metrics.csv``, ``confusion_matrix.png``, ``worst_errors.csv``,
@@ -164,11 +193,15 @@ def evaluate(clf: Classifier, splits: Splits, out_dir: str | Path, *, batch_size
     table.to_csv(out / "per_class_metrics.csv", index=False)
     plot_confusion(confusion(truth, pred, clf.labels), clf.labels, out / "confusion_matrix.png")
     label_idx = {label: i for i, label in enumerate(clf.labels)}
-    errors = test.assign(predicted=pred, p_predicted=proba.max(-1),
-                         p_true=[proba[i, label_idx[t]] for i, t in enumerate(truth)])
+    errors = test.assign(
+        predicted=pred,
+        p_predicted=proba.max(-1),
+        p_true=[proba[i, label_idx[t]] for i, t in enumerate(truth)],
+    )
     errors = errors[errors[LABEL] != errors["predicted"]].sort_values("p_predicted", ascending=False)
     errors.rename(columns={LINE: "line"})[["line", TEXT, LABEL, "predicted", "p_predicted", "p_true"]].head(
-        worst_examples).to_csv(out / "worst_errors.csv", index=False)
+        worst_examples
+    ).to_csv(out / "worst_errors.csv", index=False)
     res.artifacts += ["per_class_metrics.csv", "confusion_matrix.png", "worst_errors.csv"]
 
     # The gap is measured in eval mode on both sides (dropout off), so it reflects memorization alone.
@@ -181,9 +214,11 @@ def evaluate(clf: Classifier, splits: Splits, out_dir: str | Path, *, batch_size
     res.metrics.update(val_m, train_accuracy=train_acc, train_val_gap=gap)
     res.metrics["overfit_warning"] = float(gap > overfit_gap_threshold)
     if gap > overfit_gap_threshold:
-        res.warnings.append(f"possible overfitting: train accuracy {train_acc:.3f} exceeds validation accuracy "
-                            f"{val_m['validation_accuracy']:.3f} by {gap:.3f} (> train.overfit_gap_threshold="
-                            f"{overfit_gap_threshold})")
+        res.warnings.append(
+            f"possible overfitting: train accuracy {train_acc:.3f} exceeds validation accuracy "
+            f"{val_m['validation_accuracy']:.3f} by {gap:.3f} (> train.overfit_gap_threshold="
+            f"{overfit_gap_threshold})"
+        )
 
     for name, df in splits.extra.items():
         _, extra_pred = _score(clf, df, batch_size)

@@ -9,7 +9,9 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], prefix: str = "") -> dict[str, float]:
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], prefix: str = ""
+) -> dict[str, float]:
     """Accuracy, macro and weighted F1."""
     return {
         f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
@@ -21,8 +23,10 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], prefix:
 def per_class_table(y_true: Sequence[str], y_pred: Sequence[str], labels: list[str]) -> pd.DataFrame:
     """Precision, recall, F1 and support per class, one row per label (sorted by F1, worst first)."""
     report = classification_report(y_true, y_pred, labels=labels, output_dict=True, zero_division=0)
-    rows = [{"label": label, **{k: report[label][k] for k in ("precision", "recall", "f1-score", "support")}}
-            for label in labels]
+    rows = [
+        {"label": label, **{k: report[label][k] for k in ("precision", "recall", "f1-score", "support")}}
+        for label in labels
+    ]
     df = pd.DataFrame(rows).rename(columns={"f1-score": "f1"})
     df["support"] = df["support"].astype(int)
     return df.sort_values(["f1", "label"]).reset_index(drop=True)

@@ -30,9 +30,14 @@ def _load(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        hint = "" if Path(path).exists() else (
-            " It is neither a local directory nor reachable on the Hugging Face Hub (offline machines need a "
-            f"local path, or model.name: {DEFAULT_MODEL} for the bundled all-MiniLM-L6-v2)."
+        hint = (
+            ""
+            if Path(path).exists()
+            else (
+                " It is neither a local directory nor reachable on the Hugging Face Hub "
+                "(offline machines need a "
+                f"local path, or model.name: {DEFAULT_MODEL} for the bundled all-MiniLM-L6-v2)."
+            )
         )
         raise ModelLoadError(f"cannot load {what} '{name}': {exc}.{hint}") from exc
 
@@ -48,16 +53,30 @@ def load_classifier(name: str, labels: list[str], dropout: float | None = None) 
     """A pre-trained encoder with a fresh classification head for ``labels``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = _load("model config", AutoConfig, name, num_labels=len(labels),
-                   id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+    config = _load(
+        "model config",
+        AutoConfig,
+        name,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
     if dropout is not None:
-        for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
-                     "attention_dropout", "seq_classif_dropout"):
+        for attr in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "classifier_dropout",
+            "dropout",
+            "attention_dropout",
+            "seq_classif_dropout",
+        ):
             if hasattr(config, attr):
                 setattr(config, attr, dropout)
     # Starting from a model that already has a head of another size (e.g. a sentiment checkpoint) is normal:
     # the head is re-initialized for our labels.
-    return _load("model", AutoModelForSequenceClassification, name, config=config, ignore_mismatched_sizes=True)
+    return _load(
+        "model", AutoModelForSequenceClassification, name, config=config, ignore_mismatched_sizes=True
+    )
 
 
 class TextClassifier(pl.LightningModule):
@@ -66,8 +85,15 @@ class TextClassifier(pl.LightningModule):
     Hyperparameters are primitives only, so checkpoints reload under torch's ``weights_only`` default.
     """
 
-    def __init__(self, model_name: str, labels: list[str], lr: float = 5e-5, weight_decay: float = 0.01,
-                 warmup_ratio: float = 0.1, dropout: float | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        labels: list[str],
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        dropout: float | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         # transformers 5 returns pretrained models in eval mode and Lightning 2.6 keeps submodule modes,
@@ -94,8 +120,14 @@ class TextClassifier(pl.LightningModule):
         preds = out.logits.argmax(-1)
         self.val_accuracy(preds, batch["labels"])
         self.val_f1_macro(preds, batch["labels"])
-        self.log("val_loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=batch["labels"].shape[0])
+        self.log(
+            "val_loss",
+            out.loss,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=batch["labels"].shape[0],
+        )
         self.log("val_accuracy", self.val_accuracy, on_epoch=True, prog_bar=True)
         self.log("val_f1_macro", self.val_f1_macro, on_epoch=True, prog_bar=True)
 

@@ -21,7 +21,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 DEFAULT_STORE = "mlruns"
-TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = "tuneflow.stage", "tuneflow.config_hash", "tuneflow.data_fingerprint"
+TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
+    "tuneflow.stage",
+    "tuneflow.config_hash",
+    "tuneflow.data_fingerprint",
+)
 MAX_PARAM_LEN = 6000
 
 
@@ -61,8 +65,12 @@ def ensure_experiment(name: str) -> str:
     return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
 
 
-def start_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> str:
+def start_run(
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     """Create a run and return its id (nested under ``parent_run_id`` when given)."""
     tags = dict(tags or {})
     if parent_run_id:
@@ -117,8 +125,9 @@ def log_dataset(run_id: str, df: pd.DataFrame, name: str, source: str, context: 
     from mlflow.entities import DatasetInput, InputTag
 
     dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets)
-    client().log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
-                                              tags=[InputTag("mlflow.data.context", context)])])
+    client().log_inputs(
+        run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+    )
 
 
 def get_run(run_id: str) -> Any:
@@ -235,7 +244,7 @@ class MLflowMetricsLogger(Logger):
             if k == "epoch":
                 continue
             self._buffer.append(Metric(k, float(v), ts, step or 0))
-        # Flush at each validation too, so a killed run keeps its per-epoch history (and --resume continues it).
+        # Flush at each validation too: a killed run keeps its per-epoch history for --resume.
         if len(self._buffer) >= self.flush_every or any(k.startswith("val_") for k in metrics):
             self.save()
 

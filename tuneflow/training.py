@@ -47,14 +47,25 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor.endswith("loss") else "max"
 
 
-def build_trainer(tcfg: TrainConfig, ckpt_dir: Path, logger: Any = None,
-                  callbacks: list[pl.Callback] | None = None, progress_bar: bool = True) -> pl.Trainer:
+def build_trainer(
+    tcfg: TrainConfig,
+    ckpt_dir: Path,
+    logger: Any = None,
+    callbacks: list[pl.Callback] | None = None,
+    progress_bar: bool = True,
+) -> pl.Trainer:
     """A Trainer with early stopping, best+last checkpoints, lr logging and the configured scale-out."""
     mode = monitor_mode(tcfg.monitor)
     cbs: list[pl.Callback] = [
         EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}", monitor=tcfg.monitor, mode=mode,
-                        save_top_k=1, save_last=True),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-{epoch}",
+            monitor=tcfg.monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+        ),
         *(callbacks or []),
     ]
     if progress_bar:
@@ -79,9 +90,16 @@ def build_trainer(tcfg: TrainConfig, ckpt_dir: Path, logger: Any = None,
     )
 
 
-def fit(cfg: PipelineConfig, splits: Splits, tokenizer: Any, ckpt_dir: str | Path, logger: Any = None,
-        resume_from: str | None = None, callbacks: list[pl.Callback] | None = None,
-        progress_bar: bool = True) -> FitResult:
+def fit(
+    cfg: PipelineConfig,
+    splits: Splits,
+    tokenizer: Any,
+    ckpt_dir: str | Path,
+    logger: Any = None,
+    resume_from: str | None = None,
+    callbacks: list[pl.Callback] | None = None,
+    progress_bar: bool = True,
+) -> FitResult:
     """Fine-tune ``cfg.model.name`` on ``splits``.
 
     Args:
@@ -100,10 +118,24 @@ def fit(cfg: PipelineConfig, splits: Splits, tokenizer: Any, ckpt_dir: str | Pat
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    dm = TextDataModule(splits, tokenizer, cfg.model.max_length, tcfg.batch_size, tcfg.eval_batch_size,
-                          tcfg.seed, tcfg.group_by_length, tcfg.num_workers)
-    module = TextClassifier(cfg.model.name, splits.labels, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                            warmup_ratio=tcfg.warmup_ratio, dropout=cfg.model.dropout)
+    dm = TextDataModule(
+        splits,
+        tokenizer,
+        cfg.model.max_length,
+        tcfg.batch_size,
+        tcfg.eval_batch_size,
+        tcfg.seed,
+        tcfg.group_by_length,
+        tcfg.num_workers,
+    )
+    module = TextClassifier(
+        cfg.model.name,
+        splits.labels,
+        lr=tcfg.lr,
+        weight_decay=tcfg.weight_decay,
+        warmup_ratio=tcfg.warmup_ratio,
+        dropout=cfg.model.dropout,
+    )
     trainer = build_trainer(tcfg, ckpt_dir, logger, callbacks, progress_bar)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     ckpt_cb = trainer.checkpoint_callback

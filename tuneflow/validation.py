@@ -55,7 +55,9 @@ class ValidationReport:
 def _lines(df: pd.DataFrame, mask: pd.Series) -> str:
     lines = sorted(df.loc[mask, LINE].tolist())
     shown = ", ".join(map(str, lines[:MAX_LINES_LISTED]))
-    return f"line(s) {shown}" + (f" and {len(lines) - MAX_LINES_LISTED} more" if len(lines) > MAX_LINES_LISTED else "")
+    return f"line(s) {shown}" + (
+        f" and {len(lines) - MAX_LINES_LISTED} more" if len(lines) > MAX_LINES_LISTED else ""
+    )
 
 
 def normalize(text: str) -> str:
@@ -68,19 +70,30 @@ def _check_cells(name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) 
     text_col, label_col = cfg.data.text_column, cfg.data.label_column
     empty = df[TEXT].map(lambda t: not isinstance(t, str) or not t.strip())
     if empty.any():
-        problems.append(Problem(f"{int(empty.sum())} empty or whitespace-only text(s) in {name} at {_lines(df, empty)}",
-                                file=source, column=text_col))
+        problems.append(
+            Problem(
+                f"{int(empty.sum())} empty or whitespace-only text(s) in {name} at {_lines(df, empty)}",
+                file=source,
+                column=text_col,
+            )
+        )
     no_label = df[LABEL].isna()
     if no_label.any():
-        problems.append(Problem(f"{int(no_label.sum())} missing (NaN/empty) label(s) in {name} at "
-                                f"{_lines(df, no_label)}", file=source, column=label_col))
+        problems.append(
+            Problem(
+                f"{int(no_label.sum())} missing (NaN/empty) label(s) in {name} at {_lines(df, no_label)}",
+                file=source,
+                column=label_col,
+            )
+        )
     if df.empty:
         problems.append(Problem(f"{name} has no rows", file=source))
     return problems
 
 
-def validate_dataset(raw: RawData, cfg: PipelineConfig, tokenizer: Any | None = None
-                     ) -> tuple[ValidationReport, Splits | None]:
+def validate_dataset(
+    raw: RawData, cfg: PipelineConfig, tokenizer: Any | None = None
+) -> tuple[ValidationReport, Splits | None]:
     """Check raw data, then split it and check the splits against each other.
 
     Args:
@@ -100,14 +113,29 @@ def validate_dataset(raw: RawData, cfg: PipelineConfig, tokenizer: Any | None = 
         counts = train[LABEL].value_counts()
         source = raw.sources["train"]
         if len(counts) < 2:
-            report.errors.append(str(Problem(f"train has {len(counts)} class(es); at least 2 are needed",
-                                             file=source, column=cfg.data.label_column)))
+            report.errors.append(
+                str(
+                    Problem(
+                        f"train has {len(counts)} class(es); at least 2 are needed",
+                        file=source,
+                        column=cfg.data.label_column,
+                    )
+                )
+            )
         small = counts[counts < vcfg.min_examples_per_class]
         if len(small):
             listed = ", ".join(f"'{k}' ({v})" for k, v in small.items())
-            report.errors.append(str(Problem(
-                f"class(es) with fewer than validation.min_examples_per_class={vcfg.min_examples_per_class} "
-                f"train examples: {listed}", file=source, column=cfg.data.label_column)))
+            report.errors.append(
+                str(
+                    Problem(
+                        "class(es) with fewer than validation.min_examples_per_class="
+                        f"{vcfg.min_examples_per_class} "
+                        f"train examples: {listed}",
+                        file=source,
+                        column=cfg.data.label_column,
+                    )
+                )
+            )
         known = set(counts.index)
         for name, df in raw.frames.items():
             if name == "train":
@@ -115,9 +143,15 @@ def validate_dataset(raw: RawData, cfg: PipelineConfig, tokenizer: Any | None = 
             unseen = df[LABEL].notna() & ~df[LABEL].isin(known)
             if unseen.any():
                 labels = ", ".join(repr(x) for x in sorted(df.loc[unseen, LABEL].unique())[:MAX_LINES_LISTED])
-                report.errors.append(str(Problem(
-                    f"label(s) never seen in train: {labels} at {_lines(df, unseen)}",
-                    file=raw.sources[name], column=cfg.data.label_column)))
+                report.errors.append(
+                    str(
+                        Problem(
+                            f"label(s) never seen in train: {labels} at {_lines(df, unseen)}",
+                            file=raw.sources[name],
+                            column=cfg.data.label_column,
+                        )
+                    )
+                )
     elif not raw.problems:
         report.errors.append("no training data (data.train or a hub dataset 'train' split is required)")
     if not report.ok:
@@ -128,20 +162,26 @@ def validate_dataset(raw: RawData, cfg: PipelineConfig, tokenizer: Any | None = 
     return report, splits
 
 
-def _warn_and_describe(report: ValidationReport, splits: Splits, cfg: PipelineConfig, tokenizer: Any | None) -> None:
+def _warn_and_describe(
+    report: ValidationReport, splits: Splits, cfg: PipelineConfig, tokenizer: Any | None
+) -> None:
     vcfg, frames = cfg.validation, splits.frames()
     normalized = {name: df[TEXT].map(normalize) for name, df in frames.items()}
     for name, norm in normalized.items():
         dup = norm.duplicated(keep="first")
         if dup.any():
-            report.warnings.append(f"{splits.sources.get(name, name)}: {int(dup.sum())} duplicate text(s) in {name} "
-                                   f"at {_lines(frames[name], dup)}")
+            report.warnings.append(
+                f"{splits.sources.get(name, name)}: {int(dup.sum())} duplicate text(s) in {name} "
+                f"at {_lines(frames[name], dup)}"
+            )
     train_set = set(normalized["train"])
     for name in ("validation", "test", *splits.extra):
         leaked = normalized[name].isin(train_set)
         if leaked.any():
-            msg = (f"{splits.sources.get(name, name)}: {int(leaked.sum())} {name} text(s) also in train "
-                   f"(leakage, {leaked.mean():.1%}) at {_lines(frames[name], leaked)}")
+            msg = (
+                f"{splits.sources.get(name, name)}: {int(leaked.sum())} {name} text(s) also in train "
+                f"(leakage, {leaked.mean():.1%}) at {_lines(frames[name], leaked)}"
+            )
             if vcfg.fail_on_leakage and name in ("validation", "test"):
                 report.errors.append(msg)
             else:
@@ -149,22 +189,32 @@ def _warn_and_describe(report: ValidationReport, splits: Splits, cfg: PipelineCo
     counts = splits.train[LABEL].value_counts()
     ratio = float(counts.max() / counts.min())
     if ratio > vcfg.max_imbalance_ratio:
-        report.warnings.append(f"class imbalance: largest/smallest train class = {ratio:.1f} "
-                               f"('{counts.idxmax()}' {counts.max()} vs '{counts.idxmin()}' {counts.min()}), "
-                               f"above validation.max_imbalance_ratio={vcfg.max_imbalance_ratio}")
+        report.warnings.append(
+            f"class imbalance: largest/smallest train class = {ratio:.1f} "
+            f"('{counts.idxmax()}' {counts.max()} vs '{counts.idxmin()}' {counts.min()}), "
+            f"above validation.max_imbalance_ratio={vcfg.max_imbalance_ratio}"
+        )
     stats: dict[str, Any] = {f"rows_{n}": len(df) for n, df in frames.items()}
-    stats.update(num_classes=len(splits.labels), imbalance_ratio=round(ratio, 2),
-                 min_class_count=int(counts.min()), max_class_count=int(counts.max()))
+    stats.update(
+        num_classes=len(splits.labels),
+        imbalance_ratio=round(ratio, 2),
+        min_class_count=int(counts.min()),
+        max_class_count=int(counts.max()),
+    )
     lengths = splits.train[TEXT].str.split().str.len()
     stats.update(train_words_mean=round(float(lengths.mean()), 1), train_words_max=int(lengths.max()))
     if tokenizer is not None:
         limit = cfg.model.max_length
         for name in ("train", "validation", "test"):
-            n_tokens = [len(ids) for ids in tokenizer(frames[name][TEXT].tolist(), truncation=False)["input_ids"]]
+            n_tokens = [
+                len(ids) for ids in tokenizer(frames[name][TEXT].tolist(), truncation=False)["input_ids"]
+            ]
             share = sum(n > limit for n in n_tokens) / max(len(n_tokens), 1)
             stats[f"truncated_share_{name}"] = round(share, 4)
             stats[f"tokens_p95_{name}"] = int(pd.Series(n_tokens).quantile(0.95)) if n_tokens else 0
             if share > vcfg.max_truncated_share:
-                report.warnings.append(f"{share:.1%} of {name} texts are longer than model.max_length={limit} "
-                                       f"tokens and will be truncated (threshold {vcfg.max_truncated_share:.0%})")
+                report.warnings.append(
+                    f"{share:.1%} of {name} texts are longer than model.max_length={limit} "
+                    f"tokens and will be truncated (threshold {vcfg.max_truncated_share:.0%})"
+                )
     report.stats = stats
