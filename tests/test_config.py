@@ -118,3 +118,19 @@ def test_help_does_not_import_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ui_binds_localhost_on_project_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    calls = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(argv))
+    result = CliRunner().invoke(app, ["ui", "--port", "5055"])
+    assert result.exit_code == 0, result.output
+    argv = calls[0]
+    assert argv[1:4] == ["-m", "mlflow", "ui"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5055"
+    assert argv[argv.index("--backend-store-uri") + 1] == "sqlite:///mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
