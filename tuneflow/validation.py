@@ -66,26 +66,19 @@ def normalize(text: str) -> str:
 
 
 def _check_cells(name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
-    problems = []
-    text_col, label_col = cfg.data.text_column, cfg.data.label_column
-    empty = df[TEXT].map(lambda t: not isinstance(t, str) or not t.strip())
-    if empty.any():
-        problems.append(
-            Problem(
-                f"{int(empty.sum())} empty or whitespace-only text(s) in {name} at {_lines(df, empty)}",
-                file=source,
-                column=text_col,
-            )
-        )
-    no_label = df[LABEL].isna()
-    if no_label.any():
-        problems.append(
-            Problem(
-                f"{int(no_label.sum())} missing (NaN/empty) label(s) in {name} at {_lines(df, no_label)}",
-                file=source,
-                column=label_col,
-            )
-        )
+    checks = (
+        (
+            df[TEXT].map(lambda t: not isinstance(t, str) or not t.strip()),
+            "empty or whitespace-only text(s)",
+            cfg.data.text_column,
+        ),
+        (df[LABEL].isna(), "missing (NaN/empty) label(s)", cfg.data.label_column),
+    )
+    problems = [
+        Problem(f"{int(mask.sum())} {what} in {name} at {_lines(df, mask)}", file=source, column=column)
+        for mask, what, column in checks
+        if mask.any()
+    ]
     if df.empty:
         problems.append(Problem(f"{name} has no rows", file=source))
     return problems
