@@ -134,3 +134,12 @@ def test_ui_binds_localhost_on_project_store(monkeypatch: pytest.MonkeyPatch, tm
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5055"
     assert argv[argv.index("--backend-store-uri") + 1] == "sqlite:///mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
+
+
+def test_bare_path_shorthand_resolves_relative_to_config(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    cfg_path = tmp_path / "sub" / "c.yaml"
+    cfg_path.write_text("name: x\ndata: {train: ../train.csv, test: /abs/test.csv}\n")
+    cfg = load_config(cfg_path)
+    assert cfg.data.train.path == str((tmp_path / "train.csv").resolve())
+    assert cfg.data.test.path == "/abs/test.csv"

@@ -294,16 +294,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
     if not isinstance(data, dict):
         return
+    for split in ("train", "validation", "test"):
+        if isinstance(data.get(split), str):  # shorthand: `train: path.csv`
+            data[split] = {"path": data[split]}
     specs = [data.get(s) for s in ("train", "validation", "test")] + list(data.get("extra_eval") or [])
     for spec in specs:
-        if isinstance(spec, str):  # shorthand: a bare path
-            spec = {"path": spec}
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
             p = Path(spec["path"]).expanduser()
             spec["path"] = str(p if p.is_absolute() else (base / p).resolve())
-    for split in ("train", "validation", "test"):
-        if isinstance(data.get(split), str):
-            data[split] = {"path": str((base / data[split]).resolve())}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

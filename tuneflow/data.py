@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -241,10 +240,6 @@ def fingerprint(splits: Splits) -> str:
         h.update(name.encode())
         h.update(pd.util.hash_pandas_object(df[[TEXT, LABEL]], index=False).values.tobytes())
     return h.hexdigest()[:16]
-
-
-def save_labels(labels: list[str], path: Path) -> None:
-    path.write_text(json.dumps({"labels": labels}, indent=2))
 
 
 # --------------------------------------------------------------------------------------------- tokenizing

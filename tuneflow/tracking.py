@@ -108,10 +108,6 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
         client().log_batch(run_id, metrics=batch[i : i + 1000])
 
 
-def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    client().log_artifact(run_id, str(path), artifact_path)
-
-
 def log_artifacts(run_id: str, directory: str | Path, artifact_path: str | None = None) -> None:
     client().log_artifacts(run_id, str(directory), artifact_path)
 
@@ -128,10 +124,6 @@ def log_dataset(run_id: str, df: pd.DataFrame, name: str, source: str, context: 
     client().log_inputs(
         run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
     )
-
-
-def get_run(run_id: str) -> Any:
-    return client().get_run(run_id)
 
 
 def metric_history(run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
@@ -188,11 +180,6 @@ def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] 
         c.create_registered_model(name, description="Fine-tuned by tuneflow")
     mv = c.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
     return str(mv.version)
-
-
-def latest_version(name: str) -> str | None:
-    versions = client().search_model_versions(f"name = '{name}'")
-    return str(max(int(v.version) for v in versions)) if versions else None
 
 
 def count_versions(name: str) -> int:
