@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import load_raw, split_dataset
+from tuneflow.data import load_splits
 from tuneflow.evaluation import Classifier
 from tuneflow.evaluation import evaluate as evaluate_model
 
@@ -19,7 +19,7 @@ HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "train
 def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, float]:
     """Evaluate the exported model; returns the metrics (also logged to MLflow with the artifacts)."""
     tracking.configure(cfg.tracking.tracking_uri)
-    splits = split_dataset(load_raw(cfg.data), cfg.data, cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed)
     clf = Classifier.load(export_dir, max_length=cfg.model.max_length)
     out = run_dir(cfg, run_id) / "eval"
     result = evaluate_model(

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import load_raw, split_dataset
+from tuneflow.data import load_splits
 from tuneflow.model import load_tokenizer
 from tuneflow.training import export_model, fit
 
@@ -20,7 +20,7 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> d
     """Fine-tune, export the best checkpoint as a Hugging Face directory; returns paths and fit facts."""
     uri = tracking.configure(cfg.tracking.tracking_uri)
     tokenizer = load_tokenizer(cfg.model.name)
-    splits = split_dataset(load_raw(cfg.data), cfg.data, cfg.train.seed)  # validated by the previous task
+    splits = load_splits(cfg.data, cfg.train.seed)  # validated by the previous task
     out = run_dir(cfg, run_id)
     logger = tracking.MLflowMetricsLogger(run_id, uri)
     result = fit(cfg, splits, tokenizer, out, logger=logger, resume_from=resume_from)

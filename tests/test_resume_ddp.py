@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from tests.conftest import make_config
 from tuneflow import tracking
 from tuneflow.config import load_config
-from tuneflow.data import load_raw, split_dataset
+from tuneflow.data import load_splits
 from tuneflow.model import TextClassifier, load_tokenizer
 from tuneflow.training import fit
 
@@ -30,7 +30,7 @@ def test_dropout_is_active_during_training(tiny_model: str) -> None:
 
 def _fit(cfg_path: Path, out: Path):
     cfg = load_config(cfg_path)
-    splits = split_dataset(load_raw(cfg.data), cfg.data, cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed)
     return fit(cfg, splits, load_tokenizer(cfg.model.name), out, progress_bar=False), splits, cfg
 
 

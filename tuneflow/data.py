@@ -233,6 +233,11 @@ def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
     return Splits(train, frames["validation"], frames["test"], extra, labels, sources)
 
 
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Read and split already-validated data: every stage after validation sees exactly the same splits."""
+    return split_dataset(load_raw(cfg), cfg, seed)
+
+
 def fingerprint(splits: Splits) -> str:
     """Content hash of all splits (text + label): identifies the exact data a model was trained on."""
     h = hashlib.sha256()
