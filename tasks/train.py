@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import load_splits
+from tuneflow.data import encode, load_splits
 from tuneflow.model import load_tokenizer
 from tuneflow.training import export_model, fit
 
@@ -23,7 +23,8 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> d
     splits = load_splits(cfg.data, cfg.train.seed)  # validated by the previous task
     out = run_dir(cfg, run_id)
     logger = tracking.MLflowMetricsLogger(run_id, uri)
-    result = fit(cfg, splits, tokenizer, out, logger=logger, resume_from=resume_from)
+    data = encode(splits, tokenizer, cfg.model.max_length)
+    result = fit(cfg, data, out, logger=logger, resume_from=resume_from)
     export_dir = export_model(result.best_checkpoint, out / "export", tokenizer)
     (export_dir / "inference.json").write_text(json.dumps({"max_length": cfg.model.max_length}))
     tracking.log_metrics(

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from tests.conftest import make_config
 from tuneflow import tracking
 from tuneflow.config import load_config
-from tuneflow.data import load_splits
+from tuneflow.data import encode, load_splits
 from tuneflow.model import TextClassifier, load_tokenizer
 from tuneflow.training import fit
 
@@ -31,7 +31,8 @@ def test_dropout_is_active_during_training(tiny_model: str) -> None:
 def _fit(cfg_path: Path, out: Path):
     cfg = load_config(cfg_path)
     splits = load_splits(cfg.data, cfg.train.seed)
-    return fit(cfg, splits, load_tokenizer(cfg.model.name), out, progress_bar=False), splits, cfg
+    data = encode(splits, load_tokenizer(cfg.model.name), cfg.model.max_length)
+    return fit(cfg, data, out, progress_bar=False), splits, cfg
 
 
 def test_ddp_two_cpu_processes(tmp_path: Path, tiny_model: str) -> None:

@@ -166,6 +166,15 @@ class TrainConfig(_Section):
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads; null keeps torch's default."
     )
+    cv_folds: int | None = Field(
+        None,
+        ge=2,
+        le=20,
+        description=(
+            "k-fold stratified cross-validation over train+validation: the search objective becomes the "
+            "mean over k folds, and `tuneflow run` reports mean +- std before the final training."
+        ),
+    )
 
     @model_validator(mode="after")
     def _epochs(self) -> TrainConfig:
@@ -181,6 +190,132 @@ class EvalConfig(_Section):
     latency_examples: int = Field(
         50, ge=0, description="Single-example predictions timed for p50/p95 latency."
     )
+
+
+SEARCHABLE_SECTIONS = ("model", "train")
+UNSEARCHABLE_KEYS = (
+    "train.cv_folds",
+    "train.accelerator",
+    "train.devices",
+    "train.strategy",
+    "train.num_nodes",
+)
+
+
+class ParamSpec(_Section):
+    """One dimension of the search space (Optuna distribution)."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="Distribution type.")
+    low: float | None = Field(None, description="Lower bound (float/int).")
+    high: float | None = Field(None, description="Upper bound, inclusive (float/int).")
+    log: bool = Field(False, description="Sample on a log scale (float/int; needs low > 0).")
+    step: float | None = Field(None, gt=0, description="Discretization step (float/int; not with log).")
+    choices: list[str | int | float | bool | None] | None = Field(
+        None, description="Candidate values (categorical)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical takes only 'choices' (no low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs both 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("'step' cannot be combined with log=true")
+        if self.type == "int":
+            for bound in ("low", "high", "step"):
+                value = getattr(self, bound)
+                if value is not None and value != int(value):
+                    raise ValueError(f"int needs an integer '{bound}' (got {value})")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The extreme values a trial can get: checked against the config schema before any trial."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class SearchConfig(_Section):
+    """Optuna hyperparameter search over dotted config keys."""
+
+    enabled: bool = Field(
+        True, description="Run the search (`tuneflow tune`, and `tuneflow run` before training)."
+    )
+    n_trials: int | None = Field(
+        20,
+        ge=1,
+        description="Finished (complete + pruned) trials the study should hold; null = until timeout.",
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Stop starting new trials after this many seconds per worker."
+    )
+    metric: Literal["val_loss", "val_accuracy", "val_f1_macro"] | None = Field(
+        None,
+        description=(
+            "Objective: best validation value of this metric; null = train.monitor. Trials early-stop and "
+            "checkpoint on it."
+        ),
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Optimization direction; null = minimize for losses, maximize otherwise."
+    )
+    latency_objective: bool = Field(
+        False,
+        description=(
+            "Multi-objective: also minimize single-example validation latency (ms). Pruning is unavailable "
+            "for multi-objective studies; the retrained trial is the Pareto-optimal one with the best metric."
+        ),
+    )
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler (seeded with train.seed).")
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = Field(
+        "median", description="Stops unpromising trials on per-epoch validation values."
+    )
+    startup_trials: int = Field(
+        3,
+        ge=0,
+        description="Trials run to the end before the median pruner may prune (and TPE's random start).",
+    )
+    warmup_epochs: int = Field(
+        1, ge=0, description="Epochs of each trial that are never pruned (median pruner)."
+    )
+    space: dict[str, ParamSpec] = Field(
+        default_factory=dict,
+        description="Dotted config key -> distribution, e.g. train.lr: {type: float, ...}.",
+    )
+    storage: str = Field(
+        "sqlite:///mlruns/optuna.db",
+        description="Optuna RDB storage URL (PostgreSQL for several machines); the study resumes from it.",
+    )
+    study_name: str | None = Field(None, description="Study name; null = the config's name.")
+    heartbeat_interval: int = Field(
+        30, ge=1, description="Seconds between trial heartbeats; a silent trial is failed and retried."
+    )
+    grace_period: int | None = Field(
+        None,
+        ge=1,
+        description="Seconds without heartbeat before a trial counts as dead; null = 2 x interval.",
+    )
+    max_retry: int = Field(1, ge=0, description="Times a trial killed with its worker is re-queued.")
+
+    @model_validator(mode="after")
+    def _budget(self) -> SearchConfig:
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError("set n_trials and/or timeout (a search needs a budget)")
+        if self.latency_objective and self.pruner != "none":
+            raise ValueError("pruning needs a single objective: set pruner: none with latency_objective")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -208,6 +343,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
+    search: SearchConfig | None = Field(None, description="Optuna hyperparameter search (null = none).")
     output_dir: str = Field(
         "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."
     )
@@ -220,6 +356,24 @@ class PipelineConfig(_Section):
                 "must be non-empty and free of '/', '\\', ':', '@' (it names a registered model)"
             )
         return v
+
+    @property
+    def searching(self) -> bool:
+        return self.search is not None and self.search.enabled
+
+    @property
+    def study_name(self) -> str:
+        return (self.search.study_name if self.search else None) or self.name
+
+    @property
+    def search_metric(self) -> str:
+        return (self.search.metric if self.search else None) or self.train.monitor
+
+    @property
+    def search_direction(self) -> str:
+        if self.search and self.search.direction:
+            return self.search.direction
+        return "minimize" if self.search_metric.endswith("loss") else "maximize"
 
     @property
     def experiment_name(self) -> str:
@@ -332,8 +486,87 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
-    """Validate an already-parsed config mapping (paths must already be absolute)."""
+    """Validate an already-parsed config mapping (paths must already be absolute).
+
+    A search space is checked too: every key must be a searchable config key and every extreme value
+    (low, high, each choice) must pass the schema, so a bad space fails before any trial runs.
+    """
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    space = search.get("space") if isinstance(search.get("space"), dict) else {}
+    key_problems = _space_key_problems(list(space))
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = _problems(err)
+        seen = {key for key, _ in problems}
+        raise ConfigError(source, problems + [p for p in key_problems if p[0] not in seen]) from err
+    problems = key_problems + _space_value_problems(cfg, {k for k, _ in key_problems})
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _has_key(model: type[BaseModel], parts: list[str]) -> bool:
+    field = model.model_fields.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    sub = field.annotation
+    return isinstance(sub, type) and issubclass(sub, BaseModel) and _has_key(sub, parts[1:])
+
+
+def _space_key_problems(keys: list[str]) -> list[tuple[str, str]]:
+    problems = []
+    for key in keys:
+        parts = str(key).split(".")
+        if parts[0] not in SEARCHABLE_SECTIONS or not _has_key(PipelineConfig, parts):
+            msg = f"unknown or unsearchable key (search keys live under {', '.join(SEARCHABLE_SECTIONS)})"
+            problems.append((f"search.space.{key}", msg))
+        elif key in UNSEARCHABLE_KEYS:
+            msg = "sets up the hardware or the evaluation protocol; it cannot be searched"
+            problems.append((f"search.space.{key}", msg))
+    return problems
+
+
+def _space_value_problems(cfg: PipelineConfig, skip: set[str]) -> list[tuple[str, str]]:
+    if cfg.search is None:
+        return []
+    base = cfg.model_dump(mode="json", exclude={"search"})
+    problems = []
+    for key, spec in cfg.search.space.items():
+        if f"search.space.{key}" in skip:
+            continue
+        for value in spec.bounds():
+            try:
+                apply_params(base, {key: value}, validate=True)
+            except ConfigError as err:
+                msgs = "; ".join(msg for _, msg in err.problems)
+                problems.append((f"search.space.{key}", f"value {value!r} is rejected by the config: {msgs}"))
+    return problems
+
+
+def apply_params(
+    base: dict[str, Any] | PipelineConfig, params: dict[str, Any], validate: bool = True
+) -> PipelineConfig | dict[str, Any]:
+    """Return ``base`` with dotted-key ``params`` set (e.g. the best trial's hyperparameters).
+
+    Args:
+        base: a config or its ``model_dump(mode="json")``.
+        params: ``{"train.lr": 3e-5, ...}``.
+        validate: return a validated :class:`PipelineConfig` (else the raw dict).
+    """
+    raw = base.model_dump(mode="json") if isinstance(base, PipelineConfig) else base
+    raw = json.loads(json.dumps(raw))  # deep copy
+    for key, value in params.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    if not validate:
+        return raw
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(source, _problems(err)) from err
+        raise ConfigError("search parameters", _problems(err)) from err

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,14 +282,62 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
+@dataclass
+class Encoded:
+    """Token ids and label ids of one split."""
+
+    ids: list[list[int]]
+    labels: list[int]
+
+    def take(self, index: Iterable[int]) -> Encoded:
+        index = list(index)
+        return Encoded([self.ids[i] for i in index], [self.labels[i] for i in index])
+
+    def __add__(self, other: Encoded) -> Encoded:
+        return Encoded(self.ids + other.ids, self.labels + other.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class EncodedData:
+    """Tokenized train/validation splits: built once and reused by every trial and fold of a study."""
+
+    train: Encoded
+    validation: Encoded
+    labels: list[str]
+    tokenizer: Any
+    max_length: int
+
+    def folds(self, k: int, seed: int) -> list[EncodedData]:
+        """``k`` stratified folds over train+validation (the test split is never touched)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        pool = self.train + self.validation
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [
+            EncodedData(pool.take(tr), pool.take(va), self.labels, self.tokenizer, self.max_length)
+            for tr, va in splitter.split(pool.ids, pool.labels)
+        ]
+
+
+def encode(splits: Splits, tokenizer: Any, max_length: int) -> EncodedData:
+    """Tokenize the train and validation splits once (no padding: batches pad dynamically)."""
+    label2id = splits.label2id
+
+    def one(df: pd.DataFrame) -> Encoded:
+        return Encoded(tokenize(tokenizer, df[TEXT].tolist(), max_length), [label2id[x] for x in df[LABEL]])
+
+    return EncodedData(one(splits.train), one(splits.validation), splits.labels, tokenizer, max_length)
+
+
 class TextDataModule(pl.LightningDataModule):
-    """Tokenizes once, pads per batch (dynamic padding), optionally groups train batches by length."""
+    """Serves pre-tokenized data, pads per batch (dynamic padding), optionally groups by length."""
 
     def __init__(
         self,
-        splits: Splits,
-        tokenizer: Any,
-        max_length: int,
+        data: EncodedData,
         batch_size: int,
         eval_batch_size: int,
         seed: int,
@@ -297,14 +345,9 @@ class TextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        self.tokenizer, self.max_length = tokenizer, max_length
+        self.data, self.tokenizer = data, data.tokenizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.group_by_length, self.num_workers = seed, group_by_length, num_workers
-        self.label2id = splits.label2id
-        self.encoded = {
-            name: (tokenize(tokenizer, df[TEXT].tolist(), max_length), [self.label2id[x] for x in df[LABEL]])
-            for name, df in (("train", splits.train), ("validation", splits.validation))
-        }
 
     def collate(self, items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad({"input_ids": [ids for ids, _ in items]}, return_tensors="pt")
@@ -312,8 +355,8 @@ class TextDataModule(pl.LightningDataModule):
         return dict(batch)
 
     def _dataset(self, name: str) -> list[tuple[list[int], int]]:
-        ids, labels = self.encoded[name]
-        return list(zip(ids, labels, strict=True))
+        split: Encoded = getattr(self.data, name)
+        return list(zip(split.ids, split.labels, strict=True))
 
     def train_dataloader(self) -> DataLoader:
         data = self._dataset("train")

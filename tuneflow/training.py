@@ -12,10 +12,21 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from tuneflow.config import PipelineConfig, TrainConfig
-from tuneflow.data import Splits, TextDataModule
+from tuneflow.data import EncodedData, TextDataModule
 from tuneflow.model import TextClassifier
 
 LAST_CHECKPOINT = "last.ckpt"
+
+
+class EpochCounter(pl.Callback):
+    """Counts validated epochs, also when a fit ends by an exception (a pruned trial)."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epochs += 1
 
 
 @dataclass
@@ -92,8 +103,7 @@ def build_trainer(
 
 def fit(
     cfg: PipelineConfig,
-    splits: Splits,
-    tokenizer: Any,
+    data: EncodedData,
     ckpt_dir: str | Path,
     logger: Any = None,
     resume_from: str | None = None,
@@ -104,8 +114,7 @@ def fit(
 
     Args:
         cfg: pipeline config (model and train sections are used).
-        splits: validated, cleaned splits.
-        tokenizer: the model's tokenizer.
+        data: tokenized train/validation splits (see :func:`tuneflow.data.encode`).
         ckpt_dir: where best and last checkpoints go.
         logger: a Lightning logger (e.g. :class:`tuneflow.tracking.MLflowMetricsLogger`).
         resume_from: a ``last.ckpt`` to continue from (epoch, optimizer, scheduler and early-stopping state).
@@ -119,9 +128,7 @@ def fit(
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dm = TextDataModule(
-        splits,
-        tokenizer,
-        cfg.model.max_length,
+        data,
         tcfg.batch_size,
         tcfg.eval_batch_size,
         tcfg.seed,
@@ -130,7 +137,7 @@ def fit(
     )
     module = TextClassifier(
         cfg.model.name,
-        splits.labels,
+        data.labels,
         lr=tcfg.lr,
         weight_decay=tcfg.weight_decay,
         warmup_ratio=tcfg.warmup_ratio,

@@ -1,0 +1,530 @@
+"""Optuna hyperparameter search over dotted config keys; every trial is a nested MLflow run.
+
+Parallelism is Optuna's own: N worker processes (or N machines) run :func:`optimize` against one study in
+shared RDB storage. Heartbeats let a live worker fail the trials of a dead one; the stale-trial callback
+re-queues them and marks their MLflow runs KILLED. Data are read and tokenized once per worker process,
+not once per trial (:class:`EncodingCache`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from tuneflow import tracking
+from tuneflow.config import ConfigError, ParamSpec, PipelineConfig, SearchConfig, apply_params, flatten
+from tuneflow.crossval import cross_validate, run_status
+from tuneflow.data import EncodedData, Splits, encode, load_splits
+from tuneflow.model import load_tokenizer
+from tuneflow.training import EpochCounter, fit
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+RUN_ATTR, EPOCHS_ATTR, LATENCY_ATTR = "mlflow_run_id", "epochs", "latency_ms"
+TAG_TRIAL, TAG_STATE, TAG_STUDY = "optuna.trial_number", "optuna.state", "optuna.study_name"
+LATENCY_EXAMPLES = 30
+
+
+class SearchError(RuntimeError):
+    """A search that cannot run or produced no usable trial."""
+
+
+def _quiet() -> None:
+    # Experimental-API warnings (heartbeats, matplotlib plots) and Lightning's per-Trainer banner would
+    # drown the one line per trial a person wants to read.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------- the study
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Sample one value per dotted key of ``space``."""
+    params: dict[str, Any] = {}
+    for key, spec in space.items():
+        if spec.type == "categorical":
+            params[key] = trial.suggest_categorical(key, spec.choices)
+        elif spec.type == "int":
+            step = int(spec.step or 1)
+            params[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=step, log=spec.log)
+        else:
+            params[key] = trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
+    return params
+
+
+def build_sampler(scfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (constant liar, so parallel workers do not propose the same point) or random sampling."""
+    if scfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(scfg.startup_trials, 1), multivariate=True, constant_liar=True
+    )
+
+
+def build_pruner(scfg: SearchConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Pruner over per-epoch validation values (per-fold running means with cross-validation)."""
+    if scfg.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=scfg.startup_trials, n_warmup_steps=scfg.warmup_epochs
+        )
+    if scfg.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(scfg.warmup_epochs, 1))
+    if scfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(scfg.warmup_epochs, 1), max_resource=max_epochs
+        )
+    return optuna.pruners.NopPruner()
+
+
+class StaleTrialCallback(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Re-queue a trial whose worker died; mark its MLflow run KILLED rather than RUNNING forever."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id:
+            try:
+                tracking.set_tags(
+                    run_id, {TAG_STATE: "FAIL", "tuneflow.failure": "worker stopped heartbeating"}
+                )
+                tracking.end_run(run_id, "KILLED")
+            except Exception as exc:  # the retry matters more than the bookkeeping
+                print(f"could not mark MLflow run {run_id} of stale trial {trial.number}: {exc}")
+        print(f"trial {trial.number}: its worker stopped heartbeating; marked failed and re-queued")
+        super().__call__(study, trial)
+
+
+def build_storage(scfg: SearchConfig) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats; SQLite files get a lock timeout so a few local workers can share one."""
+    url, engine_kwargs = scfg.storage, {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=scfg.heartbeat_interval,
+            grace_period=scfg.grace_period,
+            heartbeat_stale_trial_callback=StaleTrialCallback(max_retry=scfg.max_retry),
+        )
+    except Exception as exc:
+        raise SearchError(f"cannot open Optuna storage {url!r} (search.storage): {exc}") from exc
+
+
+def directions(cfg: PipelineConfig) -> list[str]:
+    assert cfg.search is not None
+    return [cfg.search_direction] + (["minimize"] if cfg.search.latency_objective else [])
+
+
+def open_study(cfg: PipelineConfig, sampler_seed: int | None = None) -> optuna.Study:
+    """Create the config's study, or load it when it exists (a rerun resumes it)."""
+    assert cfg.search is not None
+    _quiet()
+    scfg = cfg.search
+    storage = build_storage(scfg)
+    seed = cfg.train.seed if sampler_seed is None else sampler_seed
+    try:
+        study = optuna.create_study(
+            study_name=cfg.study_name,
+            storage=storage,
+            directions=directions(cfg),
+            sampler=build_sampler(scfg, seed),
+            pruner=build_pruner(scfg, cfg.train.max_epochs),
+            load_if_exists=True,
+        )
+    except optuna.exceptions.OptunaError as exc:
+        raise SearchError(f"cannot open study {cfg.study_name!r} in {scfg.storage}: {exc}") from exc
+    wanted = [optuna.study.StudyDirection[d.upper()] for d in directions(cfg)]
+    if study.directions != wanted:
+        raise SearchError(
+            f"study {cfg.study_name!r} in {scfg.storage} optimizes {[d.name for d in study.directions]}, "
+            f"the config asks for {[d.name for d in wanted]}: set search.study_name to start a new study"
+        )
+    return study
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+# ------------------------------------------------------------------------------------------- one trial
+
+
+class EncodingCache:
+    """Tokenized splits per (model, max_length): tokenization runs once per study, not once per trial."""
+
+    def __init__(self, splits: Splits):
+        self.splits = splits
+        self._tokenizers: dict[str, Any] = {}
+        self._encoded: dict[tuple[str, int], EncodedData] = {}
+
+    def get(self, cfg: PipelineConfig) -> EncodedData:
+        key = (cfg.model.name, cfg.model.max_length)
+        if key not in self._encoded:
+            if cfg.model.name not in self._tokenizers:
+                self._tokenizers[cfg.model.name] = load_tokenizer(cfg.model.name)
+            self._encoded[key] = encode(self.splits, self._tokenizers[cfg.model.name], cfg.model.max_length)
+        return self._encoded[key]
+
+
+def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, texts: list[str]) -> float:
+    """Median single-example latency of the trial's architecture at its max_length (weights do not matter)."""
+    from tuneflow.evaluation import Classifier, measure_latency
+    from tuneflow.model import load_classifier
+
+    model = load_classifier(cfg.model.name, data.labels).eval()
+    clf = Classifier(model, data.tokenizer, data.labels, cfg.model.max_length)
+    return measure_latency(clf, texts[:LATENCY_EXAMPLES], LATENCY_EXAMPLES, 1)["latency_p50_ms"]
+
+
+class Objective:
+    """Trains one configuration per trial under a nested MLflow run; returns the best validation score."""
+
+    def __init__(
+        self, cfg: PipelineConfig, parent_run_id: str, tracking_uri: str, work_dir: Path, splits: Splits
+    ):
+        assert cfg.search is not None
+        self.cfg, self.parent_run_id, self.tracking_uri = cfg, parent_run_id, tracking_uri
+        self.work_dir, self.cache = work_dir, EncodingCache(splits)
+        self.metric = cfg.search_metric
+        self.pruning = cfg.search.pruner != "none"
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        params = suggest(trial, self.cfg.search.space)
+        run_id = tracking.start_run(
+            self.cfg.experiment_name,
+            run_name=f"trial-{trial.number}",
+            tags={
+                tracking.TAG_STAGE: "trial",
+                TAG_TRIAL: str(trial.number),
+                TAG_STUDY: self.cfg.study_name,
+                TAG_STATE: "RUNNING",
+            },
+            parent_run_id=self.parent_run_id,
+        )
+        trial.set_user_attr(RUN_ATTR, run_id)  # a retried trial inherits the old id: overwrite it
+        error: BaseException | None = None
+        counter = EpochCounter()
+        state = "COMPLETE"
+        try:
+            # The trial early-stops and checkpoints on the metric it is judged by.
+            cfg = apply_params(self.cfg, {**params, "train.monitor": self.metric})
+            tracking.log_params(run_id, flatten(cfg.model_dump(mode="json", exclude={"search"})))
+            value = self._score(trial, cfg, run_id, counter)
+            metrics = {f"best_{self.metric}": value, "objective": value}
+            if self.cfg.search.latency_objective:
+                latency = measure_latency_ms(
+                    cfg, self.cache.get(cfg), self.cache.splits.validation["text"].tolist()
+                )
+                trial.set_user_attr(LATENCY_ATTR, latency)
+                metrics["latency_p50_ms"] = latency
+            tracking.log_metrics(run_id, metrics)
+            print(
+                f"trial {trial.number}: {self.metric} {value:.4f} after {counter.epochs} epoch(s)  {params}"
+            )
+            return (value, metrics["latency_p50_ms"]) if self.cfg.search.latency_objective else value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            print(f"trial {trial.number}: pruned after {counter.epochs} epoch(s)  {params}")
+            raise
+        except BaseException as exc:
+            error, state = exc, "FAIL"
+            if isinstance(exc, ConfigError):
+                print(f"trial {trial.number}: invalid parameter combination: {exc}")
+            raise
+        finally:
+            trial.set_user_attr(EPOCHS_ATTR, counter.epochs)
+            tags = {TAG_STATE: state}
+            if error is not None:
+                tags["tuneflow.failure"] = f"{type(error).__name__}: {error}"[:5000]
+            tracking.set_tags(run_id, tags)
+            tracking.log_metrics(run_id, {"epochs_trained": counter.epochs})
+            tracking.end_run(run_id, run_status(error))
+            shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
+
+    def _score(self, trial: optuna.Trial, cfg: PipelineConfig, run_id: str, counter: EpochCounter) -> float:
+        data = self.cache.get(cfg)
+        trial_dir = self.work_dir / f"trial-{trial.number}"
+        if cfg.train.cv_folds:
+
+            def report(fold: int, scores: list[float]) -> None:
+                trial.report(sum(scores) / len(scores), step=fold)
+                if self.pruning and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after fold {fold}")
+
+            result = cross_validate(
+                cfg,
+                data,
+                run_id,
+                trial_dir,
+                self.tracking_uri,
+                run_name=f"trial-{trial.number}-",
+                tags={TAG_TRIAL: str(trial.number), TAG_STUDY: cfg.study_name},
+                on_fold=report,
+                counter=counter,
+            )
+            tracking.log_metrics(run_id, result.metrics())
+            return result.mean
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        callbacks = [counter]
+        if self.pruning:
+            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
+        logger = tracking.MLflowMetricsLogger(run_id, self.tracking_uri)
+        result = fit(cfg, data, trial_dir, logger=logger, callbacks=callbacks, progress_bar=False)
+        if result.best_score is None or math.isnan(result.best_score):
+            raise SearchError(f"trial {trial.number} produced no {self.metric} value")
+        return result.best_score
+
+
+# ------------------------------------------------------------------------------------------- workers
+
+
+def optimize(
+    cfg_dump: dict[str, Any],
+    parent_run_id: str,
+    tracking_uri: str,
+    work_dir: str,
+    n_trials: int | None,
+    worker: int = 0,
+    threads: int | None = None,
+) -> int:
+    """One worker: run up to ``n_trials`` trials of the study (until its timeout); returns trials run.
+
+    Takes plain values so it can run in a spawned process; also runs in-process for a single worker.
+    """
+    cfg = PipelineConfig.model_validate(cfg_dump)
+    assert cfg.search is not None
+    _quiet()
+    if threads and not cfg.train.torch_threads:
+        import torch
+
+        torch.set_num_threads(threads)  # N workers share the cores instead of each taking them all
+    tracking.configure(tracking_uri)
+    probe = open_study(cfg)
+    # Distinct seeds per worker and per resume, so parallel or resumed workers do not replay one sequence.
+    seed = cfg.train.seed + 1000 * worker + len(probe.trials)
+    study = open_study(cfg, sampler_seed=seed)
+    splits = load_splits(cfg.data, cfg.train.seed)
+    objective = Objective(cfg, parent_run_id, tracking_uri, Path(work_dir), splits)
+    callbacks = []
+    if cfg.search.n_trials:
+        # Another machine on the same study may finish the budget first: stop when the study has enough.
+        callbacks.append(optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED_STATES))
+    before = len(study.trials)
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=cfg.search.timeout,
+        catch=(Exception,),
+        callbacks=callbacks,
+        gc_after_trial=True,
+    )
+    return len(study.trials) - before
+
+
+def shares(remaining: int | None, workers: int) -> list[int | None]:
+    """Split the missing trials between workers so that together they run exactly ``remaining``."""
+    if remaining is None:
+        return [None] * workers
+    base, extra = divmod(remaining, workers)
+    return [n for n in (base + (1 if i < extra else 0) for i in range(workers)) if n > 0]
+
+
+@dataclass
+class StudySummary:
+    """What a search produced: plain values for Prefect and the CLI."""
+
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    best_run_id: str | None
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    trials_run_now: int
+    epochs_total: int
+    best_latency_ms: float | None = None
+    artifacts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_study(
+    cfg: PipelineConfig, parent_run_id: str, work_dir: str | Path, workers: int = 1
+) -> StudySummary:
+    """Run the missing trials of the config's study with ``workers`` processes and summarize the study.
+
+    Args:
+        cfg: config with an enabled ``search`` section.
+        parent_run_id: the HPO parent run; each trial is nested under it.
+        work_dir: trial checkpoints (removed after scoring) and the summary files.
+        workers: local worker processes; 1 runs in this process.
+
+    Returns:
+        The study summary; plots and the trials table are written to ``work_dir/summary``.
+    """
+    if cfg.search is None:
+        raise SearchError("the config has no search: section")
+    tracking_uri = tracking.configure(cfg.tracking.tracking_uri)
+    study = open_study(cfg)
+    optuna.storages.fail_stale_trials(study)  # a worker killed last time: fail and re-queue its trials now
+    done = finished_count(study)
+    remaining = None if cfg.search.n_trials is None else max(cfg.search.n_trials - done, 0)
+    print(
+        f"study {cfg.study_name!r} ({cfg.search.storage}): {done} finished trial(s), "
+        f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"
+    )
+    before = len(study.trials)
+    plan = shares(remaining, workers)
+    args = (cfg.model_dump(mode="json"), parent_run_id, tracking_uri, str(work_dir))
+    if len(plan) == 1:
+        optimize(*args, plan[0], 0)
+    elif plan:
+        threads = max(1, (os.cpu_count() or 1) // len(plan))
+        with ProcessPoolExecutor(max_workers=len(plan), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(optimize, *args, n, i, threads) for i, n in enumerate(plan)]
+            errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            raise SearchError(
+                f"{len(failed)} of {len(plan)} search worker(s) failed: {failed[0]!r}"
+            ) from failed[0]
+    study = open_study(cfg)
+    return summarize(study, cfg, Path(work_dir) / "summary", trials_run_now=len(study.trials) - before)
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
+def pick_best(study: optuna.Study) -> FrozenTrial | None:
+    """Best trial; for a multi-objective study the Pareto-optimal trial with the best primary value."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    if len(study.directions) == 1:
+        return study.best_trial
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(study.best_trials, key=lambda t: sign * t.values[0])
+
+
+def _save(ax: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    fig.set_size_inches(9, 5.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(study: optuna.Study, metric: str, out: Path) -> list[Path]:
+    """Optimization history (or Pareto front), parameter importances and intermediate values as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as ovm
+
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    plots: list[tuple[str, Any]] = [
+        (
+            "optimization_history.png",
+            lambda: ovm.plot_optimization_history(study, target=target, target_name=metric),
+        )
+    ]
+    if len(study.directions) > 1:
+        plots.append(
+            ("pareto_front.png", lambda: ovm.plot_pareto_front(study, target_names=[metric, "latency_ms"]))
+        )
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2 and any(t.distributions for t in complete):
+        plots.append(
+            (
+                "param_importances.png",
+                lambda: ovm.plot_param_importances(study, target=target, target_name=metric),
+            )
+        )
+    if any(t.intermediate_values for t in study.trials):
+        plots.append(("intermediate_values.png", lambda: ovm.plot_intermediate_values(study)))
+    written = []
+    for name, draw in plots:
+        try:
+            written.append(_save(draw(), out / name))
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of constant params
+            print(f"skipped {name}: {exc}")
+    return written
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value(s), params, epochs, MLflow run id, duration."""
+    rows = []
+    for t in study.trials:
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        if t.values is not None:
+            row["value"] = t.values[0]
+            if len(t.values) > 1:
+                row["latency_ms"] = t.values[1]
+        row.update({f"params.{k}": v for k, v in t.params.items()})
+        row["epochs"] = t.user_attrs.get(EPOCHS_ATTR)
+        row["mlflow_run_id"] = t.user_attrs.get(RUN_ATTR)
+        row["duration_s"] = t.duration.total_seconds() if t.duration else None
+        row["retry_of"] = t.system_attrs.get("failed_trial")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_now: int = 0) -> StudySummary:
+    """Write trials.csv, best.json and the plots to ``out`` and return the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    states = [t.state for t in study.trials]
+    best = pick_best(study)
+    summary = StudySummary(
+        study_name=study.study_name,
+        storage=cfg.search.storage if cfg.search else "",
+        metric=cfg.search_metric,
+        direction=cfg.search_direction,
+        best_value=best.values[0] if best else None,
+        best_params=dict(best.params) if best else {},
+        best_trial=best.number if best else None,
+        best_run_id=best.user_attrs.get(RUN_ATTR) if best else None,
+        n_complete=states.count(TrialState.COMPLETE),
+        n_pruned=states.count(TrialState.PRUNED),
+        n_failed=states.count(TrialState.FAIL),
+        trials_run_now=trials_run_now,
+        epochs_total=sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in study.trials),
+        best_latency_ms=best.values[1] if best and len(best.values) > 1 else None,
+    )
+    trials_table(study).to_csv(out / "trials.csv", index=False)
+    plots = write_plots(study, cfg.search_metric, out)
+    summary.artifacts = [str(p) for p in [out / "trials.csv", *plots]]
+    (out / "best.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    if best is None:
+        raise SearchError(
+            f"study {study.study_name!r} has no completed trial ({summary.n_pruned} pruned, "
+            f"{summary.n_failed} failed): see the failed trials' tuneflow.failure tag in MLflow"
+        )
+    return summary
+
+
+def best_config(cfg: PipelineConfig, summary: StudySummary) -> PipelineConfig:
+    """The config with the best trial's parameters (and the search metric as monitor) applied."""
+    return apply_params(cfg, {**summary.best_params, "train.monitor": cfg.search_metric})
