@@ -5,40 +5,60 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.tune import search_markdown
+from tasks.crossval import cross_validate
 from tasks.evaluate import evaluate
 from tasks.registry import register
-from tasks.tracking import close_run, open_run
+from tasks.search import search
+from tasks.tracking import close_run, open_run, record_config
 from tasks.train import train
 from tasks.validate import validate_data
 from tuneflow import tracking
 from tuneflow.config import load_config
+from tuneflow.search import best_config
 
 HEADLINE = ("test_accuracy", "test_f1_macro", "test_f1_weighted", "train_val_gap", "latency_p95_ms")
 
 
 @flow(name="finetune", log_prints=True)
-def finetune(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> dict:
+def finetune(
+    config_path: str, overrides: list[str] | None = None, resume: bool = False, workers: int = 1
+) -> dict:
     """Fine-tune the model described by a YAML config and register it in MLflow.
+
+    With an enabled ``search:`` section the study runs first (nested ``search`` run, trials nested under
+    it) and the model is then retrained from the pre-trained weights with the best trial's parameters.
 
     Args:
         config_path: the experiment YAML.
         overrides: ``dotted.key=value`` strings applied to the config.
         resume: continue the newest interrupted run of the same config from its last checkpoint.
+        workers: local worker processes for the search.
 
     Returns:
-        ``run_id``, ``metrics``, and ``model`` (registered name/version/uri, or None when not registered).
+        ``run_id``, ``metrics``, ``model`` (registered name/version/uri, or None when not registered),
+        ``fit``, ``search`` (the study summary or None) and ``cv`` (cross-validation metrics or None).
     """
     cfg = load_config(config_path, overrides or [])
     uri = tracking.configure(cfg.tracking.tracking_uri)
-    opened = open_run(cfg, resume)
+    opened = open_run(cfg, resume, log_config=not cfg.searching)
     run_id = opened["run_id"]
+    searched = cv = None
     try:
         data = validate_data(cfg, run_id)
-        fitted = train(cfg, run_id, opened["resume_from"])
-        metrics = evaluate(cfg, run_id, fitted["export_dir"])
+        final = cfg
+        if cfg.searching:
+            searched = search(cfg, run_id, workers, nested=True)
+            final = best_config(cfg, searched["best_params"])
+            record_config(final, run_id)
+            tracking.set_tags(run_id, {"tuneflow.search_run_id": searched["run_id"]})
+        if final.train.cv_folds:
+            cv = cross_validate(final, run_id)
+        fitted = train(final, run_id, opened["resume_from"])
+        metrics = evaluate(final, run_id, fitted["export_dir"])
         model = (
-            register(cfg, run_id, fitted["export_dir"], data["data_fingerprint"])
-            if cfg.tracking.register_after_eval
+            register(final, run_id, fitted["export_dir"], data["data_fingerprint"])
+            if final.tracking.register_after_eval
             else None
         )
     except KeyboardInterrupt:
@@ -50,12 +70,19 @@ def finetune(config_path: str, overrides: list[str] | None = None, resume: bool 
     close_run(cfg, run_id, "FINISHED")
     rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE if k in metrics)
     registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
+    cv_line = ""
+    if cv:
+        key = f"cv_{final.train.monitor}"
+        cv_line = (
+            f"- Cross-validation {final.train.monitor}: {cv[key + '_mean']:.4f} +- {cv[key + '_std']:.4f}\n"
+        )
     create_markdown_artifact(
         key=f"finetune-{cfg.name.lower().replace('_', '-')}",
         markdown=(
             f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({uri})\n- Model: {registered}\n"
-            f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n\n"
+            f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n{cv_line}\n"
             f"| metric | value |\n| --- | --- |\n{rows}\n"
+            + (f"\n{search_markdown(cfg.name, searched, uri)}" if searched else "")
         ),
         description="tuneflow fine-tuning summary",
     )
@@ -66,4 +93,6 @@ def finetune(config_path: str, overrides: list[str] | None = None, resume: bool 
         "metrics": metrics,
         "model": model,
         "fit": fitted,
+        "search": searched,
+        "cv": cv,
     }

@@ -27,14 +27,29 @@ def _git_commit() -> str:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def open_run(cfg: PipelineConfig, resume: bool = False) -> dict[str, str | None]:
-    """Start the parent run (or reopen an interrupted one with ``resume``); log config and tags.
+def open_run(
+    cfg: PipelineConfig, resume: bool = False, stage: str = "finetune", log_config: bool = True
+) -> dict[str, str | None]:
+    """Start the parent run (or reopen an interrupted one); log config and tags.
+
+    Args:
+        cfg: the experiment.
+        resume: finetune: continue the newest interrupted run of this config from its last checkpoint.
+        stage: ``finetune`` or ``tune``. A tune run always reattaches to an unfinished tune run of the same
+            config, so a resumed (or multi-machine) study keeps its trials under one parent.
+        log_config: log the flattened config as params now (a search logs the tuned config later).
 
     Returns ``{"run_id", "resume_from"}``; ``resume_from`` is the last checkpoint to continue from.
     """
     tracking.configure(cfg.tracking.tracking_uri)
     config_hash = cfg.fingerprint()
-    if resume:
+    if stage == "tune":
+        previous = tracking.find_resumable_run(cfg.experiment_name, config_hash, stage="tune")
+        if previous is not None:
+            tracking.reopen_run(previous.info.run_id)
+            print(f"continuing the study under MLflow run {previous.info.run_id}")
+            return {"run_id": previous.info.run_id, "resume_from": None}
+    elif resume:
         previous = tracking.find_resumable_run(cfg.experiment_name, config_hash)
         if previous is not None:
             ckpt = run_dir(cfg, previous.info.run_id) / LAST_CHECKPOINT
@@ -45,7 +60,7 @@ def open_run(cfg: PipelineConfig, resume: bool = False) -> dict[str, str | None]
                 return {"run_id": previous.info.run_id, "resume_from": str(ckpt)}
         print("--resume: no interrupted run of this config with a checkpoint; starting a new run")
     tags = {
-        tracking.TAG_STAGE: "finetune",
+        tracking.TAG_STAGE: stage,
         tracking.TAG_CONFIG_HASH: config_hash,
         "tuneflow.task": cfg.task,
         "tuneflow.base_model": cfg.model.name,
@@ -54,11 +69,16 @@ def open_run(cfg: PipelineConfig, resume: bool = False) -> dict[str, str | None]
         "prefect.flow_run_name": str(flow_run.get_name() or "none"),
     }
     run_id = tracking.start_run(cfg.experiment_name, run_name=flow_run.get_name(), tags=tags)
-    tracking.log_params(run_id, flatten(cfg.model_dump(mode="json")))
-    tracking.log_text(
-        run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml"
-    )
+    if log_config:
+        record_config(cfg, run_id)
     return {"run_id": run_id, "resume_from": None}
+
+
+def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/resolved.yaml") -> None:
+    """Log the flattened config as params and the resolved YAML as an artifact."""
+    tracking.configure(cfg.tracking.tracking_uri)
+    tracking.log_params(run_id, flatten(cfg.model_dump(mode="json")))
+    tracking.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), artifact)
 
 
 @task(cache_policy=NO_CACHE)

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import make_config
 from tuneflow import tracking
-from tuneflow.config import ConfigError, load_config
+from tuneflow.config import load_config
 from tuneflow.search import RUN_ATTR, open_study, run_study
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,16 @@ def test_study_nests_trials_in_mlflow_with_states(tmp_path: Path, tiny_model: st
     cfg, summary, parent, client = _study(tmp_path, tiny_model)
     study = open_study(cfg)
     trials = study.trials
-    assert len([t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]) == 4
+    assert (
+        len(
+            [
+                t
+                for t in trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            ]
+        )
+        == 4
+    )
     runs = {r.info.run_id: r for r in _trial_runs(client, cfg, parent)}
     assert len(runs) == 4
     for t in trials:

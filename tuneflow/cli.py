@@ -1,7 +1,7 @@
 """The ``tuneflow`` command line. Heavy libraries are imported inside commands so ``--help`` is instant.
 
 Exit codes: 0 success, 1 unexpected failure, 2 invalid config or arguments, 3 data validation failed,
-4 model could not be loaded.
+4 model could not be loaded, 5 the search could not run or no trial completed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-5")]
+WorkersOpt = Annotated[
+    int, typer.Option(min=1, help="Local worker processes sharing the Optuna study (search only).")
+]
 
 
 def _quiet_env() -> None:
@@ -45,9 +48,10 @@ def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
 def _fail_on_known(exc: BaseException) -> None:
     from tuneflow.config import ConfigError
     from tuneflow.model import ModelLoadError
+    from tuneflow.search import SearchError
     from tuneflow.validation import DataValidationError
 
-    for kind, code in ((ConfigError, 2), (DataValidationError, 3), (ModelLoadError, 4)):
+    for kind, code in ((ConfigError, 2), (DataValidationError, 3), (ModelLoadError, 4), (SearchError, 5)):
         if isinstance(exc, kind):
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(code) from None
@@ -58,14 +62,15 @@ def run(
     config: ConfigArg,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the last interrupted run of this config.")] = False,
+    workers: WorkersOpt = 1,
 ) -> None:
-    """Validate data, fine-tune, evaluate and register a model (the finetune flow)."""
+    """Validate data, search (when configured), fine-tune, evaluate and register a model (finetune flow)."""
     _load(config, set_)  # fail fast, before Prefect starts, on a bad config
     _quiet_env()
     from flows.finetune import finetune
 
     try:
-        result = finetune(str(config), set_ or [], resume)
+        result = finetune(str(config), set_ or [], resume, workers)
     except Exception as exc:
         _fail_on_known(exc)
         raise
@@ -74,6 +79,15 @@ def run(
     console.print(
         f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', {result['tracking_uri']})"
     )
+    if result["search"]:
+        _print_search(result["search"])
+    if result["cv"]:
+        cv = result["cv"]
+        mean = next(k for k in cv if k.endswith("_mean"))
+        console.print(
+            f"cross-val       {mean.removeprefix('cv_').removesuffix('_mean')} {cv[mean]:.4f} "
+            f"+- {cv[mean.replace('_mean', '_std')]:.4f} over {int(cv['cv_folds'])} folds"
+        )
     console.print(
         f"test accuracy   {m['test_accuracy']:.4f}   macro F1 {m['test_f1_macro']:.4f}   "
         f"train/val gap {m['train_val_gap']:+.3f}"
@@ -87,6 +101,43 @@ def run(
             f'try it          tuneflow predict --model models:/{mdl["name"]}/{mdl["version"]} "some text"'
         )
     console.print("browse runs     tuneflow ui   (then open http://127.0.0.1:5000)")
+
+
+def _print_search(s: dict) -> None:
+    console.print(
+        f"search          study '{s['study_name']}': best {s['metric']} {s['best_value']:.4f} "
+        f"(trial {s['best_trial']}); {s['n_complete']} complete, {s['n_pruned']} pruned, "
+        f"{s['n_failed']} failed; {s['epochs_total']} epochs"
+    )
+    for key, value in s["best_params"].items():
+        console.print(f"  best {key} = {value}")
+
+
+@app.command()
+def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> None:
+    """Run (or resume) the config's Optuna search only; trials are nested runs in MLflow (the tune flow).
+
+    Rerunning the same command resumes the study and runs only the missing trials. Several machines can
+    run it against one PostgreSQL storage (--set search.storage=postgresql://...).
+    """
+    cfg = _load(config, set_)
+    if cfg.search is None:
+        console.print(f"[bold red]error:[/] {config} has no search: section (see configs/demo.yaml)")
+        raise typer.Exit(2)
+    _quiet_env()
+    from flows.tune import tune as tune_flow
+
+    try:
+        result = tune_flow(str(config), set_ or [], workers)
+    except Exception as exc:
+        _fail_on_known(exc)
+        raise
+    console.rule("[bold green]tuneflow tune finished")
+    console.print(f"MLflow HPO run  {result['run_id']}  (experiment '{result['experiment']}')")
+    _print_search(result["search"])
+    sets = " ".join(f"--set {k}={v}" for k, v in result["search"]["best_params"].items())
+    console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
+    console.print("compare trials  tuneflow ui   (parent run -> nested trial runs -> Chart / Compare)")
 
 
 @app.command()

@@ -287,6 +287,11 @@ class SearchConfig(_Section):
         ge=0,
         description="Trials run to the end before the median pruner may prune (and TPE's random start).",
     )
+    max_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Epoch cap per trial (cheaper than the final training); null = train.max_epochs.",
+    )
     warmup_epochs: int = Field(
         1, ge=0, description="Epochs of each trial that are never pruned (median pruner)."
     )

@@ -15,7 +15,7 @@ import os
 import shutil
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,10 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the head re-initialization report, once per trial
+    hf_logging.disable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------------- the study
@@ -122,7 +126,17 @@ def build_storage(scfg: SearchConfig) -> optuna.storages.RDBStorage:
             heartbeat_stale_trial_callback=StaleTrialCallback(max_retry=scfg.max_retry),
         )
     except Exception as exc:
-        raise SearchError(f"cannot open Optuna storage {url!r} (search.storage): {exc}") from exc
+        raise SearchError(f"cannot open Optuna storage {redact(url)!r} (search.storage): {exc}") from exc
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password (safe to print and to tag)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
 
 
 def directions(cfg: PipelineConfig) -> list[str]:
@@ -143,15 +157,16 @@ def open_study(cfg: PipelineConfig, sampler_seed: int | None = None) -> optuna.S
             storage=storage,
             directions=directions(cfg),
             sampler=build_sampler(scfg, seed),
-            pruner=build_pruner(scfg, cfg.train.max_epochs),
+            pruner=build_pruner(scfg, scfg.max_epochs or cfg.train.max_epochs),
             load_if_exists=True,
         )
     except optuna.exceptions.OptunaError as exc:
-        raise SearchError(f"cannot open study {cfg.study_name!r} in {scfg.storage}: {exc}") from exc
+        raise SearchError(f"cannot open study {cfg.study_name!r} in {redact(scfg.storage)}: {exc}") from exc
     wanted = [optuna.study.StudyDirection[d.upper()] for d in directions(cfg)]
     if study.directions != wanted:
         raise SearchError(
-            f"study {cfg.study_name!r} in {scfg.storage} optimizes {[d.name for d in study.directions]}, "
+            f"study {cfg.study_name!r} in {redact(scfg.storage)} optimizes "
+            f"{[d.name for d in study.directions]}, "
             f"the config asks for {[d.name for d in wanted]}: set search.study_name to start a new study"
         )
     return study
@@ -162,6 +177,17 @@ def finished_count(study: optuna.Study) -> int:
 
 
 # ------------------------------------------------------------------------------------------- one trial
+
+
+def trial_overrides(cfg: PipelineConfig) -> dict[str, Any]:
+    """Settings every trial gets: the search metric drives early stopping and checkpoints, and trials may
+    have a smaller epoch budget than the final training."""
+    assert cfg.search is not None
+    out: dict[str, Any] = {"train.monitor": cfg.search_metric}
+    if cfg.search.max_epochs:
+        out["train.max_epochs"] = cfg.search.max_epochs
+        out["train.min_epochs"] = min(cfg.train.min_epochs, cfg.search.max_epochs)
+    return out
 
 
 class EncodingCache:
@@ -221,8 +247,7 @@ class Objective:
         counter = EpochCounter()
         state = "COMPLETE"
         try:
-            # The trial early-stops and checkpoints on the metric it is judged by.
-            cfg = apply_params(self.cfg, {**params, "train.monitor": self.metric})
+            cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
             tracking.log_params(run_id, flatten(cfg.model_dump(mode="json", exclude={"search"})))
             value = self._score(trial, cfg, run_id, counter)
             metrics = {f"best_{self.metric}": value, "objective": value}
@@ -363,7 +388,7 @@ class StudySummary:
     trials_run_now: int
     epochs_total: int
     best_latency_ms: float | None = None
-    artifacts: list[str] = field(default_factory=list)
+    summary_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -391,7 +416,7 @@ def run_study(
     done = finished_count(study)
     remaining = None if cfg.search.n_trials is None else max(cfg.search.n_trials - done, 0)
     print(
-        f"study {cfg.study_name!r} ({cfg.search.storage}): {done} finished trial(s), "
+        f"study {cfg.study_name!r} ({redact(cfg.search.storage)}): {done} finished trial(s), "
         f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"
     )
     before = len(study.trials)
@@ -499,7 +524,7 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
     best = pick_best(study)
     summary = StudySummary(
         study_name=study.study_name,
-        storage=cfg.search.storage if cfg.search else "",
+        storage=redact(cfg.search.storage) if cfg.search else "",
         metric=cfg.search_metric,
         direction=cfg.search_direction,
         best_value=best.values[0] if best else None,
@@ -514,8 +539,8 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
         best_latency_ms=best.values[1] if best and len(best.values) > 1 else None,
     )
     trials_table(study).to_csv(out / "trials.csv", index=False)
-    plots = write_plots(study, cfg.search_metric, out)
-    summary.artifacts = [str(p) for p in [out / "trials.csv", *plots]]
+    write_plots(study, cfg.search_metric, out)
+    summary.summary_dir = str(out)
     (out / "best.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     if best is None:
         raise SearchError(
@@ -525,6 +550,6 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
     return summary
 
 
-def best_config(cfg: PipelineConfig, summary: StudySummary) -> PipelineConfig:
+def best_config(cfg: PipelineConfig, best_params: dict[str, Any]) -> PipelineConfig:
     """The config with the best trial's parameters (and the search metric as monitor) applied."""
-    return apply_params(cfg, {**summary.best_params, "train.monitor": cfg.search_metric})
+    return apply_params(cfg, {**best_params, "train.monitor": cfg.search_metric})

@@ -132,14 +132,14 @@ def metric_history(run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int
     return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k)) for k in keys}
 
 
-def find_resumable_run(experiment: str, config_hash: str) -> Any | None:
-    """Newest unfinished run of ``experiment`` started from the same resolved config."""
+def find_resumable_run(experiment: str, config_hash: str, stage: str = "finetune") -> Any | None:
+    """Newest unfinished ``stage`` run (finetune or tune) of ``experiment`` started from the same config."""
     exp = client().get_experiment_by_name(experiment)
     if exp is None:
         return None
     runs = client().search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and tags.`{TAG_STAGE}` = 'finetune'",
+        filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and tags.`{TAG_STAGE}` = '{stage}'",
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )

@@ -1,0 +1,62 @@
+"""The tune flow: validate -> Optuna search, one HPO parent run whose nested runs are the trials."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.search import search
+from tasks.tracking import close_run, open_run
+from tasks.validate import validate_data
+from tuneflow import tracking
+from tuneflow.config import ConfigError, load_config
+
+
+def search_markdown(name: str, summary: dict, uri: str) -> str:
+    """A short report of a study for the Prefect UI."""
+    params = "\n".join(f"| `{k}` | {v} |" for k, v in summary["best_params"].items())
+    return (
+        f"# Search `{name}`\n\n- Study `{summary['study_name']}` in `{summary['storage']}`\n"
+        f"- MLflow HPO run: `{summary['run_id']}` ({uri}); best trial {summary['best_trial']} "
+        f"(run `{summary['best_run_id']}`)\n"
+        f"- Best {summary['metric']}: **{summary['best_value']:.4f}** ({summary['direction']})\n"
+        f"- Trials: {summary['n_complete']} complete, {summary['n_pruned']} pruned, "
+        f"{summary['n_failed']} failed ({summary['trials_run_now']} run now); "
+        f"{summary['epochs_total']} training epochs in all\n\n"
+        f"| parameter | best value |\n| --- | --- |\n{params}\n"
+    )
+
+
+@flow(name="tune", log_prints=True)
+def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1) -> dict:
+    """Run (or resume) the config's hyperparameter search.
+
+    Args:
+        config_path: the experiment YAML; it needs a ``search:`` section.
+        overrides: ``dotted.key=value`` strings applied to the config.
+        workers: local worker processes sharing the study.
+
+    Returns:
+        ``run_id`` (the HPO parent run), ``tracking_uri``, ``experiment`` and ``search`` (the summary).
+    """
+    cfg = load_config(config_path, overrides or [])
+    if cfg.search is None:
+        raise ConfigError(config_path, [("search", "missing: add a search: section (see configs/demo.yaml)")])
+    uri = tracking.configure(cfg.tracking.tracking_uri)
+    run_id = open_run(cfg, stage="tune")["run_id"]
+    try:
+        validate_data(cfg, run_id)
+        summary = search(cfg, run_id, workers)
+    except KeyboardInterrupt:
+        close_run(cfg, run_id, "KILLED")
+        raise
+    except BaseException:
+        close_run(cfg, run_id, "FAILED")
+        raise
+    close_run(cfg, run_id, "FINISHED")
+    create_markdown_artifact(
+        key=f"tune-{cfg.name.lower().replace('_', '-')}",
+        markdown=search_markdown(cfg.name, summary, uri),
+        description="tuneflow hyperparameter search summary",
+    )
+    return {"run_id": run_id, "tracking_uri": uri, "experiment": cfg.experiment_name, "search": summary}

@@ -1,0 +1,66 @@
+"""Search stage: run the Optuna study (trials nested in MLflow) and log its summary to the HPO run."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import run_dir
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig
+from tuneflow.crossval import run_status
+from tuneflow.search import TAG_STUDY, StudySummary, redact, run_study
+
+
+def log_summary(run_id: str, summary: StudySummary) -> None:
+    """Best value and counts as metrics, best params as tags (they change as a study grows), files."""
+    metrics = {
+        f"best_{summary.metric}": summary.best_value,
+        "trials_complete": summary.n_complete,
+        "trials_pruned": summary.n_pruned,
+        "trials_failed": summary.n_failed,
+        "epochs_total": summary.epochs_total,
+    }
+    if summary.best_latency_ms is not None:
+        metrics["best_latency_p50_ms"] = summary.best_latency_ms
+    tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
+    tags = {f"tuneflow.best.{k}": v for k, v in summary.best_params.items()}
+    tags.update(
+        {
+            TAG_STUDY: summary.study_name,
+            "optuna.storage": redact(summary.storage),
+            "tuneflow.best_trial": summary.best_trial,
+            "tuneflow.best_trial_run_id": summary.best_run_id,
+        }
+    )
+    tracking.set_tags(run_id, tags)
+    tracking.log_artifacts(run_id, summary.summary_dir, "search")
+
+
+@task(cache_policy=NO_CACHE)  # no retries: the study itself resumes on the next run
+def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = False) -> dict:
+    """Run the study's missing trials under ``run_id`` (or under a nested ``search`` run of it).
+
+    Returns:
+        The study summary (best params and value, trial counts) plus ``run_id``: the HPO run.
+    """
+    tracking.configure(cfg.tracking.tracking_uri)
+    hpo_run = run_id
+    if nested:
+        hpo_run = tracking.start_run(
+            cfg.experiment_name,
+            run_name="search",
+            tags={tracking.TAG_STAGE: "search", TAG_STUDY: cfg.study_name},
+            parent_run_id=run_id,
+        )
+    error: BaseException | None = None
+    try:
+        summary = run_study(cfg, hpo_run, run_dir(cfg, hpo_run) / "search", workers)
+        log_summary(hpo_run, summary)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if nested:
+            tracking.end_run(hpo_run, run_status(error))
+    return {**summary.to_dict(), "run_id": hpo_run}
