@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from mlflow import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
 
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 from tuneflow import tracking
+from tuneflow.cli import app
 from tuneflow.config import load_config
 from tuneflow.search import RUN_ATTR, open_study, run_study
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PG_URL = os.environ.get("TUNEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 pytestmark = pytest.mark.integration
 
@@ -83,9 +95,133 @@ def test_study_nests_trials_in_mlflow_with_states(tmp_path: Path, tiny_model: st
         assert float(run.data.params["train.lr"]) == pytest.approx(t.params["train.lr"])
         assert len(client.get_metric_history(run.info.run_id, "val_f1_macro")) == t.user_attrs["epochs"]
     assert summary.n_pruned >= 1, "lr=1e-8 trials should be pruned"
-    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert all(t.user_attrs["epochs"] < 3 for t in pruned)
     assert summary.best_params["train.lr"] == pytest.approx(3e-3)
     out = tmp_path / "work" / "summary"
     for name in ("optimization_history.png", "param_importances.png", "intermediate_values.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_two_workers_share_the_study_exactly(tmp_path: Path, tiny_model: str) -> None:
+    cfg, summary, parent, client = _study(tmp_path, tiny_model, workers=2, n_trials=4)
+    trials = open_study(cfg).trials
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == 4 and len(trials) == 4
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers)
+    runs = _trial_runs(client, cfg, parent)
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == sorted(numbers)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {t.user_attrs[RUN_ATTR] for t in trials} == {r.info.run_id for r in runs}
+
+
+WORKER = """
+import sys
+from tuneflow import tracking
+from tuneflow.config import load_config
+from tuneflow.search import run_study
+cfg = load_config(sys.argv[1])
+tracking.configure(cfg.tracking.tracking_uri)
+run_study(cfg, sys.argv[2], sys.argv[3])
+"""
+
+
+def test_killed_worker_is_failed_retried_and_resume_runs_only_missing_trials(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    cfg_path = search_config(tmp_path, tiny_model, n_trials=4, pruner="none")
+    cfg = load_config(cfg_path)
+    uri = tracking.configure(cfg.tracking.tracking_uri)
+    parent = tracking.start_run(cfg.experiment_name, "hpo")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(cfg_path), parent, str(tmp_path / "work")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    study = open_study(cfg)
+    while time.time() < deadline:  # kill the worker in the middle of its third trial
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        if sum(s in FINISHED for s in states) >= 2 and TrialState.RUNNING in states:
+            break
+        assert proc.poll() is None, "worker ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = open_study(cfg).trials
+    killed = next(t for t in at_kill if t.state == TrialState.RUNNING)
+    finished_at_kill = sum(t.state in FINISHED for t in at_kill)
+    time.sleep(cfg.search.grace_period + 1)  # let its heartbeat go stale
+
+    summary = run_study(cfg, parent, tmp_path / "work")  # the same command again
+
+    trials = open_study(cfg).trials
+    assert sum(t.state in FINISHED for t in trials) == 4
+    assert summary.trials_run_now == 4 - finished_at_kill  # only the missing trials ran
+    assert trials[killed.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state in FINISHED
+    client = MlflowClient(tracking_uri=uri)
+    dead = client.get_run(killed.user_attrs[RUN_ATTR])
+    assert dead.info.status == "KILLED" and dead.data.tags["optuna.state"] == "FAIL"
+    assert not [r for r in _trial_runs(client, cfg, parent) if r.info.status == "RUNNING"]
+
+
+def test_latency_is_a_second_objective(tmp_path: Path, tiny_model: str) -> None:
+    cfg, summary, _, _ = _study(tmp_path, tiny_model, n_trials=2, pruner="none", latency_objective=True)
+    assert len(open_study(cfg).directions) == 2
+    assert summary.best_latency_ms is not None and summary.best_latency_ms > 0
+    assert (tmp_path / "work" / "summary" / "pareto_front.png").exists()
+
+
+def _postgres_reachable() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
+def test_postgresql_storage_works_unchanged(tmp_path: Path, tiny_model: str) -> None:
+    name = f"tuneflow-test-{os.getpid()}-{int(time.time())}"
+    try:
+        cfg, summary, _, _ = _study(tmp_path, tiny_model, n_trials=2, storage=PG_URL, study_name=name)
+        assert sum(t.state in FINISHED for t in open_study(cfg).trials) == 2
+        assert summary.storage.startswith("postgresql://")
+    finally:
+        optuna.delete_study(study_name=name, storage=PG_URL)
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"train.nope": {"type": "float", "low": 0.1, "high": 0.2}}, "search.space.train.nope"),
+        ({"train.lr": {"type": "float", "low": 0.1, "high": 0.01}}, "low (0.1) must be <= high (0.01)"),
+        ({"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
+        ({"train.batch_size": {"type": "categorical", "choices": []}}, "non-empty 'choices'"),
+        ({"model.dropout": {"type": "float", "low": 0.1, "high": 1.5}}, "value 1.5 is rejected"),
+        ({"data.train": {"type": "categorical", "choices": ["x.csv"]}}, "search.space.data.train"),
+    ],
+)
+def test_invalid_space_fails_before_any_trial(
+    tmp_path: Path, tiny_model: str, space: dict, expected: str
+) -> None:
+    cfg_path = search_config(tmp_path, tiny_model)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["search"]["space"] = space
+    cfg_path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["tune", str(cfg_path)])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split())
+    assert not (tmp_path / "optuna.db").exists()  # no study was created
+
+
+def test_tune_without_search_section_exits_2(tmp_path: Path, tiny_model: str) -> None:
+    cfg_path = make_config(tmp_path, tiny_model)
+    result = CliRunner().invoke(app, ["tune", str(cfg_path)])
+    assert result.exit_code == 2 and "no search: section" in result.output

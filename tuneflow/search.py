@@ -385,7 +385,7 @@ class StudySummary:
     n_complete: int
     n_pruned: int
     n_failed: int
-    trials_run_now: int
+    trials_run_now: int  # trials that finished (complete or pruned) during this call
     epochs_total: int
     best_latency_ms: float | None = None
     summary_dir: str = ""
@@ -419,7 +419,6 @@ def run_study(
         f"study {cfg.study_name!r} ({redact(cfg.search.storage)}): {done} finished trial(s), "
         f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"
     )
-    before = len(study.trials)
     plan = shares(remaining, workers)
     args = (cfg.model_dump(mode="json"), parent_run_id, tracking_uri, str(work_dir))
     if len(plan) == 1:
@@ -435,7 +434,7 @@ def run_study(
                 f"{len(failed)} of {len(plan)} search worker(s) failed: {failed[0]!r}"
             ) from failed[0]
     study = open_study(cfg)
-    return summarize(study, cfg, Path(work_dir) / "summary", trials_run_now=len(study.trials) - before)
+    return summarize(study, cfg, Path(work_dir) / "summary", trials_run_now=finished_count(study) - done)
 
 
 # ------------------------------------------------------------------------------------------- summary
