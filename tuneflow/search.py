@@ -97,21 +97,27 @@ def build_pruner(scfg: SearchConfig, max_epochs: int) -> optuna.pruners.BasePrun
 class StaleTrialCallback(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Re-queue a trial whose worker died; mark its MLflow run KILLED rather than RUNNING forever."""
 
+    def __init__(self, max_retry: int | None, experiment: str):
+        super().__init__(max_retry=max_retry)
+        self.experiment = experiment
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if run_id:
-            try:
-                tracking.set_tags(
-                    run_id, {TAG_STATE: "FAIL", "tuneflow.failure": "worker stopped heartbeating"}
-                )
+        try:
+            run_ids = {trial.user_attrs.get(RUN_ATTR)} - {None}
+            # A worker killed between creating the run and recording its id: find the run by its tags.
+            tags = {TAG_STUDY: study.study_name, TAG_TRIAL: str(trial.number)}
+            run_ids |= set(tracking.running_runs(self.experiment, tags))
+            for run_id in run_ids:
+                failure = {TAG_STATE: "FAIL", "tuneflow.failure": "worker stopped heartbeating"}
+                tracking.set_tags(run_id, failure)
                 tracking.end_run(run_id, "KILLED")
-            except Exception as exc:  # the retry matters more than the bookkeeping
-                print(f"could not mark MLflow run {run_id} of stale trial {trial.number}: {exc}")
+        except Exception as exc:  # the retry matters more than the bookkeeping
+            print(f"could not mark the MLflow run of stale trial {trial.number}: {exc}")
         print(f"trial {trial.number}: its worker stopped heartbeating; marked failed and re-queued")
         super().__call__(study, trial)
 
 
-def build_storage(scfg: SearchConfig) -> optuna.storages.RDBStorage:
+def build_storage(scfg: SearchConfig, experiment: str) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats; SQLite files get a lock timeout so a few local workers can share one."""
     url, engine_kwargs = scfg.storage, {}
     if url.startswith("sqlite:///"):
@@ -123,7 +129,7 @@ def build_storage(scfg: SearchConfig) -> optuna.storages.RDBStorage:
             engine_kwargs=engine_kwargs,
             heartbeat_interval=scfg.heartbeat_interval,
             grace_period=scfg.grace_period,
-            heartbeat_stale_trial_callback=StaleTrialCallback(max_retry=scfg.max_retry),
+            heartbeat_stale_trial_callback=StaleTrialCallback(scfg.max_retry, experiment),
         )
     except Exception as exc:
         raise SearchError(f"cannot open Optuna storage {redact(url)!r} (search.storage): {exc}") from exc
@@ -149,7 +155,7 @@ def open_study(cfg: PipelineConfig, sampler_seed: int | None = None) -> optuna.S
     assert cfg.search is not None
     _quiet()
     scfg = cfg.search
-    storage = build_storage(scfg)
+    storage = build_storage(scfg, cfg.experiment_name)
     seed = cfg.train.seed if sampler_seed is None else sampler_seed
     try:
         study = optuna.create_study(

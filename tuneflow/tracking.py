@@ -146,6 +146,15 @@ def find_resumable_run(experiment: str, config_hash: str, stage: str = "finetune
     return next((r for r in runs if r.info.status != RunStatus.to_string(RunStatus.FINISHED)), None)
 
 
+def running_runs(experiment: str, tags: dict[str, str]) -> list[str]:
+    """Ids of RUNNING runs of ``experiment`` carrying all ``tags`` (e.g. a dead worker's trial)."""
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'RUNNING'"]
+    return [r.info.run_id for r in client().search_runs([exp.experiment_id], " and ".join(clauses))]
+
+
 def log_model(run_id: str, model_dir: str | Path, input_example: list[str]) -> str:
     """Log an exported classifier as an MLflow pyfunc model on ``run_id``; returns the model URI.
 

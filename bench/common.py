@@ -1,0 +1,61 @@
+"""Machine facts recorded with every benchmark result, and the RESULTS.md table writer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TABLE = Path(__file__).resolve().parent / "RESULTS.md"
+PACKAGES = ("torch", "lightning", "transformers", "optuna", "optuna-integration", "mlflow", "prefect")
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": {p: metadata.version(p) for p in PACKAGES},
+    }
+
+
+def write_result(suite: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{suite}.json"
+    path.write_text(json.dumps({"suite": suite, "machine": machine_info(), **payload}, indent=2, default=str))
+    return path
+
+
+def write_table() -> Path:
+    """Regenerate RESULTS.md from every committed result's ``rows`` (one markdown row per entry)."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated from `bench/results/*.json` (`python -m bench.<suite>` rewrites its JSON and this table).",
+        "",
+        "| suite | what | result | target | data / budget | machine | date |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        m = result["machine"]
+        machine = f"{m['cpu_count']} cores, {m['torch_threads']} torch threads" + (
+            f", {m['gpu']}" if m["gpu"] else ""
+        )
+        for row in result.get("rows", []):
+            lines.append(
+                f"| {result['suite']} | {row['what']} | {row['result']} | {row['target']} | {row['data']} | "
+                f"{machine} | {m['date'][:10]} |"
+            )
+    TABLE.write_text("\n".join(lines) + "\n")
+    return TABLE
