@@ -10,7 +10,7 @@ from tasks.crossval import cross_validate
 from tasks.evaluate import evaluate
 from tasks.registry import register
 from tasks.search import search
-from tasks.tracking import close_run, open_run, record_config
+from tasks.tracking import artifact_key, closing_run, open_run, record_config
 from tasks.train import train
 from tasks.validate import validate_data
 from tuneflow import tracking
@@ -44,7 +44,7 @@ def finetune(
     opened = open_run(cfg, resume, log_config=not cfg.searching)
     run_id = opened["run_id"]
     searched = cv = None
-    try:
+    with closing_run(cfg, run_id):
         data = validate_data(cfg, run_id)
         final = cfg
         if cfg.searching:
@@ -61,13 +61,6 @@ def finetune(
             if final.tracking.register_after_eval
             else None
         )
-    except KeyboardInterrupt:
-        close_run(cfg, run_id, "KILLED")
-        raise
-    except BaseException:
-        close_run(cfg, run_id, "FAILED")
-        raise
-    close_run(cfg, run_id, "FINISHED")
     rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE if k in metrics)
     registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
     cv_line = ""
@@ -77,7 +70,7 @@ def finetune(
             f"- Cross-validation {final.train.monitor}: {cv[key + '_mean']:.4f} +- {cv[key + '_std']:.4f}\n"
         )
     create_markdown_artifact(
-        key=f"finetune-{cfg.name.lower().replace('_', '-')}",
+        key=artifact_key("finetune", cfg),
         markdown=(
             f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({uri})\n- Model: {registered}\n"
             f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n{cv_line}\n"

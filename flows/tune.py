@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.search import search
-from tasks.tracking import close_run, open_run
+from tasks.tracking import artifact_key, closing_run, open_run
 from tasks.validate import validate_data
 from tuneflow import tracking
 from tuneflow.config import ConfigError, load_config
@@ -44,18 +44,11 @@ def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1)
         raise ConfigError(config_path, [("search", "missing: add a search: section (see configs/demo.yaml)")])
     uri = tracking.configure(cfg.tracking.tracking_uri)
     run_id = open_run(cfg, stage="tune")["run_id"]
-    try:
+    with closing_run(cfg, run_id):
         validate_data(cfg, run_id)
         summary = search(cfg, run_id, workers)
-    except KeyboardInterrupt:
-        close_run(cfg, run_id, "KILLED")
-        raise
-    except BaseException:
-        close_run(cfg, run_id, "FAILED")
-        raise
-    close_run(cfg, run_id, "FINISHED")
     create_markdown_artifact(
-        key=f"tune-{cfg.name.lower().replace('_', '-')}",
+        key=artifact_key("tune", cfg),
         markdown=search_markdown(cfg.name, summary, uri),
         description="tuneflow hyperparameter search summary",
     )

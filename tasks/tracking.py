@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -86,3 +88,22 @@ def close_run(cfg: PipelineConfig, run_id: str, status: str) -> None:
     """Mark the parent run FINISHED, FAILED or KILLED."""
     tracking.configure(cfg.tracking.tracking_uri)
     tracking.end_run(run_id, status)
+
+
+@contextmanager
+def closing_run(cfg: PipelineConfig, run_id: str) -> Iterator[None]:
+    """Close the parent run when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        close_run(cfg, run_id, "KILLED")
+        raise
+    except BaseException:
+        close_run(cfg, run_id, "FAILED")
+        raise
+    close_run(cfg, run_id, "FINISHED")
+
+
+def artifact_key(prefix: str, cfg: PipelineConfig) -> str:
+    """A Prefect artifact key (lower-case letters, digits and dashes only)."""
+    return f"{prefix}-{cfg.name.lower().replace('_', '-').replace('.', '-')}"

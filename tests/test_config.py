@@ -143,3 +143,36 @@ def test_bare_path_shorthand_resolves_relative_to_config(tmp_path: Path) -> None
     cfg = load_config(cfg_path)
     assert cfg.data.train.path == str((tmp_path / "train.csv").resolve())
     assert cfg.data.test.path == "/abs/test.csv"
+
+
+def test_search_budget_and_multi_objective_rules(tmp_path: Path) -> None:
+    demo = ROOT / "configs" / "demo.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(demo, ["search.n_trials=null", "search.timeout=null"])
+    assert "search: Value error, set n_trials and/or timeout" in str(err.value) or "n_trials" in str(
+        err.value
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(demo, ["search.latency_objective=true"])  # the demo prunes with the median pruner
+    assert "pruner: none" in str(err.value)
+    cfg = load_config(demo, ["search.latency_objective=true", "search.pruner=none"])
+    from tuneflow.search import directions
+
+    assert directions(cfg) == ["maximize", "minimize"]
+
+
+def test_trial_overrides_and_best_config() -> None:
+    from tuneflow.search import best_config, shares, trial_overrides
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["search.metric=val_loss", "train.min_epochs=5"])
+    assert cfg.search_direction == "minimize"
+    assert trial_overrides(cfg) == {"train.monitor": "val_loss", "train.max_epochs": 3, "train.min_epochs": 3}
+    final = best_config(cfg, {"train.lr": 1e-4, "train.batch_size": 32})
+    assert (final.train.lr, final.train.batch_size, final.train.monitor) == (1e-4, 32, "val_loss")
+    assert final.train.max_epochs == cfg.train.max_epochs  # the trial budget is not the final one
+    assert (
+        shares(5, 2) == [3, 2]
+        and shares(1, 3) == [1]
+        and shares(0, 2) == []
+        and shares(None, 2) == [None, None]
+    )
