@@ -5,17 +5,20 @@ validation), fine-tuning the bundled all-MiniLM-L6-v2. Both arms use the same se
 trial count, per-trial epoch cap and early stopping; only the pruner differs. Runs the library's
 ``run_study`` (trials are real Lightning fits logged to a throw-away MLflow store).
 
-Usage: ``python -m bench.search_pruning [--trials 12] [--epochs 4] [--train 1200]`` (about 20 min on 2 cores)
+Usage: ``python -m bench.search_pruning [--seed 42] [--trials 12] [--epochs 4] [--train 1200]`` (about 20 min
+on 2 cores per seed; each seed's pair merges into the result, which reports medians over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import write_result, write_table
+from bench.common import RESULTS, write_result, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = (
@@ -43,6 +46,7 @@ def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
         "train.early_stopping_patience=2",
         "train.monitor=val_accuracy",
         "train.log_every_n_steps=50",
+        f"train.seed={args.seed}",
         f"search.n_trials={args.trials}",
         "search.sampler=tpe",
         f"search.pruner={pruner}",
@@ -83,50 +87,81 @@ def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
     }
 
 
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+
+
+def suite_name(args: argparse.Namespace) -> str:
+    """One result file per data size x epoch budget (seeds and arms of one setup merge into it)."""
+    return f"search_pruning-{args.train}x{args.epochs}ep"
+
+
+def _load_runs(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+    """``{seed: {pruner: arm}}`` of earlier invocations with the same setup (seeds and arms merge)."""
+    path = RESULTS / f"{suite_name(args)}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    setup = ("trials", "epochs", "train", "startup", "warmup")
+    if any(old.get("args", {}).get(k) != getattr(args, k) for k in setup):
+        return {}
+    runs = old.get("runs", {})
+    return {
+        seed: {a["pruner"]: a for a in arms} if isinstance(arms, list) else arms
+        for seed, arms in runs.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train", type=int, default=1200, help="train phrases, 25%% of them as validation")
-    parser.add_argument("--startup", type=int, default=2, help="trials never pruned (pruner reference)")
+    parser.add_argument("--startup", type=int, default=2, help="median pruner: trials never pruned")
     parser.add_argument("--warmup", type=int, default=0, help="epochs of a trial never pruned")
+    parser.add_argument("--seed", type=int, default=42, help="sampler/training seed; results merge per seed")
+    parser.add_argument("--arms", nargs="*", choices=PRUNERS, default=["none", "median"], help="pruners")
     args = parser.parse_args()
+    runs = _load_runs(args)
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-        arms = [run_arm(p, args, Path(tmp)) for p in ("none", "median")]
-    unpruned, pruned = arms
-    gap = (unpruned["best_val_accuracy"] - pruned["best_val_accuracy"]) * 100
-    share = pruned["epochs_total"] / unpruned["epochs_total"]
-    data = (
-        f"SST-2, {args.train} train phrases (25% of them as validation), {args.trials} trials x <= "
-        f"{args.epochs} epochs, median pruner: {args.startup} startup trials, {args.warmup} warmup epochs"
-    )
-    rows = [
-        {
-            "what": "median pruner vs none: best val accuracy",
-            "result": f"{pruned['best_val_accuracy']:.4f} vs {unpruned['best_val_accuracy']:.4f} "
-            f"({gap:+.2f} pt behind)",
-            "target": "within 0.5 pt",
-            "data": data,
-        },
-        {
-            "what": "median pruner vs none: training epochs",
-            "result": f"{pruned['epochs_total']} vs {unpruned['epochs_total']} ({share:.0%}); "
-            f"{pruned['pruned']} of {args.trials} trials pruned",
-            "target": "<= 50%",
-            "data": data,
-        },
-    ]
-    path = write_result(
-        "search_pruning",
-        {
-            "args": vars(args),
-            "points_behind": gap,
-            "epoch_share": share,
-            "meets_target": gap <= 0.5 and share <= 0.5,
-            "arms": arms,
-            "rows": rows,
-        },
-    )
+        for pruner in args.arms:
+            runs.setdefault(str(args.seed), {})[pruner] = run_arm(pruner, args, Path(tmp))
+    rows, summary = [], {}
+    for pruner in PRUNERS[1:]:
+        pairs = {s: arms for s, arms in sorted(runs.items()) if "none" in arms and pruner in arms}
+        if not pairs:
+            continue
+        per_seed = {
+            s: {
+                "points_behind": (a["none"]["best_val_accuracy"] - a[pruner]["best_val_accuracy"]) * 100,
+                "epoch_share": a[pruner]["epochs_total"] / a["none"]["epochs_total"],
+                "detail": f"seed {s}: {a[pruner]['best_val_accuracy']:.4f} vs "
+                f"{a['none']['best_val_accuracy']:.4f}, {a[pruner]['epochs_total']} vs "
+                f"{a['none']['epochs_total']} epochs, "
+                f"{a[pruner]['pruned']}/{args.trials} pruned",
+            }
+            for s, a in pairs.items()
+        }
+        behind = statistics.median(r["points_behind"] for r in per_seed.values())
+        share = statistics.median(r["epoch_share"] for r in per_seed.values())
+        summary[pruner] = {
+            "median_points_behind": behind,
+            "median_epoch_share": share,
+            "meets_target": behind <= 0.5 and share <= 0.5,
+            "per_seed": per_seed,
+        }
+        rows.append(
+            {
+                "what": f"{pruner} pruner vs none (same TPE seed and budget)",
+                "result": f"median over {len(per_seed)} seed(s): best val accuracy {behind:+.2f} pt behind, "
+                f"{share:.0%} of the epochs ({'; '.join(r['detail'] for r in per_seed.values())})",
+                "target": "within 0.5 pt, <= 50% of epochs",
+                "data": f"SST-2, {args.train} train phrases (25% = {args.train // 4} as validation), "
+                f"{args.trials} trials x <= {args.epochs} epochs, warmup {args.warmup} epochs"
+                + (f", {args.startup} startup trials" if pruner == "median" else ""),
+            }
+        )
+    payload = {"args": vars(args), "summary": summary, "runs": runs, "rows": rows}
+    path = write_result(suite_name(args), payload)
     write_table()
     print(f"wrote {path}")
     for row in rows:
