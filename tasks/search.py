@@ -8,7 +8,6 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.crossval import run_status
 from tuneflow.search import TAG_STUDY, StudySummary, redact, run_study
 
 
@@ -62,5 +61,5 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = Fa
         raise
     finally:
         if nested:
-            tracking.end_run(hpo_run, run_status(error))
+            tracking.end_run(hpo_run, tracking.run_status(error))
     return {**summary.to_dict(), "run_id": hpo_run}

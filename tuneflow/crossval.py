@@ -44,13 +44,6 @@ class CVResult:
         }
 
 
-def run_status(exc: BaseException | None) -> str:
-    """MLflow status for a run that ended with ``exc`` (None: it finished)."""
-    if exc is None:
-        return "FINISHED"
-    return "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-
-
 def cross_validate(
     cfg: PipelineConfig,
     data: EncodedData,
@@ -100,7 +93,7 @@ def cross_validate(
             error = exc
             raise
         finally:
-            tracking.end_run(run_id, run_status(error))
+            tracking.end_run(run_id, tracking.run_status(error))
             shutil.rmtree(fold_dir, ignore_errors=True)  # scored: the fold's weights are not needed again
         scores.append(score)
         print(f"  fold {i + 1}/{k}: best {cfg.train.monitor} {score:.4f} after {fold_epochs} epoch(s)")

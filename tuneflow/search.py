@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuneflow import tracking
 from tuneflow.config import ConfigError, ParamSpec, PipelineConfig, SearchConfig, apply_params, flatten
-from tuneflow.crossval import cross_validate, run_status
+from tuneflow.crossval import cross_validate
 from tuneflow.data import EncodedData, Splits, encode, load_splits
 from tuneflow.model import load_tokenizer
 from tuneflow.training import EpochCounter, fit
@@ -284,7 +284,7 @@ class Objective:
                 tags["tuneflow.failure"] = f"{type(error).__name__}: {error}"[:5000]
             tracking.set_tags(run_id, tags)
             tracking.log_metrics(run_id, {"epochs_trained": counter.epochs})
-            tracking.end_run(run_id, run_status(error))
+            tracking.end_run(run_id, tracking.run_status(error))
             shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
 
     def _score(self, trial: optuna.Trial, cfg: PipelineConfig, run_id: str, counter: EpochCounter) -> float:
@@ -293,9 +293,10 @@ class Objective:
         if cfg.train.cv_folds:
 
             def report(fold: int, scores: list[float]) -> None:
-                trial.report(sum(scores) / len(scores), step=fold)
-                if self.pruning and trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after fold {fold}")
+                if self.pruning:  # (never for two objectives: Optuna cannot prune those)
+                    trial.report(sum(scores) / len(scores), step=fold)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after fold {fold}")
 
             result = cross_validate(
                 cfg,

@@ -84,6 +84,13 @@ def reopen_run(run_id: str) -> None:
     client().update_run(run_id, status="RUNNING")
 
 
+def run_status(exc: BaseException | None) -> str:
+    """MLflow status for a run that ended with ``exc`` (None: it finished)."""
+    if exc is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+
+
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
 
