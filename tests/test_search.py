@@ -226,3 +226,31 @@ def test_tune_without_search_section_exits_2(tmp_path: Path, tiny_model: str) ->
     cfg_path = make_config(tmp_path, tiny_model)
     result = CliRunner().invoke(app, ["tune", str(cfg_path)])
     assert result.exit_code == 2 and "no search: section" in result.output
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, tiny_model: str) -> None:
+    # Each value passes the schema on its own; min_epochs 2 with max_epochs 1 is an invalid combination
+    # that only a trial can discover (the seeded sampler draws it).
+    space = {
+        "train.max_epochs": {"type": "categorical", "choices": [1, 2]},
+        "train.min_epochs": {"type": "categorical", "choices": [2]},
+    }
+    cfg = load_config(search_config(tmp_path, tiny_model, n_trials=3, space=space, pruner="none"))
+    uri = tracking.configure(cfg.tracking.tracking_uri)
+    parent = tracking.start_run(cfg.experiment_name, "hpo")
+    summary = run_study(cfg, parent, tmp_path / "work")
+    trials = open_study(cfg).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.params["train.max_epochs"] == 1 for t in failed)
+    # A failed trial uses up one attempt of this run but is not "finished": a rerun tops the study up.
+    assert summary.n_complete + summary.n_failed == 3 and summary.n_failed == len(failed)
+    client = MlflowClient(tracking_uri=uri)
+    for t in failed:
+        run = client.get_run(t.user_attrs[RUN_ATTR])
+        assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+        assert "min_epochs (2) must be <= max_epochs (1)" in run.data.tags["tuneflow.failure"]
+
+
+def test_timeout_budget_stops_the_study(tmp_path: Path, tiny_model: str) -> None:
+    cfg, summary, _, _ = _study(tmp_path, tiny_model, n_trials=None, timeout=1)
+    assert 1 <= summary.n_complete + summary.n_pruned <= 2  # the trial running at the deadline finishes

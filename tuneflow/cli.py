@@ -135,7 +135,9 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     console.rule("[bold green]tuneflow tune finished")
     console.print(f"MLflow HPO run  {result['run_id']}  (experiment '{result['experiment']}')")
     _print_search(result["search"])
-    sets = " ".join(f"--set {k}={v}" for k, v in result["search"]["best_params"].items())
+    given = [f"--set {item}" for item in set_ or [] if not item.startswith("search.")]
+    best = [f"--set {k}={v}" for k, v in result["search"]["best_params"].items()]
+    sets = " ".join(given + best)
     console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
     console.print("compare trials  tuneflow ui   (parent run -> nested trial runs -> Chart / Compare)")
 
