@@ -42,6 +42,7 @@ def write_table() -> Path:
         "# Benchmark results",
         "",
         "Generated from `bench/results/*.json` (`python -m bench.<suite>` rewrites its JSON and this table).",
+        "Each JSON also holds per-trial details (state, value, epochs, params, duration) and machine facts.",
         "",
         "| suite | what | result | target | data / budget | machine | date |",
         "| --- | --- | --- | --- | --- | --- | --- |",

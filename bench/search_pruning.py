@@ -156,7 +156,8 @@ def main() -> None:
                 f"{share:.0%} of the epochs ({'; '.join(r['detail'] for r in per_seed.values())})",
                 "target": "within 0.5 pt, <= 50% of epochs",
                 "data": f"SST-2, {args.train} train phrases (25% = {args.train // 4} as validation), "
-                f"{args.trials} trials x <= {args.epochs} epochs, warmup {args.warmup} epochs"
+                f"{args.trials} trials x <= {args.epochs} epochs, early stopping (patience 2) in both arms, "
+                f"warmup {args.warmup} epochs"
                 + (f", {args.startup} startup trials" if pruner == "median" else ""),
             }
         )
