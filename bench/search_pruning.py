@@ -91,8 +91,8 @@ PRUNERS = ("none", "median", "successive_halving", "hyperband")
 
 
 def suite_name(args: argparse.Namespace) -> str:
-    """One result file per data size x epoch budget (seeds and arms of one setup merge into it)."""
-    return f"search_pruning-{args.train}x{args.epochs}ep"
+    """One result file per trial count, data size and epoch budget (seeds and arms of one setup merge)."""
+    return f"search_pruning-{args.trials}t-{args.train}x{args.epochs}ep"
 
 
 def _load_runs(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
