@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.tune import search_markdown
 from tasks.crossval import cross_validate
 from tasks.evaluate import evaluate
+from tasks.promote import promote
 from tasks.registry import register
 from tasks.search import search
 from tasks.tracking import artifact_key, closing_run, open_run, record_config
@@ -37,7 +38,8 @@ def finetune(
 
     Returns:
         ``run_id``, ``metrics``, ``model`` (registered name/version/uri, or None when not registered),
-        ``fit``, ``search`` (the study summary or None) and ``cv`` (cross-validation metrics or None).
+        ``fit``, ``search`` (the study summary or None), ``cv`` (cross-validation metrics or None) and
+        ``promotion`` (the champion/challenger decision, or None when not registered or not asked).
     """
     cfg = load_config(config_path, overrides or [])
     uri = tracking.configure(cfg.tracking.tracking_uri)
@@ -61,6 +63,7 @@ def finetune(
             if final.tracking.register_after_eval
             else None
         )
+        promotion = promote(final, model["version"]) if model and final.gates.promote else None
     rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE if k in metrics)
     registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
     cv_line = ""
@@ -88,4 +91,5 @@ def finetune(
         "fit": fitted,
         "search": searched,
         "cv": cv,
+        "promotion": promotion,
     }

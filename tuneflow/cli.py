@@ -1,7 +1,8 @@
 """The ``tuneflow`` command line. Heavy libraries are imported inside commands so ``--help`` is instant.
 
 Exit codes: 0 success, 1 unexpected failure, 2 invalid config or arguments, 3 data validation failed,
-4 model could not be loaded, 5 the search could not run or no trial completed.
+4 model could not be loaded, 5 the search could not run or no trial completed, 6 `promote` decided not to
+promote.
 """
 
 from __future__ import annotations
@@ -100,7 +101,63 @@ def run(
         console.print(
             f'try it          tuneflow predict --model models:/{mdl["name"]}/{mdl["version"]} "some text"'
         )
+    if result.get("promotion"):
+        _print_decision(result["promotion"])
     console.print("browse runs     tuneflow ui   (then open http://127.0.0.1:5000)")
+
+
+def _print_decision(d: dict) -> None:
+    verdict = "[green]promoted to champion" if d["promote"] else "[yellow]not promoted"
+    if d["forced"]:
+        verdict += " (forced)"
+    against = f"champion v{d['champion_version']}" if d["champion_version"] else "no champion yet"
+    console.print(f"promotion       v{d['challenger_version']} vs {against}: {verdict}[/]")
+    for g in d["gates"]:
+        value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
+        mark = "pass" if g["passed"] else "[red]FAIL[/]"
+        console.print(f"  {mark:<4} {g['name']}: {value} ({g['threshold']}) {g['detail']}", highlight=False)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Option(help="Version to decide on.")],
+    force: Annotated[bool, typer.Option(help="Promote even if gates fail (audited override).")] = False,
+    reason: Annotated[str, typer.Option(help="Why a forced promotion is made (kept in the report).")] = "",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Re-run the champion/challenger comparison for a registered version; move aliases if it passes."""
+    if force and not reason:
+        console.print("[bold red]error:[/] --force needs --reason (the override is audited)")
+        raise typer.Exit(2)
+    _quiet_env()
+    from flows.promote import promote as promote_flow
+
+    try:
+        decision = promote_flow(model, version, force, reason, tracking_uri)
+    except LookupError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    _print_decision(decision)
+    if not decision["promote"]:
+        raise typer.Exit(6)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Move the champion alias back to the previous champion."""
+    _quiet_env()
+    from flows.promote import rollback as rollback_flow
+
+    try:
+        out = rollback_flow(model, tracking_uri)
+    except LookupError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"{model}: champion is v{out['champion']} again (v{out['demoted']} demoted)")
 
 
 def _print_search(s: dict) -> None:

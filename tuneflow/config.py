@@ -323,6 +323,50 @@ class SearchConfig(_Section):
         return self
 
 
+class GatesConfig(_Section):
+    """Promotion gates: what a registered challenger must show before it becomes the champion."""
+
+    metric: Literal["accuracy", "f1_macro", "f1_weighted"] = Field(
+        "f1_macro", description="Primary test metric, measured for both models on the same frozen test set."
+    )
+    min: float | None = Field(None, ge=0, le=1, description="Absolute minimum of the primary test metric.")
+    min_improvement: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Required gain over the champion (its lower confidence bound, with bootstrap).",
+    )
+    max_class_regression: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest allowed drop of any class's F1 against the champion; null = off.",
+    )
+    max_train_val_gap: float | None = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest allowed train-minus-validation accuracy (overfitting); null = off.",
+    )
+    max_latency_p95_ms: float | None = Field(
+        None, gt=0, description="Largest allowed single-example p95 latency in ms; null = off."
+    )
+    min_ood: dict[str, float] = Field(
+        default_factory=dict,
+        description="data.extra_eval set name -> minimum primary metric on it (generalization).",
+    )
+    significance: Literal["bootstrap", "mcnemar", "none"] = Field(
+        "bootstrap",
+        description=(
+            "Paired test of the improvement: bootstrap confidence interval of the metric difference, "
+            "McNemar's exact test on per-example correctness, or none (point estimate)."
+        ),
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level (1 - confidence).")
+    bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples.")
+    promote: bool = Field(True, description="Run the promotion decision after registration.")
+
+
 class TrackingConfig(_Section):
     """MLflow tracking and registry."""
 
@@ -349,6 +393,9 @@ class PipelineConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
     search: SearchConfig | None = Field(None, description="Optuna hyperparameter search (null = none).")
+    gates: GatesConfig = Field(
+        default_factory=GatesConfig, description="Champion/challenger promotion gates."
+    )
     output_dir: str = Field(
         "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."
     )

@@ -198,6 +198,44 @@ def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] 
     return str(mv.version)
 
 
+def alias_version(name: str, alias: str) -> str | None:
+    """The version behind ``alias`` of registered model ``name``, or None."""
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def delete_alias(name: str, alias: str) -> None:
+    client().delete_registered_model_alias(name, alias)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        client().set_model_version_tag(name, str(version), key, str(value))
+
+
+def model_version(name: str, version: str) -> Any:
+    """The registry entry (run id, tags, aliases); raises a clear error when it does not exist."""
+    try:
+        return client().get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException as exc:
+        raise LookupError(f"registered model '{name}' has no version {version}") from exc
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    return dict(client().get_run(run_id).data.metrics)
+
+
+def read_text(run_id: str, artifact_file: str) -> str:
+    """Text of one artifact of a run (e.g. its resolved config)."""
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+
+
 def count_versions(name: str) -> int:
     try:
         return len(client().search_model_versions(f"name = '{name}'"))

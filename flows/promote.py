@@ -1,0 +1,34 @@
+"""The promote and rollback flows: decide by hand on a registered version, or move the champion back."""
+
+from __future__ import annotations
+
+import yaml
+from prefect import flow
+
+from tasks.promote import promote as promote_task
+from tasks.promote import rollback as rollback_task
+from tuneflow import tracking
+from tuneflow.config import config_from_dict
+
+
+@flow(name="promote", log_prints=True)
+def promote(
+    model: str, version: str, force: bool = False, reason: str = "", tracking_uri: str | None = None
+) -> dict:
+    """Re-run the champion/challenger comparison for ``model`` version ``version``.
+
+    The version's own resolved config (logged with its run) gives the gates and the frozen test set.
+    """
+    tracking.configure(tracking_uri)
+    mv = tracking.model_version(model, version)
+    raw = yaml.safe_load(tracking.read_text(mv.run_id, "config/resolved.yaml"))
+    if tracking_uri:
+        raw.setdefault("tracking", {})["tracking_uri"] = tracking_uri
+    cfg = config_from_dict(raw, source=f"models:/{model}/{version} config/resolved.yaml")
+    return promote_task(cfg, str(version), force, reason)
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(model: str, tracking_uri: str | None = None) -> dict:
+    """Move ``champion`` back to ``previous-champion``."""
+    return rollback_task(model, tracking_uri)

@@ -1,0 +1,121 @@
+"""Promotion stage: one decision at a time per model, aliases moved only after the decision."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig
+from tuneflow.data import LABEL, TEXT, load_splits
+from tuneflow.promotion import decide
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+
+
+@contextmanager
+def decision_lock(model: str, timeout_s: float = 1800) -> Iterator[None]:
+    """Hold the model's Prefect global concurrency slot (limit 1) for the whole decision.
+
+    Two flows promoting the same model queue here, so the second compares against the champion the first
+    left behind, never a stale one. Works across processes and machines sharing one Prefect server.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = "tuneflow-promote-" + re.sub(r"[^A-Za-z0-9-]", "-", model)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
+
+
+def _predict(model_uri: str, texts: list[str]) -> list[str]:
+    return [str(x) for x in tracking.load_pyfunc(model_uri).predict(texts)["label"]]
+
+
+@task(cache_policy=NO_CACHE)  # no retries: a decision must not be taken twice
+def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str = "") -> dict:
+    """Make ``version`` the challenger, compare it with the champion, move aliases if the gates pass.
+
+    Args:
+        cfg: the challenger's config (its test split is the frozen test set both models are scored on).
+        version: registered version of ``cfg.registered_model_name``.
+        force: promote even when a gate fails (recorded as forced, with ``reason``).
+        reason: why a forced promotion was made (kept in the report and the version's tags).
+
+    Returns:
+        The decision as a dict (``promote``, ``gates``, ``per_class``, versions).
+    """
+    tracking.configure(cfg.tracking.tracking_uri)
+    name = cfg.registered_model_name
+    mv = tracking.model_version(name, version)
+    test = load_splits(cfg.data, cfg.train.seed).test
+    texts, y_true = test[TEXT].tolist(), [str(x) for x in test[LABEL]]
+    challenger_pred = _predict(f"models:/{name}/{version}", texts)
+    with decision_lock(name):
+        tracking.set_alias(name, CHALLENGER, version)
+        champion = tracking.alias_version(name, CHAMPION)
+        if champion == str(version):
+            champion = None  # re-deciding the current champion: absolute gates only
+        champion_pred = _predict(f"models:/{name}/{champion}", texts) if champion else None
+        decision = decide(
+            cfg.gates,
+            name,
+            str(version),
+            y_true,
+            challenger_pred,
+            tracking.run_metrics(mv.run_id),
+            champion,
+            champion_pred,
+            seed=cfg.train.seed,
+        )
+        if force and not decision.promote:
+            decision.promote, decision.forced = True, True
+            decision.note = f"Forced by hand despite failed gates: {reason or 'no reason given'}."
+        if decision.promote:
+            if champion:
+                tracking.set_alias(name, PREVIOUS, champion)
+            tracking.set_alias(name, CHAMPION, version)
+    verdict = "forced" if decision.forced else ("promoted" if decision.promote else "rejected")
+    tracking.set_version_tags(
+        name,
+        version,
+        {
+            "tuneflow.promotion": verdict,
+            "tuneflow.promotion_failed_gates": ", ".join(g.name for g in decision.failed) or "none",
+            "tuneflow.promotion_compared_with": champion or "none",
+        },
+    )
+    tracking.log_text(mv.run_id, decision.to_markdown(), f"promotion/v{version}-report.md")
+    tracking.log_text(mv.run_id, decision.to_json(), f"promotion/v{version}-report.json")
+    create_markdown_artifact(
+        key=f"promotion-{re.sub(r'[^a-z0-9-]', '-', name.lower())}",
+        markdown=decision.to_markdown(),
+        description=f"promotion decision for {name} v{version}",
+    )
+    get_run_logger().info("%s v%s: %s", name, version, verdict)
+    return decision.to_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def rollback(model: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """Move ``champion`` back to the ``previous-champion`` version."""
+    tracking.configure(tracking_uri)
+    with decision_lock(model):
+        previous = tracking.alias_version(model, PREVIOUS)
+        current = tracking.alias_version(model, CHAMPION)
+        if previous is None:
+            raise LookupError(
+                f"registered model '{model}' has no '{PREVIOUS}' alias: nothing to roll back to"
+            )
+        tracking.set_alias(model, CHAMPION, previous)
+        tracking.delete_alias(model, PREVIOUS)
+        if current:
+            tracking.set_version_tags(model, current, {"tuneflow.promotion": "rolled back"})
+    return {"model": model, "champion": previous, "demoted": current or "none"}

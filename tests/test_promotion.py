@@ -1,0 +1,130 @@
+"""Champion/challenger promotion: paired tests, gates, aliases, concurrent decisions, rollback."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from tests.conftest import make_config
+from tuneflow import tracking
+from tuneflow.cli import app
+from tuneflow.config import GatesConfig
+from tuneflow.promotion import decide, mcnemar, paired_bootstrap, score
+
+Y = ["a"] * 50 + ["b"] * 50
+
+
+def test_paired_bootstrap_and_mcnemar() -> None:
+    same = list(Y)
+    diff, lo, hi = paired_bootstrap(Y, same, same, lambda y, p: score("accuracy", y, p), 500)
+    assert (diff, lo, hi) == (0.0, 0.0, 0.0)
+    worse = ["b"] * 30 + ["a"] * 20 + ["b"] * 50  # 30 of the a's wrong
+    diff, lo, hi = paired_bootstrap(Y, same, worse, lambda y, p: score("accuracy", y, p), 500)
+    assert diff == pytest.approx(0.3) and 0.15 < lo < diff < hi
+    assert mcnemar(Y, same, worse)[:2] == (30, 0) and mcnemar(Y, same, worse)[2] < 1e-6
+    assert mcnemar(Y, same, same) == (0, 0, 1.0)
+
+
+def test_decision_lists_every_gate() -> None:
+    gates = GatesConfig(
+        min=0.9,
+        max_train_val_gap=0.05,
+        max_latency_p95_ms=10,
+        min_ood={"yelp": 0.8},
+        max_class_regression=0.1,
+    )
+    worse = ["b"] * 30 + ["a"] * 20 + ["b"] * 50
+    metrics = {"train_val_gap": 0.2, "latency_p95_ms": 5.0, "ood_yelp_f1_macro": 0.85}
+    d = decide(gates, "m", "2", Y, list(Y), metrics, champion_version="1", champion_pred=worse)
+    names = [g.name for g in d.gates]
+    assert names == [
+        "test f1_macro",
+        "min test f1_macro",
+        "max train/val gap (overfitting)",
+        "max latency p95 ms",
+        "min out-of-domain yelp f1_macro",
+        "improvement in test f1_macro over champion",
+        "max per-class F1 regression",
+    ]
+    assert not d.promote and [g.name for g in d.failed] == ["max train/val gap (overfitting)"]
+    md = d.to_markdown()
+    assert all(name in md for name in names) and "NOT promoted" in md and "| a |" in md
+    # Equal predictions: no significant improvement, so the champion stays.
+    tie = decide(GatesConfig(max_train_val_gap=None), "m", "3", Y, list(Y), {}, "2", list(Y))
+    assert not tie.promote and tie.failed[0].name.startswith("improvement")
+    first = decide(GatesConfig(min=0.99, max_train_val_gap=None), "m", "1", Y, worse, {})
+    assert not first.promote and first.champion_version is None
+
+
+LENIENT = {"max_train_val_gap": None, "max_class_regression": None, "significance": "none"}
+
+
+def _finetune(tmp: Path, tiny_model: str, name: str, uri: str, train: dict, gates: dict) -> dict:
+    from flows.finetune import finetune
+
+    cfg = make_config(
+        tmp,
+        tiny_model,
+        name=name,
+        tracking={"tracking_uri": uri, "registered_model": "intents"},
+        train=train,
+        gates=gates,
+    )
+    return finetune(str(cfg))
+
+
+def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    from flows.promote import promote, rollback
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # v1: a model that cannot learn (lr 1e-9), promoted because there is no champion yet.
+    bad = _finetune(tmp_path, tiny_model, "bad", uri, {"lr": 1e-9, "max_epochs": 1}, LENIENT)
+    assert bad["promotion"]["promote"] and bad["promotion"]["champion_version"] is None
+    client = MlflowClient(tracking_uri=tracking.configure(uri))
+
+    def alias(name: str) -> str:
+        return str(client.get_model_version_by_alias("intents", name).version)
+
+    assert alias("champion") == "1"
+    # v2: a model that learns, registered but not decided; v3: the same model registered again.
+    good = _finetune(tmp_path, tiny_model, "good", uri, {"max_epochs": 4}, {**LENIENT, "promote": False})
+    assert good["promotion"] is None
+    v3 = tracking.register_model(good["model"]["model_uri"], "intents", good["run_id"])
+    assert v3 == "3"
+
+    # Two promotions at once: the lock serializes them; the second compares with the first's outcome.
+    results: dict[str, dict] = {}
+    threads = [
+        threading.Thread(target=lambda v=v: results.__setitem__(v, promote("intents", v))) for v in "23"
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    promoted = [v for v, d in results.items() if d["promote"]]
+    assert len(promoted) == 1, results
+    winner, loser = promoted[0], ({"2", "3"} - set(promoted)).pop()
+    assert results[winner]["champion_version"] == "1"
+    assert results[loser]["champion_version"] == winner  # not the stale v1
+    assert alias("champion") == winner
+    assert alias("previous-champion") == "1"
+    assert client.get_model_version(intents := "intents", loser).tags["tuneflow.promotion"] == "rejected"
+
+    # A worse challenger is not promoted; the champion is untouched.
+    worse = promote(intents, "1")
+    assert not worse["promote"] and worse["champion_version"] == winner
+    assert alias("champion") == winner
+    report = tracking.read_text(bad["run_id"], "promotion/v1-report.md")
+    assert "NOT promoted" in report and "improvement in test f1_macro" in report
+
+    out = rollback(intents)
+    assert out == {"model": intents, "champion": "1", "demoted": winner}
+    assert alias("champion") == "1"
+    result = CliRunner().invoke(app, ["rollback", intents, "--tracking-uri", uri])
+    assert result.exit_code == 2 and "no 'previous-champion' alias" in result.output

@@ -1,0 +1,241 @@
+"""Champion/challenger decision: gates and a paired significance test on one frozen test set.
+
+Pure logic: predictions and logged metrics in, a :class:`Decision` (every gate's measured value, threshold
+and verdict, and the per-class comparison) out. Registry aliases are moved elsewhere, after the decision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score
+
+from tuneflow.config import GatesConfig
+
+
+def score(metric: str, y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    """accuracy, f1_macro or f1_weighted."""
+    if metric == "accuracy":
+        return float(accuracy_score(y_true, y_pred))
+    return float(f1_score(y_true, y_pred, average=metric.removeprefix("f1_"), zero_division=0))
+
+
+def paired_bootstrap(
+    y_true: Sequence[str],
+    challenger: Sequence[str],
+    champion: Sequence[str],
+    metric: Callable[[Any, Any], float],
+    samples: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Difference ``metric(challenger) - metric(champion)`` and its ``1 - alpha`` percentile interval.
+
+    Both models are scored on the same resampled examples in each round (a paired bootstrap), so the
+    interval reflects only how the two differ, not how hard the test set happens to be.
+    """
+    y, a, b = (np.asarray(x) for x in (y_true, challenger, champion))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, len(y), len(y))
+        diffs[i] = metric(y[idx], a[idx]) - metric(y[idx], b[idx])
+    lo, hi = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return metric(y, a) - metric(y, b), float(lo), float(hi)
+
+
+def mcnemar(
+    y_true: Sequence[str], challenger: Sequence[str], champion: Sequence[str]
+) -> tuple[int, int, float]:
+    """Exact McNemar test: ``(only_challenger_right, only_champion_right, two-sided p-value)``."""
+    from scipy.stats import binomtest
+
+    y, a, b = (np.asarray(x) for x in (y_true, challenger, champion))
+    wins = int(((a == y) & (b != y)).sum())
+    losses = int(((a != y) & (b == y)).sum())
+    p = 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
+    return wins, losses, p
+
+
+@dataclass
+class Gate:
+    """One check: what was measured, against what, and whether it passed."""
+
+    name: str
+    value: float | None
+    threshold: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class Decision:
+    """The promotion decision and its evidence."""
+
+    model: str
+    challenger_version: str
+    champion_version: str | None
+    metric: str
+    promote: bool
+    gates: list[Gate]
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    forced: bool = False
+    note: str = ""
+
+    @property
+    def failed(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "failed": [g.name for g in self.failed]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def to_markdown(self) -> str:
+        verdict = "PROMOTED to champion" if self.promote else "NOT promoted"
+        if self.forced:
+            verdict += " (forced by hand, gates overridden)"
+        against = f"champion v{self.champion_version}" if self.champion_version else "no champion yet"
+        lines = [
+            f"# Promotion of `{self.model}` v{self.challenger_version}: {verdict}",
+            "",
+            f"Challenger v{self.challenger_version} against {against}, on the challenger's frozen test set; "
+            f"primary metric `{self.metric}`.",
+        ]
+        if self.note:
+            lines += ["", self.note]
+        lines += ["", "| gate | measured | threshold | verdict | detail |", "| --- | --- | --- | --- | --- |"]
+        for g in self.gates:
+            value = "n/a" if g.value is None else f"{g.value:.4f}"
+            lines.append(
+                f"| {g.name} | {value} | {g.threshold} | {'pass' if g.passed else 'FAIL'} | {g.detail} |"
+            )
+        if self.per_class:
+            lines += [
+                "",
+                "## Per-class F1",
+                "",
+                "| class | champion | challenger | change |",
+                "| --- | --- | --- | --- |",
+            ]
+            for row in self.per_class:
+                lines.append(
+                    f"| {row['label']} | {row['champion_f1']:.4f} | {row['challenger_f1']:.4f} | "
+                    f"{row['change']:+.4f} |"
+                )
+        return "\n".join(lines) + "\n"
+
+
+def per_class_f1(y_true: Sequence[str], challenger: Sequence[str], champion: Sequence[str]) -> pd.DataFrame:
+    labels = sorted(set(y_true))
+    a = f1_score(y_true, challenger, labels=labels, average=None, zero_division=0)
+    b = f1_score(y_true, champion, labels=labels, average=None, zero_division=0)
+    return pd.DataFrame({"label": labels, "champion_f1": b, "challenger_f1": a, "change": a - b})
+
+
+def decide(
+    gates: GatesConfig,
+    model: str,
+    challenger_version: str,
+    y_true: Sequence[str],
+    challenger_pred: Sequence[str],
+    run_metrics: dict[str, float],
+    champion_version: str | None = None,
+    champion_pred: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Decision:
+    """Apply every gate; promote only when all pass.
+
+    Args:
+        gates: the thresholds.
+        model: registered model name (for the report).
+        challenger_version: the candidate version.
+        y_true: labels of the frozen test set.
+        challenger_pred: the challenger's predictions on it.
+        run_metrics: the challenger run's logged metrics (train_val_gap, latency_p95_ms, ood_* ...).
+        champion_version: the current champion, or None when there is none (absolute gates only).
+        champion_pred: the champion's predictions on the same test set.
+        seed: bootstrap seed.
+    """
+    metric = gates.metric
+    value = score(metric, y_true, challenger_pred)
+    out: list[Gate] = []
+    if gates.min is not None:
+        out.append(Gate(f"min test {metric}", value, f">= {gates.min}", value >= gates.min))
+    if gates.max_train_val_gap is not None:
+        gap = run_metrics.get("train_val_gap")
+        ok = gap is not None and gap <= gates.max_train_val_gap
+        out.append(Gate("max train/val gap (overfitting)", gap, f"<= {gates.max_train_val_gap}", ok))
+    if gates.max_latency_p95_ms is not None:
+        lat = run_metrics.get("latency_p95_ms")
+        ok = lat is not None and lat <= gates.max_latency_p95_ms
+        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok))
+    for name, minimum in gates.min_ood.items():
+        ood = run_metrics.get(f"ood_{name}_{metric}")
+        ok = ood is not None and ood >= minimum
+        detail = "" if ood is not None else f"no ood_{name}_{metric} metric: is {name} in data.extra_eval?"
+        out.append(Gate(f"min out-of-domain {name} {metric}", ood, f">= {minimum}", ok, detail))
+    per_class: list[dict[str, Any]] = []
+    if champion_version is not None and champion_pred is not None:
+        out.append(_improvement_gate(gates, y_true, challenger_pred, champion_pred, seed))
+        table = per_class_f1(y_true, challenger_pred, champion_pred)
+        per_class = table.to_dict("records")
+        if gates.max_class_regression is not None:
+            worst = table.loc[table["change"].idxmin()]
+            drop = float(-worst["change"]) if worst["change"] < 0 else 0.0
+            out.append(
+                Gate(
+                    "max per-class F1 regression",
+                    drop,
+                    f"<= {gates.max_class_regression}",
+                    drop <= gates.max_class_regression,
+                    f"worst class: {worst['label']}",
+                )
+            )
+    out.insert(0, Gate(f"test {metric}", value, "reported", True, f"{len(y_true)} examples"))
+    return Decision(
+        model=model,
+        challenger_version=str(challenger_version),
+        champion_version=champion_version,
+        metric=metric,
+        promote=all(g.passed for g in out),
+        gates=out,
+        per_class=per_class,
+    )
+
+
+def _improvement_gate(
+    gates: GatesConfig,
+    y_true: Sequence[str],
+    challenger: Sequence[str],
+    champion: Sequence[str],
+    seed: int,
+) -> Gate:
+    name, need = f"improvement in test {gates.metric} over champion", gates.min_improvement
+    diff = score(gates.metric, y_true, challenger) - score(gates.metric, y_true, champion)
+    if gates.significance == "bootstrap":
+        diff, lo, hi = paired_bootstrap(
+            y_true,
+            challenger,
+            champion,
+            lambda y, p: score(gates.metric, y, p),
+            gates.bootstrap_samples,
+            gates.alpha,
+            seed,
+        )
+        conf = f"{1 - gates.alpha:.0%}"
+        return Gate(
+            name, diff, f"{conf} CI lower bound > {need}", lo > need, f"{conf} CI [{lo:+.4f}, {hi:+.4f}]"
+        )
+    if gates.significance == "mcnemar":
+        wins, losses, p = mcnemar(y_true, challenger, champion)
+        ok = wins > losses and p < gates.alpha and diff > need
+        detail = f"McNemar: challenger alone right {wins}, champion alone right {losses}, p = {p:.4g}"
+        return Gate(name, diff, f"> {need} and p < {gates.alpha}", ok, detail)
+    return Gate(name, diff, f"> {need} (no significance test)", diff > need)
