@@ -14,6 +14,8 @@ from tuneflow.data import LABEL, TEXT, fingerprint, load_raw
 from tuneflow.model import load_tokenizer
 from tuneflow.validation import DataValidationError, validate_dataset
 
+REFERENCE_SAMPLE = "reference/train_sample.jsonl"
+
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
@@ -53,5 +55,9 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
             targets=LABEL,
         )
     tracking.log_text(run_id, json.dumps({"labels": splits.labels}, indent=2), "validation/labels.json")
+    # A sample of the training data travels with the run: the drift reference once this model is champion.
+    n = min(cfg.retrain.reference_sample, len(splits.train))
+    sample = splits.train[[TEXT, LABEL]].sample(n=n, random_state=cfg.train.seed)
+    tracking.log_text(run_id, sample.to_json(orient="records", lines=True), REFERENCE_SAMPLE)
     logger.info("validation passed: %s", json.dumps(report.stats))
     return {"data_fingerprint": data_fp, "warnings": len(report.warnings), "stats": report.stats}

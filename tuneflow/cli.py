@@ -144,6 +144,37 @@ def promote(
 
 
 @app.command()
+def status(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Champion version, its metrics, data fingerprint and age; last retraining decision and why."""
+    from tuneflow import tracking
+
+    tracking.configure(tracking_uri)
+    try:
+        s = tracking.model_status(model)
+    except LookupError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(s["aliases"].items())) or "none"
+    print(f"model           {model}\naliases         {aliases}")
+    champ = s.get("champion")
+    if not champ:
+        print("champion        none yet")
+        return
+    print(f"champion        v{champ['version']} (run {champ['run_id']}, {champ['age_days']:.1f} days old)")
+    print(f"data            fingerprint {champ['data_fingerprint']}")
+    for key in sorted(champ["metrics"]):
+        print(f"  {key:<28} {champ['metrics'][key]:.4f}")
+    last = s.get("last_retrain")
+    if last:
+        print(f"last retrain    {last['when']}: {last['decision']} ({last['reason']})")
+    else:
+        print("last retrain    never")
+
+
+@app.command()
 def rollback(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
@@ -197,6 +228,29 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     sets = " ".join(given + best)
     console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
     console.print("compare trials  tuneflow ui   (parent run -> nested trial runs -> Chart / Compare)")
+
+
+@app.command()
+def retrain(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if the data is unchanged.")] = False,
+    workers: WorkersOpt = 1,
+) -> None:
+    """Retrain when the data changed (drift decides on a fresh search), then promote if the gates pass."""
+    _load(config, set_)
+    _quiet_env()
+    from flows.retrain import retrain as retrain_flow
+
+    try:
+        result = retrain_flow(str(config), set_ or [], force, workers)
+    except Exception as exc:
+        _fail_on_known(exc)
+        raise
+    console.rule(f"[bold green]tuneflow retrain: {result['decision']}")
+    console.print(f"reason          {result['reason']}", highlight=False)
+    if "finetune" in result and result["finetune"].get("promotion"):
+        _print_decision(result["finetune"]["promotion"])
 
 
 @app.command()

@@ -367,6 +367,31 @@ class GatesConfig(_Section):
     promote: bool = Field(True, description="Run the promotion decision after registration.")
 
 
+class RetrainConfig(_Section):
+    """Scheduled retraining: when to run, and what counts as drift."""
+
+    schedule: str | None = Field(
+        "0 3 * * 1",
+        description="Cron schedule of the retrain deployment (default Mondays 03:00); null = manual.",
+    )
+    timezone: str = Field("UTC", description="Time zone of the cron schedule.")
+    max_label_psi: float = Field(0.2, ge=0, description="Label-distribution PSI above this is drift.")
+    max_length_ks: float = Field(0.2, ge=0, le=1, description="Text-length KS statistic above this is drift.")
+    max_oov_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of new words unseen in training above this."
+    )
+    max_confidence_drop: float = Field(
+        0.05, ge=0, le=1, description="Drop of the champion's mean top-class probability above this is drift."
+    )
+    search_on_drift: bool = Field(
+        True,
+        description="On drift, search afresh (needs search:) rather than reuse the champion's params.",
+    )
+    reference_sample: int = Field(
+        5000, ge=100, description="Training rows logged with each run as the drift reference."
+    )
+
+
 class TrackingConfig(_Section):
     """MLflow tracking and registry."""
 
@@ -395,6 +420,9 @@ class PipelineConfig(_Section):
     search: SearchConfig | None = Field(None, description="Optuna hyperparameter search (null = none).")
     gates: GatesConfig = Field(
         default_factory=GatesConfig, description="Champion/challenger promotion gates."
+    )
+    retrain: RetrainConfig = Field(
+        default_factory=RetrainConfig, description="Scheduled retraining and drift thresholds."
     )
     output_dir: str = Field(
         "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."

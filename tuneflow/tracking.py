@@ -236,6 +236,45 @@ def read_text(run_id: str, artifact_file: str) -> str:
     return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
 
 
+def model_status(name: str) -> dict[str, Any]:
+    """Champion, its metrics, data fingerprint and age; other aliases; the last retraining decision."""
+    c = client()
+    try:
+        model = c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        raise LookupError(f"no registered model '{name}'") from exc
+    out: dict[str, Any] = {"model": name, "aliases": {a: str(v) for a, v in (model.aliases or {}).items()}}
+    champion = out["aliases"].get("champion")
+    if champion:
+        mv = c.get_model_version(name, champion)
+        run = c.get_run(mv.run_id)
+        out["champion"] = {
+            "version": champion,
+            "run_id": mv.run_id,
+            "age_days": (time.time() * 1000 - mv.creation_timestamp) / 86_400_000,
+            "data_fingerprint": mv.tags.get(TAG_DATA_FP),
+            "promotion": mv.tags.get("tuneflow.promotion"),
+            "metrics": {
+                k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "ood_", "latency"))
+            },
+        }
+        runs = c.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.`{TAG_STAGE}` = 'retrain' and tags.`tuneflow.registered_model` = '{name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            tags = runs[0].data.tags
+            out["last_retrain"] = {
+                "run_id": runs[0].info.run_id,
+                "when": pd.Timestamp(runs[0].info.start_time, unit="ms").isoformat(timespec="seconds"),
+                "decision": tags.get("tuneflow.retrain.decision"),
+                "reason": tags.get("tuneflow.retrain.reason"),
+            }
+    return out
+
+
 def count_versions(name: str) -> int:
     try:
         return len(client().search_model_versions(f"name = '{name}'"))
