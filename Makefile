@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/tuneflow run configs/demo.yaml
+	$(BIN)/tuneflow status chatbot-intents
 
 test: install
 	$(BIN)/ruff check .

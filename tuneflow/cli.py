@@ -254,6 +254,26 @@ def retrain(
 
 
 @app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option(help="Config all deployments run (default: the one in prefect.yaml).")
+    ] = None,
+) -> None:
+    """Serve the finetune, tune and retrain deployments of prefect.yaml from this process (single machine)."""
+    if config is not None:
+        _load(config, [])
+    _quiet_env()
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import build
+
+    deployments = build(str(config.resolve()) if config else None)
+    names = ", ".join(d.name for d in deployments)
+    console.print(f"serving {names}; trigger one with: prefect deployment run 'retrain/retrain'")
+    prefect_serve(*deployments)
+
+
+@app.command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Only run the data checks and print the report (no training, nothing logged)."""
     cfg = _load(config, set_)

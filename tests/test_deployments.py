@@ -1,0 +1,59 @@
+"""Deployments come from the project's prefect.yaml; a triggered retrain run completes through a runner."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, make_config
+from tuneflow.config import load_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_prefect_yaml_cron_matches_the_demo_config() -> None:
+    from flows.deployments import definitions
+
+    specs = {d["name"]: d for d in definitions()}
+    assert set(specs) == {"finetune", "tune", "retrain"}
+    demo = load_config(ROOT / specs["retrain"]["parameters"]["config_path"])
+    assert specs["retrain"]["schedules"][0]["cron"] == demo.retrain.schedule
+
+
+def test_deployments_apply_and_a_triggered_retrain_completes(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    from flows.deployments import build
+    from tuneflow import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = make_config(
+        tmp_path, tiny_model, name="served", tracking={"tracking_uri": uri}, train={"max_epochs": 1}
+    )
+    deployments = build(str(cfg))
+    ids = {d.name: d.apply() for d in deployments}
+    assert set(ids) == {"finetune", "tune", "retrain"}
+
+    async def trigger_and_run() -> str:
+        async with get_client() as client:
+            retrain = await client.read_deployment_by_name("retrain/retrain")
+            assert [s.schedule.cron for s in retrain.schedules] == ["0 3 * * 1"]
+            assert retrain.parameters["config_path"] == str(cfg)
+        flow_run = await run_deployment("retrain/retrain", timeout=0)
+        runner = Runner(name="test-runner", query_seconds=1, limit=1)
+        for d in deployments:
+            if d.name == "retrain":
+                await runner.aadd_deployment(d)
+        await runner.start(run_once=True)
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run.id)).state.type.value
+
+    assert asyncio.run(trigger_and_run()) == "COMPLETED"
+    tracking.configure(uri)
+    assert tracking.alias_version("served", "champion") == "1"  # no champion before: trained and promoted
