@@ -91,3 +91,5 @@ def test_retrain_skips_unchanged_data_then_retrains_changed_data(
     assert result.exit_code == 0, result.output
     assert "champion        v" in result.output and "last retrain" in result.output
     assert "trained" in result.output and "data changed" in result.output
+    listing = CliRunner().invoke(app, ["status", "--tracking-uri", uri])
+    assert listing.exit_code == 0 and "retrain-me" in listing.output and "champion v" in listing.output

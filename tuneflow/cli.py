@@ -24,6 +24,7 @@ console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-5")]
+TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the project store).")]
 WorkersOpt = Annotated[
     int, typer.Option(min=1, help="Local worker processes sharing the Optuna study (search only).")
 ]
@@ -124,7 +125,7 @@ def promote(
     version: Annotated[str, typer.Option(help="Version to decide on.")],
     force: Annotated[bool, typer.Option(help="Promote even if gates fail (audited override).")] = False,
     reason: Annotated[str, typer.Option(help="Why a forced promotion is made (kept in the report).")] = "",
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Re-run the champion/challenger comparison for a registered version; move aliases if it passes."""
     if force and not reason:
@@ -145,13 +146,21 @@ def promote(
 
 @app.command()
 def status(
-    model: Annotated[str, typer.Argument(help="Registered model name.")],
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    model: Annotated[str | None, typer.Argument(help="Registered model name (none: list all).")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Champion version, its metrics, data fingerprint and age; last retraining decision and why."""
     from tuneflow import tracking
 
     tracking.configure(tracking_uri)
+    if model is None:
+        models = tracking.registered_models()
+        for name, aliases in sorted(models.items()):
+            champion = f"champion v{aliases['champion']}" if "champion" in aliases else "no champion"
+            print(f"{name:<30} {champion}")
+        if not models:
+            print("no registered models yet")
+        return
     try:
         s = tracking.model_status(model)
     except LookupError as exc:
@@ -177,7 +186,7 @@ def status(
 @app.command()
 def rollback(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Move the champion alias back to the previous champion."""
     _quiet_env()
@@ -295,7 +304,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 def predict(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
     model: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model")],
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Classify texts with a registered model."""
     from tuneflow import tracking
@@ -314,7 +323,7 @@ def predict(
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the project's store, bound to 127.0.0.1."""
     from tuneflow.tracking import configure

@@ -236,6 +236,13 @@ def read_text(run_id: str, artifact_file: str) -> str:
     return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
 
 
+def registered_models() -> dict[str, dict[str, str]]:
+    """Every registered model's aliases (``{name: {alias: version}}``)."""
+    return {
+        m.name: {a: str(v) for a, v in (m.aliases or {}).items()} for m in client().search_registered_models()
+    }
+
+
 def model_status(name: str) -> dict[str, Any]:
     """Champion, its metrics, data fingerprint and age; other aliases; the last retraining decision."""
     c = client()
