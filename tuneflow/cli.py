@@ -59,6 +59,15 @@ def _fail_on_known(exc: BaseException) -> None:
             raise typer.Exit(code) from None
 
 
+def _call_flow(flow_fn, *args):  # noqa: ANN001, ANN202
+    """Run a flow; known bad-input errors become their exit codes instead of a traceback."""
+    try:
+        return flow_fn(*args)
+    except Exception as exc:
+        _fail_on_known(exc)
+        raise
+
+
 @app.command()
 def run(
     config: ConfigArg,
@@ -71,11 +80,7 @@ def run(
     _quiet_env()
     from flows.finetune import finetune
 
-    try:
-        result = finetune(str(config), set_ or [], resume, workers)
-    except Exception as exc:
-        _fail_on_known(exc)
-        raise
+    result = _call_flow(finetune, str(config), set_ or [], resume, workers)
     m = result["metrics"]
     console.rule("[bold green]tuneflow run finished")
     console.print(
@@ -224,11 +229,7 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     _quiet_env()
     from flows.tune import tune as tune_flow
 
-    try:
-        result = tune_flow(str(config), set_ or [], workers)
-    except Exception as exc:
-        _fail_on_known(exc)
-        raise
+    result = _call_flow(tune_flow, str(config), set_ or [], workers)
     console.rule("[bold green]tuneflow tune finished")
     console.print(f"MLflow HPO run  {result['run_id']}  (experiment '{result['experiment']}')")
     _print_search(result["search"])
@@ -251,11 +252,7 @@ def retrain(
     _quiet_env()
     from flows.retrain import retrain as retrain_flow
 
-    try:
-        result = retrain_flow(str(config), set_ or [], force, workers)
-    except Exception as exc:
-        _fail_on_known(exc)
-        raise
+    result = _call_flow(retrain_flow, str(config), set_ or [], force, workers)
     console.rule(f"[bold green]tuneflow retrain: {result['decision']}")
     console.print(f"reason          {result['reason']}", highlight=False)
     if "finetune" in result and result["finetune"].get("promotion"):
