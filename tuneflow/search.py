@@ -150,19 +150,18 @@ def directions(cfg: PipelineConfig) -> list[str]:
     return [cfg.search_direction] + (["minimize"] if cfg.search.latency_objective else [])
 
 
-def open_study(cfg: PipelineConfig, sampler_seed: int | None = None) -> optuna.Study:
+def open_study(cfg: PipelineConfig) -> optuna.Study:
     """Create the config's study, or load it when it exists (a rerun resumes it)."""
     assert cfg.search is not None
     _quiet()
     scfg = cfg.search
     storage = build_storage(scfg, cfg.experiment_name)
-    seed = cfg.train.seed if sampler_seed is None else sampler_seed
     try:
         study = optuna.create_study(
             study_name=cfg.study_name,
             storage=storage,
             directions=directions(cfg),
-            sampler=build_sampler(scfg, seed),
+            sampler=build_sampler(scfg, cfg.train.seed),
             pruner=build_pruner(scfg, scfg.max_epochs or cfg.train.max_epochs),
             load_if_exists=True,
         )
@@ -347,10 +346,9 @@ def optimize(
 
         torch.set_num_threads(threads)  # N workers share the cores instead of each taking them all
     tracking.configure(tracking_uri)
-    probe = open_study(cfg)
+    study = open_study(cfg)
     # Distinct seeds per worker and per resume, so parallel or resumed workers do not replay one sequence.
-    seed = cfg.train.seed + 1000 * worker + len(probe.trials)
-    study = open_study(cfg, sampler_seed=seed)
+    study.sampler = build_sampler(cfg.search, cfg.train.seed + 1000 * worker + len(study.trials))
     splits = load_splits(cfg.data, cfg.train.seed)
     objective = Objective(cfg, parent_run_id, tracking_uri, Path(work_dir), splits)
     callbacks = []
