@@ -17,8 +17,7 @@ from tasks.validate import validate_data
 from tuneflow import tracking
 from tuneflow.config import load_config
 from tuneflow.search import best_config
-
-HEADLINE = ("test_accuracy", "test_f1_macro", "test_f1_weighted", "train_val_gap", "latency_p95_ms")
+from tuneflow.tasktypes import HEADLINE
 
 
 @flow(name="finetune", log_prints=True)
@@ -64,7 +63,7 @@ def finetune(
             else None
         )
         promotion = promote(final, model["version"]) if model and final.gates.promote else None
-    rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE if k in metrics)
+    rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE[cfg.task] if k in metrics)
     registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
     cv_line = ""
     if cv:

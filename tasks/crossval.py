@@ -17,7 +17,7 @@ from tuneflow.model import load_tokenizer
 def cross_validate(cfg: PipelineConfig, run_id: str) -> dict[str, float]:
     """Score the config by ``train.cv_folds``-fold cross-validation before the final training."""
     uri = tracking.configure(cfg.tracking.tracking_uri)
-    splits = load_splits(cfg.data, cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
     data = encode(splits, load_tokenizer(cfg.model.name), cfg.model.max_length)
     result = cross_validate_folds(cfg, data, run_id, run_dir(cfg, run_id) / "cv", uri)
     metrics = result.metrics()

@@ -9,29 +9,17 @@ from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.data import load_splits
-from tuneflow.evaluation import Classifier
-from tuneflow.evaluation import evaluate as evaluate_model
-
-HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "train_accuracy")
+from tuneflow.tasktypes import HISTORY_KEYS, evaluate_for, load_predictor
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, float]:
     """Evaluate the exported model; returns the metrics (also logged to MLflow with the artifacts)."""
     tracking.configure(cfg.tracking.tracking_uri)
-    splits = load_splits(cfg.data, cfg.train.seed)
-    clf = Classifier.load(export_dir, max_length=cfg.model.max_length)
+    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
+    predictor = load_predictor(export_dir)
     out = run_dir(cfg, run_id) / "eval"
-    result = evaluate_model(
-        clf,
-        splits,
-        out,
-        batch_size=cfg.train.eval_batch_size,
-        worst_examples=cfg.eval.worst_examples,
-        latency_examples=cfg.eval.latency_examples,
-        overfit_gap_threshold=cfg.train.overfit_gap_threshold,
-        history=tracking.metric_history(run_id, HISTORY_KEYS),
-    )
+    result = evaluate_for(cfg, predictor, splits, out, tracking.metric_history(run_id, HISTORY_KEYS))
     logger = get_run_logger()
     for warning in result.warnings:
         logger.warning(warning)

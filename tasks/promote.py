@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -13,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.data import LABEL, TEXT, load_splits
-from tuneflow.promotion import decide
+from tuneflow.promotion import decide, decide_on_scores
+from tuneflow.tasktypes import load_predictor, score_predictor
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 
@@ -39,6 +42,13 @@ def _predict(model_uri: str, texts: list[str]) -> list[str]:
     return [str(x) for x in tracking.load_pyfunc(model_uri).predict(texts)["label"]]
 
 
+def _score(cfg: PipelineConfig, model_uri: str, test: pd.DataFrame) -> float:
+    """``gates.metric`` of a registered model on the frozen test set (NER, seq2seq, causal LM)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor = load_predictor(tracking.download_export(model_uri, tmp))
+        return score_predictor(cfg, predictor, test)
+
+
 @task(cache_policy=NO_CACHE)  # no retries: a decision must not be taken twice
 def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str = "") -> dict:
     """Make ``version`` the challenger, compare it with the champion, move aliases if the gates pass.
@@ -55,26 +65,42 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
     tracking.configure(cfg.tracking.tracking_uri)
     name = cfg.registered_model_name
     mv = tracking.model_version(name, version)
-    test = load_splits(cfg.data, cfg.train.seed).test
-    texts, y_true = test[TEXT].tolist(), [str(x) for x in test[LABEL]]
-    challenger_pred = _predict(f"models:/{name}/{version}", texts)
+    test = load_splits(cfg.data, cfg.train.seed, cfg.task).test
+    classify = cfg.task == "sequence_classification"
+    if classify:
+        texts, y_true = test[TEXT].tolist(), [str(x) for x in test[LABEL]]
+        challenger_pred = _predict(f"models:/{name}/{version}", texts)
+    else:
+        challenger_value = _score(cfg, f"models:/{name}/{version}", test)
     with decision_lock(name):
         tracking.set_alias(name, CHALLENGER, version)
         champion = tracking.alias_version(name, CHAMPION)
         if champion == str(version):
             champion = None  # re-deciding the current champion: absolute gates only
-        champion_pred = _predict(f"models:/{name}/{champion}", texts) if champion else None
-        decision = decide(
-            cfg.gates,
-            name,
-            str(version),
-            y_true,
-            challenger_pred,
-            tracking.run_metrics(mv.run_id),
-            champion,
-            champion_pred,
-            seed=cfg.train.seed,
-        )
+        if classify:
+            champion_pred = _predict(f"models:/{name}/{champion}", texts) if champion else None
+            decision = decide(
+                cfg.gates,
+                name,
+                str(version),
+                y_true,
+                challenger_pred,
+                tracking.run_metrics(mv.run_id),
+                champion,
+                champion_pred,
+                seed=cfg.train.seed,
+            )
+        else:
+            decision = decide_on_scores(
+                cfg.gates,
+                name,
+                str(version),
+                challenger_value,
+                tracking.run_metrics(mv.run_id),
+                champion,
+                _score(cfg, f"models:/{name}/{champion}", test) if champion else None,
+                n_examples=len(test),
+            )
         if force and not decision.promote:
             decision.promote, decision.forced = True, True
             decision.note = f"Forced by hand despite failed gates: {reason or 'no reason given'}."

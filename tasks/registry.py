@@ -7,23 +7,31 @@ from prefect.cache_policies import NO_CACHE
 
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
+from tuneflow.lora import dir_size, read_meta
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a retry after a partial success could create a second version
 def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> dict[str, str]:
     """Log the model on ``run_id`` and register it as a new version of the config's registered model."""
     tracking.configure(cfg.tracking.tracking_uri)
-    model_uri = tracking.log_model(run_id, export_dir, input_example=["where is my order?"])
-    version = tracking.register_model(
-        model_uri,
-        cfg.registered_model_name,
-        run_id,
-        tags={
-            "tuneflow.config_hash": cfg.fingerprint(),
-            "tuneflow.data_fingerprint": data_fingerprint,
-            "tuneflow.base_model": cfg.model.name,
-            "tuneflow.task": cfg.task,
-        },
-    )
+    model_uri = tracking.log_model(run_id, export_dir, cfg.task)
+    meta = read_meta(export_dir)
+    tags = {
+        "tuneflow.config_hash": cfg.fingerprint(),
+        "tuneflow.data_fingerprint": data_fingerprint,
+        "tuneflow.base_model": cfg.model.name,
+        "tuneflow.task": cfg.task,
+    }
+    if meta.get("lora"):
+        # The adapter registry: what `tuneflow adapters` lists and what loading checks against.
+        tags.update(
+            {
+                tracking.TAG_ADAPTER: "true",
+                "tuneflow.base_hash": meta["base_hash"],
+                "tuneflow.tokenizer_hash": meta["tokenizer_hash"],
+                "tuneflow.adapter_bytes": str(dir_size(export_dir, "adapter_model.*")),
+            }
+        )
+    version = tracking.register_model(model_uri, cfg.registered_model_name, run_id, tags=tags)
     tracking.set_tags(run_id, {"tuneflow.registered_version": version})
     return {"model_uri": model_uri, "name": cfg.registered_model_name, "version": version}

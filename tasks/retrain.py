@@ -15,7 +15,7 @@ from tasks.promote import CHAMPION
 from tasks.validate import REFERENCE_SAMPLE
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import LABEL, TEXT, fingerprint, load_splits
+from tuneflow.data import LABEL, TAGS, TEXT, fingerprint, load_splits
 from tuneflow.drift import drift_report
 
 TAG_DECISION, TAG_REASON = "tuneflow.retrain.decision", "tuneflow.retrain.reason"
@@ -36,6 +36,22 @@ def champion_overrides(cfg: PipelineConfig, champion_run_id: str) -> list[str]:
     return out
 
 
+def _labels_and_confidence(cfg: PipelineConfig, ref: pd.DataFrame, new: pd.DataFrame) -> tuple:
+    """Label-distribution inputs (classes; every BIO tag for NER; none for generation) and, for classifiers,
+    the champion's top-class probability on both samples."""
+    if cfg.task == "sequence_classification":
+        model = tracking.load_pyfunc(f"models:/{cfg.registered_model_name}@{CHAMPION}")
+        return (
+            ref[LABEL].astype(str).tolist(),
+            new[LABEL].astype(str).tolist(),
+            model.predict(ref[TEXT].astype(str).tolist())["score"].tolist(),
+            model.predict(new[TEXT].tolist())["score"].tolist(),
+        )
+    if cfg.task == "token_classification":
+        return [t for tags in ref[TAGS] for t in tags], [t for tags in new[TAGS] for t in tags], None, None
+    return None, None, None, None
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def check_data(cfg: PipelineConfig, force: bool = False) -> dict:
     """Fingerprint the configured data against the champion's; if it changed, measure drift.
@@ -45,7 +61,7 @@ def check_data(cfg: PipelineConfig, force: bool = False) -> dict:
     """
     tracking.configure(cfg.tracking.tracking_uri)
     name = cfg.registered_model_name
-    splits = load_splits(cfg.data, cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
     data_fp = fingerprint(splits)
     run_id = tracking.start_run(
         cfg.experiment_name,
@@ -73,15 +89,15 @@ def check_data(cfg: PipelineConfig, force: bool = False) -> dict:
         else:
             ref = pd.read_json(io.StringIO(tracking.read_text(mv.run_id, REFERENCE_SAMPLE)), lines=True)
             new = splits.train.sample(n=min(len(ref), len(splits.train)), random_state=cfg.train.seed)
-            model = tracking.load_pyfunc(f"models:/{name}@{CHAMPION}")
+            ref_labels, new_labels, ref_conf, new_conf = _labels_and_confidence(cfg, ref, new)
             report = drift_report(
                 cfg.retrain,
                 ref[TEXT].astype(str).tolist(),
-                ref[LABEL].astype(str).tolist(),
+                ref_labels,
                 new[TEXT].tolist(),
-                new[LABEL].astype(str).tolist(),
-                model.predict(ref[TEXT].astype(str).tolist())["score"].tolist(),
-                model.predict(new[TEXT].tolist())["score"].tolist(),
+                new_labels,
+                ref_conf,
+                new_conf,
             )
             tracking.log_text(run_id, report.to_markdown(), "drift/report.md")
             tracking.log_text(run_id, report.to_json(), "drift/report.json")

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import retry_transient
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import LABEL, TEXT, fingerprint, load_raw
+from tuneflow.data import LABEL, content_columns, fingerprint, load_raw
 from tuneflow.model import load_tokenizer
 from tuneflow.validation import DataValidationError, validate_dataset
 
 REFERENCE_SAMPLE = "reference/train_sample.jsonl"
+
+
+def _flat(df: pd.DataFrame) -> pd.DataFrame:
+    """The example columns with lists (tokens, tags, messages) as JSON text: MLflow datasets want scalars."""
+    cols = content_columns(df)
+    return df[cols].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
@@ -27,7 +34,7 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
     logger = get_run_logger()
     tracking.configure(cfg.tracking.tracking_uri)
     tokenizer = load_tokenizer(cfg.model.name)
-    report, splits = validate_dataset(load_raw(cfg.data), cfg, tokenizer)
+    report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer)
     tracking.log_text(run_id, report.to_json(), "validation/report.json")
     tracking.log_text(run_id, report.to_markdown(), "validation/report.md")
     for warning in report.warnings:
@@ -48,16 +55,16 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
         context = name if name in ("train", "validation", "test") else f"eval:{name}"
         tracking.log_dataset(
             run_id,
-            df[[TEXT, LABEL]],
+            _flat(df),
             name=f"{cfg.name}-{name}",
             source=splits.sources.get(name, name),
             context=context,
-            targets=LABEL,
+            targets=LABEL if LABEL in df.columns else None,
         )
     tracking.log_text(run_id, json.dumps({"labels": splits.labels}, indent=2), "validation/labels.json")
     # A sample of the training data travels with the run: the drift reference once this model is champion.
     n = min(cfg.retrain.reference_sample, len(splits.train))
-    sample = splits.train[[TEXT, LABEL]].sample(n=n, random_state=cfg.train.seed)
+    sample = splits.train[content_columns(splits.train)].sample(n=n, random_state=cfg.train.seed)
     tracking.log_text(run_id, sample.to_json(orient="records", lines=True), REFERENCE_SAMPLE)
     logger.info("validation passed: %s", json.dumps(report.stats))
     return {"data_fingerprint": data_fp, "warnings": len(report.warnings), "stats": report.stats}

@@ -77,8 +77,8 @@ def test_study_nests_trials_in_mlflow_with_states(
     import tuneflow.search as search_module
 
     calls = []
-    real_encode = search_module.encode
-    monkeypatch.setattr(search_module, "encode", lambda *a: calls.append(a) or real_encode(*a))
+    real_encode = search_module.encode_for
+    monkeypatch.setattr(search_module, "encode_for", lambda *a: calls.append(a) or real_encode(*a))
     cfg, summary, parent, client = _study(tmp_path, tiny_model)
     assert len(calls) == 1  # data tokenized once for the 4 trials of the study
     study = open_study(cfg)

@@ -291,7 +291,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
         tokenizer = load_tokenizer(cfg.model.name)
     except ModelLoadError as exc:
         _fail_on_known(exc)
-    report, _ = validate_dataset(load_raw(cfg.data), cfg, tokenizer)
+    report, _ = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer)
     print(report.to_markdown())
     if not report.ok:
         raise typer.Exit(3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,8 +39,12 @@ class FileSpec(_Section):
     """One local file of examples."""
 
     path: str = Field(description="File path; relative paths are resolved against the config file's folder.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
-        "auto", description="File format; 'auto' infers it from the extension (.txt is read as TSV)."
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "conll"] = Field(
+        "auto",
+        description=(
+            "File format; 'auto' infers it from the extension (.txt is read as TSV; .conll/.bio/.iob as "
+            "CoNLL token<whitespace>tag lines, for token_classification)."
+        ),
     )
     header: bool = Field(True, description="Whether a CSV/TSV file has a header row.")
     column_names: list[str] | None = Field(
@@ -69,6 +74,20 @@ class DataConfig(_Section):
     hub_config: str | None = Field(None, description="Dataset configuration name for hub_dataset.")
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str = Field("label", description="Column holding the class label.")
+    tokens_column: str = Field(
+        "tokens", description="token_classification JSONL: column holding the list of words."
+    )
+    tags_column: str = Field("tags", description="token_classification JSONL: column holding the BIO tags.")
+    source_column: str = Field(
+        "source", description="seq2seq: input text column (a list of sentences is joined with spaces)."
+    )
+    target_column: str = Field(
+        "target",
+        description="seq2seq: output text column; a list holds several references (the first is trained on).",
+    )
+    messages_column: str = Field(
+        "messages", description="causal_lm: column holding the chat as [{role, content}, ...]."
+    )
     validation_size: float = Field(
         0.1, gt=0, lt=0.5, description="Share of train split off as validation when no validation file."
     )
@@ -104,6 +123,21 @@ class ValidationConfig(_Section):
     )
 
 
+class LoraConfig(_Section):
+    """Low-rank adapters (peft): the base stays frozen, only the adapter (and task head) is trained."""
+
+    r: int = Field(8, ge=1, le=512, description="Rank of the low-rank update matrices.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | str | None = Field(
+        None,
+        description=(
+            "Module names to adapt (e.g. [query, value]), 'all-linear', or null = peft's default for the "
+            "architecture."
+        ),
+    )
+
+
 class ModelConfig(_Section):
     """The pre-trained model to start from."""
 
@@ -118,6 +152,39 @@ class ModelConfig(_Section):
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override hidden/attention/classifier dropout; null keeps the model's."
     )
+    lora: LoraConfig | None = Field(
+        None, description="Train a LoRA adapter (peft) instead of all weights; null = full fine-tuning."
+    )
+    max_target_length: int = Field(
+        64, ge=1, le=4096, description="seq2seq: tokens per target text; longer targets are truncated."
+    )
+    source_prefix: str = Field(
+        "", description="seq2seq: text put before every source (T5 style, e.g. 'summarize: ')."
+    )
+
+
+class GenerationConfig(_Section):
+    """Decoding settings for seq2seq and causal_lm (evaluation, sample generations and serving)."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Tokens generated at most per answer.")
+    num_beams: int = Field(1, ge=1, le=16, description="Beam search width; 1 = greedy (or sampling).")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size; 0 = off.")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Arguments for ``model.generate``."""
+        out: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        if self.no_repeat_ngram_size:
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return out
 
 
 class TrainConfig(_Section):
@@ -137,8 +204,13 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(
         2, ge=1, description="Validation checks without improvement of `monitor` before stopping."
     )
-    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
-        "val_f1_macro", description="Validation metric for early stopping and best checkpoint."
+    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro", "val_f1"] = Field(
+        "val_f1_macro",
+        description=(
+            "Validation metric for early stopping and best checkpoint. Default per task: val_f1_macro "
+            "(sequence_classification), val_f1 = entity F1 (token_classification), val_loss (seq2seq, "
+            "causal_lm)."
+        ),
     )
     seed: int = Field(42, description="Seed for data splits, initialization and shuffling.")
     deterministic: bool | Literal["warn"] = Field(
@@ -190,7 +262,29 @@ class EvalConfig(_Section):
     latency_examples: int = Field(
         50, ge=0, description="Single-example predictions timed for p50/p95 latency."
     )
+    generation_metrics: list[Literal["rouge", "bleu", "chrf"]] = Field(
+        default_factory=lambda: ["rouge"],
+        description="seq2seq: ROUGE-1/2/L (rouge-score) and/or sacreBLEU BLEU / chrF on generated text.",
+    )
+    max_generation_examples: int | None = Field(
+        200,
+        ge=1,
+        description="seq2seq/causal_lm: test examples generated for (decoding is slow); null = all.",
+    )
+    sample_generations: int = Field(20, ge=0, description="Rows in the sample-generations table.")
 
+
+TASK_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # task -> (validation metrics for train.monitor / search.metric, test metrics for gates.metric);
+    # the first of each is the task's default.
+    "sequence_classification": (
+        ("val_f1_macro", "val_accuracy", "val_loss"),
+        ("f1_macro", "accuracy", "f1_weighted"),
+    ),
+    "token_classification": (("val_f1", "val_loss"), ("f1",)),
+    "seq2seq": (("val_loss",), ("rougeL", "rouge1", "rouge2", "bleu", "chrf")),
+    "causal_lm": (("val_loss",), ("perplexity",)),
+}
 
 SEARCHABLE_SECTIONS = ("model", "train")
 UNSEARCHABLE_KEYS = (
@@ -261,7 +355,7 @@ class SearchConfig(_Section):
     timeout: float | None = Field(
         None, gt=0, description="Stop starting new trials after this many seconds per worker."
     )
-    metric: Literal["val_loss", "val_accuracy", "val_f1_macro"] | None = Field(
+    metric: Literal["val_loss", "val_accuracy", "val_f1_macro", "val_f1"] | None = Field(
         None,
         description=(
             "Objective: best validation value of this metric; null = train.monitor. Trials early-stop and "
@@ -326,10 +420,29 @@ class SearchConfig(_Section):
 class GatesConfig(_Section):
     """Promotion gates: what a registered challenger must show before it becomes the champion."""
 
-    metric: Literal["accuracy", "f1_macro", "f1_weighted"] = Field(
-        "f1_macro", description="Primary test metric, measured for both models on the same frozen test set."
+    metric: Literal[
+        "accuracy",
+        "f1_macro",
+        "f1_weighted",
+        "f1",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "bleu",
+        "chrf",
+        "perplexity",
+    ] = Field(
+        "f1_macro",
+        description=(
+            "Primary test metric. Default per task: f1_macro (sequence_classification), entity f1 "
+            "(token_classification), rougeL (seq2seq), perplexity (causal_lm, lower is better)."
+        ),
     )
-    min: float | None = Field(None, ge=0, le=1, description="Absolute minimum of the primary test metric.")
+    min: float | None = Field(
+        None,
+        ge=0,
+        description="Absolute bound of the primary test metric (a maximum for perplexity, else a minimum).",
+    )
     min_improvement: float = Field(
         0.0,
         ge=0,
@@ -407,15 +520,21 @@ class PipelineConfig(_Section):
     """A whole fine-tuning experiment."""
 
     name: str = Field(description="Experiment name: MLflow experiment and registered model default to it.")
-    task: Literal["sequence_classification"] = Field(
+    task: Literal["sequence_classification", "token_classification", "seq2seq", "causal_lm"] = Field(
         "sequence_classification",
-        description="Task type (sentiment, topic, intents are sequence_classification).",
+        description=(
+            "Task type: sequence_classification (sentiment, topics, intents), token_classification (NER, "
+            "BIO tags), seq2seq (summarization, translation), causal_lm (chat fine-tuning)."
+        ),
     )
     data: DataConfig = Field(description="Dataset files, columns and splits.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality checks.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Pre-trained model.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig, description="Decoding settings (seq2seq, causal_lm)."
+    )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
     search: SearchConfig | None = Field(None, description="Optuna hyperparameter search (null = none).")
     gates: GatesConfig = Field(
@@ -427,6 +546,32 @@ class PipelineConfig(_Section):
     output_dir: str = Field(
         "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        # Metric defaults depend on the task: fill them in when the config leaves them out.
+        if not isinstance(raw, dict) or raw.get("task") in (None, "sequence_classification"):
+            return raw
+        defaults = TASK_METRICS.get(raw["task"])
+        if defaults is None:
+            return raw
+        raw = dict(raw)
+        for section, key, value in (
+            ("train", "monitor", defaults[0][0]),
+            ("gates", "metric", defaults[1][0]),
+        ):
+            sub = raw.get(section)
+            if sub is None:
+                raw[section] = {key: value}
+            elif isinstance(sub, dict) and key not in sub:
+                raw[section] = {**sub, key: value}
+        return raw
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the promotion metric (perplexity is the one where lower is better)."""
+        return self.gates.metric != "perplexity"
 
     @field_validator("name")
     @classmethod
@@ -580,10 +725,36 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineCon
         problems = _problems(err)
         seen = {key for key, _ in problems}
         raise ConfigError(source, problems + [p for p in key_problems if p[0] not in seen]) from err
-    problems = key_problems + _space_value_problems(cfg, {k for k, _ in key_problems})
+    problems = key_problems + _space_value_problems(cfg, {k for k, _ in key_problems}) + _task_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _task_problems(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """Settings that exist for every task but only make sense for some."""
+    monitors, gate_metrics = TASK_METRICS[cfg.task]
+    problems = []
+    if cfg.train.monitor not in monitors:
+        problems.append(
+            ("train.monitor", f"'{cfg.train.monitor}' is not one of {monitors} for task {cfg.task}")
+        )
+    if cfg.search and cfg.search.metric and cfg.search.metric not in monitors:
+        problems.append(
+            ("search.metric", f"'{cfg.search.metric}' is not one of {monitors} for task {cfg.task}")
+        )
+    if cfg.gates.metric not in gate_metrics:
+        problems.append(
+            ("gates.metric", f"'{cfg.gates.metric}' is not one of {gate_metrics} for task {cfg.task}")
+        )
+    if cfg.task != "sequence_classification":
+        if cfg.train.cv_folds:
+            problems.append(
+                ("train.cv_folds", "stratified k-fold is only supported for sequence_classification")
+            )
+        if cfg.search and cfg.search.latency_objective:
+            problems.append(("search.latency_objective", "only supported for sequence_classification"))
+    return problems
 
 
 def _has_key(model: type[BaseModel], parts: list[str]) -> bool:
@@ -592,8 +763,12 @@ def _has_key(model: type[BaseModel], parts: list[str]) -> bool:
         return False
     if len(parts) == 1:
         return True
-    sub = field.annotation
-    return isinstance(sub, type) and issubclass(sub, BaseModel) and _has_key(sub, parts[1:])
+    # An optional section (``lora: LoraConfig | None``) is searched through like a required one.
+    candidates = [field.annotation, *typing.get_args(field.annotation)]
+    return any(
+        isinstance(sub, type) and issubclass(sub, BaseModel) and _has_key(sub, parts[1:])
+        for sub in candidates
+    )
 
 
 def _space_key_problems(keys: list[str]) -> list[tuple[str, str]]:
@@ -642,7 +817,11 @@ def apply_params(
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if not isinstance(
+                node.get(part), dict
+            ):  # e.g. model.lora is null until a trial sets model.lora.r
+                node[part] = {}
+            node = node[part]
         node[leaf] = value
     if not validate:
         return raw

@@ -1,6 +1,7 @@
-"""Loading, splitting and tokenizing text-classification data.
+"""Loading, splitting and tokenizing data for every task type.
 
-Reading files is IO and lives here; the quality checks on what was read are pure and live in
+Reading files is IO and lives here (the task-specific column handling is in :mod:`tuneflow.ner`,
+:mod:`tuneflow.seq2seq` and :mod:`tuneflow.chat`); the quality checks on what was read are pure and live in
 :mod:`tuneflow.validation`. Every frame carries a ``_line`` column (the line number in its source file)
 so that a problem can be reported as ``file:line``.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from tuneflow.config import DataConfig, FileSpec
 
 SPLITS = ("train", "validation", "test")
 TEXT, LABEL, LINE = "text", "label", "_line"
+TAGS = "tags"  # token_classification: the BIO tag list of a sentence
 
 
 @dataclass(frozen=True)
@@ -57,24 +60,27 @@ def _infer_format(spec: FileSpec) -> str:
     if spec.format != "auto":
         return spec.format
     suffix = Path(spec.path).suffix.lower()
-    return {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(
-        suffix, "parquet" if suffix in (".parquet", ".pq") else "csv"
+    formats = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+    formats.update(
+        {".conll": "conll", ".bio": "conll", ".iob": "conll", ".parquet": "parquet", ".pq": "parquet"}
     )
+    return formats.get(suffix, "csv")
 
 
-def read_table(
-    spec: FileSpec, text_column: str, label_column: str
-) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one file into a ``text``/``label``/``_line`` frame.
-
-    Returns the frame (None when it cannot be read) and the problems found: a missing or unreadable file,
-    missing columns. Cell-level problems are left to :func:`tuneflow.validation.validate_dataset`.
-    """
+def read_frame(spec: FileSpec) -> tuple[pd.DataFrame | None, int, list[Problem]]:
+    """Read a CSV/TSV/JSONL/Parquet file as it is: the frame (None when unreadable), the file line of its
+    first row, and the problems found (missing or unreadable file)."""
     path = Path(spec.path)
     if not path.is_file():
-        return None, [Problem("file not found", file=str(path))]
+        return None, 1, [Problem("file not found", file=str(path))]
     fmt = _infer_format(spec)
     header_offset = 2 if spec.header and fmt in ("csv", "tsv") else 1
+    if fmt == "conll":
+        return (
+            None,
+            1,
+            [Problem("CoNLL files hold token tags: use task: token_classification", file=str(path))],
+        )
     try:
         if fmt in ("csv", "tsv"):
             df = pd.read_csv(
@@ -94,11 +100,35 @@ def read_table(
         else:
             df = pd.read_parquet(path)
     except Exception as exc:  # pandas raises many parser error types; all mean "unreadable"
-        return None, [Problem(f"cannot read as {fmt}: {type(exc).__name__}: {exc}".strip(), file=str(path))]
-    missing = [c for c in (text_column, label_column) if c not in df.columns]
-    if missing:
-        cols = ", ".join(map(str, df.columns))
-        return None, [Problem(f"missing column (found: {cols})", file=str(path), column=c) for c in missing]
+        problem = Problem(f"cannot read as {fmt}: {type(exc).__name__}: {exc}".strip(), file=str(path))
+        return None, header_offset, [problem]
+    return df, header_offset, []
+
+
+def missing_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> list[Problem]:
+    """One problem per required column the frame lacks, listing the columns it has."""
+    found = ", ".join(map(str, df.columns))
+    return [
+        Problem(f"missing column (found: {found})", file=source, column=c)
+        for c in columns
+        if c not in df.columns
+    ]
+
+
+def read_table(
+    spec: FileSpec, text_column: str, label_column: str
+) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Read one file into a ``text``/``label``/``_line`` frame.
+
+    Returns the frame (None when it cannot be read) and the problems found: a missing or unreadable file,
+    missing columns. Cell-level problems are left to :func:`tuneflow.validation.validate_dataset`.
+    """
+    df, header_offset, problems = read_frame(spec)
+    if df is None:
+        return None, problems
+    problems = missing_columns(df, (text_column, label_column), spec.path)
+    if problems:
+        return None, problems
     out = pd.DataFrame(
         {
             TEXT: df[text_column],
@@ -119,15 +149,41 @@ def _label_to_str(value: Any) -> str | None:
     return text or None
 
 
-def load_raw(cfg: DataConfig) -> RawData:
+def read_examples(
+    spec: FileSpec, cfg: DataConfig, task: str = "sequence_classification"
+) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Read one file of ``task`` examples into its standard frame (always with ``text`` and ``_line``)."""
+    if task == "token_classification":
+        from tuneflow.ner import read_tagged
+
+        return read_tagged(spec, cfg)
+    if task == "seq2seq":
+        from tuneflow.seq2seq import read_pairs
+
+        return read_pairs(spec, cfg)
+    if task == "causal_lm":
+        from tuneflow.chat import read_chats
+
+        return read_chats(spec, cfg)
+    return read_table(spec, cfg.text_column, cfg.label_column)
+
+
+def load_raw(cfg: DataConfig, task: str = "sequence_classification") -> RawData:
     """Read every configured source (local files or a hub dataset) without splitting or cleaning."""
     raw = RawData()
     if cfg.hub_dataset:
-        _load_hub(cfg, raw)
+        if task == "sequence_classification":
+            _load_hub(cfg, raw)
+        else:
+            raw.problems.append(
+                Problem(
+                    f"data.hub_dataset is only read for sequence_classification; for {task} use local files"
+                )
+            )
     specs: dict[str, FileSpec] = {s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s) is not None}
     specs.update({f"extra:{e.name}": e for e in cfg.extra_eval})
     for name, spec in specs.items():
-        frame, problems = read_table(spec, cfg.text_column, cfg.label_column)
+        frame, problems = read_examples(spec, cfg, task)
         raw.problems += problems
         raw.sources[name] = spec.path
         if frame is not None:
@@ -199,9 +255,9 @@ class Splits:
 def _stratified_take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     from sklearn.model_selection import train_test_split
 
-    counts = df[LABEL].value_counts()
-    # Stratify only when every class can appear on both sides; otherwise fall back to a random split.
-    stratify = df[LABEL] if counts.min() >= 2 else None
+    # Stratify only when every class can appear on both sides; otherwise (and for tasks without a
+    # sentence label) fall back to a random split.
+    stratify = df[LABEL] if LABEL in df.columns and df[LABEL].value_counts().min() >= 2 else None
     try:
         rest, taken = train_test_split(df, test_size=size, random_state=seed, stratify=stratify)
     except ValueError:
@@ -227,23 +283,41 @@ def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
         sources["validation"] = (
             f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
         )
-    labels = sorted(train[LABEL].unique().tolist())
+    labels = labels_of(train)
     extra = {name.split(":", 1)[1]: df for name, df in frames.items() if name.startswith("extra:")}
     sources = {name.removeprefix("extra:"): src for name, src in sources.items()}
     return Splits(train, frames["validation"], frames["test"], extra, labels, sources)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
+def labels_of(train: pd.DataFrame) -> list[str]:
+    """The label set a model is built for: sentence classes, or BIO tags ("O" first) for NER; none else."""
+    if LABEL in train.columns:
+        return sorted(train[LABEL].unique().tolist())
+    if TAGS in train.columns:
+        tags = {t for seq in train[TAGS] for t in seq}
+        return ["O", *sorted(tags - {"O"})]
+    return []
+
+
+def load_splits(cfg: DataConfig, seed: int, task: str = "sequence_classification") -> Splits:
     """Read and split already-validated data: every stage after validation sees exactly the same splits."""
-    return split_dataset(load_raw(cfg), cfg, seed)
+    return split_dataset(load_raw(cfg, task), cfg, seed)
+
+
+def content_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that make up an example (everything but the source line number)."""
+    return [c for c in df.columns if c != LINE]
 
 
 def fingerprint(splits: Splits) -> str:
-    """Content hash of all splits (text + label): identifies the exact data a model was trained on."""
+    """Content hash of all splits (every example column): identifies the exact data a model was trained on."""
     h = hashlib.sha256()
     for name, df in sorted(splits.frames().items()):
         h.update(name.encode())
-        h.update(pd.util.hash_pandas_object(df[[TEXT, LABEL]], index=False).values.tobytes())
+        cols = content_columns(df)
+        # Lists (tokens, tags, messages, references) are hashed through their JSON form.
+        flat = df[cols].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v)
+        h.update(pd.util.hash_pandas_object(flat, index=False).values.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -287,7 +361,7 @@ class Encoded:
     """Token ids and label ids of one split."""
 
     ids: list[list[int]]
-    labels: list[int]
+    labels: list[Any]  # a class id per example, or a label-id list (token tags, target or LM labels)
 
     def take(self, index: Iterable[int]) -> Encoded:
         index = list(index)
@@ -309,6 +383,7 @@ class EncodedData:
     labels: list[str]
     tokenizer: Any
     max_length: int
+    task: str = "sequence_classification"
 
     def folds(self, k: int, seed: int) -> list[EncodedData]:
         """``k`` stratified folds over train+validation (the test split is never touched)."""
@@ -332,6 +407,16 @@ def encode(splits: Splits, tokenizer: Any, max_length: int) -> EncodedData:
     return EncodedData(one(splits.train), one(splits.validation), splits.labels, tokenizer, max_length)
 
 
+def collator_for(task: str, tokenizer: Any) -> Any:
+    """transformers' collator padding inputs with the pad token and label sequences with -100."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorForTokenClassification
+
+    if task == "token_classification":
+        return DataCollatorForTokenClassification(tokenizer, return_tensors="pt")
+    # Seq2seq targets and causal-LM labels (same length as the inputs) are both padded with -100 by it.
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+
+
 class TextDataModule(pl.LightningDataModule):
     """Serves pre-tokenized data, pads per batch (dynamic padding), optionally groups by length."""
 
@@ -348,8 +433,13 @@ class TextDataModule(pl.LightningDataModule):
         self.data, self.tokenizer = data, data.tokenizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.group_by_length, self.num_workers = seed, group_by_length, num_workers
+        self.pad_labels = (
+            None if data.task == "sequence_classification" else collator_for(data.task, self.tokenizer)
+        )
 
-    def collate(self, items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list[tuple[list[int], Any]]) -> dict[str, torch.Tensor]:
+        if self.pad_labels is not None:  # label sequences are padded with -100 (ignored by the loss)
+            return dict(self.pad_labels([{"input_ids": ids, "labels": labels} for ids, labels in items]))
         batch = self.tokenizer.pad({"input_ids": [ids for ids, _ in items]}, return_tensors="pt")
         batch["labels"] = torch.tensor([label for _, label in items])
         return dict(batch)

@@ -105,9 +105,9 @@ class DriftReport:
 def drift_report(
     cfg: RetrainConfig,
     ref_texts: Sequence[str],
-    ref_labels: Sequence[str],
+    ref_labels: Sequence[str] | None,
     new_texts: Sequence[str],
-    new_labels: Sequence[str],
+    new_labels: Sequence[str] | None,
     ref_confidence: Sequence[float] | None = None,
     new_confidence: Sequence[float] | None = None,
 ) -> DriftReport:
@@ -115,26 +115,31 @@ def drift_report(
 
     Args:
         cfg: thresholds.
-        ref_texts, ref_labels: the champion's training data (a logged sample of it).
+        ref_texts, ref_labels: the champion's training data (a logged sample of it); labels are classes, or
+            every BIO tag for NER, or None for generation tasks (no label signal).
         new_texts, new_labels: the data a retraining would use.
         ref_confidence, new_confidence: the champion's top-class probability on each (optional).
     """
     from scipy.stats import ks_2samp
 
-    label_psi = psi(ref_labels, new_labels)
-    chi2_p = label_chi2_p(ref_labels, new_labels)
+    signals = []
+    if ref_labels is not None and new_labels is not None:
+        label_psi = psi(ref_labels, new_labels)
+        chi2_p = label_chi2_p(ref_labels, new_labels)
+        signals.append(
+            Signal(
+                "label_psi",
+                label_psi,
+                cfg.max_label_psi,
+                label_psi > cfg.max_label_psi,
+                f"chi-square p = {chi2_p:.3g}",
+            )
+        )
     ref_len = [len(words(t)) for t in ref_texts]
     new_len = [len(words(t)) for t in new_texts]
     ks = ks_2samp(ref_len, new_len)
     oov = oov_rate(ref_texts, new_texts)
-    signals = [
-        Signal(
-            "label_psi",
-            label_psi,
-            cfg.max_label_psi,
-            label_psi > cfg.max_label_psi,
-            f"chi-square p = {chi2_p:.3g}",
-        ),
+    signals += [
         Signal(
             "length_ks",
             float(ks.statistic),

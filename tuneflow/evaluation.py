@@ -28,18 +28,18 @@ class Classifier:
     max_length: int = 128
 
     @classmethod
-    def load(cls, model_dir: str | Path, max_length: int | None = None) -> Classifier:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+    def load(
+        cls, model_dir: str | Path, max_length: int | None = None, base: str | None = None
+    ) -> Classifier:
+        from tuneflow.model import load_exported
 
-        hf_logging.disable_progress_bar()  # inference output (CLI, serving) should hold predictions only
         model_dir = Path(model_dir)
+        model, tokenizer, meta = load_exported(model_dir, base)
         labels = json.loads((model_dir / "labels.json").read_text())["labels"]
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-        meta = model_dir / "inference.json"
+        info = model_dir / "inference.json"
         if max_length is None:
-            max_length = json.loads(meta.read_text())["max_length"] if meta.exists() else 128
-        return cls(model, AutoTokenizer.from_pretrained(model_dir), labels, max_length)
+            max_length = json.loads(info.read_text())["max_length"] if info.exists() else 128
+        return cls(model, tokenizer, labels, max_length)
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:

@@ -239,3 +239,71 @@ def _improvement_gate(
         detail = f"McNemar: challenger alone right {wins}, champion alone right {losses}, p = {p:.4g}"
         return Gate(name, diff, f"> {need} and p < {gates.alpha}", ok, detail)
     return Gate(name, diff, f"> {need} (no significance test)", diff > need)
+
+
+def decide_on_scores(
+    gates: GatesConfig,
+    model: str,
+    challenger_version: str,
+    value: float,
+    run_metrics: dict[str, float],
+    champion_version: str | None = None,
+    champion_value: float | None = None,
+    n_examples: int = 0,
+) -> Decision:
+    """The gates for NER, seq2seq and causal LM, on corpus-level scores of both models.
+
+    Both scores come from the same frozen test set, but no paired significance test is made: the
+    improvement gate compares point estimates (``gates.significance`` applies to classification only).
+    Perplexity is the one metric where lower is better: its bound is a maximum and its improvement a drop.
+    """
+    metric = gates.metric
+    lower_better = metric == "perplexity"
+    out = [Gate(f"test {metric}", value, "reported", True, f"{n_examples} examples")]
+    if gates.min is not None:
+        ok = value <= gates.min if lower_better else value >= gates.min
+        out.append(
+            Gate(
+                f"{'max' if lower_better else 'min'} test {metric}",
+                value,
+                f"{'<=' if lower_better else '>='} {gates.min}",
+                ok,
+            )
+        )
+    if gates.max_train_val_gap is not None:
+        gap = run_metrics.get("train_val_gap")
+        ok = gap is not None and gap <= gates.max_train_val_gap
+        out.append(Gate("max train/val gap (overfitting)", gap, f"<= {gates.max_train_val_gap}", ok))
+    if gates.max_latency_p95_ms is not None:
+        lat = run_metrics.get("latency_p95_ms")
+        ok = lat is not None and lat <= gates.max_latency_p95_ms
+        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok))
+    for name, bound in gates.min_ood.items():
+        ood = run_metrics.get(f"ood_{name}_{metric}")
+        ok = ood is not None and (ood <= bound if lower_better else ood >= bound)
+        detail = "" if ood is not None else f"no ood_{name}_{metric} metric: is {name} in data.extra_eval?"
+        out.append(
+            Gate(
+                f"out-of-domain {name} {metric}", ood, f"{'<=' if lower_better else '>='} {bound}", ok, detail
+            )
+        )
+    if champion_version is not None and champion_value is not None:
+        gain = (champion_value - value) if lower_better else (value - champion_value)
+        need = gates.min_improvement
+        out.append(
+            Gate(
+                f"improvement in test {metric} over champion",
+                gain,
+                f"> {need} (point estimate, no significance test)",
+                gain > need,
+                f"champion {champion_value:.4f} on the same test set",
+            )
+        )
+    return Decision(
+        model=model,
+        challenger_version=str(challenger_version),
+        champion_version=champion_version,
+        metric=metric,
+        promote=all(g.passed for g in out),
+        gates=out,
+    )

@@ -27,8 +27,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuneflow import tracking
 from tuneflow.config import ConfigError, ParamSpec, PipelineConfig, SearchConfig, apply_params, flatten
 from tuneflow.crossval import cross_validate
-from tuneflow.data import EncodedData, Splits, encode, load_splits
+from tuneflow.data import EncodedData, Splits, load_splits
 from tuneflow.model import load_tokenizer
+from tuneflow.tasktypes import encode_for
 from tuneflow.training import EpochCounter, fit
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -201,14 +202,15 @@ class EncodingCache:
     def __init__(self, splits: Splits):
         self.splits = splits
         self._tokenizers: dict[str, Any] = {}
-        self._encoded: dict[tuple[str, int], EncodedData] = {}
+        self._encoded: dict[tuple[str, int, int, str], EncodedData] = {}
 
     def get(self, cfg: PipelineConfig) -> EncodedData:
-        key = (cfg.model.name, cfg.model.max_length)
+        m = cfg.model
+        key = (m.name, m.max_length, m.max_target_length, m.source_prefix)
         if key not in self._encoded:
-            if cfg.model.name not in self._tokenizers:
-                self._tokenizers[cfg.model.name] = load_tokenizer(cfg.model.name)
-            self._encoded[key] = encode(self.splits, self._tokenizers[cfg.model.name], cfg.model.max_length)
+            if m.name not in self._tokenizers:
+                self._tokenizers[m.name] = load_tokenizer(m.name)
+            self._encoded[key] = encode_for(cfg, self.splits, self._tokenizers[m.name])
         return self._encoded[key]
 
 
@@ -349,7 +351,7 @@ def optimize(
     study = open_study(cfg)
     # Distinct seeds per worker and per resume, so parallel or resumed workers do not replay one sequence.
     study.sampler = build_sampler(cfg.search, cfg.train.seed + 1000 * worker + len(study.trials))
-    splits = load_splits(cfg.data, cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
     objective = Objective(cfg, parent_run_id, tracking_uri, Path(work_dir), splits)
     callbacks = []
     if cfg.search.n_trials:

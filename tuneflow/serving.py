@@ -28,14 +28,103 @@ def to_texts(model_input: Any) -> list[str]:
     return [str(t) for t in list(model_input)]
 
 
-class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    """Loads the exported Hugging Face directory once; predicts labels and their probabilities."""
+class TuneflowModel(mlflow.pyfunc.PythonModel):
+    """Loads one exported model (full or adapter) once; predicts with its task's wrapper.
+
+    Output per task: ``label``/``score`` (classification), ``entities`` (NER spans), ``generated_text``
+    (seq2seq, causal_lm).
+    """
 
     def load_context(self, context):  # noqa: ANN001, ANN201
-        from tuneflow.evaluation import Classifier
+        from tuneflow.lora import read_meta
+        from tuneflow.tasktypes import load_predictor
 
-        self.classifier = Classifier.load(context.artifacts["model_dir"])
+        model_dir = context.artifacts["model_dir"]
+        self.task = read_meta(model_dir).get("task", "sequence_classification")
+        self.predictor = load_predictor(model_dir)
 
     # No type hints here: MLflow would try to derive a schema from them; the logged signature is explicit.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        return self.classifier.predict(to_texts(model_input))
+        from tuneflow.tasktypes import to_inputs
+
+        return self.predictor.predict(to_inputs(self.task, model_input))
+
+
+class TextClassifierModel(TuneflowModel):
+    """The name models logged before other tasks existed were pickled under."""
+
+
+ADAPTER_PREFIX = "adapter-"
+
+
+class AdapterSetModel(mlflow.pyfunc.PythonModel):
+    """Several LoRA adapters on one base: the base is loaded once, ``params={"adapter": NAME}`` picks one.
+
+    Every adapter must have been trained on the same base (same weights and tokenizer hash) and task; heads
+    of different sizes (e.g. intents and sentiment) are fine. Requests are served one adapter at a time.
+    """
+
+    def load_context(self, context):  # noqa: ANN001, ANN201
+        import threading
+
+        from peft import PeftModel
+
+        from tuneflow.lora import add_adapter, load_base, read_meta
+        from tuneflow.tasktypes import predictor_from
+
+        dirs = {
+            key.removeprefix(ADAPTER_PREFIX): path
+            for key, path in context.artifacts.items()
+            if key.startswith(ADAPTER_PREFIX)
+        }
+        metas = {name: read_meta(path) for name, path in dirs.items()}
+        self.default, *others = sorted(dirs)
+        first = metas[self.default]
+        check_adapter_set(metas)
+        base, _, _ = load_base(first)
+        self.model = PeftModel.from_pretrained(base, dirs[self.default], adapter_name=self.default).eval()
+        for name in others:
+            add_adapter(self.model, dirs[name], name)
+        self.task = first["task"]
+        self.predictors = {
+            name: predictor_from(self.model, _tokenizer(dirs[name]), metas[name]) for name in sorted(dirs)
+        }
+        self.lock = threading.Lock()
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        from tuneflow.tasktypes import to_inputs
+
+        name = (params or {}).get("adapter") or self.default
+        if name not in self.predictors:
+            raise ValueError(
+                f"unknown adapter '{name}'; this model serves: {', '.join(sorted(self.predictors))}"
+            )
+        with self.lock:  # the active adapter is model-wide state
+            self.model.set_adapter(name)
+            return self.predictors[name].predict(to_inputs(self.task, model_input))
+
+
+def _tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def check_adapter_set(metas: dict[str, dict[str, Any]]) -> None:
+    """All adapters of a set share task, base weights and tokenizer, or a clear error names the odd one."""
+    from tuneflow.lora import AdapterMismatchError
+
+    if not metas:
+        raise ValueError("an adapter set needs at least one adapter")
+    for name, meta in metas.items():
+        if not meta.get("lora"):
+            raise AdapterMismatchError(f"'{name}' is a fully fine-tuned model, not a LoRA adapter")
+    reference_name = sorted(metas)[0]
+    reference = metas[reference_name]
+    for name, meta in metas.items():
+        for key in ("task", "base_hash", "tokenizer_hash"):
+            if meta.get(key) != reference.get(key):
+                raise AdapterMismatchError(
+                    f"adapter '{name}' has {key} {meta.get(key)!r} but '{reference_name}' has "
+                    f"{reference.get(key)!r}: one set serves adapters of a single base and task"
+                )

@@ -26,6 +26,7 @@ TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
     "tuneflow.config_hash",
     "tuneflow.data_fingerprint",
 )
+TAG_ADAPTER = "tuneflow.adapter"
 MAX_PARAM_LEN = 6000
 
 
@@ -123,7 +124,9 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
     client().log_text(run_id, text, artifact_file)
 
 
-def log_dataset(run_id: str, df: pd.DataFrame, name: str, source: str, context: str, targets: str) -> None:
+def log_dataset(
+    run_id: str, df: pd.DataFrame, name: str, source: str, context: str, targets: str | None
+) -> None:
     """Record a dataset's lineage (schema, digest, source) on the run via ``log_inputs``."""
     from mlflow.entities import DatasetInput, InputTag
 
@@ -162,29 +165,49 @@ def running_runs(experiment: str, tags: dict[str, str]) -> list[str]:
     return [r.info.run_id for r in client().search_runs([exp.experiment_id], " and ".join(clauses))]
 
 
-def log_model(run_id: str, model_dir: str | Path, input_example: list[str]) -> str:
-    """Log an exported classifier as an MLflow pyfunc model on ``run_id``; returns the model URI.
+def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classification") -> str:
+    """Log an export as an MLflow pyfunc model on ``run_id``; returns the model URI.
 
-    The model predicts on a list of raw texts (or a one-column DataFrame) and returns ``label``/``score``.
+    The model predicts on a list of raw texts (or a one-column DataFrame; conversations for causal_lm) and
+    returns the task's frame (see :class:`tuneflow.serving.TuneflowModel`). An adapter export is logged
+    without its base.
     """
+    from tuneflow.serving import TuneflowModel
+
+    return _log_pyfunc(run_id, TuneflowModel(), {"model_dir": str(model_dir)}, task)
+
+
+def _log_pyfunc(
+    run_id: str, model: Any, artifacts: dict[str, str], task: str, params: dict[str, Any] | None = None
+) -> str:
     from mlflow.models import infer_signature
 
-    from tuneflow.serving import TextClassifierModel, pip_requirements
+    from tuneflow.serving import pip_requirements
+    from tuneflow.tasktypes import INPUT_EXAMPLES, output_example
 
-    model = TextClassifierModel()
-    signature = infer_signature(input_example, pd.DataFrame({"label": ["x"], "score": [0.5]}))
+    signature = infer_signature(INPUT_EXAMPLES[task], output_example(task), params=params)
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
-            artifacts={"model_dir": str(model_dir)},
+            artifacts=artifacts,
             signature=signature,
             # Explicit requirements: inferring them would re-load the model in a subprocess (slow).
             pip_requirements=pip_requirements(),
         )
     client().update_run(run_id, status="RUNNING")  # leaving the block marked the run FINISHED too early
     return info.model_uri
+
+
+def log_adapter_set(run_id: str, adapter_dirs: dict[str, str], task: str) -> str:
+    """Log a pyfunc serving several adapters of one base (``params={"adapter": NAME}``); returns its URI."""
+    from tuneflow.serving import ADAPTER_PREFIX, AdapterSetModel
+
+    artifacts = {f"{ADAPTER_PREFIX}{name}": str(path) for name, path in adapter_dirs.items()}
+    return _log_pyfunc(
+        run_id, AdapterSetModel(), artifacts, task, params={"adapter": sorted(adapter_dirs)[0]}
+    )
 
 
 def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
@@ -241,6 +264,38 @@ def registered_models() -> dict[str, dict[str, str]]:
     return {
         m.name: {a: str(v) for a, v in (m.aliases or {}).items()} for m in client().search_registered_models()
     }
+
+
+def adapter_versions(base: str | None = None) -> list[dict[str, Any]]:
+    """Registered LoRA adapter versions (optionally of one base model id), newest first per model."""
+    out = []
+    for mv in client().search_model_versions(f"tags.`{TAG_ADAPTER}` = 'true'"):
+        tags = mv.tags or {}
+        if base is not None and tags.get("tuneflow.base_model") != base:
+            continue
+        out.append(
+            {
+                "name": mv.name,
+                "version": str(mv.version),
+                "aliases": list(mv.aliases or []),
+                "task": tags.get("tuneflow.task"),
+                "base_model": tags.get("tuneflow.base_model"),
+                "base_hash": tags.get("tuneflow.base_hash"),
+                "tokenizer_hash": tags.get("tuneflow.tokenizer_hash"),
+                "adapter_bytes": int(tags.get("tuneflow.adapter_bytes") or 0),
+                "run_id": mv.run_id,
+            }
+        )
+    return sorted(out, key=lambda a: (a["base_model"] or "", a["name"], -int(a["version"])))
+
+
+def download_export(model_uri: str, dest: str | Path) -> Path:
+    """The exported model directory inside a logged tuneflow pyfunc model (e.g. an adapter)."""
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    found = [p.parent for p in root.glob("artifacts/*/tuneflow.json")]
+    if not found:
+        raise LookupError(f"{model_uri} holds no tuneflow export (artifacts/*/tuneflow.json)")
+    return found[0]
 
 
 def model_status(name: str) -> dict[str, Any]:

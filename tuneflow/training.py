@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProg
 
 from tuneflow.config import PipelineConfig, TrainConfig
 from tuneflow.data import EncodedData, TextDataModule
-from tuneflow.model import TextClassifier
+from tuneflow.model import MODULES
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -41,6 +41,8 @@ class FitResult:
     global_step: int
     stopped_early: bool
     resumed_from: str | None = None
+    params_trainable: int = 0
+    params_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,14 +137,17 @@ def fit(
         tcfg.group_by_length,
         tcfg.num_workers,
     )
-    module = TextClassifier(
+    module = MODULES[cfg.task](
         cfg.model.name,
         data.labels,
         lr=tcfg.lr,
         weight_decay=tcfg.weight_decay,
         warmup_ratio=tcfg.warmup_ratio,
         dropout=cfg.model.dropout,
+        lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
     )
+    n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in module.parameters())
     trainer = build_trainer(tcfg, ckpt_dir, logger, callbacks, progress_bar)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     ckpt_cb = trainer.checkpoint_callback
@@ -171,22 +176,54 @@ def fit(
         global_step=step,
         stopped_early=stopped_early,
         resumed_from=resume_from,
+        params_trainable=n_trainable,
+        params_total=n_total,
     )
     (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
 
-def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any) -> Path:
-    """Write the checkpoint's weights as a plain Hugging Face model directory (+ tokenizer, labels).
+def export_model(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    tokenizer: Any,
+    task: str = "sequence_classification",
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """Write the checkpoint as a plain Hugging Face directory (+ tokenizer, labels, ``tuneflow.json``).
 
     The export is what evaluation, the MLflow pyfunc model and ``tuneflow predict`` load: no Lightning needed.
+    With LoRA it holds only the adapter (and task head); ``tuneflow.json`` then names the base model and the
+    hashes of its weights and tokenizer, checked whenever the adapter is loaded.
+
+    Args:
+        checkpoint: a Lightning checkpoint written by :func:`fit`.
+        out_dir: the export directory.
+        tokenizer: the tokenizer used in training (saved with the model).
+        task: the config's task type.
+        settings: inference settings stored in ``tuneflow.json`` (max_length, generation, ...).
     """
+    from tuneflow.lora import META_FILE, tokenizer_hash
+    from tuneflow.model import load_tokenizer
+
     out_dir = Path(out_dir)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hp = state["hyper_parameters"]
-    module = TextClassifier(hp["model_name"], list(hp["labels"]), dropout=hp.get("dropout"))
-    module.load_state_dict(state["state_dict"])
+    hp = dict(state["hyper_parameters"])
+    module = MODULES[task](**hp)
+    module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))
     module.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "labels.json").write_text(json.dumps({"labels": list(hp["labels"])}, indent=2))
+    labels = list(hp["labels"])
+    (out_dir / "labels.json").write_text(json.dumps({"labels": labels}, indent=2))
+    meta: dict[str, Any] = {
+        "task": task,
+        "labels": labels,
+        "base_model": hp["model_name"],
+        "lora": hp.get("lora"),
+        **(settings or {}),
+    }
+    if hp.get("lora"):
+        meta["base_hash"] = module.base_hash
+        meta["tokenizer_hash"] = tokenizer_hash(load_tokenizer(hp["model_name"]))
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
     return out_dir

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from tuneflow.config import PipelineConfig
-from tuneflow.data import LABEL, LINE, TEXT, Problem, RawData, Splits, split_dataset
+from tuneflow.data import LABEL, LINE, TAGS, TEXT, Problem, RawData, Splits, split_dataset
 
 MAX_LINES_LISTED = 10
 
@@ -97,6 +97,8 @@ def validate_dataset(
     Returns:
         The report and, when there are no errors, the cleaned splits ready for training.
     """
+    if cfg.task != "sequence_classification":
+        return _validate_sequences(raw, cfg, tokenizer)
     report = ValidationReport(errors=[str(p) for p in raw.problems])
     vcfg = cfg.validation
     for name, df in raw.frames.items():
@@ -155,9 +157,102 @@ def validate_dataset(
     return report, splits
 
 
-def _warn_and_describe(
-    report: ValidationReport, splits: Splits, cfg: PipelineConfig, tokenizer: Any | None
+def _validate_sequences(
+    raw: RawData, cfg: PipelineConfig, tokenizer: Any | None
+) -> tuple[ValidationReport, Splits | None]:
+    """Checks for NER, seq2seq and chat data (classes and imbalance do not apply; structure does)."""
+    report = ValidationReport(errors=[str(p) for p in raw.problems])
+    for name, df in raw.frames.items():
+        source = raw.sources[name]
+        if df.empty:
+            report.errors.append(str(Problem(f"{name} has no usable rows", file=source)))
+            continue
+        empty = df[TEXT].map(lambda t: not isinstance(t, str) or not t.strip())
+        if empty.any():
+            report.errors.append(
+                str(Problem(f"{int(empty.sum())} empty input(s) in {name} at {_lines(df, empty)}", source))
+            )
+        if "target" in df.columns:
+            no_target = df["target"].isna()
+            if no_target.any():
+                report.errors.append(
+                    str(
+                        Problem(
+                            f"{int(no_target.sum())} empty target(s) in {name} at {_lines(df, no_target)}",
+                            source,
+                            column=cfg.data.target_column,
+                        )
+                    )
+                )
+    if cfg.task == "token_classification" and "train" in raw.frames:
+        from tuneflow.ner import check_tags
+
+        known = {t for tags in raw.frames["train"][TAGS] for t in tags}
+        for name, df in raw.frames.items():
+            problems = check_tags(name, raw.sources[name], df, None if name == "train" else known)
+            report.errors += [str(p) for p in problems[:MAX_LINES_LISTED]]
+            if len(problems) > MAX_LINES_LISTED:
+                report.errors.append(
+                    f"{raw.sources[name]}: ... and {len(problems) - MAX_LINES_LISTED} more tag problem(s)"
+                )
+    if "train" not in raw.frames and not raw.problems:
+        report.errors.append("no training data (data.train is required)")
+    if not report.ok:
+        return report, None
+    splits = split_dataset(raw, cfg.data, cfg.train.seed)
+    _duplicates_and_leakage(report, splits, cfg)
+    stats: dict[str, Any] = {f"rows_{n}": len(df) for n, df in splits.frames().items()}
+    frames = splits.frames()
+    if cfg.task == "token_classification":
+        from tuneflow.ner import entities, truncated_share
+
+        for name in ("train", "validation", "test"):
+            counts = pd.Series(
+                [t for tags in frames[name][TAGS] for t, _, _ in entities(tags)]
+            ).value_counts()
+            stats[f"entities_{name}"] = int(counts.sum())
+            if name == "train":
+                stats.update({f"train_entities_{k}": int(v) for k, v in counts.items()})
+        stats["num_tags"] = len(splits.labels)
+        if tokenizer is not None:
+            for name in ("train", "validation", "test"):
+                share = truncated_share(tokenizer, frames[name]["tokens"].tolist(), cfg.model.max_length)
+                _truncation(report, stats, name, share, "sentences", cfg)
+    elif tokenizer is not None:
+        for name in ("train", "validation", "test"):
+            texts = frames[name][TEXT].tolist()
+            n_tokens = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]] if texts else []
+            share = sum(n > cfg.model.max_length for n in n_tokens) / max(len(n_tokens), 1)
+            stats[f"tokens_p95_{name}"] = int(pd.Series(n_tokens).quantile(0.95)) if n_tokens else 0
+            _truncation(report, stats, name, share, "inputs", cfg)
+        if cfg.task == "seq2seq":
+            targets = frames["train"]["target"].tolist()
+            n_target = [len(ids) for ids in tokenizer(text_target=targets, truncation=False)["input_ids"]]
+            share = sum(n > cfg.model.max_target_length for n in n_target) / max(len(n_target), 1)
+            stats["truncated_share_train_targets"] = round(share, 4)
+            if share > cfg.validation.max_truncated_share:
+                report.warnings.append(
+                    f"{share:.1%} of train targets are longer than model.max_target_length="
+                    f"{cfg.model.max_target_length} tokens and will be truncated"
+                )
+    lengths = splits.train[TEXT].str.split().str.len()
+    stats.update(train_words_mean=round(float(lengths.mean()), 1), train_words_max=int(lengths.max()))
+    report.stats = stats
+    return report, splits
+
+
+def _truncation(
+    report: ValidationReport, stats: dict[str, Any], name: str, share: float, what: str, cfg: PipelineConfig
 ) -> None:
+    stats[f"truncated_share_{name}"] = round(share, 4)
+    if share > cfg.validation.max_truncated_share:
+        report.warnings.append(
+            f"{share:.1%} of {name} {what} are longer than model.max_length={cfg.model.max_length} "
+            f"tokens and will be truncated (threshold {cfg.validation.max_truncated_share:.0%})"
+        )
+
+
+def _duplicates_and_leakage(report: ValidationReport, splits: Splits, cfg: PipelineConfig) -> None:
     vcfg, frames = cfg.validation, splits.frames()
     normalized = {name: df[TEXT].map(normalize) for name, df in frames.items()}
     for name, norm in normalized.items():
@@ -179,6 +274,13 @@ def _warn_and_describe(
                 report.errors.append(msg)
             else:
                 report.warnings.append(msg)
+
+
+def _warn_and_describe(
+    report: ValidationReport, splits: Splits, cfg: PipelineConfig, tokenizer: Any | None
+) -> None:
+    _duplicates_and_leakage(report, splits, cfg)
+    vcfg, frames = cfg.validation, splits.frames()
     counts = splits.train[LABEL].value_counts()
     ratio = float(counts.max() / counts.min())
     if ratio > vcfg.max_imbalance_ratio:

@@ -1,0 +1,156 @@
+"""LoRA adapters (peft): wrapping, adapter-only exports, base compatibility and several adapters on one base.
+
+An adapter is only meaningful on the exact weights and tokenizer it was trained on, so every export records
+the base model id plus a hash of the base weights (the pre-trained ones, not a freshly initialized task head)
+and of the tokenizer; loading recomputes both and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneflow.config import LoraConfig
+
+PEFT_TASK_TYPES = {
+    "sequence_classification": "SEQ_CLS",
+    "token_classification": "TOKEN_CLS",
+    "seq2seq": "SEQ_2_SEQ_LM",
+    "causal_lm": "CAUSAL_LM",
+}
+META_FILE = "tuneflow.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter was asked to run on a base model (or tokenizer) other than the one it was trained on."""
+
+
+def weights_hash(model: torch.nn.Module, skip: set[str] | frozenset[str] = frozenset()) -> str:
+    """SHA-256 (16 hex digits) of a model's tensors by name, leaving out ``skip`` (fresh, random weights)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in skip:
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """SHA-256 (16 hex digits) of a fast tokenizer's full definition (vocabulary, merges, normalizers)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def apply_lora(model: torch.nn.Module, task: str, lcfg: LoraConfig) -> torch.nn.Module:
+    """Freeze ``model`` and add trainable low-rank adapters (and a trainable task head, for classifiers)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    config = PeftLoraConfig(
+        task_type=PEFT_TASK_TYPES[task],
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        target_modules=lcfg.target_modules,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. target_modules naming modules the architecture does not have
+        raise ValueError(f"model.lora: {exc}") from exc
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
+    """Trainable and total parameters and the trainable share (logged for every fit)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "params_total": float(total),
+        "params_trainable": float(trainable),
+        "params_trainable_share": trainable / max(total, 1),
+    }
+
+
+def is_adapter(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / ADAPTER_CONFIG).is_file()
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    """The export's ``tuneflow.json`` (task, labels, base model id and hashes, ...); {} for old exports."""
+    path = Path(model_dir) / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def dir_size(path: str | Path, pattern: str = "*") -> int:
+    """Bytes of the files matching ``pattern`` in a directory."""
+    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
+
+
+def check_compatible(meta: dict[str, Any], base_name: str, base_weights: str, base_tokenizer: str) -> None:
+    """Raise :class:`AdapterMismatchError` unless the loaded base is the one the adapter was trained on."""
+    problems = []
+    if meta.get("base_hash") and meta["base_hash"] != base_weights:
+        problems.append(f"base weights hash {base_weights} != {meta['base_hash']} recorded at training")
+    if meta.get("tokenizer_hash") and meta["tokenizer_hash"] != base_tokenizer:
+        problems.append(f"tokenizer hash {base_tokenizer} != {meta['tokenizer_hash']} recorded at training")
+    if problems:
+        raise AdapterMismatchError(
+            f"adapter trained on base '{meta.get('base_model')}' cannot run on base '{base_name}': "
+            + "; ".join(problems)
+            + ". Load it on the base it was trained on (see `tuneflow adapters`)."
+        )
+
+
+def load_base(meta: dict[str, Any], base: str | None = None) -> tuple[torch.nn.Module, Any, str]:
+    """Load the pre-trained base an adapter export names (or ``base``) and check it matches.
+
+    Returns:
+        The base model (with the task head the adapter expects), the base tokenizer and the base id used.
+    """
+    from tuneflow.model import load_pretrained, load_tokenizer
+
+    base_name = base or meta["base_model"]
+    model, fresh = load_pretrained(meta["task"], base_name, meta.get("labels") or [], None)
+    tokenizer = load_tokenizer(base_name)
+    check_compatible(meta, base_name, weights_hash(model, fresh), tokenizer_hash(tokenizer))
+    return model, tokenizer, base_name
+
+
+def load_adapter_model(model_dir: str | Path, base: str | None = None) -> torch.nn.Module:
+    """Base + adapter from an adapter export, in eval mode (the base is checked first)."""
+    from peft import PeftModel
+
+    meta = read_meta(model_dir)
+    model, _, _ = load_base(meta, base)
+    return PeftModel.from_pretrained(model, str(model_dir)).eval()
+
+
+def add_adapter(peft_model: Any, model_dir: str | Path, name: str) -> None:
+    """Load another adapter into a ``PeftModel`` sharing its base, even when its head has another size.
+
+    peft copies the base's task head for each adapter; a classifier for a different label count needs a head
+    of its own shape before the adapter's weights can be loaded into it.
+    """
+    from peft import PeftConfig
+    from peft.utils import set_peft_model_state_dict
+    from peft.utils.other import ModulesToSaveWrapper
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    state = load_file(model_dir / "adapter_model.safetensors")
+    peft_model.add_adapter(name, PeftConfig.from_pretrained(str(model_dir)))
+    for module_name, module in peft_model.named_modules():
+        if not isinstance(module, ModulesToSaveWrapper) or name not in module.modules_to_save:
+            continue
+        head = module.modules_to_save[name]
+        weight = state.get(f"{module_name}.weight")
+        if isinstance(head, torch.nn.Linear) and weight is not None and weight.shape != head.weight.shape:
+            module.modules_to_save[name] = torch.nn.Linear(
+                weight.shape[1], weight.shape[0], bias=head.bias is not None
+            )
+    set_peft_model_state_dict(peft_model, state, adapter_name=name)
+    peft_model.eval()
