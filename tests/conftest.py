@@ -141,3 +141,183 @@ def make_config(
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# ---------------------------------------------------------------- other task types (tiny, random)
+
+PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
+PLACES = ["paris", "london", "berlin", "madrid", "rome", "oslo", "vienna", "lisbon"]
+ORGS = ["acme", "globex", "initech", "umbrella", "hooli"]
+
+
+def ner_rows(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Synthetic sentences with person / location / org entities (multi-word ones too)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        person, place, org = rng.choice(PEOPLE), rng.choice(PLACES), rng.choice(ORGS)
+        pattern = rng.randrange(3)
+        if pattern == 0:
+            words = [person, "smith", "moved", "to", place, "last", "year"]
+            tags = ["B-person", "I-person", "O", "O", "B-location", "O", "O"]
+        elif pattern == 1:
+            words = [person, "works", "for", org, "corp", "in", place]
+            tags = ["B-person", "O", "O", "B-org", "I-org", "O", "B-location"]
+        else:
+            words = ["the", "office", "of", org, "is", "near", place, "station"]
+            tags = ["O", "O", "O", "B-org", "O", "O", "B-location", "O"]
+        out.append((words, tags))
+    return out
+
+
+def write_conll(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:
+    with open(path, "w") as fh:
+        for words, tags in rows:
+            fh.writelines(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True))
+            fh.write("\t\n")  # WNUT-17 style separator: a line holding only a tab
+    return path
+
+
+def _word_level_tokenizer(texts: list[str], specials: list[str], **named: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=named["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+    return tok, PreTrainedTokenizerFast
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer BERT whose WordPiece vocabulary covers the synthetic NER words (sub-words included)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-ner-bert")
+    texts = [" ".join(words) for words, _ in ner_rows(200, 0)]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # A small vocabulary forces some words into several sub-tokens: alignment is exercised.
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=90, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    fast.save_pretrained(out)
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    BertForTokenClassification(config).save_pretrained(out)
+    return str(out)
+
+
+def seq2seq_rows(n: int, seed: int) -> list[dict]:
+    """'Summaries' = the first sentence of a few: learnable by copying, enough to move ROUGE."""
+    rng = random.Random(seed)
+    words = PEOPLE + PLACES + ORGS
+    out = []
+    for _ in range(n):
+        sentences = [
+            f"{rng.choice(words)} met {rng.choice(words)} in {rng.choice(PLACES)} ." for _ in range(3)
+        ]
+        out.append({"source": sentences, "target": [sentences[0], sentences[0].replace(" .", "")]})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random T5 with a word-level tokenizer (pad 0, eos 1, unk 2) that appends </s>."""
+    from tokenizers import processors
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny-t5")
+    texts = [" ".join(r["source"]) for r in seq2seq_rows(200, 0)] + ["summarize :"]
+    tok, fast_cls = _word_level_tokenizer(texts, ["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = fast_cls(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(out)
+    import torch
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=fast.vocab_size,
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(out)
+    return str(out)
+
+
+def chat_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        place = rng.choice(PLACES)
+        messages = [
+            {"role": "system", "content": "you are a travel helper ."},
+            {"role": "user", "content": f"where is {place} ?"},
+            {"role": "assistant", "content": f"{place} is in europe ."},
+        ]
+        out.append({"messages": messages})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random GPT-2 with a word-level tokenizer and no chat template (the fallback is used)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tuneflow.chat import FALLBACK_TEMPLATE
+
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    rendered = []
+    for row in chat_rows(100, 0):
+        rendered += [f"<|{m['role']}|> {m['content']}" for m in row["messages"]]
+    tok, fast_cls = _word_level_tokenizer(rendered, ["<unk>", "<eos>"], unk_token="<unk>")
+    fast = fast_cls(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>", bos_token="<eos>")
+    assert not fast.chat_template and "eos_token" in FALLBACK_TEMPLATE
+    fast.save_pretrained(out)
+    import torch
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=fast.vocab_size,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    GPT2LMHeadModel(config).save_pretrained(out)
+    return str(out)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

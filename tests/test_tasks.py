@@ -1,0 +1,259 @@
+"""NER, seq2seq and causal-LM fine-tuning end to end on tiny random models; BIO / alignment units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, chat_rows, ner_rows, seq2seq_rows, write_conll, write_jsonl
+from tuneflow.config import ConfigError, DataConfig, FileSpec, load_config
+from tuneflow.ner import (
+    align_labels,
+    bio_errors,
+    entities,
+    read_conll,
+    read_tagged,
+    split_words,
+    word_predictions,
+)
+
+# ------------------------------------------------------------------------------------------- BIO / alignment
+
+
+def test_bio_errors_hand_checked():
+    assert bio_errors(["B-person", "I-person", "O", "B-location"]) == []
+    assert bio_errors(["I-person"]) == [
+        "word 1: I-person follows O (an I- tag must continue a B-/I- of its type)"
+    ]
+    errs = bio_errors(["B-person", "I-location", "X-thing"])
+    assert errs[0].startswith("word 2: I-location follows B-person")
+    assert "word 3: tag 'X-thing' is not O, B-<type> or I-<type>" in errs[1]
+
+
+def test_align_labels_first_subtoken_only():
+    # [CLS] new york ##er [SEP] -> words: 0=new, 1=yorker (two sub-tokens)
+    word_ids = [None, 0, 1, 1, None]
+    assert align_labels(word_ids, [3, 4]) == [-100, 3, 4, -100, -100]
+    # Back to words: each word takes its first sub-token's value; a truncated word gets the default.
+    assert word_predictions(word_ids, ["x", "a", "b", "c", "y"], 3, "O") == ["a", "b", "O"]
+
+
+def test_entities_and_raw_text_words():
+    assert entities(["B-person", "I-person", "O", "B-location"]) == [("person", 0, 1), ("location", 3, 3)]
+    assert split_words("Alice's cat, in Paris!") == [
+        ("Alice's", 0, 7),
+        ("cat", 8, 11),
+        (",", 11, 12),
+        ("in", 13, 15),
+        ("Paris", 16, 21),
+        ("!", 21, 22),
+    ]
+
+
+def test_read_conll_tab_separators_and_problems(tmp_path: Path):
+    path = tmp_path / "x.conll"
+    path.write_text("alice\tB-person\nruns\tO\n\t\nbob\tB-person\nbroken\n\nend\tO\n")
+    sentences, problems = read_conll(path)
+    assert [(line, words) for line, words, _ in sentences] == [
+        (1, ["alice", "runs"]),
+        (4, ["bob"]),
+        (7, ["end"]),
+    ]
+    assert len(problems) == 1 and problems[0].line == 5 and "expected 'token<TAB>tag'" in problems[0].message
+
+
+def test_jsonl_count_mismatch_names_line(tmp_path: Path):
+    path = write_jsonl(
+        tmp_path / "x.jsonl",
+        [{"tokens": ["a", "b"], "tags": ["O", "O"]}, {"tokens": ["a"], "tags": ["O", "O"]}],
+    )
+    frame, problems = read_tagged(FileSpec(path=str(path)), DataConfig(train=FileSpec(path=str(path))))
+    assert len(frame) == 1
+    assert [str(p) for p in problems] == [f"{path}:2: 1 tokens but 2 tags"]
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("name", ["wnut17.yaml", "scitldr.yaml"])
+def test_task_configs_validate(name: str):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.task in ("token_classification", "seq2seq")
+
+
+def test_task_metric_mismatch_is_named():
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "wnut17.yaml", ["train.monitor=val_accuracy", "gates.metric=rougeL"])
+    keys = [k for k, _ in err.value.problems]
+    assert keys == ["train.monitor", "gates.metric"]
+
+
+def test_hub_model_offline_fails_clearly():
+    from tuneflow.model import ModelLoadError, load_tokenizer
+
+    with pytest.raises(
+        ModelLoadError, match="(?s)google-t5/t5-small.*neither a local directory nor reachable"
+    ):
+        load_tokenizer("google-t5/t5-small")
+
+
+# -------------------------------------------------------------------------------------------- end to end
+
+
+def _ner_config(tmp_path: Path, model: str, **sections) -> Path:
+    from tests.conftest import make_config
+
+    train = write_conll(tmp_path / "train.conll", ner_rows(160, 1))
+    test = write_conll(tmp_path / "test.conll", ner_rows(40, 2))
+    cfg = make_config(
+        tmp_path,
+        model,
+        name="tiny-ner",
+        task="token_classification",
+        data={"train": str(train), "test": str(test)},
+        train={"lr": 5e-3, "max_epochs": 4, "monitor": "val_f1"},
+        **sections,
+    )
+    return cfg
+
+
+def _run(cfg_path: Path) -> dict:
+    from flows.finetune import finetune
+
+    return finetune(str(cfg_path))
+
+
+def _artifacts(run_id: str, path: str) -> set[str]:
+    return {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run_id, path)}
+
+
+@pytest.mark.integration
+def test_ner_end_to_end(tmp_path, tiny_ner_model, tracking_uri, prefect_harness):
+    import yaml
+
+    cfg_path = _ner_config(tmp_path, tiny_ner_model)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["data"].pop("text_column"), raw["data"].pop("label_column")
+    cfg_path.write_text(yaml.safe_dump(raw))
+    out = _run(cfg_path)
+    m = out["metrics"]
+    assert {"test_f1", "test_precision", "test_recall", "validation_f1", "train_val_gap"} <= set(m)
+    assert m["test_f1"] > 0.5  # synthetic entities are learnable even by a 2-layer random BERT
+    assert {
+        "per_type_metrics.csv",
+        "type_confusion.csv",
+        "type_confusion.png",
+        "worst_sentences.csv",
+    } <= _artifacts(out["run_id"], "evaluation")
+    per_type = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=out["run_id"], artifact_path="evaluation/per_type_metrics.csv"
+        )
+    )
+    assert set(per_type["type"]) == {"person", "location", "org"}
+    assert out["model"]["version"] == "1" and out["promotion"]["promote"]
+    model = mlflow.pyfunc.load_model(f"models:/tiny-ner/{out['model']['version']}")
+    spans = model.predict(["alice smith moved to paris last year"])["entities"][0]
+    assert all({"type", "text", "start", "end", "score"} <= set(s) for s in spans)
+    assert any(s["type"] == "location" and s["text"] == "paris" for s in spans)
+
+
+@pytest.mark.integration
+def test_seq2seq_end_to_end(tmp_path, tiny_t5, tracking_uri, prefect_harness):
+    from tests.conftest import make_config
+
+    train = write_jsonl(tmp_path / "train.jsonl", seq2seq_rows(120, 1))
+    test = write_jsonl(tmp_path / "test.jsonl", seq2seq_rows(20, 2))
+    cfg_path = make_config(
+        tmp_path,
+        tiny_t5,
+        name="tiny-summaries",
+        task="seq2seq",
+        data={"train": str(train), "test": str(test), "text_column": "text", "label_column": "label"},
+        model={"name": tiny_t5, "max_length": 48, "max_target_length": 16, "source_prefix": "summarize : "},
+        generation={"max_new_tokens": 12},
+        train={"lr": 5e-3, "max_epochs": 2, "monitor": "val_loss"},
+        eval={
+            "generation_metrics": ["rouge", "bleu", "chrf"],
+            "sample_generations": 5,
+            "latency_examples": 2,
+        },
+        gates={"metric": "rougeL"},
+    )
+    out = _run(cfg_path)
+    m = out["metrics"]
+    assert {"test_rouge1", "test_rouge2", "test_rougeL", "test_bleu", "test_chrf", "test_loss"} <= set(m)
+    assert 0 <= m["test_rougeL"] <= 1 and m["test_loss"] > 0
+    samples = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=out["run_id"], artifact_path="evaluation/sample_generations.csv"
+        )
+    )
+    assert list(samples.columns) == ["line", "text", "reference", "generated"] and len(samples) == 5
+    assert out["promotion"]["metric"] == "rougeL"
+    generated = mlflow.pyfunc.load_model(f"models:/tiny-summaries/{out['model']['version']}").predict(
+        ["alice met bob in paris . carol met dave in rome ."]
+    )
+    assert list(generated.columns) == ["generated_text"] and isinstance(generated["generated_text"][0], str)
+
+
+def test_chat_labels_cover_assistant_tokens_only(tiny_gpt2):
+    from tuneflow.chat import encode_chat, prepare_tokenizer
+    from tuneflow.model import load_tokenizer
+
+    tok = prepare_tokenizer(load_tokenizer(tiny_gpt2))
+    messages = chat_rows(1, 0)[0]["messages"] + [
+        {"role": "user", "content": "and oslo ?"},
+        {"role": "assistant", "content": "oslo is in europe ."},
+    ]
+    ids, labels = encode_chat(tok, messages, 128)
+    trained = [i for i, lab in zip(ids, labels, strict=True) if lab != -100]
+    # Exactly the two assistant contents, each followed by the end-of-turn EOS and newline of the template.
+    assert tok.decode(trained) == f"{messages[2]['content']} <eos> oslo is in europe . <eos>"
+    assert all(lab in (-100, i) for i, lab in zip(ids, labels, strict=True))
+
+
+@pytest.mark.integration
+def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefect_harness):
+    from tests.conftest import make_config
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(80, 1))
+    test = write_jsonl(tmp_path / "test.jsonl", chat_rows(10, 2))
+    cfg_path = make_config(
+        tmp_path,
+        tiny_gpt2,
+        name="tiny-chat",
+        task="causal_lm",
+        data={"train": str(train), "test": str(test), "text_column": "text", "label_column": "label"},
+        model={
+            "name": tiny_gpt2,
+            "max_length": 64,
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]},
+        },
+        generation={"max_new_tokens": 8},
+        train={"lr": 1e-2, "max_epochs": 2, "monitor": "val_loss"},
+        eval={"sample_generations": 3, "latency_examples": 2},
+        gates={"max_train_val_gap": None},
+    )
+    out = _run(cfg_path)
+    m = out["metrics"]
+    assert m["test_perplexity"] > 1 and out["promotion"]["metric"] == "perplexity"
+    run = mlflow.MlflowClient().get_run(out["run_id"])
+    # Only the adapter is trained, checkpointed and logged: a small share of the parameters.
+    assert 0 < run.data.metrics["params_trainable_share"] < 0.2
+    files = _artifacts(out["run_id"], "model/artifacts/export")
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    ckpt = Path(out["fit"]["best_checkpoint"])
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all("lora_" in k for k in state)
+    mv = mlflow.MlflowClient().get_model_version("tiny-chat", out["model"]["version"])
+    assert mv.tags["tuneflow.adapter"] == "true" and len(mv.tags["tuneflow.base_hash"]) == 16
+    reply = mlflow.pyfunc.load_model(f"models:/tiny-chat/{out['model']['version']}").predict(
+        ["where is rome ?"]
+    )
+    assert isinstance(reply["generated_text"][0], str)
