@@ -35,6 +35,8 @@ def _quiet_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Predictions and tables go to stdout; no artifact-download progress bars around them.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
@@ -49,11 +51,19 @@ def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
 
 def _fail_on_known(exc: BaseException) -> None:
     from tuneflow.config import ConfigError
+    from tuneflow.lora import AdapterMismatchError
     from tuneflow.model import ModelLoadError
     from tuneflow.search import SearchError
     from tuneflow.validation import DataValidationError
 
-    for kind, code in ((ConfigError, 2), (DataValidationError, 3), (ModelLoadError, 4), (SearchError, 5)):
+    known = (
+        (ConfigError, 2),
+        (DataValidationError, 3),
+        (ModelLoadError, 4),
+        (AdapterMismatchError, 4),
+        (SearchError, 5),
+    )
+    for kind, code in known:
         if isinstance(exc, kind):
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(code) from None
@@ -299,22 +309,143 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def predict(
-    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
-    model: Annotated[str, typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model")],
+    texts: Annotated[
+        list[str], typer.Argument(help="Texts to classify, tag or summarize; user messages for a chat model.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model; with --adapter: the base model "
+            "id or directory to put the adapter on."
+        ),
+    ],
+    adapter: Annotated[
+        str | None,
+        typer.Option(help="A registered LoRA adapter: NAME (its champion), NAME/VERSION or NAME@ALIAS."),
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Classify texts with a registered model."""
+    """Predict with a registered model, or with a registered adapter on a base model (--adapter)."""
+    import json
+    import tempfile
+
     from tuneflow import tracking
 
+    _quiet_env()
     tracking.configure(tracking_uri)
     try:
-        pyfunc = tracking.load_pyfunc(model)
+        if adapter:
+            from tuneflow.lora import read_meta
+            from tuneflow.tasktypes import load_predictor, to_inputs
+
+            with tempfile.TemporaryDirectory() as tmp:
+                export = tracking.download_export(_adapter_uri(adapter), tmp)
+                task = read_meta(export).get("task", "sequence_classification")
+                out = load_predictor(export, base=model).predict(to_inputs(task, list(texts)))
+        else:
+            out = tracking.load_pyfunc(model).predict(list(texts))
     except Exception as exc:
-        console.print(f"[bold red]error:[/] cannot load model '{model}': {exc}", highlight=False)
+        _fail_on_known(exc)
+        console.print(f"[bold red]error:[/] cannot load model '{adapter or model}': {exc}", highlight=False)
         raise typer.Exit(2) from None
-    out = pyfunc.predict(list(texts))
-    for text, label, score in zip(texts, out["label"], out["score"], strict=True):
-        print(f"{label}\t{score:.4f}\t{text}")
+    for text, row in zip(texts, out.to_dict("records"), strict=True):
+        if "label" in row:
+            print(f"{row['label']}\t{row['score']:.4f}\t{text}")
+        elif "entities" in row:
+            print(f"{text}\t{json.dumps(list(row['entities']), default=float)}")
+        else:
+            print(f"{text}\t{row['generated_text']}")
+
+
+def _adapter_uri(adapter: str) -> str:
+    if adapter.startswith("models:/"):
+        return adapter
+    if "@" in adapter or "/" in adapter:
+        return f"models:/{adapter}"
+    return f"models:/{adapter}@champion"
+
+
+@app.command()
+def adapters(
+    base: Annotated[str | None, typer.Option(help="Only adapters trained on this base model id.")] = None,
+    bundle: Annotated[
+        str | None,
+        typer.Option(
+            help="Register a model NAME serving every listed adapter (its champion, else newest version) on "
+            "one shared base; pick one per request with params={'adapter': NAME}."
+        ),
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """List registered LoRA adapters per base model; optionally bundle them into one servable model."""
+    from rich.table import Table
+
+    from tuneflow import tracking
+
+    _quiet_env()
+    tracking.configure(tracking_uri)
+    found = tracking.adapter_versions(base)
+    if not found:
+        console.print("no registered adapters" + (f" on base '{base}'" if base else ""))
+        raise typer.Exit(1 if bundle else 0)
+    out = Console()
+    bases: dict[tuple[str, str, str], list[dict]] = {}
+    for a in found:
+        bases.setdefault((a["base_model"], a["base_hash"], a["tokenizer_hash"]), []).append(a)
+    for (base_model, weights, tok), rows in bases.items():
+        table = Table(title=f"base {base_model}\n(weights {weights}, tokenizer {tok})", title_justify="left")
+        for col in ("adapter", "version", "aliases", "task", "size"):
+            table.add_column(col, overflow="fold")
+        for a in rows:
+            size = f"{a['adapter_bytes'] / 1e6:.2f} MB"
+            table.add_row(a["name"], a["version"], ", ".join(a["aliases"]), a["task"], size)
+        out.print(table)
+    if bundle:
+        _bundle(bundle, found)
+
+
+def _bundle(name: str, found: list[dict]) -> None:
+    import tempfile
+
+    from tuneflow import tracking
+    from tuneflow.lora import AdapterMismatchError, read_meta
+    from tuneflow.serving import check_adapter_set
+
+    chosen: dict[str, dict] = {}
+    for a in found:  # newest first per name: keep the champion, else the first seen
+        if a["name"] not in chosen or "champion" in a["aliases"]:
+            chosen[a["name"]] = a
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {
+            n: str(tracking.download_export(f"models:/{n}/{a['version']}", Path(tmp) / n))
+            for n, a in chosen.items()
+        }
+        try:
+            check_adapter_set({n: read_meta(d) for n, d in dirs.items()})
+        except AdapterMismatchError as exc:
+            console.print(f"[bold red]error:[/] {exc} (use --base to pick one base)", highlight=False)
+            raise typer.Exit(4) from None
+        task = read_meta(next(iter(dirs.values())))["task"]
+        run_id = tracking.start_run(name, run_name="adapter-set", tags={tracking.TAG_STAGE: "adapter-set"})
+        tracking.log_params(run_id, {f"adapter.{n}": f"v{a['version']}" for n, a in chosen.items()})
+        uri = tracking.log_adapter_set(run_id, dirs, task)
+        first = next(iter(chosen.values()))
+        version = tracking.register_model(
+            uri,
+            name,
+            run_id,
+            tags={
+                "tuneflow.task": task,
+                "tuneflow.base_model": first["base_model"],
+                "tuneflow.base_hash": first["base_hash"],
+                "tuneflow.adapters": ", ".join(f"{n}/v{a['version']}" for n, a in chosen.items()),
+            },
+        )
+        tracking.end_run(run_id)
+    console.print(
+        f"registered adapter set [bold]{name}[/] v{version} ({', '.join(sorted(chosen))}): "
+        f"mlflow.pyfunc.load_model('models:/{name}/{version}').predict(texts, params={{'adapter': NAME}})"
+    )
 
 
 @app.command()
