@@ -257,3 +257,54 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
         ["where is rome ?"]
     )
     assert isinstance(reply["generated_text"][0], str)
+
+
+def test_lora_keys_are_searchable():
+    from tuneflow.config import apply_params, config_from_dict
+
+    raw = {
+        "name": "x",
+        "data": {"train": {"path": "/tmp/x.csv"}},
+        "search": {
+            "space": {
+                "model.lora.r": {"type": "categorical", "choices": [4, 8, 16]},
+                "model.lora.alpha": {"type": "float", "low": 8, "high": 64, "log": True},
+                "model.lora.dropout": {"type": "float", "low": 0.0, "high": 0.2},
+            }
+        },
+    }
+    cfg = config_from_dict(raw)
+    assert cfg.model.lora is None  # a trial that sets a LoRA key trains an adapter with defaults for the rest
+    trial = apply_params(cfg, {"model.lora.r": 16, "model.lora.alpha": 32.0})
+    assert (trial.model.lora.r, trial.model.lora.alpha, trial.model.lora.dropout) == (16, 32.0, 0.05)
+    raw["search"]["space"]["model.lora.r"] = {"type": "int", "low": 0, "high": 8}
+    raw["search"]["space"]["model.lora.rank"] = {"type": "int", "low": 1, "high": 8}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    keys = sorted(k for k, _ in err.value.problems)
+    assert keys == ["search.space.model.lora.r", "search.space.model.lora.rank"]
+
+
+def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
+    from tests.conftest import make_config
+    from tuneflow.data import load_raw
+    from tuneflow.validation import validate_dataset
+
+    train = write_conll(tmp_path / "train.conll", ner_rows(40, 1) + [(["bob", "smith"], ["O", "I-person"])])
+    test = write_conll(tmp_path / "test.conll", [(["ann", "x"], ["B-animal", "O"])] + ner_rows(5, 2))
+    cfg = load_config(
+        make_config(
+            tmp_path,
+            tiny_ner_model,
+            task="token_classification",
+            data={"train": str(train), "test": str(test)},
+        )
+    )
+    report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg)
+    assert splits is None
+    bad_line = 1 + sum(len(w) + 1 for w, _ in ner_rows(40, 1))
+    assert any(
+        e.startswith(f"{train}:{bad_line}: invalid BIO in train: word 2: I-person follows O")
+        for e in report.errors
+    )
+    assert f"{test}:1: tag(s) never seen in train: B-animal" in report.errors
