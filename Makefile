@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint ui bench-search clean
+.PHONY: install demo test test-slow lint ui bench-search bench-lora clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ lint: install
 
 bench-search: install  # pruned vs unpruned search on SST-2 (~20 min on 2 cores); writes bench/results + RESULTS.md
 	$(BIN)/python -m bench.search_pruning
+
+bench-lora: install  # LoRA vs full fine-tuning of MiniLM on BANKING77 (~20 min on 2 cores); writes bench/results
+	$(BIN)/python -m bench.lora_vs_full
 
 ui: install
 	$(BIN)/tuneflow ui

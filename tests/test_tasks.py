@@ -308,3 +308,27 @@ def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
         for e in report.errors
     )
     assert f"{test}:1: tag(s) never seen in train: B-animal" in report.errors
+
+
+def test_cli_validate_hub_seq2seq_offline_exits_4():
+    from typer.testing import CliRunner
+
+    from tuneflow.cli import app
+
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "configs" / "scitldr.yaml")])
+    assert result.exit_code == 4
+    assert "google-t5/t5-small" in result.output and "local path" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_wnut17_reads_and_validates(tiny_ner_model):
+    """The shipped NER config on the real WNUT-17 files: counts as documented, no BIO errors."""
+    from tuneflow.data import load_raw
+    from tuneflow.model import load_tokenizer
+    from tuneflow.validation import validate_dataset
+
+    cfg = load_config(ROOT / "configs" / "wnut17.yaml", [f"model.name={tiny_ner_model}"])
+    report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg, load_tokenizer(tiny_ner_model))
+    assert report.ok, report.errors
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (3394, 1009, 1287)
+    assert report.stats["entities_train"] == 1975 and report.stats["num_tags"] == 13

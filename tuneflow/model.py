@@ -249,7 +249,8 @@ class TokenTagger(FineTuner):
 
         if self._gold:
             f1 = f1_score(self._gold, self._pred, zero_division=0)
-            self.log("val_f1", float(f1), prog_bar=True)
+            # Under DDP each rank scores its shard; the logged value is their mean (close, not exact).
+            self.log("val_f1", float(f1), prog_bar=True, sync_dist=True)
 
 
 class Generator(FineTuner):
