@@ -13,9 +13,38 @@ from tests.conftest import make_config
 from tuneflow import tracking
 from tuneflow.cli import app
 from tuneflow.config import GatesConfig
-from tuneflow.promotion import decide, mcnemar, paired_bootstrap, score
+from tuneflow.promotion import decide, decide_on_scores, mcnemar, paired_bootstrap, score
 
 Y = ["a"] * 50 + ["b"] * 50
+
+
+def test_score_gates_for_generation_tasks() -> None:
+    """Perplexity: lower is better, so its bound is a maximum and an improvement is a drop."""
+    gates = GatesConfig(
+        metric="perplexity", min=20.0, min_improvement=0.5, max_train_val_gap=0.3, min_ood={"faq": 30.0}
+    )
+    run = {"train_val_gap": 0.1, "ood_faq_perplexity": 25.0}
+    better = decide_on_scores(gates, "chat", "2", 12.0, run, champion_version="1", champion_value=14.0)
+    assert better.promote, better.to_markdown()
+    names = [g.name for g in better.gates]
+    assert names == [
+        "test perplexity",
+        "max test perplexity",
+        "max train/val gap (overfitting)",
+        "max out-of-domain faq perplexity",
+        "improvement in test perplexity over champion",
+    ]
+    assert better.gates[-1].value == pytest.approx(2.0)
+    worse = decide_on_scores(gates, "chat", "3", 14.2, run, champion_version="1", champion_value=14.0)
+    assert not worse.promote and [g.name for g in worse.failed] == [
+        "improvement in test perplexity over champion"
+    ]
+    too_high = decide_on_scores(gates, "chat", "4", 21.0, {**run, "ood_faq_perplexity": 31.0})
+    assert {g.name for g in too_high.failed} == {"max test perplexity", "max out-of-domain faq perplexity"}
+    rouge = decide_on_scores(
+        GatesConfig(metric="rougeL", min=0.3, max_train_val_gap=None), "s", "1", 0.25, {}
+    )
+    assert [g.name for g in rouge.failed] == ["min test rougeL"]
 
 
 def test_paired_bootstrap_and_mcnemar() -> None:

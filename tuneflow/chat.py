@@ -207,7 +207,8 @@ def evaluate_chat(
 ) -> Any:
     """Test perplexity on assistant tokens (headline), sample replies, train/val loss gap, OOD perplexity."""
     from tuneflow.evaluation import EvaluationResult, plot_learning_curves
-    from tuneflow.seq2seq import _subset, time_generation
+    from tuneflow.metrics import time_single
+    from tuneflow.seq2seq import _subset, record_loss_gap
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,20 +217,8 @@ def evaluate_chat(
     ppl = perplexity(chat, test)
     train_loss = math.log(perplexity(chat, _subset(splits.train, max_examples)))
     val_loss = math.log(perplexity(chat, _subset(splits.validation, max_examples)))
-    gap = val_loss - train_loss
-    res.metrics.update(
-        test_perplexity=ppl,
-        test_loss=math.log(ppl),
-        train_loss_eval=train_loss,
-        validation_loss=val_loss,
-        train_val_gap=gap,
-        overfit_warning=float(gap > overfit_gap_threshold),
-    )
-    if gap > overfit_gap_threshold:
-        res.warnings.append(
-            f"possible overfitting: validation loss {val_loss:.3f} exceeds train loss {train_loss:.3f} by "
-            f"{gap:.3f} nats/token (> train.overfit_gap_threshold={overfit_gap_threshold})"
-        )
+    res.metrics.update(test_perplexity=ppl, test_loss=math.log(ppl))
+    record_loss_gap(res, train_loss, val_loss, overfit_gap_threshold)
     # Sample replies: everything before the last assistant turn is the prompt, that turn the reference.
     rows = []
     for line, messages in zip(test[LINE], test[MESSAGES].head(samples), strict=False):
@@ -250,7 +239,7 @@ def evaluate_chat(
     for name, df in splits.extra.items():
         res.metrics[f"ood_{name}_perplexity"] = perplexity(chat, _subset(df, max_examples))
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
-    res.metrics.update(time_generation(chat.reply, prompts, latency_examples))
+    res.metrics.update(time_single(chat.reply, prompts, latency_examples))
     if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
         res.artifacts.append("learning_curves.png")
     (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))

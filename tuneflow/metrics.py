@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,3 +45,16 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
         return {}
     ms = np.asarray(seconds) * 1000
     return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p95_ms": float(np.percentile(ms, 95))}
+
+
+def time_single(predict: Callable[[list[Any]], Any], inputs: Sequence[Any], n: int) -> dict[str, float]:
+    """p50/p95 latency of ``predict`` called on one input at a time, over the first ``n`` inputs."""
+    if not n or not inputs:
+        return {}
+    predict(list(inputs[:1]))  # warm-up: the first call pays for lazy initialization
+    timings = []
+    for item in inputs[:n]:
+        start = time.perf_counter()
+        predict([item])
+        timings.append(time.perf_counter() - start)
+    return latency_summary(timings)

@@ -141,6 +141,10 @@ class FineTuner(pl.LightningModule):
         # transformers 5 returns pretrained models in eval mode and Lightning 2.6 keeps submodule modes,
         # so without this dropout would silently stay off during training.
         self.model = model.train()
+        self.build_metrics()
+
+    def build_metrics(self) -> None:
+        """Hook: create the task's torchmetrics (registered as submodules)."""
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -198,18 +202,8 @@ class TextClassifier(FineTuner):
 
     task = "sequence_classification"
 
-    def __init__(
-        self,
-        model_name: str,
-        labels: list[str],
-        lr: float = 5e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        dropout: float | None = None,
-        lora: dict[str, Any] | None = None,
-    ):
-        super().__init__(model_name, labels, lr, weight_decay, warmup_ratio, dropout, lora)
-        n = len(labels)
+    def build_metrics(self) -> None:
+        n = len(self.hparams.labels)
         self.train_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_f1_macro = MulticlassF1Score(num_classes=n, average="macro")

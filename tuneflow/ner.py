@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,7 +338,7 @@ def evaluate_tagger(
     ``learning_curves.png`` (with a history) and ``metrics.json`` into ``out_dir``.
     """
     from tuneflow.evaluation import EvaluationResult, plot_confusion, plot_learning_curves
-    from tuneflow.metrics import latency_summary
+    from tuneflow.metrics import time_single
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -387,15 +386,9 @@ def evaluate_tagger(
         extra_pred, _ = tagger.predict_words(df[TOKENS].tolist(), batch_size)
         res.metrics.update(entity_metrics(df[TAGS].tolist(), extra_pred, f"ood_{name}_"))
 
-    sentences = test[TOKENS].tolist()
-    if latency_examples and sentences:
-        tagger.predict_words(sentences[:2], 1)  # warm-up
-        timings = []
-        for sentence in sentences[:latency_examples]:
-            start = time.perf_counter()
-            tagger.predict_words([sentence], 1)
-            timings.append(time.perf_counter() - start)
-        res.metrics.update(latency_summary(timings))
+    res.metrics.update(
+        time_single(lambda s: tagger.predict_words(s, 1), test[TOKENS].tolist(), latency_examples)
+    )
     if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
         res.artifacts.append("learning_curves.png")
     (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))

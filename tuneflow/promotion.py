@@ -165,22 +165,7 @@ def decide(
     """
     metric = gates.metric
     value = score(metric, y_true, challenger_pred)
-    out: list[Gate] = []
-    if gates.min is not None:
-        out.append(Gate(f"min test {metric}", value, f">= {gates.min}", value >= gates.min))
-    if gates.max_train_val_gap is not None:
-        gap = run_metrics.get("train_val_gap")
-        ok = gap is not None and gap <= gates.max_train_val_gap
-        out.append(Gate("max train/val gap (overfitting)", gap, f"<= {gates.max_train_val_gap}", ok))
-    if gates.max_latency_p95_ms is not None:
-        lat = run_metrics.get("latency_p95_ms")
-        ok = lat is not None and lat <= gates.max_latency_p95_ms
-        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok))
-    for name, minimum in gates.min_ood.items():
-        ood = run_metrics.get(f"ood_{name}_{metric}")
-        ok = ood is not None and ood >= minimum
-        detail = "" if ood is not None else f"no ood_{name}_{metric} metric: is {name} in data.extra_eval?"
-        out.append(Gate(f"min out-of-domain {name} {metric}", ood, f">= {minimum}", ok, detail))
+    out = _absolute_gates(gates, value, run_metrics)
     per_class: list[dict[str, Any]] = []
     if champion_version is not None and champion_pred is not None:
         out.append(_improvement_gate(gates, y_true, challenger_pred, champion_pred, seed))
@@ -241,6 +226,36 @@ def _improvement_gate(
     return Gate(name, diff, f"> {need} (no significance test)", diff > need)
 
 
+def _absolute_gates(gates: GatesConfig, value: float, run_metrics: dict[str, float]) -> list[Gate]:
+    """Gates that need no champion: metric bound, overfitting gap, latency, out-of-domain sets.
+
+    Perplexity is the one metric where lower is better: its bounds are maxima.
+    """
+    metric, lower_better = gates.metric, gates.metric == "perplexity"
+
+    def within(v: float, bound: float) -> bool:
+        return v <= bound if lower_better else v >= bound
+
+    op, kind = ("<=", "max") if lower_better else (">=", "min")
+    out: list[Gate] = []
+    if gates.min is not None:
+        out.append(Gate(f"{kind} test {metric}", value, f"{op} {gates.min}", within(value, gates.min)))
+    if gates.max_train_val_gap is not None:
+        gap = run_metrics.get("train_val_gap")
+        ok = gap is not None and gap <= gates.max_train_val_gap
+        out.append(Gate("max train/val gap (overfitting)", gap, f"<= {gates.max_train_val_gap}", ok))
+    if gates.max_latency_p95_ms is not None:
+        lat = run_metrics.get("latency_p95_ms")
+        ok = lat is not None and lat <= gates.max_latency_p95_ms
+        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok))
+    for name, bound in gates.min_ood.items():
+        ood = run_metrics.get(f"ood_{name}_{metric}")
+        ok = ood is not None and within(ood, bound)
+        detail = "" if ood is not None else f"no ood_{name}_{metric} metric: is {name} in data.extra_eval?"
+        out.append(Gate(f"{kind} out-of-domain {name} {metric}", ood, f"{op} {bound}", ok, detail))
+    return out
+
+
 def decide_on_scores(
     gates: GatesConfig,
     model: str,
@@ -260,33 +275,7 @@ def decide_on_scores(
     metric = gates.metric
     lower_better = metric == "perplexity"
     out = [Gate(f"test {metric}", value, "reported", True, f"{n_examples} examples")]
-    if gates.min is not None:
-        ok = value <= gates.min if lower_better else value >= gates.min
-        out.append(
-            Gate(
-                f"{'max' if lower_better else 'min'} test {metric}",
-                value,
-                f"{'<=' if lower_better else '>='} {gates.min}",
-                ok,
-            )
-        )
-    if gates.max_train_val_gap is not None:
-        gap = run_metrics.get("train_val_gap")
-        ok = gap is not None and gap <= gates.max_train_val_gap
-        out.append(Gate("max train/val gap (overfitting)", gap, f"<= {gates.max_train_val_gap}", ok))
-    if gates.max_latency_p95_ms is not None:
-        lat = run_metrics.get("latency_p95_ms")
-        ok = lat is not None and lat <= gates.max_latency_p95_ms
-        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok))
-    for name, bound in gates.min_ood.items():
-        ood = run_metrics.get(f"ood_{name}_{metric}")
-        ok = ood is not None and (ood <= bound if lower_better else ood >= bound)
-        detail = "" if ood is not None else f"no ood_{name}_{metric} metric: is {name} in data.extra_eval?"
-        out.append(
-            Gate(
-                f"out-of-domain {name} {metric}", ood, f"{'<=' if lower_better else '>='} {bound}", ok, detail
-            )
-        )
+    out += _absolute_gates(gates, value, run_metrics)
     if champion_version is not None and champion_value is not None:
         gain = (champion_value - value) if lower_better else (value - champion_value)
         need = gates.min_improvement

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,19 +166,20 @@ class TextGenerator:
         return pd.DataFrame({"generated_text": self.generate(texts)})
 
 
-def time_generation(generate: Any, inputs: list[Any], n: int) -> dict[str, float]:
-    """p50/p95 latency of single-example generation on the first ``n`` inputs."""
-    from tuneflow.metrics import latency_summary
-
-    if not n or not inputs:
-        return {}
-    generate(inputs[:1])  # warm-up
-    timings = []
-    for item in inputs[:n]:
-        start = time.perf_counter()
-        generate([item])
-        timings.append(time.perf_counter() - start)
-    return latency_summary(timings)
+def record_loss_gap(res: Any, train_loss: float, val_loss: float, threshold: float) -> None:
+    """The overfitting check of generation tasks: validation minus train loss (nats per token)."""
+    gap = val_loss - train_loss
+    res.metrics.update(
+        train_loss_eval=train_loss,
+        validation_loss=val_loss,
+        train_val_gap=gap,
+        overfit_warning=float(gap > threshold),
+    )
+    if gap > threshold:
+        res.warnings.append(
+            f"possible overfitting: validation loss {val_loss:.3f} exceeds train loss {train_loss:.3f} by "
+            f"{gap:.3f} nats/token (> train.overfit_gap_threshold={threshold})"
+        )
 
 
 def _subset(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
@@ -204,6 +204,7 @@ def evaluate_generator(
     The train/validation gap for generation is the validation loss minus the train loss (nats per token).
     """
     from tuneflow.evaluation import EvaluationResult, plot_learning_curves
+    from tuneflow.metrics import time_single
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,20 +228,8 @@ def evaluate_generator(
     test_loss = loss(test)
     train_loss = loss(_subset(splits.train, max_examples))
     val_loss = loss(_subset(splits.validation, max_examples))
-    gap = val_loss - train_loss
-    res.metrics.update(
-        test_loss=test_loss,
-        test_perplexity=math.exp(min(test_loss, 50)),
-        train_loss_eval=train_loss,
-        validation_loss=val_loss,
-        train_val_gap=gap,
-        overfit_warning=float(gap > overfit_gap_threshold),
-    )
-    if gap > overfit_gap_threshold:
-        res.warnings.append(
-            f"possible overfitting: validation loss {val_loss:.3f} exceeds train loss {train_loss:.3f} by "
-            f"{gap:.3f} nats/token (> train.overfit_gap_threshold={overfit_gap_threshold})"
-        )
+    res.metrics.update(test_loss=test_loss, test_perplexity=math.exp(min(test_loss, 50)))
+    record_loss_gap(res, train_loss, val_loss, overfit_gap_threshold)
     for name, df in splits.extra.items():
         df = _subset(df, max_examples)
         res.metrics.update(
@@ -248,7 +237,7 @@ def evaluate_generator(
                 gen.generate(df[TEXT].tolist()), df[REFERENCES].tolist(), metrics, f"ood_{name}_"
             )
         )
-    res.metrics.update(time_generation(gen.generate, test[TEXT].tolist(), latency_examples))
+    res.metrics.update(time_single(gen.generate, test[TEXT].tolist(), latency_examples))
     if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
         res.artifacts.append("learning_curves.png")
     (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
