@@ -105,11 +105,13 @@ def run(
             f"cross-val       {mean.removeprefix('cv_').removesuffix('_mean')} {cv[mean]:.4f} "
             f"+- {cv[mean.replace('_mean', '_std')]:.4f} over {int(cv['cv_folds'])} folds"
         )
-    console.print(
-        f"test accuracy   {m['test_accuracy']:.4f}   macro F1 {m['test_f1_macro']:.4f}   "
-        f"train/val gap {m['train_val_gap']:+.3f}"
-    )
-    for key in sorted(k for k in m if k.startswith("ood_") and k.endswith("_accuracy")):
+    from tuneflow.tasktypes import HEADLINE
+
+    cfg = _load(config, set_)
+    shown = [k for k in HEADLINE[cfg.task] if k in m and not k.startswith("latency")]
+    console.print("   ".join(f"{k.removeprefix('test_').replace('_', ' ')} {m[k]:.4f}" for k in shown))
+    headline = shown[0].removeprefix("test_")
+    for key in sorted(k for k in m if k.startswith("ood_") and k.endswith(f"_{headline}")):
         console.print(f"{key:<15} {m[key]:.4f}")
     if result["model"]:
         mdl = result["model"]

@@ -149,6 +149,7 @@ def plot_learning_curves(history: dict[str, list[tuple[int, float]]], path: Path
         ("train_accuracy", ax_metric),
         ("val_accuracy", ax_metric),
         ("val_f1_macro", ax_metric),
+        ("val_f1", ax_metric),
     ):
         points = history.get(key) or []
         if points:
