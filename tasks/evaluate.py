@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -17,13 +19,14 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, flo
     """Evaluate the exported model; returns the metrics (also logged to MLflow with the artifacts)."""
     tracking.configure(cfg.tracking.tracking_uri)
     splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
+    start = time.perf_counter()
     predictor = load_predictor(export_dir)
     out = run_dir(cfg, run_id) / "eval"
     result = evaluate_for(cfg, predictor, splits, out, tracking.metric_history(run_id, HISTORY_KEYS))
     logger = get_run_logger()
     for warning in result.warnings:
         logger.warning(warning)
-    tracking.log_metrics(run_id, result.metrics)
+    tracking.log_metrics(run_id, {**result.metrics, "time_evaluate_s": time.perf_counter() - start})
     tracking.log_artifacts(run_id, out, "evaluation")
     tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics["overfit_warning"])})
     return result.metrics

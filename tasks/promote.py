@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -62,6 +63,7 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
     Returns:
         The decision as a dict (``promote``, ``gates``, ``per_class``, versions).
     """
+    start = time.perf_counter()
     tracking.configure(cfg.tracking.tracking_uri)
     name = cfg.registered_model_name
     mv = tracking.model_version(name, version)
@@ -118,6 +120,7 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
             "tuneflow.promotion_compared_with": champion or "none",
         },
     )
+    tracking.log_metrics(mv.run_id, {"time_promote_s": time.perf_counter() - start})
     tracking.log_text(mv.run_id, decision.to_markdown(), f"promotion/v{version}-report.md")
     tracking.log_text(mv.run_id, decision.to_json(), f"promotion/v{version}-report.json")
     create_markdown_artifact(

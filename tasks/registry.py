@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -14,6 +16,7 @@ from tuneflow.lora import dir_size, read_meta
 def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> dict[str, str]:
     """Log the model on ``run_id`` and register it as a new version of the config's registered model."""
     tracking.configure(cfg.tracking.tracking_uri)
+    start = time.perf_counter()
     model_uri = tracking.log_model(run_id, export_dir, cfg.task)
     meta = read_meta(export_dir)
     tags = {
@@ -34,4 +37,5 @@ def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint
         )
     version = tracking.register_model(model_uri, cfg.registered_model_name, run_id, tags=tags)
     tracking.set_tags(run_id, {"tuneflow.registered_version": version})
+    tracking.log_metrics(run_id, {"time_register_s": time.perf_counter() - start})
     return {"model_uri": model_uri, "name": cfg.registered_model_name, "version": version}

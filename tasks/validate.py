@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -33,6 +34,7 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
     """
     logger = get_run_logger()
     tracking.configure(cfg.tracking.tracking_uri)
+    start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model.name)
     report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer)
     tracking.log_text(run_id, report.to_json(), "validation/report.json")
@@ -66,5 +68,6 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
     n = min(cfg.retrain.reference_sample, len(splits.train))
     sample = splits.train[content_columns(splits.train)].sample(n=n, random_state=cfg.train.seed)
     tracking.log_text(run_id, sample.to_json(orient="records", lines=True), REFERENCE_SAMPLE)
+    tracking.log_metrics(run_id, {"time_validate_s": time.perf_counter() - start})
     logger.info("validation passed: %s", json.dumps(report.stats))
     return {"data_fingerprint": data_fp, "warnings": len(report.warnings), "stats": report.stats}

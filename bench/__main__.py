@@ -1,0 +1,50 @@
+"""``python -m bench [SUITE ...] [--quick]``: run benchmark suites, write bench/results/<suite>.json and
+regenerate bench/RESULTS.md.
+
+Suites: quality (real data through the real pipeline), speed (vs the HF Trainer, alternating pairs),
+overhead (orchestration share of a pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without
+a GPU). Also: search_pruning and lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.common import write_result, write_table
+
+SUITES = ("quality", "speed", "overhead", "coldstart", "gpu")
+
+
+def main() -> None:
+    from bench import coldstart, gpu, overhead, quality, speed
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "suites", nargs="*", choices=[*SUITES, []], help=f"default: all of {', '.join(SUITES)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller subsets (stated in the table)")
+    parser.add_argument(
+        "--only", action="append", help="quality: only these datasets (banking77, sst2, wnut17)"
+    )
+    speed.add_arguments(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.train, args.epochs, args.pairs = min(args.train, 1000), 1, 3
+    for suite in args.suites or SUITES:
+        print(f"== {suite}", flush=True)
+        if suite == "quality":
+            payload = quality.run(args.quick, args.only)
+        elif suite == "speed":
+            payload = speed.run(args)
+        elif suite == "overhead":
+            payload = overhead.run(args.quick)
+        elif suite == "coldstart":
+            payload = coldstart.run(args.quick)
+        else:
+            payload = gpu.run(args)
+        print(f"wrote {write_result(suite, payload)}", flush=True)
+        write_table()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Orchestration overhead: a pipeline run's wall time against its pure training + evaluation time.
+
+Measured on real ``finetune`` flows: the quality suite's runs (read from ``bench/results/quality.json`` when
+present) and one run of the demo config without search (short: the overhead share is largest there).
+Overhead = flow wall time minus ``fit`` and evaluation; it is broken down into Prefect start-up (flow call to
+the first task's MLflow run), validation, model export, MLflow model logging + registration, promotion, and
+the rest (MLflow param/metric/artifact logging, task bookkeeping). Interpreter + import time is reported
+apart (it is paid once per process, whatever the orchestration).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS
+from bench.pipeline import ROOT, run_pipeline
+
+
+def row(name: str, run: dict[str, Any], data: str) -> dict[str, str]:
+    w = run["wall"]
+    overhead = w["flow_s"] - w["training_and_evaluation_s"]
+    parts = [
+        ("Prefect start-up", w["prefect_start_s"]),
+        ("validation", w["time_validate_s"]),
+        ("export", w["time_export_s"]),
+        ("MLflow model log + register", w["time_register_s"]),
+        ("promotion", w["time_promote_s"]),
+        ("other logging/bookkeeping", w["other_s"]),
+    ]
+    detail = ", ".join(f"{k} {v:.1f} s" for k, v in parts)
+    return {
+        "what": f"orchestration overhead, {name}",
+        "result": f"{100 * w['overhead_share']:.1f}% ({overhead:.1f} s of {w['flow_s']:.0f} s flow; fit+eval "
+        f"{w['training_and_evaluation_s']:.0f} s): {detail}; imports {w['imports_s']:.1f} s",
+        "target": "<= 3%",
+        "data": data,
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    rows, runs = [], {}
+    quality = RESULTS / "quality.json"
+    if quality.is_file():
+        for name, result in json.loads(quality.read_text())["runs"].items():
+            rows.append(row(name, result, "the quality suite's run (see its row)"))
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = ["search.enabled=false", "train.max_epochs=3"]
+        print("overhead: demo without search", flush=True)
+        demo = run_pipeline(ROOT / "configs" / "demo.yaml", overrides, Path(tmp) / "demo")
+        runs["demo"] = demo
+        rows.append(row("demo (no search)", demo, "chatbot intents (550 utterances), 3 epochs"))
+        print(f"  {rows[-1]['result']}", flush=True)
+    return {"quick": quick, "runs": runs, "rows": rows}

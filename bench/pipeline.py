@@ -1,0 +1,100 @@
+"""Run the real finetune flow (Prefect + MLflow + registry) in a fresh process; collect metrics and timings.
+
+Each pipeline runs in its own Python process (``python -m bench.pipeline CONFIG --set ...``) so that its wall
+time includes everything a user waits for, and its peak RSS is its own. The MLflow store is a throw-away
+SQLite database under the given directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = (
+    "time_validate_s",
+    "time_fit_s",
+    "time_export_s",
+    "time_evaluate_s",
+    "time_register_s",
+    "time_promote_s",
+)
+
+
+def run_here(config: str, overrides: list[str], store: Path) -> dict[str, Any]:
+    """Run the finetune flow in this process; returns metrics, stage timings and the wall-time split."""
+    t0 = time.perf_counter()
+    from mlflow import MlflowClient
+
+    from flows.finetune import finetune
+    from tuneflow import tracking
+
+    imports_s = time.perf_counter() - t0
+    uri = f"sqlite:///{store}/mlflow.db"
+    overrides = [*overrides, f"tracking.tracking_uri={uri}", f"output_dir={store}/checkpoints"]
+    flow_start = time.time()
+    t1 = time.perf_counter()
+    result = finetune(config, overrides)
+    flow_s = time.perf_counter() - t1
+    tracking.configure(uri)
+    run = MlflowClient().get_run(result["run_id"])
+    metrics = dict(run.data.metrics)
+    stages = {k: metrics.get(k, 0.0) for k in STAGES}
+    # From calling the flow to the MLflow parent run's creation (its first task): Prefect's start-up.
+    prefect_start_s = run.info.start_time / 1000 - flow_start
+    pure = stages["time_fit_s"] + stages["time_evaluate_s"]
+    return {
+        "config": config,
+        "overrides": overrides,
+        "run_id": result["run_id"],
+        "metrics": {k: v for k, v in metrics.items() if not k.startswith("time_")},
+        "registered": result["model"],
+        "promoted": bool(result["promotion"] and result["promotion"]["promote"]),
+        "wall": {
+            "imports_s": imports_s,
+            "flow_s": flow_s,
+            "prefect_start_s": prefect_start_s,
+            **stages,
+            "training_and_evaluation_s": pure,
+            "other_s": flow_s - prefect_start_s - sum(stages.values()),
+            "overhead_share": (flow_s - pure) / flow_s,
+        },
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_pipeline(config: str | Path, overrides: list[str], store: Path) -> dict[str, Any]:
+    """Run the flow in a fresh process; adds ``process_s`` (interpreter start to exit)."""
+    store.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "bench.pipeline", str(config), "--store", str(store)]
+    for item in overrides:
+        cmd += ["--set", item]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    process_s = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PIPELINE ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"pipeline {config} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    out = json.loads(lines[-1][len("PIPELINE ") :])
+    out["wall"]["process_s"] = process_s
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run one finetune flow and print its measurements as JSON.")
+    parser.add_argument("config")
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    out = run_here(args.config, args.overrides, args.store)
+    print("PIPELINE " + json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()
