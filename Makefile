@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint ui bench-search bench-lora clean
+.PHONY: install demo test test-slow lint ui bench bench-search bench-lora clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install  # suites quality, speed, overhead, coldstart, gpu (~60 min on 2 cores); bench/RESULTS.md
+	$(BIN)/python -m bench
 
 bench-search: install  # pruned vs unpruned search on SST-2 (~20 min on 2 cores); writes bench/results + RESULTS.md
 	$(BIN)/python -m bench.search_pruning

@@ -36,6 +36,9 @@ def write_result(suite: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+ANCHORS = Path(__file__).resolve().parent / "ANCHORS.md"
+
+
 def write_table() -> Path:
     """Regenerate RESULTS.md from every committed result's ``rows`` (one markdown row per entry)."""
     lines = [
@@ -58,5 +61,7 @@ def write_table() -> Path:
                 f"| {result['suite']} | {row['what']} | {row['result']} | {row['target']} | {row['data']} | "
                 f"{machine} | {m['date'][:10]} |"
             )
+    if ANCHORS.is_file():  # the published figures the quality rows are compared with, and their sources
+        lines += ["", ANCHORS.read_text().rstrip()]
     TABLE.write_text("\n".join(lines) + "\n")
     return TABLE
