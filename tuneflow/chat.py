@@ -206,7 +206,7 @@ def evaluate_chat(
     history: dict[str, list[tuple[int, float]]] | None = None,
 ) -> Any:
     """Test perplexity on assistant tokens (headline), sample replies, train/val loss gap, OOD perplexity."""
-    from tuneflow.evaluation import EvaluationResult, plot_learning_curves
+    from tuneflow.evaluation import EvaluationResult, finish
     from tuneflow.metrics import time_single
     from tuneflow.seq2seq import _subset, record_loss_gap
 
@@ -240,8 +240,4 @@ def evaluate_chat(
         res.metrics[f"ood_{name}_perplexity"] = perplexity(chat, _subset(df, max_examples))
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     res.metrics.update(time_single(chat.reply, prompts, latency_examples))
-    if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
-        res.artifacts.append("learning_curves.png")
-    (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
-    res.artifacts.append("metrics.json")
-    return res
+    return finish(res, out, history)

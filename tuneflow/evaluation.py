@@ -166,6 +166,17 @@ def plot_learning_curves(history: dict[str, list[tuple[int, float]]], path: Path
     return True
 
 
+def finish(
+    res: EvaluationResult, out: Path, history: dict[str, list[tuple[int, float]]] | None
+) -> EvaluationResult:
+    """Common end of every task's evaluation: learning curves (with a history) and ``metrics.json``."""
+    if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
+        res.artifacts.append("learning_curves.png")
+    (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
+    res.artifacts.append("metrics.json")
+    return res
+
+
 def evaluate(
     clf: Classifier,
     splits: Splits,
@@ -226,8 +237,4 @@ def evaluate(
         res.metrics.update(classification_metrics(df[LABEL].tolist(), extra_pred, prefix=f"ood_{name}_"))
 
     res.metrics.update(measure_latency(clf, test[TEXT].tolist(), latency_examples, batch_size))
-    if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
-        res.artifacts.append("learning_curves.png")
-    (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
-    res.artifacts.append("metrics.json")
-    return res
+    return finish(res, out, history)

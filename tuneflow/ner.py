@@ -8,7 +8,6 @@ as found only with exact boundaries and type.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,7 +336,7 @@ def evaluate_tagger(
     Writes ``per_type_metrics.csv``, ``type_confusion.csv``/``.png``, ``worst_sentences.csv``,
     ``learning_curves.png`` (with a history) and ``metrics.json`` into ``out_dir``.
     """
-    from tuneflow.evaluation import EvaluationResult, plot_confusion, plot_learning_curves
+    from tuneflow.evaluation import EvaluationResult, finish, plot_confusion
     from tuneflow.metrics import time_single
 
     out = Path(out_dir)
@@ -389,8 +388,4 @@ def evaluate_tagger(
     res.metrics.update(
         time_single(lambda s: tagger.predict_words(s, 1), test[TOKENS].tolist(), latency_examples)
     )
-    if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
-        res.artifacts.append("learning_curves.png")
-    (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
-    res.artifacts.append("metrics.json")
-    return res
+    return finish(res, out, history)

@@ -6,7 +6,6 @@ used for evaluation: ROUGE takes the best one per example, BLEU/chrF are multi-r
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +202,7 @@ def evaluate_generator(
 
     The train/validation gap for generation is the validation loss minus the train loss (nats per token).
     """
-    from tuneflow.evaluation import EvaluationResult, plot_learning_curves
+    from tuneflow.evaluation import EvaluationResult, finish
     from tuneflow.metrics import time_single
 
     out = Path(out_dir)
@@ -238,8 +237,4 @@ def evaluate_generator(
             )
         )
     res.metrics.update(time_single(gen.generate, test[TEXT].tolist(), latency_examples))
-    if history is not None and plot_learning_curves(history, out / "learning_curves.png"):
-        res.artifacts.append("learning_curves.png")
-    (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
-    res.artifacts.append("metrics.json")
-    return res
+    return finish(res, out, history)
