@@ -146,13 +146,6 @@ class ChatModel:
     max_length: int = 512
     generate_kwargs: dict[str, Any] | None = None
 
-    @classmethod
-    def load(cls, model_dir: str | Path, base: str | None = None) -> ChatModel:
-        from tuneflow.model import load_exported
-
-        model, tokenizer, meta = load_exported(model_dir, base)
-        return cls(model, prepare_tokenizer(tokenizer), meta.get("max_length", 512), meta.get("generation"))
-
     @torch.inference_mode()
     def reply(self, conversations: list[list[dict[str, str]]], batch_size: int = 8) -> list[str]:
         """The assistant's next message for each conversation."""

@@ -207,13 +207,6 @@ class Tagger:
     labels: list[str]
     max_length: int = 128
 
-    @classmethod
-    def load(cls, model_dir: str | Path, max_length: int | None = None, base: str | None = None) -> Tagger:
-        from tuneflow.model import load_exported
-
-        model, tokenizer, meta = load_exported(model_dir, base)
-        return cls(model, tokenizer, meta["labels"], max_length or meta.get("max_length", 128))
-
     @torch.inference_mode()
     def predict_words(
         self, sentences: list[list[str]], batch_size: int = 64

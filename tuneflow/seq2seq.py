@@ -130,19 +130,6 @@ class TextGenerator:
     prefix: str = ""
     generate_kwargs: dict[str, Any] | None = None
 
-    @classmethod
-    def load(cls, model_dir: str | Path, base: str | None = None) -> TextGenerator:
-        from tuneflow.model import load_exported
-
-        model, tokenizer, meta = load_exported(model_dir, base)
-        return cls(
-            model,
-            tokenizer,
-            meta.get("max_length", 512),
-            meta.get("source_prefix", ""),
-            meta.get("generation"),
-        )
-
     @torch.inference_mode()
     def generate(self, texts: list[str], batch_size: int = 16) -> list[str]:
         out = [""] * len(texts)
