@@ -55,17 +55,24 @@ def read_pairs(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, li
     return pd.DataFrame(rows, columns=[TEXT, TARGET, REFERENCES, LINE]), problems
 
 
+def encode_frame(
+    df: pd.DataFrame, tokenizer: Any, max_length: int, max_target_length: int, prefix: str = ""
+) -> Encoded:
+    """Tokenize ``prefix + source`` as input ids and the first reference as labels (no padding yet)."""
+    ids = tokenizer([prefix + s for s in df[TEXT]], truncation=True, max_length=max_length)["input_ids"]
+    labels = tokenizer(text_target=df[TARGET].tolist(), truncation=True, max_length=max_target_length)
+    return Encoded(ids, labels["input_ids"])
+
+
 def encode_pairs(
     splits: Splits, tokenizer: Any, max_length: int, max_target_length: int, prefix: str = ""
 ) -> EncodedData:
-    """Tokenize ``prefix + source`` as input ids and the first reference as labels (no padding yet)."""
-
-    def one(df: pd.DataFrame) -> Encoded:
-        ids = tokenizer([prefix + s for s in df[TEXT]], truncation=True, max_length=max_length)["input_ids"]
-        labels = tokenizer(text_target=df[TARGET].tolist(), truncation=True, max_length=max_target_length)
-        return Encoded(ids, labels["input_ids"])
-
-    return EncodedData(one(splits.train), one(splits.validation), [], tokenizer, max_length, "seq2seq")
+    """The train and validation splits encoded by :func:`encode_frame`."""
+    train, val = (
+        encode_frame(df, tokenizer, max_length, max_target_length, prefix)
+        for df in (splits.train, splits.validation)
+    )
+    return EncodedData(train, val, [], tokenizer, max_length, "seq2seq")
 
 
 @torch.inference_mode()
@@ -206,10 +213,8 @@ def evaluate_generator(
     res.artifacts.append("sample_generations.csv")
 
     def loss(df: pd.DataFrame) -> float:
-        enc = encode_pairs(
-            Splits(df, df, df, {}, [], {}), gen.tokenizer, gen.max_length, max_target_length, gen.prefix
-        )
-        return mean_token_loss(gen.model, gen.tokenizer, enc.train, "seq2seq")
+        enc = encode_frame(df, gen.tokenizer, gen.max_length, max_target_length, gen.prefix)
+        return mean_token_loss(gen.model, gen.tokenizer, enc, "seq2seq")
 
     test_loss = loss(test)
     train_loss = loss(_subset(splits.train, max_examples))
