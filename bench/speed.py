@@ -67,7 +67,7 @@ def arm_tuneflow(args: argparse.Namespace, config: Path, work: Path) -> dict[str
     start = time.perf_counter()
     result = fit(cfg, data, work, progress_bar=False)
     seconds = time.perf_counter() - start
-    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
     module = TextClassifier(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     return {

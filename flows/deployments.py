@@ -2,15 +2,83 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tuneflow.config import load_config
+from tuneflow.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ALLOWED = (
+    "train.lr",
+    "train.weight_decay",
+    "train.warmup_ratio",
+    "train.batch_size",
+    "train.grad_accumulation",
+    "train.max_epochs",
+    "train.min_epochs",
+    "train.early_stopping_patience",
+    "train.seed",
+    "model.dropout",
+    "model.lora.*",
+    "search.n_trials",
+    "search.timeout",
+)
+"""What a flow run created through a deployment may override when its prefect.yaml entry declares no
+``allowed_overrides``: training hyper-parameters, never data paths, model ids, stores or URIs."""
+
+
+def check_deployment_parameters(
+    config_path: str,
+    overrides: list[str],
+    deployment: str | None = None,
+    path: str | Path = ROOT / "prefect.yaml",
+) -> None:
+    """Refuse a deployment run's parameters that reach beyond what its deployment allows.
+
+    Anyone who can create a flow run through the Prefect API picks its parameters (Prefect has no auth by
+    default), so a run started from a deployment may only use a config inside this checkout's ``configs/``
+    and override the keys on its ``allowed_overrides`` list (prefect.yaml, read from the worker's own
+    checkout; Prefect ignores the key). Runs started directly (CLI, Python) are not restricted.
+
+    Args:
+        config_path: the ``config_path`` parameter.
+        overrides: the ``overrides`` parameter (``key=value`` strings).
+        deployment: the deployment's name; None (not a deployment run) skips every check.
+        path: the prefect.yaml holding the allow-lists.
+
+    Raises:
+        ConfigError: naming each refused parameter.
+    """
+    if deployment is None:
+        return
+    spec = next((d for d in definitions(path) if d.get("name") == deployment), {})
+    allowed = spec.get("allowed_overrides", DEFAULT_ALLOWED)
+    problems = []
+    configs = (ROOT / "configs").resolve()
+    resolved = (ROOT / config_path).resolve()
+    if not resolved.is_relative_to(configs):
+        problems.append(
+            ("config_path", f"{config_path!r} is outside {configs}: deployments run checked-in configs")
+        )
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed):
+            problems.append(
+                (key, f"not overridable through deployment '{deployment}' (allowed: {', '.join(allowed)})")
+            )
+    if problems:
+        raise ConfigError(f"deployment '{deployment}' parameters", problems)
+
+
+def guard_deployment_run(config_path: str, overrides: list[str]) -> None:
+    """:func:`check_deployment_parameters` for the current flow run (a no-op outside deployments)."""
+    from prefect.runtime import deployment
+
+    check_deployment_parameters(config_path, overrides, deployment.name if deployment.id else None)
 
 
 def definitions(path: str | Path = ROOT / "prefect.yaml") -> list[dict[str, Any]]:

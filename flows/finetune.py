@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import yaml
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.deployments import guard_deployment_run
 from flows.tune import search_markdown
 from tasks.crossval import cross_validate
 from tasks.evaluate import evaluate
 from tasks.promote import promote
 from tasks.registry import register
 from tasks.search import search
-from tasks.tracking import artifact_key, closing_run, open_run, record_config
+from tasks.tracking import artifact_key, closing_run, open_run, record_config, remove_checkpoints
 from tasks.train import train
 from tasks.validate import validate_data
 from tuneflow import tracking
-from tuneflow.config import load_config
+from tuneflow.config import PipelineConfig, config_from_dict, load_config, redact_secrets
 from tuneflow.search import best_config
 from tuneflow.tasktypes import HEADLINE
 
@@ -40,29 +42,42 @@ def finetune(
         ``fit``, ``search`` (the study summary or None), ``cv`` (cross-validation metrics or None) and
         ``promotion`` (the champion/challenger decision, or None when not registered or not asked).
     """
+    guard_deployment_run(config_path, overrides or [])
     cfg = load_config(config_path, overrides or [])
     uri = tracking.configure(cfg.tracking.tracking_uri)
     opened = open_run(cfg, resume, log_config=not cfg.searching)
     run_id = opened["run_id"]
     searched = cv = None
+    fitted: dict = {"epochs": 0, "stopped_early": False}
     with closing_run(cfg, run_id):
-        data = validate_data(cfg, run_id)
-        final = cfg
-        if cfg.searching:
-            searched = search(cfg, run_id, workers, nested=True)
-            final = best_config(cfg, searched["best_params"])
-            record_config(final, run_id)
-            tracking.set_tags(run_id, {"tuneflow.search_run_id": searched["run_id"]})
-        if final.train.cv_folds:
-            cv = cross_validate(final, run_id)
-        fitted = train(final, run_id, opened["resume_from"])
-        metrics = evaluate(final, run_id, fitted["export_dir"])
-        model = (
-            register(final, run_id, fitted["export_dir"], data["data_fingerprint"])
-            if final.tracking.register_after_eval
-            else None
-        )
-        promotion = promote(final, model["version"]) if model and final.gates.promote else None
+        if opened["registered_version"]:
+            # Killed after registration: the model is in the registry; only its decision may be missing.
+            final, model, metrics = _registered_state(cfg, run_id)
+        else:
+            data = validate_data(cfg, run_id)
+            final = cfg
+            if cfg.searching:
+                searched = search(cfg, run_id, workers, nested=True)
+                final = best_config(cfg, searched["best_params"])
+                record_config(final, run_id)
+                tracking.set_tags(run_id, {"tuneflow.search_run_id": searched["run_id"]})
+            if final.train.cv_folds:
+                cv = cross_validate(final, run_id)
+            fitted = train(final, run_id, opened["resume_from"])
+            metrics = evaluate(final, run_id, fitted["export_dir"])
+            model = (
+                register(final, run_id, fitted["export_dir"], data["data_fingerprint"])
+                if final.tracking.register_after_eval
+                else None
+            )
+            # Registered: the store holds the model, the local checkpoints (~270 MB for MiniLM) can go.
+            remove_checkpoints(final, run_id, keep_export=model is None)
+        promotion = None
+        if model and final.gates.promote:
+            if model["decided"]:  # a resumed run whose decision was taken before the kill: never twice
+                print(f"v{model['version']} already has a promotion decision: {model['decided']}")
+            else:
+                promotion = promote(final, model["version"])
     rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE[cfg.task] if k in metrics)
     registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
     cv_line = ""
@@ -74,7 +89,8 @@ def finetune(
     create_markdown_artifact(
         key=artifact_key("finetune", cfg),
         markdown=(
-            f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({uri})\n- Model: {registered}\n"
+            f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({redact_secrets(uri)})\n"
+            f"- Model: {registered}\n"
             f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n{cv_line}\n"
             f"| metric | value |\n| --- | --- |\n{rows}\n"
             + (f"\n{search_markdown(cfg.name, searched, uri)}" if searched else "")
@@ -83,7 +99,7 @@ def finetune(
     )
     return {
         "run_id": run_id,
-        "tracking_uri": uri,
+        "tracking_uri": redact_secrets(uri),
         "experiment": cfg.experiment_name,
         "metrics": metrics,
         "model": model,
@@ -92,3 +108,23 @@ def finetune(
         "cv": cv,
         "promotion": promotion,
     }
+
+
+def _registered_state(cfg: PipelineConfig, run_id: str) -> tuple[PipelineConfig, dict, dict[str, float]]:
+    """Config, registered version and metrics of a run that registered its model before it was killed."""
+    raw = yaml.safe_load(tracking.read_text(run_id, "config/resolved.yaml"))
+    raw.setdefault("tracking", {})["tracking_uri"] = cfg.tracking.tracking_uri  # the recorded one is redacted
+    final = config_from_dict(raw, source=f"runs:/{run_id}/config/resolved.yaml")
+    mv = tracking.version_of_run(final.registered_model_name, run_id)
+    if mv is None:
+        raise LookupError(
+            f"run {run_id} is tagged as registered but {final.registered_model_name} has no version of it"
+        )
+    decided = (mv.tags or {}).get("tuneflow.promotion", "")
+    model = {
+        "model_uri": mv.source,
+        "name": final.registered_model_name,
+        "version": str(mv.version),
+        "decided": decided,
+    }
+    return final, model, tracking.run_metrics(run_id)

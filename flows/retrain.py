@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.deployments import guard_deployment_run
 from flows.finetune import finetune
 from tasks.retrain import TAG_DECISION, champion_overrides, check_data
 from tasks.tracking import artifact_key
@@ -29,6 +30,7 @@ def retrain(
         finetune flow's result under ``finetune``.
     """
     overrides = list(overrides or [])
+    guard_deployment_run(config_path, overrides)
     cfg = load_config(config_path, overrides)
     tracking.configure(cfg.tracking.tracking_uri)
     check = check_data(cfg, force)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.deployments import guard_deployment_run
 from tasks.search import search
 from tasks.tracking import artifact_key, closing_run, open_run
 from tasks.validate import validate_data
@@ -39,6 +40,7 @@ def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1)
     Returns:
         ``run_id`` (the HPO parent run), ``tracking_uri``, ``experiment`` and ``search`` (the summary).
     """
+    guard_deployment_run(config_path, overrides or [])
     cfg = load_config(config_path, overrides or [])
     if cfg.search is None:
         raise ConfigError(config_path, [("search", "missing: add a search: section (see configs/demo.yaml)")])

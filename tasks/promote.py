@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pandas as pd
@@ -14,8 +14,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tuneflow import tracking
-from tuneflow.config import PipelineConfig
+from tuneflow.config import PipelineConfig, TrackingConfig
 from tuneflow.data import LABEL, TEXT, load_splits
+from tuneflow.locks import default_lock_url, lease
 from tuneflow.promotion import decide, decide_on_scores
 from tuneflow.tasktypes import load_predictor, score_predictor
 
@@ -23,20 +24,32 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 
 
 @contextmanager
-def decision_lock(model: str, timeout_s: float = 1800) -> Iterator[None]:
-    """Hold the model's Prefect global concurrency slot (limit 1) for the whole decision.
+def decision_lock(model: str, cfg_tracking: TrackingConfig | None = None) -> Iterator[Callable[[], None]]:
+    """Hold the model's promotion lease for the whole decision; yields ``check()`` (raises if lost).
 
     Two flows promoting the same model queue here, so the second compares against the champion the first
-    left behind, never a stale one. Works across processes and machines sharing one Prefect server.
+    left behind, never a stale one. The lease is renewed while held and expires ``tracking.lock_ttl``
+    seconds after its holder dies (``kill -9`` included), so a crash never blocks the model for good.
+    A waiter prints who holds it, since when, and how long it will wait.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
+    tcfg = cfg_tracking or TrackingConfig()
+    url = tcfg.lock_url or default_lock_url(tracking.resolve_tracking_uri(tcfg.tracking_uri))
+    with lease(
+        url,
+        f"promote:{model}",
+        purpose=f"promotion decision for '{model}'",
+        ttl=tcfg.lock_ttl,
+        timeout=1800,
+        notify=_log,
+    ) as check:
+        yield check
 
-    name = "tuneflow-promote-" + re.sub(r"[^A-Za-z0-9-]", "-", model)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
-        yield
+
+def _log(line: str) -> None:
+    try:
+        get_run_logger().warning(line)
+    except Exception:  # outside a Prefect run (library use, tests)
+        print(line, flush=True)
 
 
 def _predict(model_uri: str, texts: list[str]) -> list[str]:
@@ -74,7 +87,7 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
         challenger_pred = _predict(f"models:/{name}/{version}", texts)
     else:
         challenger_value = _score(cfg, f"models:/{name}/{version}", test)
-    with decision_lock(name):
+    with decision_lock(name, cfg.tracking) as still_held:
         tracking.set_alias(name, CHALLENGER, version)
         champion = tracking.alias_version(name, CHAMPION)
         if champion == str(version):
@@ -106,6 +119,7 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
         if force and not decision.promote:
             decision.promote, decision.forced = True, True
             decision.note = f"Forced by hand despite failed gates: {reason or 'no reason given'}."
+        still_held()  # never move aliases on a lease that expired during a slow decision
         if decision.promote:
             if champion:
                 tracking.set_alias(name, PREVIOUS, champion)
@@ -136,7 +150,7 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
 def rollback(model: str, tracking_uri: str | None = None) -> dict[str, str]:
     """Move ``champion`` back to the ``previous-champion`` version."""
     tracking.configure(tracking_uri)
-    with decision_lock(model):
+    with decision_lock(model, TrackingConfig(tracking_uri=tracking_uri)):
         previous = tracking.alias_version(model, PREVIOUS)
         current = tracking.alias_version(model, CHAMPION)
         if previous is None:

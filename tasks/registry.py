@@ -14,8 +14,22 @@ from tuneflow.lora import dir_size, read_meta
 
 @task(cache_policy=NO_CACHE)  # no retries: a retry after a partial success could create a second version
 def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> dict[str, str]:
-    """Log the model on ``run_id`` and register it as a new version of the config's registered model."""
+    """Log the model on ``run_id`` and register it as a new version of the config's registered model.
+
+    Idempotent per run: a run that already has a version (a resumed run killed after registering) gets
+    that version back, with ``decided`` telling whether it already has a promotion decision.
+    """
     tracking.configure(cfg.tracking.tracking_uri)
+    name = cfg.registered_model_name
+    existing = tracking.version_of_run(name, run_id)
+    if existing is not None:
+        print(f"run {run_id} already registered {name} v{existing.version}: reusing it")
+        return {
+            "model_uri": existing.source,
+            "name": name,
+            "version": str(existing.version),
+            "decided": (existing.tags or {}).get("tuneflow.promotion", ""),
+        }
     start = time.perf_counter()
     model_uri = tracking.log_model(run_id, export_dir, cfg.task)
     meta = read_meta(export_dir)
@@ -35,7 +49,7 @@ def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint
                 "tuneflow.adapter_bytes": str(dir_size(export_dir, "adapter_model.*")),
             }
         )
-    version = tracking.register_model(model_uri, cfg.registered_model_name, run_id, tags=tags)
+    version = tracking.register_model(model_uri, name, run_id, tags=tags)
     tracking.set_tags(run_id, {"tuneflow.registered_version": version})
     tracking.log_metrics(run_id, {"time_register_s": time.perf_counter() - start})
-    return {"model_uri": model_uri, "name": cfg.registered_model_name, "version": version}
+    return {"model_uri": model_uri, "name": name, "version": version, "decided": ""}

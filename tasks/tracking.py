@@ -13,9 +13,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from tasks.common import run_dir
-from tuneflow import tracking
+from tuneflow import gc, tracking
 from tuneflow.config import PipelineConfig, flatten
 from tuneflow.training import LAST_CHECKPOINT
+
+TAG_REGISTERED = "tuneflow.registered_version"
 
 
 def _git_commit() -> str:
@@ -45,21 +47,32 @@ def open_run(
     """
     tracking.configure(cfg.tracking.tracking_uri)
     config_hash = cfg.fingerprint()
+    reaped = tracking.reap_stale_runs(cfg.experiment_name, by=f"a new {stage} run of '{cfg.name}'")
+    if reaped:
+        print(f"marked {len(reaped)} run(s) whose process died KILLED (no heartbeat): {', '.join(reaped)}")
     if stage == "tune":
-        previous = tracking.find_resumable_run(cfg.experiment_name, config_hash, stage="tune")
-        if previous is not None:
-            tracking.reopen_run(previous.info.run_id)
-            print(f"continuing the study under MLflow run {previous.info.run_id}")
-            return {"run_id": previous.info.run_id, "resume_from": None}
+        previous = tracking.resumable_runs(cfg.experiment_name, config_hash, stage="tune", include_alive=True)
+        if previous:
+            run_id = previous[0].info.run_id
+            tracking.reopen_run(run_id)
+            print(f"continuing the study under MLflow run {run_id}")
+            return {"run_id": run_id, "resume_from": None, "registered_version": None}
     elif resume:
-        previous = tracking.find_resumable_run(cfg.experiment_name, config_hash)
-        if previous is not None:
-            ckpt = run_dir(cfg, previous.info.run_id) / LAST_CHECKPOINT
-            if ckpt.exists():
-                tracking.reopen_run(previous.info.run_id)
-                tracking.set_tags(previous.info.run_id, {"tuneflow.resumed_from": str(ckpt)})
-                print(f"resuming MLflow run {previous.info.run_id} from {ckpt}")
-                return {"run_id": previous.info.run_id, "resume_from": str(ckpt)}
+        # The newest interrupted run that can still be continued: one killed after registration (only the
+        # promotion decision is missing) or one with a last checkpoint. A run killed in validation has
+        # neither and must not hide an older one that has.
+        for previous in tracking.resumable_runs(cfg.experiment_name, config_hash):
+            run_id = previous.info.run_id
+            version = previous.data.tags.get(TAG_REGISTERED)
+            ckpt = run_dir(cfg, run_id) / LAST_CHECKPOINT
+            if version or ckpt.exists():
+                tracking.reopen_run(run_id)
+                if version:
+                    print(f"resuming MLflow run {run_id}: it registered v{version}; finishing its promotion")
+                    return {"run_id": run_id, "resume_from": None, "registered_version": version}
+                tracking.set_tags(run_id, {"tuneflow.resumed_from": str(ckpt)})
+                print(f"resuming MLflow run {run_id} from {ckpt}")
+                return {"run_id": run_id, "resume_from": str(ckpt), "registered_version": None}
         print("--resume: no interrupted run of this config with a checkpoint; starting a new run")
     tags = {
         tracking.TAG_STAGE: stage,
@@ -73,14 +86,15 @@ def open_run(
     run_id = tracking.start_run(cfg.experiment_name, run_name=flow_run.get_name(), tags=tags)
     if log_config:
         record_config(cfg, run_id)
-    return {"run_id": run_id, "resume_from": None}
+    return {"run_id": run_id, "resume_from": None, "registered_version": None}
 
 
 def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/resolved.yaml") -> None:
-    """Log the flattened config as params and the resolved YAML as an artifact."""
+    """Log the flattened config as params and the resolved YAML as an artifact (URL passwords masked)."""
     tracking.configure(cfg.tracking.tracking_uri)
-    tracking.log_params(run_id, flatten(cfg.model_dump(mode="json")))
-    tracking.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), artifact)
+    recorded = cfg.recorded()
+    tracking.log_params(run_id, flatten(recorded))
+    tracking.log_text(run_id, yaml.safe_dump(recorded, sort_keys=False), artifact)
 
 
 @task(cache_policy=NO_CACHE)
@@ -92,16 +106,27 @@ def close_run(cfg: PipelineConfig, run_id: str, status: str) -> None:
 
 @contextmanager
 def closing_run(cfg: PipelineConfig, run_id: str) -> Iterator[None]:
-    """Close the parent run when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        close_run(cfg, run_id, "KILLED")
-        raise
-    except BaseException:
-        close_run(cfg, run_id, "FAILED")
-        raise
+    """Heartbeat the parent run while the block runs; close it FINISHED, FAILED on an error, KILLED on
+    Ctrl-C. A ``kill -9`` closes nothing: the stopped heartbeat lets the next run mark it KILLED."""
+    with tracking.Heartbeat(run_id, cfg.tracking.heartbeat_interval):
+        try:
+            yield
+        except KeyboardInterrupt:
+            close_run(cfg, run_id, "KILLED")
+            raise
+        except BaseException:
+            close_run(cfg, run_id, "FAILED")
+            raise
     close_run(cfg, run_id, "FINISHED")
+
+
+def remove_checkpoints(cfg: PipelineConfig, run_id: str, keep_export: bool = False) -> int:
+    """Delete a run's local checkpoints once nothing can use them; returns the bytes freed.
+
+    After registration the model lives in the MLflow store, so the whole run folder goes; a finished run
+    that was not registered keeps its export (the only copy of the model).
+    """
+    return gc.remove_run_files(run_dir(cfg, run_id), keep_export=keep_export)
 
 
 def artifact_key(prefix: str, cfg: PipelineConfig) -> str:

@@ -17,11 +17,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tuneflow.config import DataConfig, FileSpec
-from tuneflow.data import LINE, TEXT, Encoded, EncodedData, Problem, Splits, missing_columns, read_frame
+from tuneflow.data import Encoded, EncodedData, Splits
+from tuneflow.readers import LINE, MESSAGES, ROLES, TEXT, Problem, message_problems, read_chats  # noqa: F401
 
-MESSAGES = "messages"
-ROLES = ("system", "user", "assistant")
 IGNORE = -100
 
 FALLBACK_TEMPLATE = (
@@ -30,41 +28,6 @@ FALLBACK_TEMPLATE = (
 )
 """Used when the tokenizer has no chat template: ``<|role|>`` line, the content, then the EOS token (so the
 model learns to stop). Saved with the exported tokenizer, so serving renders prompts the same way."""
-
-
-def message_problems(messages: Any) -> list[str]:
-    """What is wrong with one conversation (empty list, unknown role, non-text content, no assistant turn)."""
-    if not isinstance(messages, list) or not messages:
-        return ["messages must be a non-empty list of {role, content}"]
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            role = m.get("role") if isinstance(m, dict) else m
-            out.append(f"message {i + 1}: role {role!r} is not one of {', '.join(ROLES)}")
-        elif not isinstance(m.get("content"), str) or not m["content"].strip():
-            out.append(f"message {i + 1}: content must be non-empty text")
-    if not out and not any(m["role"] == "assistant" for m in messages):
-        out.append("no assistant message: nothing to learn from")
-    return out
-
-
-def read_chats(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read chat JSONL into ``text`` (all contents, for duplicate/leakage checks), ``messages``, ``_line``."""
-    df, offset, problems = read_frame(spec)
-    if df is None:
-        return None, problems
-    problems = missing_columns(df, (cfg.messages_column,), spec.path)
-    if problems:
-        return None, problems
-    rows = []
-    for i, messages in enumerate(df[cfg.messages_column]):
-        errors = message_problems(messages)
-        if errors:
-            problems += [Problem(e, spec.path, offset + i, cfg.messages_column) for e in errors]
-            continue
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        rows.append({TEXT: "\n".join(m["content"] for m in messages), MESSAGES: messages, LINE: offset + i})
-    return pd.DataFrame(rows, columns=[TEXT, MESSAGES, LINE]), problems
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:

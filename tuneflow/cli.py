@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+VERBOSE = {"on": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-5")]
@@ -28,6 +29,74 @@ TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (defa
 WorkersOpt = Annotated[
     int, typer.Option(min=1, help="Local worker processes sharing the Optuna study (search only).")
 ]
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show tracebacks and third-party logs of known errors.")
+    ] = False,
+) -> None:
+    VERBOSE["on"] = verbose
+
+
+KNOWN_ERRORS = ("ConfigError", "DataValidationError", "ModelLoadError", "AdapterMismatchError", "SearchError")
+
+
+class _KnownErrorFilter:
+    """Drops Prefect's log records about a known bad-input error: the CLI prints it once, cleanly."""
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        assert isinstance(record, logging.LogRecord)
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in KNOWN_ERRORS:
+            return False
+        return not any(name in record.getMessage() for name in KNOWN_ERRORS)
+
+
+def _hide_known_tracebacks() -> None:
+    import logging
+
+    if VERBOSE["on"]:
+        return
+    loggers = [logging.getLogger("prefect")] + [
+        logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("prefect")
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _KnownErrorFilter) for f in handler.filters):
+                handler.addFilter(_KnownErrorFilter())
+
+
+def _hide_secrets(overrides: list[str] | None) -> list[str]:
+    """Move URL passwords out of ``--set`` values into environment variables the config expands.
+
+    The flow's parameters (stored by Prefect) then hold ``${TUNEFLOW_SECRET_0}``, never the password.
+    """
+    from tuneflow.config import redact_secrets
+
+    out = []
+    for i, item in enumerate(overrides or []):
+        key, _, value = item.partition("=")
+        if value and redact_secrets(value) != value:
+            var = f"TUNEFLOW_SECRET_{i}"
+            os.environ[var] = value
+            item = f"{key}=${{{var}}}"
+        out.append(item)
+    return out
+
+
+def _preflight(cfg) -> None:  # noqa: ANN001
+    """Data files and model directory checked in ~1 s, before Prefect or torch start (exit 3 / 4)."""
+    from tuneflow.preflight import PreflightError, preflight
+
+    try:
+        preflight(cfg)
+    except PreflightError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(3 if exc.kind == "data" else 4) from None
 
 
 def _quiet_env() -> None:
@@ -71,6 +140,7 @@ def _fail_on_known(exc: BaseException) -> None:
 
 def _call_flow(flow_fn, *args):  # noqa: ANN001, ANN202
     """Run a flow; known bad-input errors become their exit codes instead of a traceback."""
+    _hide_known_tracebacks()
     try:
         return flow_fn(*args)
     except Exception as exc:
@@ -86,15 +156,19 @@ def run(
     workers: WorkersOpt = 1,
 ) -> None:
     """Validate data, search (when configured), fine-tune, evaluate and register a model (finetune flow)."""
-    _load(config, set_)  # fail fast, before Prefect starts, on a bad config
+    set_ = _hide_secrets(set_)
+    cfg = _load(config, set_)  # fail fast, before Prefect starts, on a bad config
+    _preflight(cfg)
     _quiet_env()
     from flows.finetune import finetune
+    from tuneflow.config import redact_secrets
 
-    result = _call_flow(finetune, str(config), set_ or [], resume, workers)
+    result = _call_flow(finetune, str(config), set_, resume, workers)
     m = result["metrics"]
     console.rule("[bold green]tuneflow run finished")
     console.print(
-        f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', {result['tracking_uri']})"
+        f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', "
+        f"{redact_secrets(result['tracking_uri'])})"
     )
     if result["search"]:
         _print_search(result["search"])
@@ -107,7 +181,6 @@ def run(
         )
     from tuneflow.tasktypes import HEADLINE
 
-    cfg = _load(config, set_)
     shown = [k for k in HEADLINE[cfg.task] if k in m and not k.startswith("latency")]
     console.print("   ".join(f"{k.removeprefix('test_').replace('_', ' ')} {m[k]:.4f}" for k in shown))
     headline = shown[0].removeprefix("test_")
@@ -234,18 +307,20 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     Rerunning the same command resumes the study and runs only the missing trials. Several machines can
     run it against one PostgreSQL storage (--set search.storage=postgresql://...).
     """
+    set_ = _hide_secrets(set_)
     cfg = _load(config, set_)
     if cfg.search is None:
         console.print(f"[bold red]error:[/] {config} has no search: section (see configs/demo.yaml)")
         raise typer.Exit(2)
+    _preflight(cfg)
     _quiet_env()
     from flows.tune import tune as tune_flow
 
-    result = _call_flow(tune_flow, str(config), set_ or [], workers)
+    result = _call_flow(tune_flow, str(config), set_, workers)
     console.rule("[bold green]tuneflow tune finished")
     console.print(f"MLflow HPO run  {result['run_id']}  (experiment '{result['experiment']}')")
     _print_search(result["search"])
-    given = [f"--set {item}" for item in set_ or [] if not item.startswith("search.")]
+    given = [f"--set {item}" for item in set_ if not item.startswith("search.")]
     best = [f"--set {k}={v}" for k, v in result["search"]["best_params"].items()]
     sets = " ".join(given + best)
     console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
@@ -260,11 +335,12 @@ def retrain(
     workers: WorkersOpt = 1,
 ) -> None:
     """Retrain when the data changed (drift decides on a fresh search), then promote if the gates pass."""
-    _load(config, set_)
+    set_ = _hide_secrets(set_)
+    _preflight(_load(config, set_))
     _quiet_env()
     from flows.retrain import retrain as retrain_flow
 
-    result = _call_flow(retrain_flow, str(config), set_ or [], force, workers)
+    result = _call_flow(retrain_flow, str(config), set_, force, workers)
     console.rule(f"[bold green]tuneflow retrain: {result['decision']}")
     console.print(f"reason          {result['reason']}", highlight=False)
     if "finetune" in result and result["finetune"].get("promotion"):
@@ -295,6 +371,7 @@ def serve(
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Only run the data checks and print the report (no training, nothing logged)."""
     cfg = _load(config, set_)
+    _preflight(cfg)
     from tuneflow.data import load_raw
     from tuneflow.model import ModelLoadError, load_tokenizer
     from tuneflow.validation import validate_dataset
@@ -448,6 +525,42 @@ def _bundle(name: str, found: list[dict]) -> None:
         f"registered adapter set [bold]{name}[/] v{version} ({', '.join(sorted(chosen))}): "
         f"mlflow.pyfunc.load_model('models:/{name}/{version}').predict(texts, params={{'adapter': NAME}})"
     )
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+    output_dir: Annotated[Path, typer.Option(help="Checkpoint root (the configs' output_dir).")] = Path(
+        "mlruns/checkpoints"
+    ),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Delete local checkpoints no run can use any more (registered, finished or superseded runs).
+
+    Kept: runs in progress, the newest interrupted run of each config (for --resume), and the export of a
+    finished run that was not registered.
+    """
+    from tuneflow import gc as gc_lib
+    from tuneflow import tracking
+
+    tracking.configure(tracking_uri)
+
+    def facts(run_id: str) -> gc_lib.RunFacts | None:
+        try:
+            run = tracking.get_run(run_id)
+        except Exception:  # unknown id (deleted run, another store)
+            return None
+        alive = run.info.status == "RUNNING" and tracking.TAG_HEARTBEAT in run.data.tags
+        return gc_lib.facts_from_run(run, alive=alive and not tracking.is_stale(run))
+
+    actions = gc_lib.plan(output_dir, facts)
+    for a in actions:
+        print(f"{a.action:<12} {a.bytes / 1e6:>9.1f} MB  {a.folder.name}  ({a.reason})")
+    to_free = sum(a.bytes for a in actions if a.action != "keep")
+    if dry_run:
+        print(f"would free {to_free / 1e6:.1f} MB (dry run: nothing deleted)")
+        return
+    print(f"freed {gc_lib.apply(actions) / 1e6:.1f} MB")
 
 
 @app.command()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +37,58 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+"""Names that become paths, registry names or metric keys: no separators, no '..', no leading dot."""
+
+
+def check_name(value: str | None) -> str | None:
+    """Reject a name that could escape the store (``../x``, ``a/b``) or is not a valid registry name."""
+    if value is None:
+        return value
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not a safe name: use 1-100 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit, without '..' (it names a folder, an MLflow experiment or a registered model)"
+        )
+    return value
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def redact_secrets(text: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (anywhere in ``text``)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def redact_tree(value: Any) -> Any:
+    """A copy of a nested dict/list with every URL password masked (what gets recorded anywhere)."""
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_tree(v) for v in value]
+    return redact_secrets(value) if isinstance(value, str) else value
+
+
+def _expand_env(value: Any, key: str, problems: list[tuple[str, str]]) -> Any:
+    """Replace ``${VAR}`` in every string with the environment's value (secrets stay out of configs)."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}" if key else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}.{i}", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m[1] not in os.environ:
+            problems.append((key, f"environment variable {m[1]} is not set (referenced as ${{{m[1]}}})"))
+            return m[0]
+        return os.environ[m[1]]
+
+    return _ENV_REF.sub(sub, value)
+
+
 class FileSpec(_Section):
     """One local file of examples."""
 
@@ -56,6 +110,11 @@ class EvalSetSpec(FileSpec):
     """An extra evaluation set, e.g. an out-of-domain check of generalization."""
 
     name: str = Field(description="Short name used in metric keys (e.g. 'yelp' -> ood_yelp_accuracy).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        return check_name(v)
 
 
 class DataConfig(_Section):
@@ -398,6 +457,12 @@ class SearchConfig(_Section):
         description="Optuna RDB storage URL (PostgreSQL for several machines); the study resumes from it.",
     )
     study_name: str | None = Field(None, description="Study name; null = the config's name.")
+
+    @field_validator("study_name")
+    @classmethod
+    def _safe_study(cls, v: str | None) -> str | None:
+        return check_name(v)
+
     heartbeat_interval: int = Field(
         30, ge=1, description="Seconds between trial heartbeats; a silent trial is failed and retried."
     )
@@ -514,6 +579,33 @@ class TrackingConfig(_Section):
     experiment: str | None = Field(None, description="MLflow experiment name; null = the config's name.")
     registered_model: str | None = Field(None, description="Registered model name; null = the config's name.")
     register_after_eval: bool = Field(True, description="Register the model after a successful evaluation.")
+    heartbeat_interval: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between heartbeats of a running flow's MLflow run; a run silent for 4 intervals is "
+            "marked KILLED by the next run of the experiment (and `--resume` can continue it)."
+        ),
+    )
+    lock_url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the promotion-lock table (one decision at a time per model); null = "
+            "sqlite:///<store>/locks.db beside a local store. Several machines: a shared PostgreSQL URL."
+        ),
+    )
+    lock_ttl: float = Field(
+        60,
+        ge=5,
+        le=600,
+        description="Seconds a promotion lock lives without renewal: a killed holder frees it after this.",
+    )
+
+    @field_validator("experiment", "registered_model")
+    @classmethod
+    def _safe_names(cls, v: str | None) -> str | None:
+        return check_name(v)
 
 
 class PipelineConfig(_Section):
@@ -568,19 +660,10 @@ class PipelineConfig(_Section):
                 raw[section] = {**sub, key: value}
         return raw
 
-    @property
-    def higher_is_better(self) -> bool:
-        """Direction of the promotion metric (perplexity is the one where lower is better)."""
-        return self.gates.metric != "perplexity"
-
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not v.strip() or any(c in v for c in "/\\:@"):
-            raise ValueError(
-                "must be non-empty and free of '/', '\\', ':', '@' (it names a registered model)"
-            )
-        return v
+        return check_name(v)  # type: ignore[return-value]
 
     @property
     def searching(self) -> bool:
@@ -613,6 +696,10 @@ class PipelineConfig(_Section):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def recorded(self) -> dict[str, Any]:
+        """The config as it may be written anywhere (MLflow params, artifacts): URL passwords masked."""
+        return redact_tree(self.model_dump(mode="json"))
+
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested dicts into dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
@@ -631,7 +718,13 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError("--set", [(item, "expected KEY=VALUE, e.g. train.lr=3e-5")])
     key, raw = item.split("=", 1)
     # YAML parsing gives numbers, booleans, null and lists their natural types ("3e-5" needs help below).
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError(
+            "--set", [(key.strip(), f"cannot parse value {raw!r} as YAML: {problem}")]
+        ) from None
     if isinstance(value, str) and any(c in value for c in ".eE"):
         with contextlib.suppress(ValueError):
             value = float(value)
@@ -699,13 +792,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), [("<file>", "config file not found")])
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}", [("<file>", f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})")]
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [("<yaml>", str(exc))]) from exc
+        raise ConfigError(str(path), [("<yaml>", str(exc))]) from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), [("<root>", "the config must be a mapping")])
     raw = apply_overrides(raw, overrides or [])
+    env_problems: list[tuple[str, str]] = []
+    raw = _expand_env(raw, "", env_problems)
+    if env_problems:
+        raise ConfigError(str(path), env_problems)
     _resolve_paths(raw, path.resolve().parent)
     return config_from_dict(raw, source=str(path))
 

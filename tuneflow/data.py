@@ -1,20 +1,16 @@
-"""Loading, splitting and tokenizing data for every task type.
+"""Splitting, fingerprinting and tokenizing data for every task type.
 
-Reading files is IO and lives here (the task-specific column handling is in :mod:`tuneflow.ner`,
-:mod:`tuneflow.seq2seq` and :mod:`tuneflow.chat`); the quality checks on what was read are pure and live in
-:mod:`tuneflow.validation`. Every frame carries a ``_line`` column (the line number in its source file)
-so that a problem can be reported as ``file:line``.
+Reading files lives in :mod:`tuneflow.readers` (pandas only, re-exported here); the quality checks on what
+was read are pure and live in :mod:`tuneflow.validation`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,210 +18,20 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from tuneflow.config import DataConfig, FileSpec
-
-SPLITS = ("train", "validation", "test")
-TEXT, LABEL, LINE = "text", "label", "_line"
-TAGS = "tags"  # token_classification: the BIO tag list of a sentence
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One data problem, located as precisely as we can."""
-
-    message: str
-    file: str | None = None
-    line: int | None = None
-    column: str | None = None
-
-    def __str__(self) -> str:
-        where = self.file or ""
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.column:
-            where += f" [column '{self.column}']"
-        return f"{where}: {self.message}" if where else self.message
-
-
-@dataclass
-class RawData:
-    """Frames as read from their sources (``text``, ``label``, ``_line`` columns), before any split."""
-
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-
-
-def _infer_format(spec: FileSpec) -> str:
-    if spec.format != "auto":
-        return spec.format
-    suffix = Path(spec.path).suffix.lower()
-    formats = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-    formats.update(
-        {".conll": "conll", ".bio": "conll", ".iob": "conll", ".parquet": "parquet", ".pq": "parquet"}
-    )
-    return formats.get(suffix, "csv")
-
-
-def read_frame(spec: FileSpec) -> tuple[pd.DataFrame | None, int, list[Problem]]:
-    """Read a CSV/TSV/JSONL/Parquet file as it is: the frame (None when unreadable), the file line of its
-    first row, and the problems found (missing or unreadable file)."""
-    path = Path(spec.path)
-    if not path.is_file():
-        return None, 1, [Problem("file not found", file=str(path))]
-    fmt = _infer_format(spec)
-    header_offset = 2 if spec.header and fmt in ("csv", "tsv") else 1
-    if fmt == "conll":
-        return (
-            None,
-            1,
-            [Problem("CoNLL files hold token tags: use task: token_classification", file=str(path))],
-        )
-    try:
-        if fmt in ("csv", "tsv"):
-            df = pd.read_csv(
-                path,
-                sep="\t" if fmt == "tsv" else ",",
-                # TSV corpora (SST-2, UCI sentences) have unbalanced quotes: " never quotes there.
-                quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
-                header=0 if spec.header else None,
-                names=spec.column_names,
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                skip_blank_lines=False,
-            )
-        elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False)
-        else:
-            df = pd.read_parquet(path)
-    except Exception as exc:  # pandas raises many parser error types; all mean "unreadable"
-        problem = Problem(f"cannot read as {fmt}: {type(exc).__name__}: {exc}".strip(), file=str(path))
-        return None, header_offset, [problem]
-    return df, header_offset, []
-
-
-def missing_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> list[Problem]:
-    """One problem per required column the frame lacks, listing the columns it has."""
-    found = ", ".join(map(str, df.columns))
-    return [
-        Problem(f"missing column (found: {found})", file=source, column=c)
-        for c in columns
-        if c not in df.columns
-    ]
-
-
-def read_table(
-    spec: FileSpec, text_column: str, label_column: str
-) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one file into a ``text``/``label``/``_line`` frame.
-
-    Returns the frame (None when it cannot be read) and the problems found: a missing or unreadable file,
-    missing columns. Cell-level problems are left to :func:`tuneflow.validation.validate_dataset`.
-    """
-    df, header_offset, problems = read_frame(spec)
-    if df is None:
-        return None, problems
-    problems = missing_columns(df, (text_column, label_column), spec.path)
-    if problems:
-        return None, problems
-    out = pd.DataFrame(
-        {
-            TEXT: df[text_column],
-            LABEL: df[label_column].map(_label_to_str),
-            LINE: range(header_offset, header_offset + len(df)),
-        }
-    )
-    return out, []
-
-
-def _label_to_str(value: Any) -> str | None:
-    """Labels are strings everywhere (0/1 ints and "0"/"1" strings must mean the same class)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    return text or None
-
-
-def read_examples(
-    spec: FileSpec, cfg: DataConfig, task: str = "sequence_classification"
-) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one file of ``task`` examples into its standard frame (always with ``text`` and ``_line``)."""
-    if task == "token_classification":
-        from tuneflow.ner import read_tagged
-
-        return read_tagged(spec, cfg)
-    if task == "seq2seq":
-        from tuneflow.seq2seq import read_pairs
-
-        return read_pairs(spec, cfg)
-    if task == "causal_lm":
-        from tuneflow.chat import read_chats
-
-        return read_chats(spec, cfg)
-    return read_table(spec, cfg.text_column, cfg.label_column)
-
-
-def load_raw(cfg: DataConfig, task: str = "sequence_classification") -> RawData:
-    """Read every configured source (local files or a hub dataset) without splitting or cleaning."""
-    raw = RawData()
-    if cfg.hub_dataset:
-        if task == "sequence_classification":
-            _load_hub(cfg, raw)
-        else:
-            raw.problems.append(
-                Problem(
-                    f"data.hub_dataset is only read for sequence_classification; for {task} use local files"
-                )
-            )
-    specs: dict[str, FileSpec] = {s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s) is not None}
-    specs.update({f"extra:{e.name}": e for e in cfg.extra_eval})
-    for name, spec in specs.items():
-        frame, problems = read_examples(spec, cfg, task)
-        raw.problems += problems
-        raw.sources[name] = spec.path
-        if frame is not None:
-            raw.frames[name] = frame
-    return raw
-
-
-def _load_hub(cfg: DataConfig, raw: RawData) -> None:
-    import datasets
-
-    try:
-        dsd = datasets.load_dataset(cfg.hub_dataset, cfg.hub_config)
-    except Exception as exc:  # offline, unknown id, script dataset, ...
-        raw.problems.append(
-            Problem(
-                f"cannot load hub dataset '{cfg.hub_dataset}': {type(exc).__name__}: {exc}. "
-                "Without network access (HF_HUB_OFFLINE=1 here) use local files in "
-                "data.train/validation/test."
-            )
-        )
-        return
-    aliases = {"train": ["train"], "validation": ["validation", "valid", "dev"], "test": ["test"]}
-    for split, names in aliases.items():
-        for n in names:
-            if n in dsd:
-                df = dsd[n].to_pandas()
-                source = f"hf://{cfg.hub_dataset}/{n}"
-                missing = [c for c in (cfg.text_column, cfg.label_column) if c not in df.columns]
-                if missing:
-                    raw.problems += [Problem("missing column", file=source, column=c) for c in missing]
-                    break
-                labels = df[cfg.label_column]
-                feature = dsd[n].features.get(cfg.label_column)
-                if hasattr(feature, "int2str"):  # ClassLabel: keep readable names
-                    labels = labels.map(
-                        lambda i, f=feature: f.int2str(int(i)) if i is not None and i >= 0 else None
-                    )
-                raw.frames[split] = pd.DataFrame(
-                    {TEXT: df[cfg.text_column], LABEL: labels.map(_label_to_str), LINE: range(1, len(df) + 1)}
-                )
-                raw.sources[split] = source
-                break
+from tuneflow.config import DataConfig
+from tuneflow.readers import (  # noqa: F401  (re-exported: the stages read data through this module)
+    LABEL,
+    LINE,
+    SPLITS,
+    TAGS,
+    TEXT,
+    Problem,
+    RawData,
+    load_raw,
+    missing_columns,
+    read_examples,
+    read_frame,
+)
 
 
 def clean_text(series: pd.Series) -> pd.Series:

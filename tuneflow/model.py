@@ -29,7 +29,7 @@ def _load(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
     path = resolve_model_path(name)
     try:
         return loader.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # corrupt weights, refused pickles, missing files: all mean "cannot load"
         hint = (
             ""
             if Path(path).exists()
@@ -39,7 +39,8 @@ def _load(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
                 f"local path, or model.name: {DEFAULT_MODEL} for the bundled all-MiniLM-L6-v2)."
             )
         )
-        raise ModelLoadError(f"cannot load {what} '{name}': {exc}.{hint}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(f"cannot load {what} '{name}': {type(exc).__name__}: {first}.{hint}") from exc
 
 
 def load_tokenizer(name: str) -> Any:

@@ -17,87 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tuneflow.config import DataConfig, FileSpec
-from tuneflow.data import LINE, TAGS, TEXT, Encoded, EncodedData, Problem, Splits, missing_columns, read_frame
+from tuneflow.data import Encoded, EncodedData, Splits
+from tuneflow.readers import LINE, TAGS, TEXT, TOKENS, Problem, read_conll, read_tagged  # noqa: F401
 
-TOKENS = "tokens"
 IGNORE = -100
 TAG_PATTERN = re.compile(r"^(O|[BI]-.+)$")
 WORD_PATTERN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 
 
 # ------------------------------------------------------------------------------------------------ reading
-
-
-def read_conll(path: Path) -> tuple[list[tuple[int, list[str], list[str]]], list[Problem]]:
-    """Sentences of a CoNLL/BIO file: ``(first line, words, tags)``.
-
-    One ``token<whitespace>tag`` per line (the tag is the last field), sentences separated by a line that is
-    empty or whitespace-only (WNUT-17 uses a single tab); ``-DOCSTART-`` lines are skipped.
-    """
-    sentences: list[tuple[int, list[str], list[str]]] = []
-    problems: list[Problem] = []
-    words: list[str] = []
-    tags: list[str] = []
-    start = 0
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                if words:
-                    sentences.append((start, words, tags))
-                words, tags = [], []
-                continue
-            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            parts = [p.strip() for p in parts if p.strip()]
-            if parts and parts[0] == "-DOCSTART-":
-                continue
-            if len(parts) < 2:
-                problems.append(Problem(f"expected 'token<TAB>tag', got {line.strip()!r}", str(path), number))
-                continue
-            if not words:
-                start = number
-            words.append(parts[0])
-            tags.append(parts[-1])
-    if words:
-        sentences.append((start, words, tags))
-    return sentences, problems
-
-
-def read_tagged(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read a CoNLL file or a JSONL file of ``{tokens, tags}`` into ``text``/``tokens``/``tags``/``_line``.
-
-    Structural problems (a line without a tag, a sentence whose token and tag counts differ, a non-list
-    cell) are returned with their file and line.
-    """
-    path = Path(spec.path)
-    fmt = spec.format if spec.format != "auto" else None
-    if fmt is None:
-        fmt = "conll" if path.suffix.lower() in (".conll", ".bio", ".iob", ".txt", "") else "table"
-    if fmt == "conll":
-        if not path.is_file():
-            return None, [Problem("file not found", file=str(path))]
-        sentences, problems = read_conll(path)
-        rows = [(line, words, tags) for line, words, tags in sentences]
-    else:
-        df, offset, problems = read_frame(spec)
-        if df is None:
-            return None, problems
-        problems = missing_columns(df, (cfg.tokens_column, cfg.tags_column), spec.path)
-        if problems:
-            return None, problems
-        rows = []
-        for i, (words, tags) in enumerate(zip(df[cfg.tokens_column], df[cfg.tags_column], strict=True)):
-            if not isinstance(words, list) or not isinstance(tags, list):
-                problems.append(Problem("tokens and tags must be lists", spec.path, offset + i))
-                continue
-            rows.append((offset + i, [str(w) for w in words], [str(t) for t in tags]))
-    frame_rows = []
-    for line, words, tags in rows:
-        if len(words) != len(tags):
-            problems.append(Problem(f"{len(words)} tokens but {len(tags)} tags", spec.path, line))
-            continue
-        frame_rows.append({TEXT: " ".join(words), TOKENS: words, TAGS: tags, LINE: line})
-    return pd.DataFrame(frame_rows, columns=[TEXT, TOKENS, TAGS, LINE]), problems
 
 
 # ------------------------------------------------------------------------------------------------ checks

@@ -255,7 +255,8 @@ class Objective:
         state = "COMPLETE"
         try:
             cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
-            tracking.log_params(run_id, flatten(cfg.model_dump(mode="json", exclude={"search"})))
+            recorded = {k: v for k, v in cfg.recorded().items() if k != "search"}
+            tracking.log_params(run_id, flatten(recorded))
             value = self._score(trial, cfg, run_id, counter)
             metrics = {f"best_{self.metric}": value, "objective": value}
             if self.cfg.search.latency_objective:

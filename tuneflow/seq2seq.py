@@ -15,44 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tuneflow.config import DataConfig, FileSpec
-from tuneflow.data import (
-    LINE,
-    TEXT,
-    Encoded,
-    EncodedData,
-    Problem,
-    Splits,
-    collator_for,
-    missing_columns,
-    read_frame,
-)
-
-TARGET, REFERENCES = "target", "references"
-
-
-def _as_text(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = " ".join(str(v).strip() for v in value)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def read_pairs(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read source/target pairs; a list-valued source is joined, a list-valued target holds references."""
-    df, offset, problems = read_frame(spec)
-    if df is None:
-        return None, problems
-    problems = missing_columns(df, (cfg.source_column, cfg.target_column), spec.path)
-    if problems:
-        return None, problems
-    rows = []
-    for i, (source, target) in enumerate(zip(df[cfg.source_column], df[cfg.target_column], strict=True)):
-        refs = [t for t in (target if isinstance(target, list) else [target])]
-        refs = [r for r in (_as_text(t) for t in refs) if r]
-        rows.append(
-            {TEXT: _as_text(source), TARGET: refs[0] if refs else None, REFERENCES: refs, LINE: offset + i}
-        )
-    return pd.DataFrame(rows, columns=[TEXT, TARGET, REFERENCES, LINE]), problems
+from tuneflow.data import Encoded, EncodedData, Splits, collator_for
+from tuneflow.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs  # noqa: F401
 
 
 def encode_frame(

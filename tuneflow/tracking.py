@@ -18,7 +18,7 @@ import pandas as pd
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 DEFAULT_STORE = "mlruns"
 TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
@@ -142,18 +142,128 @@ def metric_history(run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int
     return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k)) for k in keys}
 
 
-def find_resumable_run(experiment: str, config_hash: str, stage: str = "finetune") -> Any | None:
-    """Newest unfinished ``stage`` run (finetune or tune) of ``experiment`` started from the same config."""
+TAG_HEARTBEAT = "tuneflow.heartbeat"
+TAG_HEARTBEAT_INTERVAL = "tuneflow.heartbeat_interval"
+TAG_KILLED = "tuneflow.killed_reason"
+STALE_AFTER = 4  # heartbeat intervals without a beat before a RUNNING run counts as dead
+
+
+class Heartbeat:
+    """Stamps ``tuneflow.heartbeat`` (epoch seconds) on a run every ``interval`` seconds from a thread.
+
+    A process killed with ``kill -9`` cannot close its run; the missing heartbeat is how a later run tells
+    "still running elsewhere" from "dead" (see :func:`reap_stale_runs`).
+    """
+
+    def __init__(self, run_id: str, interval: float):
+        import threading
+
+        self.run_id, self.interval = run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def beat(self) -> None:
+        set_tags(self.run_id, {TAG_HEARTBEAT: f"{time.time():.0f}", TAG_HEARTBEAT_INTERVAL: self.interval})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # a busy store: the next beat will do (staleness allows several misses)
+                continue
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def is_stale(run: Any, now: float | None = None) -> bool:
+    """A RUNNING run whose heartbeat stopped (its process is gone); runs without heartbeats never are."""
+    tags = run.data.tags
+    if run.info.status != "RUNNING" or TAG_HEARTBEAT not in tags:
+        return False
+    interval = float(tags.get(TAG_HEARTBEAT_INTERVAL) or 30)
+    return (now or time.time()) - float(tags[TAG_HEARTBEAT]) > STALE_AFTER * interval
+
+
+def reap_stale_runs(experiment: str, by: str = "") -> list[str]:
+    """Mark RUNNING runs of ``experiment`` whose heartbeat is stale KILLED, with their nested runs.
+
+    Returns the ids marked. The tag ``tuneflow.killed_reason`` says why (and which run noticed).
+    """
     exp = client().get_experiment_by_name(experiment)
     if exp is None:
-        return None
+        return []
+    running = client().search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    dead = [r for r in running if is_stale(r)]
+    children: dict[str, list[str]] = {}
+    for r in running:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent:
+            children.setdefault(parent, []).append(r.info.run_id)
+    marked: list[str] = []
+    for run in dead:
+        last = pd.Timestamp(float(run.data.tags[TAG_HEARTBEAT]), unit="s").isoformat(timespec="seconds")
+        reason = f"no heartbeat since {last} UTC: its process died; marked KILLED" + (
+            f" by {by}" if by else ""
+        )
+        todo = [run.info.run_id]
+        while todo:  # the dead run's nested search/trial/fold runs died with it
+            run_id = todo.pop()
+            set_tags(run_id, {TAG_KILLED: reason})
+            end_run(run_id, "KILLED")
+            marked.append(run_id)
+            todo += children.get(run_id, [])
+    return marked
+
+
+def resumable_runs(
+    experiment: str, config_hash: str, stage: str = "finetune", include_alive: bool = False
+) -> list[Any]:
+    """Interrupted ``stage`` runs of ``experiment`` started from the same config, newest first.
+
+    Interrupted = KILLED, FAILED, or RUNNING with a stale (or no) heartbeat. A RUNNING run that still
+    beats is alive somewhere: offered only with ``include_alive`` (a study shared by several machines).
+    """
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
     runs = client().search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and tags.`{TAG_STAGE}` = '{stage}'",
         order_by=["attributes.start_time DESC"],
-        max_results=20,
+        max_results=50,
     )
-    return next((r for r in runs if r.info.status != RunStatus.to_string(RunStatus.FINISHED)), None)
+    out = []
+    for r in runs:
+        status = r.info.status
+        alive = status == "RUNNING" and TAG_HEARTBEAT in r.data.tags and not is_stale(r)
+        if status in ("KILLED", "FAILED", "RUNNING") and (include_alive or not alive):
+            out.append(r)
+    return out
+
+
+def find_resumable_run(experiment: str, config_hash: str, stage: str = "finetune") -> Any | None:
+    """Newest interrupted ``stage`` run (finetune or tune) of ``experiment`` started from the same config."""
+    runs = resumable_runs(experiment, config_hash, stage)
+    return runs[0] if runs else None
+
+
+def get_run(run_id: str) -> Any:
+    return client().get_run(run_id)
+
+
+def experiment_runs(experiment: str) -> list[Any]:
+    """Every run of ``experiment`` (for garbage collection)."""
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client().search_runs([exp.experiment_id], max_results=50000)
 
 
 def running_runs(experiment: str, tags: dict[str, str]) -> list[str]:
@@ -172,14 +282,17 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
     returns the task's frame (see :class:`tuneflow.serving.TuneflowModel`). An adapter export is logged
     without its base.
     """
-    from tuneflow.serving import TuneflowModel
+    return _log_pyfunc(run_id, MODEL_CODE / "single_model.py", {"model_dir": str(model_dir)}, task)
 
-    return _log_pyfunc(run_id, TuneflowModel(), {"model_dir": str(model_dir)}, task)
+
+MODEL_CODE = Path(__file__).parent / "model_code"
 
 
 def _log_pyfunc(
-    run_id: str, model: Any, artifacts: dict[str, str], task: str, params: dict[str, Any] | None = None
+    run_id: str, code: Path, artifacts: dict[str, str], task: str, params: dict[str, Any] | None = None
 ) -> str:
+    """Log a pyfunc as MLflow "models from code": the file ``code`` is run on load, nothing is unpickled
+    (an overwritten pickle in the artifact store would run arbitrary code in whoever loads the model)."""
     from mlflow.models import infer_signature
 
     from tuneflow.serving import pip_requirements
@@ -190,7 +303,7 @@ def _log_pyfunc(
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=model,
+            python_model=str(code),
             artifacts=artifacts,
             signature=signature,
             # Explicit requirements: inferring them would re-load the model in a subprocess (slow).
@@ -202,11 +315,11 @@ def _log_pyfunc(
 
 def log_adapter_set(run_id: str, adapter_dirs: dict[str, str], task: str) -> str:
     """Log a pyfunc serving several adapters of one base (``params={"adapter": NAME}``); returns its URI."""
-    from tuneflow.serving import ADAPTER_PREFIX, AdapterSetModel
+    from tuneflow.serving import ADAPTER_PREFIX
 
     artifacts = {f"{ADAPTER_PREFIX}{name}": str(path) for name, path in adapter_dirs.items()}
     return _log_pyfunc(
-        run_id, AdapterSetModel(), artifacts, task, params={"adapter": sorted(adapter_dirs)[0]}
+        run_id, MODEL_CODE / "adapter_set.py", artifacts, task, params={"adapter": sorted(adapter_dirs)[0]}
     )
 
 
@@ -219,6 +332,15 @@ def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] 
         c.create_registered_model(name, description="Fine-tuned by tuneflow")
     mv = c.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
     return str(mv.version)
+
+
+def version_of_run(name: str, run_id: str) -> Any | None:
+    """The version of ``name`` already registered from ``run_id`` (registration is once per run), or None."""
+    try:
+        found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return min(found, key=lambda mv: int(mv.version)) if found else None
 
 
 def alias_version(name: str, alias: str) -> str | None:

@@ -159,7 +159,7 @@ def fit(
     if step == 0 and last.exists():
         # Spawn-based strategies train in worker processes: this Trainer's counters stay at 0, so read the
         # facts from the last checkpoint the workers wrote.
-        state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epochs, step = state["epoch"] + 1, state["global_step"]
         for key, cb_state in state.get("callbacks", {}).items():
             if key.startswith("ModelCheckpoint"):
@@ -207,7 +207,7 @@ def export_model(
     from tuneflow.model import load_tokenizer
 
     out_dir = Path(out_dir)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     hp = dict(state["hyper_parameters"])
     module = MODULES[task](**hp)
     module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))

@@ -66,9 +66,15 @@ def normalize(text: str) -> str:
 
 
 def _check_cells(name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
+    not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)
     checks = (
         (
-            df[TEXT].map(lambda t: not isinstance(t, str) or not t.strip()),
+            not_text,
+            "non-text value(s) (numbers, lists or objects where text is expected)",
+            cfg.data.text_column,
+        ),
+        (
+            df[TEXT].map(lambda t: t is None or (isinstance(t, str) and not t.strip()) or t != t),
             "empty or whitespace-only text(s)",
             cfg.data.text_column,
         ),
