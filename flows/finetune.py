@@ -18,6 +18,7 @@ from tasks.train import train
 from tasks.validate import validate_data
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig, config_from_dict, load_config, redact_secrets
+from tuneflow.faults import crash_point
 from tuneflow.search import best_config
 from tuneflow.tasktypes import HEADLINE
 
@@ -70,6 +71,7 @@ def finetune(
                 if final.tracking.register_after_eval
                 else None
             )
+            crash_point("register")
             # Registered: the store holds the model, the local checkpoints (~270 MB for MiniLM) can go.
             remove_checkpoints(final, run_id, keep_export=model is None)
         promotion = None

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig, TrackingConfig
 from tuneflow.data import LABEL, TEXT, load_splits
+from tuneflow.faults import crash_point
 from tuneflow.locks import default_lock_url, lease
 from tuneflow.promotion import decide, decide_on_scores
 from tuneflow.tasktypes import load_predictor, score_predictor
@@ -89,6 +90,7 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
         challenger_value = _score(cfg, f"models:/{name}/{version}", test)
     with decision_lock(name, cfg.tracking) as still_held:
         tracking.set_alias(name, CHALLENGER, version)
+        crash_point("promote")
         champion = tracking.alias_version(name, CHAMPION)
         if champion == str(version):
             champion = None  # re-deciding the current champion: absolute gates only

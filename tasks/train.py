@@ -15,7 +15,7 @@ from tuneflow.data import load_splits
 from tuneflow.lora import dir_size
 from tuneflow.model import load_tokenizer
 from tuneflow.tasktypes import encode_for, inference_settings
-from tuneflow.training import export_model, fit
+from tuneflow.training import CrashPoint, export_model, fit
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a failed fit is a bug or bad settings, not a transient fault
@@ -28,7 +28,7 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> d
     logger = tracking.MLflowMetricsLogger(run_id, uri)
     data = encode_for(cfg, splits, tokenizer)
     start = time.perf_counter()
-    result = fit(cfg, data, out, logger=logger, resume_from=resume_from)
+    result = fit(cfg, data, out, logger=logger, resume_from=resume_from, callbacks=[CrashPoint("train")])
     fit_s = time.perf_counter() - start
     export_dir = export_model(
         result.best_checkpoint, out / "export", data.tokenizer, cfg.task, inference_settings(cfg)

@@ -13,6 +13,7 @@ from tasks.common import retry_transient
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.data import LABEL, content_columns, fingerprint, load_raw
+from tuneflow.faults import crash_point
 from tuneflow.model import load_tokenizer
 from tuneflow.validation import DataValidationError, validate_dataset
 
@@ -41,6 +42,7 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
     tracking.log_text(run_id, report.to_markdown(), "validation/report.md")
     for warning in report.warnings:
         logger.warning(warning)
+    crash_point("validate")
     if not report.ok:
         tracking.set_tags(run_id, {"tuneflow.validation": "failed"})
         raise DataValidationError(report)

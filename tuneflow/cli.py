@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="Fine-tune pre-trained language models; track and register them in MLflow.",
@@ -95,7 +96,7 @@ def _preflight(cfg) -> None:  # noqa: ANN001
     try:
         preflight(cfg)
     except PreflightError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(3 if exc.kind == "data" else 4) from None
 
 
@@ -114,7 +115,7 @@ def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -134,7 +135,7 @@ def _fail_on_known(exc: BaseException) -> None:
     )
     for kind, code in known:
         if isinstance(exc, kind):
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(code) from None
 
 
@@ -227,7 +228,7 @@ def promote(
     try:
         decision = promote_flow(model, version, force, reason, tracking_uri)
     except LookupError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     _print_decision(decision)
     if not decision["promote"]:
@@ -254,7 +255,7 @@ def status(
     try:
         s = tracking.model_status(model)
     except LookupError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(s["aliases"].items())) or "none"
     print(f"model           {model}\naliases         {aliases}")
@@ -285,7 +286,7 @@ def rollback(
     try:
         out = rollback_flow(model, tracking_uri)
     except LookupError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     console.print(f"{model}: champion is v{out['champion']} again (v{out['demoted']} demoted)")
 
@@ -425,7 +426,10 @@ def predict(
             out = tracking.load_pyfunc(model).predict(list(texts))
     except Exception as exc:
         _fail_on_known(exc)
-        console.print(f"[bold red]error:[/] cannot load model '{adapter or model}': {exc}", highlight=False)
+        console.print(
+            f"[bold red]error:[/] cannot load model '{escape(adapter or model)}': {escape(str(exc))}",
+            highlight=False,
+        )
         raise typer.Exit(2) from None
     for text, row in zip(texts, out.to_dict("records"), strict=True):
         if "label" in row:
@@ -502,7 +506,9 @@ def _bundle(name: str, found: list[dict]) -> None:
         try:
             check_adapter_set({n: read_meta(d) for n, d in dirs.items()})
         except AdapterMismatchError as exc:
-            console.print(f"[bold red]error:[/] {exc} (use --base to pick one base)", highlight=False)
+            console.print(
+                f"[bold red]error:[/] {escape(str(exc))} (use --base to pick one base)", highlight=False
+            )
             raise typer.Exit(4) from None
         task = read_meta(next(iter(dirs.values())))["task"]
         run_id = tracking.start_run(name, run_name="adapter-set", tags={tracking.TAG_STAGE: "adapter-set"})

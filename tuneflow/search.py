@@ -30,7 +30,7 @@ from tuneflow.crossval import cross_validate
 from tuneflow.data import EncodedData, Splits, load_splits
 from tuneflow.model import load_tokenizer
 from tuneflow.tasktypes import encode_for
-from tuneflow.training import EpochCounter, fit
+from tuneflow.training import CrashPoint, EpochCounter, fit
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_ATTR, EPOCHS_ATTR, LATENCY_ATTR = "mlflow_run_id", "epochs", "latency_ms"
@@ -315,7 +315,7 @@ class Objective:
             return result.mean
         from optuna_integration import PyTorchLightningPruningCallback
 
-        callbacks = [counter]
+        callbacks = [counter, CrashPoint("trial")]
         if self.pruning:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
         logger = tracking.MLflowMetricsLogger(run_id, self.tracking_uri)

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProg
 
 from tuneflow.config import PipelineConfig, TrainConfig
 from tuneflow.data import EncodedData, TextDataModule
+from tuneflow.faults import crash_point
 from tuneflow.model import MODULES
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -27,6 +28,17 @@ class EpochCounter(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.epochs += 1
+
+
+class CrashPoint(pl.Callback):
+    """Fault injection: ``crash_point(point)`` at the start of the second epoch (one checkpoint exists)."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            crash_point(self.point)
 
 
 @dataclass
