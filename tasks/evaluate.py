@@ -11,6 +11,7 @@ from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.data import load_splits
+from tuneflow.overfitting import validation_degradation
 from tuneflow.tasktypes import HISTORY_KEYS, evaluate_for, load_predictor
 
 
@@ -26,6 +27,11 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, flo
     logger = get_run_logger()
     for warning in result.warnings:
         logger.warning(warning)
+    # Overfitting from the validation curve of the monitored metric (what the promotion gate reads).
+    curve = validation_degradation(
+        tracking.metric_history(run_id, [cfg.train.monitor])[cfg.train.monitor], cfg.train.monitor
+    )
+    result.metrics.update(curve)
     tracking.log_metrics(run_id, {**result.metrics, "time_evaluate_s": time.perf_counter() - start})
     tracking.log_artifacts(run_id, out, "evaluation")
     tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics["overfit_warning"])})

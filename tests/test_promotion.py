@@ -30,7 +30,8 @@ def test_score_gates_for_generation_tasks() -> None:
     assert names == [
         "test perplexity",
         "max test perplexity",
-        "max train/val gap (overfitting)",
+        "max validation degradation after best epoch (overfitting)",
+        "max train/val gap",
         "max out-of-domain faq perplexity",
         "improvement in test perplexity over champion",
     ]
@@ -73,13 +74,15 @@ def test_decision_lists_every_gate() -> None:
     assert names == [
         "test f1_macro",
         "min test f1_macro",
-        "max train/val gap (overfitting)",
+        "max validation degradation after best epoch (overfitting)",
+        "max train/val gap",
         "max latency p95 ms",
         "min out-of-domain yelp f1_macro",
         "improvement in test f1_macro over champion",
         "max per-class F1 regression",
     ]
-    assert not d.promote and [g.name for g in d.failed] == ["max train/val gap (overfitting)"]
+    assert not d.promote and [g.name for g in d.failed] == ["max train/val gap"]
+    assert "gates.max_val_degradation" in d.failed[0].detail  # a failed gate says what to do
     md = d.to_markdown()
     assert all(name in md for name in names) and "NOT promoted" in md and "| a |" in md
     # Equal predictions: no significant improvement, so the champion stays.
@@ -157,3 +160,25 @@ def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
     assert alias("champion") == "1"
     result = CliRunner().invoke(app, ["rollback", intents, "--tracking-uri", uri])
     assert result.exit_code == 2 and "no 'previous-champion' alias" in result.output
+
+
+def test_overfitting_is_judged_from_the_validation_curve() -> None:
+    from tuneflow.overfitting import validation_degradation
+
+    # Validation F1 peaks at epoch 2 and then falls steeply: flagged, with what to change.
+    peaked = validation_degradation([(10, 0.70), (20, 0.82), (30, 0.74), (40, 0.66)], "val_f1_macro")
+    assert peaked["val_best_epoch"] == 2 and peaked["val_degradation"] == pytest.approx(0.16)
+    d = decide(GatesConfig(), "m", "1", Y, list(Y), {"train_val_gap": 0.05, **peaked})
+    assert not d.promote
+    (failed,) = d.failed
+    assert failed.name.startswith("max validation degradation") and "train.max_epochs" in failed.detail
+    # A converged run: training accuracy ~1.0 (gap 0.22) but the best validation score holds: promoted.
+    stable = validation_degradation([(10, 0.70), (20, 0.76), (30, 0.775), (40, 0.773)], "val_f1_macro")
+    healthy = decide(GatesConfig(), "m", "1", Y, list(Y), {"train_val_gap": 0.221, **stable})
+    assert healthy.promote
+    gap = next(g for g in healthy.gates if g.name.startswith("train/val gap"))
+    assert gap.value == pytest.approx(0.221) and gap.threshold == "reported"
+    # Losses: relative rise above the best.
+    loss = validation_degradation([(1, 2.0), (2, 1.6), (3, 2.0)], "val_loss")
+    assert loss["val_degradation"] == pytest.approx(0.25)
+    assert validation_degradation([], "val_loss") == {}

@@ -520,11 +520,23 @@ class GatesConfig(_Section):
         le=1,
         description="Largest allowed drop of any class's F1 against the champion; null = off.",
     )
+    max_val_degradation: float | None = Field(
+        0.05,
+        ge=0,
+        description=(
+            "Overfitting gate: largest allowed fall of the monitored validation metric (train.monitor) "
+            "from its best epoch to the last one: absolute for scores (0.05 = 5 points of F1), relative for "
+            "a loss (0.05 = 5% above the best loss); null = off."
+        ),
+    )
     max_train_val_gap: float | None = Field(
-        0.1,
+        None,
         ge=0,
         le=1,
-        description="Largest allowed train-minus-validation accuracy (overfitting); null = off.",
+        description=(
+            "Largest allowed train-minus-validation gap (accuracy, entity F1, or loss for generation); "
+            "null = report it only. Off by default: converged fine-tunings have large gaps."
+        ),
     )
     max_latency_p95_ms: float | None = Field(
         None, gt=0, description="Largest allowed single-example p95 latency in ms; null = off."

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from tuneflow.config import GatesConfig
+from tuneflow.overfitting import GAP_ADVICE, OVERFIT_ADVICE
 
 
 def score(metric: str, y_true: Sequence[str], y_pred: Sequence[str]) -> float:
@@ -240,10 +241,39 @@ def _absolute_gates(gates: GatesConfig, value: float, run_metrics: dict[str, flo
     out: list[Gate] = []
     if gates.min is not None:
         out.append(Gate(f"{kind} test {metric}", value, f"{op} {gates.min}", within(value, gates.min)))
+    if gates.max_val_degradation is not None:
+        drop = run_metrics.get("val_degradation")
+        ok = drop is None or drop <= gates.max_val_degradation
+        if drop is None:
+            detail = "no validation history recorded: not checked"
+        else:
+            best_epoch, best = run_metrics.get("val_best_epoch", 0), run_metrics.get("val_best", 0)
+            detail = (
+                f"best at epoch {best_epoch:.0f} ({best:.4f}), "
+                f"{run_metrics.get('val_epochs_after_best', 0):.0f} epoch(s) later "
+                f"{run_metrics.get('val_final', 0):.4f}; the best checkpoint was exported"
+            )
+            if not ok:
+                detail += f"; {OVERFIT_ADVICE}"
+        out.append(
+            Gate(
+                "max validation degradation after best epoch (overfitting)",
+                drop,
+                f"<= {gates.max_val_degradation}",
+                ok,
+                detail,
+            )
+        )
+    gap = run_metrics.get("train_val_gap")
     if gates.max_train_val_gap is not None:
-        gap = run_metrics.get("train_val_gap")
         ok = gap is not None and gap <= gates.max_train_val_gap
-        out.append(Gate("max train/val gap (overfitting)", gap, f"<= {gates.max_train_val_gap}", ok))
+        out.append(
+            Gate("max train/val gap", gap, f"<= {gates.max_train_val_gap}", ok, "" if ok else GAP_ADVICE)
+        )
+    elif gap is not None:
+        out.append(
+            Gate("train/val gap (diagnostic)", gap, "reported", True, "not gated (gates.max_train_val_gap)")
+        )
     if gates.max_latency_p95_ms is not None:
         lat = run_metrics.get("latency_p95_ms")
         ok = lat is not None and lat <= gates.max_latency_p95_ms

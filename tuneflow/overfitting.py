@@ -1,0 +1,53 @@
+"""Overfitting judged from the validation curve, not from the train/validation gap.
+
+A converged fine-tuning of a pre-trained model reaches ~1.0 training accuracy on small data while its
+validation score is still at its best, so a raw train-minus-validation gap measures convergence, not
+overfitting. What overfitting does is make the *validation* score get worse after some epoch. Early
+stopping and best-checkpoint export already guard against that; this module measures what they could not
+prevent: how far the monitored validation metric fell from its best epoch by the end of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def validation_degradation(history: Sequence[tuple[int, float]], monitor: str) -> dict[str, float]:
+    """How much the monitored validation metric degraded after its best epoch.
+
+    Args:
+        history: ``(step, value)`` of ``monitor``, one per validation (the run's MLflow history).
+        monitor: the metric name; ``*loss`` metrics are better when lower.
+
+    Returns:
+        ``val_best``, ``val_final``, ``val_best_epoch`` (1-based), ``val_epochs_after_best`` and
+        ``val_degradation``: the drop from the best value to the final one, in the metric's units for scores
+        (0.05 = 5 points of F1) and relative for a loss (0.10 = 10% above the best loss); 0 when the last
+        epoch is the best. Empty when there is no history.
+    """
+    values = [v for _, v in sorted(history)]
+    if not values:
+        return {}
+    lower_better = monitor.endswith("loss")
+    best_i = min(range(len(values)), key=lambda i: values[i] if lower_better else -values[i])
+    best, final = values[best_i], values[-1]
+    relative_rise = (final - best) / abs(best) if best else final - best
+    degradation = relative_rise if lower_better else best - final
+    return {
+        "val_best": best,
+        "val_final": final,
+        "val_best_epoch": float(best_i + 1),
+        "val_epochs_after_best": float(len(values) - 1 - best_i),
+        "val_degradation": max(float(degradation), 0.0),
+    }
+
+
+OVERFIT_ADVICE = (
+    "to fix: lower train.max_epochs or train.early_stopping_patience, raise train.weight_decay or "
+    "model.dropout, lower train.lr, or train on more data"
+)
+GAP_ADVICE = (
+    "a large train/validation gap is normal for a converged fine-tuning; gate on overfitting with "
+    "gates.max_val_degradation instead (set gates.max_train_val_gap: null), or regularize: "
+    + OVERFIT_ADVICE.removeprefix("to fix: ")
+)
