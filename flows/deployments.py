@@ -35,19 +35,22 @@ def check_deployment_parameters(
     config_path: str,
     overrides: list[str],
     deployment: str | None = None,
+    default_config: str | None = None,
     path: str | Path = ROOT / "prefect.yaml",
 ) -> None:
     """Refuse a deployment run's parameters that reach beyond what its deployment allows.
 
     Anyone who can create a flow run through the Prefect API picks its parameters (Prefect has no auth by
     default), so a run started from a deployment may only use a config inside this checkout's ``configs/``
-    and override the keys on its ``allowed_overrides`` list (prefect.yaml, read from the worker's own
-    checkout; Prefect ignores the key). Runs started directly (CLI, Python) are not restricted.
+    (or the config its deployer set, ``tuneflow serve --config``) and override the keys on its
+    ``allowed_overrides`` list (prefect.yaml, read from the worker's own checkout; Prefect ignores the key).
+    Runs started directly (CLI, Python) are not restricted.
 
     Args:
         config_path: the ``config_path`` parameter.
         overrides: the ``overrides`` parameter (``key=value`` strings).
         deployment: the deployment's name; None (not a deployment run) skips every check.
+        default_config: the deployment's own ``config_path`` (set by whoever deployed it): always allowed.
         path: the prefect.yaml holding the allow-lists.
 
     Raises:
@@ -60,7 +63,8 @@ def check_deployment_parameters(
     problems = []
     configs = (ROOT / "configs").resolve()
     resolved = (ROOT / config_path).resolve()
-    if not resolved.is_relative_to(configs):
+    chosen_by_deployer = default_config is not None and resolved == (ROOT / default_config).resolve()
+    if not resolved.is_relative_to(configs) and not chosen_by_deployer:
         problems.append(
             ("config_path", f"{config_path!r} is outside {configs}: deployments run checked-in configs")
         )
@@ -76,9 +80,15 @@ def check_deployment_parameters(
 
 def guard_deployment_run(config_path: str, overrides: list[str]) -> None:
     """:func:`check_deployment_parameters` for the current flow run (a no-op outside deployments)."""
+    from prefect.client.orchestration import get_client
     from prefect.runtime import deployment
 
-    check_deployment_parameters(config_path, overrides, deployment.name if deployment.id else None)
+    if deployment.id is None:
+        return
+    with get_client(sync_client=True) as client:
+        spec = client.read_deployment(deployment.id)
+    default = (spec.parameters or {}).get("config_path")
+    check_deployment_parameters(config_path, overrides, spec.name, default_config=default)
 
 
 def definitions(path: str | Path = ROOT / "prefect.yaml") -> list[dict[str, Any]]:

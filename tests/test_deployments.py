@@ -57,3 +57,35 @@ def test_deployments_apply_and_a_triggered_retrain_completes(
     assert asyncio.run(trigger_and_run()) == "COMPLETED"
     tracking.configure(uri)
     assert tracking.alias_version("served", "champion") == "1"  # no champion before: trained and promoted
+
+
+def test_a_deployment_run_with_a_forbidden_override_fails(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    """Through the API: a flow run of the finetune deployment asking for data.train is refused by name."""
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    from flows.deployments import build
+
+    cfg = make_config(tmp_path, tiny_model, name="guarded", train={"max_epochs": 1})
+    deployments = [d for d in build(str(cfg)) if d.name == "finetune"]
+    deployments[0].apply()
+
+    async def trigger_and_run() -> object:
+        flow_run = await run_deployment(
+            "finetune/finetune",
+            parameters={"overrides": ["data.train.path=/etc/passwd"]},
+            timeout=0,
+        )
+        runner = Runner(name="guard-runner", query_seconds=1, limit=1)
+        await runner.aadd_deployment(deployments[0])
+        await runner.start(run_once=True)
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run.id)).state
+
+    state = asyncio.run(trigger_and_run())
+    assert state.type.value == "FAILED"
+    assert "data.train.path" in state.message and "not overridable" in state.message

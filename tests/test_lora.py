@@ -58,7 +58,7 @@ def test_lora_round_trip_and_adapter_only_artifacts(tmp_path, tiny_model):
     files = {p.name for p in export.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tuneflow.json"} <= files
     assert "model.safetensors" not in files  # the frozen base is not exported
-    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
     assert state["state_dict"] and all("lora_" in k or "classifier" in k for k in state["state_dict"])
     assert 0 < result.params_trainable < 0.2 * result.params_total
     meta = read_meta(export)

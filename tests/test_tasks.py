@@ -246,11 +246,8 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
     assert 0 < run.data.metrics["params_trainable_share"] < 0.2
     files = _artifacts(out["run_id"], "model/artifacts/export")
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
-    ckpt = Path(out["fit"]["best_checkpoint"])
-    import torch
-
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    assert state and all("lora_" in k for k in state)
+    # Adapter-only checkpoints are checked in test_lora.py; here: deleted once the model is registered.
+    assert not Path(out["fit"]["best_checkpoint"]).exists()
     mv = mlflow.MlflowClient().get_model_version("tiny-chat", out["model"]["version"])
     assert mv.tags["tuneflow.adapter"] == "true" and len(mv.tags["tuneflow.base_hash"]) == 16
     reply = mlflow.pyfunc.load_model(f"models:/tiny-chat/{out['model']['version']}").predict(

@@ -145,6 +145,7 @@ def metric_history(run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int
 TAG_HEARTBEAT = "tuneflow.heartbeat"
 TAG_HEARTBEAT_INTERVAL = "tuneflow.heartbeat_interval"
 TAG_KILLED = "tuneflow.killed_reason"
+TAG_HOST, TAG_PID = "tuneflow.host", "tuneflow.pid"
 STALE_AFTER = 4  # heartbeat intervals without a beat before a RUNNING run counts as dead
 
 
@@ -165,6 +166,11 @@ class Heartbeat:
     def beat(self) -> None:
         set_tags(self.run_id, {TAG_HEARTBEAT: f"{time.time():.0f}", TAG_HEARTBEAT_INTERVAL: self.interval})
 
+    def _identify(self) -> None:
+        import socket
+
+        set_tags(self.run_id, {TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()})
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
@@ -173,6 +179,7 @@ class Heartbeat:
                 continue
 
     def __enter__(self) -> Heartbeat:
+        self._identify()
         self.beat()
         self._thread.start()
         return self
@@ -182,11 +189,29 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def _process_gone(tags: dict[str, str]) -> bool:
+    """The run's process ran on this machine and no longer exists (no need to wait for its heartbeat)."""
+    import socket
+
+    if tags.get(TAG_HOST) != socket.gethostname() or not str(tags.get(TAG_PID, "")).isdigit():
+        return False
+    try:
+        os.kill(int(tags[TAG_PID]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 def is_stale(run: Any, now: float | None = None) -> bool:
-    """A RUNNING run whose heartbeat stopped (its process is gone); runs without heartbeats never are."""
+    """A RUNNING run whose process is gone: its pid no longer exists on this machine, or (any machine) its
+    heartbeat stopped for 4 intervals. Runs without heartbeats (older tuneflow) never are."""
     tags = run.data.tags
     if run.info.status != "RUNNING" or TAG_HEARTBEAT not in tags:
         return False
+    if _process_gone(tags):
+        return True
     interval = float(tags.get(TAG_HEARTBEAT_INTERVAL) or 30)
     return (now or time.time()) - float(tags[TAG_HEARTBEAT]) > STALE_AFTER * interval
 
@@ -209,9 +234,8 @@ def reap_stale_runs(experiment: str, by: str = "") -> list[str]:
     marked: list[str] = []
     for run in dead:
         last = pd.Timestamp(float(run.data.tags[TAG_HEARTBEAT]), unit="s").isoformat(timespec="seconds")
-        reason = f"no heartbeat since {last} UTC: its process died; marked KILLED" + (
-            f" by {by}" if by else ""
-        )
+        why = "its process is gone" if _process_gone(run.data.tags) else f"no heartbeat since {last} UTC"
+        reason = f"{why}: marked KILLED" + (f" by {by}" if by else "")
         todo = [run.info.run_id]
         while todo:  # the dead run's nested search/trial/fold runs died with it
             run_id = todo.pop()
