@@ -54,6 +54,7 @@ def finetune(
         if opened["registered_version"]:
             # Killed after registration: the model is in the registry; only its decision may be missing.
             final, model, metrics = _registered_state(cfg, run_id)
+            remove_checkpoints(final, run_id)  # killed before it could delete them
         else:
             data = validate_data(cfg, run_id)
             final = cfg

@@ -19,11 +19,11 @@ def promote(
 
     The version's own resolved config (logged with its run) gives the gates and the frozen test set.
     """
-    tracking.configure(tracking_uri)
+    uri = tracking.configure(tracking_uri)
     mv = tracking.model_version(model, version)
     raw = yaml.safe_load(tracking.read_text(mv.run_id, "config/resolved.yaml"))
-    if tracking_uri:
-        raw.setdefault("tracking", {})["tracking_uri"] = tracking_uri
+    # The store the version was found in (the recorded URI has any password masked).
+    raw.setdefault("tracking", {})["tracking_uri"] = uri
     cfg = config_from_dict(raw, source=f"models:/{model}/{version} config/resolved.yaml")
     return promote_task(cfg, str(version), force, reason)
 

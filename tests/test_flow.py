@@ -182,9 +182,18 @@ def test_bad_data_exits_3_and_registers_nothing(
     c = _client(uri)
     assert tracking.count_versions("bad-data") == 0
     exp = c.get_experiment_by_name("bad-data")
-    if case == "missing file":  # caught by the pre-flight check, before any run exists
-        assert exp is None or not c.search_runs([exp.experiment_id])
+    # Caught by the CLI's pre-flight check, before Prefect starts: no run exists.
+    assert exp is None or not c.search_runs([exp.experiment_id])
+    if case == "missing file":
         return
+    # A flow started without the CLI (a deployment, Python) fails in its validation stage instead: the run
+    # is FAILED, with its report, and nothing is registered.
+    from flows.finetune import finetune
+    from tuneflow.validation import DataValidationError
+
+    with pytest.raises(DataValidationError, match=expected.split(":")[0]):
+        finetune(str(cfg))
+    exp = c.get_experiment_by_name("bad-data")
     runs = c.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["tuneflow.validation"] == "failed"

@@ -90,6 +90,7 @@ def test_decision_lists_every_gate() -> None:
     assert not tie.promote and tie.failed[0].name.startswith("improvement")
     first = decide(GatesConfig(min=0.99, max_train_val_gap=None), "m", "1", Y, worse, {})
     assert not first.promote and first.champion_version is None
+    assert "to fix:" in first.failed[0].detail and "gates.min" in first.failed[0].detail
 
 
 LENIENT = {"max_train_val_gap": None, "max_class_regression": None, "significance": "none"}

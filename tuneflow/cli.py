@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages name paths: never hard-wrap them
 VERBOSE = {"on": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
@@ -62,12 +62,14 @@ def _hide_known_tracebacks() -> None:
 
     if VERBOSE["on"]:
         return
-    loggers = [logging.getLogger("prefect")] + [
+    loggers = [logging.root] + [
         logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("prefect")
     ]
     for logger in loggers:
-        for handler in logger.handlers:
-            if not any(isinstance(f, _KnownErrorFilter) for f in handler.filters):
+        # Console handlers only: the Prefect UI (API log handlers) keeps the full record.
+        for handler in getattr(logger, "handlers", []):
+            console_handler = isinstance(handler, logging.StreamHandler)
+            if console_handler and not any(isinstance(f, _KnownErrorFilter) for f in handler.filters):
                 handler.addFilter(_KnownErrorFilter())
 
 

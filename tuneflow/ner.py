@@ -19,54 +19,13 @@ import torch
 
 from tuneflow.data import Encoded, EncodedData, Splits
 from tuneflow.readers import LINE, TAGS, TEXT, TOKENS, Problem, read_conll, read_tagged  # noqa: F401
+from tuneflow.validation import TAG_PATTERN, bio_errors, check_tags, entities, truncated_share  # noqa: F401
 
 IGNORE = -100
-TAG_PATTERN = re.compile(r"^(O|[BI]-.+)$")
 WORD_PATTERN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 
 
-# ------------------------------------------------------------------------------------------------ reading
-
-
 # ------------------------------------------------------------------------------------------------ checks
-
-
-def bio_errors(tags: list[str]) -> list[str]:
-    """What is wrong with one sentence's BIO tags: malformed tags, ``I-X`` not continuing ``B-X``/``I-X``."""
-    out = []
-    previous = "O"
-    for i, tag in enumerate(tags):
-        if not TAG_PATTERN.match(tag):
-            out.append(f"word {i + 1}: tag {tag!r} is not O, B-<type> or I-<type>")
-        elif tag.startswith("I-") and previous[2:] != tag[2:]:
-            out.append(
-                f"word {i + 1}: {tag} follows {previous} (an I- tag must continue a B-/I- of its type)"
-            )
-        previous = tag
-    return out
-
-
-def check_tags(name: str, source: str, df: pd.DataFrame, known: set[str] | None) -> list[Problem]:
-    """BIO problems per sentence, and (for evaluation splits) tags never seen in train."""
-    problems = []
-    for line, tags in zip(df[LINE], df[TAGS], strict=True):
-        problems += [Problem(f"invalid BIO in {name}: {e}", source, line) for e in bio_errors(tags)]
-        if known is not None:
-            unknown = sorted(set(tags) - known)
-            if unknown:
-                problems.append(Problem(f"tag(s) never seen in train: {', '.join(unknown)}", source, line))
-    return problems
-
-
-def truncated_share(tokenizer: Any, sentences: list[list[str]], max_length: int) -> float:
-    """Share of sentences whose sub-tokens (with special tokens) exceed ``max_length``: their tail is lost."""
-    if not sentences:
-        return 0.0
-    ids = tokenizer(sentences, is_split_into_words=True, truncation=False)["input_ids"]
-    return sum(len(x) > max_length for x in ids) / len(ids)
-
-
-# --------------------------------------------------------------------------------------------- alignment
 
 
 def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
@@ -117,13 +76,6 @@ def encode_tagged(splits: Splits, tokenizer: Any, max_length: int) -> EncodedDat
 def split_words(text: str) -> list[tuple[str, int, int]]:
     """Raw text -> ``(word, start, end)``: runs of word characters (with inner ' or -) and single symbols."""
     return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
-
-
-def entities(tags: list[str]) -> list[tuple[str, int, int]]:
-    """``(type, first word, last word)`` of each entity in a BIO sequence (seqeval's reading of it)."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    return [(t, s, e) for t, s, e in get_entities(tags)]
 
 
 @dataclass

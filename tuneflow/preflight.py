@@ -1,8 +1,9 @@
 """Checks that run before anything heavy starts (Prefect, torch, a tokenizer): bad input fails in seconds.
 
-Only pandas and the standard library are imported here. The full validation (labels, leakage, truncation
-with the real tokenizer) still runs as the flow's first stage; this catches what makes a run pointless:
-unreadable or malformed data files and a model directory that cannot load.
+Only pandas and the standard library are imported here (no torch, no tokenizer). The data checks are the
+validation stage's own (:func:`tuneflow.validation.validate_dataset`) minus the truncation statistics,
+which need the model's tokenizer and only ever warn: every data *error* is reported here, in a second or
+two. The flow's validation stage runs them all again and logs the report with the run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import struct
 from pathlib import Path
 
 from tuneflow.config import DEFAULT_MODEL, PipelineConfig
-from tuneflow.readers import Problem, load_raw
+from tuneflow.readers import load_raw
+from tuneflow.validation import validate_dataset
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json")
 
@@ -88,10 +90,9 @@ def preflight(cfg: PipelineConfig) -> None:
     Raises:
         PreflightError: ``kind="data"`` (exit 3) or ``kind="model"`` (exit 4), listing every problem.
     """
-    raw = load_raw(cfg.data, cfg.task)
-    problems: list[Problem] = list(raw.problems)
-    if problems:
-        raise PreflightError("data", [str(p) for p in problems])
+    report, _ = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer=None)
+    if not report.ok:
+        raise PreflightError("data", report.errors)
     model = check_model_dir(cfg.model.name)
     if model:
         raise PreflightError("model", model)

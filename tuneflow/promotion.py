@@ -74,6 +74,47 @@ class Gate:
     detail: str = ""
 
 
+ADVICE = (
+    # (gate name prefix, what to do when it fails): a failed gate always says which setting to change.
+    (
+        "min test",
+        "to fix: search hyperparameters (search:), train longer (train.max_epochs), check the data "
+        "report (noise, imbalance, leakage), or revisit gates.min",
+    ),
+    (
+        "max test",
+        "to fix: search hyperparameters (search:), train longer (train.max_epochs), or revisit gates.min",
+    ),
+    ("max latency", "to fix: a smaller model or a lower model.max_length, or raise gates.max_latency_p95_ms"),
+    (
+        "min out-of-domain",
+        "to fix: add training data closer to that domain, regularize (train.weight_decay, "
+        "model.dropout), or revisit gates.min_ood",
+    ),
+    ("max out-of-domain", "to fix: add training data closer to that domain, or revisit gates.min_ood"),
+    (
+        "improvement",
+        "the challenger is not reliably better than the champion at this test size, so the "
+        "champion stays; promote anyway with `tuneflow promote NAME --version N --force --reason ...`",
+    ),
+    (
+        "max per-class",
+        "to fix: add examples of that class (see the per-class table), or raise gates.max_class_regression",
+    ),
+)
+
+
+def _advise(gates: list[Gate]) -> list[Gate]:
+    """Failed gates get the advice of their kind appended to their detail (unless they carry their own)."""
+    out = []
+    for g in gates:
+        advice = next((a for prefix, a in ADVICE if g.name.startswith(prefix)), "")
+        if not g.passed and advice and "to fix" not in g.detail and advice not in g.detail:
+            g = Gate(g.name, g.value, g.threshold, g.passed, f"{g.detail}; {advice}" if g.detail else advice)
+        out.append(g)
+    return out
+
+
 @dataclass
 class Decision:
     """The promotion decision and its evidence."""
@@ -191,7 +232,7 @@ def decide(
         champion_version=champion_version,
         metric=metric,
         promote=all(g.passed for g in out),
-        gates=out,
+        gates=_advise(out),
         per_class=per_class,
     )
 
@@ -324,5 +365,5 @@ def decide_on_scores(
         champion_version=champion_version,
         metric=metric,
         promote=all(g.passed for g in out),
-        gates=out,
+        gates=_advise(out),
     )

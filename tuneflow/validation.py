@@ -14,7 +14,10 @@ from typing import Any
 import pandas as pd
 
 from tuneflow.config import PipelineConfig
-from tuneflow.data import LABEL, LINE, TAGS, TEXT, Problem, RawData, Splits, split_dataset
+from tuneflow.readers import LABEL, LINE, TAGS, TEXT, Problem, RawData
+from tuneflow.splits import Splits, split_dataset
+
+TAG_PATTERN = re.compile(r"^(O|[BI]-.+)$")
 
 MAX_LINES_LISTED = 10
 
@@ -191,8 +194,6 @@ def _validate_sequences(
                     )
                 )
     if cfg.task == "token_classification" and "train" in raw.frames:
-        from tuneflow.ner import check_tags
-
         known = {t for tags in raw.frames["train"][TAGS] for t in tags}
         for name, df in raw.frames.items():
             problems = check_tags(name, raw.sources[name], df, None if name == "train" else known)
@@ -210,8 +211,6 @@ def _validate_sequences(
     stats: dict[str, Any] = {f"rows_{n}": len(df) for n, df in splits.frames().items()}
     frames = splits.frames()
     if cfg.task == "token_classification":
-        from tuneflow.ner import entities, truncated_share
-
         for name in ("train", "validation", "test"):
             counts = pd.Series(
                 [t for tags in frames[name][TAGS] for t, _, _ in entities(tags)]
@@ -319,3 +318,51 @@ def _warn_and_describe(
                     f"tokens and will be truncated (threshold {vcfg.max_truncated_share:.0%})"
                 )
     report.stats = stats
+
+
+# ------------------------------------------------------------------------------------ NER tag checks
+
+
+def bio_errors(tags: list[str]) -> list[str]:
+    """What is wrong with one sentence's BIO tags: malformed tags, ``I-X`` not continuing ``B-X``/``I-X``."""
+    out = []
+    previous = "O"
+    for i, tag in enumerate(tags):
+        if not TAG_PATTERN.match(tag):
+            out.append(f"word {i + 1}: tag {tag!r} is not O, B-<type> or I-<type>")
+        elif tag.startswith("I-") and previous[2:] != tag[2:]:
+            out.append(
+                f"word {i + 1}: {tag} follows {previous} (an I- tag must continue a B-/I- of its type)"
+            )
+        previous = tag
+    return out
+
+
+def check_tags(name: str, source: str, df: pd.DataFrame, known: set[str] | None) -> list[Problem]:
+    """BIO problems per sentence, and (for evaluation splits) tags never seen in train."""
+    problems = []
+    for line, tags in zip(df[LINE], df[TAGS], strict=True):
+        problems += [Problem(f"invalid BIO in {name}: {e}", source, line) for e in bio_errors(tags)]
+        if known is not None:
+            unknown = sorted(set(tags) - known)
+            if unknown:
+                problems.append(Problem(f"tag(s) never seen in train: {', '.join(unknown)}", source, line))
+    return problems
+
+
+def entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """``(type, first word, last word)`` of each entity in a BIO sequence (seqeval's reading of it)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return [(t, s, e) for t, s, e in get_entities(tags)]
+
+
+def truncated_share(tokenizer: Any, sentences: list[list[str]], max_length: int) -> float:
+    """Share of sentences whose sub-tokens (with special tokens) exceed ``max_length``: their tail is lost."""
+    if not sentences:
+        return 0.0
+    ids = tokenizer(sentences, is_split_into_words=True, truncation=False)["input_ids"]
+    return sum(len(x) > max_length for x in ids) / len(ids)
+
+
+# --------------------------------------------------------------------------------------------- alignment

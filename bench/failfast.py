@@ -1,0 +1,110 @@
+"""How fast `tuneflow run` reports bad input (target: <= 5 s on an idle machine).
+
+``python -m bench.failfast [--repeats N]``: each case is a real `tuneflow run` process on a copy of the demo
+config with one defect, timed from start to exit, N times; the median is reported. The exit code and the
+message are checked too, so a case that stops failing (or fails later) shows up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.common import write_result, write_table
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "data" / "chatbot_intents"
+
+
+def _cases(tmp: Path) -> dict[str, tuple[Path, int, str]]:
+    with open(DEMO / "train.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    base = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    base["search"]["enabled"] = False
+    base["data"] = {k: v for k, v in base["data"].items() if k not in ("validation", "test")}
+
+    def config(name: str, train: Path, **data: object) -> Path:
+        cfg = json.loads(json.dumps(base))
+        cfg["data"]["train"] = {"path": str(train)}
+        cfg["data"].update(data)
+        path = tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    semicolon = tmp / "semicolon.csv"
+    semicolon.write_text("text;intent\n" + "".join(f"{r['text']};{r['intent']}\n" for r in rows))
+    broken = tmp / "broken.jsonl"
+    lines = [json.dumps({"text": r["text"], "intent": r["intent"]}) for r in rows]
+    lines[100] = lines[100][:-5]
+    broken.write_text("\n".join(lines) + "\n")
+    unseen = tmp / "unseen_test.csv"
+    with open(unseen, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "intent"])
+        w.writerows([[r["text"], r["intent"]] for r in rows[:20]] + [["will it rain", "weather"]])
+    return {
+        "';'-delimited CSV": (config("semicolon", semicolon), 3, "';'-delimited"),
+        "broken JSONL line": (config("broken", broken), 3, "broken.jsonl:102"),
+        "unseen label in test": (
+            config("unseen", DEMO / "train.csv", test={"path": str(unseen)}),
+            3,
+            "never seen in train",
+        ),
+        "invalid config value": (config("badvalue", DEMO / "train.csv"), 2, "train.lr"),
+    }
+
+
+def run(repeats: int) -> dict:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
+    results, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        for name, (cfg, code, needle) in _cases(Path(tmp)).items():
+            extra = ["--set", "train.lr=-1"] if name == "invalid config value" else []
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                proc = subprocess.run(
+                    [sys.executable, "-m", "tuneflow.cli", "run", str(cfg), *extra],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=ROOT,
+                )
+                times.append(time.perf_counter() - start)
+                out = proc.stdout + proc.stderr
+                assert proc.returncode == code and needle in out and "Traceback" not in out, out
+            median = statistics.median(times)
+            results[name] = {"seconds": times, "median_s": median, "exit": code}
+            print(f"{name}: median {median:.2f} s over {repeats}", flush=True)
+            rows.append(
+                {
+                    "what": f"time to report bad input: {name}",
+                    "result": f"{median:.2f} s (exit {code}; runs {', '.join(f'{t:.2f}' for t in times)})",
+                    "target": "<= 5 s",
+                    "data": "`tuneflow run` on the demo config with one defect, whole process, idle machine",
+                }
+            )
+    return {"cases": results, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.failfast", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"wrote {write_result('failfast', run(args.repeats))}")
+    write_table()
+
+
+if __name__ == "__main__":
+    main()
