@@ -54,7 +54,7 @@ def _cases(tmp: Path) -> dict[str, tuple[Path, int, str]]:
         w.writerows([[r["text"], r["intent"]] for r in rows[:20]] + [["will it rain", "weather"]])
     return {
         "';'-delimited CSV": (config("semicolon", semicolon), 3, "';'-delimited"),
-        "broken JSONL line": (config("broken", broken), 3, "broken.jsonl:102"),
+        "broken JSONL line": (config("broken", broken), 3, "broken.jsonl:101"),
         "unseen label in test": (
             config("unseen", DEMO / "train.csv", test={"path": str(unseen)}),
             3,

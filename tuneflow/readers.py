@@ -116,7 +116,13 @@ def read_jsonl(path: Path) -> tuple[pd.DataFrame | None, list[int], list[Problem
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                problems.append(Problem(f"invalid JSON: {exc.msg} (column {exc.colno})", str(path), number))
+                problems.append(
+                    Problem(
+                        f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}",
+                        str(path),
+                        number,
+                    )
+                )
                 continue
             if not isinstance(record, dict):
                 problems.append(
