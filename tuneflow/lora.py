@@ -105,30 +105,6 @@ def check_compatible(meta: dict[str, Any], base_name: str, base_weights: str, ba
         )
 
 
-def load_base(meta: dict[str, Any], base: str | None = None) -> tuple[torch.nn.Module, Any, str]:
-    """Load the pre-trained base an adapter export names (or ``base``) and check it matches.
-
-    Returns:
-        The base model (with the task head the adapter expects), the base tokenizer and the base id used.
-    """
-    from tuneflow.model import load_pretrained, load_tokenizer
-
-    base_name = base or meta["base_model"]
-    model, fresh = load_pretrained(meta["task"], base_name, meta.get("labels") or [], None)
-    tokenizer = load_tokenizer(base_name)
-    check_compatible(meta, base_name, weights_hash(model, fresh), tokenizer_hash(tokenizer))
-    return model, tokenizer, base_name
-
-
-def load_adapter_model(model_dir: str | Path, base: str | None = None) -> torch.nn.Module:
-    """Base + adapter from an adapter export, in eval mode (the base is checked first)."""
-    from peft import PeftModel
-
-    meta = read_meta(model_dir)
-    model, _, _ = load_base(meta, base)
-    return PeftModel.from_pretrained(model, str(model_dir)).eval()
-
-
 def add_adapter(peft_model: Any, model_dir: str | Path, name: str) -> None:
     """Load another adapter into a ``PeftModel`` sharing its base, even when its head has another size.
 

@@ -10,6 +10,14 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tuneflow.config import DEFAULT_MODEL, LoraConfig
+from tuneflow.lora import (
+    apply_lora,
+    check_compatible,
+    is_adapter,
+    read_meta,
+    tokenizer_hash,
+    weights_hash,
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -133,8 +141,6 @@ class FineTuner(pl.LightningModule):
         model, fresh = load_pretrained(self.task, model_name, labels, dropout)
         self.base_hash: str | None = None
         if lora:
-            from tuneflow.lora import apply_lora, weights_hash
-
             self.base_hash = weights_hash(model, fresh)
             model = apply_lora(model, self.task, LoraConfig(**lora))
             # A checkpoint holds only the trainable weights: the frozen base comes from the hub/disk again.
@@ -285,8 +291,6 @@ def load_exported(
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from tuneflow.lora import is_adapter, load_adapter_model, read_meta
-
     hf_logging.disable_progress_bar()  # inference output (CLI, serving) should hold predictions only
     meta = read_meta(model_dir)
     meta.setdefault("task", "sequence_classification")
@@ -296,3 +300,25 @@ def load_exported(
         loader = getattr(transformers, AUTO_CLASSES[meta["task"]])
         model = loader.from_pretrained(model_dir).eval()
     return model, transformers.AutoTokenizer.from_pretrained(model_dir), meta
+
+
+def load_base(meta: dict[str, Any], base: str | None = None) -> tuple[torch.nn.Module, Any, str]:
+    """Load the pre-trained base an adapter export names (or ``base``) and check it matches.
+
+    Returns:
+        The base model (with the task head the adapter expects), the base tokenizer and the base id used.
+    """
+    base_name = base or meta["base_model"]
+    model, fresh = load_pretrained(meta["task"], base_name, meta.get("labels") or [], None)
+    tokenizer = load_tokenizer(base_name)
+    check_compatible(meta, base_name, weights_hash(model, fresh), tokenizer_hash(tokenizer))
+    return model, tokenizer, base_name
+
+
+def load_adapter_model(model_dir: str | Path, base: str | None = None) -> torch.nn.Module:
+    """Base + adapter from an adapter export, in eval mode (the base is checked first)."""
+    from peft import PeftModel
+
+    meta = read_meta(model_dir)
+    model, _, _ = load_base(meta, base)
+    return PeftModel.from_pretrained(model, str(model_dir)).eval()

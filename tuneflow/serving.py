@@ -9,23 +9,12 @@ from importlib.metadata import version
 from typing import Any
 
 import mlflow.pyfunc
-import pandas as pd
 
 
 def pip_requirements() -> list[str]:
     """Pinned requirements of the serving environment (tuneflow itself must be installed there too)."""
     pkgs = ("torch", "transformers", "tokenizers", "lightning", "scikit-learn", "pandas", "mlflow")
     return [f"{pkg}=={version(pkg)}" for pkg in pkgs]
-
-
-def to_texts(model_input: Any) -> list[str]:
-    """Accept a str, a list of str, a Series, an array or a DataFrame (column ``text`` or the first one)."""
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, pd.DataFrame):
-        col = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[col].astype(str).tolist()
-    return [str(t) for t in list(model_input)]
 
 
 class TuneflowModel(mlflow.pyfunc.PythonModel):
@@ -69,7 +58,8 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
 
         from peft import PeftModel
 
-        from tuneflow.lora import add_adapter, load_base, read_meta
+        from tuneflow.lora import add_adapter, read_meta
+        from tuneflow.model import load_base
         from tuneflow.tasktypes import predictor_from
 
         dirs = {

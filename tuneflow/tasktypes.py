@@ -116,8 +116,6 @@ def to_inputs(task: str, model_input: Any) -> list[Any]:
         from tuneflow.chat import to_conversations
 
         return to_conversations(model_input)
-    from tuneflow.serving import to_texts
-
     return to_texts(model_input)
 
 
@@ -216,3 +214,13 @@ def score_predictor(cfg: PipelineConfig, predictor: Any, test: pd.DataFrame) -> 
 
         return perplexity(predictor, test)
     raise ValueError(f"score_predictor does not handle {cfg.task} (classification uses paired predictions)")
+
+
+def to_texts(model_input: Any) -> list[str]:
+    """Accept a str, a list of str, a Series, an array or a DataFrame (column ``text`` or the first one)."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, pd.DataFrame):
+        col = "text" if "text" in model_input.columns else model_input.columns[0]
+        return model_input[col].astype(str).tolist()
+    return [str(t) for t in list(model_input)]
