@@ -461,6 +461,6 @@ def test_bad_input(name: str, tmp_path: Path, tiny_model: str, tracking_uri: str
 def _store_is_empty(uri: str) -> bool:
     from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return not runs and not client.search_registered_models()

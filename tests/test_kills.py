@@ -49,7 +49,8 @@ def _tuneflow(args: list[str], home: Path, crash_at: str | None = None) -> subpr
 def _store(home: Path):  # noqa: ANN202
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    uri = f"sqlite:///{home}/mlruns/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)  # explicit: another test may have set a global registry URI
 
 
 SCENARIOS = [
@@ -91,7 +92,8 @@ def test_kill_and_rerun(point: str, tmp_path: Path, tiny_model: str) -> None:
     client = _store(tmp_path)
     versions = client.search_model_versions("name = 'tiny-intents'")
     runs_with_versions = [v.run_id for v in versions]
-    assert len(runs_with_versions) == len(set(runs_with_versions)) == 1  # one version, from one run
+    log = rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert len(runs_with_versions) == len(set(runs_with_versions)) == 1, log  # one version, from one run
     assert client.get_model_version_by_alias("tiny-intents", "champion").version == versions[0].version
     assert versions[0].tags.get("tuneflow.promotion") == "promoted"
     exp = client.get_experiment_by_name("tiny-intents")
