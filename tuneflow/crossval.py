@@ -85,7 +85,9 @@ def cross_validate(
         fold_dir = Path(work_dir) / f"fold-{i}"
         try:
             logger = tracking.MLflowMetricsLogger(run_id, tracking_uri)
-            result = fit(cfg, fold, fold_dir, logger=logger, callbacks=[counter], progress_bar=False)
+            result = fit(
+                cfg, fold, fold_dir, logger=logger, callbacks=[counter], progress_bar=False, resumable=False
+            )
             score = result.best_score if result.best_score is not None else float("nan")
             fold_epochs = counter.epochs - fold_start
             tracking.log_metrics(run_id, {f"best_{cfg.train.monitor}": score, "epochs_trained": fold_epochs})

@@ -42,6 +42,19 @@ from tuneflow.splits import (  # noqa: F401  (re-exported)
 # --------------------------------------------------------------------------------------------- tokenizing
 
 
+class _EpochSetter:
+    """The ``sampler`` of :class:`LengthGroupedBatches` as Lightning sees it: forwards ``set_epoch``."""
+
+    def __init__(self, owner: LengthGroupedBatches):
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.owner.lengths)
+
+
 class LengthGroupedBatches:
     """Batch sampler that groups examples of similar length (less padding) while staying shuffled.
 
@@ -51,8 +64,20 @@ class LengthGroupedBatches:
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int):
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+        # Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` at every epoch start (not on the batch
+        # sampler itself): through it a resumed run draws the same batches for its epoch as an
+        # uninterrupted one, instead of restarting the sequence at epoch 0.
+        self.sampler = _EpochSetter(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch (Lightning creates
+        # the iterator of an epoch before it sets the epoch).
+        yield from self._batches()
+
+    def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         self.epoch += 1
         idx = list(range(len(self.lengths)))
@@ -63,7 +88,7 @@ class LengthGroupedBatches:
             chunk = sorted(idx[start : start + mega], key=self.lengths.__getitem__, reverse=True)
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        return batches
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size

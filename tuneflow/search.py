@@ -319,7 +319,9 @@ class Objective:
         if self.pruning:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
         logger = tracking.MLflowMetricsLogger(run_id, self.tracking_uri)
-        result = fit(cfg, data, trial_dir, logger=logger, callbacks=callbacks, progress_bar=False)
+        result = fit(
+            cfg, data, trial_dir, logger=logger, callbacks=callbacks, progress_bar=False, resumable=False
+        )
         if result.best_score is None or math.isnan(result.best_score):
             raise SearchError(f"trial {trial.number} produced no {self.metric} value")
         return result.best_score

@@ -78,21 +78,27 @@ def build_trainer(
     logger: Any = None,
     callbacks: list[pl.Callback] | None = None,
     progress_bar: bool = True,
+    resumable: bool = True,
 ) -> pl.Trainer:
-    """A Trainer with early stopping, best+last checkpoints, lr logging and the configured scale-out."""
+    """A Trainer with early stopping, best (+ last) checkpoints, lr logging and the configured scale-out.
+
+    ``resumable`` writes ``last.ckpt`` after *every* validated epoch. Lightning's ``save_last`` only
+    refreshes it when the monitored metric improved, so after an epoch without improvement a killed run
+    would resume from an older epoch and train it twice; a second, monitor-less checkpoint fixes that.
+    """
     mode = monitor_mode(tcfg.monitor)
     cbs: list[pl.Callback] = [
         EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience),
         ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="best-{epoch}",
-            monitor=tcfg.monitor,
-            mode=mode,
-            save_top_k=1,
-            save_last=True,
+            dirpath=ckpt_dir, filename="best-{epoch}", monitor=tcfg.monitor, mode=mode, save_top_k=1
         ),
         *(callbacks or []),
     ]
+    if resumable:
+        last = Path(LAST_CHECKPOINT).stem
+        cbs.append(
+            ModelCheckpoint(dirpath=ckpt_dir, filename=last, save_top_k=1, enable_version_counter=False)
+        )
     if progress_bar:
         cbs.append(RichProgressBar(leave=True))
     return pl.Trainer(
@@ -123,6 +129,7 @@ def fit(
     resume_from: str | None = None,
     callbacks: list[pl.Callback] | None = None,
     progress_bar: bool = True,
+    resumable: bool = True,
 ) -> FitResult:
     """Fine-tune ``cfg.model.name`` on ``splits``.
 
@@ -134,6 +141,8 @@ def fit(
         resume_from: a ``last.ckpt`` to continue from (epoch, optimizer, scheduler and early-stopping state).
         callbacks: extra callbacks (e.g. Optuna pruning).
         progress_bar: show Lightning's rich progress bar.
+        resumable: keep ``last.ckpt`` current every epoch (``--resume``); search trials and CV folds never
+            resume, so they skip it.
     """
     tcfg = cfg.train
     if tcfg.torch_threads:
@@ -160,7 +169,7 @@ def fit(
     )
     n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in module.parameters())
-    trainer = build_trainer(tcfg, ckpt_dir, logger, callbacks, progress_bar)
+    trainer = build_trainer(tcfg, ckpt_dir, logger, callbacks, progress_bar, resumable)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     ckpt_cb = trainer.checkpoint_callback
     best, score = ckpt_cb.best_model_path, ckpt_cb.best_model_score
@@ -174,7 +183,7 @@ def fit(
         state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epochs, step = state["epoch"] + 1, state["global_step"]
         for key, cb_state in state.get("callbacks", {}).items():
-            if key.startswith("ModelCheckpoint"):
+            if key.startswith("ModelCheckpoint") and cb_state.get("monitor") == tcfg.monitor:
                 best = best or cb_state.get("best_model_path", "")
                 score = cb_state.get("best_model_score", score)
             elif key.startswith("EarlyStopping"):
