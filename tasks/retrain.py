@@ -11,9 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import retry_transient
-from tasks.promote import CHAMPION
 from tasks.validate import REFERENCE_SAMPLE
 from tuneflow import tracking
+from tuneflow.champion import CHAMPION
 from tuneflow.config import PipelineConfig
 from tuneflow.data import LABEL, TAGS, TEXT, fingerprint, load_splits
 from tuneflow.drift import drift_report

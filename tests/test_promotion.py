@@ -93,7 +93,13 @@ def test_decision_lists_every_gate() -> None:
     assert "to fix:" in first.failed[0].detail and "gates.min" in first.failed[0].detail
 
 
-LENIENT = {"max_train_val_gap": None, "max_class_regression": None, "significance": "none"}
+LENIENT_CURVE = {"max_val_degradation": None}
+LENIENT = {
+    "max_train_val_gap": None,
+    "max_val_degradation": None,  # tiny random models on 30 validation examples: their curves are noise
+    "max_class_regression": None,
+    "significance": "none",
+}
 
 
 def _finetune(tmp: Path, tiny_model: str, name: str, uri: str, train: dict, gates: dict) -> dict:
@@ -183,3 +189,39 @@ def test_overfitting_is_judged_from_the_validation_curve() -> None:
     loss = validation_degradation([(1, 2.0), (2, 1.6), (3, 2.0)], "val_loss")
     assert loss["val_degradation"] == pytest.approx(0.25)
     assert validation_degradation([], "val_loss") == {}
+
+
+def test_promotion_runs_as_a_library_call_without_prefect(
+    tmp_path: Path, tiny_model: str, tracking_uri: str
+) -> None:
+    """tuneflow.champion needs MLflow only: register two versions by hand and decide on each."""
+    from tuneflow.champion import promote_version, rollback_champion
+    from tuneflow.config import load_config
+    from tuneflow.data import load_splits
+    from tuneflow.model import load_tokenizer
+    from tuneflow.tasktypes import encode_for
+    from tuneflow.training import export_model, fit
+
+    cfg = load_config(
+        make_config(tmp_path, tiny_model, name="lib-promo", train={"max_epochs": 2}, gates=LENIENT_CURVE)
+    )
+    tracking.configure(tracking_uri)
+    data = encode_for(cfg, load_splits(cfg.data, 0), load_tokenizer(tiny_model))
+    result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
+    export = export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer)
+    versions = []
+    for _ in range(2):  # the same model twice: the second cannot be significantly better
+        run_id = tracking.start_run(cfg.experiment_name)
+        versions.append(tracking.register_model(tracking.log_model(run_id, export), "lib-promo", run_id))
+        tracking.end_run(run_id)
+    heard: list[str] = []
+    first = promote_version(cfg, versions[0], notify=heard.append)
+    assert first.promote and first.verdict == "promoted" and first.champion_version is None
+    second = promote_version(cfg, versions[1], notify=heard.append)
+    assert not second.promote and second.champion_version == versions[0]
+    assert [g.name for g in second.failed] == [f"improvement in test {cfg.gates.metric} over champion"]
+    assert tracking.alias_version("lib-promo", "champion") == versions[0]
+    assert tracking.model_version("lib-promo", versions[1]).tags["tuneflow.promotion"] == "rejected"
+    with pytest.raises(LookupError, match="previous-champion"):
+        rollback_champion("lib-promo", tracking_uri)
+    assert not heard  # nobody else held the lease

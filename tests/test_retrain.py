@@ -54,7 +54,12 @@ def test_retrain_skips_unchanged_data_then_retrains_changed_data(
         name="retrain-me",
         train_file=train,
         tracking={"tracking_uri": uri},
-        gates={"max_train_val_gap": None, "max_class_regression": None, "significance": "none"},
+        gates={
+            "max_train_val_gap": None,
+            "max_val_degradation": None,
+            "max_class_regression": None,
+            "significance": "none",
+        },
         search={
             "enabled": False,
             "n_trials": 2,

@@ -133,6 +133,11 @@ class Decision:
     def failed(self) -> list[Gate]:
         return [g for g in self.gates if not g.passed]
 
+    @property
+    def verdict(self) -> str:
+        """``forced``, ``promoted`` or ``rejected`` (the version tag ``tuneflow.promotion``)."""
+        return "forced" if self.forced else ("promoted" if self.promote else "rejected")
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "failed": [g.name for g in self.failed]}
 

@@ -209,6 +209,17 @@ def missing_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> li
     ]
 
 
+def read_columns(
+    spec: FileSpec, columns: Iterable[str]
+) -> tuple[pd.DataFrame | None, list[int], list[Problem]]:
+    """:func:`read_frame`, then check the required ``columns``: the frame is None on any problem."""
+    df, lines, problems = read_frame(spec)
+    if df is None:
+        return None, lines, problems
+    problems = missing_columns(df, columns, spec.path)
+    return (None if problems else df), lines, problems
+
+
 def read_table(
     spec: FileSpec, text_column: str, label_column: str
 ) -> tuple[pd.DataFrame | None, list[Problem]]:
@@ -217,11 +228,8 @@ def read_table(
     Returns the frame (None when it cannot be read) and the problems found: a missing or unreadable file,
     missing columns. Cell-level problems are left to :func:`tuneflow.validation.validate_dataset`.
     """
-    df, lines, problems = read_frame(spec)
+    df, lines, problems = read_columns(spec, (text_column, label_column))
     if df is None:
-        return None, problems
-    problems = missing_columns(df, (text_column, label_column), spec.path)
-    if problems:
         return None, problems
     out = pd.DataFrame({TEXT: df[text_column], LABEL: df[label_column].map(_label_to_str), LINE: lines})
     return out, []
@@ -366,11 +374,8 @@ def read_tagged(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, l
         sentences, problems = read_conll(path)
         rows = [(line, words, tags) for line, words, tags in sentences]
     else:
-        df, lines, problems = read_frame(spec)
+        df, lines, problems = read_columns(spec, (cfg.tokens_column, cfg.tags_column))
         if df is None:
-            return None, problems
-        problems = missing_columns(df, (cfg.tokens_column, cfg.tags_column), spec.path)
-        if problems:
             return None, problems
         rows = []
         for line, words, tags in zip(lines, df[cfg.tokens_column], df[cfg.tags_column], strict=True):
@@ -405,11 +410,8 @@ def message_problems(messages: Any) -> list[str]:
 
 def read_chats(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
     """Read chat JSONL into ``text`` (all contents, for duplicate/leakage checks), ``messages``, ``_line``."""
-    df, lines, problems = read_frame(spec)
+    df, lines, problems = read_columns(spec, (cfg.messages_column,))
     if df is None:
-        return None, problems
-    problems = missing_columns(df, (cfg.messages_column,), spec.path)
-    if problems:
         return None, problems
     rows = []
     for line, messages in zip(lines, df[cfg.messages_column], strict=True):
@@ -430,11 +432,8 @@ def _as_text(value: Any) -> str | None:
 
 def read_pairs(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
     """Read source/target pairs; a list-valued source is joined, a list-valued target holds references."""
-    df, lines, problems = read_frame(spec)
+    df, lines, problems = read_columns(spec, (cfg.source_column, cfg.target_column))
     if df is None:
-        return None, problems
-    problems = missing_columns(df, (cfg.source_column, cfg.target_column), spec.path)
-    if problems:
         return None, problems
     rows = []
     for line, source, target in zip(lines, df[cfg.source_column], df[cfg.target_column], strict=True):
