@@ -457,12 +457,6 @@ class SearchConfig(_Section):
         description="Optuna RDB storage URL (PostgreSQL for several machines); the study resumes from it.",
     )
     study_name: str | None = Field(None, description="Study name; null = the config's name.")
-
-    @field_validator("study_name")
-    @classmethod
-    def _safe_study(cls, v: str | None) -> str | None:
-        return check_name(v)
-
     heartbeat_interval: int = Field(
         30, ge=1, description="Seconds between trial heartbeats; a silent trial is failed and retried."
     )
@@ -472,6 +466,11 @@ class SearchConfig(_Section):
         description="Seconds without heartbeat before a trial counts as dead; null = 2 x interval.",
     )
     max_retry: int = Field(1, ge=0, description="Times a trial killed with its worker is re-queued.")
+
+    @field_validator("study_name")
+    @classmethod
+    def _safe_study(cls, v: str | None) -> str | None:
+        return check_name(v)
 
     @model_validator(mode="after")
     def _budget(self) -> SearchConfig:
