@@ -27,20 +27,6 @@ class Classifier:
     labels: list[str]
     max_length: int = 128
 
-    @classmethod
-    def load(
-        cls, model_dir: str | Path, max_length: int | None = None, base: str | None = None
-    ) -> Classifier:
-        from tuneflow.model import load_exported
-
-        model_dir = Path(model_dir)
-        model, tokenizer, meta = load_exported(model_dir, base)
-        labels = json.loads((model_dir / "labels.json").read_text())["labels"]
-        info = model_dir / "inference.json"
-        if max_length is None:
-            max_length = json.loads(info.read_text())["max_length"] if info.exists() else 128
-        return cls(model, tokenizer, labels, max_length)
-
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Class probabilities, shape (len(texts), n_labels). Sorting by length keeps padding small."""

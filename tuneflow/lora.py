@@ -64,17 +64,6 @@ def apply_lora(model: torch.nn.Module, task: str, lcfg: LoraConfig) -> torch.nn.
         raise ValueError(f"model.lora: {exc}") from exc
 
 
-def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
-    """Trainable and total parameters and the trainable share (logged for every fit)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {
-        "params_total": float(total),
-        "params_trainable": float(trainable),
-        "params_trainable_share": trainable / max(total, 1),
-    }
-
-
 def is_adapter(model_dir: str | Path) -> bool:
     return (Path(model_dir) / ADAPTER_CONFIG).is_file()
 
