@@ -186,6 +186,26 @@ def per_class_f1(y_true: Sequence[str], challenger: Sequence[str], champion: Seq
     return pd.DataFrame({"label": labels, "champion_f1": b, "challenger_f1": a, "change": a - b})
 
 
+def _decision(
+    model: str,
+    challenger_version: str,
+    champion_version: str | None,
+    metric: str,
+    gates: list[Gate],
+    per_class: list[dict[str, Any]] | None = None,
+) -> Decision:
+    """Promote only when every gate passes; failed gates carry their advice."""
+    return Decision(
+        model=model,
+        challenger_version=str(challenger_version),
+        champion_version=champion_version,
+        metric=metric,
+        promote=all(g.passed for g in gates),
+        gates=_advise(gates),
+        per_class=per_class or [],
+    )
+
+
 def decide(
     gates: GatesConfig,
     model: str,
@@ -231,15 +251,7 @@ def decide(
                 )
             )
     out.insert(0, Gate(f"test {metric}", value, "reported", True, f"{len(y_true)} examples"))
-    return Decision(
-        model=model,
-        challenger_version=str(challenger_version),
-        champion_version=champion_version,
-        metric=metric,
-        promote=all(g.passed for g in out),
-        gates=_advise(out),
-        per_class=per_class,
-    )
+    return _decision(model, challenger_version, champion_version, metric, out, per_class)
 
 
 def _improvement_gate(
@@ -364,11 +376,4 @@ def decide_on_scores(
                 f"champion {champion_value:.4f} on the same test set",
             )
         )
-    return Decision(
-        model=model,
-        challenger_version=str(challenger_version),
-        champion_version=champion_version,
-        metric=metric,
-        promote=all(g.passed for g in out),
-        gates=_advise(out),
-    )
+    return _decision(model, challenger_version, champion_version, metric, out)
