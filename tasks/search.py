@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_dir
 from tuneflow import tracking
-from tuneflow.config import PipelineConfig
-from tuneflow.search import TAG_STUDY, StudySummary, redact, run_study
+from tuneflow.config import PipelineConfig, redact_secrets
+from tuneflow.search import TAG_STUDY, StudySummary, run_study
 
 
 def log_summary(run_id: str, summary: StudySummary) -> None:
@@ -27,7 +27,7 @@ def log_summary(run_id: str, summary: StudySummary) -> None:
     tags.update(
         {
             TAG_STUDY: summary.study_name,
-            "optuna.storage": redact(summary.storage),
+            "optuna.storage": redact_secrets(summary.storage),
             "tuneflow.best_trial": summary.best_trial,
             "tuneflow.best_trial_run_id": summary.best_run_id,
         }

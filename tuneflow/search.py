@@ -25,7 +25,15 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuneflow import tracking
-from tuneflow.config import ConfigError, ParamSpec, PipelineConfig, SearchConfig, apply_params, flatten
+from tuneflow.config import (
+    ConfigError,
+    ParamSpec,
+    PipelineConfig,
+    SearchConfig,
+    apply_params,
+    flatten,
+    redact_secrets,
+)
 from tuneflow.crossval import cross_validate
 from tuneflow.data import EncodedData, Splits, load_splits
 from tuneflow.model import load_tokenizer
@@ -133,17 +141,9 @@ def build_storage(scfg: SearchConfig, experiment: str) -> optuna.storages.RDBSto
             heartbeat_stale_trial_callback=StaleTrialCallback(scfg.max_retry, experiment),
         )
     except Exception as exc:
-        raise SearchError(f"cannot open Optuna storage {redact(url)!r} (search.storage): {exc}") from exc
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password (safe to print and to tag)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+        raise SearchError(
+            f"cannot open Optuna storage {redact_secrets(url)!r} (search.storage): {exc}"
+        ) from exc
 
 
 def directions(cfg: PipelineConfig) -> list[str]:
@@ -167,11 +167,13 @@ def open_study(cfg: PipelineConfig) -> optuna.Study:
             load_if_exists=True,
         )
     except optuna.exceptions.OptunaError as exc:
-        raise SearchError(f"cannot open study {cfg.study_name!r} in {redact(scfg.storage)}: {exc}") from exc
+        raise SearchError(
+            f"cannot open study {cfg.study_name!r} in {redact_secrets(scfg.storage)}: {exc}"
+        ) from exc
     wanted = [optuna.study.StudyDirection[d.upper()] for d in directions(cfg)]
     if study.directions != wanted:
         raise SearchError(
-            f"study {cfg.study_name!r} in {redact(scfg.storage)} optimizes "
+            f"study {cfg.study_name!r} in {redact_secrets(scfg.storage)} optimizes "
             f"{[d.name for d in study.directions]}, "
             f"the config asks for {[d.name for d in wanted]}: set search.study_name to start a new study"
         )
@@ -426,7 +428,7 @@ def run_study(
     done = finished_count(study)
     remaining = None if cfg.search.n_trials is None else max(cfg.search.n_trials - done, 0)
     print(
-        f"study {cfg.study_name!r} ({redact(cfg.search.storage)}): {done} finished trial(s), "
+        f"study {cfg.study_name!r} ({redact_secrets(cfg.search.storage)}): {done} finished trial(s), "
         f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"
     )
     plan = shares(remaining, workers)
@@ -533,7 +535,7 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
     best = pick_best(study)
     summary = StudySummary(
         study_name=study.study_name,
-        storage=redact(cfg.search.storage) if cfg.search else "",
+        storage=redact_secrets(cfg.search.storage) if cfg.search else "",
         metric=cfg.search_metric,
         direction=cfg.search_direction,
         best_value=best.values[0] if best else None,
