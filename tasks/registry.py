@@ -50,6 +50,6 @@ def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint
             }
         )
     version = tracking.register_model(model_uri, name, run_id, tags=tags)
-    tracking.set_tags(run_id, {"tuneflow.registered_version": version})
+    tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
     tracking.log_metrics(run_id, {"time_register_s": time.perf_counter() - start})
     return {"model_uri": model_uri, "name": name, "version": version, "decided": ""}

@@ -17,8 +17,6 @@ from tuneflow import gc, tracking
 from tuneflow.config import PipelineConfig, flatten
 from tuneflow.training import LAST_CHECKPOINT
 
-TAG_REGISTERED = "tuneflow.registered_version"
-
 
 def _git_commit() -> str:
     try:
@@ -63,7 +61,7 @@ def open_run(
         # neither and must not hide an older one that has.
         for previous in tracking.resumable_runs(cfg.experiment_name, config_hash):
             run_id = previous.info.run_id
-            version = previous.data.tags.get(TAG_REGISTERED)
+            version = previous.data.tags.get(tracking.TAG_REGISTERED)
             ckpt = run_dir(cfg, run_id) / LAST_CHECKPOINT
             if version or ckpt.exists():
                 tracking.reopen_run(run_id)

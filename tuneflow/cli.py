@@ -552,16 +552,7 @@ def gc(
     from tuneflow import tracking
 
     tracking.configure(tracking_uri)
-
-    def facts(run_id: str) -> gc_lib.RunFacts | None:
-        try:
-            run = tracking.get_run(run_id)
-        except Exception:  # unknown id (deleted run, another store)
-            return None
-        alive = run.info.status == "RUNNING" and tracking.TAG_HEARTBEAT in run.data.tags
-        return gc_lib.facts_from_run(run, alive=alive and not tracking.is_stale(run))
-
-    actions = gc_lib.plan(output_dir, facts)
+    actions = gc_lib.plan(output_dir, tracking.run_facts)
     for a in actions:
         print(f"{a.action:<12} {a.bytes / 1e6:>9.1f} MB  {a.folder.name}  ({a.reason})")
     to_free = sum(a.bytes for a in actions if a.action != "keep")

@@ -14,7 +14,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 EXPORT = "export"
 
@@ -117,15 +116,3 @@ def apply(actions: list[Action]) -> int:
         elif a.action == "keep-export":
             freed += remove_run_files(a.folder, keep_export=True)
     return freed
-
-
-def facts_from_run(run: Any, alive: bool) -> RunFacts:
-    """RunFacts from an MLflow run entity."""
-    tags = run.data.tags
-    return RunFacts(
-        status=run.info.status,
-        alive=alive,
-        registered=bool(tags.get("tuneflow.registered_version")),
-        config_hash=tags.get("tuneflow.config_hash", ""),
-        start_time=int(run.info.start_time or 0),
-    )

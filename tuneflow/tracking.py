@@ -20,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from tuneflow.gc import RunFacts
+
 DEFAULT_STORE = "mlruns"
 TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
     "tuneflow.stage",
@@ -27,6 +29,7 @@ TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
     "tuneflow.data_fingerprint",
 )
 TAG_ADAPTER = "tuneflow.adapter"
+TAG_REGISTERED = "tuneflow.registered_version"  # on a run: the version registered from it
 MAX_PARAM_LEN = 6000
 
 
@@ -204,6 +207,11 @@ def _process_gone(tags: dict[str, str]) -> bool:
     return False
 
 
+def is_alive(run: Any) -> bool:
+    """A RUNNING run whose process still beats (somewhere): never resumed, reaped or garbage-collected."""
+    return run.info.status == "RUNNING" and TAG_HEARTBEAT in run.data.tags and not is_stale(run)
+
+
 def is_stale(run: Any, now: float | None = None) -> bool:
     """A RUNNING run whose process is gone: its pid no longer exists on this machine, or (any machine) its
     heartbeat stopped for 4 intervals. Runs without heartbeats (older tuneflow) never are."""
@@ -266,28 +274,29 @@ def resumable_runs(
     out = []
     for r in runs:
         status = r.info.status
-        alive = status == "RUNNING" and TAG_HEARTBEAT in r.data.tags and not is_stale(r)
-        if status in ("KILLED", "FAILED", "RUNNING") and (include_alive or not alive):
+        if status in ("KILLED", "FAILED", "RUNNING") and (include_alive or not is_alive(r)):
             out.append(r)
     return out
-
-
-def find_resumable_run(experiment: str, config_hash: str, stage: str = "finetune") -> Any | None:
-    """Newest interrupted ``stage`` run (finetune or tune) of ``experiment`` started from the same config."""
-    runs = resumable_runs(experiment, config_hash, stage)
-    return runs[0] if runs else None
 
 
 def get_run(run_id: str) -> Any:
     return client().get_run(run_id)
 
 
-def experiment_runs(experiment: str) -> list[Any]:
-    """Every run of ``experiment`` (for garbage collection)."""
-    exp = client().get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return client().search_runs([exp.experiment_id], max_results=50000)
+def run_facts(run_id: str) -> RunFacts | None:
+    """What ``tuneflow gc`` needs to know of a run, or None when this store does not know it."""
+    try:
+        run = get_run(run_id)
+    except mlflow.exceptions.MlflowException:  # deleted run, or a folder of another store
+        return None
+    tags = run.data.tags
+    return RunFacts(
+        status=run.info.status,
+        alive=is_alive(run),
+        registered=bool(tags.get(TAG_REGISTERED)),
+        config_hash=tags.get(TAG_CONFIG_HASH, ""),
+        start_time=int(run.info.start_time or 0),
+    )
 
 
 def running_runs(experiment: str, tags: dict[str, str]) -> list[str]:
