@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import yaml
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
@@ -11,13 +10,20 @@ from flows.tune import search_markdown
 from tasks.crossval import cross_validate
 from tasks.evaluate import evaluate
 from tasks.promote import promote
-from tasks.registry import register
+from tasks.registry import register, registration
 from tasks.search import search
-from tasks.tracking import artifact_key, closing_run, open_run, record_config, remove_checkpoints
+from tasks.tracking import (
+    artifact_key,
+    closing_run,
+    open_run,
+    record_config,
+    recorded_config,
+    remove_checkpoints,
+)
 from tasks.train import train
 from tasks.validate import validate_data
 from tuneflow import tracking
-from tuneflow.config import PipelineConfig, config_from_dict, load_config, redact_secrets
+from tuneflow.config import PipelineConfig, load_config, redact_secrets
 from tuneflow.faults import crash_point
 from tuneflow.search import best_config
 from tuneflow.tasktypes import HEADLINE
@@ -115,19 +121,10 @@ def finetune(
 
 def _registered_state(cfg: PipelineConfig, run_id: str) -> tuple[PipelineConfig, dict, dict[str, float]]:
     """Config, registered version and metrics of a run that registered its model before it was killed."""
-    raw = yaml.safe_load(tracking.read_text(run_id, "config/resolved.yaml"))
-    raw.setdefault("tracking", {})["tracking_uri"] = cfg.tracking.tracking_uri  # the recorded one is redacted
-    final = config_from_dict(raw, source=f"runs:/{run_id}/config/resolved.yaml")
+    final = recorded_config(run_id, cfg.tracking.tracking_uri, f"runs:/{run_id}/config/resolved.yaml")
     mv = tracking.version_of_run(final.registered_model_name, run_id)
     if mv is None:
         raise LookupError(
             f"run {run_id} is tagged as registered but {final.registered_model_name} has no version of it"
         )
-    decided = (mv.tags or {}).get("tuneflow.promotion", "")
-    model = {
-        "model_uri": mv.source,
-        "name": final.registered_model_name,
-        "version": str(mv.version),
-        "decided": decided,
-    }
-    return final, model, tracking.run_metrics(run_id)
+    return final, registration(mv), tracking.run_metrics(run_id)

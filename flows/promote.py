@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import yaml
 from prefect import flow
 
 from tasks.promote import promote as promote_task
 from tasks.promote import rollback as rollback_task
+from tasks.tracking import recorded_config
 from tuneflow import tracking
-from tuneflow.config import config_from_dict
 
 
 @flow(name="promote", log_prints=True)
@@ -21,10 +20,7 @@ def promote(
     """
     uri = tracking.configure(tracking_uri)
     mv = tracking.model_version(model, version)
-    raw = yaml.safe_load(tracking.read_text(mv.run_id, "config/resolved.yaml"))
-    # The store the version was found in (the recorded URI has any password masked).
-    raw.setdefault("tracking", {})["tracking_uri"] = uri
-    cfg = config_from_dict(raw, source=f"models:/{model}/{version} config/resolved.yaml")
+    cfg = recorded_config(mv.run_id, uri, f"models:/{model}/{version} config/resolved.yaml")
     return promote_task(cfg, str(version), force, reason)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -10,6 +11,12 @@ from prefect.cache_policies import NO_CACHE
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.lora import dir_size, read_meta
+
+
+def registration(mv: Any) -> dict[str, str]:
+    """What registration returns for an existing version: ``decided`` is its promotion verdict, if any."""
+    decided = (mv.tags or {}).get("tuneflow.promotion", "")
+    return {"model_uri": mv.source, "name": mv.name, "version": str(mv.version), "decided": decided}
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a retry after a partial success could create a second version
@@ -24,12 +31,7 @@ def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint
     existing = tracking.version_of_run(name, run_id)
     if existing is not None:
         print(f"run {run_id} already registered {name} v{existing.version}: reusing it")
-        return {
-            "model_uri": existing.source,
-            "name": name,
-            "version": str(existing.version),
-            "decided": (existing.tags or {}).get("tuneflow.promotion", ""),
-        }
+        return registration(existing)
     start = time.perf_counter()
     model_uri = tracking.log_model(run_id, export_dir, cfg.task)
     meta = read_meta(export_dir)

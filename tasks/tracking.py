@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 
 from tasks.common import run_dir
 from tuneflow import gc, tracking
-from tuneflow.config import PipelineConfig, flatten
+from tuneflow.config import PipelineConfig, config_from_dict, flatten
 from tuneflow.training import LAST_CHECKPOINT
 
 
@@ -93,6 +93,14 @@ def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/reso
     recorded = cfg.recorded()
     tracking.log_params(run_id, flatten(recorded))
     tracking.log_text(run_id, yaml.safe_dump(recorded, sort_keys=False), artifact)
+
+
+def recorded_config(run_id: str, tracking_uri: str, source: str) -> PipelineConfig:
+    """The config :func:`record_config` logged with a run, pointed at ``tracking_uri`` (the store it was
+    found in: the recorded URI has any password masked)."""
+    raw = yaml.safe_load(tracking.read_text(run_id, "config/resolved.yaml"))
+    raw.setdefault("tracking", {})["tracking_uri"] = tracking_uri
+    return config_from_dict(raw, source=source)
 
 
 @task(cache_policy=NO_CACHE)
