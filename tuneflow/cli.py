@@ -91,12 +91,16 @@ def _hide_secrets(overrides: list[str] | None) -> list[str]:
     return out
 
 
-def _preflight(cfg) -> None:  # noqa: ANN001
-    """Data files and model directory checked in ~1 s, before Prefect or torch start (exit 3 / 4)."""
-    from tuneflow.preflight import PreflightError, preflight
+def _preflight(cfg, data: bool = True) -> None:  # noqa: ANN001
+    """Data (unless ``data`` is False) and model directory checked in ~1 s, before Prefect or torch start
+    (exit 3 / 4)."""
+    from tuneflow.preflight import PreflightError, check_model, preflight
 
     try:
-        preflight(cfg)
+        if data:
+            preflight(cfg)
+        else:
+            check_model(cfg)
     except PreflightError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(3 if exc.kind == "data" else 4) from None
@@ -374,7 +378,7 @@ def serve(
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Only run the data checks and print the report (no training, nothing logged)."""
     cfg = _load(config, set_)
-    _preflight(cfg)
+    _preflight(cfg, data=False)  # the data checks run once, below, with the tokenizer's statistics
     from tuneflow.data import load_raw
     from tuneflow.model import ModelLoadError, load_tokenizer
     from tuneflow.validation import validate_dataset

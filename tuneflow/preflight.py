@@ -93,6 +93,11 @@ def preflight(cfg: PipelineConfig) -> None:
     report, _ = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer=None)
     if not report.ok:
         raise PreflightError("data", report.errors)
-    model = check_model_dir(cfg.model.name)
-    if model:
-        raise PreflightError("model", model)
+    check_model(cfg)
+
+
+def check_model(cfg: PipelineConfig) -> None:
+    """Raise :class:`PreflightError` (``kind="model"``) when the model directory cannot load."""
+    problems = check_model_dir(cfg.model.name)
+    if problems:
+        raise PreflightError("model", problems)
