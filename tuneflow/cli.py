@@ -41,20 +41,37 @@ def _options(
     VERBOSE["on"] = verbose
 
 
-KNOWN_ERRORS = ("ConfigError", "DataValidationError", "ModelLoadError", "AdapterMismatchError", "SearchError")
+def _known_errors() -> tuple[tuple[type[Exception], int], ...]:
+    """Bad-input errors and their exit codes: printed once by the CLI, never as a traceback."""
+    from tuneflow.config import ConfigError
+    from tuneflow.lora import AdapterMismatchError
+    from tuneflow.model import ModelLoadError
+    from tuneflow.search import SearchError
+    from tuneflow.validation import DataValidationError
+
+    return (
+        (ConfigError, 2),
+        (DataValidationError, 3),
+        (ModelLoadError, 4),
+        (AdapterMismatchError, 4),
+        (SearchError, 5),
+    )
 
 
 class _KnownErrorFilter:
     """Drops Prefect's log records about a known bad-input error: the CLI prints it once, cleanly."""
+
+    def __init__(self) -> None:
+        self.names = tuple(kind.__name__ for kind, _ in _known_errors())
 
     def filter(self, record: object) -> bool:
         import logging
 
         assert isinstance(record, logging.LogRecord)
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__name__ in KNOWN_ERRORS:
+        if exc is not None and type(exc).__name__ in self.names:
             return False
-        return not any(name in record.getMessage() for name in KNOWN_ERRORS)
+        return not any(name in record.getMessage() for name in self.names)
 
 
 def _hide_known_tracebacks() -> None:
@@ -126,20 +143,7 @@ def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
 
 
 def _fail_on_known(exc: BaseException) -> None:
-    from tuneflow.config import ConfigError
-    from tuneflow.lora import AdapterMismatchError
-    from tuneflow.model import ModelLoadError
-    from tuneflow.search import SearchError
-    from tuneflow.validation import DataValidationError
-
-    known = (
-        (ConfigError, 2),
-        (DataValidationError, 3),
-        (ModelLoadError, 4),
-        (AdapterMismatchError, 4),
-        (SearchError, 5),
-    )
-    for kind, code in known:
+    for kind, code in _known_errors():
         if isinstance(exc, kind):
             console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(code) from None
