@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,8 +123,10 @@ def release(url: str, name: str, holder: str) -> None:
 
 
 def describe_self(purpose: str) -> str:
-    """``host:pid purpose``: enough for a waiter to find (or kill) the holder."""
-    return f"{socket.gethostname()}:{os.getpid()} ({purpose})"
+    """``host:pid:token (purpose)``: enough for a waiter to find (or kill) the holder. The token makes each
+    acquisition its own holder, so two threads of one process (or one lease taken over by the same process
+    after it expired) never renew or release each other's lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]} ({purpose})"
 
 
 @contextmanager
