@@ -23,14 +23,13 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, flo
     start = time.perf_counter()
     predictor = load_predictor(export_dir)
     out = run_dir(cfg, run_id) / "eval"
-    result = evaluate_for(cfg, predictor, splits, out, tracking.metric_history(run_id, HISTORY_KEYS))
+    history = tracking.metric_history(run_id, HISTORY_KEYS)  # every train.monitor choice is among them
+    result = evaluate_for(cfg, predictor, splits, out, history)
     logger = get_run_logger()
     for warning in result.warnings:
         logger.warning(warning)
     # Overfitting from the validation curve of the monitored metric (what the promotion gate reads).
-    curve = validation_degradation(
-        tracking.metric_history(run_id, [cfg.train.monitor])[cfg.train.monitor], cfg.train.monitor
-    )
+    curve = validation_degradation(history[cfg.train.monitor], cfg.train.monitor)
     result.metrics.update(curve)
     tracking.log_metrics(run_id, {**result.metrics, "time_evaluate_s": time.perf_counter() - start})
     tracking.log_artifacts(run_id, out, "evaluation")
