@@ -37,13 +37,12 @@ ARMS = {
 
 def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
     """One arm, in this process: fit, export, evaluate on test; returns its measurements."""
-    from tuneflow.config import load_config
-    from tuneflow.data import LABEL, load_splits
-    from tuneflow.lora import dir_size
+    from tuneflow.experiment import load_config, task_of
+    from tuneflow.export import export_model, load_predictor, weights_bytes
     from tuneflow.metrics import classification_metrics
     from tuneflow.model import load_tokenizer
-    from tuneflow.tasktypes import encode_for, inference_settings, load_predictor
-    from tuneflow.training import export_model, fit
+    from tuneflow.readers import LABEL
+    from tuneflow.training import fit
 
     overrides = [
         f"data.max_train_examples={args.train}",
@@ -54,21 +53,19 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
         *ARMS[arm],
     ]
     cfg = load_config(ROOT / "configs" / "banking77.yaml", overrides)
-    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
-    data = encode_for(cfg, splits, load_tokenizer(cfg.model.name))
+    kind = task_of(cfg)
+    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
     # Libraries, data and tokenizer are loaded: what the peak adds on top of this is the training's own cost.
     rss_before_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     result = fit(cfg, data, work / "ckpt", progress_bar=False)
     fit_s = time.perf_counter() - start
     peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    export = export_model(
-        result.best_checkpoint, work / "export", data.tokenizer, cfg.task, inference_settings(cfg)
-    )
+    export = export_model(result.best_checkpoint, work / "export", data.tokenizer, cfg)
     predictor = load_predictor(export)
     pred = predictor.predict(splits.test["text"].tolist())["label"].tolist()
     metrics = classification_metrics(splits.test[LABEL].tolist(), pred)
-    weights = "adapter_model.safetensors" if cfg.model.lora else "model.safetensors"
     return {
         "arm": arm,
         "test_accuracy": metrics["accuracy"],
@@ -79,7 +76,7 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
         "samples_per_second": len(data.train) * result.epochs / fit_s,
         "params_trainable": result.params_trainable,
         "params_total": result.params_total,
-        "artifact_bytes": dir_size(export, weights),
+        "artifact_bytes": weights_bytes(export),
         "checkpoint_bytes": Path(result.best_checkpoint).stat().st_size,
         "rss_before_fit_mb": rss_before_fit,
         "peak_rss_mb": peak_fit,

@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def run_here(config: str, overrides: list[str], store: Path) -> dict[str, Any]:
     result = finetune(config, overrides)
     flow_s = time.perf_counter() - t1
     tracking.configure(uri)
-    run = MlflowClient().get_run(result["run_id"])
+    run = MlflowClient().get_run(result.run_id)
     metrics = dict(run.data.metrics)
     stages = {k: metrics.get(k, 0.0) for k in STAGES}
     # From calling the flow to the MLflow parent run's creation (its first task): Prefect's start-up.
@@ -52,10 +53,10 @@ def run_here(config: str, overrides: list[str], store: Path) -> dict[str, Any]:
     return {
         "config": config,
         "overrides": overrides,
-        "run_id": result["run_id"],
+        "run_id": result.run_id,
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("time_")},
-        "registered": result["model"],
-        "promoted": bool(result["promotion"] and result["promotion"]["promote"]),
+        "registered": asdict(result.model) if result.model else None,
+        "promoted": bool(result.promotion and result.promotion.promote),
         "wall": {
             "imports_s": imports_s,
             "flow_s": flow_s,

@@ -33,7 +33,7 @@ def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
     import optuna
 
     from tuneflow import tracking
-    from tuneflow.config import load_config
+    from tuneflow.experiment import load_config
     from tuneflow.search import EPOCHS_ATTR, open_study, run_study
 
     overrides = [
@@ -60,7 +60,8 @@ def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
     tracking.configure(cfg.tracking.tracking_uri)
     parent = tracking.start_run(cfg.experiment_name, f"bench-{pruner}")
     start = time.perf_counter()
-    summary = run_study(cfg, parent, tmp / f"work-{pruner}")
+    recorder = tracking.RunRecorder(cfg.tracking.tracking_uri, cfg.experiment_name, parent)
+    summary = run_study(cfg, recorder, tmp / f"work-{pruner}")
     wall = time.perf_counter() - start
     trials = [
         {

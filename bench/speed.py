@@ -29,10 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _setup(args: argparse.Namespace, config: Path) -> tuple[Any, Any, Any]:
-    from tuneflow.config import load_config
-    from tuneflow.data import load_splits
+    from tuneflow.experiment import load_config, task_of
     from tuneflow.model import load_tokenizer
-    from tuneflow.tasktypes import encode_for
 
     overrides = [
         f"data.max_train_examples={args.train}",
@@ -43,16 +41,17 @@ def _setup(args: argparse.Namespace, config: Path) -> tuple[Any, Any, Any]:
         f"model.name={args.model}",
     ]
     cfg = load_config(config, overrides)
-    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
-    return cfg, splits, encode_for(cfg, splits, load_tokenizer(cfg.model.name))
+    kind = task_of(cfg)
+    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    return cfg, splits, kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
 
 
 def _accuracy(model: Any, tokenizer: Any, cfg: Any, splits: Any) -> float:
-    from tuneflow.data import LABEL, TEXT
-    from tuneflow.evaluation import Classifier
     from tuneflow.metrics import classification_metrics
+    from tuneflow.readers import LABEL, TEXT
+    from tuneflow.tasktypes.classification import ClassificationPredictor
 
-    clf = Classifier(model.eval(), tokenizer, splits.labels, cfg.model.max_length)
+    clf = ClassificationPredictor(model.eval(), tokenizer, splits.labels, cfg.model.max_length)
     pred = clf.predict(splits.test[TEXT].tolist())["label"].tolist()
     return classification_metrics(splits.test[LABEL].tolist(), pred)["accuracy"]
 
@@ -60,7 +59,7 @@ def _accuracy(model: Any, tokenizer: Any, cfg: Any, splits: Any) -> float:
 def arm_tuneflow(args: argparse.Namespace, config: Path, work: Path) -> dict[str, Any]:
     import torch
 
-    from tuneflow.model import TextClassifier
+    from tuneflow.model import FineTuner
     from tuneflow.training import fit
 
     cfg, splits, data = _setup(args, config)
@@ -68,7 +67,7 @@ def arm_tuneflow(args: argparse.Namespace, config: Path, work: Path) -> dict[str
     result = fit(cfg, data, work, progress_bar=False)
     seconds = time.perf_counter() - start
     state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-    module = TextClassifier(**state["hyper_parameters"])
+    module = FineTuner(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     return {
         "seconds": seconds,
@@ -82,12 +81,12 @@ def arm_trainer(args: argparse.Namespace, config: Path, work: Path) -> dict[str,
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from tuneflow.model import load_classifier
+    from tuneflow.model import load_pretrained
 
     cfg, splits, data = _setup(args, config)
     torch.set_num_threads(args.threads)
     t = cfg.train
-    model = load_classifier(cfg.model.name, data.labels, cfg.model.dropout).train()
+    model = load_pretrained(cfg.task, cfg.model.name, data.labels, cfg.model.dropout)[0].train()
 
     def rows(split: Any) -> list[dict[str, Any]]:
         return [{"input_ids": i, "labels": y} for i, y in zip(split.ids, split.labels, strict=True)]

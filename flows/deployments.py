@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from tuneflow.config import ConfigError, load_config
+from tuneflow.config import ConfigError
+from tuneflow.experiment import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ALLOWED = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
@@ -10,7 +12,7 @@ from flows.tune import search_markdown
 from tasks.crossval import cross_validate
 from tasks.evaluate import evaluate
 from tasks.promote import promote
-from tasks.registry import register, registration
+from tasks.registry import register
 from tasks.search import search
 from tasks.tracking import (
     artifact_key,
@@ -23,10 +25,36 @@ from tasks.tracking import (
 from tasks.train import train
 from tasks.validate import validate_data
 from tuneflow import tracking
-from tuneflow.config import PipelineConfig, load_config, redact_secrets
+from tuneflow.config import PipelineConfig, redact_secrets
+from tuneflow.crossval import CVResult
+from tuneflow.experiment import load_config
 from tuneflow.faults import crash_point
-from tuneflow.search import best_config
-from tuneflow.tasktypes import HEADLINE
+from tuneflow.promotion import Decision
+from tuneflow.registration import Registration
+from tuneflow.search import StudySummary, best_config
+from tuneflow.tasktypes import task_type
+from tuneflow.training import FitResult
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a finetune flow run produced (the CLI and the Prefect artifact read its fields)."""
+
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    task: str
+    metrics: dict[str, float]
+    model: Registration | None  # None when not registered
+    fit: FitResult | None  # None for a resumed run whose model was registered before the kill
+    search: StudySummary | None
+    cv: CVResult | None
+    promotion: Decision | None  # None when not registered, not asked, or decided before a kill
+
+    @property
+    def headline(self) -> list[tuple[str, float]]:
+        """The task type's headline metrics that this run has, in their order."""
+        return [(k, self.metrics[k]) for k in task_type(self.task).metrics.headline if k in self.metrics]
 
 
 @flow(name="finetune", log_prints=True)
@@ -45,19 +73,19 @@ def finetune(
         workers: local worker processes for the search.
 
     Returns:
-        ``run_id``, ``metrics``, ``model`` (registered name/version/uri, or None when not registered),
-        ``fit``, ``search`` (the study summary or None), ``cv`` (cross-validation metrics or None) and
-        ``promotion`` (the champion/challenger decision, or None when not registered or not asked).
+        The run, its metrics, the registered version, the fit, the search and cross-validation summaries
+        and the promotion decision (each None when it did not happen).
     """
     guard_deployment_run(config_path, overrides or [])
     cfg = load_config(config_path, overrides or [])
     uri = tracking.configure(cfg.tracking.tracking_uri)
     opened = open_run(cfg, resume, log_config=not cfg.searching)
-    run_id = opened["run_id"]
-    searched = cv = None
-    fitted: dict = {"epochs": 0, "stopped_early": False}
+    run_id = opened.run_id
+    searched: StudySummary | None = None
+    cv: CVResult | None = None
+    fitted: FitResult | None = None
     with closing_run(cfg, run_id):
-        if opened["registered_version"]:
+        if opened.registered_version:
             # Killed after registration: the model is in the registry; only its decision may be missing.
             final, model, metrics = _registered_state(cfg, run_id)
             remove_checkpoints(final, run_id)  # killed before it could delete them
@@ -66,15 +94,16 @@ def finetune(
             final = cfg
             if cfg.searching:
                 searched = search(cfg, run_id, workers, nested=True)
-                final = best_config(cfg, searched["best_params"])
+                final = best_config(cfg, searched.best_params)
                 record_config(final, run_id)
-                tracking.set_tags(run_id, {"tuneflow.search_run_id": searched["run_id"]})
+                tracking.set_tags(run_id, {"tuneflow.search_run_id": searched.run_id})
             if final.train.cv_folds:
                 cv = cross_validate(final, run_id)
-            fitted = train(final, run_id, opened["resume_from"])
-            metrics = evaluate(final, run_id, fitted["export_dir"])
+            trained = train(final, run_id, opened.resume_from)
+            fitted = trained.fit
+            metrics = evaluate(final, run_id, trained.export_dir).metrics
             model = (
-                register(final, run_id, fitted["export_dir"], data["data_fingerprint"])
+                register(final, run_id, trained.export_dir, data.data_fingerprint)
                 if final.tracking.register_after_eval
                 else None
             )
@@ -83,43 +112,52 @@ def finetune(
             remove_checkpoints(final, run_id, keep_export=model is None)
         promotion = None
         if model and final.gates.promote:
-            if model["decided"]:  # a resumed run whose decision was taken before the kill: never twice
-                print(f"v{model['version']} already has a promotion decision: {model['decided']}")
+            if model.decided:  # a resumed run whose decision was taken before the kill: never twice
+                print(f"v{model.version} already has a promotion decision: {model.decided}")
             else:
-                promotion = promote(final, model["version"])
-    rows = "\n".join(f"| {k} | {metrics[k]:.4f} |" for k in HEADLINE[cfg.task] if k in metrics)
-    registered = f"`{model['name']}` version **{model['version']}**" if model else "not registered"
-    cv_line = ""
-    if cv:
-        key = f"cv_{final.train.monitor}"
-        cv_line = (
-            f"- Cross-validation {final.train.monitor}: {cv[key + '_mean']:.4f} +- {cv[key + '_std']:.4f}\n"
-        )
+                promotion = promote(final, model.version)
+    result = FinetuneResult(
+        run_id,
+        redact_secrets(uri),
+        cfg.experiment_name,
+        cfg.task,
+        metrics,
+        model,
+        fitted,
+        searched,
+        cv,
+        promotion,
+    )
     create_markdown_artifact(
         key=artifact_key("finetune", cfg),
-        markdown=(
-            f"# Fine-tuning `{cfg.name}`\n\n- MLflow run: `{run_id}` ({redact_secrets(uri)})\n"
-            f"- Model: {registered}\n"
-            f"- Epochs: {fitted['epochs']} (early stop: {fitted['stopped_early']})\n{cv_line}\n"
-            f"| metric | value |\n| --- | --- |\n{rows}\n"
-            + (f"\n{search_markdown(cfg.name, searched, uri)}" if searched else "")
-        ),
+        markdown=finetune_markdown(cfg.name, result, uri),
         description="tuneflow fine-tuning summary",
     )
-    return {
-        "run_id": run_id,
-        "tracking_uri": redact_secrets(uri),
-        "experiment": cfg.experiment_name,
-        "metrics": metrics,
-        "model": model,
-        "fit": fitted,
-        "search": searched,
-        "cv": cv,
-        "promotion": promotion,
-    }
+    return result
 
 
-def _registered_state(cfg: PipelineConfig, run_id: str) -> tuple[PipelineConfig, dict, dict[str, float]]:
+def finetune_markdown(name: str, result: FinetuneResult, uri: str) -> str:
+    """A short report of a fine-tuning for the Prefect UI."""
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.headline)
+    model = result.model
+    registered = f"`{model.name}` version **{model.version}**" if model else "not registered"
+    lines = [
+        f"# Fine-tuning `{name}`",
+        "",
+        f"- MLflow run: `{result.run_id}` ({redact_secrets(uri)})",
+        f"- Model: {registered}",
+    ]
+    if result.fit:
+        lines.append(f"- Epochs: {result.fit.epochs} (early stop: {result.fit.stopped_early})")
+    if result.cv:
+        lines.append(f"- Cross-validation {result.cv.metric}: {result.cv.mean:.4f} +- {result.cv.std:.4f}")
+    text = "\n".join(lines) + f"\n\n| metric | value |\n| --- | --- |\n{rows}\n"
+    return text + (f"\n{search_markdown(name, result.search, uri)}" if result.search else "")
+
+
+def _registered_state(
+    cfg: PipelineConfig, run_id: str
+) -> tuple[PipelineConfig, Registration, dict[str, float]]:
     """Config, registered version and metrics of a run that registered its model before it was killed."""
     final = recorded_config(run_id, cfg.tracking.tracking_uri, f"runs:/{run_id}/config/resolved.yaml")
     mv = tracking.version_of_run(final.registered_model_name, run_id)
@@ -127,4 +165,4 @@ def _registered_state(cfg: PipelineConfig, run_id: str) -> tuple[PipelineConfig,
         raise LookupError(
             f"run {run_id} is tagged as registered but {final.registered_model_name} has no version of it"
         )
-    return final, registration(mv), tracking.run_metrics(run_id)
+    return final, Registration.of(mv), tracking.run_metrics(run_id)

@@ -8,12 +8,14 @@ from tasks.promote import promote as promote_task
 from tasks.promote import rollback as rollback_task
 from tasks.tracking import recorded_config
 from tuneflow import tracking
+from tuneflow.champion import Rollback
+from tuneflow.promotion import Decision
 
 
 @flow(name="promote", log_prints=True)
 def promote(
     model: str, version: str, force: bool = False, reason: str = "", tracking_uri: str | None = None
-) -> dict:
+) -> Decision:
     """Re-run the champion/challenger comparison for ``model`` version ``version``.
 
     The version's own resolved config (logged with its run) gives the gates and the frozen test set.
@@ -25,6 +27,6 @@ def promote(
 
 
 @flow(name="rollback", log_prints=True)
-def rollback(model: str, tracking_uri: str | None = None) -> dict:
+def rollback(model: str, tracking_uri: str | None = None) -> Rollback:
     """Move ``champion`` back to ``previous-champion``."""
     return rollback_task(model, tracking_uri)

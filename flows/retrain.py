@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.deployments import guard_deployment_run
-from flows.finetune import finetune
-from tasks.retrain import TAG_DECISION, champion_overrides, check_data
+from flows.finetune import FinetuneResult, finetune
+from tasks.retrain import check_data
 from tasks.tracking import artifact_key
 from tuneflow import tracking
-from tuneflow.config import load_config
+from tuneflow.experiment import load_config
+from tuneflow.retraining import TAG_DECISION, RetrainCheck, champion_overrides
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """The retraining decision and, when it trained, the finetune flow's result and its outcome."""
+
+    check: RetrainCheck
+    finetune: FinetuneResult | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.finetune is None:
+            return "skipped"
+        return "promoted" if self.finetune.promotion and self.finetune.promotion.promote else "not promoted"
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
     config_path: str, overrides: list[str] | None = None, force: bool = False, workers: int = 1
-) -> dict:
+) -> RetrainResult:
     """Retrain the config's model when its data changed (or ``force``), then let the gates decide.
 
     Args:
@@ -26,36 +43,34 @@ def retrain(
         workers: local worker processes for a search.
 
     Returns:
-        ``decision`` (``skip`` or ``train``), ``reason``, ``check_run_id``, and for a retraining the
-        finetune flow's result under ``finetune``.
+        The check (``skip`` or ``train``, why, its run) and, for a retraining, the finetune flow's result.
     """
     overrides = list(overrides or [])
     guard_deployment_run(config_path, overrides)
     cfg = load_config(config_path, overrides)
     tracking.configure(cfg.tracking.tracking_uri)
     check = check_data(cfg, force)
-    result: dict = {"decision": check["decision"], "reason": check["reason"], "check_run_id": check["run_id"]}
-    if check["decision"] == "train":
+    result = RetrainResult(check)
+    if check.decision == "train":
         extra: list[str] = []
         if cfg.search is not None:
-            extra.append(f"search.enabled={str(check['search']).lower()}")
-            if not check["search"] and check["champion_run_id"]:
-                extra += champion_overrides(cfg, check["champion_run_id"])
-        fitted = finetune(config_path, overrides + extra, workers=workers)
-        promotion = fitted.get("promotion") or {}
-        outcome = "promoted" if promotion.get("promote") else "not promoted"
-        result.update(finetune=fitted, outcome=outcome)
+            extra.append(f"search.enabled={str(check.search).lower()}")
+            if not check.search and check.champion_run_id:
+                extra += champion_overrides(cfg, check.champion_run_id)
+        result = RetrainResult(check, finetune(config_path, overrides + extra, workers=workers))
+        model = result.finetune.model
         tracking.set_tags(
-            check["run_id"],
+            check.run_id,
             {
-                TAG_DECISION: f"trained ({outcome})",
-                "tuneflow.retrain.finetune_run_id": fitted["run_id"],
-                "tuneflow.retrain.version": (fitted.get("model") or {}).get("version", "none"),
+                TAG_DECISION: f"trained ({result.outcome})",
+                "tuneflow.retrain.finetune_run_id": result.finetune.run_id,
+                "tuneflow.retrain.version": model.version if model else "none",
             },
         )
-    lines = [f"# Retraining `{cfg.name}`: {result['decision']}", "", f"- Reason: {result['reason']}"]
-    if "finetune" in result:
-        lines.append(f"- New version: {result['finetune']['model']}; {result['outcome']}")
+    lines = [f"# Retraining `{cfg.name}`: {check.decision}", "", f"- Reason: {check.reason}"]
+    if result.finetune is not None:
+        model = result.finetune.model
+        lines.append(f"- New version: {f'v{model.version}' if model else 'not registered'}; {result.outcome}")
     create_markdown_artifact(
         key=artifact_key("retrain", cfg), markdown="\n".join(lines) + "\n", description="retraining decision"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
@@ -10,26 +12,39 @@ from tasks.search import search
 from tasks.tracking import artifact_key, closing_run, open_run
 from tasks.validate import validate_data
 from tuneflow import tracking
-from tuneflow.config import ConfigError, load_config
+from tuneflow.config import ConfigError
+from tuneflow.experiment import load_config
+from tuneflow.search import StudySummary
 
 
-def search_markdown(name: str, summary: dict, uri: str) -> str:
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tune flow run produced: the HPO parent run and the study summary."""
+
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    search: StudySummary
+
+
+def search_markdown(name: str, summary: StudySummary, uri: str) -> str:
     """A short report of a study for the Prefect UI."""
-    params = "\n".join(f"| `{k}` | {v} |" for k, v in summary["best_params"].items())
+    params = "\n".join(f"| `{k}` | {v} |" for k, v in summary.best_params.items())
+    best = "none" if summary.best_value is None else f"{summary.best_value:.4f}"
     return (
-        f"# Search `{name}`\n\n- Study `{summary['study_name']}` in `{summary['storage']}`\n"
-        f"- MLflow HPO run: `{summary['run_id']}` ({uri}); best trial {summary['best_trial']} "
-        f"(run `{summary['best_run_id']}`)\n"
-        f"- Best {summary['metric']}: **{summary['best_value']:.4f}** ({summary['direction']})\n"
-        f"- Trials: {summary['n_complete']} complete, {summary['n_pruned']} pruned, "
-        f"{summary['n_failed']} failed ({summary['trials_run_now']} run now); "
-        f"{summary['epochs_total']} training epochs in all\n\n"
+        f"# Search `{name}`\n\n- Study `{summary.study_name}` in `{summary.storage}`\n"
+        f"- MLflow HPO run: `{summary.run_id}` ({uri}); best trial {summary.best_trial} "
+        f"(run `{summary.best_run_id}`)\n"
+        f"- Best {summary.metric}: **{best}** ({summary.direction})\n"
+        f"- Trials: {summary.n_complete} complete, {summary.n_pruned} pruned, "
+        f"{summary.n_failed} failed ({summary.trials_run_now} run now); "
+        f"{summary.epochs_total} training epochs in all\n\n"
         f"| parameter | best value |\n| --- | --- |\n{params}\n"
     )
 
 
 @flow(name="tune", log_prints=True)
-def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1) -> dict:
+def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1) -> TuneResult:
     """Run (or resume) the config's hyperparameter search.
 
     Args:
@@ -38,14 +53,14 @@ def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1)
         workers: local worker processes sharing the study.
 
     Returns:
-        ``run_id`` (the HPO parent run), ``tracking_uri``, ``experiment`` and ``search`` (the summary).
+        The HPO parent run and the study summary.
     """
     guard_deployment_run(config_path, overrides or [])
     cfg = load_config(config_path, overrides or [])
     if cfg.search is None:
         raise ConfigError(config_path, [("search", "missing: add a search: section (see configs/demo.yaml)")])
     uri = tracking.configure(cfg.tracking.tracking_uri)
-    run_id = open_run(cfg, stage="tune")["run_id"]
+    run_id = open_run(cfg, stage="tune").run_id
     with closing_run(cfg, run_id):
         validate_data(cfg, run_id)
         summary = search(cfg, run_id, workers)
@@ -54,4 +69,4 @@ def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1)
         markdown=search_markdown(cfg.name, summary, uri),
         description="tuneflow hyperparameter search summary",
     )
-    return {"run_id": run_id, "tracking_uri": uri, "experiment": cfg.experiment_name, "search": summary}
+    return TuneResult(run_id, uri, cfg.experiment_name, summary)

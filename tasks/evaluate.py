@@ -10,28 +10,27 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import run_dir
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import load_splits
+from tuneflow.evaluation import EvaluationResult
+from tuneflow.evaluation import evaluate as evaluate_model
+from tuneflow.export import load_predictor
 from tuneflow.overfitting import validation_degradation
-from tuneflow.tasktypes import HISTORY_KEYS, evaluate_for, load_predictor
+from tuneflow.tasktypes import task_type
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> dict[str, float]:
-    """Evaluate the exported model; returns the metrics (also logged to MLflow with the artifacts)."""
+def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationResult:
+    """Evaluate the exported model the task type's way; log metrics and reports to the run."""
     tracking.configure(cfg.tracking.tracking_uri)
-    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
-    start = time.perf_counter()
-    predictor = load_predictor(export_dir)
+    start, kind, monitor = time.perf_counter(), task_type(cfg.task), cfg.train.monitor
+    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    history = tracking.metric_history(run_id, dict.fromkeys((*kind.metrics.history, monitor)))
     out = run_dir(cfg, run_id) / "eval"
-    history = tracking.metric_history(run_id, HISTORY_KEYS)  # every train.monitor choice is among them
-    result = evaluate_for(cfg, predictor, splits, out, history)
-    logger = get_run_logger()
-    for warning in result.warnings:
-        logger.warning(warning)
+    result = evaluate_model(kind, load_predictor(export_dir), splits, out, cfg, history)
     # Overfitting from the validation curve of the monitored metric (what the promotion gate reads).
-    curve = validation_degradation(history[cfg.train.monitor], cfg.train.monitor)
-    result.metrics.update(curve)
+    result = result.with_metrics(validation_degradation(history[monitor], kind.metrics.lower_better(monitor)))
+    for warning in result.warnings:
+        get_run_logger().warning(warning)
     tracking.log_metrics(run_id, {**result.metrics, "time_evaluate_s": time.perf_counter() - start})
     tracking.log_artifacts(run_id, out, "evaluation")
     tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics["overfit_warning"])})
-    return result.metrics
+    return result

@@ -8,14 +8,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tuneflow.champion import CHAMPION, promote_version, rollback_champion
+from tuneflow.champion import CHAMPION, Rollback, promote_version, rollback_champion
 from tuneflow.config import PipelineConfig
+from tuneflow.promotion import Decision
 
 __all__ = ["CHAMPION", "promote", "rollback"]
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a decision must not be taken twice
-def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str = "") -> dict:
+def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str = "") -> Decision:
     """Decide on ``version`` (see :func:`tuneflow.champion.promote_version`); report it in Prefect."""
     logger = get_run_logger()
     decision = promote_version(cfg, version, force, reason, notify=logger.warning)
@@ -26,10 +27,10 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
         description=f"promotion decision for {name} v{version}",
     )
     logger.info("%s v%s: %s", name, version, decision.verdict)
-    return decision.to_dict()
+    return decision
 
 
 @task(cache_policy=NO_CACHE)
-def rollback(model: str, tracking_uri: str | None = None) -> dict[str, str]:
+def rollback(model: str, tracking_uri: str | None = None) -> Rollback:
     """Move ``champion`` back to the ``previous-champion`` version."""
     return rollback_champion(model, tracking_uri, notify=get_run_logger().warning)

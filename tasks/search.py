@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -37,13 +39,13 @@ def log_summary(run_id: str, summary: StudySummary) -> None:
 
 
 @task(cache_policy=NO_CACHE)  # no retries: the study itself resumes on the next run
-def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = False) -> dict:
+def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = False) -> StudySummary:
     """Run the study's missing trials under ``run_id`` (or under a nested ``search`` run of it).
 
     Returns:
-        The study summary (best params and value, trial counts) plus ``run_id``: the HPO run.
+        The study summary (best params and value, trial counts); its ``run_id`` is the HPO run.
     """
-    tracking.configure(cfg.tracking.tracking_uri)
+    uri = tracking.configure(cfg.tracking.tracking_uri)
     hpo_run = run_id
     if nested:
         hpo_run = tracking.start_run(
@@ -54,7 +56,8 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = Fa
         )
     error: BaseException | None = None
     try:
-        summary = run_study(cfg, hpo_run, run_dir(cfg, hpo_run) / "search", workers)
+        recorder = tracking.RunRecorder(uri, cfg.experiment_name, hpo_run)
+        summary = replace(run_study(cfg, recorder, run_dir(cfg, hpo_run) / "search", workers), run_id=hpo_run)
         log_summary(hpo_run, summary)
     except BaseException as exc:
         error = exc
@@ -62,4 +65,4 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = Fa
     finally:
         if nested:
             tracking.end_run(hpo_run, tracking.run_status(error))
-    return {**summary.to_dict(), "run_id": hpo_run}
+    return summary

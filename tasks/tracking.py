@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -14,8 +15,18 @@ from prefect.runtime import flow_run
 
 from tasks.common import run_dir
 from tuneflow import gc, tracking
-from tuneflow.config import PipelineConfig, config_from_dict, flatten
+from tuneflow.config import PipelineConfig, flatten
+from tuneflow.experiment import config_from_dict
 from tuneflow.training import LAST_CHECKPOINT
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """The parent run of a flow run; ``resume_from`` / ``registered_version`` when it continues one."""
+
+    run_id: str
+    resume_from: str | None = None
+    registered_version: str | None = None
 
 
 def _git_commit() -> str:
@@ -31,7 +42,7 @@ def _git_commit() -> str:
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def open_run(
     cfg: PipelineConfig, resume: bool = False, stage: str = "finetune", log_config: bool = True
-) -> dict[str, str | None]:
+) -> OpenedRun:
     """Start the parent run (or reopen an interrupted one); log config and tags.
 
     Args:
@@ -41,7 +52,7 @@ def open_run(
             config, so a resumed (or multi-machine) study keeps its trials under one parent.
         log_config: log the flattened config as params now (a search logs the tuned config later).
 
-    Returns ``{"run_id", "resume_from"}``; ``resume_from`` is the last checkpoint to continue from.
+    Returns the run; ``resume_from`` is the last checkpoint to continue from.
     """
     tracking.configure(cfg.tracking.tracking_uri)
     config_hash = cfg.fingerprint()
@@ -54,7 +65,7 @@ def open_run(
             run_id = previous[0].info.run_id
             tracking.reopen_run(run_id)
             print(f"continuing the study under MLflow run {run_id}")
-            return {"run_id": run_id, "resume_from": None, "registered_version": None}
+            return OpenedRun(run_id)
     elif resume:
         # The newest interrupted run that can still be continued: one killed after registration (only the
         # promotion decision is missing) or one with a last checkpoint. A run killed in validation has
@@ -67,10 +78,10 @@ def open_run(
                 tracking.reopen_run(run_id)
                 if version:
                     print(f"resuming MLflow run {run_id}: it registered v{version}; finishing its promotion")
-                    return {"run_id": run_id, "resume_from": None, "registered_version": version}
+                    return OpenedRun(run_id, registered_version=version)
                 tracking.set_tags(run_id, {"tuneflow.resumed_from": str(ckpt)})
                 print(f"resuming MLflow run {run_id} from {ckpt}")
-                return {"run_id": run_id, "resume_from": str(ckpt), "registered_version": None}
+                return OpenedRun(run_id, resume_from=str(ckpt))
         print("--resume: no interrupted run of this config with a checkpoint; starting a new run")
     tags = {
         tracking.TAG_STAGE: stage,
@@ -84,7 +95,7 @@ def open_run(
     run_id = tracking.start_run(cfg.experiment_name, run_name=flow_run.get_name(), tags=tags)
     if log_config:
         record_config(cfg, run_id)
-    return {"run_id": run_id, "resume_from": None, "registered_version": None}
+    return OpenedRun(run_id)
 
 
 def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/resolved.yaml") -> None:

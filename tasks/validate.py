@@ -12,12 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import retry_transient
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import LABEL, content_columns, fingerprint, load_raw
 from tuneflow.faults import crash_point
 from tuneflow.model import load_tokenizer
-from tuneflow.validation import DataValidationError, validate_dataset
-
-REFERENCE_SAMPLE = "reference/train_sample.jsonl"
+from tuneflow.readers import LABEL
+from tuneflow.splits import content_columns, fingerprint
+from tuneflow.tasktypes import task_type
+from tuneflow.validation import DataValidationError, ValidatedData, validate_dataset
 
 
 def _flat(df: pd.DataFrame) -> pd.DataFrame:
@@ -27,8 +27,8 @@ def _flat(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
-    """Validate the configured data; returns the report's stats and the data fingerprint.
+def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
+    """Validate the configured data; returns the data fingerprint and the report's stats.
 
     Raises:
         DataValidationError: when the report has errors (after logging the report to MLflow).
@@ -37,7 +37,8 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
     tracking.configure(cfg.tracking.tracking_uri)
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model.name)
-    report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer)
+    kind = task_type(cfg.task)
+    report, splits = validate_dataset(kind.load_raw(cfg.data), cfg, kind, tokenizer)
     tracking.log_text(run_id, report.to_json(), "validation/report.json")
     tracking.log_text(run_id, report.to_markdown(), "validation/report.md")
     for warning in report.warnings:
@@ -69,7 +70,7 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> dict:
     # A sample of the training data travels with the run: the drift reference once this model is champion.
     n = min(cfg.retrain.reference_sample, len(splits.train))
     sample = splits.train[content_columns(splits.train)].sample(n=n, random_state=cfg.train.seed)
-    tracking.log_text(run_id, sample.to_json(orient="records", lines=True), REFERENCE_SAMPLE)
+    tracking.log_text(run_id, sample.to_json(orient="records", lines=True), tracking.REFERENCE_SAMPLE)
     tracking.log_metrics(run_id, {"time_validate_s": time.perf_counter() - start})
     logger.info("validation passed: %s", json.dumps(report.stats))
-    return {"data_fingerprint": data_fp, "warnings": len(report.warnings), "stats": report.stats}
+    return ValidatedData(data_fp, len(report.warnings), report.stats)

@@ -290,7 +290,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer random GPT-2 with a word-level tokenizer and no chat template (the fallback is used)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tuneflow.chat import FALLBACK_TEMPLATE
+    from tuneflow.tasktypes.chat import FALLBACK_TEMPLATE
 
     out = tmp_path_factory.mktemp("tiny-gpt2")
     rendered = []

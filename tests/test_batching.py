@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_config
-from tuneflow.config import load_config
-from tuneflow.data import Encoded, EncodedData, LengthGroupedBatches, TextDataModule
+from tuneflow.encoding import Encoded, EncodedData, LengthGroupedBatches
+from tuneflow.experiment import load_config
+from tuneflow.tasktypes import task_type
 
 
 def _epoch(sampler: LengthGroupedBatches) -> list[list[int]]:
@@ -43,8 +44,15 @@ def test_collation_pads_inputs_and_label_sequences(tiny_model: str) -> None:
     from tuneflow.model import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
-    classes = EncodedData(Encoded([[2, 5, 3], [2, 5, 6, 7, 3]], [0, 1]), Encoded([], []), ["a", "b"], tok, 32)
-    batch = TextDataModule(classes, 2, 2, seed=0).collate(
+    classes = EncodedData(
+        Encoded([[2, 5, 3], [2, 5, 6, 7, 3]], [0, 1]),
+        Encoded([], []),
+        ["a", "b"],
+        tok,
+        32,
+        "sequence_classification",
+    )
+    batch = task_type(classes.task).collator(tok)(
         list(zip(classes.train.ids, classes.train.labels, strict=True))
     )
     assert batch["input_ids"].tolist() == [[2, 5, 3, tok.pad_token_id, tok.pad_token_id], [2, 5, 6, 7, 3]]
@@ -58,16 +66,14 @@ def test_collation_pads_inputs_and_label_sequences(tiny_model: str) -> None:
         32,
         "token_classification",
     )
-    batch = TextDataModule(tags, 2, 2, seed=0).collate(
-        list(zip(tags.train.ids, tags.train.labels, strict=True))
-    )
+    batch = task_type(tags.task).collator(tok)(list(zip(tags.train.ids, tags.train.labels, strict=True)))
     assert batch["input_ids"].tolist()[0] == [2, 5, 3, tok.pad_token_id]
     assert batch["labels"].tolist() == [[-100, 1, -100, -100], [-100, 0, 2, -100]]  # padded with -100
 
 
 def test_seq2seq_pairs_are_encoded_with_prefix_and_truncated(tiny_t5: str) -> None:
     from tuneflow.model import load_tokenizer
-    from tuneflow.seq2seq import encode_frame
+    from tuneflow.tasktypes.seq2seq import encode_frame
 
     tok = load_tokenizer(tiny_t5)
     df = pd.DataFrame(
@@ -86,8 +92,8 @@ def test_seq2seq_pairs_are_encoded_with_prefix_and_truncated(tiny_t5: str) -> No
 
 def test_chat_encoding_truncates_inputs_and_labels_together(tiny_gpt2: str) -> None:
     from tests.conftest import chat_rows
-    from tuneflow.chat import encode_chat, prepare_tokenizer
     from tuneflow.model import load_tokenizer
+    from tuneflow.tasktypes.chat import encode_chat, prepare_tokenizer
 
     tok = prepare_tokenizer(load_tokenizer(tiny_gpt2))
     messages = chat_rows(1, 3)[0]["messages"]
@@ -137,7 +143,7 @@ class _CrashAt:
 def test_resumed_training_continues_the_same_loss_curve(tmp_path: Path, tiny_model: str) -> None:
     """Interrupted after epoch 2 and resumed from last.ckpt: the same per-step losses as an uninterrupted
     run (same batches, optimizer, scheduler and step counter), as torchtune's recipe tests check."""
-    from tuneflow.data import encode, load_splits
+    from tuneflow.experiment import task_of
     from tuneflow.model import load_tokenizer
     from tuneflow.training import LAST_CHECKPOINT, fit
 
@@ -146,7 +152,8 @@ def test_resumed_training_continues_the_same_loss_curve(tmp_path: Path, tiny_mod
         tmp_path, tiny_model, model={"dropout": 0.0}, train={"max_epochs": 4, "early_stopping_patience": 9}
     )
     cfg = load_config(path)
-    data = encode(load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg.model.max_length)
+    kind = task_of(cfg)
+    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
 
     whole = _Losses()
     fit(cfg, data, tmp_path / "whole", callbacks=[whole.callback], progress_bar=False)

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneflow.cli import app
-from tuneflow.config import ConfigError, PipelineConfig, load_config
+from tuneflow.config import ConfigError, PipelineConfig
+from tuneflow.experiment import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -162,10 +163,10 @@ def test_search_budget_and_multi_objective_rules(tmp_path: Path) -> None:
 
 
 def test_trial_overrides_and_best_config() -> None:
-    from tuneflow.search import best_config, shares, trial_overrides
+    from tuneflow.search import best_config, direction, shares, trial_overrides
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", ["search.metric=val_loss", "train.min_epochs=5"])
-    assert cfg.search_direction == "minimize"
+    assert direction(cfg) == "minimize"
     assert trial_overrides(cfg) == {"train.monitor": "val_loss", "train.max_epochs": 3, "train.min_epochs": 3}
     final = best_config(cfg, {"train.lr": 1e-4, "train.batch_size": 32})
     assert (final.train.lr, final.train.batch_size, final.train.monitor) == (1e-4, 32, "val_loss")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, make_config
-from tuneflow.config import load_config
+from tuneflow.experiment import load_config
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import yaml
 
 from tests.conftest import ROOT, make_config
 from tuneflow import gc, locks, tracking
-from tuneflow.config import ConfigError, load_config
+from tuneflow.config import ConfigError
+from tuneflow.experiment import load_config
 
 # ----------------------------------------------------------------------------------------------- leases
 
@@ -108,7 +109,7 @@ def test_resume_skips_a_newer_run_without_checkpoint(
     newer = tracking.start_run(cfg.experiment_name, tags=tags)  # killed in validation: no checkpoint
     tracking.end_run(newer, "KILLED")
     opened = open_run.fn(cfg, resume=True)
-    assert opened["run_id"] == older and opened["resume_from"] == str(ckpt)
+    assert opened.run_id == older and opened.resume_from == str(ckpt)
     assert tracking.get_run(older).info.status == "RUNNING"
 
 
@@ -255,17 +256,18 @@ def test_deployment_runs_take_only_allowed_overrides() -> None:
 def test_every_checkpoint_loads_weights_only(tmp_path: Path, tiny_model: str) -> None:
     import torch
 
-    from tuneflow.data import load_splits
+    from tuneflow.experiment import task_of
+    from tuneflow.export import export_model
     from tuneflow.model import load_tokenizer
-    from tuneflow.tasktypes import encode_for
-    from tuneflow.training import export_model, fit
+    from tuneflow.training import fit
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2}))
-    data = encode_for(cfg, load_splits(cfg.data, 0), load_tokenizer(tiny_model))
+    kind = task_of(cfg)
+    data = kind.encode(kind.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
     checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert len(checkpoints) >= 2
     for ckpt in checkpoints:
         torch.load(ckpt, map_location="cpu", weights_only=True)
-    export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer)
+    export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer, cfg)
     assert (tmp_path / "export" / "model.safetensors").exists()

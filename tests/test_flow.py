@@ -45,7 +45,7 @@ def _client(uri: str) -> MlflowClient:
 
 def test_parent_run_has_tags_params_and_inputs(finished: dict) -> None:
     c = _client(finished["uri"])
-    run = c.get_run(finished["result"]["run_id"])
+    run = c.get_run(finished["result"].run_id)
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     for key in (
@@ -65,7 +65,7 @@ def test_parent_run_has_tags_params_and_inputs(finished: dict) -> None:
 
 def test_metrics_per_step_per_epoch_and_test(finished: dict) -> None:
     c = _client(finished["uri"])
-    run_id = finished["result"]["run_id"]
+    run_id = finished["result"].run_id
     m = c.get_run(run_id).data.metrics
     for key in (
         "test_accuracy",
@@ -88,7 +88,7 @@ def test_metrics_per_step_per_epoch_and_test(finished: dict) -> None:
 
 def test_artifacts_exist_and_parse(finished: dict, tmp_path: Path) -> None:
     c = _client(finished["uri"])
-    run_id = finished["result"]["run_id"]
+    run_id = finished["result"].run_id
     local = Path(c.download_artifacts(run_id, "", str(tmp_path)))
     report = json.loads((local / "validation" / "report.json").read_text())
     assert report["ok"] is True and report["stats"]["num_classes"] == 10
@@ -108,11 +108,11 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
     import mlflow
 
     c = _client(finished["uri"])
-    model = finished["result"]["model"]
-    mv = c.get_model_version(model["name"], model["version"])
-    assert mv.run_id == finished["result"]["run_id"]
+    model = finished["result"].model
+    mv = c.get_model_version(model.name, model.version)
+    assert mv.run_id == finished["result"].run_id
     assert mv.tags["tuneflow.data_fingerprint"]
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{model['name']}/{model['version']}")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}/{model.version}")
     out = pyfunc.predict(["where is my parcel", "hello there"])
     labels = {label for _, label in demo_rows("train")}
     assert list(out.columns) == ["label", "score"] and len(out) == 2
@@ -120,13 +120,13 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
 
 
 def test_cli_predict(finished: dict) -> None:
-    model = finished["result"]["model"]
+    model = finished["result"].model
     result = CliRunner().invoke(
         app,
         [
             "predict",
             "--model",
-            f"models:/{model['name']}/{model['version']}",
+            f"models:/{model.name}/{model.version}",
             "--tracking-uri",
             finished["uri"],
             "cancel my order",
@@ -145,7 +145,7 @@ def test_prefect_markdown_artifact(finished: dict) -> None:
     from prefect.artifacts import Artifact
 
     artifact = Artifact.get("finetune-tiny-intents")
-    assert artifact is not None and finished["result"]["run_id"] in artifact.data
+    assert artifact is not None and finished["result"].run_id in artifact.data
 
 
 def _bad_data_cases(tmp: Path) -> dict[str, tuple[Path, str]]:

@@ -12,11 +12,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import demo_rows, make_config, write_csv
 from tuneflow.cli import app
-from tuneflow.config import load_config
-from tuneflow.data import load_splits
-from tuneflow.lora import AdapterMismatchError, read_meta
-from tuneflow.tasktypes import encode_for, inference_settings, load_predictor
-from tuneflow.training import export_model, fit
+from tuneflow.experiment import load_config, task_of
+from tuneflow.export import export_model, load_predictor, read_meta
+from tuneflow.lora import AdapterMismatchError
+from tuneflow.training import fit
 
 TEXTS = ["where is my order", "i want a refund please", "how do i reset my password"]
 
@@ -40,19 +39,17 @@ def _train_adapter(tmp_path: Path, tiny_model: str, name: str, labels: set[str] 
         train={"max_epochs": 1, "lr": 5e-3},
     )
     cfg = load_config(cfg_path)
-    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
+    kind = task_of(cfg)
     from tuneflow.model import load_tokenizer
 
-    data = encode_for(cfg, splits, load_tokenizer(tiny_model))
+    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, work / "ckpt", progress_bar=False)
-    export = export_model(
-        result.best_checkpoint, work / "export", data.tokenizer, cfg.task, inference_settings(cfg)
-    )
+    export = export_model(result.best_checkpoint, work / "export", data.tokenizer, cfg)
     return cfg, result, export
 
 
 def test_lora_round_trip_and_adapter_only_artifacts(tmp_path, tiny_model):
-    from tuneflow.model import TextClassifier
+    from tuneflow.model import FineTuner
 
     cfg, result, export = _train_adapter(tmp_path, tiny_model, "lora-intents")
     files = {p.name for p in export.iterdir()}
@@ -65,7 +62,7 @@ def test_lora_round_trip_and_adapter_only_artifacts(tmp_path, tiny_model):
     assert meta["base_model"] == tiny_model and len(meta["base_hash"]) == 16 and meta["lora"]["r"] == 4
 
     # The module rebuilt from the (adapter-only) checkpoint and the export loaded on the base agree.
-    module = TextClassifier(**state["hyper_parameters"])
+    module = FineTuner(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"], strict=False)
     module.eval()
     predictor = load_predictor(export)

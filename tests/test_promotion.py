@@ -24,7 +24,7 @@ def test_score_gates_for_generation_tasks() -> None:
         metric="perplexity", min=20.0, min_improvement=0.5, max_train_val_gap=0.3, min_ood={"faq": 30.0}
     )
     run = {"train_val_gap": 0.1, "ood_faq_perplexity": 25.0}
-    better = decide_on_scores(gates, "chat", "2", 12.0, run, champion_version="1", champion_value=14.0)
+    better = decide_on_scores(gates, "chat", "2", 12.0, run, "1", 14.0, lower_is_better=True)
     assert better.promote, better.to_markdown()
     names = [g.name for g in better.gates]
     assert names == [
@@ -36,11 +36,13 @@ def test_score_gates_for_generation_tasks() -> None:
         "improvement in test perplexity over champion",
     ]
     assert better.gates[-1].value == pytest.approx(2.0)
-    worse = decide_on_scores(gates, "chat", "3", 14.2, run, champion_version="1", champion_value=14.0)
+    worse = decide_on_scores(gates, "chat", "3", 14.2, run, "1", 14.0, lower_is_better=True)
     assert not worse.promote and [g.name for g in worse.failed] == [
         "improvement in test perplexity over champion"
     ]
-    too_high = decide_on_scores(gates, "chat", "4", 21.0, {**run, "ood_faq_perplexity": 31.0})
+    too_high = decide_on_scores(
+        gates, "chat", "4", 21.0, {**run, "ood_faq_perplexity": 31.0}, lower_is_better=True
+    )
     assert {g.name for g in too_high.failed} == {"max test perplexity", "max out-of-domain faq perplexity"}
     rouge = decide_on_scores(
         GatesConfig(metric="rougeL", min=0.3, max_train_val_gap=None), "s", "1", 0.25, {}
@@ -61,6 +63,7 @@ def test_paired_bootstrap_and_mcnemar() -> None:
 
 def test_decision_lists_every_gate() -> None:
     gates = GatesConfig(
+        metric="f1_macro",
         min=0.9,
         max_train_val_gap=0.05,
         max_latency_p95_ms=10,
@@ -86,9 +89,11 @@ def test_decision_lists_every_gate() -> None:
     md = d.to_markdown()
     assert all(name in md for name in names) and "NOT promoted" in md and "| a |" in md
     # Equal predictions: no significant improvement, so the champion stays.
-    tie = decide(GatesConfig(max_train_val_gap=None), "m", "3", Y, list(Y), {}, "2", list(Y))
+    tie = decide(
+        GatesConfig(metric="f1_macro", max_train_val_gap=None), "m", "3", Y, list(Y), {}, "2", list(Y)
+    )
     assert not tie.promote and tie.failed[0].name.startswith("improvement")
-    first = decide(GatesConfig(min=0.99, max_train_val_gap=None), "m", "1", Y, worse, {})
+    first = decide(GatesConfig(metric="f1_macro", min=0.99, max_train_val_gap=None), "m", "1", Y, worse, {})
     assert not first.promote and first.champion_version is None
     assert "to fix:" in first.failed[0].detail and "gates.min" in first.failed[0].detail
 
@@ -102,7 +107,7 @@ LENIENT = {
 }
 
 
-def _finetune(tmp: Path, tiny_model: str, name: str, uri: str, train: dict, gates: dict) -> dict:
+def _finetune(tmp: Path, tiny_model: str, name: str, uri: str, train: dict, gates: dict):
     from flows.finetune import finetune
 
     cfg = make_config(
@@ -124,7 +129,7 @@ def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # v1: a model that cannot learn (lr 1e-9), promoted because there is no champion yet.
     bad = _finetune(tmp_path, tiny_model, "bad", uri, {"lr": 1e-9, "max_epochs": 1}, LENIENT)
-    assert bad["promotion"]["promote"] and bad["promotion"]["champion_version"] is None
+    assert bad.promotion.promote and bad.promotion.champion_version is None
     client = MlflowClient(tracking_uri=tracking.configure(uri))
 
     def alias(name: str) -> str:
@@ -133,8 +138,8 @@ def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
     assert alias("champion") == "1"
     # v2: a model that learns, registered but not decided; v3: the same model registered again.
     good = _finetune(tmp_path, tiny_model, "good", uri, {"max_epochs": 4}, {**LENIENT, "promote": False})
-    assert good["promotion"] is None
-    v3 = tracking.register_model(good["model"]["model_uri"], "intents", good["run_id"])
+    assert good.promotion is None
+    v3 = tracking.register_model(good.model.model_uri, "intents", good.run_id)
     assert v3 == "3"
 
     # Two promotions at once: the lock serializes them; the second compares with the first's outcome.
@@ -146,24 +151,24 @@ def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
         t.start()
     for t in threads:
         t.join()
-    promoted = [v for v, d in results.items() if d["promote"]]
+    promoted = [v for v, d in results.items() if d.promote]
     assert len(promoted) == 1, results
     winner, loser = promoted[0], ({"2", "3"} - set(promoted)).pop()
-    assert results[winner]["champion_version"] == "1"
-    assert results[loser]["champion_version"] == winner  # not the stale v1
+    assert results[winner].champion_version == "1"
+    assert results[loser].champion_version == winner  # not the stale v1
     assert alias("champion") == winner
     assert alias("previous-champion") == "1"
     assert client.get_model_version(intents := "intents", loser).tags["tuneflow.promotion"] == "rejected"
 
     # A worse challenger is not promoted; the champion is untouched.
     worse = promote(intents, "1")
-    assert not worse["promote"] and worse["champion_version"] == winner
+    assert not worse.promote and worse.champion_version == winner
     assert alias("champion") == winner
-    report = tracking.read_text(bad["run_id"], "promotion/v1-report.md")
+    report = tracking.read_text(bad.run_id, "promotion/v1-report.md")
     assert "NOT promoted" in report and "improvement in test f1_macro" in report
 
     out = rollback(intents)
-    assert out == {"model": intents, "champion": "1", "demoted": winner}
+    assert (out.model, out.champion, out.demoted) == (intents, "1", winner)
     assert alias("champion") == "1"
     result = CliRunner().invoke(app, ["rollback", intents, "--tracking-uri", uri])
     assert result.exit_code == 2 and "no 'previous-champion' alias" in result.output
@@ -173,22 +178,22 @@ def test_overfitting_is_judged_from_the_validation_curve() -> None:
     from tuneflow.overfitting import validation_degradation
 
     # Validation F1 peaks at epoch 2 and then falls steeply: flagged, with what to change.
-    peaked = validation_degradation([(10, 0.70), (20, 0.82), (30, 0.74), (40, 0.66)], "val_f1_macro")
+    peaked = validation_degradation([(10, 0.70), (20, 0.82), (30, 0.74), (40, 0.66)], lower_better=False)
     assert peaked["val_best_epoch"] == 2 and peaked["val_degradation"] == pytest.approx(0.16)
-    d = decide(GatesConfig(), "m", "1", Y, list(Y), {"train_val_gap": 0.05, **peaked})
+    d = decide(GatesConfig(metric="f1_macro"), "m", "1", Y, list(Y), {"train_val_gap": 0.05, **peaked})
     assert not d.promote
     (failed,) = d.failed
     assert failed.name.startswith("max validation degradation") and "train.max_epochs" in failed.detail
     # A converged run: training accuracy ~1.0 (gap 0.22) but the best validation score holds: promoted.
-    stable = validation_degradation([(10, 0.70), (20, 0.76), (30, 0.775), (40, 0.773)], "val_f1_macro")
-    healthy = decide(GatesConfig(), "m", "1", Y, list(Y), {"train_val_gap": 0.221, **stable})
+    stable = validation_degradation([(10, 0.70), (20, 0.76), (30, 0.775), (40, 0.773)], lower_better=False)
+    healthy = decide(GatesConfig(metric="f1_macro"), "m", "1", Y, list(Y), {"train_val_gap": 0.221, **stable})
     assert healthy.promote
     gap = next(g for g in healthy.gates if g.name.startswith("train/val gap"))
     assert gap.value == pytest.approx(0.221) and gap.threshold == "reported"
     # Losses: relative rise above the best.
-    loss = validation_degradation([(1, 2.0), (2, 1.6), (3, 2.0)], "val_loss")
+    loss = validation_degradation([(1, 2.0), (2, 1.6), (3, 2.0)], lower_better=True)
     assert loss["val_degradation"] == pytest.approx(0.25)
-    assert validation_degradation([], "val_loss") == {}
+    assert validation_degradation([], lower_better=True) == {}
 
 
 def test_promotion_runs_as_a_library_call_without_prefect(
@@ -196,19 +201,19 @@ def test_promotion_runs_as_a_library_call_without_prefect(
 ) -> None:
     """tuneflow.champion needs MLflow only: register two versions by hand and decide on each."""
     from tuneflow.champion import promote_version, rollback_champion
-    from tuneflow.config import load_config
-    from tuneflow.data import load_splits
+    from tuneflow.experiment import load_config, task_of
+    from tuneflow.export import export_model
     from tuneflow.model import load_tokenizer
-    from tuneflow.tasktypes import encode_for
-    from tuneflow.training import export_model, fit
+    from tuneflow.training import fit
 
     cfg = load_config(
         make_config(tmp_path, tiny_model, name="lib-promo", train={"max_epochs": 2}, gates=LENIENT_CURVE)
     )
     tracking.configure(tracking_uri)
-    data = encode_for(cfg, load_splits(cfg.data, 0), load_tokenizer(tiny_model))
+    kind = task_of(cfg)
+    data = kind.encode(kind.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
-    export = export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer)
+    export = export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer, cfg)
     versions = []
     for _ in range(2):  # the same model twice: the second cannot be significantly better
         run_id = tracking.start_run(cfg.experiment_name)

@@ -14,24 +14,24 @@ from mlflow import MlflowClient
 
 from tests.conftest import make_config
 from tuneflow import tracking
-from tuneflow.config import load_config
-from tuneflow.data import encode, load_splits
-from tuneflow.model import TextClassifier, load_tokenizer
+from tuneflow.experiment import load_config, task_of
+from tuneflow.model import FineTuner, load_tokenizer
 from tuneflow.training import fit
 
 pytestmark = pytest.mark.integration
 
 
 def test_dropout_is_active_during_training(tiny_model: str) -> None:
-    module = TextClassifier(tiny_model, ["a", "b"], dropout=0.3)
+    module = FineTuner(tiny_model, ["a", "b"], dropout=0.3)
     assert all(m.training for m in module.model.modules())
     assert module.model.config.hidden_dropout_prob == 0.3
 
 
 def _fit(cfg_path: Path, out: Path):
     cfg = load_config(cfg_path)
-    splits = load_splits(cfg.data, cfg.train.seed)
-    data = encode(splits, load_tokenizer(cfg.model.name), cfg.model.max_length)
+    kind = task_of(cfg)
+    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
     return fit(cfg, data, out, progress_bar=False), splits, cfg
 
 

@@ -69,28 +69,28 @@ def test_retrain_skips_unchanged_data_then_retrains_changed_data(
         train={"lr": 3e-3, "max_epochs": 2},
     )
     first = finetune(str(cfg), ["train.lr=0.001"])  # the champion was trained with lr 1e-3
-    assert first["promotion"]["promote"]
+    assert first.promotion.promote
     client = MlflowClient(tracking_uri=tracking.configure(uri))
 
     skipped = retrain(str(cfg))
-    assert skipped["decision"] == "skip" and "data unchanged since champion v1" in skipped["reason"]
+    assert skipped.check.decision == "skip" and "data unchanged since champion v1" in skipped.check.reason
     assert tracking.count_versions("retrain-me") == 1
 
     write_csv(train, rows[:300] + rows[300:400])  # new data arrives in the same file
     again = retrain(str(cfg))
-    assert again["decision"] == "train" and "data changed since champion v1" in again["reason"]
-    assert again["finetune"]["model"]["version"] == "2"
-    run = client.get_run(again["finetune"]["run_id"])
-    if "no drift" in again["reason"]:  # the champion's hyperparameters are reused instead of the config's
+    assert again.check.decision == "train" and "data changed since champion v1" in again.check.reason
+    assert again.finetune.model.version == "2"
+    run = client.get_run(again.finetune.run_id)
+    if "no drift" in again.check.reason:  # the champion's hyperparameters are reused instead of the config's
         assert float(run.data.params["train.lr"]) == pytest.approx(1e-3)
-    check = client.get_run(again["check_run_id"])
+    check = client.get_run(again.check.run_id)
     assert check.data.tags["tuneflow.retrain.decision"].startswith("trained")
     assert {"drift_label_psi", "drift_length_ks", "drift_oov_rate", "drift_confidence_drop"} <= set(
         check.data.metrics
     )
-    assert "Drift report" in tracking.read_text(again["check_run_id"], "drift/report.md")
-    promotion = again["finetune"]["promotion"]
-    assert promotion["champion_version"] == "1" and promotion["gates"]  # gates were applied against v1
+    assert "Drift report" in tracking.read_text(again.check.run_id, "drift/report.md")
+    promotion = again.finetune.promotion
+    assert promotion.champion_version == "1" and promotion.gates  # gates were applied against v1
 
     result = CliRunner().invoke(app, ["status", "retrain-me", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output

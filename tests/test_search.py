@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from tests.conftest import ROOT, make_config
 from tuneflow import tracking
 from tuneflow.cli import app
-from tuneflow.config import load_config
+from tuneflow.experiment import load_config
 from tuneflow.search import RUN_ATTR, open_study, run_study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -60,7 +60,9 @@ def _study(tmp: Path, tiny_model: str, workers: int = 1, n_trials: int = 4, **se
     cfg = load_config(search_config(tmp, tiny_model, n_trials, **search))
     uri = tracking.configure(cfg.tracking.tracking_uri)
     parent = tracking.start_run(cfg.experiment_name, "hpo", tags={tracking.TAG_STAGE: "tune"})
-    summary = run_study(cfg, parent, tmp / "work", workers=workers)
+    summary = run_study(
+        cfg, tracking.RunRecorder(uri, cfg.experiment_name, parent), tmp / "work", workers=workers
+    )
     return cfg, summary, parent, MlflowClient(tracking_uri=uri)
 
 
@@ -74,11 +76,11 @@ def _trial_runs(client: MlflowClient, cfg, parent: str) -> list:
 def test_study_nests_trials_in_mlflow_with_states(
     tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tuneflow.search as search_module
+    from tuneflow.tasktypes.classification import SequenceClassification
 
     calls = []
-    real_encode = search_module.encode_for
-    monkeypatch.setattr(search_module, "encode_for", lambda *a: calls.append(a) or real_encode(*a))
+    real_encode = SequenceClassification.encode
+    monkeypatch.setattr(SequenceClassification, "encode", lambda *a: calls.append(a) or real_encode(*a))
     cfg, summary, parent, client = _study(tmp_path, tiny_model)
     assert len(calls) == 1  # data tokenized once for the 4 trials of the study
     study = open_study(cfg)
@@ -127,11 +129,11 @@ def test_two_workers_share_the_study_exactly(tmp_path: Path, tiny_model: str) ->
 WORKER = """
 import sys
 from tuneflow import tracking
-from tuneflow.config import load_config
+from tuneflow.experiment import load_config
 from tuneflow.search import run_study
 cfg = load_config(sys.argv[1])
-tracking.configure(cfg.tracking.tracking_uri)
-run_study(cfg, sys.argv[2], sys.argv[3])
+uri = tracking.configure(cfg.tracking.tracking_uri)
+run_study(cfg, tracking.RunRecorder(uri, cfg.experiment_name, sys.argv[2]), sys.argv[3])
 """
 
 
@@ -164,7 +166,8 @@ def test_killed_worker_is_failed_retried_and_resume_runs_only_missing_trials(
     finished_at_kill = sum(t.state in FINISHED for t in at_kill)
     time.sleep(cfg.search.grace_period + 1)  # let its heartbeat go stale
 
-    summary = run_study(cfg, parent, tmp_path / "work")  # the same command again
+    recorder = tracking.RunRecorder(uri, cfg.experiment_name, parent)
+    summary = run_study(cfg, recorder, tmp_path / "work")  # the same command again
 
     trials = open_study(cfg).trials
     assert sum(t.state in FINISHED for t in trials) == 4
@@ -246,7 +249,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, tiny_m
     cfg = load_config(search_config(tmp_path, tiny_model, n_trials=3, space=space, pruner="none"))
     uri = tracking.configure(cfg.tracking.tracking_uri)
     parent = tracking.start_run(cfg.experiment_name, "hpo")
-    summary = run_study(cfg, parent, tmp_path / "work")
+    summary = run_study(cfg, tracking.RunRecorder(uri, cfg.experiment_name, parent), tmp_path / "work")
     trials = open_study(cfg).trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed and all(t.params["train.max_epochs"] == 1 for t in failed)

@@ -20,6 +20,6 @@ def test_minilm_on_demo_intents_well_above_chance(tmp_path: Path, prefect_harnes
         [f"tracking.tracking_uri={uri}", f"output_dir={tmp_path / 'ckpt'}"],
     )
     # 10 intents: chance is 0.10; the fine-tuned MiniLM should be far above it.
-    assert result["metrics"]["test_accuracy"] >= 0.85
-    assert result["metrics"]["test_f1_macro"] >= 0.8
-    assert result["model"]["version"] == "1"
+    assert result.metrics["test_accuracy"] >= 0.85
+    assert result.metrics["test_f1_macro"] >= 0.8
+    assert result.model.version == "1"

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, chat_rows, ner_rows, seq2seq_rows, write_conll, write_jsonl
-from tuneflow.config import ConfigError, DataConfig, FileSpec, load_config
-from tuneflow.ner import (
+from tuneflow.config import ConfigError, DataConfig, FileSpec
+from tuneflow.experiment import load_config
+from tuneflow.readers import read_conll, read_tagged
+from tuneflow.tasktypes.tagging import (
     align_labels,
     bio_errors,
     entities,
-    read_conll,
-    read_tagged,
     split_words,
     word_predictions,
 )
@@ -130,23 +130,15 @@ def _untrained_test_loss(cfg_path: Path) -> float:
     """Mean per-token loss of the *untrained* model on the config's test split (what training must beat)."""
     import transformers
 
-    from tuneflow.chat import encode_chat, prepare_tokenizer
-    from tuneflow.data import Encoded, load_splits
-    from tuneflow.model import AUTO_CLASSES, load_tokenizer
-    from tuneflow.seq2seq import encode_frame, mean_token_loss
+    from tuneflow.experiment import task_of
+    from tuneflow.model import load_tokenizer
 
     cfg = load_config(cfg_path)
-    test = load_splits(cfg.data, cfg.train.seed, cfg.task).test
-    tok = load_tokenizer(cfg.model.name)
-    model = getattr(transformers, AUTO_CLASSES[cfg.task]).from_pretrained(cfg.model.name).eval()
-    if cfg.task == "seq2seq":
-        m = cfg.model
-        data = encode_frame(test, tok, m.max_length, m.max_target_length, m.source_prefix)
-    else:
-        tok = prepare_tokenizer(tok)
-        pairs = [encode_chat(tok, messages, cfg.model.max_length) for messages in test["messages"]]
-        data = Encoded([i for i, _ in pairs], [lab for _, lab in pairs])
-    return mean_token_loss(model, tok, data, cfg.task)
+    kind = task_of(cfg)
+    test = kind.load_splits(cfg.data, cfg.train.seed).test
+    model = getattr(transformers, kind.auto_class).from_pretrained(cfg.model.name).eval()
+    predictor = kind.predictor(model, load_tokenizer(cfg.model.name), kind.inference_settings(cfg))
+    return predictor.loss(test)
 
 
 def _artifacts(run_id: str, path: str) -> set[str]:
@@ -162,7 +154,7 @@ def test_ner_end_to_end(tmp_path, tiny_ner_model, tracking_uri, prefect_harness)
     raw["data"].pop("text_column"), raw["data"].pop("label_column")
     cfg_path.write_text(yaml.safe_dump(raw))
     out = _run(cfg_path)
-    m = out["metrics"]
+    m = out.metrics
     assert {"test_f1", "test_precision", "test_recall", "validation_f1", "train_val_gap"} <= set(m)
     assert m["test_f1"] > 0.5  # synthetic entities are learnable even by a 2-layer random BERT
     assert {
@@ -170,15 +162,15 @@ def test_ner_end_to_end(tmp_path, tiny_ner_model, tracking_uri, prefect_harness)
         "type_confusion.csv",
         "type_confusion.png",
         "worst_sentences.csv",
-    } <= _artifacts(out["run_id"], "evaluation")
+    } <= _artifacts(out.run_id, "evaluation")
     per_type = pd.read_csv(
         mlflow.artifacts.download_artifacts(
-            run_id=out["run_id"], artifact_path="evaluation/per_type_metrics.csv"
+            run_id=out.run_id, artifact_path="evaluation/per_type_metrics.csv"
         )
     )
     assert set(per_type["type"]) == {"person", "location", "org"}
-    assert out["model"]["version"] == "1" and out["promotion"]["promote"]
-    model = mlflow.pyfunc.load_model(f"models:/tiny-ner/{out['model']['version']}")
+    assert out.model.version == "1" and out.promotion.promote
+    model = mlflow.pyfunc.load_model(f"models:/tiny-ner/{out.model.version}")
     spans = model.predict(["alice smith moved to paris last year"])["entities"][0]
     assert all({"type", "text", "start", "end", "score"} <= set(s) for s in spans)
     assert any(s["type"] == "location" and s["text"] == "paris" for s in spans)
@@ -207,27 +199,27 @@ def test_seq2seq_end_to_end(tmp_path, tiny_t5, tracking_uri, prefect_harness):
         gates={"metric": "rougeL"},
     )
     out = _run(cfg_path)
-    m = out["metrics"]
+    m = out.metrics
     assert {"test_rouge1", "test_rouge2", "test_rougeL", "test_bleu", "test_chrf", "test_loss"} <= set(m)
     assert 0 <= m["test_rougeL"] <= 1 and m["test_loss"] > 0
     # Something was learned: the fine-tuned loss on the test summaries is well below the untrained one.
     assert m["test_loss"] < 0.8 * _untrained_test_loss(cfg_path)
     samples = pd.read_csv(
         mlflow.artifacts.download_artifacts(
-            run_id=out["run_id"], artifact_path="evaluation/sample_generations.csv"
+            run_id=out.run_id, artifact_path="evaluation/sample_generations.csv"
         )
     )
     assert list(samples.columns) == ["line", "text", "reference", "generated"] and len(samples) == 5
-    assert out["promotion"]["metric"] == "rougeL"
-    generated = mlflow.pyfunc.load_model(f"models:/tiny-summaries/{out['model']['version']}").predict(
+    assert out.promotion.metric == "rougeL"
+    generated = mlflow.pyfunc.load_model(f"models:/tiny-summaries/{out.model.version}").predict(
         ["alice met bob in paris . carol met dave in rome ."]
     )
     assert list(generated.columns) == ["generated_text"] and isinstance(generated["generated_text"][0], str)
 
 
 def test_chat_labels_cover_assistant_tokens_only(tiny_gpt2):
-    from tuneflow.chat import encode_chat, prepare_tokenizer
     from tuneflow.model import load_tokenizer
+    from tuneflow.tasktypes.chat import encode_chat, prepare_tokenizer
 
     tok = prepare_tokenizer(load_tokenizer(tiny_gpt2))
     messages = chat_rows(1, 0)[0]["messages"] + [
@@ -264,28 +256,27 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
         gates={"max_train_val_gap": None},
     )
     out = _run(cfg_path)
-    m = out["metrics"]
-    assert m["test_perplexity"] > 1 and out["promotion"]["metric"] == "perplexity"
+    m = out.metrics
+    assert m["test_perplexity"] > 1 and out.promotion.metric == "perplexity"
     # Something was learned: the assistant-token loss on the test chats is below the untrained one (a rank-4
     # adapter on the attention of a random 2-layer model, frozen random embeddings: it moves, but slowly).
     assert m["test_loss"] < 0.95 * _untrained_test_loss(cfg_path)
-    run = mlflow.MlflowClient().get_run(out["run_id"])
+    run = mlflow.MlflowClient().get_run(out.run_id)
     # Only the adapter is trained, checkpointed and logged: a small share of the parameters.
     assert 0 < run.data.metrics["params_trainable_share"] < 0.2
-    files = _artifacts(out["run_id"], "model/artifacts/export")
+    files = _artifacts(out.run_id, "model/artifacts/export")
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     # Adapter-only checkpoints are checked in test_lora.py; here: deleted once the model is registered.
-    assert not Path(out["fit"]["best_checkpoint"]).exists()
-    mv = mlflow.MlflowClient().get_model_version("tiny-chat", out["model"]["version"])
+    assert not Path(out.fit.best_checkpoint).exists()
+    mv = mlflow.MlflowClient().get_model_version("tiny-chat", out.model.version)
     assert mv.tags["tuneflow.adapter"] == "true" and len(mv.tags["tuneflow.base_hash"]) == 16
-    reply = mlflow.pyfunc.load_model(f"models:/tiny-chat/{out['model']['version']}").predict(
-        ["where is rome ?"]
-    )
+    reply = mlflow.pyfunc.load_model(f"models:/tiny-chat/{out.model.version}").predict(["where is rome ?"])
     assert isinstance(reply["generated_text"][0], str)
 
 
 def test_lora_keys_are_searchable():
-    from tuneflow.config import apply_params, config_from_dict
+    from tuneflow.config import apply_params
+    from tuneflow.experiment import config_from_dict
 
     raw = {
         "name": "x",
@@ -312,7 +303,7 @@ def test_lora_keys_are_searchable():
 
 def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
     from tests.conftest import make_config
-    from tuneflow.data import load_raw
+    from tuneflow.experiment import task_of
     from tuneflow.validation import validate_dataset
 
     train = write_conll(tmp_path / "train.conll", ner_rows(40, 1) + [(["bob", "smith"], ["O", "I-person"])])
@@ -325,7 +316,7 @@ def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
             data={"train": str(train), "test": str(test)},
         )
     )
-    report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg)
+    report, splits = validate_dataset(task_of(cfg).load_raw(cfg.data), cfg, task_of(cfg))
     assert splits is None
     bad_line = 1 + sum(len(w) + 1 for w, _ in ner_rows(40, 1))
     assert any(
@@ -348,12 +339,14 @@ def test_cli_validate_hub_seq2seq_offline_exits_4():
 @pytest.mark.slow
 def test_wnut17_reads_and_validates(tiny_ner_model):
     """The shipped NER config on the real WNUT-17 files: counts as documented, no BIO errors."""
-    from tuneflow.data import load_raw
+    from tuneflow.experiment import task_of
     from tuneflow.model import load_tokenizer
     from tuneflow.validation import validate_dataset
 
     cfg = load_config(ROOT / "configs" / "wnut17.yaml", [f"model.name={tiny_ner_model}"])
-    report, splits = validate_dataset(load_raw(cfg.data, cfg.task), cfg, load_tokenizer(tiny_ner_model))
+    report, splits = validate_dataset(
+        task_of(cfg).load_raw(cfg.data), cfg, task_of(cfg), load_tokenizer(tiny_ner_model)
+    )
     assert report.ok, report.errors
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (3394, 1009, 1287)
     assert report.stats["entities_train"] == 1975 and report.stats["num_tags"] == 13

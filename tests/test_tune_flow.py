@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.test_search import search_config
 from tuneflow import tracking
 from tuneflow.cli import app
-from tuneflow.config import load_config
+from tuneflow.experiment import load_config
 from tuneflow.search import open_study
 
 pytestmark = pytest.mark.integration
@@ -34,14 +34,14 @@ def test_run_with_search_and_cv_retrains_best_params(
     result = finetune(str(cfg_path), ["train.cv_folds=2"])
     cfg = load_config(cfg_path)
     client = MlflowClient(tracking_uri=tracking.configure(cfg.tracking.tracking_uri))
-    parent = client.get_run(result["run_id"])
-    best = result["search"]["best_params"]
+    parent = client.get_run(result.run_id)
+    best = result.search.best_params
     # The final training used the best trial's parameters, and says so in its params.
     assert float(parent.data.params["train.lr"]) == pytest.approx(best["train.lr"])
     assert float(parent.data.params["model.dropout"]) == pytest.approx(best["model.dropout"])
     assert parent.data.params["train.max_epochs"] == "3"  # the trial budget (2) is not the final one
-    assert result["model"]["version"] == "1"
-    children = _children(client, cfg.experiment_name, result["run_id"])
+    assert result.model.version == "1"
+    children = _children(client, cfg.experiment_name, result.run_id)
     stages = sorted(r.data.tags["tuneflow.stage"] for r in children)
     assert stages == ["fold", "fold", "search"]  # final-config CV folds + the nested HPO run
     assert {"cv_val_f1_macro_mean", "cv_val_f1_macro_std"} <= set(parent.data.metrics)
@@ -66,7 +66,7 @@ def test_tune_logs_study_summary_and_cli_rerun_resumes(
     result = tune(str(cfg_path))
     cfg = load_config(cfg_path)
     client = MlflowClient(tracking_uri=tracking.configure(cfg.tracking.tracking_uri))
-    hpo = client.get_run(result["run_id"])
+    hpo = client.get_run(result.run_id)
     assert hpo.data.tags["tuneflow.stage"] == "tune" and hpo.info.status == "FINISHED"
     assert hpo.data.metrics["trials_complete"] + hpo.data.metrics["trials_pruned"] == 3
     assert "tuneflow.best.train.lr" in hpo.data.tags and "tuneflow.best.model.dropout" in hpo.data.tags

@@ -11,16 +11,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig, TrackingConfig
-from tuneflow.data import LABEL, TEXT, load_splits
+from tuneflow.export import load_predictor
 from tuneflow.faults import crash_point
 from tuneflow.locks import default_lock_url, lease
-from tuneflow.promotion import Decision, decide, decide_on_scores
-from tuneflow.tasktypes import load_predictor, score_predictor
+from tuneflow.promotion import Decision
+from tuneflow.tasktypes import TaskType, task_type
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 
@@ -49,15 +51,11 @@ def decision_lock(
         yield check
 
 
-def _predict(model_uri: str, texts: list[str]) -> list[str]:
-    return [str(x) for x in tracking.load_pyfunc(model_uri).predict(texts)["label"]]
-
-
-def _score(cfg: PipelineConfig, model_uri: str, test: pd.DataFrame) -> float:
-    """``gates.metric`` of a registered model on the frozen test set (NER, seq2seq, causal LM)."""
+def _evidence(kind: TaskType, cfg: PipelineConfig, model_uri: str, test: pd.DataFrame) -> Any:
+    """What the task type judges a registered model on, measured on the frozen test set."""
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_predictor(tracking.download_export(model_uri, tmp))
-        return score_predictor(cfg, predictor, test)
+        return kind.promotion_evidence(predictor, test, cfg)
 
 
 def promote_version(
@@ -83,13 +81,9 @@ def promote_version(
     tracking.configure(cfg.tracking.tracking_uri)
     name = cfg.registered_model_name
     mv = tracking.model_version(name, version)
-    test = load_splits(cfg.data, cfg.train.seed, cfg.task).test
-    classify = cfg.task == "sequence_classification"
-    if classify:
-        texts, y_true = test[TEXT].tolist(), [str(x) for x in test[LABEL]]
-        challenger_pred = _predict(f"models:/{name}/{version}", texts)
-    else:
-        challenger_value = _score(cfg, f"models:/{name}/{version}", test)
+    kind = task_type(cfg.task)
+    test = kind.load_splits(cfg.data, cfg.train.seed).test
+    evidence = _evidence(kind, cfg, f"models:/{name}/{version}", test)
     with decision_lock(name, cfg.tracking, notify) as still_held:
         tracking.set_alias(name, CHALLENGER, version)
         crash_point("promote")
@@ -97,34 +91,12 @@ def promote_version(
         if champion == str(version):
             champion = None  # re-deciding the current champion: absolute gates only
         run_metrics = tracking.run_metrics(mv.run_id)
-        if classify:
-            champion_pred = _predict(f"models:/{name}/{champion}", texts) if champion else None
-            decision = decide(
-                cfg.gates,
-                name,
-                str(version),
-                y_true,
-                challenger_pred,
-                run_metrics,
-                champion,
-                champion_pred,
-                seed=cfg.train.seed,
-            )
-        else:
-            champion_value = _score(cfg, f"models:/{name}/{champion}", test) if champion else None
-            decision = decide_on_scores(
-                cfg.gates,
-                name,
-                str(version),
-                challenger_value,
-                run_metrics,
-                champion,
-                champion_value,
-                n_examples=len(test),
-            )
+        champion_evidence = _evidence(kind, cfg, f"models:/{name}/{champion}", test) if champion else None
+        decision = kind.decide(
+            cfg, name, str(version), test, evidence, run_metrics, champion, champion_evidence
+        )
         if force and not decision.promote:
-            decision.promote, decision.forced = True, True
-            decision.note = f"Forced by hand despite failed gates: {reason or 'no reason given'}."
+            decision = decision.forced_by_hand(reason)
         still_held()  # never move aliases on a lease that expired during a slow decision
         if decision.promote:
             if champion:
@@ -145,9 +117,18 @@ def promote_version(
     return decision
 
 
+@dataclass(frozen=True)
+class Rollback:
+    """A rollback: ``champion`` now points at the previous champion; ``demoted`` is the version it left."""
+
+    model: str
+    champion: str
+    demoted: str | None
+
+
 def rollback_champion(
     model: str, tracking_uri: str | None = None, notify: Callable[[str], None] = print
-) -> dict[str, str]:
+) -> Rollback:
     """Move ``champion`` back to the ``previous-champion`` version (under the model's lease)."""
     tracking.configure(tracking_uri)
     with decision_lock(model, TrackingConfig(tracking_uri=tracking_uri), notify):
@@ -161,4 +142,4 @@ def rollback_champion(
         tracking.delete_alias(model, PREVIOUS)
         if current:
             tracking.set_version_tags(model, current, {"tuneflow.promotion": "rolled back"})
-    return {"model": model, "champion": previous, "demoted": current or "none"}
+    return Rollback(model, previous, current)

@@ -133,7 +133,8 @@ def _quiet_env() -> None:
 
 
 def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
-    from tuneflow.config import ConfigError, load_config
+    from tuneflow.config import ConfigError
+    from tuneflow.experiment import load_config
 
     try:
         return load_config(config, overrides or [])
@@ -175,49 +176,47 @@ def run(
     from tuneflow.config import redact_secrets
 
     result = _call_flow(finetune, str(config), set_, resume, workers)
-    m = result["metrics"]
+    m = result.metrics
     console.rule("[bold green]tuneflow run finished")
     console.print(
-        f"MLflow run      {result['run_id']}  (experiment '{result['experiment']}', "
-        f"{redact_secrets(result['tracking_uri'])})"
+        f"MLflow run      {result.run_id}  (experiment '{result.experiment}', "
+        f"{redact_secrets(result.tracking_uri)})"
     )
-    if result["search"]:
-        _print_search(result["search"])
-    if result["cv"]:
-        cv = result["cv"]
-        mean = next(k for k in cv if k.endswith("_mean"))
+    if result.search:
+        _print_search(result.search)
+    if result.cv:
+        cv = result.cv
         console.print(
-            f"cross-val       {mean.removeprefix('cv_').removesuffix('_mean')} {cv[mean]:.4f} "
-            f"+- {cv[mean.replace('_mean', '_std')]:.4f} over {int(cv['cv_folds'])} folds"
+            f"cross-val       {cv.metric.removeprefix('val_')} {cv.mean:.4f} +- {cv.std:.4f} "
+            f"over {len(cv.scores)} folds"
         )
-    from tuneflow.tasktypes import HEADLINE
-
-    shown = [k for k in HEADLINE[cfg.task] if k in m and not k.startswith("latency")]
-    console.print("   ".join(f"{k.removeprefix('test_').replace('_', ' ')} {m[k]:.4f}" for k in shown))
-    headline = shown[0].removeprefix("test_")
+    shown = [(k, v) for k, v in result.headline if not k.startswith("latency")]
+    console.print("   ".join(f"{k.removeprefix('test_').replace('_', ' ')} {v:.4f}" for k, v in shown))
+    headline = shown[0][0].removeprefix("test_")
     for key in sorted(k for k in m if k.startswith("ood_") and k.endswith(f"_{headline}")):
         console.print(f"{key:<15} {m[key]:.4f}")
-    if result["model"]:
-        mdl = result["model"]
-        console.print(f"registered      models:/{mdl['name']}/{mdl['version']}")
-        console.print(
-            f'try it          tuneflow predict --model models:/{mdl["name"]}/{mdl["version"]} "some text"'
-        )
-    if result.get("promotion"):
-        _print_decision(result["promotion"])
+    if result.model:
+        uri = f"models:/{result.model.name}/{result.model.version}"
+        console.print(f"registered      {uri}")
+        console.print(f'try it          tuneflow predict --model {uri} "some text"')
+    if result.promotion:
+        _print_decision(result.promotion)
     console.print("browse runs     tuneflow ui   (then open http://127.0.0.1:5000)")
 
 
-def _print_decision(d: dict) -> None:
-    verdict = "[green]promoted to champion" if d["promote"] else "[yellow]not promoted"
-    if d["forced"]:
+def _print_decision(d) -> None:  # noqa: ANN001  (a tuneflow.promotion.Decision)
+    verdict = "[green]promoted to champion" if d.promote else "[yellow]not promoted"
+    if d.forced:
         verdict += " (forced)"
-    against = f"champion v{d['champion_version']}" if d["champion_version"] else "no champion yet"
-    console.print(f"promotion       v{d['challenger_version']} vs {against}: {verdict}[/]")
-    for g in d["gates"]:
-        value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
-        mark = "pass" if g["passed"] else "[red]FAIL[/]"
-        console.print(f"  {mark:<4} {g['name']}: {value} ({g['threshold']}) {g['detail']}", highlight=False)
+    against = f"champion v{d.champion_version}" if d.champion_version else "no champion yet"
+    console.print(f"promotion       v{d.challenger_version} vs {against}: {verdict}[/]")
+    for g in d.gates:
+        value = "n/a" if g.value is None else f"{g.value:.4f}"
+        mark = "pass" if g.passed else "[red]FAIL[/]"
+        console.print(
+            f"  {mark:<4} {escape(g.name)}: {value} ({escape(g.threshold)}) {escape(g.detail)}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -241,7 +240,7 @@ def promote(
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     _print_decision(decision)
-    if not decision["promote"]:
+    if not decision.promote:
         raise typer.Exit(6)
 
 
@@ -298,16 +297,18 @@ def rollback(
     except LookupError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
-    console.print(f"{model}: champion is v{out['champion']} again (v{out['demoted']} demoted)")
+    demoted = f"v{out.demoted} demoted" if out.demoted else "no champion before"
+    console.print(f"{model}: champion is v{out.champion} again ({demoted})")
 
 
-def _print_search(s: dict) -> None:
+def _print_search(s) -> None:  # noqa: ANN001  (a tuneflow.search.StudySummary)
+    best = "none" if s.best_value is None else f"{s.best_value:.4f}"
     console.print(
-        f"search          study '{s['study_name']}': best {s['metric']} {s['best_value']:.4f} "
-        f"(trial {s['best_trial']}); {s['n_complete']} complete, {s['n_pruned']} pruned, "
-        f"{s['n_failed']} failed; {s['epochs_total']} epochs"
+        f"search          study '{s.study_name}': best {s.metric} {best} "
+        f"(trial {s.best_trial}); {s.n_complete} complete, {s.n_pruned} pruned, "
+        f"{s.n_failed} failed; {s.epochs_total} epochs"
     )
-    for key, value in s["best_params"].items():
+    for key, value in s.best_params.items():
         console.print(f"  best {key} = {value}")
 
 
@@ -329,10 +330,10 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
 
     result = _call_flow(tune_flow, str(config), set_, workers)
     console.rule("[bold green]tuneflow tune finished")
-    console.print(f"MLflow HPO run  {result['run_id']}  (experiment '{result['experiment']}')")
-    _print_search(result["search"])
+    console.print(f"MLflow HPO run  {result.run_id}  (experiment '{result.experiment}')")
+    _print_search(result.search)
     given = [f"--set {item}" for item in set_ if not item.startswith("search.")]
-    best = [f"--set {k}={v}" for k, v in result["search"]["best_params"].items()]
+    best = [f"--set {k}={v}" for k, v in result.search.best_params.items()]
     sets = " ".join(given + best)
     console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
     console.print("compare trials  tuneflow ui   (parent run -> nested trial runs -> Chart / Compare)")
@@ -352,10 +353,10 @@ def retrain(
     from flows.retrain import retrain as retrain_flow
 
     result = _call_flow(retrain_flow, str(config), set_, force, workers)
-    console.rule(f"[bold green]tuneflow retrain: {result['decision']}")
-    console.print(f"reason          {result['reason']}", highlight=False)
-    if "finetune" in result and result["finetune"].get("promotion"):
-        _print_decision(result["finetune"]["promotion"])
+    console.rule(f"[bold green]tuneflow retrain: {result.check.decision}")
+    console.print(f"reason          {escape(result.check.reason)}", highlight=False)
+    if result.finetune is not None and result.finetune.promotion:
+        _print_decision(result.finetune.promotion)
 
 
 @app.command()
@@ -383,15 +384,16 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Only run the data checks and print the report (no training, nothing logged)."""
     cfg = _load(config, set_)
     _preflight(cfg, data=False)  # the data checks run once, below, with the tokenizer's statistics
-    from tuneflow.data import load_raw
     from tuneflow.model import ModelLoadError, load_tokenizer
+    from tuneflow.tasktypes import task_type
     from tuneflow.validation import validate_dataset
 
     try:
         tokenizer = load_tokenizer(cfg.model.name)
     except ModelLoadError as exc:
         _fail_on_known(exc)
-    report, _ = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer)
+    kind = task_type(cfg.task)
+    report, _ = validate_dataset(kind.load_raw(cfg.data), cfg, kind, tokenizer)
     print(report.to_markdown())
     if not report.ok:
         raise typer.Exit(3)
@@ -425,13 +427,13 @@ def predict(
     tracking.configure(tracking_uri)
     try:
         if adapter:
-            from tuneflow.lora import read_meta
-            from tuneflow.tasktypes import load_predictor, to_inputs
+            from tuneflow.export import load_predictor, read_meta
+            from tuneflow.tasktypes import task_type
 
             with tempfile.TemporaryDirectory() as tmp:
                 export = tracking.download_export(_adapter_uri(adapter), tmp)
-                task = read_meta(export).get("task", "sequence_classification")
-                out = load_predictor(export, base=model).predict(to_inputs(task, list(texts)))
+                kind = task_type(read_meta(export)["task"])
+                out = load_predictor(export, base=model).predict(kind.to_inputs(list(texts)))
         else:
             out = tracking.load_pyfunc(model).predict(list(texts))
     except Exception as exc:
@@ -501,7 +503,8 @@ def _bundle(name: str, found: list[dict]) -> None:
     import tempfile
 
     from tuneflow import tracking
-    from tuneflow.lora import AdapterMismatchError, read_meta
+    from tuneflow.export import read_meta
+    from tuneflow.lora import AdapterMismatchError
     from tuneflow.serving import check_adapter_set
 
     chosen: dict[str, dict] = {}
@@ -541,6 +544,22 @@ def _bundle(name: str, found: list[dict]) -> None:
         f"registered adapter set [bold]{name}[/] v{version} ({', '.join(sorted(chosen))}): "
         f"mlflow.pyfunc.load_model('models:/{name}/{version}').predict(texts, params={{'adapter': NAME}})"
     )
+
+
+@app.command()
+def tasks() -> None:
+    """List the registered task types: what each fine-tunes for, and its metrics."""
+    from rich.table import Table
+
+    from tuneflow.tasktypes import TASK_TYPES
+
+    table = Table(title="task types (config key `task`)", title_justify="left")
+    for col in ("task", "what", "train.monitor (first = default)", "gates.metric (first = default)"):
+        table.add_column(col, overflow="fold")
+    for kind in TASK_TYPES.values():
+        m = kind.metrics
+        table.add_row(kind.name, kind.summary, ", ".join(m.monitors), ", ".join(m.gate_metrics))
+    Console().print(table)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Typed, validated pipeline configuration.
 
 A config is YAML on disk, validated by the pydantic models below (``extra="forbid"``, a description per
-field). :func:`load_config` applies ``--set a.b=value`` overrides, resolves data paths relative to the
-config file, and reports *every* problem at once, each naming its dotted key.
+field). :func:`read_config` applies ``--set a.b=value`` overrides, resolves data paths relative to the
+config file, and reports *every* problem at once, each naming its dotted key. The schema knows no task
+type: :func:`tuneflow.experiment.load_config` passes the registry's defaults and checks in.
 """
 
 from __future__ import annotations
@@ -263,12 +264,12 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(
         2, ge=1, description="Validation checks without improvement of `monitor` before stopping."
     )
-    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro", "val_f1"] = Field(
-        "val_f1_macro",
+    monitor: str | None = Field(
+        None,
         description=(
-            "Validation metric for early stopping and best checkpoint. Default per task: val_f1_macro "
-            "(sequence_classification), val_f1 = entity F1 (token_classification), val_loss (seq2seq, "
-            "causal_lm)."
+            "Validation metric for early stopping and best checkpoint; null = the task type's default "
+            "(val_f1_macro for sequence_classification, val_f1 = entity F1 for token_classification, "
+            "val_loss for seq2seq and causal_lm). `tuneflow tasks` lists each type's choices."
         ),
     )
     seed: int = Field(42, description="Seed for data splits, initialization and shuffling.")
@@ -332,18 +333,6 @@ class EvalConfig(_Section):
     )
     sample_generations: int = Field(20, ge=0, description="Rows in the sample-generations table.")
 
-
-TASK_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # task -> (validation metrics for train.monitor / search.metric, test metrics for gates.metric);
-    # the first of each is the task's default.
-    "sequence_classification": (
-        ("val_f1_macro", "val_accuracy", "val_loss"),
-        ("f1_macro", "accuracy", "f1_weighted"),
-    ),
-    "token_classification": (("val_f1", "val_loss"), ("f1",)),
-    "seq2seq": (("val_loss",), ("rougeL", "rouge1", "rouge2", "bleu", "chrf")),
-    "causal_lm": (("val_loss",), ("perplexity",)),
-}
 
 SEARCHABLE_SECTIONS = ("model", "train")
 UNSEARCHABLE_KEYS = (
@@ -414,11 +403,11 @@ class SearchConfig(_Section):
     timeout: float | None = Field(
         None, gt=0, description="Stop starting new trials after this many seconds per worker."
     )
-    metric: Literal["val_loss", "val_accuracy", "val_f1_macro", "val_f1"] | None = Field(
+    metric: str | None = Field(
         None,
         description=(
-            "Objective: best validation value of this metric; null = train.monitor. Trials early-stop and "
-            "checkpoint on it."
+            "Objective: best validation value of this metric (one of the task type's monitors); null = "
+            "train.monitor. Trials early-stop and checkpoint on it."
         ),
     )
     direction: Literal["maximize", "minimize"] | None = Field(
@@ -484,22 +473,11 @@ class SearchConfig(_Section):
 class GatesConfig(_Section):
     """Promotion gates: what a registered challenger must show before it becomes the champion."""
 
-    metric: Literal[
-        "accuracy",
-        "f1_macro",
-        "f1_weighted",
-        "f1",
-        "rouge1",
-        "rouge2",
-        "rougeL",
-        "bleu",
-        "chrf",
-        "perplexity",
-    ] = Field(
-        "f1_macro",
+    metric: str | None = Field(
+        None,
         description=(
-            "Primary test metric. Default per task: f1_macro (sequence_classification), entity f1 "
-            "(token_classification), rougeL (seq2seq), perplexity (causal_lm, lower is better)."
+            "Primary test metric; null = the task type's default: f1_macro (sequence_classification), entity "
+            "f1 (token_classification), rougeL (seq2seq), perplexity (causal_lm, lower is better)."
         ),
     )
     min: float | None = Field(
@@ -623,11 +601,12 @@ class PipelineConfig(_Section):
     """A whole fine-tuning experiment."""
 
     name: str = Field(description="Experiment name: MLflow experiment and registered model default to it.")
-    task: Literal["sequence_classification", "token_classification", "seq2seq", "causal_lm"] = Field(
+    task: str = Field(
         "sequence_classification",
         description=(
-            "Task type: sequence_classification (sentiment, topics, intents), token_classification (NER, "
-            "BIO tags), seq2seq (summarization, translation), causal_lm (chat fine-tuning)."
+            "Task type, by its registry name: sequence_classification (sentiment, topics, intents), "
+            "token_classification (NER, BIO tags), seq2seq (summarization, translation), causal_lm (chat "
+            "fine-tuning). `tuneflow tasks` lists them."
         ),
     )
     data: DataConfig = Field(description="Dataset files, columns and splits.")
@@ -650,27 +629,6 @@ class PipelineConfig(_Section):
         "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _task_defaults(cls, raw: Any) -> Any:
-        # Metric defaults depend on the task: fill them in when the config leaves them out.
-        if not isinstance(raw, dict) or raw.get("task") in (None, "sequence_classification"):
-            return raw
-        defaults = TASK_METRICS.get(raw["task"])
-        if defaults is None:
-            return raw
-        raw = dict(raw)
-        for section, key, value in (
-            ("train", "monitor", defaults[0][0]),
-            ("gates", "metric", defaults[1][0]),
-        ):
-            sub = raw.get(section)
-            if sub is None:
-                raw[section] = {key: value}
-            elif isinstance(sub, dict) and key not in sub:
-                raw[section] = {**sub, key: value}
-        return raw
-
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
@@ -687,12 +645,6 @@ class PipelineConfig(_Section):
     @property
     def search_metric(self) -> str:
         return (self.search.metric if self.search else None) or self.train.monitor
-
-    @property
-    def search_direction(self) -> str:
-        if self.search and self.search.direction:
-            return self.search.direction
-        return "minimize" if self.search_metric.endswith("loss") else "maximize"
 
     @property
     def experiment_name(self) -> str:
@@ -787,12 +739,24 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             spec["path"] = str(p if p.is_absolute() else (base / p).resolve())
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+class TaskRules(typing.Protocol):
+    """What the task-type registry checks in a config (see :mod:`tuneflow.experiment`, which passes it)."""
+
+    def unknown_task(self, task: Any) -> str | None:
+        """Why ``task`` names no registered task type, or None."""
+
+    def resolve(self, cfg: PipelineConfig) -> tuple[PipelineConfig, list[tuple[str, str]]]:
+        """The config with the task type's defaults filled in, and its task-specific problems by key."""
+
+
+def read_config(path: str | Path, overrides: list[str] | None, rules: TaskRules) -> PipelineConfig:
     """Load, override and validate a YAML experiment config.
 
     Args:
         path: YAML file.
         overrides: ``dotted.key=value`` strings applied before validation.
+        rules: the task-type registry's checks and defaults (use :func:`tuneflow.experiment.load_config`,
+            which passes them).
 
     Returns:
         The validated, frozen config with absolute data paths.
@@ -823,10 +787,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if env_problems:
         raise ConfigError(str(path), env_problems)
     _resolve_paths(raw, path.resolve().parent)
-    return config_from_dict(raw, source=str(path))
+    return validate_config(raw, str(path), rules)
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+def validate_config(raw: dict[str, Any], source: str, rules: TaskRules) -> PipelineConfig:
     """Validate an already-parsed config mapping (paths must already be absolute).
 
     A search space is checked too: every key must be a searchable config key and every extreme value
@@ -835,42 +799,22 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineCon
     search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
     space = search.get("space") if isinstance(search.get("space"), dict) else {}
     key_problems = _space_key_problems(list(space))
+    unknown = rules.unknown_task(raw.get("task", "sequence_classification"))
+    if unknown:
+        key_problems.append(("task", unknown))
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as err:
         problems = _problems(err)
         seen = {key for key, _ in problems}
         raise ConfigError(source, problems + [p for p in key_problems if p[0] not in seen]) from err
-    problems = key_problems + _space_value_problems(cfg, {k for k, _ in key_problems}) + _task_problems(cfg)
+    task_problems: list[tuple[str, str]] = []
+    if not unknown:
+        cfg, task_problems = rules.resolve(cfg)
+    problems = key_problems + _space_value_problems(cfg, {k for k, _ in key_problems}) + task_problems
     if problems:
         raise ConfigError(source, problems)
     return cfg
-
-
-def _task_problems(cfg: PipelineConfig) -> list[tuple[str, str]]:
-    """Settings that exist for every task but only make sense for some."""
-    monitors, gate_metrics = TASK_METRICS[cfg.task]
-    problems = []
-    if cfg.train.monitor not in monitors:
-        problems.append(
-            ("train.monitor", f"'{cfg.train.monitor}' is not one of {monitors} for task {cfg.task}")
-        )
-    if cfg.search and cfg.search.metric and cfg.search.metric not in monitors:
-        problems.append(
-            ("search.metric", f"'{cfg.search.metric}' is not one of {monitors} for task {cfg.task}")
-        )
-    if cfg.gates.metric not in gate_metrics:
-        problems.append(
-            ("gates.metric", f"'{cfg.gates.metric}' is not one of {gate_metrics} for task {cfg.task}")
-        )
-    if cfg.task != "sequence_classification":
-        if cfg.train.cv_folds:
-            problems.append(
-                ("train.cv_folds", "stratified k-fold is only supported for sequence_classification")
-            )
-        if cfg.search and cfg.search.latency_objective:
-            problems.append(("search.latency_objective", "only supported for sequence_classification"))
-    return problems
 
 
 def _has_key(model: type[BaseModel], parts: list[str]) -> bool:

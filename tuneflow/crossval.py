@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.data import EncodedData
+from tuneflow.encoding import EncodedData
+from tuneflow.tracking import TAG_STAGE, RunRecorder
 from tuneflow.training import EpochCounter, fit
 
 
-@dataclass
+@dataclass(frozen=True)
 class CVResult:
     """Best validation score of each fold and the epochs all folds consumed."""
 
@@ -47,9 +47,8 @@ class CVResult:
 def cross_validate(
     cfg: PipelineConfig,
     data: EncodedData,
-    parent_run_id: str,
+    recorder: RunRecorder,
     work_dir: str | Path,
-    tracking_uri: str,
     run_name: str = "",
     tags: dict[str, str] | None = None,
     on_fold: Callable[[int, list[float]], None] | None = None,
@@ -60,13 +59,13 @@ def cross_validate(
     Args:
         cfg: the config to evaluate (``train.monitor`` is the score).
         data: tokenized train/validation splits; they are pooled and re-split into folds.
-        parent_run_id: each fold becomes a nested run under it.
+        recorder: where the fold runs are recorded (each nested under its parent run).
         work_dir: fold checkpoints go here and are removed once the fold is scored.
-        tracking_uri: MLflow store of the fold runs.
         run_name: prefix of the fold run names.
         tags: extra tags of every fold run.
         on_fold: called with ``(fold_index, scores_so_far)`` after each fold; a search uses it to report the
             running mean to Optuna (and may raise ``optuna.TrialPruned``).
+        counter: counts the epochs trained (a search's trial shares its own).
     """
     k = cfg.train.cv_folds or 0
     if k < 2:
@@ -75,28 +74,24 @@ def cross_validate(
     counter = counter or EpochCounter()
     start_epochs = counter.epochs
     for i, fold in enumerate(data.folds(k, cfg.train.seed)):
-        run_id = tracking.start_run(
-            cfg.experiment_name,
-            run_name=f"{run_name}fold-{i}",
-            tags={tracking.TAG_STAGE: "fold", "tuneflow.fold": str(i), **(tags or {})},
-            parent_run_id=parent_run_id,
-        )
-        error, fold_start = None, counter.epochs
-        fold_dir = Path(work_dir) / f"fold-{i}"
-        try:
-            logger = tracking.MLflowMetricsLogger(run_id, tracking_uri)
-            result = fit(
-                cfg, fold, fold_dir, logger=logger, callbacks=[counter], progress_bar=False, resumable=False
-            )
+        fold_start, fold_dir = counter.epochs, Path(work_dir) / f"fold-{i}"
+        fold_tags = {TAG_STAGE: "fold", "tuneflow.fold": str(i), **(tags or {})}
+        with recorder.child(f"{run_name}fold-{i}", fold_tags) as run:
+            try:
+                result = fit(
+                    cfg,
+                    fold,
+                    fold_dir,
+                    logger=run.metrics_logger(),
+                    callbacks=[counter],
+                    progress_bar=False,
+                    resumable=False,
+                )
+            finally:
+                shutil.rmtree(fold_dir, ignore_errors=True)  # scored: the fold's weights are not needed again
             score = result.best_score if result.best_score is not None else float("nan")
             fold_epochs = counter.epochs - fold_start
-            tracking.log_metrics(run_id, {f"best_{cfg.train.monitor}": score, "epochs_trained": fold_epochs})
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            tracking.end_run(run_id, tracking.run_status(error))
-            shutil.rmtree(fold_dir, ignore_errors=True)  # scored: the fold's weights are not needed again
+            run.log_metrics({f"best_{cfg.train.monitor}": score, "epochs_trained": fold_epochs})
         scores.append(score)
         print(f"  fold {i + 1}/{k}: best {cfg.train.monitor} {score:.4f} after {fold_epochs} epoch(s)")
         if on_fold is not None:

@@ -8,22 +8,12 @@ and of the tokenizer; loading recomputes both and refuses a mismatch.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tuneflow.config import LoraConfig
-
-PEFT_TASK_TYPES = {
-    "sequence_classification": "SEQ_CLS",
-    "token_classification": "TOKEN_CLS",
-    "seq2seq": "SEQ_2_SEQ_LM",
-    "causal_lm": "CAUSAL_LM",
-}
-META_FILE = "tuneflow.json"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 class AdapterMismatchError(ValueError):
@@ -46,13 +36,19 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def apply_lora(model: torch.nn.Module, task: str, lcfg: LoraConfig) -> torch.nn.Module:
-    """Freeze ``model`` and add trainable low-rank adapters (and a trainable task head, for classifiers)."""
+def apply_lora(model: torch.nn.Module, peft_task_type: str, lcfg: LoraConfig) -> torch.nn.Module:
+    """Freeze ``model`` and add trainable low-rank adapters (and a trainable task head, for classifiers).
+
+    Args:
+        model: the pre-trained model.
+        peft_task_type: peft's task type name (the task type's ``peft_task_type``).
+        lcfg: rank, alpha, dropout and target modules.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     config = PeftLoraConfig(
-        task_type=PEFT_TASK_TYPES[task],
+        task_type=peft_task_type,
         r=lcfg.r,
         lora_alpha=lcfg.alpha,
         lora_dropout=lcfg.dropout,
@@ -62,21 +58,6 @@ def apply_lora(model: torch.nn.Module, task: str, lcfg: LoraConfig) -> torch.nn.
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. target_modules naming modules the architecture does not have
         raise ValueError(f"model.lora: {exc}") from exc
-
-
-def is_adapter(model_dir: str | Path) -> bool:
-    return (Path(model_dir) / ADAPTER_CONFIG).is_file()
-
-
-def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    """The export's ``tuneflow.json`` (task, labels, base model id and hashes, ...); {} for old exports."""
-    path = Path(model_dir) / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def dir_size(path: str | Path, pattern: str = "*") -> int:
-    """Bytes of the files matching ``pattern`` in a directory."""
-    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
 
 
 def check_compatible(meta: dict[str, Any], base_name: str, base_weights: str, base_tokenizer: str) -> None:

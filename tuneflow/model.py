@@ -1,4 +1,8 @@
-"""LightningModules over Hugging Face task models (one per task type) and model/tokenizer loading."""
+"""The LightningModule that fine-tunes any task type's Hugging Face model, and pre-trained model loading.
+
+What differs between task types (the Auto class, the head, the validation metrics) comes from the task
+type; the optimization (AdamW, warmup/decay, LoRA, adapter-only checkpoints) is the same for all.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tuneflow.config import DEFAULT_MODEL, LoraConfig
-from tuneflow.lora import (
-    apply_lora,
-    check_compatible,
-    is_adapter,
-    read_meta,
-    tokenizer_hash,
-    weights_hash,
-)
+from tuneflow.lora import apply_lora, weights_hash
+from tuneflow.tasktypes import task_type
 
 
 class ModelLoadError(RuntimeError):
@@ -58,12 +55,6 @@ def load_tokenizer(name: str) -> Any:
     return _load("tokenizer", AutoTokenizer, name)
 
 
-AUTO_CLASSES = {
-    "sequence_classification": "AutoModelForSequenceClassification",
-    "token_classification": "AutoModelForTokenClassification",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "causal_lm": "AutoModelForCausalLM",
-}
 DROPOUT_ATTRS = (
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
@@ -89,8 +80,9 @@ def load_pretrained(
     """
     import transformers
 
+    kind = task_type(task)
     kwargs: dict[str, Any] = {}
-    if task in ("sequence_classification", "token_classification"):
+    if kind.label_head:
         kwargs = {
             "num_labels": len(labels),
             "id2label": dict(enumerate(labels)),
@@ -101,7 +93,7 @@ def load_pretrained(
         for attr in DROPOUT_ATTRS:
             if hasattr(config, attr):
                 setattr(config, attr, dropout)
-    loader = getattr(transformers, AUTO_CLASSES[task])
+    loader = getattr(transformers, kind.auto_class)
     # Starting from a model that already has a head of another size (e.g. a sentiment checkpoint) is normal:
     # the head is re-initialized for our labels.
     model, info = _load(
@@ -111,20 +103,13 @@ def load_pretrained(
     return model, fresh
 
 
-def load_classifier(name: str, labels: list[str], dropout: float | None = None) -> torch.nn.Module:
-    """A pre-trained encoder with a fresh classification head for ``labels``."""
-    return load_pretrained("sequence_classification", name, labels, dropout)[0]
-
-
 class FineTuner(pl.LightningModule):
     """Fine-tunes a Hugging Face model with AdamW and linear warmup/decay; optionally only a LoRA adapter.
 
-    Subclasses add the task's validation metrics. Hyperparameters are primitives only, so checkpoints reload
-    under torch's ``weights_only`` default. With LoRA, checkpoints hold the trainable weights only (adapter
-    and task head), never the frozen base.
+    The task type adds its validation metrics through hooks. Hyperparameters are primitives only, so
+    checkpoints reload under torch's ``weights_only`` default. With LoRA, checkpoints hold the trainable
+    weights only (adapter and task head), never the frozen base.
     """
-
-    task = "sequence_classification"
 
     def __init__(
         self,
@@ -135,23 +120,22 @@ class FineTuner(pl.LightningModule):
         warmup_ratio: float = 0.1,
         dropout: float | None = None,
         lora: dict[str, Any] | None = None,
+        task: str = "sequence_classification",
     ):
         super().__init__()
         self.save_hyperparameters()
-        model, fresh = load_pretrained(self.task, model_name, labels, dropout)
+        self.task_type = task_type(task)
+        model, fresh = load_pretrained(task, model_name, labels, dropout)
         self.base_hash: str | None = None
         if lora:
             self.base_hash = weights_hash(model, fresh)
-            model = apply_lora(model, self.task, LoraConfig(**lora))
+            model = apply_lora(model, self.task_type.peft_task_type, LoraConfig(**lora))
             # A checkpoint holds only the trainable weights: the frozen base comes from the hub/disk again.
             self.strict_loading = False
         # transformers 5 returns pretrained models in eval mode and Lightning 2.6 keeps submodule modes,
         # so without this dropout would silently stay off during training.
         self.model = model.train()
-        self.build_metrics()
-
-    def build_metrics(self) -> None:
-        """Hook: create the task's torchmetrics (registered as submodules)."""
+        self.task_type.build_metrics(self)
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -160,26 +144,20 @@ class FineTuner(pl.LightningModule):
         out = self.model(**batch)
         self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
-        self.on_train_batch_output(batch, out)
+        self.task_type.on_train_batch(self, batch, out)
         return out.loss
 
-    def on_train_batch_output(self, batch: dict[str, torch.Tensor], out: Any) -> None:
-        """Hook for per-batch training metrics."""
+    def on_validation_epoch_start(self) -> None:
+        self.task_type.on_validation_epoch_start(self)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(**batch)
-        self.log(
-            "val_loss",
-            out.loss,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=batch["labels"].shape[0],
-        )
-        self.on_validation_batch_output(batch, out)
+        size = batch["labels"].shape[0]
+        self.log("val_loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
+        self.task_type.on_validation_batch(self, batch, out)
 
-    def on_validation_batch_output(self, batch: dict[str, torch.Tensor], out: Any) -> None:
-        """Hook for per-batch validation metrics."""
+    def on_validation_epoch_end(self) -> None:
+        self.task_type.on_validation_epoch_end(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.hparams.get("lora"):
@@ -202,123 +180,3 @@ class FineTuner(pl.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class TextClassifier(FineTuner):
-    """Sequence classification: accuracy and macro F1 on validation."""
-
-    task = "sequence_classification"
-
-    def build_metrics(self) -> None:
-        n = len(self.hparams.labels)
-        self.train_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
-        self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
-        self.val_f1_macro = MulticlassF1Score(num_classes=n, average="macro")
-
-    def on_train_batch_output(self, batch: dict[str, torch.Tensor], out: Any) -> None:
-        self.train_accuracy(out.logits.detach().argmax(-1), batch["labels"])
-        self.log("train_accuracy", self.train_accuracy, on_step=False, on_epoch=True)
-
-    def on_validation_batch_output(self, batch: dict[str, torch.Tensor], out: Any) -> None:
-        preds = out.logits.argmax(-1)
-        self.val_accuracy(preds, batch["labels"])
-        self.val_f1_macro(preds, batch["labels"])
-        self.log("val_accuracy", self.val_accuracy, on_epoch=True, prog_bar=True)
-        self.log("val_f1_macro", self.val_f1_macro, on_epoch=True, prog_bar=True)
-
-
-class TokenTagger(FineTuner):
-    """Token classification (NER): entity-level micro F1 (seqeval) over the validation sentences."""
-
-    task = "token_classification"
-
-    def on_validation_epoch_start(self) -> None:
-        self._gold: list[list[str]] = []
-        self._pred: list[list[str]] = []
-
-    def on_validation_batch_output(self, batch: dict[str, torch.Tensor], out: Any) -> None:
-        labels = self.hparams.labels
-        preds = out.logits.argmax(-1).cpu()
-        # Only first sub-tokens carry a label (others are -100): they are the words, in order.
-        for gold_row, pred_row in zip(batch["labels"].cpu(), preds, strict=True):
-            keep = gold_row != -100
-            self._gold.append([labels[i] for i in gold_row[keep].tolist()])
-            self._pred.append([labels[i] for i in pred_row[keep].tolist()])
-
-    def on_validation_epoch_end(self) -> None:
-        from seqeval.metrics import f1_score
-
-        if self._gold:
-            f1 = f1_score(self._gold, self._pred, zero_division=0)
-            # Under DDP each rank scores its shard; the logged value is their mean (close, not exact).
-            self.log("val_f1", float(f1), prog_bar=True, sync_dist=True)
-
-
-class Generator(FineTuner):
-    """Seq2seq: the validation loss is the per-target-token cross-entropy (ROUGE/BLEU come at evaluation,
-    decoding every epoch would cost more than the training step)."""
-
-    task = "seq2seq"
-
-
-class CausalGenerator(Generator):
-    """Causal LM on chats: the loss only counts assistant tokens (the others are labelled -100)."""
-
-    task = "causal_lm"
-
-
-MODULES: dict[str, type[FineTuner]] = {
-    "sequence_classification": TextClassifier,
-    "token_classification": TokenTagger,
-    "seq2seq": Generator,
-    "causal_lm": CausalGenerator,
-}
-
-
-def load_exported(
-    model_dir: str | Path, base: str | None = None
-) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """Load an export written by :func:`tuneflow.training.export_model` for inference.
-
-    Args:
-        model_dir: the export directory.
-        base: for an adapter export, the base model to put it on (default: the one it records); its weights
-            and tokenizer must hash to the recorded values.
-
-    Returns:
-        The model in eval mode, its tokenizer and the export's metadata (``task``, ``labels``, ...).
-    """
-    import transformers
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # inference output (CLI, serving) should hold predictions only
-    meta = read_meta(model_dir)
-    meta.setdefault("task", "sequence_classification")
-    if is_adapter(model_dir):
-        model = load_adapter_model(model_dir, base)
-    else:
-        loader = getattr(transformers, AUTO_CLASSES[meta["task"]])
-        model = loader.from_pretrained(model_dir).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(model_dir), meta
-
-
-def load_base(meta: dict[str, Any], base: str | None = None) -> tuple[torch.nn.Module, Any, str]:
-    """Load the pre-trained base an adapter export names (or ``base``) and check it matches.
-
-    Returns:
-        The base model (with the task head the adapter expects), the base tokenizer and the base id used.
-    """
-    base_name = base or meta["base_model"]
-    model, fresh = load_pretrained(meta["task"], base_name, meta.get("labels") or [], None)
-    tokenizer = load_tokenizer(base_name)
-    check_compatible(meta, base_name, weights_hash(model, fresh), tokenizer_hash(tokenizer))
-    return model, tokenizer, base_name
-
-
-def load_adapter_model(model_dir: str | Path, base: str | None = None) -> torch.nn.Module:
-    """Base + adapter from an adapter export, in eval mode (the base is checked first)."""
-    from peft import PeftModel
-
-    meta = read_meta(model_dir)
-    model, _, _ = load_base(meta, base)
-    return PeftModel.from_pretrained(model, str(model_dir)).eval()

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def validation_degradation(history: Sequence[tuple[int, float]], monitor: str) -> dict[str, float]:
+def validation_degradation(history: Sequence[tuple[int, float]], lower_better: bool) -> dict[str, float]:
     """How much the monitored validation metric degraded after its best epoch.
 
     Args:
         history: ``(step, value)`` of ``monitor``, one per validation (the run's MLflow history).
-        monitor: the metric name; ``*loss`` metrics are better when lower.
+        lower_better: whether smaller values win (a loss), from the task type's metric spec.
 
     Returns:
         ``val_best``, ``val_final``, ``val_best_epoch`` (1-based), ``val_epochs_after_best`` and
@@ -28,7 +28,6 @@ def validation_degradation(history: Sequence[tuple[int, float]], monitor: str) -
     values = [v for _, v in sorted(history)]
     if not values:
         return {}
-    lower_better = monitor.endswith("loss")
     best_i = min(range(len(values)), key=lambda i: values[i] if lower_better else -values[i])
     best, final = values[best_i], values[-1]
     relative_rise = (final - best) / abs(best) if best else final - best

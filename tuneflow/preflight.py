@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from tuneflow.config import DEFAULT_MODEL, PipelineConfig
-from tuneflow.readers import load_raw
+from tuneflow.tasktypes import task_type
 from tuneflow.validation import validate_dataset
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json")
@@ -90,7 +90,8 @@ def preflight(cfg: PipelineConfig) -> None:
     Raises:
         PreflightError: ``kind="data"`` (exit 3) or ``kind="model"`` (exit 4), listing every problem.
     """
-    report, _ = validate_dataset(load_raw(cfg.data, cfg.task), cfg, tokenizer=None)
+    kind = task_type(cfg.task)
+    report, _ = validate_dataset(kind.load_raw(cfg.data), cfg, kind, tokenizer=None)
     if not report.ok:
         raise PreflightError("data", report.errors)
     check_model(cfg)

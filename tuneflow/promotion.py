@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score
 
 from tuneflow.config import GatesConfig
 from tuneflow.overfitting import GAP_ADVICE, OVERFIT_ADVICE
@@ -21,6 +20,8 @@ from tuneflow.overfitting import GAP_ADVICE, OVERFIT_ADVICE
 
 def score(metric: str, y_true: Sequence[str], y_pred: Sequence[str]) -> float:
     """accuracy, f1_macro or f1_weighted."""
+    from sklearn.metrics import accuracy_score, f1_score  # slow to import: only when deciding
+
     if metric == "accuracy":
         return float(accuracy_score(y_true, y_pred))
     return float(f1_score(y_true, y_pred, average=metric.removeprefix("f1_"), zero_division=0))
@@ -63,7 +64,7 @@ def mcnemar(
     return wins, losses, p
 
 
-@dataclass
+@dataclass(frozen=True)
 class Gate:
     """One check: what was measured, against what, and whether it passed."""
 
@@ -115,7 +116,7 @@ def _advise(gates: list[Gate]) -> list[Gate]:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     """The promotion decision and its evidence."""
 
@@ -137,6 +138,11 @@ class Decision:
     def verdict(self) -> str:
         """``forced``, ``promoted`` or ``rejected`` (the version tag ``tuneflow.promotion``)."""
         return "forced" if self.forced else ("promoted" if self.promote else "rejected")
+
+    def forced_by_hand(self, reason: str) -> Decision:
+        """This decision overridden: promoted although gates failed, with the reason recorded."""
+        note = f"Forced by hand despite failed gates: {reason or 'no reason given'}."
+        return replace(self, promote=True, forced=True, note=note)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "failed": [g.name for g in self.failed]}
@@ -180,6 +186,8 @@ class Decision:
 
 
 def per_class_f1(y_true: Sequence[str], challenger: Sequence[str], champion: Sequence[str]) -> pd.DataFrame:
+    from sklearn.metrics import f1_score
+
     labels = sorted(set(y_true))
     a = f1_score(y_true, challenger, labels=labels, average=None, zero_division=0)
     b = f1_score(y_true, champion, labels=labels, average=None, zero_division=0)
@@ -285,12 +293,14 @@ def _improvement_gate(
     return Gate(name, diff, f"> {need} (no significance test)", diff > need)
 
 
-def _absolute_gates(gates: GatesConfig, value: float, run_metrics: dict[str, float]) -> list[Gate]:
+def _absolute_gates(
+    gates: GatesConfig, value: float, run_metrics: dict[str, float], lower_better: bool = False
+) -> list[Gate]:
     """Gates that need no champion: metric bound, overfitting gap, latency, out-of-domain sets.
 
-    Perplexity is the one metric where lower is better: its bounds are maxima.
+    For a metric where lower is better (perplexity) the bounds are maxima.
     """
-    metric, lower_better = gates.metric, gates.metric == "perplexity"
+    metric = gates.metric
 
     def within(v: float, bound: float) -> bool:
         return v <= bound if lower_better else v >= bound
@@ -353,17 +363,18 @@ def decide_on_scores(
     champion_version: str | None = None,
     champion_value: float | None = None,
     n_examples: int = 0,
+    lower_is_better: bool = False,
 ) -> Decision:
-    """The gates for NER, seq2seq and causal LM, on corpus-level scores of both models.
+    """The gates on corpus-level scores of both models (NER, seq2seq and causal LM).
 
     Both scores come from the same frozen test set, but no paired significance test is made: the
     improvement gate compares point estimates (``gates.significance`` applies to classification only).
-    Perplexity is the one metric where lower is better: its bound is a maximum and its improvement a drop.
+    With ``lower_is_better`` (perplexity, from the task type's metric spec) the bound is a maximum and the
+    improvement a drop.
     """
-    metric = gates.metric
-    lower_better = metric == "perplexity"
+    metric, lower_better = gates.metric, lower_is_better
     out = [Gate(f"test {metric}", value, "reported", True, f"{n_examples} examples")]
-    out += _absolute_gates(gates, value, run_metrics)
+    out += _absolute_gates(gates, value, run_metrics, lower_better)
     if champion_version is not None and champion_value is not None:
         gain = (champion_value - value) if lower_better else (value - champion_value)
         need = gates.min_improvement

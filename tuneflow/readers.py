@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,35 +245,33 @@ def _label_to_str(value: Any) -> str | None:
     return text or None
 
 
-def read_examples(
-    spec: FileSpec, cfg: DataConfig, task: str = "sequence_classification"
-) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one file of ``task`` examples into its standard frame (always with ``text`` and ``_line``)."""
-    if task == "token_classification":
-        return read_tagged(spec, cfg)
-    if task == "seq2seq":
-        return read_pairs(spec, cfg)
-    if task == "causal_lm":
-        return read_chats(spec, cfg)
-    return read_table(spec, cfg.text_column, cfg.label_column)
+Reader = Callable[[FileSpec, DataConfig], tuple[pd.DataFrame | None, list[Problem]]]
+"""A task type's file reader: one file's examples as a standard frame, or the problems found."""
 
 
-def load_raw(cfg: DataConfig, task: str = "sequence_classification") -> RawData:
-    """Read every configured source (local files or a hub dataset) without splitting or cleaning."""
+def load_raw(cfg: DataConfig, read: Reader, hub: bool = False, task: str = "") -> RawData:
+    """Read every configured source (local files or a hub dataset) without splitting or cleaning.
+
+    Args:
+        cfg: the data section.
+        read: the task type's reader for one file.
+        hub: whether the task type can read ``data.hub_dataset`` (text + label datasets).
+        task: the task type's name (for the message when it cannot).
+    """
     raw = RawData()
     if cfg.hub_dataset:
-        if task == "sequence_classification":
+        if hub:
             _load_hub(cfg, raw)
         else:
             raw.problems.append(
                 Problem(
-                    f"data.hub_dataset is only read for sequence_classification; for {task} use local files"
+                    f"data.hub_dataset is not read for {task}: use local files in data.train/validation/test"
                 )
             )
     specs: dict[str, FileSpec] = {s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s) is not None}
     specs.update({f"extra:{e.name}": e for e in cfg.extra_eval})
     for name, spec in specs.items():
-        frame, problems = read_examples(spec, cfg, task)
+        frame, problems = read(spec, cfg)
         raw.problems += problems
         raw.sources[name] = spec.path
         if frame is not None:

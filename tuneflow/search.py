@@ -24,7 +24,6 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from tuneflow import tracking
 from tuneflow.config import (
     ConfigError,
     ParamSpec,
@@ -35,9 +34,12 @@ from tuneflow.config import (
     redact_secrets,
 )
 from tuneflow.crossval import cross_validate
-from tuneflow.data import EncodedData, Splits, load_splits
-from tuneflow.model import load_tokenizer
-from tuneflow.tasktypes import encode_for
+from tuneflow.encoding import EncodedData
+from tuneflow.metrics import time_single
+from tuneflow.model import load_pretrained, load_tokenizer
+from tuneflow.splits import Splits
+from tuneflow.tasktypes import task_type
+from tuneflow.tracking import TAG_STAGE, ChildRun, RunRecorder
 from tuneflow.training import CrashPoint, EpochCounter, fit
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -106,27 +108,26 @@ def build_pruner(scfg: SearchConfig, max_epochs: int) -> optuna.pruners.BasePrun
 class StaleTrialCallback(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Re-queue a trial whose worker died; mark its MLflow run KILLED rather than RUNNING forever."""
 
-    def __init__(self, max_retry: int | None, experiment: str):
+    def __init__(self, max_retry: int | None, recorder: RunRecorder | None):
         super().__init__(max_retry=max_retry)
-        self.experiment = experiment
+        self.recorder = recorder
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         try:
-            run_ids = {trial.user_attrs.get(RUN_ATTR)} - {None}
-            # A worker killed between creating the run and recording its id: find the run by its tags.
-            tags = {TAG_STUDY: study.study_name, TAG_TRIAL: str(trial.number)}
-            run_ids |= set(tracking.running_runs(self.experiment, tags))
-            for run_id in run_ids:
-                failure = {TAG_STATE: "FAIL", "tuneflow.failure": "worker stopped heartbeating"}
-                tracking.set_tags(run_id, failure)
-                tracking.end_run(run_id, "KILLED")
+            if self.recorder is not None:
+                # A worker killed between creating the run and recording its id: find the run by its tags.
+                self.recorder.kill_running(
+                    {TAG_STUDY: study.study_name, TAG_TRIAL: str(trial.number)},
+                    {TAG_STATE: "FAIL", "tuneflow.failure": "worker stopped heartbeating"},
+                    {trial.user_attrs.get(RUN_ATTR)} - {None},
+                )
         except Exception as exc:  # the retry matters more than the bookkeeping
             print(f"could not mark the MLflow run of stale trial {trial.number}: {exc}")
         print(f"trial {trial.number}: its worker stopped heartbeating; marked failed and re-queued")
         super().__call__(study, trial)
 
 
-def build_storage(scfg: SearchConfig, experiment: str) -> optuna.storages.RDBStorage:
+def build_storage(scfg: SearchConfig, recorder: RunRecorder | None = None) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats; SQLite files get a lock timeout so a few local workers can share one."""
     url, engine_kwargs = scfg.storage, {}
     if url.startswith("sqlite:///"):
@@ -138,7 +139,7 @@ def build_storage(scfg: SearchConfig, experiment: str) -> optuna.storages.RDBSto
             engine_kwargs=engine_kwargs,
             heartbeat_interval=scfg.heartbeat_interval,
             grace_period=scfg.grace_period,
-            heartbeat_stale_trial_callback=StaleTrialCallback(scfg.max_retry, experiment),
+            heartbeat_stale_trial_callback=StaleTrialCallback(scfg.max_retry, recorder),
         )
     except Exception as exc:
         raise SearchError(
@@ -146,17 +147,26 @@ def build_storage(scfg: SearchConfig, experiment: str) -> optuna.storages.RDBSto
         ) from exc
 
 
+def direction(cfg: PipelineConfig) -> str:
+    """The search metric's direction: the config's, else the task type's metric spec decides."""
+    assert cfg.search is not None
+    return cfg.search.direction or task_type(cfg.task).metrics.direction(cfg.search_metric)
+
+
 def directions(cfg: PipelineConfig) -> list[str]:
     assert cfg.search is not None
-    return [cfg.search_direction] + (["minimize"] if cfg.search.latency_objective else [])
+    return [direction(cfg)] + (["minimize"] if cfg.search.latency_objective else [])
 
 
-def open_study(cfg: PipelineConfig) -> optuna.Study:
-    """Create the config's study, or load it when it exists (a rerun resumes it)."""
+def open_study(cfg: PipelineConfig, recorder: RunRecorder | None = None) -> optuna.Study:
+    """Create the config's study, or load it when it exists (a rerun resumes it).
+
+    ``recorder`` lets the stale-trial callback mark a dead worker's MLflow run KILLED.
+    """
     assert cfg.search is not None
     _quiet()
     scfg = cfg.search
-    storage = build_storage(scfg, cfg.experiment_name)
+    storage = build_storage(scfg, recorder)
     try:
         study = optuna.create_study(
             study_name=cfg.study_name,
@@ -212,86 +222,72 @@ class EncodingCache:
         if key not in self._encoded:
             if m.name not in self._tokenizers:
                 self._tokenizers[m.name] = load_tokenizer(m.name)
-            self._encoded[key] = encode_for(cfg, self.splits, self._tokenizers[m.name])
+            self._encoded[key] = task_type(cfg.task).encode(self.splits, self._tokenizers[m.name], cfg)
         return self._encoded[key]
 
 
-def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, texts: list[str]) -> float:
+def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, inputs: list[Any]) -> float:
     """Median single-example latency of the trial's architecture at its max_length (weights do not matter)."""
-    from tuneflow.evaluation import Classifier, measure_latency
-    from tuneflow.model import load_classifier
-
-    model = load_classifier(cfg.model.name, data.labels).eval()
-    clf = Classifier(model, data.tokenizer, data.labels, cfg.model.max_length)
-    return measure_latency(clf, texts[:LATENCY_EXAMPLES], LATENCY_EXAMPLES, 1)["latency_p50_ms"]
+    kind = task_type(cfg.task)
+    model, _ = load_pretrained(cfg.task, cfg.model.name, data.labels)
+    meta = {"labels": data.labels, **kind.inference_settings(cfg)}
+    predictor = kind.predictor(model.eval(), data.tokenizer, meta)
+    return time_single(predictor.predict, inputs[:LATENCY_EXAMPLES], LATENCY_EXAMPLES)["latency_p50_ms"]
 
 
 class Objective:
     """Trains one configuration per trial under a nested MLflow run; returns the best validation score."""
 
-    def __init__(
-        self, cfg: PipelineConfig, parent_run_id: str, tracking_uri: str, work_dir: Path, splits: Splits
-    ):
+    def __init__(self, cfg: PipelineConfig, recorder: RunRecorder, work_dir: Path, splits: Splits):
         assert cfg.search is not None
-        self.cfg, self.parent_run_id, self.tracking_uri = cfg, parent_run_id, tracking_uri
+        self.cfg, self.recorder = cfg, recorder
         self.work_dir, self.cache = work_dir, EncodingCache(splits)
         self.metric = cfg.search_metric
         self.pruning = cfg.search.pruner != "none"
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         params = suggest(trial, self.cfg.search.space)
-        run_id = tracking.start_run(
-            self.cfg.experiment_name,
-            run_name=f"trial-{trial.number}",
-            tags={
-                tracking.TAG_STAGE: "trial",
-                TAG_TRIAL: str(trial.number),
-                TAG_STUDY: self.cfg.study_name,
-                TAG_STATE: "RUNNING",
-            },
-            parent_run_id=self.parent_run_id,
-        )
-        trial.set_user_attr(RUN_ATTR, run_id)  # a retried trial inherits the old id: overwrite it
-        error: BaseException | None = None
+        tags = {
+            TAG_STAGE: "trial",
+            TAG_TRIAL: str(trial.number),
+            TAG_STUDY: self.cfg.study_name,
+            TAG_STATE: "RUNNING",
+        }
         counter = EpochCounter()
-        state = "COMPLETE"
-        try:
-            cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
-            recorded = {k: v for k, v in cfg.recorded().items() if k != "search"}
-            tracking.log_params(run_id, flatten(recorded))
-            value = self._score(trial, cfg, run_id, counter)
-            metrics = {f"best_{self.metric}": value, "objective": value}
-            if self.cfg.search.latency_objective:
-                latency = measure_latency_ms(
-                    cfg, self.cache.get(cfg), self.cache.splits.validation["text"].tolist()
-                )
-                trial.set_user_attr(LATENCY_ATTR, latency)
-                metrics["latency_p50_ms"] = latency
-            tracking.log_metrics(run_id, metrics)
-            print(
-                f"trial {trial.number}: {self.metric} {value:.4f} after {counter.epochs} epoch(s)  {params}"
-            )
-            return (value, metrics["latency_p50_ms"]) if self.cfg.search.latency_objective else value
-        except optuna.TrialPruned:
-            state = "PRUNED"
-            print(f"trial {trial.number}: pruned after {counter.epochs} epoch(s)  {params}")
-            raise
-        except BaseException as exc:
-            error, state = exc, "FAIL"
-            if isinstance(exc, ConfigError):
-                print(f"trial {trial.number}: invalid parameter combination: {exc}")
-            raise
-        finally:
-            trial.set_user_attr(EPOCHS_ATTR, counter.epochs)
-            tags = {TAG_STATE: state}
-            if error is not None:
-                tags["tuneflow.failure"] = f"{type(error).__name__}: {error}"[:5000]
-            tracking.set_tags(run_id, tags)
-            tracking.log_metrics(run_id, {"epochs_trained": counter.epochs})
-            tracking.end_run(run_id, tracking.run_status(error))
-            shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
+        with self.recorder.child(f"trial-{trial.number}", tags, finished_on=(optuna.TrialPruned,)) as run:
+            trial.set_user_attr(RUN_ATTR, run.run_id)  # a retried trial inherits the old id: overwrite it
+            state, error = "COMPLETE", None
+            try:
+                cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
+                run.log_params(flatten({k: v for k, v in cfg.recorded().items() if k != "search"}))
+                value = self._score(trial, cfg, run, counter)
+                metrics = {f"best_{self.metric}": value, "objective": value}
+                if self.cfg.search.latency_objective:
+                    texts = self.cache.splits.validation["text"].tolist()
+                    latency = measure_latency_ms(cfg, self.cache.get(cfg), texts)
+                    trial.set_user_attr(LATENCY_ATTR, latency)
+                    metrics["latency_p50_ms"] = latency
+                run.log_metrics(metrics)
+                epochs = counter.epochs
+                print(f"trial {trial.number}: {self.metric} {value:.4f} after {epochs} epoch(s)  {params}")
+                return (value, metrics["latency_p50_ms"]) if self.cfg.search.latency_objective else value
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                print(f"trial {trial.number}: pruned after {counter.epochs} epoch(s)  {params}")
+                raise
+            except BaseException as exc:
+                state, error = "FAIL", exc
+                if isinstance(exc, ConfigError):
+                    print(f"trial {trial.number}: invalid parameter combination: {exc}")
+                raise
+            finally:
+                trial.set_user_attr(EPOCHS_ATTR, counter.epochs)
+                failure = {"tuneflow.failure": f"{type(error).__name__}: {error}"[:5000]} if error else {}
+                run.set_tags({TAG_STATE: state, **failure})
+                run.log_metrics({"epochs_trained": counter.epochs})
+                shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
 
-    def _score(self, trial: optuna.Trial, cfg: PipelineConfig, run_id: str, counter: EpochCounter) -> float:
+    def _score(self, trial: optuna.Trial, cfg: PipelineConfig, run: ChildRun, counter: EpochCounter) -> float:
         data = self.cache.get(cfg)
         trial_dir = self.work_dir / f"trial-{trial.number}"
         if cfg.train.cv_folds:
@@ -305,37 +301,37 @@ class Objective:
             result = cross_validate(
                 cfg,
                 data,
-                run_id,
+                run.nested(),
                 trial_dir,
-                self.tracking_uri,
                 run_name=f"trial-{trial.number}-",
                 tags={TAG_TRIAL: str(trial.number), TAG_STUDY: cfg.study_name},
                 on_fold=report,
                 counter=counter,
             )
-            tracking.log_metrics(run_id, result.metrics())
+            run.log_metrics(result.metrics())
             return result.mean
         from optuna_integration import PyTorchLightningPruningCallback
 
         callbacks = [counter, CrashPoint("trial")]
         if self.pruning:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
-        logger = tracking.MLflowMetricsLogger(run_id, self.tracking_uri)
         result = fit(
-            cfg, data, trial_dir, logger=logger, callbacks=callbacks, progress_bar=False, resumable=False
+            cfg,
+            data,
+            trial_dir,
+            logger=run.metrics_logger(),
+            callbacks=callbacks,
+            progress_bar=False,
+            resumable=False,
         )
         if result.best_score is None or math.isnan(result.best_score):
             raise SearchError(f"trial {trial.number} produced no {self.metric} value")
         return result.best_score
 
 
-# ------------------------------------------------------------------------------------------- workers
-
-
 def optimize(
     cfg_dump: dict[str, Any],
-    parent_run_id: str,
-    tracking_uri: str,
+    recorder: RunRecorder,
     work_dir: str,
     n_trials: int | None,
     worker: int = 0,
@@ -352,12 +348,12 @@ def optimize(
         import torch
 
         torch.set_num_threads(threads)  # N workers share the cores instead of each taking them all
-    tracking.configure(tracking_uri)
-    study = open_study(cfg)
+    recorder.configure()
+    study = open_study(cfg, recorder)
     # Distinct seeds per worker and per resume, so parallel or resumed workers do not replay one sequence.
     study.sampler = build_sampler(cfg.search, cfg.train.seed + 1000 * worker + len(study.trials))
-    splits = load_splits(cfg.data, cfg.train.seed, cfg.task)
-    objective = Objective(cfg, parent_run_id, tracking_uri, Path(work_dir), splits)
+    splits = task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
+    objective = Objective(cfg, recorder, Path(work_dir), splits)
     callbacks = []
     if cfg.search.n_trials:
         # Another machine on the same study may finish the budget first: stop when the study has enough.
@@ -382,7 +378,7 @@ def shares(remaining: int | None, workers: int) -> list[int | None]:
     return [n for n in (base + (1 if i < extra else 0) for i in range(workers)) if n > 0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudySummary:
     """What a search produced: plain values for Prefect and the CLI."""
 
@@ -401,19 +397,20 @@ class StudySummary:
     epochs_total: int
     best_latency_ms: float | None = None
     summary_dir: str = ""
+    run_id: str = ""  # the HPO run the trials are nested under (set by the caller that opened it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def run_study(
-    cfg: PipelineConfig, parent_run_id: str, work_dir: str | Path, workers: int = 1
+    cfg: PipelineConfig, recorder: RunRecorder, work_dir: str | Path, workers: int = 1
 ) -> StudySummary:
     """Run the missing trials of the config's study with ``workers`` processes and summarize the study.
 
     Args:
         cfg: config with an enabled ``search`` section.
-        parent_run_id: the HPO parent run; each trial is nested under it.
+        recorder: records each trial as a run nested under the HPO parent run.
         work_dir: trial checkpoints (removed after scoring) and the summary files.
         workers: local worker processes; 1 runs in this process.
 
@@ -422,8 +419,8 @@ def run_study(
     """
     if cfg.search is None:
         raise SearchError("the config has no search: section")
-    tracking_uri = tracking.configure(cfg.tracking.tracking_uri)
-    study = open_study(cfg)
+    recorder.configure()
+    study = open_study(cfg, recorder)
     optuna.storages.fail_stale_trials(study)  # a worker killed last time: fail and re-queue its trials now
     done = finished_count(study)
     remaining = None if cfg.search.n_trials is None else max(cfg.search.n_trials - done, 0)
@@ -432,7 +429,7 @@ def run_study(
         f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"
     )
     plan = shares(remaining, workers)
-    args = (cfg.model_dump(mode="json"), parent_run_id, tracking_uri, str(work_dir))
+    args = (cfg.model_dump(mode="json"), recorder, str(work_dir))
     if len(plan) == 1:
         optimize(*args, plan[0], 0)
     elif plan:
@@ -445,7 +442,7 @@ def run_study(
             raise SearchError(
                 f"{len(failed)} of {len(plan)} search worker(s) failed: {failed[0]!r}"
             ) from failed[0]
-    study = open_study(cfg)
+    study = open_study(cfg, recorder)
     return summarize(study, cfg, Path(work_dir) / "summary", trials_run_now=finished_count(study) - done)
 
 
@@ -537,7 +534,7 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
         study_name=study.study_name,
         storage=redact_secrets(cfg.search.storage) if cfg.search else "",
         metric=cfg.search_metric,
-        direction=cfg.search_direction,
+        direction=direction(cfg),
         best_value=best.values[0] if best else None,
         best_params=dict(best.params) if best else {},
         best_trial=best.number if best else None,
@@ -548,10 +545,10 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
         trials_run_now=trials_run_now,
         epochs_total=sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in study.trials),
         best_latency_ms=best.values[1] if best and len(best.values) > 1 else None,
+        summary_dir=str(out),
     )
     trials_table(study).to_csv(out / "trials.csv", index=False)
     write_plots(study, cfg.search_metric, out)
-    summary.summary_dir = str(out)
     (out / "best.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     if best is None:
         raise SearchError(

@@ -5,16 +5,15 @@ This is the model itself (a ``PythonModel`` subclass); it never talks to the tra
 
 from __future__ import annotations
 
-from importlib.metadata import version
+import threading
 from typing import Any
 
 import mlflow.pyfunc
 
-
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the serving environment (tuneflow itself must be installed there too)."""
-    pkgs = ("torch", "transformers", "tokenizers", "lightning", "scikit-learn", "pandas", "mlflow")
-    return [f"{pkg}=={version(pkg)}" for pkg in pkgs]
+from tuneflow.export import load_base, load_predictor, read_meta
+from tuneflow.lora import AdapterMismatchError, add_adapter
+from tuneflow.tasktypes import task_type
+from tuneflow.tracking import ADAPTER_PREFIX
 
 
 class TuneflowModel(mlflow.pyfunc.PythonModel):
@@ -25,25 +24,13 @@ class TuneflowModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):  # noqa: ANN001, ANN201
-        from tuneflow.lora import read_meta
-        from tuneflow.tasktypes import load_predictor
-
         model_dir = context.artifacts["model_dir"]
-        self.task = read_meta(model_dir).get("task", "sequence_classification")
+        self.task = task_type(read_meta(model_dir)["task"])
         self.predictor = load_predictor(model_dir)
 
     # No type hints here: MLflow would try to derive a schema from them; the logged signature is explicit.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        from tuneflow.tasktypes import to_inputs
-
-        return self.predictor.predict(to_inputs(self.task, model_input))
-
-
-class TextClassifierModel(TuneflowModel):
-    """The name models logged before other tasks existed were pickled under."""
-
-
-ADAPTER_PREFIX = "adapter-"
+        return self.predictor.predict(self.task.to_inputs(model_input))
 
 
 class AdapterSetModel(mlflow.pyfunc.PythonModel):
@@ -54,13 +41,7 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):  # noqa: ANN001, ANN201
-        import threading
-
         from peft import PeftModel
-
-        from tuneflow.lora import add_adapter, read_meta
-        from tuneflow.model import load_base
-        from tuneflow.tasktypes import predictor_from
 
         dirs = {
             key.removeprefix(ADAPTER_PREFIX): path
@@ -75,15 +56,14 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
         self.model = PeftModel.from_pretrained(base, dirs[self.default], adapter_name=self.default).eval()
         for name in others:
             add_adapter(self.model, dirs[name], name)
-        self.task = first["task"]
+        self.task = task_type(first["task"])
         self.predictors = {
-            name: predictor_from(self.model, _tokenizer(dirs[name]), metas[name]) for name in sorted(dirs)
+            name: self.task.predictor(self.model, _tokenizer(dirs[name]), metas[name])
+            for name in sorted(dirs)
         }
         self.lock = threading.Lock()
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        from tuneflow.tasktypes import to_inputs
-
         name = (params or {}).get("adapter") or self.default
         if name not in self.predictors:
             raise ValueError(
@@ -91,7 +71,7 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
             )
         with self.lock:  # the active adapter is model-wide state
             self.model.set_adapter(name)
-            return self.predictors[name].predict(to_inputs(self.task, model_input))
+            return self.predictors[name].predict(self.task.to_inputs(model_input))
 
 
 def _tokenizer(model_dir: str) -> Any:
@@ -102,8 +82,6 @@ def _tokenizer(model_dir: str) -> Any:
 
 def check_adapter_set(metas: dict[str, dict[str, Any]]) -> None:
     """All adapters of a set share task, base weights and tokenizer, or a clear error names the odd one."""
-    from tuneflow.lora import AdapterMismatchError
-
     if not metas:
         raise ValueError("an adapter set needs at least one adapter")
     for name, meta in metas.items():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tuneflow.config import DataConfig
-from tuneflow.readers import LABEL, LINE, TAGS, TEXT, RawData, load_raw
+from tuneflow.readers import LABEL, LINE, TAGS, TEXT, RawData, Reader, load_raw
 
 
 def clean_text(series: pd.Series) -> pd.Series:
@@ -86,9 +86,9 @@ def labels_of(train: pd.DataFrame) -> list[str]:
     return []
 
 
-def load_splits(cfg: DataConfig, seed: int, task: str = "sequence_classification") -> Splits:
+def load_splits(cfg: DataConfig, seed: int, read: Reader, hub: bool = False, task: str = "") -> Splits:
     """Read and split already-validated data: every stage after validation sees exactly the same splits."""
-    return split_dataset(load_raw(cfg, task), cfg, seed)
+    return split_dataset(load_raw(cfg, read, hub, task), cfg, seed)
 
 
 def content_columns(df: pd.DataFrame) -> list[str]:

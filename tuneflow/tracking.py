@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from tuneflow.gc import RunFacts
+from tuneflow.tasktypes import task_type
 
 DEFAULT_STORE = "mlruns"
 TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
@@ -30,6 +33,8 @@ TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
 )
 TAG_ADAPTER = "tuneflow.adapter"
 TAG_REGISTERED = "tuneflow.registered_version"  # on a run: the version registered from it
+REFERENCE_SAMPLE = "reference/train_sample.jsonl"  # a run's training sample: the drift reference
+ADAPTER_PREFIX = "adapter-"  # artifact keys of an adapter-set model: adapter-<name>
 MAX_PARAM_LEN = 6000
 
 
@@ -308,6 +313,78 @@ def running_runs(experiment: str, tags: dict[str, str]) -> list[str]:
     return [r.info.run_id for r in client().search_runs([exp.experiment_id], " and ".join(clauses))]
 
 
+@dataclass(frozen=True)
+class ChildRun:
+    """A run a :class:`RunRecorder` opened: what search and cross-validation may record on it."""
+
+    run_id: str
+    recorder: RunRecorder
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        log_params(self.run_id, params)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        log_metrics(self.run_id, metrics)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        set_tags(self.run_id, tags)
+
+    def metrics_logger(self) -> MLflowMetricsLogger:
+        """A Lightning logger writing the fit's curves to this run."""
+        return MLflowMetricsLogger(self.run_id, self.recorder.tracking_uri)
+
+    def nested(self) -> RunRecorder:
+        """A recorder whose runs nest under this one (a trial's cross-validation folds)."""
+        return RunRecorder(self.recorder.tracking_uri, self.recorder.experiment, self.run_id)
+
+
+@dataclass(frozen=True)
+class RunRecorder:
+    """Where search and cross-validation record their runs: nested under ``parent_run_id``.
+
+    They receive one instead of calling MLflow themselves, so every MLflow call stays in this module. Plain
+    values only: it travels to spawned search workers.
+    """
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+
+    def configure(self) -> None:
+        """Point this process at the store (a spawned worker starts unconfigured)."""
+        configure(self.tracking_uri)
+
+    @contextmanager
+    def child(
+        self, name: str, tags: dict[str, str], finished_on: tuple[type[BaseException], ...] = ()
+    ) -> Iterator[ChildRun]:
+        """Open a nested run; it ends FINISHED, or FAILED / KILLED with the exception that left the block.
+
+        ``finished_on``: exceptions that end the run normally (a pruned trial is a finished trial).
+        """
+        run = ChildRun(
+            start_run(self.experiment, run_name=name, tags=tags, parent_run_id=self.parent_run_id), self
+        )
+        error: BaseException | None = None
+        try:
+            yield run
+        except finished_on:
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end_run(run.run_id, run_status(error))
+
+    def kill_running(
+        self, tags: dict[str, str], reason_tags: dict[str, str], run_ids: Iterable[str] = ()
+    ) -> None:
+        """Mark runs KILLED: those given, and the RUNNING runs of the experiment carrying ``tags``."""
+        for run_id in set(run_ids) | set(running_runs(self.experiment, tags)):
+            set_tags(run_id, reason_tags)
+            end_run(run_id, "KILLED")
+
+
 def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classification") -> str:
     """Log an export as an MLflow pyfunc model on ``run_id``; returns the model URI.
 
@@ -321,6 +398,14 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
 MODEL_CODE = Path(__file__).parent / "model_code"
 
 
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the serving environment (tuneflow itself must be installed there too)."""
+    from importlib.metadata import version
+
+    pkgs = ("torch", "transformers", "tokenizers", "lightning", "scikit-learn", "pandas", "mlflow")
+    return [f"{pkg}=={version(pkg)}" for pkg in pkgs]
+
+
 def _log_pyfunc(
     run_id: str, code: Path, artifacts: dict[str, str], task: str, params: dict[str, Any] | None = None
 ) -> str:
@@ -328,10 +413,8 @@ def _log_pyfunc(
     (an overwritten pickle in the artifact store would run arbitrary code in whoever loads the model)."""
     from mlflow.models import infer_signature
 
-    from tuneflow.serving import pip_requirements
-    from tuneflow.tasktypes import INPUT_EXAMPLES, output_example
-
-    signature = infer_signature(INPUT_EXAMPLES[task], output_example(task), params=params)
+    kind = task_type(task)
+    signature = infer_signature(kind.input_example, kind.output_example(), params=params)
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -348,8 +431,6 @@ def _log_pyfunc(
 
 def log_adapter_set(run_id: str, adapter_dirs: dict[str, str], task: str) -> str:
     """Log a pyfunc serving several adapters of one base (``params={"adapter": NAME}``); returns its URI."""
-    from tuneflow.serving import ADAPTER_PREFIX
-
     artifacts = {f"{ADAPTER_PREFIX}{name}": str(path) for name, path in adapter_dirs.items()}
     return _log_pyfunc(
         run_id, MODEL_CODE / "adapter_set.py", artifacts, task, params={"adapter": sorted(adapter_dirs)[0]}

@@ -1,0 +1,152 @@
+"""The task-type contract: every registered task type reads, validates, encodes, trains a step, predicts and
+scores through the same interface. The registry is the parameter list: a new task type is tested here as
+soon as it is registered (add its tiny model and data to ``CASES``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import (
+    chat_rows,
+    demo_rows,
+    make_config,
+    ner_rows,
+    seq2seq_rows,
+    write_conll,
+    write_csv,
+    write_jsonl,
+)
+from tuneflow.evaluation import Gap
+from tuneflow.experiment import load_config
+from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
+from tuneflow.validation import validate_dataset
+
+
+def _classification(tmp: Path) -> tuple[dict, str]:
+    rows = demo_rows("train")[:200]
+    return {
+        "train": str(write_csv(tmp / "train.csv", rows)),
+        "test": str(write_csv(tmp / "test.csv", rows[:40])),
+    }, "tiny_model"
+
+
+def _tagging(tmp: Path) -> tuple[dict, str]:
+    return {
+        "train": str(write_conll(tmp / "train.conll", ner_rows(60, 1))),
+        "test": str(write_conll(tmp / "test.conll", ner_rows(12, 2))),
+    }, "tiny_ner_model"
+
+
+def _seq2seq(tmp: Path) -> tuple[dict, str]:
+    return {
+        "train": str(write_jsonl(tmp / "train.jsonl", seq2seq_rows(40, 1))),
+        "test": str(write_jsonl(tmp / "test.jsonl", seq2seq_rows(8, 2))),
+    }, "tiny_t5"
+
+
+def _chat(tmp: Path) -> tuple[dict, str]:
+    return {
+        "train": str(write_jsonl(tmp / "train.jsonl", chat_rows(40, 1))),
+        "test": str(write_jsonl(tmp / "test.jsonl", chat_rows(8, 2))),
+    }, "tiny_gpt2"
+
+
+CASES = {
+    "sequence_classification": _classification,
+    "token_classification": _tagging,
+    "seq2seq": _seq2seq,
+    "causal_lm": _chat,
+}
+
+
+def test_every_registered_task_type_has_a_contract_case() -> None:
+    assert set(CASES) == set(TASK_TYPES)
+
+
+@pytest.mark.parametrize("name", sorted(TASK_TYPES))
+def test_metric_spec_is_consistent(name: str) -> None:
+    kind = task_type(name)
+    assert kind.name == name and isinstance(kind, TaskType)
+    spec = kind.metrics
+    assert spec.monitors and spec.gate_metrics and spec.headline
+    assert all(m.startswith("val_") for m in spec.monitors)
+    assert all(h.startswith("test_") or h in ("train_val_gap", "latency_p95_ms") for h in spec.headline)
+    assert spec.mode("val_loss") == "min" and spec.direction("val_loss") == "minimize"
+    assert kind.auto_class.startswith("AutoModelFor") and kind.peft_task_type
+    assert kind.input_example and not kind.output_example().empty
+
+
+@pytest.mark.parametrize("name", sorted(TASK_TYPES))
+def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    data, model_fixture = CASES[name](tmp_path)
+    model = request.getfixturevalue(model_fixture)
+    kind = task_type(name)
+    cfg = load_config(
+        make_config(
+            tmp_path,
+            model,
+            name=f"contract-{name.replace('_', '-')}",
+            task=name,
+            data={**data, "text_column": "text", "label_column": "intent"},
+            model={"name": model, "max_length": 48},
+            eval={"max_generation_examples": 4, "latency_examples": 2, "sample_generations": 2},
+            generation={"max_new_tokens": 4},
+            train={"batch_size": 4},
+        )
+    )
+    # The config resolved the task type's defaults.
+    assert cfg.train.monitor == kind.metrics.monitors[0] and cfg.gates.metric == kind.metrics.gate_metrics[0]
+
+    # Reads and validates.
+    raw = kind.load_raw(cfg.data)
+    assert not raw.problems and {"train", "test"} <= set(raw.frames)
+    from tuneflow.model import load_pretrained, load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    report, splits = validate_dataset(raw, cfg, kind, tokenizer)
+    assert report.ok, report.errors
+    assert report.stats["rows_train"] == len(splits.train) > 0
+
+    # Encodes.
+    encoded = kind.encode(splits, tokenizer, cfg)
+    assert encoded.task == name and len(encoded.train) == len(splits.train) > 0
+    assert all(len(ids) <= cfg.model.max_length for ids in encoded.train.ids)
+
+    # Trains one step: the collated batch gives a finite loss whose gradient reaches the weights.
+    from tuneflow.model import FineTuner
+
+    module = FineTuner(model, encoded.labels, lr=1e-3, task=name)
+    batch = kind.collator(encoded.tokenizer)(
+        list(zip(encoded.train.ids[:4], encoded.train.labels[:4], strict=True))
+    )
+    loss = module(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    # Predicts: the output frame has the shape the logged signature promises.
+    pretrained, _ = load_pretrained(name, model, encoded.labels)
+    meta = {"task": name, "labels": encoded.labels, **kind.inference_settings(cfg)}
+    predictor = kind.predictor(pretrained.eval(), encoded.tokenizer, meta)
+    out = predictor.predict(kind.to_inputs(list(kind.input_example)))
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(kind.output_example().columns)
+    assert len(out) == len(kind.input_example)
+
+    # Scores: the test headline, the gap, another set, latency, promotion evidence.
+    metrics: dict[str, float] = {}
+    files = kind.evaluate_test(predictor, splits.test, tmp_path, cfg, metrics)
+    assert kind.metrics.headline[0] in metrics and all((tmp_path / f).is_file() for f in files)
+    assert f"test_{cfg.gates.metric}" in metrics
+    gap = kind.measure_gap(predictor, splits, cfg)
+    assert isinstance(gap, Gap) and math.isfinite(gap.gap)
+    ood = kind.score_set(predictor, splits.test, cfg, prefix="ood_x_")
+    assert f"ood_x_{cfg.gates.metric}" in ood
+    assert "latency_p95_ms" in kind.measure_latency(predictor, splits.test, cfg)
+    evidence = kind.promotion_evidence(predictor, splits.test, cfg)
+    decision = kind.decide(cfg, "m", "1", splits.test, evidence, {}, None, None)
+    assert decision.metric == cfg.gates.metric and decision.gates

@@ -1,0 +1,81 @@
+"""Helpers shared by the generative task types (seq2seq, causal LM): token loss, text metrics, subsets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuneflow.encoding import Encoded
+
+
+def mean_token_loss(
+    model: Any, data: Encoded, collate: Callable[[list], dict], shift: bool, batch_size: int = 16
+) -> float:
+    """Cross-entropy per label token (teacher forcing) over ``data``; its exp is the perplexity.
+
+    Args:
+        model: a Hugging Face model returning ``logits``.
+        data: input ids and label sequences (-100 = not scored).
+        collate: the task's collator (pads labels with -100).
+        shift: causal LMs predict token t+1 at position t (labels are the inputs); seq2seq labels are not.
+        batch_size: examples per forward pass.
+    """
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            batch = collate(
+                list(
+                    zip(
+                        data.ids[start : start + batch_size],
+                        data.labels[start : start + batch_size],
+                        strict=True,
+                    )
+                )
+            )
+            logits = model(**batch).logits.float()
+            labels = batch["labels"]
+            if shift:
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            mask = labels != -100
+            loss = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
+            total += float(loss)
+            count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def generation_metrics(
+    predictions: list[str], references: list[list[str]], which: list[str], prefix: str = ""
+) -> dict[str, float]:
+    """ROUGE-1/2/L F-measure (best reference per example, averaged), corpus BLEU and chrF (0-1 scale)."""
+    out: dict[str, float] = {}
+    if "rouge" in which:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        best: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
+        for pred, refs in zip(predictions, references, strict=True):
+            scores = [scorer.score(ref, pred) for ref in refs]
+            for key in best:
+                best[key].append(max(s[key].fmeasure for s in scores))
+        out.update({f"{prefix}{k}": float(np.mean(v)) if v else 0.0 for k, v in best.items()})
+    if "bleu" in which or "chrf" in which:
+        import sacrebleu
+
+        n = max((len(r) for r in references), default=1)
+        # sacreBLEU wants one stream per reference position; shorter reference lists repeat their first.
+        streams = [[refs[k] if k < len(refs) else refs[0] for refs in references] for k in range(n)]
+        if "bleu" in which:
+            out[f"{prefix}bleu"] = sacrebleu.corpus_bleu(predictions, streams).score / 100
+        if "chrf" in which:
+            out[f"{prefix}chrf"] = sacrebleu.corpus_chrf(predictions, streams).score / 100
+    return out
+
+
+def subset(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """At most ``n`` rows, drawn with a fixed seed and kept in file order (generation is slow on CPU)."""
+    return df if n is None or len(df) <= n else df.sample(n=n, random_state=0).sort_index()

@@ -1,0 +1,66 @@
+"""Registration: log an export as the run's MLflow model and make it a version of the registered model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tuneflow import tracking
+from tuneflow.config import PipelineConfig
+from tuneflow.export import dir_size, read_meta
+
+TAG_PROMOTION = "tuneflow.promotion"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered version: its model URI, name and number; ``decided`` = its promotion verdict, if any."""
+
+    model_uri: str
+    name: str
+    version: str
+    decided: str = ""
+    reused: bool = False  # the run had registered it before (a resumed run)
+
+    @classmethod
+    def of(cls, mv: Any) -> Registration:
+        """The registration of an existing model version."""
+        decided = (mv.tags or {}).get(TAG_PROMOTION, "")
+        return cls(mv.source, mv.name, str(mv.version), decided, reused=True)
+
+
+def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> Registration:
+    """Log the export on ``run_id`` as a pyfunc model and register it as a new version.
+
+    Idempotent per run: a run that already has a version (a resumed run killed after registering) gets
+    that version back, with ``decided`` telling whether it already has a promotion decision.
+    """
+    tracking.configure(cfg.tracking.tracking_uri)
+    name = cfg.registered_model_name
+    existing = tracking.version_of_run(name, run_id)
+    if existing is not None:
+        return Registration.of(existing)
+    start = time.perf_counter()
+    model_uri = tracking.log_model(run_id, export_dir, cfg.task)
+    meta = read_meta(export_dir)
+    tags = {
+        "tuneflow.config_hash": cfg.fingerprint(),
+        "tuneflow.data_fingerprint": data_fingerprint,
+        "tuneflow.base_model": cfg.model.name,
+        "tuneflow.task": cfg.task,
+    }
+    if meta.get("lora"):
+        # The adapter registry: what `tuneflow adapters` lists and what loading checks against.
+        tags.update(
+            {
+                tracking.TAG_ADAPTER: "true",
+                "tuneflow.base_hash": meta["base_hash"],
+                "tuneflow.tokenizer_hash": meta["tokenizer_hash"],
+                "tuneflow.adapter_bytes": str(dir_size(export_dir, "adapter_model.*")),
+            }
+        )
+    version = tracking.register_model(model_uri, name, run_id, tags=tags)
+    tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
+    tracking.log_metrics(run_id, {"time_register_s": time.perf_counter() - start})
+    return Registration(model_uri, name, version)

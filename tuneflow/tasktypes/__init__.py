@@ -1,0 +1,27 @@
+"""The registry of task types: the only list of them. Stages look a task type up here by its config name.
+
+Adding a task type: write ``tuneflow/tasktypes/<name>.py`` with a :class:`~tuneflow.tasktypes.base.TaskType`
+subclass, and add one line below.
+"""
+
+from __future__ import annotations
+
+from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.chat import CausalLM
+from tuneflow.tasktypes.classification import SequenceClassification
+from tuneflow.tasktypes.seq2seq import Seq2Seq
+from tuneflow.tasktypes.tagging import TokenClassification
+
+TASK_TYPES: dict[str, TaskType] = {
+    t.name: t for t in (SequenceClassification(), TokenClassification(), Seq2Seq(), CausalLM())
+}
+
+__all__ = ["TASK_TYPES", "MetricSpec", "TaskType", "task_type"]
+
+
+def task_type(name: str) -> TaskType:
+    """The task type registered under ``name`` (the config's ``task``)."""
+    try:
+        return TASK_TYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown task type '{name}'; known: {', '.join(TASK_TYPES)}") from None

@@ -1,0 +1,245 @@
+"""The task-type protocol: everything that differs between task types, answered by one object per type.
+
+Stages (validation, training, search, evaluation, registration, serving, promotion) ask a task type; none
+of them branches on the task's name. A new task type subclasses :class:`TaskType`, fills in what differs
+and is listed once in :mod:`tuneflow.tasktypes` (the registry).
+
+Task-type modules import torch and transformers inside their methods: reading and validating data (the
+pre-flight check before any run) must stay fast and torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pandas as pd
+
+from tuneflow.config import DataConfig, FileSpec, PipelineConfig
+from tuneflow.encoding import EncodedData
+from tuneflow.evaluation import Gap
+from tuneflow.metrics import time_single
+from tuneflow.promotion import decide_on_scores
+from tuneflow.readers import Problem, RawData, load_raw
+from tuneflow.splits import Splits, load_splits
+from tuneflow.validation import ValidationReport
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a task type measures, and which way is better.
+
+    Attributes:
+        monitors: validation metrics ``train.monitor`` / ``search.metric`` may name; the first is the default.
+        gate_metrics: test metrics ``gates.metric`` may name (without the ``test_`` prefix); first = default.
+        headline: the test metrics a summary shows first.
+        history: per-step/per-epoch curves a run logs (plotted as learning curves).
+        lower_is_better: the metrics (with or without a split prefix) where smaller values win.
+    """
+
+    monitors: tuple[str, ...]
+    gate_metrics: tuple[str, ...]
+    headline: tuple[str, ...]
+    history: tuple[str, ...] = ("train_loss", "val_loss")
+    lower_is_better: frozenset[str] = field(default_factory=lambda: frozenset({"loss"}))
+
+    def lower_better(self, metric: str) -> bool:
+        """True when smaller values of ``metric`` (e.g. ``val_loss``, ``perplexity``) are better."""
+        base = metric.removeprefix("val_").removeprefix("test_").removeprefix("best_")
+        return base in self.lower_is_better or base.endswith("loss")
+
+    def direction(self, metric: str) -> Literal["minimize", "maximize"]:
+        """Optuna's direction for ``metric``."""
+        return "minimize" if self.lower_better(metric) else "maximize"
+
+    def mode(self, metric: str) -> Literal["min", "max"]:
+        """Lightning's mode (early stopping, checkpointing) for ``metric``."""
+        return "min" if self.lower_better(metric) else "max"
+
+
+class TaskType:
+    """One task type (see the module docstring). Subclasses set the class attributes and the hooks."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    metrics: ClassVar[MetricSpec]
+    auto_class: ClassVar[str]  # the transformers Auto* class of its pre-trained model
+    peft_task_type: ClassVar[str]  # peft's TaskType name for LoRA
+    label_head: ClassVar[bool] = False  # a fresh classification head sized to the label set
+    reads_hub: ClassVar[bool] = False  # data.hub_dataset can feed it
+    supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
+    supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
+    input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
+
+    # ------------------------------------------------------------------------------------------- config
+
+    def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
+        """Settings that exist for every task type but do not apply to this one, by dotted key."""
+        monitors, gates = self.metrics.monitors, self.metrics.gate_metrics
+        problems = []
+        if cfg.train.monitor not in monitors:
+            problems.append(
+                ("train.monitor", f"'{cfg.train.monitor}' is not one of {monitors} for task {self.name}")
+            )
+        if cfg.search and cfg.search.metric and cfg.search.metric not in monitors:
+            problems.append(
+                ("search.metric", f"'{cfg.search.metric}' is not one of {monitors} for task {self.name}")
+            )
+        if cfg.gates.metric not in gates:
+            problems.append(
+                ("gates.metric", f"'{cfg.gates.metric}' is not one of {gates} for task {self.name}")
+            )
+        if cfg.train.cv_folds and not self.supports_cv:
+            problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
+        if cfg.search and cfg.search.latency_objective and not self.supports_latency_objective:
+            problems.append(("search.latency_objective", f"not supported for {self.name}"))
+        return problems
+
+    # --------------------------------------------------------------------------------------------- data
+
+    def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
+        """Read one file of this task's examples into its standard frame (``text`` and ``_line`` at least)."""
+        raise NotImplementedError
+
+    def load_raw(self, cfg: DataConfig) -> RawData:
+        """Every configured source, read (not split, not checked)."""
+        return load_raw(cfg, self.read, self.reads_hub, self.name)
+
+    def load_splits(self, cfg: DataConfig, seed: int) -> Splits:
+        """Read and split already-validated data: every stage after validation sees the same splits."""
+        return load_splits(cfg, seed, self.read, self.reads_hub, self.name)
+
+    def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
+        """Errors in one frame on its own (empty or malformed examples)."""
+        return []
+
+    def check_against_train(self, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
+        """Errors found by comparing the frames with the train frame (unknown labels or tags, too few)."""
+        return []
+
+    def describe(
+        self, report: ValidationReport, splits: Splits, cfg: PipelineConfig, tokenizer: Any | None
+    ) -> None:
+        """Statistics and warnings on the split data (balance, lengths, truncation at ``max_length``)."""
+
+    # --------------------------------------------------------------------------------------- training
+
+    def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
+        """Tokenize the train and validation splits the way this task trains on them (no padding)."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any) -> Any:
+        """The batch collator (pads per batch)."""
+        raise NotImplementedError
+
+    def build_metrics(self, module: Any) -> None:
+        """Attach this task's torchmetrics to the LightningModule (as submodules)."""
+
+    def on_train_batch(self, module: Any, batch: dict[str, Any], out: Any) -> None:
+        """Update and log per-batch training metrics."""
+
+    def on_validation_epoch_start(self, module: Any) -> None:
+        """Reset what a validation epoch accumulates."""
+
+    def on_validation_batch(self, module: Any, batch: dict[str, Any], out: Any) -> None:
+        """Update and log per-batch validation metrics."""
+
+    def on_validation_epoch_end(self, module: Any) -> None:
+        """Log validation metrics computed over the whole epoch."""
+
+    # -------------------------------------------------------------------------------------- inference
+
+    def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
+        """What serving needs besides the weights (stored in the export's ``tuneflow.json``)."""
+        return {"max_length": cfg.model.max_length}
+
+    def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> Any:
+        """The inference wrapper (``predict(inputs) -> DataFrame``) around a loaded model."""
+        raise NotImplementedError
+
+    def to_inputs(self, model_input: Any) -> list[Any]:
+        """Normalize pyfunc / CLI input: texts by default."""
+        return to_texts(model_input)
+
+    def output_example(self) -> pd.DataFrame:
+        """An output frame of this task's shape (for the logged MLflow signature)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------- evaluation
+
+    def evaluate_test(
+        self, predictor: Any, test: pd.DataFrame, out: Path, cfg: PipelineConfig, metrics: dict[str, float]
+    ) -> list[str]:
+        """Headline metrics on test (into ``metrics``) and the reports; returns the files written."""
+        raise NotImplementedError
+
+    def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:
+        """The train/validation gap, measured in eval mode on both sides."""
+        raise NotImplementedError
+
+    def score_set(
+        self, predictor: Any, df: pd.DataFrame, cfg: PipelineConfig, prefix: str
+    ) -> dict[str, float]:
+        """This task's metrics on another labelled set (out-of-domain evaluation)."""
+        raise NotImplementedError
+
+    def measure_latency(self, predictor: Any, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, float]:
+        """Single-example latency p50/p95 (ms) on the first test inputs."""
+        return time_single(predictor.predict, self.latency_inputs(test), cfg.eval.latency_examples)
+
+    def latency_inputs(self, test: pd.DataFrame) -> list[Any]:
+        return test["text"].tolist()
+
+    # ------------------------------------------------------------------------------------------ drift
+
+    def drift_labels(self, df: pd.DataFrame) -> list[str] | None:
+        """The label values whose distribution drift compares (None: this task has no label to compare)."""
+        return None
+
+    def drift_confidences(
+        self, load: Callable[[], Any], ref: pd.DataFrame, new: pd.DataFrame
+    ) -> tuple[list[float] | None, list[float] | None]:
+        """The champion's confidence on the reference and the new sample (``load()`` gives its predictor)."""
+        return None, None
+
+    # -------------------------------------------------------------------------------------- promotion
+
+    def promotion_evidence(self, predictor: Any, test: pd.DataFrame, cfg: PipelineConfig) -> Any:
+        """What a model is judged on at promotion: its score on the frozen test set (by default)."""
+        raise NotImplementedError
+
+    def decide(
+        self,
+        cfg: PipelineConfig,
+        model: str,
+        version: str,
+        test: pd.DataFrame,
+        evidence: Any,
+        run_metrics: dict[str, float],
+        champion: str | None,
+        champion_evidence: Any,
+    ) -> Any:
+        """Apply the promotion gates to a challenger (and the champion, when there is one)."""
+        return decide_on_scores(
+            cfg.gates,
+            model,
+            version,
+            evidence,
+            run_metrics,
+            champion,
+            champion_evidence,
+            n_examples=len(test),
+            lower_is_better=self.metrics.lower_better(cfg.gates.metric),
+        )
+
+
+def to_texts(model_input: Any) -> list[str]:
+    """Accept a str, a list of str, a Series, an array or a DataFrame (column ``text`` or the first one)."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, pd.DataFrame):
+        col = "text" if "text" in model_input.columns else model_input.columns[0]
+        return model_input[col].astype(str).tolist()
+    return [str(t) for t in list(model_input)]
