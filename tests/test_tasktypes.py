@@ -150,3 +150,25 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     evidence = kind.promotion_evidence(predictor, splits.test, cfg)
     decision = kind.decide(cfg, "m", "1", splits.test, evidence, {}, None, None)
     assert decision.metric == cfg.gates.metric and decision.gates
+
+
+def test_unknown_task_type_is_a_config_error_reported_with_the_others(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    from tuneflow.config import ConfigError
+
+    path = make_config(tmp_path, tiny_model, task="summarisation", train={"lr": -1})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    keys = [k for k, _ in err.value.problems]
+    assert "task" in keys and "train.lr" in keys  # every problem at once
+    assert all(name in str(err.value) for name in TASK_TYPES)
+
+
+def test_cli_lists_the_registered_task_types() -> None:
+    from typer.testing import CliRunner
+
+    from tuneflow.cli import app
+
+    out = CliRunner().invoke(app, ["tasks"])
+    assert out.exit_code == 0 and all(name in out.output for name in TASK_TYPES)

@@ -554,12 +554,15 @@ def tasks() -> None:
     from tuneflow.tasktypes import TASK_TYPES
 
     table = Table(title="task types (config key `task`)", title_justify="left")
-    for col in ("task", "what", "train.monitor (first = default)", "gates.metric (first = default)"):
+    table.add_column("task", no_wrap=True)
+    for col in ("what", "train.monitor (first = default)", "gates.metric (first = default)"):
         table.add_column(col, overflow="fold")
     for kind in TASK_TYPES.values():
         m = kind.metrics
         table.add_row(kind.name, kind.summary, ", ".join(m.monitors), ", ".join(m.gate_metrics))
-    Console().print(table)
+    out = Console()
+    out.width = max(out.width, 120)  # piped output defaults to 80 columns: too narrow for the names
+    out.print(table)
 
 
 @app.command()

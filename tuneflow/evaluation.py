@@ -46,10 +46,11 @@ class Gap:
     train: float
     validation: float
     metrics: dict[str, float]  # what was measured on the way (logged as they are)
+    lower_is_better: bool = False  # a loss: the gap is validation minus train
 
     @property
     def gap(self) -> float:
-        if self.quantity.endswith("loss"):
+        if self.lower_is_better:
             return self.validation - self.train
         return self.train - self.validation
 

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from tuneflow.encoding import Encoded
+from tuneflow.evaluation import Gap
+from tuneflow.splits import Splits
 
 
 def mean_token_loss(
@@ -79,3 +81,20 @@ def generation_metrics(
 def subset(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
     """At most ``n`` rows, drawn with a fixed seed and kept in file order (generation is slow on CPU)."""
     return df if n is None or len(df) <= n else df.sample(n=n, random_state=0).sort_index()
+
+
+def loss_gap(predictor: Any, splits: Splits, max_examples: int | None) -> Gap:
+    """The overfitting check of generative tasks: validation minus train loss (nats per token).
+
+    ``predictor.loss(frame)`` is the task's teacher-forced loss; both sides use at most ``max_examples``.
+    """
+    train, val = (
+        predictor.loss(subset(splits.train, max_examples)),
+        predictor.loss(subset(splits.validation, max_examples)),
+    )
+    return Gap("loss", train, val, {"train_loss_eval": train, "validation_loss": val}, lower_is_better=True)
+
+
+def generated_text_example() -> pd.DataFrame:
+    """The output frame of a generative model (for the logged signature)."""
+    return pd.DataFrame({"generated_text": ["a generated answer"]})

@@ -19,7 +19,7 @@ import pandas as pd
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
-from tuneflow.generation import mean_token_loss, subset
+from tuneflow.generation import generated_text_example, loss_gap, mean_token_loss, subset
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, MESSAGES, Problem, read_chats
 from tuneflow.splits import Splits
@@ -201,7 +201,7 @@ class CausalLM(TaskType):
         return to_conversations(model_input)
 
     def output_example(self) -> pd.DataFrame:
-        return pd.DataFrame({"generated_text": ["a generated answer"]})
+        return generated_text_example()
 
     def evaluate_test(
         self,
@@ -233,10 +233,8 @@ class CausalLM(TaskType):
         )
         return ["sample_generations.csv"]
 
-    def measure_gap(self, predictor: ChatPredictor, splits: Splits, cfg: PipelineConfig) -> Gap:
-        n = cfg.eval.max_generation_examples
-        train, val = predictor.loss(subset(splits.train, n)), predictor.loss(subset(splits.validation, n))
-        return Gap("loss", train, val, {"train_loss_eval": train, "validation_loss": val})
+    def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:
+        return loss_gap(predictor, splits, cfg.eval.max_generation_examples)
 
     def score_set(
         self, predictor: ChatPredictor, df: pd.DataFrame, cfg: PipelineConfig, prefix: str

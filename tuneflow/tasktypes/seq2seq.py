@@ -17,7 +17,7 @@ import pandas as pd
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
-from tuneflow.generation import generation_metrics, mean_token_loss, subset
+from tuneflow.generation import generated_text_example, generation_metrics, loss_gap, mean_token_loss, subset
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs
 from tuneflow.splits import Splits
@@ -161,7 +161,7 @@ class Seq2Seq(TaskType):
         )
 
     def output_example(self) -> pd.DataFrame:
-        return pd.DataFrame({"generated_text": ["a generated answer"]})
+        return generated_text_example()
 
     def evaluate_test(
         self,
@@ -186,10 +186,8 @@ class Seq2Seq(TaskType):
         metrics.update(test_loss=loss, test_perplexity=math.exp(min(loss, 50)))
         return ["sample_generations.csv"]
 
-    def measure_gap(self, predictor: Seq2SeqPredictor, splits: Splits, cfg: PipelineConfig) -> Gap:
-        n = cfg.eval.max_generation_examples
-        train, val = predictor.loss(subset(splits.train, n)), predictor.loss(subset(splits.validation, n))
-        return Gap("loss", train, val, {"train_loss_eval": train, "validation_loss": val})
+    def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:
+        return loss_gap(predictor, splits, cfg.eval.max_generation_examples)
 
     def score_set(
         self, predictor: Seq2SeqPredictor, df: pd.DataFrame, cfg: PipelineConfig, prefix: str
