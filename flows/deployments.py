@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,21 @@ DEFAULT_ALLOWED = (
 )
 """What a flow run created through a deployment may override when its prefect.yaml entry declares no
 ``allowed_overrides``: training hyper-parameters, never data paths, model ids, stores or URIs."""
+
+
+def enter_checkout(variable: str = "TUNEFLOW_HOME") -> dict[str, str]:
+    """Prefect pull step: run the flow in *this worker's* checkout.
+
+    Resolved when the worker pulls, not when ``prefect deploy`` runs (a ``{{ $TUNEFLOW_HOME }}`` template
+    would bake the deploying machine's path into every deployment): ``$TUNEFLOW_HOME`` on the worker, else
+    the checkout tuneflow is installed from.
+    """
+    home = os.environ.get(variable)
+    directory = Path(home).expanduser() if home else ROOT
+    if not (directory / "flows").is_dir():
+        raise FileNotFoundError(f"{variable}={directory} is not a tuneflow checkout (no flows/ folder)")
+    os.chdir(directory)
+    return {"directory": str(directory)}
 
 
 def check_deployment_parameters(

@@ -141,10 +141,11 @@ def finetune_markdown(name: str, result: FinetuneResult, uri: str) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.headline)
     model = result.model
     registered = f"`{model.name}` version **{model.version}**" if model else "not registered"
+    url = redact_secrets(tracking.run_url(result.run_id, uri))
     lines = [
         f"# Fine-tuning `{name}`",
         "",
-        f"- MLflow run: `{result.run_id}` ({redact_secrets(uri)})",
+        f"- MLflow run: [`{result.run_id}`]({url}) ({redact_secrets(uri)}; a local store: run `tuneflow ui`)",
         f"- Model: {registered}",
     ]
     if result.fit:

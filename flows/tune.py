@@ -12,7 +12,7 @@ from tasks.search import search
 from tasks.tracking import artifact_key, closing_run, open_run
 from tasks.validate import validate_data
 from tuneflow import tracking
-from tuneflow.config import ConfigError
+from tuneflow.config import ConfigError, redact_secrets
 from tuneflow.experiment import load_config
 from tuneflow.search import StudySummary
 
@@ -33,7 +33,8 @@ def search_markdown(name: str, summary: StudySummary, uri: str) -> str:
     best = "none" if summary.best_value is None else f"{summary.best_value:.4f}"
     return (
         f"# Search `{name}`\n\n- Study `{summary.study_name}` in `{summary.storage}`\n"
-        f"- MLflow HPO run: `{summary.run_id}` ({uri}); best trial {summary.best_trial} "
+        f"- MLflow HPO run: [`{summary.run_id}`]({redact_secrets(tracking.run_url(summary.run_id, uri))}) "
+        f"({redact_secrets(uri)}); best trial {summary.best_trial} "
         f"(run `{summary.best_run_id}`)\n"
         f"- Best {summary.metric}: **{best}** ({summary.direction})\n"
         f"- Trials: {summary.n_complete} complete, {summary.n_pruned} pruned, "

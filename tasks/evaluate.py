@@ -31,6 +31,7 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRes
     for warning in result.warnings:
         get_run_logger().warning(warning)
     tracking.log_metrics(run_id, {**result.metrics, "time_evaluate_s": time.perf_counter() - start})
-    tracking.log_artifacts(run_id, out, "evaluation")
+    # At the top of the run's artifacts: MLflow's compare view shows top-level files side by side only.
+    tracking.log_artifacts(run_id, out)
     tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics["overfit_warning"])})
     return result

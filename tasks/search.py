@@ -13,8 +13,24 @@ from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.search import TAG_STUDY, StudySummary, run_study
 
 
+def describe_space(cfg: PipelineConfig) -> dict[str, str]:
+    """The searched space as params a person can read: ``space.train.lr = float [3e-05, 0.0003] log``."""
+    out = {}
+    for key, spec in (cfg.search.space if cfg.search else {}).items():
+        if spec.type == "categorical":
+            out[f"space.{key}"] = f"one of {spec.choices}"
+        else:
+            out[f"space.{key}"] = (
+                f"{spec.type} [{spec.low}, {spec.high}]"
+                + (" log" if spec.log else "")
+                + (f" step {spec.step}" if spec.step else "")
+            )
+    return out
+
+
 def log_summary(run_id: str, summary: StudySummary) -> None:
-    """Best value and counts as metrics, best params as tags (they change as a study grows), files."""
+    """Best value and counts as metrics; best params as params (``best.*``, as first found) and as tags
+    (``tuneflow.best.*``, kept current as a resumed study improves), the summary files."""
     metrics = {
         f"best_{summary.metric}": summary.best_value,
         "trials_complete": summary.n_complete,
@@ -35,6 +51,7 @@ def log_summary(run_id: str, summary: StudySummary) -> None:
         }
     )
     tracking.set_tags(run_id, tags)
+    tracking.log_params(run_id, {f"best.{k}": v for k, v in summary.best_params.items()})
     tracking.log_artifacts(run_id, summary.summary_dir, "search")
 
 
@@ -56,6 +73,7 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = Fa
         )
     error: BaseException | None = None
     try:
+        tracking.log_params(hpo_run, {"search.metric": cfg.search_metric, **describe_space(cfg)})
         recorder = tracking.RunRecorder(uri, cfg.experiment_name, hpo_run)
         summary = replace(run_study(cfg, recorder, run_dir(cfg, hpo_run) / "search", workers), run_id=hpo_run)
         log_summary(hpo_run, summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from prefect.runtime import flow_run
 
 from tasks.common import run_dir
 from tuneflow import gc, tracking
-from tuneflow.config import PipelineConfig, flatten
-from tuneflow.experiment import config_from_dict
+from tuneflow.config import PipelineConfig
+from tuneflow.experiment import config_from_dict, run_params
 from tuneflow.training import LAST_CHECKPOINT
 
 
@@ -92,7 +93,10 @@ def open_run(
         "prefect.flow_run_id": str(flow_run.get_id() or "none"),
         "prefect.flow_run_name": str(flow_run.get_name() or "none"),
     }
-    run_id = tracking.start_run(cfg.experiment_name, run_name=flow_run.get_name(), tags=tags)
+    # A name a person recognizes in the run list: the config and when it started (Prefect's is a tag).
+    name = f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M')}" + ("" if stage == "finetune" else f" ({stage})")
+    source = tracking.source_tags(f"tuneflow {stage} {cfg.name} (Prefect flow run {flow_run.get_name()})")
+    run_id = tracking.start_run(cfg.experiment_name, run_name=name, tags={**source, **tags})
     if log_config:
         record_config(cfg, run_id)
     return OpenedRun(run_id)
@@ -102,7 +106,7 @@ def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/reso
     """Log the flattened config as params and the resolved YAML as an artifact (URL passwords masked)."""
     tracking.configure(cfg.tracking.tracking_uri)
     recorded = cfg.recorded()
-    tracking.log_params(run_id, flatten(recorded))
+    tracking.log_params(run_id, run_params(cfg))
     tracking.log_text(run_id, yaml.safe_dump(recorded, sort_keys=False), artifact)
 
 

@@ -89,3 +89,25 @@ def test_a_deployment_run_with_a_forbidden_override_fails(
     state = asyncio.run(trigger_and_run())
     assert state.type.value == "FAILED"
     assert "data.train.path" in state.message and "not overridable" in state.message
+
+
+def test_pull_step_enters_the_workers_own_checkout(tmp_path, monkeypatch) -> None:
+    """The deployment's pull step resolves the checkout on the worker, at pull time (not at deploy time)."""
+    import os
+
+    import yaml
+
+    from flows.deployments import ROOT, enter_checkout
+
+    pull = yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"]
+    assert pull == [{"flows.deployments.enter_checkout": {}}]
+    other = tmp_path / "checkout"
+    (other / "flows").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNEFLOW_HOME", str(other))
+    assert enter_checkout() == {"directory": str(other)} and Path(os.getcwd()) == other
+    monkeypatch.delenv("TUNEFLOW_HOME")
+    assert enter_checkout() == {"directory": str(ROOT)}
+    monkeypatch.setenv("TUNEFLOW_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="not a tuneflow checkout"):
+        enter_checkout()

@@ -93,14 +93,14 @@ def test_artifacts_exist_and_parse(finished: dict, tmp_path: Path) -> None:
     report = json.loads((local / "validation" / "report.json").read_text())
     assert report["ok"] is True and report["stats"]["num_classes"] == 10
     assert "# Data validation: passed" in (local / "validation" / "report.md").read_text()
-    per_class = pd.read_csv(local / "evaluation" / "per_class_metrics.csv")
+    per_class = pd.read_csv(local / "per_class_metrics.csv")
     assert (
         set(per_class.columns) == {"label", "precision", "recall", "f1", "support"} and len(per_class) == 10
     )
-    worst = pd.read_csv(local / "evaluation" / "worst_errors.csv")
+    worst = pd.read_csv(local / "worst_errors.csv")
     assert {"line", "text", "label", "predicted", "p_predicted"} <= set(worst.columns)
     for png in ("confusion_matrix.png", "learning_curves.png"):
-        assert (local / "evaluation" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (local / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "train:" in (local / "config" / "resolved.yaml").read_text()
 
 
@@ -117,6 +117,61 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
     labels = {label for _, label in demo_rows("train")}
     assert list(out.columns) == ["label", "score"] and len(out) == 2
     assert set(out["label"]) <= labels and ((out["score"] > 0) & (out["score"] <= 1)).all()
+
+
+def test_the_mlflow_ui_meets_a_readable_run(finished: dict) -> None:
+    """What a person comparing runs sees: the model-training view, a recognizable run name, User/Source,
+    only the params that define this run, the compare-view files at the top, the logged model registered."""
+    c = _client(finished["uri"])
+    result = finished["result"]
+    run = c.get_run(result.run_id)
+    experiment = c.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name.startswith("tiny-intents 20")  # config name + start time, not "brave-otter"
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"].startswith(
+        "tuneflow finetune"
+    )
+    params = run.data.params
+    assert not any(k.startswith(("search.", "generation.", "data.tags_column")) for k in params)
+    assert "None" not in params.values() and "" not in params.values() and params["train.monitor"]
+    top = {a.path for a in c.list_artifacts(result.run_id)}
+    assert {"confusion_matrix.png", "learning_curves.png", "per_class_metrics.csv"} <= top
+    mv = c.get_model_version(result.model.name, result.model.version)
+    # The version's source is the logged model, whose page lists the version (the UI reads this tag).
+    model_id = mv.source.removeprefix("models:/")
+    assert mv.source.startswith("models:/m-")
+    assert json.loads(c.get_logged_model(model_id).tags["mlflow.modelVersions"]) == [
+        {"name": result.model.name, "version": result.model.version}
+    ]
+    assert mv.tags["tuneflow.config_hash"] == run.data.tags["tuneflow.config_hash"]  # one hash per run
+    value = run.data.metrics["test_accuracy"]
+    assert value == float(f"{value:.7g}")  # no float32 noise (1.0000001192)
+
+
+def test_exported_model_files_are_readable_by_others(finished: dict, tmp_path: Path) -> None:
+    import stat
+
+    model = finished["result"].model
+    local = Path(tracking.download_export(f"models:/{model.name}/{model.version}", tmp_path))
+    for path in local.iterdir():
+        assert path.stat().st_mode & stat.S_IROTH, path
+
+
+def test_cli_scores_a_file(finished: dict, tmp_path: Path) -> None:
+    model = finished["result"].model
+    src = write_csv(tmp_path / "in.csv", demo_rows("test")[:40], header=("utterance", "intent"))
+    args = ["predict", "--model", f"models:/{model.name}/{model.version}", "--tracking-uri", finished["uri"]]
+    missing = CliRunner().invoke(app, [*args, "--input", str(src), "--output", str(tmp_path / "o.csv")])
+    assert missing.exit_code == 2 and "no column 'text'" in missing.output and "utterance" in missing.output
+    out = tmp_path / "preds.csv"
+    ok = CliRunner().invoke(app, [*args, "--input", str(src), "--column", "utterance", "--output", str(out)])
+    assert ok.exit_code == 0, ok.output
+    preds = pd.read_csv(out)
+    assert len(preds) == 40 and {"utterance", "intent", "predicted_label", "predicted_score"} <= set(
+        preds.columns
+    )
+    labels = {label for _, label in demo_rows("train")}
+    assert set(preds["predicted_label"]) <= labels
 
 
 def test_cli_predict(finished: dict) -> None:

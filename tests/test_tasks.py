@@ -162,11 +162,9 @@ def test_ner_end_to_end(tmp_path, tiny_ner_model, tracking_uri, prefect_harness)
         "type_confusion.csv",
         "type_confusion.png",
         "worst_sentences.csv",
-    } <= _artifacts(out.run_id, "evaluation")
+    } <= _artifacts(out.run_id, "")
     per_type = pd.read_csv(
-        mlflow.artifacts.download_artifacts(
-            run_id=out.run_id, artifact_path="evaluation/per_type_metrics.csv"
-        )
+        mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="per_type_metrics.csv")
     )
     assert set(per_type["type"]) == {"person", "location", "org"}
     assert out.model.version == "1" and out.promotion.promote
@@ -205,9 +203,7 @@ def test_seq2seq_end_to_end(tmp_path, tiny_t5, tracking_uri, prefect_harness):
     # Something was learned: the fine-tuned loss on the test summaries is well below the untrained one.
     assert m["test_loss"] < 0.8 * _untrained_test_loss(cfg_path)
     samples = pd.read_csv(
-        mlflow.artifacts.download_artifacts(
-            run_id=out.run_id, artifact_path="evaluation/sample_generations.csv"
-        )
+        mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="sample_generations.csv")
     )
     assert list(samples.columns) == ["line", "text", "reference", "generated"] and len(samples) == 5
     assert out.promotion.metric == "rougeL"

@@ -124,12 +124,28 @@ def _preflight(cfg, data: bool = True) -> None:  # noqa: ANN001
 
 
 def _quiet_env() -> None:
-    # No network on CI/offline machines: Prefect must not try to phone home.
+    # No network on CI/offline machines: Prefect must not try to phone home (nor print its notice about it).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if not VERBOSE["on"]:
+        _quiet_third_parties()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Predictions and tables go to stdout; no artifact-download progress bars around them.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _quiet_third_parties() -> None:
+    """The default console shows tuneflow's own lines: third-party warnings and INFO chatter (Lightning's
+    hardware lines and tips, transformers' load reports) stay out; ``--verbose`` shows everything."""
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # search workers and DDP processes too
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202
@@ -402,25 +418,43 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 @app.command()
 def predict(
     texts: Annotated[
-        list[str], typer.Argument(help="Texts to classify, tag or summarize; user messages for a chat model.")
-    ],
+        list[str] | None,
+        typer.Argument(help="Texts to classify, tag or summarize; user messages for a chat model."),
+    ] = None,
     model: Annotated[
         str,
         typer.Option(
             help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model; with --adapter: the base model "
             "id or directory to put the adapter on."
         ),
-    ],
+    ] = ...,
     adapter: Annotated[
         str | None,
         typer.Option(help="A registered LoRA adapter: NAME (its champion), NAME/VERSION or NAME@ALIAS."),
     ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", help="Score a file instead (CSV, TSV, JSONL or parquet); needs --output."),
+    ] = None,
+    column: Annotated[str, typer.Option(help="The --input column holding the texts.")] = "text",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where --input's predictions go (CSV: the input columns + predictions)."),
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Predict with a registered model, or with a registered adapter on a base model (--adapter)."""
+    """Predict with a registered model, or with a registered adapter on a base model (--adapter).
+
+    Texts on the command line print one prediction per line; ``--input file --output preds.csv`` scores a
+    whole file in batches (with a progress bar), without a server.
+    """
     import json
     import tempfile
 
+    if bool(input_file) != bool(output) or bool(input_file) == bool(texts):
+        console.print("[bold red]error:[/] give texts, or --input FILE with --output FILE")
+        raise typer.Exit(2)
+    frame = _read_scoring_input(input_file, column) if input_file else None
     from tuneflow import tracking
 
     _quiet_env()
@@ -430,12 +464,16 @@ def predict(
             from tuneflow.export import load_predictor, read_meta
             from tuneflow.tasktypes import task_type
 
-            with tempfile.TemporaryDirectory() as tmp:
-                export = tracking.download_export(_adapter_uri(adapter), tmp)
-                kind = task_type(read_meta(export)["task"])
-                out = load_predictor(export, base=model).predict(kind.to_inputs(list(texts)))
+            tmp = tempfile.TemporaryDirectory()
+            export = tracking.download_export(_adapter_uri(adapter), tmp.name)
+            kind = task_type(read_meta(export)["task"])
+            predictor = load_predictor(export, base=model)
+
+            def run(batch: list[str]):  # noqa: ANN202
+                return predictor.predict(kind.to_inputs(batch))
         else:
-            out = tracking.load_pyfunc(model).predict(list(texts))
+            pyfunc = tracking.load_pyfunc(model)
+            run = pyfunc.predict
     except Exception as exc:
         _fail_on_known(exc)
         console.print(
@@ -443,6 +481,10 @@ def predict(
             highlight=False,
         )
         raise typer.Exit(2) from None
+    if frame is not None:
+        _score_file(run, frame, column, output)
+        return
+    out = run(list(texts))
     for text, row in zip(texts, out.to_dict("records"), strict=True):
         if "label" in row:
             print(f"{row['label']}\t{row['score']:.4f}\t{text}")
@@ -450,6 +492,51 @@ def predict(
             print(f"{text}\t{json.dumps(list(row['entities']), default=float)}")
         else:
             print(f"{text}\t{row['generated_text']}")
+
+
+def _read_scoring_input(path: Path, column: str):  # noqa: ANN202
+    import pandas as pd
+
+    readers = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet}
+    read = readers.get(path.suffix.lower(), lambda p: pd.read_json(p, lines=True))
+    try:
+        frame = read(path)
+    except Exception as exc:
+        console.print(
+            f"[bold red]error:[/] cannot read {escape(str(path))}: {escape(str(exc))}", highlight=False
+        )
+        raise typer.Exit(2) from None
+    if column not in frame.columns:
+        found = ", ".join(map(str, frame.columns))
+        console.print(
+            f"[bold red]error:[/] {escape(str(path))} has no column '{escape(column)}' "
+            f"(it has: {escape(found)}); pick one with --column",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    return frame
+
+
+def _score_file(run, frame, column: str, output: Path, batch: int = 256) -> None:  # noqa: ANN001
+    """Predict ``frame[column]`` in batches with a progress bar; write the input + predictions as CSV."""
+    import json
+
+    import pandas as pd
+    from rich.progress import Progress
+
+    texts = frame[column].astype(str).tolist()
+    parts = []
+    with Progress(console=console, transient=True) as progress:
+        job = progress.add_task(f"scoring {len(texts)} rows", total=len(texts))
+        for start in range(0, len(texts), batch):
+            parts.append(run(texts[start : start + batch]))
+            progress.advance(job, min(batch, len(texts) - start))
+    preds = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if "entities" in preds.columns:  # spans as JSON text in a CSV cell
+        preds["entities"] = preds["entities"].map(lambda e: json.dumps(list(e), default=float))
+    result = pd.concat([frame.reset_index(drop=True), preds.add_prefix("predicted_")], axis=1)
+    result.to_csv(output, index=False)
+    console.print(f"wrote {len(result)} predictions to {escape(str(output))}", highlight=False)
 
 
 def _adapter_uri(adapter: str) -> str:

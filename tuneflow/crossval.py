@@ -16,7 +16,7 @@ from pathlib import Path
 from tuneflow.config import PipelineConfig
 from tuneflow.encoding import EncodedData
 from tuneflow.tracking import TAG_STAGE, RunRecorder
-from tuneflow.training import EpochCounter, fit
+from tuneflow.training import EpochCounter, MLflowMetricsLogger, fit
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def cross_validate(
                     cfg,
                     fold,
                     fold_dir,
-                    logger=run.metrics_logger(),
+                    logger=MLflowMetricsLogger(run.run_id, run.tracking_uri),
                     callbacks=[counter],
                     progress_bar=False,
                     resumable=False,

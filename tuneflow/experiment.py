@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneflow import config
-from tuneflow.config import PipelineConfig
+from tuneflow.config import PipelineConfig, flatten
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
 
 
@@ -51,6 +51,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
     """Validate an already-parsed config mapping (absolute paths), resolved for its task type."""
     return config.validate_config(raw, source, RULES)
+
+
+def run_params(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as MLflow params: what defines the run, resolved, for its task type, nothing empty.
+
+    Keys the task type does not use, empty values and the search space (logged on the search run) are
+    left out; the whole resolved config is logged as ``config/resolved.yaml`` next to them.
+    """
+    unused = task_type(cfg.task).unused_config
+    out = {}
+    for key, value in flatten(cfg.recorded()).items():
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        if (
+            key.startswith(unused)
+            or key.startswith("search.space.")
+            or (key.startswith("search.") and not cfg.searching)
+        ):
+            continue
+        out[key] = value
+    return out
 
 
 def task_of(cfg: PipelineConfig) -> TaskType:

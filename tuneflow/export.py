@@ -81,6 +81,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
         meta["base_hash"] = module.base_hash
         meta["tokenizer_hash"] = tokenizer_hash(load_tokenizer(hp["model_name"]))
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    # Readable by whoever serves it (safetensors writes its files 0600).
+    for path in [out_dir, *out_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return out_dir
 
 

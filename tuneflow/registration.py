@@ -44,8 +44,12 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
     start = time.perf_counter()
     model_uri = tracking.log_model(run_id, export_dir, cfg.task)
     meta = read_meta(export_dir)
+    # One config hash per run: the version carries its run's (the config as given, which --resume matches);
+    # after a search the tuned config differs, and its own hash is kept beside it.
+    run_hash = tracking.get_run(run_id).data.tags.get(tracking.TAG_CONFIG_HASH, cfg.fingerprint())
     tags = {
-        "tuneflow.config_hash": cfg.fingerprint(),
+        tracking.TAG_CONFIG_HASH: run_hash,
+        "tuneflow.trained_config_hash": cfg.fingerprint(),
         "tuneflow.data_fingerprint": data_fingerprint,
         "tuneflow.base_model": cfg.model.name,
         "tuneflow.task": cfg.task,

@@ -30,17 +30,17 @@ from tuneflow.config import (
     PipelineConfig,
     SearchConfig,
     apply_params,
-    flatten,
     redact_secrets,
 )
 from tuneflow.crossval import cross_validate
 from tuneflow.encoding import EncodedData
+from tuneflow.experiment import run_params
 from tuneflow.metrics import time_single
 from tuneflow.model import load_pretrained, load_tokenizer
 from tuneflow.splits import Splits
 from tuneflow.tasktypes import task_type
 from tuneflow.tracking import TAG_STAGE, ChildRun, RunRecorder
-from tuneflow.training import CrashPoint, EpochCounter, fit
+from tuneflow.training import CrashPoint, EpochCounter, MLflowMetricsLogger, fit
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_ATTR, EPOCHS_ATTR, LATENCY_ATTR = "mlflow_run_id", "epochs", "latency_ms"
@@ -259,7 +259,7 @@ class Objective:
             state, error = "COMPLETE", None
             try:
                 cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
-                run.log_params(flatten({k: v for k, v in cfg.recorded().items() if k != "search"}))
+                run.log_params({k: v for k, v in run_params(cfg).items() if not k.startswith("search.")})
                 value = self._score(trial, cfg, run, counter)
                 metrics = {f"best_{self.metric}": value, "objective": value}
                 if self.cfg.search.latency_objective:
@@ -284,6 +284,8 @@ class Objective:
                 trial.set_user_attr(EPOCHS_ATTR, counter.epochs)
                 failure = {"tuneflow.failure": f"{type(error).__name__}: {error}"[:5000]} if error else {}
                 run.set_tags({TAG_STATE: state, **failure})
+                if state != "COMPLETE":  # the run list shows pruned and failed trials for what they are
+                    run.rename(f"trial-{trial.number} ({state.lower()})")
                 run.log_metrics({"epochs_trained": counter.epochs})
                 shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
 
@@ -319,7 +321,7 @@ class Objective:
             cfg,
             data,
             trial_dir,
-            logger=run.metrics_logger(),
+            logger=MLflowMetricsLogger(run.run_id, run.tracking_uri),
             callbacks=callbacks,
             progress_bar=False,
             resumable=False,

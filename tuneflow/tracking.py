@@ -7,6 +7,7 @@ tasks run on worker threads. Store default: ``sqlite:///mlruns/mlflow.db`` with 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -17,8 +18,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
-from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -64,14 +63,33 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""Opens the experiment in the UI's model-training view (runs, charts, compare) instead of the GenAI one."""
+
+
 def ensure_experiment(name: str) -> str:
-    """Id of experiment ``name``, created on first use."""
+    """Id of experiment ``name``, created on first use (in the UI's model-training view)."""
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:  # made by an older tuneflow
+            for key, value in EXPERIMENT_KIND.items():
+                c.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     root = _artifact_root(mlflow.get_tracking_uri())
-    return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    location = f"{root}/{name}" if root else None
+    return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """The UI's User and Source columns: who started the run, and from what (e.g. ``tuneflow run x.yaml``)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": source, "mlflow.source.type": "LOCAL"}
 
 
 def start_run(
@@ -80,12 +98,27 @@ def start_run(
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """Create a run and return its id (nested under ``parent_run_id`` when given)."""
-    tags = dict(tags or {})
+    """Create a run and return its id (nested under ``parent_run_id`` when given).
+
+    The run gets the UI's User and Source columns filled (``source_tags``) unless ``tags`` sets them.
+    """
+    tags = {**source_tags(f"tuneflow ({run_name or 'run'})"), **(tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client().create_run(ensure_experiment(experiment), run_name=run_name, tags=tags)
     return run.info.run_id
+
+
+def run_url(run_id: str, tracking_uri: str) -> str:
+    """The run's page in the MLflow UI: on the tracking server itself, else where ``tuneflow ui`` serves."""
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    experiment_id = client().get_run(run_id).info.experiment_id
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def rename_run(run_id: str, name: str) -> None:
+    """Change the name the run list shows (e.g. ``trial-3 (pruned)``)."""
+    client().update_run(run_id, name=name)
 
 
 def reopen_run(run_id: str) -> None:
@@ -117,9 +150,20 @@ def log_params(run_id: str, params: dict[str, Any]) -> None:
         client().log_batch(run_id, params=items[i : i + 100])
 
 
+def clean(value: float) -> float:
+    """A metric as a person reads it: float32 noise removed (``1.0000001192`` -> ``1.0``).
+
+    Values computed in float32 carry ~7 significant digits; keeping 7 drops only the noise.
+    """
+    value = float(value)
+    if value != value or abs(value) == float("inf") or value.is_integer():  # counts and bytes stay exact
+        return value
+    return float(f"{value:.7g}")
+
+
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     ts = int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+    batch = [Metric(k, clean(v), ts, step or 0) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
         client().log_batch(run_id, metrics=batch[i : i + 1000])
 
@@ -136,9 +180,14 @@ def log_dataset(
     run_id: str, df: pd.DataFrame, name: str, source: str, context: str, targets: str | None
 ) -> None:
     """Record a dataset's lineage (schema, digest, source) on the run via ``log_inputs``."""
+    from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
-    dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets)
+    # A local file is named as one (a bare string is ambiguous to MLflow, which warns on every dataset);
+    # "path (stratified 10% split, seed 1)" describes a split carved out of that file.
+    path = Path(source.split(" (")[0])
+    origin = LocalArtifactDatasetSource(str(path.resolve())) if path.is_file() else source
+    dataset = mlflow.data.from_pandas(df, source=origin, name=name, targets=targets)
     client().log_inputs(
         run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
     )
@@ -329,9 +378,12 @@ class ChildRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         set_tags(self.run_id, tags)
 
-    def metrics_logger(self) -> MLflowMetricsLogger:
-        """A Lightning logger writing the fit's curves to this run."""
-        return MLflowMetricsLogger(self.run_id, self.recorder.tracking_uri)
+    def rename(self, name: str) -> None:
+        rename_run(self.run_id, name)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.recorder.tracking_uri
 
     def nested(self) -> RunRecorder:
         """A recorder whose runs nest under this one (a trial's cross-validation folds)."""
@@ -392,29 +444,50 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
     returns the task's frame (see :class:`tuneflow.serving.TuneflowModel`). An adapter export is logged
     without its base.
     """
-    return _log_pyfunc(run_id, MODEL_CODE / "single_model.py", {"model_dir": str(model_dir)}, task)
+    adapter = (Path(model_dir) / "adapter_config.json").is_file()
+    return _log_pyfunc(
+        run_id, MODEL_CODE / "single_model.py", {"model_dir": str(model_dir)}, task, adapter=adapter
+    )
 
 
 MODEL_CODE = Path(__file__).parent / "model_code"
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the serving environment (tuneflow itself must be installed there too)."""
+SERVING_PACKAGES = (
+    *("torch", "lightning", "transformers", "tokenizers", "safetensors", "numpy", "pandas"),
+    *("pydantic", "pyyaml", "mlflow", "seqeval"),
+)
+
+
+def pip_requirements(adapter: bool = False) -> list[str]:
+    """Portable requirements of the serving environment: what ``tuneflow.serving`` imports, pinned to the
+    versions trained with, without local build tags (``torch==2.13.0``, not ``2.13.0+cpu``: no public index
+    serves those). tuneflow itself ships with the model (``code_paths``)."""
     from importlib.metadata import version
 
-    pkgs = ("torch", "transformers", "tokenizers", "lightning", "scikit-learn", "pandas", "mlflow")
-    return [f"{pkg}=={version(pkg)}" for pkg in pkgs]
+    pkgs = (*SERVING_PACKAGES, "peft") if adapter else SERVING_PACKAGES
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in pkgs]
 
 
 def _log_pyfunc(
-    run_id: str, code: Path, artifacts: dict[str, str], task: str, params: dict[str, Any] | None = None
+    run_id: str,
+    code: Path,
+    artifacts: dict[str, str],
+    task: str,
+    params: dict[str, Any] | None = None,
+    adapter: bool = False,
 ) -> str:
     """Log a pyfunc as MLflow "models from code": the file ``code`` is run on load, nothing is unpickled
-    (an overwritten pickle in the artifact store would run arbitrary code in whoever loads the model)."""
+    (an overwritten pickle in the artifact store would run arbitrary code in whoever loads the model).
+
+    The ``tuneflow`` package travels with the model (``code_paths``): it loads where tuneflow is not
+    installed, given the requirements.
+    """
     from mlflow.models import infer_signature
 
     kind = task_type(task)
-    signature = infer_signature(kind.input_example, kind.output_example(), params=params)
+    example = list(kind.input_example)
+    signature = infer_signature(example, kind.output_example(), params=params)
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -422,8 +495,10 @@ def _log_pyfunc(
             python_model=str(code),
             artifacts=artifacts,
             signature=signature,
+            input_example=example,
+            code_paths=[str(Path(__file__).parent)],
             # Explicit requirements: inferring them would re-load the model in a subprocess (slow).
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(adapter),
         )
     client().update_run(run_id, status="RUNNING")  # leaving the block marked the run FINISHED too early
     return info.model_uri
@@ -432,9 +507,8 @@ def _log_pyfunc(
 def log_adapter_set(run_id: str, adapter_dirs: dict[str, str], task: str) -> str:
     """Log a pyfunc serving several adapters of one base (``params={"adapter": NAME}``); returns its URI."""
     artifacts = {f"{ADAPTER_PREFIX}{name}": str(path) for name, path in adapter_dirs.items()}
-    return _log_pyfunc(
-        run_id, MODEL_CODE / "adapter_set.py", artifacts, task, params={"adapter": sorted(adapter_dirs)[0]}
-    )
+    params = {"adapter": sorted(adapter_dirs)[0]}
+    return _log_pyfunc(run_id, MODEL_CODE / "adapter_set.py", artifacts, task, params, adapter=True)
 
 
 def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
@@ -444,7 +518,17 @@ def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] 
         c.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         c.create_registered_model(name, description="Fine-tuned by tuneflow")
-    mv = c.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    # Linked to the logged model (models:/m-...), so its page shows the version instead of "Register model".
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = c.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id)
+    if model_id:
+        entry = [{"name": name, "version": str(mv.version)}]
+        try:
+            existing = c.get_logged_model(model_id).tags.get("mlflow.modelVersions")
+            entry = (json.loads(existing) if existing else []) + entry
+            c.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(entry)})
+        except mlflow.exceptions.MlflowException:  # the version exists either way
+            pass
     return str(mv.version)
 
 
@@ -584,60 +668,14 @@ def load_pyfunc(model_uri: str) -> Any:
     return mlflow.pyfunc.load_model(model_uri)
 
 
-class MLflowMetricsLogger(Logger):
-    """Lightning logger writing to an existing MLflow run, buffered into ``log_batch`` calls.
+_CLIENTS: dict[str, MlflowClient] = {}
 
-    Buffering keeps per-step logging cheap on a SQLite store (one write per ``flush_every`` metrics).
-    """
 
-    def __init__(self, run_id: str, tracking_uri: str, flush_every: int = 50):
-        super().__init__()
-        self.run_id, self.tracking_uri, self.flush_every = run_id, tracking_uri, flush_every
-        self._buffer: list[Metric] = []
-        self._client: MlflowClient | None = None
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.run_id
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the flow logs the flattened config as params; module hparams would duplicate them
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        ts = int(time.time() * 1000)
-        for k, v in metrics.items():
-            if k == "epoch":
-                continue
-            self._buffer.append(Metric(k, float(v), ts, step or 0))
-        # Flush at each validation too: a killed run keeps its per-epoch history for --resume.
-        if len(self._buffer) >= self.flush_every or any(k.startswith("val_") for k in metrics):
-            self.save()
-
-    @rank_zero_only
-    def save(self) -> None:
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            for i in range(0, len(batch), 1000):
-                self.experiment.log_batch(self.run_id, metrics=batch[i : i + 1000])
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.save()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_client"] = None  # clients are not picklable (ddp_spawn sends the logger to workers)
-        return state
+def log_metric_batch(tracking_uri: str, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
+    """Write ``(key, value, step)`` metrics to ``run_id`` in ``tracking_uri`` (Lightning's logger calls this
+    from training processes, which may not have configured MLflow)."""
+    c = _CLIENTS.setdefault(tracking_uri, MlflowClient(tracking_uri=tracking_uri))
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, clean(v), ts, step) for k, v, step in metrics]
+    for i in range(0, len(batch), 1000):
+        c.log_batch(run_id, metrics=batch[i : i + 1000])

@@ -11,6 +11,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig, TrainConfig
@@ -22,6 +24,60 @@ from tuneflow.model import FineTuner, load_tokenizer
 from tuneflow.tasktypes import task_type
 
 LAST_CHECKPOINT = "last.ckpt"
+
+
+class MLflowMetricsLogger(Logger):
+    """Lightning logger writing a fit's curves to an existing MLflow run, buffered into batches.
+
+    Buffering keeps per-step logging cheap on a SQLite store (one write per ``flush_every`` metrics); the
+    writes go through :func:`tuneflow.tracking.log_metric_batch`.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str, flush_every: int = 50):
+        super().__init__()
+        self.run_id, self.tracking_uri, self.flush_every = run_id, tracking_uri, flush_every
+        self._buffer: list[tuple[str, float, int]] = []
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the flow logs the resolved config as params; module hparams would duplicate them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._buffer += [(k, float(v), step or 0) for k, v in metrics.items() if k != "epoch"]
+        # Flush at each validation too: a killed run keeps its per-epoch history for --resume.
+        if len(self._buffer) >= self.flush_every or any(k.startswith("val_") for k in metrics):
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            tracking.log_metric_batch(self.tracking_uri, self.run_id, batch)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+class CompactProgressBar(RichProgressBar):
+    """One line per epoch: step, train loss and the monitored metric (not every logged value, no v_num)."""
+
+    def __init__(self, monitor: str):
+        super().__init__(leave=True)
+        self.monitor = monitor
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        shown = super().get_metrics(trainer, pl_module)
+        return {k: v for k, v in shown.items() if k in ("train_loss", self.monitor)}
 
 
 class EpochCounter(pl.Callback):
@@ -102,7 +158,7 @@ def build_trainer(
             ModelCheckpoint(dirpath=ckpt_dir, filename=last, save_top_k=1, enable_version_counter=False)
         )
     if progress_bar:
-        cbs.append(RichProgressBar(leave=True))
+        cbs.append(CompactProgressBar(tcfg.monitor))
     return pl.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
@@ -139,7 +195,7 @@ def fit(
         cfg: pipeline config (model and train sections are used).
         data: tokenized train/validation splits (the task type's ``encode``).
         ckpt_dir: where best and last checkpoints go.
-        logger: a Lightning logger (e.g. :class:`tuneflow.tracking.MLflowMetricsLogger`).
+        logger: a Lightning logger (e.g. :class:`MLflowMetricsLogger`).
         resume_from: a ``last.ckpt`` to continue from (epoch, optimizer, scheduler and early-stopping state).
         callbacks: extra callbacks (e.g. Optuna pruning).
         progress_bar: show Lightning's rich progress bar.
@@ -234,7 +290,7 @@ def train_and_export(
     tokenizer = load_tokenizer(cfg.model.name)
     data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), tokenizer, cfg)  # validated before
     start = time.perf_counter()
-    logger = tracking.MLflowMetricsLogger(run_id, uri)
+    logger = MLflowMetricsLogger(run_id, uri)
     result = fit(cfg, data, out_dir, logger=logger, resume_from=resume_from, callbacks=[CrashPoint("train")])
     fit_s = time.perf_counter() - start
     export_dir = export_model(result.best_checkpoint, out_dir / "export", data.tokenizer, cfg)

@@ -43,6 +43,14 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def summary(self) -> str:
+        """One line for the console: rows per split, classes or tags, warnings (the full report is logged)."""
+        s = self.stats
+        rows = ", ".join(f"{s[k]} {k.removeprefix('rows_')}" for k in s if k.startswith("rows_"))
+        kinds = next((f"{s[k]} {k.removeprefix('num_')}" for k in ("num_classes", "num_tags") if k in s), "")
+        parts = [f"{rows} rows", kinds, f"{len(self.warnings)} warning(s)"]
+        return "; ".join(p for p in parts if p) + " (report: validation/report.md in the run)"
+
     def to_json(self) -> str:
         return json.dumps({"ok": self.ok, **asdict(self)}, indent=2, default=str)
 

@@ -72,6 +72,8 @@ class TaskType:
     supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
     supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
     input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
+    # Config keys (dotted prefixes) that do nothing for this task type: left out of a run's MLflow params.
+    unused_config: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------- config
 

@@ -163,6 +163,12 @@ class CausalLM(TaskType):
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     input_example = ["How do I reset my password?"]
+    unused_config = (
+        *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
+        *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
+        *("eval.generation_metrics", "eval.worst_examples"),
+        *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
+    )
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_chats(spec, cfg)

@@ -87,6 +87,11 @@ class SequenceClassification(TaskType):
     supports_cv = True
     supports_latency_objective = True
     input_example = ["where is my order?"]
+    unused_config = (
+        *("data.tokens_column", "data.tags_column", "data.source_column", "data.target_column"),
+        *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
+        *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
+    )
 
     # --------------------------------------------------------------------------------------------- data
 

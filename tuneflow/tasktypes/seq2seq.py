@@ -95,6 +95,11 @@ class Seq2Seq(TaskType):
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
+    unused_config = (
+        *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
+        *("data.messages_column", "eval.worst_examples"),
+        *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
+    )
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_pairs(spec, cfg)

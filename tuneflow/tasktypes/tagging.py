@@ -244,6 +244,12 @@ class TokenClassification(TaskType):
     peft_task_type = "TOKEN_CLS"
     label_head = True
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
+    unused_config = (
+        *("data.text_column", "data.label_column", "data.source_column", "data.target_column"),
+        *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
+        *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
+        *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
+    )
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_tagged(spec, cfg)
