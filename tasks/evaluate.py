@@ -7,7 +7,7 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_dir
+from tasks.common import run_dir, stage
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.evaluation import EvaluationResult
@@ -20,6 +20,14 @@ from tuneflow.tasktypes import task_type
 @task(cache_policy=NO_CACHE)
 def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationResult:
     """Evaluate the exported model the task type's way; log metrics and reports to the run."""
+    with stage("evaluate") as note:
+        result = _evaluate(cfg, run_id, export_dir)
+        shown = [k for k in task_type(cfg.task).metrics.headline if k in result.metrics][:3]
+        note(", ".join(f"{k} {result.metrics[k]:.4f}" for k in shown))
+    return result
+
+
+def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationResult:
     tracking.configure(cfg.tracking.tracking_uri)
     start, kind, monitor = time.perf_counter(), task_type(cfg.task), cfg.train.monitor
     splits = kind.load_splits(cfg.data, cfg.train.seed)

@@ -26,7 +26,8 @@ def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str 
         markdown=decision.to_markdown(),
         description=f"promotion decision for {name} v{version}",
     )
-    logger.info("%s v%s: %s", name, version, decision.verdict)
+    failed = ", ".join(g.name for g in decision.failed)
+    print(f"✓ promote    v{version}: {decision.verdict}" + (f" (failed: {failed})" if failed else ""))
     return decision
 
 

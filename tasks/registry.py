@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.common import stage
 from tuneflow.config import PipelineConfig
 from tuneflow.registration import Registration, register_export
 
@@ -12,7 +13,8 @@ from tuneflow.registration import Registration, register_export
 @task(cache_policy=NO_CACHE)  # no retries: a retry after a partial success could create a second version
 def register(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> Registration:
     """Log the model on ``run_id`` and register it (idempotent per run)."""
-    registration = register_export(cfg, run_id, export_dir, data_fingerprint)
-    if registration.reused:
-        print(f"run {run_id} already registered {registration.name} v{registration.version}: reusing it")
+    with stage("register") as note:
+        registration = register_export(cfg, run_id, export_dir, data_fingerprint)
+        reused = " (registered before the run was interrupted: reused)" if registration.reused else ""
+        note(f"{registration.name} v{registration.version}{reused}")
     return registration

@@ -7,7 +7,7 @@ from dataclasses import replace
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_dir
+from tasks.common import run_dir, stage
 from tuneflow import tracking
 from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.search import TAG_STUDY, StudySummary, run_study
@@ -75,7 +75,13 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = Fa
     try:
         tracking.log_params(hpo_run, {"search.metric": cfg.search_metric, **describe_space(cfg)})
         recorder = tracking.RunRecorder(uri, cfg.experiment_name, hpo_run)
-        summary = replace(run_study(cfg, recorder, run_dir(cfg, hpo_run) / "search", workers), run_id=hpo_run)
+        with stage("search") as note:
+            summary = run_study(cfg, recorder, run_dir(cfg, hpo_run) / "search", workers)
+            summary = replace(summary, run_id=hpo_run)
+            note(
+                f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed; "
+                f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial + 1})"
+            )
         log_summary(hpo_run, summary)
     except BaseException as exc:
         error = exc

@@ -72,5 +72,5 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
     sample = splits.train[content_columns(splits.train)].sample(n=n, random_state=cfg.train.seed)
     tracking.log_text(run_id, sample.to_json(orient="records", lines=True), tracking.REFERENCE_SAMPLE)
     tracking.log_metrics(run_id, {"time_validate_s": time.perf_counter() - start})
-    logger.info("validation passed: %s", report.summary())
+    print(f"✓ validate   {time.perf_counter() - start:6.1f} s  {report.summary()}")
     return ValidatedData(data_fp, len(report.warnings), report.stats)

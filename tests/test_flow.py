@@ -117,6 +117,10 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
     labels = {label for _, label in demo_rows("train")}
     assert list(out.columns) == ["label", "score"] and len(out) == 2
     assert set(out["label"]) <= labels and ((out["score"] > 0) & (out["score"] <= 1)).all()
+    # The predict type hints are the signature: a non-string is refused with the reason (HTTP 400 when
+    # served), never answered.
+    with pytest.raises(mlflow.exceptions.MlflowException, match="Expected type str, but got int"):
+        pyfunc.predict([42])
 
 
 def test_the_mlflow_ui_meets_a_readable_run(finished: dict) -> None:

@@ -74,6 +74,40 @@ class _KnownErrorFilter:
         return not any(name in record.getMessage() for name in self.names)
 
 
+class _PlainFormatter:
+    """The default console: a run's own lines as they are (no timestamp, level or task-run prefix)."""
+
+    def format(self, record: object) -> str:
+        import logging
+
+        assert isinstance(record, logging.LogRecord)
+        message = record.getMessage()
+        return f"{record.levelname.lower()}: {message}" if record.levelno >= logging.WARNING else message
+
+
+class _LifecycleFilter:
+    """Drops Prefect's own INFO bookkeeping (flow and task runs beginning, finishing, their URLs)."""
+
+    PREFIXES = (
+        "Beginning ",
+        "Finished in state",
+        "View at ",
+        "Created ",
+        "Executing ",
+        "Running ",
+        "Starting temporary server",
+        "Stopping temporary server",
+        "Starting server",
+    )
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        assert isinstance(record, logging.LogRecord)
+        prefect = record.name.startswith("prefect") and record.levelno < logging.WARNING
+        return not (prefect and record.getMessage().startswith(self.PREFIXES))
+
+
 def _hide_known_tracebacks() -> None:
     import logging
 
@@ -88,6 +122,8 @@ def _hide_known_tracebacks() -> None:
             console_handler = isinstance(handler, logging.StreamHandler)
             if console_handler and not any(isinstance(f, _KnownErrorFilter) for f in handler.filters):
                 handler.addFilter(_KnownErrorFilter())
+                handler.addFilter(_LifecycleFilter())
+                handler.setFormatter(_PlainFormatter())  # type: ignore[arg-type]
 
 
 def _hide_secrets(overrides: list[str] | None) -> list[str]:
@@ -144,7 +180,9 @@ def _quiet_third_parties() -> None:
     warnings.simplefilter("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # search workers and DDP processes too
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights", "Writing model shards"
+    # Set again once the libraries are imported: Lightning sets its own level on import.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -168,6 +206,8 @@ def _fail_on_known(exc: BaseException) -> None:
 
 def _call_flow(flow_fn, *args):  # noqa: ANN001, ANN202
     """Run a flow; known bad-input errors become their exit codes instead of a traceback."""
+    if not VERBOSE["on"]:
+        _quiet_third_parties()
     _hide_known_tracebacks()
     try:
         return flow_fn(*args)

@@ -20,6 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
@@ -235,6 +236,38 @@ def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, inputs: list[Any]
     return time_single(predictor.predict, inputs[:LATENCY_EXAMPLES], LATENCY_EXAMPLES)["latency_p50_ms"]
 
 
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+        for k, v in params.items()
+    )
+
+
+def _best(trial: optuna.Trial) -> str:
+    """The study's best so far, for the progress lines (single-objective studies)."""
+    if len(trial.study.directions) > 1:
+        return f"{len(trial.study.best_trials)} Pareto-optimal trial(s) so far"
+    try:
+        best = trial.study.best_trial
+    except ValueError:  # no complete trial yet
+        return "no complete trial yet"
+    return f"best {best.value:.4f} (trial {best.number + 1})"
+
+
+class TrialProgress(pl.Callback):
+    """A line per validated epoch of a search trial: the console shows the running trial is alive."""
+
+    def __init__(self, number: int, metric: str):
+        self.number, self.metric = number, metric
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.metric)
+        if not trainer.sanity_checking and value is not None:
+            print(
+                f"  trial {self.number} epoch {trainer.current_epoch + 1}: {self.metric} {float(value):.4f}"
+            )
+
+
 class Objective:
     """Trains one configuration per trial under a nested MLflow run; returns the best validation score."""
 
@@ -254,6 +287,8 @@ class Objective:
             TAG_STATE: "RUNNING",
         }
         counter = EpochCounter()
+        label = f"trial {trial.number + 1}/{self.cfg.search.n_trials or '?'}"
+        print(f"{label} started: {_short(params)}")
         with self.recorder.child(f"trial-{trial.number}", tags, finished_on=(optuna.TrialPruned,)) as run:
             trial.set_user_attr(RUN_ATTR, run.run_id)  # a retried trial inherits the old id: overwrite it
             state, error = "COMPLETE", None
@@ -269,16 +304,16 @@ class Objective:
                     metrics["latency_p50_ms"] = latency
                 run.log_metrics(metrics)
                 epochs = counter.epochs
-                print(f"trial {trial.number}: {self.metric} {value:.4f} after {epochs} epoch(s)  {params}")
+                print(f"{label} complete: {self.metric} {value:.4f} after {epochs} epoch(s); {_best(trial)}")
                 return (value, metrics["latency_p50_ms"]) if self.cfg.search.latency_objective else value
             except optuna.TrialPruned:
                 state = "PRUNED"
-                print(f"trial {trial.number}: pruned after {counter.epochs} epoch(s)  {params}")
+                print(f"{label} pruned after {counter.epochs} epoch(s); {_best(trial)}")
                 raise
             except BaseException as exc:
                 state, error = "FAIL", exc
-                if isinstance(exc, ConfigError):
-                    print(f"trial {trial.number}: invalid parameter combination: {exc}")
+                why = "invalid parameter combination: " if isinstance(exc, ConfigError) else ""
+                print(f"{label} failed: {why}{type(exc).__name__}: {exc}".splitlines()[0])
                 raise
             finally:
                 trial.set_user_attr(EPOCHS_ATTR, counter.epochs)
@@ -314,7 +349,7 @@ class Objective:
             return result.mean
         from optuna_integration import PyTorchLightningPruningCallback
 
-        callbacks = [counter, CrashPoint("trial")]
+        callbacks = [counter, CrashPoint("trial"), TrialProgress(trial.number + 1, self.metric)]
         if self.pruning:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
         result = fit(

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from tuneflow.export import load_base, load_predictor, read_meta
 from tuneflow.lora import AdapterMismatchError, add_adapter
@@ -28,8 +29,9 @@ class TuneflowModel(mlflow.pyfunc.PythonModel):
         self.task = task_type(read_meta(model_dir)["task"])
         self.predictor = load_predictor(model_dir)
 
-    # No type hints here: MLflow would try to derive a schema from them; the logged signature is explicit.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # The type hints are the signature: MLflow validates requests against them, so `{"inputs": [42]}` or a
+    # wrong column is a 400 naming the problem, not a prediction. (A conversation is one JSON string.)
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
         return self.predictor.predict(self.task.to_inputs(model_input))
 
 
@@ -63,7 +65,11 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
         }
         self.lock = threading.Lock()
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # ``pd.DataFrame`` tells MLflow not to derive the signature from the hints: the logged one declares the
+    # ``adapter`` param, which MLflow's type-hint signatures cannot express yet.
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:  # noqa: ANN001
         name = (params or {}).get("adapter") or self.default
         if name not in self.predictors:
             raise ValueError(

@@ -487,7 +487,9 @@ def _log_pyfunc(
 
     kind = task_type(task)
     example = list(kind.input_example)
-    signature = infer_signature(example, kind.output_example(), params=params)
+    # A single model's signature is its predict type hints (requests are validated against them); the adapter
+    # set declares its ``adapter`` param, which type-hint signatures cannot carry.
+    signature = infer_signature(example, kind.output_example(), params=params) if params else None
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
