@@ -161,6 +161,17 @@ def test_exported_model_files_are_readable_by_others(finished: dict, tmp_path: P
         assert path.stat().st_mode & stat.S_IROTH, path
 
 
+def test_the_export_is_a_plain_hugging_face_model(finished: dict, tmp_path: Path) -> None:
+    """Whoever deploys without MLflow or tuneflow: the export folder loads with ``transformers.pipeline``."""
+    from transformers import pipeline
+
+    model = finished["result"].model
+    export = tracking.download_export(f"models:/{model.name}/{model.version}", tmp_path)
+    classify = pipeline("text-classification", model=str(export), tokenizer=str(export))
+    out = classify(["where is my parcel"])
+    assert out[0]["label"] in {label for _, label in demo_rows("train")} and 0 < out[0]["score"] <= 1
+
+
 def test_cli_scores_a_file(finished: dict, tmp_path: Path) -> None:
     model = finished["result"].model
     src = write_csv(tmp_path / "in.csv", demo_rows("test")[:40], header=("utterance", "intent"))

@@ -725,7 +725,7 @@ def ui(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the project's store, bound to 127.0.0.1."""
-    from tuneflow.tracking import configure
+    from tuneflow.tracking import UI_VIEW, configure
 
     uri = configure(tracking_uri)
     cmd = [
@@ -740,7 +740,8 @@ def ui(
         "--port",
         str(port),
     ]
-    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
+    # The link selects the model-training view (MLflow 3.17 opens on its GenAI view by default).
+    console.print(f"MLflow UI on http://127.0.0.1:{port}/#/experiments{UI_VIEW} (store {uri})")
     os.execv(sys.executable, cmd)
 
 

@@ -109,11 +109,16 @@ def start_run(
     return run.info.run_id
 
 
+UI_VIEW = "?workflowType=machine_learning"
+"""MLflow 3.17's UI picks its GenAI or model-training view from a global toggle (remembered by the browser),
+not from the experiment's kind: links tuneflow prints select the model-training view."""
+
+
 def run_url(run_id: str, tracking_uri: str) -> str:
     """The run's page in the MLflow UI: on the tracking server itself, else where ``tuneflow ui`` serves."""
     base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     experiment_id = client().get_run(run_id).info.experiment_id
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
 
 
 def rename_run(run_id: str, name: str) -> None:

@@ -1,0 +1,154 @@
+"""The MLflow UI as a person meets it, in a real browser (Debian's Chromium driven by Selenium).
+
+On a store made by two short real runs: the printed link opens the experiment in the model-training view
+with recognizable run names and their source, the compare view shows both runs' confusion matrices side by
+side, and the registered model page shows the aliases. Screenshots go to ``test-artifacts/ui/`` (git-ignored).
+Skips, saying why, where no Chromium/chromedriver is installed (``.ci/run`` installs them on Debian).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, make_config
+from tuneflow import tracking
+
+pytestmark = pytest.mark.integration
+SHOTS = ROOT / "test-artifacts" / "ui"
+
+
+def _browser():  # noqa: ANN202
+    chromedriver, chromium = shutil.which("chromedriver"), shutil.which("chromium")
+    if not (chromedriver and chromium):
+        pytest.skip(
+            "no chromium + chromedriver on this machine (Debian: apt-get install chromium chromium-driver)"
+        )
+    selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
+        options.add_argument(arg)
+    return selenium.webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+def _text_when(driver, needles: list[str], timeout: float = 60) -> str:  # noqa: ANN001
+    """The page text once every needle is on it (the UI renders asynchronously)."""
+    deadline = time.time() + timeout
+    text = ""
+    while time.time() < deadline:
+        text = driver.find_element("tag name", "body").text
+        if all(n in text for n in needles):
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"page never showed {needles}; it shows:\n{text[:3000]}")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_harness: None) -> dict:
+    from flows.finetune import finetune
+
+    tmp = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    cfg = make_config(
+        tmp,
+        tiny_model,
+        name="ui-intents",
+        tracking={"tracking_uri": uri},
+        gates={"min": None, "promote": True},
+    )
+    first = finetune(str(cfg), ["train.max_epochs=1"])
+    second = finetune(str(cfg), ["train.max_epochs=2", "train.lr=0.001"])
+    return {"uri": uri, "runs": [first.run_id, second.run_id], "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def server(store: dict):  # noqa: ANN201
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            store["uri"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_ui_shows_comparable_fine_tunings(store: dict, server: str) -> None:
+    driver = _browser()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        tracking.configure(store["uri"])
+        run_id = store["runs"][0]
+        # The link tuneflow prints (Prefect artifact, `tuneflow ui`) opens the model-training view.
+        url = tracking.run_url(run_id, store["uri"]).replace("http://127.0.0.1:5000", server)
+        assert url.endswith(f"/runs/{run_id}?workflowType=machine_learning")
+        experiment_page = url.split("/runs/")[0] + "?workflowType=machine_learning"
+        driver.get(experiment_page)
+        text = _text_when(driver, ["Model training", "ui-intents 20", "tuneflow finetune ui-intents"])
+        assert "Training runs" not in text  # the model-training sidebar, not the GenAI one
+        driver.save_screenshot(str(SHOTS / "runs.png"))
+
+        experiment_id = url.split("/experiments/")[1].split("/")[0]
+        runs, experiments = json.dumps(store["runs"]), json.dumps([experiment_id])
+        compare = (
+            f"{server}/#/compare-runs?runs={runs}&experiments={experiments}&workflowType=machine_learning"
+        )
+        driver.get(compare)
+        text = _text_when(driver, ["Comparing 2 Runs", "Artifacts"])
+        # The compare view lists the files both runs have at the top of their artifacts...
+        deadline = time.time() + 60
+        while "confusion_matrix.png" not in driver.page_source and time.time() < deadline:
+            time.sleep(0.5)
+        assert "confusion_matrix.png" in driver.page_source and "learning_curves.png" in driver.page_source
+        assert "No common artifacts to display" not in driver.page_source
+        # ... and picking one previews it for each run, side by side.
+        big = "return [...document.images].filter(i => i.complete && i.naturalWidth >= 400).length"
+        assert driver.execute_script(big) == 0  # nothing previewed before a file is picked
+        item = driver.find_element("xpath", "//*[normalize-space(text())='confusion_matrix.png']")
+        driver.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", item)
+        deadline = time.time() + 60
+        while driver.execute_script(big) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        driver.save_screenshot(str(SHOTS / "compare.png"))
+        assert driver.execute_script(big) >= 2, "the two runs' confusion matrices are not shown side by side"
+
+        driver.get(f"{server}/#/models/ui-intents?workflowType=machine_learning")
+        text = _text_when(driver, ["ui-intents", "Version 1", "champion"])
+        driver.save_screenshot(str(SHOTS / "model.png"))
+    finally:
+        driver.quit()
