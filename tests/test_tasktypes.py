@@ -172,3 +172,23 @@ def test_cli_lists_the_registered_task_types() -> None:
 
     out = CliRunner().invoke(app, ["tasks"])
     assert out.exit_code == 0 and all(name in out.output for name in TASK_TYPES)
+
+
+def test_latency_is_measured_like_for_like() -> None:
+    """A busy machine only ever adds time: the fastest of the repeats per example keeps p95 steady, on a
+    fixed thread count that is restored afterwards, and the conditions travel with the figures."""
+    import time as clock
+
+    from tuneflow.metrics import LATENCY_REPEATS, LATENCY_THREADS, time_single
+
+    calls = []
+
+    def predict(batch: list[str]) -> None:
+        calls.append(torch.get_num_threads())
+        clock.sleep(0.05 if len(calls) % 3 == 0 else 0.002)  # every third call hit by interference
+
+    threads = torch.get_num_threads()
+    out = time_single(predict, [f"x{i}" for i in range(10)], 10)
+    assert out["latency_p95_ms"] < 20  # the 50 ms spikes are not what is reported
+    assert out["latency_threads"] == LATENCY_THREADS and out["latency_repeats"] == LATENCY_REPEATS
+    assert set(calls) == {LATENCY_THREADS} and torch.get_num_threads() == threads

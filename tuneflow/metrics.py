@@ -52,17 +52,43 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p95_ms": float(np.percentile(ms, 95))}
 
 
+LATENCY_THREADS = 1
+LATENCY_REPEATS = 3
+LATENCY_WARMUP = 3
+
+
 def time_single(predict: Callable[[list[Any]], Any], inputs: Sequence[Any], n: int) -> dict[str, float]:
-    """p50/p95 latency of ``predict`` called on one input at a time, over the first ``n`` inputs."""
+    """p50/p95 latency of ``predict`` called on one input at a time, over the first ``n`` inputs.
+
+    Measured so that two runs can be compared, also on a busy machine: after ``LATENCY_WARMUP`` calls (lazy
+    initialization, allocator), with ``LATENCY_THREADS`` torch thread(s) (not whatever the machine has
+    free), each input timed ``LATENCY_REPEATS`` times keeping its fastest (interference only ever adds
+    time). The conditions are returned with the figures (``latency_threads``, ``latency_repeats``).
+    """
     if not n or not inputs:
         return {}
-    predict(list(inputs[:1]))  # warm-up: the first call pays for lazy initialization
-    timings = []
-    for item in inputs[:n]:
-        start = time.perf_counter()
-        predict([item])
-        timings.append(time.perf_counter() - start)
-    return latency_summary(timings)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        for item in list(inputs[:LATENCY_WARMUP]):
+            predict([item])
+        timings = []
+        for item in inputs[:n]:
+            best = float("inf")
+            for _ in range(LATENCY_REPEATS):
+                start = time.perf_counter()
+                predict([item])
+                best = min(best, time.perf_counter() - start)
+            timings.append(best)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        **latency_summary(timings),
+        "latency_threads": float(LATENCY_THREADS),
+        "latency_repeats": float(LATENCY_REPEATS),
+    }
 
 
 def throughput(predict_batch: Callable[[list[Any]], Any], inputs: Sequence[Any]) -> dict[str, float]:

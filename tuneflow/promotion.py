@@ -345,7 +345,13 @@ def _absolute_gates(
     if gates.max_latency_p95_ms is not None:
         lat = run_metrics.get("latency_p95_ms")
         ok = lat is not None and lat <= gates.max_latency_p95_ms
-        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok))
+        threads, repeats = run_metrics.get("latency_threads"), run_metrics.get("latency_repeats")
+        how = (
+            f"single examples, {threads:.0f} thread(s), fastest of {repeats:.0f} per example"
+            if threads
+            else ""
+        )
+        out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok, how))
     for name, bound in gates.min_ood.items():
         ood = run_metrics.get(f"ood_{name}_{metric}")
         ok = ood is not None and within(ood, bound)
