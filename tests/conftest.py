@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -321,3 +323,37 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@contextmanager
+def mlflow_process(args: list[str], ready: str, timeout: float = 180, **popen: object) -> Iterator[str]:
+    """``python -m mlflow ARGS --host 127.0.0.1 --port <free port>`` running until the block ends; yields its
+    base URL once ``GET ready`` answers (the UI server's ``/health``, a scoring server's ``/ping``)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}{ready}", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, (
+                    f"`mlflow {' '.join(args[:2])}` did not start"
+                )
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import demo_rows, make_config, write_csv
+from tests.conftest import demo_rows, make_config, mlflow_process, write_csv
 from tuneflow import tracking
 from tuneflow.cli import app
 
@@ -288,10 +288,7 @@ def test_the_logged_model_serves_over_rest_and_refuses_bad_requests(finished: di
     """`mlflow models serve` on the registered model: predictions over REST; a non-string is a 400 naming
     the problem. The model carries its code and portable requirements."""
     import os
-    import socket
-    import subprocess
     import sys
-    import time
     import urllib.error
     import urllib.request
 
@@ -304,58 +301,24 @@ def test_the_logged_model_serves_over_rest_and_refuses_bad_requests(finished: di
     assert (local / "code" / "tuneflow" / "serving.py").is_file()  # the inference code travels with it
     requirements = (local / "requirements.txt").read_text()
     assert "torch==" in requirements and "+" not in requirements and "peft" not in requirements
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            str(local),
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=tmp_path,  # not the checkout
-        # MLflow starts `uvicorn` by name: the environment's scripts must be on PATH.
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # MLflow starts `uvicorn` by name: the environment's scripts must be on PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    serve = ["models", "serve", "-m", str(local), "--env-manager", "local"]
+    with mlflow_process(serve, "/ping", cwd=tmp_path, env=env) as base:  # cwd: not the checkout
 
-    def post(body: dict) -> tuple[int, str]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-    try:
-        deadline = time.time() + 180
-        while True:
+        def post(body: dict) -> tuple[int, str]:
+            request = urllib.request.Request(
+                f"{base}/invocations",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "the scoring server did not start"
-                time.sleep(1)
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as err:
+                return err.code, err.read().decode()
+
         status, body = post({"inputs": ["where is my parcel"]})
         assert status == 200 and json.loads(body)["predictions"][0]["label"]
         status, body = post({"inputs": [42]})
         assert status == 400 and "Expected type str" in body
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

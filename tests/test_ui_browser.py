@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, make_config, mlflow_process
 from tuneflow import tracking
 
 pytestmark = pytest.mark.integration
@@ -74,38 +70,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_har
 
 @pytest.fixture(scope="module")
 def server(store: dict):  # noqa: ANN201
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            store["uri"],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with mlflow_process(["server", "--backend-store-uri", store["uri"]], "/health") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_the_ui_shows_comparable_fine_tunings(store: dict, server: str) -> None:

@@ -8,9 +8,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneflow.encoding import Encoded
+from tuneflow.encoding import Encoded, PadSequences
 from tuneflow.evaluation import Gap
 from tuneflow.splits import Splits
+
+
+def sequence_collator(tokenizer: Any) -> PadSequences:
+    """The collator of both generative types: inputs padded with the pad token, labels with -100.
+
+    Causal-LM labels have the inputs' length; transformers' seq2seq collator pads them just the same.
+    """
+    from transformers import DataCollatorForSeq2Seq
+
+    return PadSequences(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"))
 
 
 def mean_token_loss(

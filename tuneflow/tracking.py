@@ -167,10 +167,15 @@ def clean(value: float) -> float:
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    _write_metrics(client(), run_id, [(k, v, step or 0) for k, v in metrics.items()])
+
+
+def _write_metrics(c: MlflowClient, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
+    """``(key, value, step)`` metrics, cleaned, in batches of 1000 (MLflow's limit per call)."""
     ts = int(time.time() * 1000)
-    batch = [Metric(k, clean(v), ts, step or 0) for k, v in metrics.items()]
+    batch = [Metric(k, clean(v), ts, step) for k, v, step in metrics]
     for i in range(0, len(batch), 1000):
-        client().log_batch(run_id, metrics=batch[i : i + 1000])
+        c.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
 def log_artifacts(run_id: str, directory: str | Path, artifact_path: str | None = None) -> None:
@@ -681,8 +686,6 @@ _CLIENTS: dict[str, MlflowClient] = {}
 def log_metric_batch(tracking_uri: str, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
     """Write ``(key, value, step)`` metrics to ``run_id`` in ``tracking_uri`` (Lightning's logger calls this
     from training processes, which may not have configured MLflow)."""
-    c = _CLIENTS.setdefault(tracking_uri, MlflowClient(tracking_uri=tracking_uri))
-    ts = int(time.time() * 1000)
-    batch = [Metric(k, clean(v), ts, step) for k, v, step in metrics]
-    for i in range(0, len(batch), 1000):
-        c.log_batch(run_id, metrics=batch[i : i + 1000])
+    if tracking_uri not in _CLIENTS:
+        _CLIENTS[tracking_uri] = MlflowClient(tracking_uri=tracking_uri)
+    _write_metrics(_CLIENTS[tracking_uri], run_id, metrics)

@@ -19,7 +19,7 @@ import pandas as pd
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
-from tuneflow.generation import generated_text_example, loss_gap, mean_token_loss, subset
+from tuneflow.generation import generated_text_example, loss_gap, mean_token_loss, sequence_collator, subset
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, MESSAGES, Problem, read_chats
 from tuneflow.splits import Splits
@@ -96,13 +96,6 @@ def to_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     return out
 
 
-def _collator(tokenizer: Any) -> PadSequences:
-    from transformers import DataCollatorForSeq2Seq
-
-    # Causal-LM labels have the inputs' length; the seq2seq collator pads them with -100 all the same.
-    return PadSequences(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"))
-
-
 @dataclass
 class ChatPredictor:
     """An exported causal LM that answers conversations."""
@@ -145,7 +138,7 @@ class ChatPredictor:
         """Mean cross-entropy over the assistant tokens of the conversations in ``df``."""
         pairs = [encode_chat(self.tokenizer, m, self.max_length) for m in df[MESSAGES]]
         data = Encoded([p[0] for p in pairs], [p[1] for p in pairs])
-        return mean_token_loss(self.model, data, _collator(self.tokenizer), shift=True)
+        return mean_token_loss(self.model, data, sequence_collator(self.tokenizer), shift=True)
 
     def perplexity(self, df: pd.DataFrame) -> float:
         return math.exp(min(self.loss(df), 50))
@@ -193,7 +186,7 @@ class CausalLM(TaskType):
         return EncodedData(one(splits.train), one(splits.validation), [], tokenizer, max_length, self.name)
 
     def collator(self, tokenizer: Any) -> PadSequences:
-        return _collator(tokenizer)
+        return sequence_collator(tokenizer)
 
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
         return {"max_length": cfg.model.max_length, "generation": cfg.generation.kwargs()}

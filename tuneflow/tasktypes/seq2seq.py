@@ -17,7 +17,14 @@ import pandas as pd
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
-from tuneflow.generation import generated_text_example, generation_metrics, loss_gap, mean_token_loss, subset
+from tuneflow.generation import (
+    generated_text_example,
+    generation_metrics,
+    loss_gap,
+    mean_token_loss,
+    sequence_collator,
+    subset,
+)
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs
 from tuneflow.splits import Splits
@@ -73,7 +80,7 @@ class Seq2SeqPredictor:
     def loss(self, df: pd.DataFrame) -> float:
         """Mean cross-entropy per target token of the first reference (teacher forcing)."""
         enc = encode_frame(df, self.tokenizer, self.max_length, self.max_target_length, self.prefix)
-        return mean_token_loss(self.model, enc, Seq2Seq().collator(self.tokenizer), shift=False)
+        return mean_token_loss(self.model, enc, sequence_collator(self.tokenizer), shift=False)
 
 
 class Seq2Seq(TaskType):
@@ -143,9 +150,7 @@ class Seq2Seq(TaskType):
         return EncodedData(train, val, [], tokenizer, m.max_length, self.name)
 
     def collator(self, tokenizer: Any) -> PadSequences:
-        from transformers import DataCollatorForSeq2Seq
-
-        return PadSequences(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"))
+        return sequence_collator(tokenizer)
 
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
         return {
