@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/tuneflow run configs/demo.yaml
 	$(BIN)/tuneflow status chatbot-intents
+	$(BIN)/tuneflow predict --model models:/chatbot-intents/latest "where is my parcel" "what's the weather like tomorrow"
 
 test: install
 	$(BIN)/ruff check .

@@ -68,14 +68,14 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
     metrics = classification_metrics(splits.test[LABEL].tolist(), pred)
     return {
         "arm": arm,
-        "test_accuracy": metrics["accuracy"],
-        "test_f1_macro": metrics["f1_macro"],
+        "test/accuracy": metrics["accuracy"],
+        "test/f1_macro": metrics["f1_macro"],
         "train_examples": len(data.train),
         "epochs": result.epochs,
         "fit_seconds": fit_s,
         "samples_per_second": len(data.train) * result.epochs / fit_s,
-        "params_trainable": result.params_trainable,
-        "params_total": result.params_total,
+        "system/params_trainable": result.params_trainable,
+        "system/params_total": result.params_total,
         "artifact_bytes": weights_bytes(export),
         "checkpoint_bytes": Path(result.best_checkpoint).stat().st_size,
         "rss_before_fit_mb": rss_before_fit,
@@ -105,7 +105,7 @@ def main() -> None:
             run["repeat"] = i
             runs.append(run)
             print(
-                f"{arm} #{i}: acc {run['test_accuracy']:.4f}, {run['samples_per_second']:.1f} samples/s, "
+                f"{arm} #{i}: acc {run['test/accuracy']:.4f}, {run['samples_per_second']:.1f} samples/s, "
                 f"peak RSS {run['peak_rss_mb']:.0f} MB (before fit {run['rss_before_fit_mb']:.0f}), "
                 f"artifact {run['artifact_bytes'] / 1e6:.2f} MB"
             )
@@ -124,8 +124,8 @@ def main() -> None:
     rows = [
         {
             "what": "LoRA vs full: test accuracy (median)",
-            "result": f"LoRA {lora('test_accuracy'):.4f} vs full {full('test_accuracy'):.4f} "
-            f"({100 * (lora('test_accuracy') - full('test_accuracy')):+.1f} pt)",
+            "result": f"LoRA {lora('test/accuracy'):.4f} vs full {full('test/accuracy'):.4f} "
+            f"({100 * (lora('test/accuracy') - full('test/accuracy')):+.1f} pt)",
             "target": "report",
             "data": data,
         },
@@ -148,7 +148,7 @@ def main() -> None:
             "what": "LoRA vs full: weights to ship per fine-tuning",
             "result": f"LoRA {lora('artifact_bytes') / 1e6:.2f} MB vs full "
             f"{full('artifact_bytes') / 1e6:.1f} MB "
-            f"(trainable {lora('params_trainable') / lora('params_total'):.1%} of params)",
+            f"(trainable {lora('system/params_trainable') / lora('system/params_total'):.1%} of params)",
             "target": "report",
             "data": data,
         },

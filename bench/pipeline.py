@@ -19,12 +19,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (
-    "time_validate_s",
-    "time_fit_s",
-    "time_export_s",
-    "time_evaluate_s",
-    "time_register_s",
-    "time_promote_s",
+    "system/time_validate_s",
+    "system/time_fit_s",
+    "system/time_export_s",
+    "system/time_evaluate_s",
+    "system/time_register_s",
+    "system/time_promote_s",
 )
 
 
@@ -49,12 +49,12 @@ def run_here(config: str, overrides: list[str], store: Path) -> dict[str, Any]:
     stages = {k: metrics.get(k, 0.0) for k in STAGES}
     # From calling the flow to the MLflow parent run's creation (its first task): Prefect's start-up.
     prefect_start_s = run.info.start_time / 1000 - flow_start
-    pure = stages["time_fit_s"] + stages["time_evaluate_s"]
+    pure = stages["system/time_fit_s"] + stages["system/time_evaluate_s"]
     return {
         "config": config,
         "overrides": overrides,
         "run_id": result.run_id,
-        "metrics": {k: v for k, v in metrics.items() if not k.startswith("time_")},
+        "metrics": {k: v for k, v in metrics.items() if not k.startswith("system/time_")},
         "registered": asdict(result.model) if result.model else None,
         "promoted": bool(result.promotion and result.promotion.promote),
         "wall": {

@@ -54,21 +54,21 @@ def rows_for(name: str, run: dict[str, Any], budget: str) -> list[dict[str, str]
     m, wall = run["metrics"], run["wall"]
     minutes = f"{wall['process_s'] / 60:.1f} min wall"
     if name == "wnut17":
-        value = m["test_f1"]
+        value = m["test/f1"]
         return [
             {
                 "what": "WNUT-17 test entity F1 (seqeval, exact span)",
-                "result": f"{value:.3f} (P {m['test_precision']:.3f}, R {m['test_recall']:.3f}); {minutes}",
+                "result": f"{value:.3f} (P {m['test/precision']:.3f}, R {m['test/recall']:.3f}); {minutes}",
                 "target": _gap(value, ANCHORS[name]),
                 "data": budget,
             }
         ]
-    value = m["test_accuracy"]
+    value = m["test/accuracy"]
     label = {"banking77": "BANKING77 test accuracy", "sst2": "SST-2 dev accuracy"}[name]
     out = [
         {
             "what": label,
-            "result": f"{100 * value:.1f} (macro F1 {100 * m['test_f1_macro']:.1f}); {minutes}",
+            "result": f"{100 * value:.1f} (macro F1 {100 * m['test/f1_macro']:.1f}); {minutes}",
             "target": _gap(value, ANCHORS[name]),
             "data": budget,
         }

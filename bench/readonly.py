@@ -31,7 +31,8 @@ def _store(tmp: Path) -> str:
     run_id = tracking.start_run(
         "bench-status", run_name="bench", tags={tracking.TAG_DATA_FP: "0123456789abcdef"}
     )
-    tracking.log_metrics(run_id, {"test_accuracy": 0.9, "test_f1_macro": 0.88, "latency_p95_ms": 12.0})
+    metrics = {"test/accuracy": 0.9, "test/f1_macro": 0.88, "serving/latency_p95_ms": 12.0}
+    tracking.log_metrics(run_id, metrics)
     model_dir = tmp / "model"
     model_dir.mkdir()
     (model_dir / "MLmodel").write_text("flavors: {}\n")

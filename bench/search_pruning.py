@@ -76,7 +76,7 @@ def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
     ]
     return {
         "pruner": pruner,
-        "best_val_accuracy": summary.best_value,
+        "val/best_accuracy": summary.best_value,
         "best_params": summary.best_params,
         "epochs_total": summary.epochs_total,
         "complete": summary.n_complete,
@@ -133,10 +133,10 @@ def main() -> None:
             continue
         per_seed = {
             s: {
-                "points_behind": (a["none"]["best_val_accuracy"] - a[pruner]["best_val_accuracy"]) * 100,
+                "points_behind": (a["none"]["val/best_accuracy"] - a[pruner]["val/best_accuracy"]) * 100,
                 "epoch_share": a[pruner]["epochs_total"] / a["none"]["epochs_total"],
-                "detail": f"seed {s}: {a[pruner]['best_val_accuracy']:.4f} vs "
-                f"{a['none']['best_val_accuracy']:.4f}, {a[pruner]['epochs_total']} vs "
+                "detail": f"seed {s}: {a[pruner]['val/best_accuracy']:.4f} vs "
+                f"{a['none']['val/best_accuracy']:.4f}, {a[pruner]['epochs_total']} vs "
                 f"{a['none']['epochs_total']} epochs, "
                 f"{a[pruner]['pruned']}/{args.trials} pruned",
             }

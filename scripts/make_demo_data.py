@@ -267,6 +267,61 @@ def generate(seed: int = 7, per_intent: int = 60) -> list[tuple[str, str]]:
     return rows
 
 
+# Out-of-scope queries: what a shop's support bot should hand over or decline rather than force into one of
+# its intents. Written by hand, never trained on: half choose the fallback threshold (oos_validation), half
+# measure it (oos_test).
+OUT_OF_SCOPE = [
+    "what's the weather like tomorrow",
+    "tell me a joke",
+    "how many calories are in a banana",
+    "who won the football match last night",
+    "translate good morning into spanish",
+    "what is the capital of australia",
+    "play some relaxing music",
+    "set an alarm for 7am",
+    "how do I bake sourdough bread",
+    "what's 17 times 23",
+    "recommend a good movie for tonight",
+    "book me a table for two at an italian restaurant",
+    "what time is it in tokyo",
+    "how tall is mount everest",
+    "can you write a poem about the sea",
+    "asdfgh qwerty",
+    "lorem ipsum dolor sit amet",
+    "what's the meaning of life",
+    "how do I change a flat tyre",
+    "is it going to rain this weekend",
+    "who is the president of france",
+    "give me a workout plan",
+    "how do vaccines work",
+    "what's a good name for a cat",
+    "convert 10 miles to kilometres",
+    "what is the boiling point of water",
+    "remind me to call my mum",
+    "how do I learn python",
+    "find me a flight to berlin",
+    "what's the best pizza topping",
+    "do you believe in aliens",
+    "how many legs does a spider have",
+    "sing me a song",
+    "what's the stock price of apple today",
+    "how do I grow tomatoes on a balcony",
+    "explain quantum computing simply",
+    "what should I cook for dinner",
+    "how far is the moon",
+    "who painted the mona lisa",
+    "zxcv bnm lkjh",
+    "what's the exchange rate from euro to yen",
+    "help me with my maths homework",
+    "which planet is the largest",
+    "how do I tie a tie",
+    "what are the rules of chess",
+    "where can I watch the olympics",
+    "how long should I boil an egg",
+    "suggest a holiday destination in june",
+]
+
+
 def main() -> None:
     out = Path(__file__).resolve().parent.parent / "data" / "chatbot_intents"
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +339,13 @@ def main() -> None:
             writer = csv.writer(fh)
             writer.writerow(["text", "intent"])
             writer.writerows(sorted(split, key=lambda r: (r[1], r[0])))
-    print(f"wrote {len(train)} train / {len(test)} test rows to {out}")
+    oos = sorted(OUT_OF_SCOPE)
+    for name, texts in (("oos_validation", oos[::2]), ("oos_test", oos[1::2])):
+        with open(out / f"{name}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text"])
+            writer.writerows([t] for t in texts)
+    print(f"wrote {len(train)} train / {len(test)} test rows and {len(oos)} out-of-scope queries to {out}")
 
 
 if __name__ == "__main__":

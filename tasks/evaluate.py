@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_dir, stage
-from tuneflow import tracking
+from tuneflow import names, tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.evaluation import EvaluationResult
 from tuneflow.evaluation import evaluate as evaluate_model
@@ -35,11 +35,15 @@ def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRe
     out = run_dir(cfg, run_id) / "eval"
     result = evaluate_model(kind, load_predictor(export_dir), splits, out, cfg, history)
     # Overfitting from the validation curve of the monitored metric (what the promotion gate reads).
-    result = result.with_metrics(validation_degradation(history[monitor], kind.metrics.lower_better(monitor)))
+    result = result.with_metrics(
+        validation_degradation(history[monitor], kind.metrics.lower_better(monitor), monitor)
+    )
     for warning in result.warnings:
         get_run_logger().warning(warning)
-    tracking.log_metrics(run_id, {**result.metrics, "time_evaluate_s": time.perf_counter() - start})
+    tracking.log_metrics(
+        run_id, {**result.metrics, f"{names.SYSTEM}time_evaluate_s": time.perf_counter() - start}
+    )
     # At the top of the run's artifacts: MLflow's compare view shows top-level files side by side only.
     tracking.log_artifacts(run_id, out)
-    tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics["overfit_warning"])})
+    tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics[names.OVERFIT_WARNING])})
     return result

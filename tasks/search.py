@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_dir, stage
-from tuneflow import tracking
+from tuneflow import names, tracking
 from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.search import TAG_STUDY, StudySummary, run_study
 
@@ -32,14 +32,14 @@ def log_summary(run_id: str, summary: StudySummary) -> None:
     """Best value and counts as metrics; best params as params (``best.*``, as first found) and as tags
     (``tuneflow.best.*``, kept current as a resumed study improves), the summary files."""
     metrics = {
-        f"best_{summary.metric}": summary.best_value,
-        "trials_complete": summary.n_complete,
-        "trials_pruned": summary.n_pruned,
-        "trials_failed": summary.n_failed,
-        "epochs_total": summary.epochs_total,
+        names.best(summary.metric): summary.best_value,
+        f"{names.SEARCH}trials_complete": summary.n_complete,
+        f"{names.SEARCH}trials_pruned": summary.n_pruned,
+        f"{names.SEARCH}trials_failed": summary.n_failed,
+        f"{names.SEARCH}epochs_total": summary.epochs_total,
     }
     if summary.best_latency_ms is not None:
-        metrics["best_latency_p50_ms"] = summary.best_latency_ms
+        metrics[f"{names.SEARCH}best_latency_p50_ms"] = summary.best_latency_ms
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
     tags = {f"tuneflow.best.{k}": v for k, v in summary.best_params.items()}
     tags.update(

@@ -340,7 +340,8 @@ def mlflow_process(args: list[str], ready: str, timeout: float = 180, **popen: o
     port = sock.getsockname()[1]
     sock.close()
     cmd = [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    proc = subprocess.Popen(cmd, **popen)  # type: ignore[call-overload]
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -350,10 +351,34 @@ def mlflow_process(args: list[str], ready: str, timeout: float = 180, **popen: o
                 break
             except OSError:
                 assert time.time() < deadline and proc.poll() is None, (
-                    f"`mlflow {' '.join(args[:2])}` did not start"
+                    f"`mlflow {' '.join(args[:2])}` did not start{_log_tail(popen.get('stdout'))}"
                 )
                 time.sleep(0.5)
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _log_tail(out: object) -> str:
+    """The end of a server's log file, when its output went to one."""
+    name = getattr(out, "name", None)
+    if not isinstance(name, str) or not Path(name).is_file():
+        return ""
+    return ":\n" + Path(name).read_text(errors="replace")[-4000:]
+
+
+def invoke(base: str, body: dict, timeout: float = 120) -> tuple[int, str]:
+    """POST ``body`` to a scoring server's ``/invocations``: the status and the response text (4xx too)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

@@ -368,7 +368,7 @@ def monitor_wrong_for_task(tmp, model):
     path = _raw_cfg(
         tmp,
         model,
-        lambda c: c.update(task="token_classification") or c["train"].update(monitor="val_accuracy"),
+        lambda c: c.update(task="token_classification") or c["train"].update(monitor="val/accuracy"),
     )
     return ["run", str(path)], 2, ["train.monitor"]
 

@@ -13,8 +13,8 @@ def test_pipeline_runner_reports_metrics_and_timings(tmp_path, tiny_model):
     cfg = make_config(tmp_path, tiny_model, train={"max_epochs": 1})
     run = run_pipeline(cfg, [], tmp_path / "store")
     w = run["wall"]
-    assert run["registered"]["version"] == "1" and 0 <= run["metrics"]["test_accuracy"] <= 1
-    assert w["time_fit_s"] > 0 and w["time_evaluate_s"] > 0 and w["prefect_start_s"] >= 0
+    assert run["registered"]["version"] == "1" and 0 <= run["metrics"]["test/accuracy"] <= 1
+    assert w["system/time_fit_s"] > 0 and w["system/time_evaluate_s"] > 0 and w["prefect_start_s"] >= 0
     assert w["flow_s"] >= w["training_and_evaluation_s"] and 0 < w["overhead_share"] < 1
     assert w["process_s"] > w["flow_s"]
     row = overhead.row("tiny", run, "tiny")

@@ -167,9 +167,9 @@ def test_trial_overrides_and_best_config() -> None:
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", ["search.metric=val_loss", "train.min_epochs=5"])
     assert direction(cfg) == "minimize"
-    assert trial_overrides(cfg) == {"train.monitor": "val_loss", "train.max_epochs": 3, "train.min_epochs": 3}
+    assert trial_overrides(cfg) == {"train.monitor": "val/loss", "train.max_epochs": 3, "train.min_epochs": 3}
     final = best_config(cfg, {"train.lr": 1e-4, "train.batch_size": 32})
-    assert (final.train.lr, final.train.batch_size, final.train.monitor) == (1e-4, 32, "val_loss")
+    assert (final.train.lr, final.train.batch_size, final.train.monitor) == (1e-4, 32, "val/loss")
     assert final.train.max_epochs == cfg.train.max_epochs  # the trial budget is not the final one
     assert (
         shares(5, 2) == [3, 2]
@@ -177,3 +177,12 @@ def test_trial_overrides_and_best_config() -> None:
         and shares(0, 2) == []
         and shares(None, 2) == [None, None]
     )
+
+
+def test_metric_names_have_sections_and_old_spellings_still_load() -> None:
+    demo = ROOT / "configs" / "demo.yaml"
+    assert load_config(demo, ["train.monitor=val_accuracy"]).train.monitor == "val/accuracy"
+    assert load_config(demo, ["train.monitor=val/loss"]).train.monitor == "val/loss"
+    with pytest.raises(ConfigError) as err:
+        load_config(demo, ["train.monitor=val/f1"])
+    assert "train.monitor" in str(err.value) and "'val/f1_macro'" in str(err.value)

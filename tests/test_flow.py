@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import demo_rows, make_config, mlflow_process, write_csv
+from tests.conftest import demo_rows, invoke, make_config, mlflow_process, write_csv
 from tuneflow import tracking
 from tuneflow.cli import app
 
@@ -68,22 +68,28 @@ def test_metrics_per_step_per_epoch_and_test(finished: dict) -> None:
     run_id = finished["result"].run_id
     m = c.get_run(run_id).data.metrics
     for key in (
-        "test_accuracy",
-        "test_f1_macro",
-        "test_f1_weighted",
-        "train_val_gap",
-        "latency_p50_ms",
-        "latency_p95_ms",
-        "throughput_examples_per_s",
-        "ood_ood_accuracy",
-        "validation_accuracy",
+        "test/accuracy",
+        "test/f1_macro",
+        "test/f1_weighted",
+        "fit/train_val_gap",
+        "serving/latency_p50_ms",
+        "serving/latency_p95_ms",
+        "serving/throughput_examples_per_s",
+        "ood/ood/accuracy",
+        "fit/gap_val_accuracy",
     ):
         assert key in m, key
-    assert 0 <= m["test_accuracy"] <= 1 and m["latency_p95_ms"] >= m["latency_p50_ms"] > 0
-    steps = [x.step for x in c.get_metric_history(run_id, "train_loss")]
+    # Every metric sits in a chart section of the MLflow UI (the prefix before "/"), none twice.
+    sections = {k.split("/")[0] for k in m}
+    assert all("/" in k for k in m), sorted(k for k in m if "/" not in k)
+    known = {"train", "val", "test", "ood", "fit", "serving", "system", "calibration", "oos", "behavior"}
+    assert sections <= known, sections
+    assert not any(k.startswith(("validation", "best_")) for k in m)
+    assert 0 <= m["test/accuracy"] <= 1 and m["serving/latency_p95_ms"] >= m["serving/latency_p50_ms"] > 0
+    steps = [x.step for x in c.get_metric_history(run_id, "train/loss")]
     assert len(steps) >= 5 and steps == sorted(steps)
-    assert len(c.get_metric_history(run_id, "lr")) >= 5
-    assert len(c.get_metric_history(run_id, "val_f1_macro")) == 3  # one point per epoch
+    assert len(c.get_metric_history(run_id, "train/lr")) >= 5
+    assert len(c.get_metric_history(run_id, "val/f1_macro")) == 3  # one point per epoch
 
 
 def test_artifacts_exist_and_parse(finished: dict, tmp_path: Path) -> None:
@@ -115,8 +121,12 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}/{model.version}")
     out = pyfunc.predict(["where is my parcel", "hello there"])
     labels = {label for _, label in demo_rows("train")}
-    assert list(out.columns) == ["label", "score"] and len(out) == 2
-    assert set(out["label"]) <= labels and ((out["score"] > 0) & (out["score"] <= 1)).all()
+    assert list(out.columns) == ["label", "score", "in_scope", "oos_score", "threshold"] and len(out) == 2
+    # A known intent, or the out-of-scope fallback exactly where the score is below the threshold.
+    assert set(out.loc[out["in_scope"], "label"]) <= labels and set(out.loc[~out["in_scope"], "label"]) <= {
+        "unknown"
+    }
+    assert ((out["score"] > 0) & (out["score"] <= 1)).all()
     # The predict type hints are the signature: a non-string is refused with the reason (HTTP 400 when
     # served), never answered.
     with pytest.raises(mlflow.exceptions.MlflowException, match="Expected type str, but got int"):
@@ -148,7 +158,7 @@ def test_the_mlflow_ui_meets_a_readable_run(finished: dict) -> None:
         {"name": result.model.name, "version": result.model.version}
     ]
     assert mv.tags["tuneflow.config_hash"] == run.data.tags["tuneflow.config_hash"]  # one hash per run
-    value = run.data.metrics["test_accuracy"]
+    value = run.data.metrics["test/accuracy"]
     assert value == float(f"{value:.7g}")  # no float32 noise (1.0000001192)
 
 
@@ -188,7 +198,8 @@ def test_cli_scores_a_file(finished: dict, tmp_path: Path) -> None:
         preds.columns
     )
     labels = {label for _, label in demo_rows("train")}
-    assert set(preds["predicted_label"]) <= labels
+    assert set(preds["predicted_label"]) <= labels | {"unknown"}
+    assert (preds["predicted_in_scope"] == (preds["predicted_label"] != "unknown")).all()
 
 
 def test_cli_predict(finished: dict) -> None:
@@ -205,11 +216,14 @@ def test_cli_predict(finished: dict) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    label, score, text = result.output.strip().splitlines()[-1].split("\t")
+    label, score, scope, text = result.output.strip().splitlines()[-1].split("\t")
     assert (
-        label in {lbl for _, lbl in demo_rows("train")}
+        label in {lbl for _, lbl in demo_rows("train")} | {"unknown"}
         and text == "cancel my order"
         and 0 < float(score) <= 1
+    )
+    assert (
+        scope.startswith("in scope (" if label != "unknown" else "out of scope (") and "vs threshold" in scope
     )
 
 
@@ -289,8 +303,6 @@ def test_the_logged_model_serves_over_rest_and_refuses_bad_requests(finished: di
     the problem. The model carries its code and portable requirements."""
     import os
     import sys
-    import urllib.error
-    import urllib.request
 
     import mlflow
 
@@ -305,20 +317,7 @@ def test_the_logged_model_serves_over_rest_and_refuses_bad_requests(finished: di
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     serve = ["models", "serve", "-m", str(local), "--env-manager", "local"]
     with mlflow_process(serve, "/ping", cwd=tmp_path, env=env) as base:  # cwd: not the checkout
-
-        def post(body: dict) -> tuple[int, str]:
-            request = urllib.request.Request(
-                f"{base}/invocations",
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    return response.status, response.read().decode()
-            except urllib.error.HTTPError as err:
-                return err.code, err.read().decode()
-
-        status, body = post({"inputs": ["where is my parcel"]})
+        status, body = invoke(base, {"inputs": ["where is my parcel"]})
         assert status == 200 and json.loads(body)["predictions"][0]["label"]
-        status, body = post({"inputs": [42]})
+        status, body = invoke(base, {"inputs": [42]})
         assert status == 400 and "Expected type str" in body

@@ -23,7 +23,7 @@ def test_score_gates_for_generation_tasks() -> None:
     gates = GatesConfig(
         metric="perplexity", min=20.0, min_improvement=0.5, max_train_val_gap=0.3, min_ood={"faq": 30.0}
     )
-    run = {"train_val_gap": 0.1, "ood_faq_perplexity": 25.0}
+    run = {"fit/train_val_gap": 0.1, "ood/faq/perplexity": 25.0}
     better = decide_on_scores(gates, "chat", "2", 12.0, run, "1", 14.0, lower_is_better=True)
     assert better.promote, better.to_markdown()
     names = [g.name for g in better.gates]
@@ -41,7 +41,7 @@ def test_score_gates_for_generation_tasks() -> None:
         "improvement in test perplexity over champion"
     ]
     too_high = decide_on_scores(
-        gates, "chat", "4", 21.0, {**run, "ood_faq_perplexity": 31.0}, lower_is_better=True
+        gates, "chat", "4", 21.0, {**run, "ood/faq/perplexity": 31.0}, lower_is_better=True
     )
     assert {g.name for g in too_high.failed} == {"max test perplexity", "max out-of-domain faq perplexity"}
     rouge = decide_on_scores(
@@ -71,7 +71,7 @@ def test_decision_lists_every_gate() -> None:
         max_class_regression=0.1,
     )
     worse = ["b"] * 30 + ["a"] * 20 + ["b"] * 50
-    metrics = {"train_val_gap": 0.2, "latency_p95_ms": 5.0, "ood_yelp_f1_macro": 0.85}
+    metrics = {"fit/train_val_gap": 0.2, "serving/latency_p95_ms": 5.0, "ood/yelp/f1_macro": 0.85}
     d = decide(gates, "m", "2", Y, list(Y), metrics, champion_version="1", champion_pred=worse)
     names = [g.name for g in d.gates]
     assert names == [
@@ -178,22 +178,23 @@ def test_overfitting_is_judged_from_the_validation_curve() -> None:
     from tuneflow.overfitting import validation_degradation
 
     # Validation F1 peaks at epoch 2 and then falls steeply: flagged, with what to change.
-    peaked = validation_degradation([(10, 0.70), (20, 0.82), (30, 0.74), (40, 0.66)], lower_better=False)
-    assert peaked["val_best_epoch"] == 2 and peaked["val_degradation"] == pytest.approx(0.16)
-    d = decide(GatesConfig(metric="f1_macro"), "m", "1", Y, list(Y), {"train_val_gap": 0.05, **peaked})
+    peaked = validation_degradation([(10, 0.70), (20, 0.82), (30, 0.74), (40, 0.66)], False, "val/f1_macro")
+    assert peaked["fit/best_epoch"] == 2 and peaked["fit/val_degradation"] == pytest.approx(0.16)
+    d = decide(GatesConfig(metric="f1_macro"), "m", "1", Y, list(Y), {"fit/train_val_gap": 0.05, **peaked})
     assert not d.promote
     (failed,) = d.failed
     assert failed.name.startswith("max validation degradation") and "train.max_epochs" in failed.detail
     # A converged run: training accuracy ~1.0 (gap 0.22) but the best validation score holds: promoted.
-    stable = validation_degradation([(10, 0.70), (20, 0.76), (30, 0.775), (40, 0.773)], lower_better=False)
-    healthy = decide(GatesConfig(metric="f1_macro"), "m", "1", Y, list(Y), {"train_val_gap": 0.221, **stable})
+    stable = validation_degradation([(10, 0.70), (20, 0.76), (30, 0.775), (40, 0.773)], False, "val/f1_macro")
+    metrics = {"fit/train_val_gap": 0.221, **stable}
+    healthy = decide(GatesConfig(metric="f1_macro"), "m", "1", Y, list(Y), metrics)
     assert healthy.promote
     gap = next(g for g in healthy.gates if g.name.startswith("train/val gap"))
     assert gap.value == pytest.approx(0.221) and gap.threshold == "reported"
     # Losses: relative rise above the best.
-    loss = validation_degradation([(1, 2.0), (2, 1.6), (3, 2.0)], lower_better=True)
-    assert loss["val_degradation"] == pytest.approx(0.25)
-    assert validation_degradation([], lower_better=True) == {}
+    loss = validation_degradation([(1, 2.0), (2, 1.6), (3, 2.0)], lower_better=True, monitor="val/loss")
+    assert loss["fit/val_degradation"] == pytest.approx(0.25) and loss["val/best_loss"] == 1.6
+    assert validation_degradation([], True, "val/loss") == {}
 
 
 def test_promotion_runs_as_a_library_call_without_prefect(

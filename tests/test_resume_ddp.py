@@ -80,7 +80,7 @@ def test_resume_after_kill_continues_same_run(tmp_path: Path, tiny_model: str) -
     exp_id = c.get_experiment_by_name("resumable").experiment_id
     (killed,) = c.search_runs([exp_id])
     assert killed.info.status == "RUNNING"
-    epochs_before = len(c.get_metric_history(killed.info.run_id, "val_f1_macro"))
+    epochs_before = len(c.get_metric_history(killed.info.run_id, "val/f1_macro"))
     assert epochs_before < epochs
 
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
@@ -90,7 +90,7 @@ def test_resume_after_kill_continues_same_run(tmp_path: Path, tiny_model: str) -
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["tuneflow.resumed_from"].endswith("last.ckpt")
-    assert run.data.metrics["epochs_trained"] == epochs
-    val_steps = {m.step for m in c.get_metric_history(run.info.run_id, "val_f1_macro")}
+    assert run.data.metrics["fit/epochs_trained"] == epochs
+    val_steps = {m.step for m in c.get_metric_history(run.info.run_id, "val/f1_macro")}
     assert len(val_steps) == epochs  # continued from the checkpoint: one validation per epoch overall
     assert tracking.count_versions("resumable") == 1

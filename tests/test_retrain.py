@@ -85,7 +85,7 @@ def test_retrain_skips_unchanged_data_then_retrains_changed_data(
         assert float(run.data.params["train.lr"]) == pytest.approx(1e-3)
     check = client.get_run(again.check.run_id)
     assert check.data.tags["tuneflow.retrain.decision"].startswith("trained")
-    assert {"drift_label_psi", "drift_length_ks", "drift_oov_rate", "drift_confidence_drop"} <= set(
+    assert {"drift/label_psi", "drift/length_ks", "drift/oov_rate", "drift/confidence_drop"} <= set(
         check.data.metrics
     )
     assert "Drift report" in tracking.read_text(again.check.run_id, "drift/report.md")

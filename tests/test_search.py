@@ -103,7 +103,7 @@ def test_study_nests_trials_in_mlflow_with_states(
         assert run.data.tags["optuna.state"] == t.state.name
         assert run.info.status == "FINISHED"
         assert float(run.data.params["train.lr"]) == pytest.approx(t.params["train.lr"])
-        assert len(client.get_metric_history(run.info.run_id, "val_f1_macro")) == t.user_attrs["epochs"]
+        assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == t.user_attrs["epochs"]
     assert summary.n_pruned >= 1, "lr=1e-8 trials should be pruned"
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert all(t.user_attrs["epochs"] < 3 for t in pruned)

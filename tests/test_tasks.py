@@ -114,7 +114,7 @@ def _ner_config(tmp_path: Path, model: str, **sections) -> Path:
         name="tiny-ner",
         task="token_classification",
         data={"train": str(train), "test": str(test)},
-        train={"lr": 5e-3, "max_epochs": 4, "monitor": "val_f1"},
+        train={"lr": 5e-3, "max_epochs": 4, "monitor": "val/f1"},
         **sections,
     )
     return cfg
@@ -155,8 +155,8 @@ def test_ner_end_to_end(tmp_path, tiny_ner_model, tracking_uri, prefect_harness)
     cfg_path.write_text(yaml.safe_dump(raw))
     out = _run(cfg_path)
     m = out.metrics
-    assert {"test_f1", "test_precision", "test_recall", "validation_f1", "train_val_gap"} <= set(m)
-    assert m["test_f1"] > 0.5  # synthetic entities are learnable even by a 2-layer random BERT
+    assert {"test/f1", "test/precision", "test/recall", "fit/gap_val_f1", "fit/train_val_gap"} <= set(m)
+    assert m["test/f1"] > 0.5  # synthetic entities are learnable even by a 2-layer random BERT
     assert {
         "per_type_metrics.csv",
         "type_confusion.csv",
@@ -188,7 +188,7 @@ def test_seq2seq_end_to_end(tmp_path, tiny_t5, tracking_uri, prefect_harness):
         data={"train": str(train), "test": str(test), "text_column": "text", "label_column": "label"},
         model={"name": tiny_t5, "max_length": 48, "max_target_length": 16, "source_prefix": "summarize : "},
         generation={"max_new_tokens": 12},
-        train={"lr": 5e-3, "max_epochs": 2, "monitor": "val_loss"},
+        train={"lr": 5e-3, "max_epochs": 2, "monitor": "val/loss"},
         eval={
             "generation_metrics": ["rouge", "bleu", "chrf"],
             "sample_generations": 5,
@@ -198,10 +198,10 @@ def test_seq2seq_end_to_end(tmp_path, tiny_t5, tracking_uri, prefect_harness):
     )
     out = _run(cfg_path)
     m = out.metrics
-    assert {"test_rouge1", "test_rouge2", "test_rougeL", "test_bleu", "test_chrf", "test_loss"} <= set(m)
-    assert 0 <= m["test_rougeL"] <= 1 and m["test_loss"] > 0
+    assert {"test/rouge1", "test/rouge2", "test/rougeL", "test/bleu", "test/chrf", "test/loss"} <= set(m)
+    assert 0 <= m["test/rougeL"] <= 1 and m["test/loss"] > 0
     # Something was learned: the fine-tuned loss on the test summaries is well below the untrained one.
-    assert m["test_loss"] < 0.8 * _untrained_test_loss(cfg_path)
+    assert m["test/loss"] < 0.8 * _untrained_test_loss(cfg_path)
     samples = pd.read_csv(
         mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="sample_generations.csv")
     )
@@ -247,19 +247,19 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
             "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]},
         },
         generation={"max_new_tokens": 8},
-        train={"lr": 3e-2, "max_epochs": 6, "batch_size": 8, "monitor": "val_loss"},
+        train={"lr": 3e-2, "max_epochs": 6, "batch_size": 8, "monitor": "val/loss"},
         eval={"sample_generations": 3, "latency_examples": 2},
         gates={"max_train_val_gap": None},
     )
     out = _run(cfg_path)
     m = out.metrics
-    assert m["test_perplexity"] > 1 and out.promotion.metric == "perplexity"
+    assert m["test/perplexity"] > 1 and out.promotion.metric == "perplexity"
     # Something was learned: the assistant-token loss on the test chats is below the untrained one (a rank-4
     # adapter on the attention of a random 2-layer model, frozen random embeddings: it moves, but slowly).
-    assert m["test_loss"] < 0.95 * _untrained_test_loss(cfg_path)
+    assert m["test/loss"] < 0.95 * _untrained_test_loss(cfg_path)
     run = mlflow.MlflowClient().get_run(out.run_id)
     # Only the adapter is trained, checkpointed and logged: a small share of the parameters.
-    assert 0 < run.data.metrics["params_trainable_share"] < 0.2
+    assert 0 < run.data.metrics["system/params_trainable_share"] < 0.2
     files = _artifacts(out.run_id, "model/artifacts/export")
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     # Adapter-only checkpoints are checked in test_lora.py; here: deleted once the model is registered.

@@ -74,9 +74,9 @@ def test_metric_spec_is_consistent(name: str) -> None:
     assert kind.name == name and isinstance(kind, TaskType)
     spec = kind.metrics
     assert spec.monitors and spec.gate_metrics and spec.headline
-    assert all(m.startswith("val_") for m in spec.monitors)
-    assert all(h.startswith("test_") or h in ("train_val_gap", "latency_p95_ms") for h in spec.headline)
-    assert spec.mode("val_loss") == "min" and spec.direction("val_loss") == "minimize"
+    assert all(m.startswith("val/") for m in spec.monitors)
+    assert all(h.split("/")[0] in ("test", "fit", "serving") for h in spec.headline)
+    assert spec.mode("val/loss") == "min" and spec.direction("val/loss") == "minimize"
     assert kind.auto_class.startswith("AutoModelFor") and kind.peft_task_type
     assert kind.input_example and not kind.output_example().empty
 
@@ -137,16 +137,25 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(kind.output_example().columns)
     assert len(out) == len(kind.input_example)
 
+    # Fits what inference needs from validation after export (a classifier's temperature and out-of-scope
+    # detector), stores it beside the weights, and predicts with it.
+    export = tmp_path / "export"
+    export.mkdir()
+    fitted = kind.after_export(predictor, export, splits, cfg)
+    assert all(math.isfinite(v) for v in fitted.values())
+    predictor = kind.predictor(pretrained.eval(), encoded.tokenizer, {**meta, "model_dir": str(export)})
+    assert len(predictor.predict(kind.to_inputs(list(kind.input_example)))) == len(kind.input_example)
+
     # Scores: the test headline, the gap, another set, latency, promotion evidence.
     metrics: dict[str, float] = {}
     files = kind.evaluate_test(predictor, splits.test, tmp_path, cfg, metrics)
     assert kind.metrics.headline[0] in metrics and all((tmp_path / f).is_file() for f in files)
-    assert f"test_{cfg.gates.metric}" in metrics
+    assert f"test/{cfg.gates.metric}" in metrics
     gap = kind.measure_gap(predictor, splits, cfg)
     assert isinstance(gap, Gap) and math.isfinite(gap.gap)
-    ood = kind.score_set(predictor, splits.test, cfg, prefix="ood_x_")
-    assert f"ood_x_{cfg.gates.metric}" in ood
-    assert "latency_p95_ms" in kind.measure_latency(predictor, splits.test, cfg)
+    ood = kind.score_set(predictor, splits.test, cfg, prefix="ood/x/")
+    assert f"ood/x/{cfg.gates.metric}" in ood
+    assert "serving/latency_p95_ms" in kind.measure_latency(predictor, splits.test, cfg)
     evidence = kind.promotion_evidence(predictor, splits.test, cfg)
     decision = kind.decide(cfg, "m", "1", splits.test, evidence, {}, None, None)
     assert decision.metric == cfg.gates.metric and decision.gates
@@ -189,6 +198,7 @@ def test_latency_is_measured_like_for_like() -> None:
 
     threads = torch.get_num_threads()
     out = time_single(predict, [f"x{i}" for i in range(10)], 10)
-    assert out["latency_p95_ms"] < 20  # the 50 ms spikes are not what is reported
-    assert out["latency_threads"] == LATENCY_THREADS and out["latency_repeats"] == LATENCY_REPEATS
+    assert out["serving/latency_p95_ms"] < 20  # the 50 ms spikes are not what is reported
+    assert out["serving/latency_threads"] == LATENCY_THREADS
+    assert out["serving/latency_repeats"] == LATENCY_REPEATS
     assert set(calls) == {LATENCY_THREADS} and torch.get_num_threads() == threads

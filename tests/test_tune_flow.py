@@ -44,14 +44,19 @@ def test_run_with_search_and_cv_retrains_best_params(
     children = _children(client, cfg.experiment_name, result.run_id)
     stages = sorted(r.data.tags["tuneflow.stage"] for r in children)
     assert stages == ["fold", "fold", "search"]  # final-config CV folds + the nested HPO run
-    assert {"cv_val_f1_macro_mean", "cv_val_f1_macro_std"} <= set(parent.data.metrics)
+    assert {"cv/f1_macro_mean", "cv/f1_macro_std"} <= set(parent.data.metrics)
+    # The final-config folds' out-of-fold probabilities feed the label-quality check (nothing relabeled).
+    issues = parent.data.metrics["label_quality/issues"]
+    assert 0 <= parent.data.metrics["label_quality/issue_share"] <= 1
+    table = client.download_artifacts(result.run_id, "validation/label_issues.csv", str(tmp_path))
+    assert len(pd.read_csv(table)) == issues
     search_run = next(r for r in children if r.data.tags["tuneflow.stage"] == "search")
     trials = _children(client, cfg.experiment_name, search_run.info.run_id)
     assert len(trials) == 2
     for trial in trials:  # with cv_folds every trial is the mean over its own nested fold runs
         folds = _children(client, cfg.experiment_name, trial.info.run_id)
         if trial.data.tags["optuna.state"] == "COMPLETE":
-            assert len(folds) == 2 and "cv_val_f1_macro_mean" in trial.data.metrics
+            assert len(folds) == 2 and "cv/f1_macro_mean" in trial.data.metrics
         assert all(f.info.status == "FINISHED" for f in folds)
 
 
@@ -68,7 +73,7 @@ def test_tune_logs_study_summary_and_cli_rerun_resumes(
     client = MlflowClient(tracking_uri=tracking.configure(cfg.tracking.tracking_uri))
     hpo = client.get_run(result.run_id)
     assert hpo.data.tags["tuneflow.stage"] == "tune" and hpo.info.status == "FINISHED"
-    assert hpo.data.metrics["trials_complete"] + hpo.data.metrics["trials_pruned"] == 3
+    assert hpo.data.metrics["search/trials_complete"] + hpo.data.metrics["search/trials_pruned"] == 3
     assert "tuneflow.best.train.lr" in hpo.data.tags and "tuneflow.best.model.dropout" in hpo.data.tags
     trials = _children(client, cfg.experiment_name, hpo.info.run_id)
     assert len(trials) == 3 and {r.data.tags["tuneflow.stage"] for r in trials} == {"trial"}
@@ -82,5 +87,5 @@ def test_tune_logs_study_summary_and_cli_rerun_resumes(
     again = CliRunner().invoke(app, ["tune", str(cfg_path)])
     assert again.exit_code == 0, again.output
     out = " ".join(again.output.split())
-    assert "best val_f1_macro" in out and "tuneflow run" in out
+    assert "best val/f1_macro" in out and "tuneflow run" in out
     assert len(open_study(cfg).trials) == 3

@@ -1,14 +1,16 @@
 """The MLflow UI as a person meets it, in a real browser (Debian's Chromium driven by Selenium).
 
 On a store made by two short real runs: the printed link opens the experiment in the model-training view
-with recognizable run names and their source, the compare view shows both runs' confusion matrices side by
-side, and the registered model page shows the aliases. Screenshots go to ``test-artifacts/ui/`` (git-ignored).
+with recognizable run names and their source, a run's metrics are grouped into chart sections by prefix,
+the compare view shows both runs' confusion matrices side by side, and the registered model page shows the
+aliases. Screenshots go to ``test-artifacts/ui/`` (git-ignored).
 Skips, saying why, where no Chromium/chromedriver is installed (``.ci/run`` installs them on Debian).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -88,6 +90,20 @@ def test_the_ui_shows_comparable_fine_tunings(store: dict, server: str) -> None:
         text = _text_when(driver, ["Model training", "ui-intents 20", "tuneflow finetune ui-intents"])
         assert "Training runs" not in text  # the model-training sidebar, not the GenAI one
         driver.save_screenshot(str(SHOTS / "runs.png"))
+
+        # The run's model metrics come in one chart section per prefix (test, val, fit, ...); the bookkeeping
+        # (system/...) sits on the System metrics tab instead.
+        run_page = url.split("?")[0]
+        driver.get(f"{run_page}/model-metrics?workflowType=machine_learning")
+        text = _text_when(driver, ["Model metrics", "serving", "calibration", "train"])
+        # A section header is its prefix, then "(number of charts)" on the next line; chart titles drop it.
+        lines = [line.strip() for line in text.splitlines()]
+        sections = {a for a, b in zip(lines, lines[1:], strict=False) if re.fullmatch(r"\(\d+\)", b)}
+        assert {"test", "val", "fit", "serving", "train", "calibration", "oos"} <= sections, sections
+        assert "system" not in sections and "time_fit_s" not in text
+        driver.save_screenshot(str(SHOTS / "metrics.png"))
+        driver.get(f"{run_page}/system-metrics?workflowType=machine_learning")
+        _text_when(driver, ["time_fit_s"])
 
         experiment_id = url.split("/experiments/")[1].split("/")[0]
         runs, experiments = json.dumps(store["runs"]), json.dumps([experiment_id])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneflow import tracking
+from tuneflow import names, tracking
 from tuneflow.config import PipelineConfig, TrackingConfig
 from tuneflow.export import load_predictor
 from tuneflow.faults import crash_point
@@ -111,7 +111,7 @@ def promote_version(
             "tuneflow.promotion_compared_with": champion or "none",
         },
     )
-    tracking.log_metrics(mv.run_id, {"time_promote_s": time.perf_counter() - start})
+    tracking.log_metrics(mv.run_id, {f"{names.SYSTEM}time_promote_s": time.perf_counter() - start})
     tracking.log_text(mv.run_id, decision.to_markdown(), f"promotion/v{version}-report.md")
     tracking.log_text(mv.run_id, decision.to_json(), f"promotion/v{version}-report.json")
     return decision

@@ -243,14 +243,28 @@ def run(
     if result.cv:
         cv = result.cv
         console.print(
-            f"cross-val       {cv.metric.removeprefix('val_')} {cv.mean:.4f} +- {cv.std:.4f} "
-            f"over {len(cv.scores)} folds"
+            f"cross-val       {cv.metric} {cv.mean:.4f} +- {cv.std:.4f} over {len(cv.scores)} folds"
         )
-    shown = [(k, v) for k, v in result.headline if not k.startswith("latency")]
-    console.print("   ".join(f"{k.removeprefix('test_').replace('_', ' ')} {v:.4f}" for k, v in shown))
-    headline = shown[0][0].removeprefix("test_")
-    for key in sorted(k for k in m if k.startswith("ood_") and k.endswith(f"_{headline}")):
+    shown = [(k, v) for k, v in result.headline if not k.startswith("serving/")]
+    console.print("   ".join(f"{k} {v:.4f}" for k, v in shown))
+    headline = shown[0][0].rsplit("/", 1)[-1]
+    for key in sorted(k for k in m if k.startswith("ood/") and k.endswith(f"/{headline}")):
         console.print(f"{key:<15} {m[key]:.4f}")
+    if "calibration/ece" in m:
+        console.print(
+            f"calibration     ECE {m.get('calibration/ece_before', float('nan')):.3f} -> "
+            f"{m['calibration/ece']:.3f} (temperature {m.get('calibration/temperature', 1.0):.2f})"
+        )
+    if "oos/in_scope_accuracy" in m:
+        caught = (
+            f"out-of-scope recall {m['oos/recall']:.3f}, precision {m['oos/precision']:.3f}, "
+            f"AUROC {m['oos/auroc']:.3f}; "
+            if "oos/recall" in m
+            else ""
+        )
+        console.print(
+            f"out-of-scope    {caught}in-scope accuracy with fallback {m['oos/in_scope_accuracy']:.3f}"
+        )
     if result.model:
         uri = f"models:/{result.model.name}/{result.model.version}"
         console.print(f"registered      {uri}")
@@ -526,7 +540,11 @@ def predict(
         return
     out = run(list(texts))
     for text, row in zip(texts, out.to_dict("records"), strict=True):
-        if "label" in row:
+        if "in_scope" in row:
+            scope = "in scope" if row["in_scope"] else "out of scope"
+            how = f"{scope} ({row['oos_score']:.3g} vs threshold {row['threshold']:.3g})"
+            print(f"{row['label']}\t{row['score']:.4f}\t{how}\t{text}")
+        elif "label" in row:
             print(f"{row['label']}\t{row['score']:.4f}\t{text}")
         elif "entities" in row:
             print(f"{text}\t{json.dumps(list(row['entities']), default=float)}")

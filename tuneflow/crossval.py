@@ -13,10 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from tuneflow import names
+from tuneflow.calibration import softmax
 from tuneflow.config import PipelineConfig
 from tuneflow.encoding import EncodedData
 from tuneflow.tracking import TAG_STAGE, RunRecorder
-from tuneflow.training import EpochCounter, MLflowMetricsLogger, fit
+from tuneflow.training import EpochCounter, MLflowMetricsLogger, fit, predict_logits
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,10 @@ class CVResult:
 
     def metrics(self) -> dict[str, float]:
         return {
-            f"cv_{self.metric}_mean": self.mean,
-            f"cv_{self.metric}_std": self.std,
-            "cv_folds": len(self.scores),
-            "cv_epochs": self.epochs,
+            f"{names.CV}{names.base(self.metric)}_mean": self.mean,
+            f"{names.CV}{names.base(self.metric)}_std": self.std,
+            f"{names.CV}folds": len(self.scores),
+            f"{names.CV}epochs": self.epochs,
         }
 
 
@@ -53,6 +57,7 @@ def cross_validate(
     tags: dict[str, str] | None = None,
     on_fold: Callable[[int, list[float]], None] | None = None,
     counter: EpochCounter | None = None,
+    oof_path: str | Path | None = None,
 ) -> CVResult:
     """Fit one model per stratified fold (``cfg.train.cv_folds`` folds) and score each on its held-out part.
 
@@ -66,6 +71,8 @@ def cross_validate(
         on_fold: called with ``(fold_index, scores_so_far)`` after each fold; a search uses it to report the
             running mean to Optuna (and may raise ``optuna.TrialPruned``).
         counter: counts the epochs trained (a search's trial shares its own).
+        oof_path: where to save (``np.save``) each example's class probabilities from the fold that held it
+            out, in :attr:`EncodedData.pool` order: the input of the label-quality check.
     """
     k = cfg.train.cv_folds or 0
     if k < 2:
@@ -73,7 +80,9 @@ def cross_validate(
     scores: list[float] = []
     counter = counter or EpochCounter()
     start_epochs = counter.epochs
-    for i, fold in enumerate(data.folds(k, cfg.train.seed)):
+    oof = np.zeros((len(data.pool), len(data.labels)), dtype=np.float32) if oof_path else None
+    folds = zip(data.fold_indices(k, cfg.train.seed), data.folds(k, cfg.train.seed), strict=True)
+    for i, ((_, held_out), fold) in enumerate(folds):
         fold_start, fold_dir = counter.epochs, Path(work_dir) / f"fold-{i}"
         fold_tags = {TAG_STAGE: "fold", "tuneflow.fold": str(i), **(tags or {})}
         with recorder.child(f"{run_name}fold-{i}", fold_tags) as run:
@@ -87,13 +96,20 @@ def cross_validate(
                     progress_bar=False,
                     resumable=False,
                 )
+                if oof is not None:
+                    logits = predict_logits(
+                        result.best_checkpoint, fold.validation, data, cfg.train.eval_batch_size
+                    )
+                    oof[held_out] = softmax(logits)
             finally:
                 shutil.rmtree(fold_dir, ignore_errors=True)  # scored: the fold's weights are not needed again
             score = result.best_score if result.best_score is not None else float("nan")
             fold_epochs = counter.epochs - fold_start
-            run.log_metrics({f"best_{cfg.train.monitor}": score, "epochs_trained": fold_epochs})
+            run.log_metrics({names.best(cfg.train.monitor): score, f"{names.FIT}epochs_trained": fold_epochs})
         scores.append(score)
         print(f"  fold {i + 1}/{k}: best {cfg.train.monitor} {score:.4f} after {fold_epochs} epoch(s)")
         if on_fold is not None:
             on_fold(i, scores)
+    if oof is not None and oof_path:
+        np.save(oof_path, oof)
     return CVResult(cfg.train.monitor, scores, counter.epochs - start_epochs)

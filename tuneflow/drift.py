@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneflow import names
 from tuneflow.config import RetrainConfig
 
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -79,7 +80,7 @@ class DriftReport:
         return any(s.drifted for s in self.signals)
 
     def metrics(self) -> dict[str, float]:
-        return {f"drift_{s.name}": s.value for s in self.signals}
+        return {f"{names.DRIFT}{s.name}": s.value for s in self.signals}
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "drifted": self.drifted}, indent=2, default=str)

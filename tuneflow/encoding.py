@@ -99,15 +99,24 @@ class EncodedData:
     max_length: int
     task: str  # the task type's registry name
 
-    def folds(self, k: int, seed: int) -> list[EncodedData]:
-        """``k`` stratified folds over train+validation (the test split is never touched)."""
+    @property
+    def pool(self) -> Encoded:
+        """Train then validation: what cross-validation re-splits (the test split is never touched)."""
+        return self.train + self.validation
+
+    def fold_indices(self, k: int, seed: int) -> list[tuple[Any, Any]]:
+        """``(train, held-out)`` positions in :attr:`pool` of ``k`` stratified folds."""
         from sklearn.model_selection import StratifiedKFold
 
-        pool = self.train + self.validation
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        pool = self.pool
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(pool.ids, pool.labels))
+
+    def folds(self, k: int, seed: int) -> list[EncodedData]:
+        """``k`` stratified folds over train+validation (the test split is never touched)."""
+        pool = self.pool
         return [
             EncodedData(pool.take(tr), pool.take(va), self.labels, self.tokenizer, self.max_length, self.task)
-            for tr, va in splitter.split(pool.ids, pool.labels)
+            for tr, va in self.fold_indices(k, seed)
         ]
 
 

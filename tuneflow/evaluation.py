@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneflow import names
 from tuneflow.config import PipelineConfig
 from tuneflow.splits import Splits
 
@@ -42,11 +43,18 @@ class Gap:
     validation minus train for a loss.
     """
 
-    quantity: str
+    quantity: str  # in words, for the warning ("entity F1")
+    metric: str  # the metric's base name ("f1"): logged as fit/gap_train_<metric> and fit/gap_val_<metric>
     train: float
     validation: float
-    metrics: dict[str, float]  # what was measured on the way (logged as they are)
     lower_is_better: bool = False  # a loss: the gap is validation minus train
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            f"{names.FIT}gap_train_{self.metric}": self.train,
+            f"{names.FIT}gap_val_{self.metric}": self.validation,
+        }
 
     @property
     def gap(self) -> float:
@@ -85,10 +93,12 @@ def evaluate(
     artifacts = task.evaluate_test(predictor, splits.test, out, cfg, metrics)
     gap = task.measure_gap(predictor, splits, cfg)
     threshold = cfg.train.overfit_gap_threshold
-    metrics.update(gap.metrics, train_val_gap=gap.gap, overfit_warning=float(gap.gap > threshold))
+    metrics.update(gap.metrics)
+    metrics[names.TRAIN_VAL_GAP] = gap.gap
+    metrics[names.OVERFIT_WARNING] = float(gap.gap > threshold)
     warnings = [gap.warning(threshold)] if gap.gap > threshold else []
     for name, df in splits.extra.items():
-        metrics.update(task.score_set(predictor, df, cfg, prefix=f"ood_{name}_"))
+        metrics.update(task.score_set(predictor, df, cfg, prefix=names.ood(name)))
     metrics.update(task.measure_latency(predictor, splits.test, cfg))
     if history is not None and plot_learning_curves(
         history, task.metrics.history, out / "learning_curves.png"
@@ -146,7 +156,7 @@ def plot_learning_curves(history: History, keys: tuple[str, ...], path: Path) ->
         if points:
             ax = ax_loss if key.endswith("loss") else ax_metric
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, marker=None if key == "train_loss" else "o", label=key)
+            ax.plot(steps, values, marker=None if key == f"{names.TRAIN}loss" else "o", label=key)
     for ax, title in ((ax_loss, "loss"), (ax_metric, "accuracy / F1")):
         ax.set_xlabel("optimizer step")
         ax.set_title(title)

@@ -29,11 +29,12 @@ def is_adapter(model_dir: str | Path) -> bool:
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    """The export's ``tuneflow.json`` (task, labels, base model id and hashes, settings)."""
+    """The export's ``tuneflow.json`` (task, labels, base model id and hashes, settings), plus ``model_dir``
+    (where it was read from: files beside the weights, such as the out-of-scope detector, load from there)."""
     path = Path(model_dir) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not a tuneflow export: it has no {META_FILE}")
-    return json.loads(path.read_text())
+    return {**json.loads(path.read_text()), "model_dir": str(model_dir)}
 
 
 def weights_bytes(model_dir: str | Path) -> int:

@@ -102,7 +102,7 @@ def loss_gap(predictor: Any, splits: Splits, max_examples: int | None) -> Gap:
         predictor.loss(subset(splits.train, max_examples)),
         predictor.loss(subset(splits.validation, max_examples)),
     )
-    return Gap("loss", train, val, {"train_loss_eval": train, "validation_loss": val}, lower_is_better=True)
+    return Gap("loss", "loss", train, val, lower_is_better=True)
 
 
 def generated_text_example() -> pd.DataFrame:

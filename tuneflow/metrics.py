@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuneflow import names
+
 
 def classification_metrics(
     y_true: Sequence[str], y_pred: Sequence[str], prefix: str = ""
@@ -49,7 +51,10 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     if not len(seconds):
         return {}
     ms = np.asarray(seconds) * 1000
-    return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p95_ms": float(np.percentile(ms, 95))}
+    return {
+        names.LATENCY_P50: float(np.percentile(ms, 50)),
+        names.LATENCY_P95: float(np.percentile(ms, 95)),
+    }
 
 
 LATENCY_THREADS = 1
@@ -63,7 +68,8 @@ def time_single(predict: Callable[[list[Any]], Any], inputs: Sequence[Any], n: i
     Measured so that two runs can be compared, also on a busy machine: after ``LATENCY_WARMUP`` calls (lazy
     initialization, allocator), with ``LATENCY_THREADS`` torch thread(s) (not whatever the machine has
     free), each input timed ``LATENCY_REPEATS`` times keeping its fastest (interference only ever adds
-    time). The conditions are returned with the figures (``latency_threads``, ``latency_repeats``).
+    time). The conditions are returned with the figures (``serving/latency_threads``,
+    ``serving/latency_repeats``).
     """
     if not n or not inputs:
         return {}
@@ -86,8 +92,8 @@ def time_single(predict: Callable[[list[Any]], Any], inputs: Sequence[Any], n: i
         torch.set_num_threads(threads)
     return {
         **latency_summary(timings),
-        "latency_threads": float(LATENCY_THREADS),
-        "latency_repeats": float(LATENCY_REPEATS),
+        f"{names.SERVING}latency_threads": float(LATENCY_THREADS),
+        f"{names.SERVING}latency_repeats": float(LATENCY_REPEATS),
     }
 
 
@@ -97,4 +103,4 @@ def throughput(predict_batch: Callable[[list[Any]], Any], inputs: Sequence[Any])
         return {}
     start = time.perf_counter()
     predict_batch(list(inputs))
-    return {"throughput_examples_per_s": len(inputs) / (time.perf_counter() - start)}
+    return {f"{names.SERVING}throughput_examples_per_s": len(inputs) / (time.perf_counter() - start)}

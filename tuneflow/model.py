@@ -151,8 +151,8 @@ class FineTuner(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model(**batch)
-        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
         self.task_type.on_train_batch(self, batch, out)
         return out.loss
 
@@ -162,7 +162,7 @@ class FineTuner(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(**batch)
         size = batch["labels"].shape[0]
-        self.log("val_loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log("val/loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
         self.task_type.on_validation_batch(self, batch, out)
 
     def on_validation_epoch_end(self) -> None:

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tuneflow import names
 
-def validation_degradation(history: Sequence[tuple[int, float]], lower_better: bool) -> dict[str, float]:
+
+def validation_degradation(
+    history: Sequence[tuple[int, float]], lower_better: bool, monitor: str
+) -> dict[str, float]:
     """How much the monitored validation metric degraded after its best epoch.
 
     Args:
         history: ``(step, value)`` of ``monitor``, one per validation (the run's MLflow history).
         lower_better: whether smaller values win (a loss), from the task type's metric spec.
+        monitor: the curve's name (``val/f1_macro``): its best value is logged as ``val/best_f1_macro``.
 
     Returns:
-        ``val_best``, ``val_final``, ``val_best_epoch`` (1-based), ``val_epochs_after_best`` and
-        ``val_degradation``: the drop from the best value to the final one, in the metric's units for scores
-        (0.05 = 5 points of F1) and relative for a loss (0.10 = 10% above the best loss); 0 when the last
-        epoch is the best. Empty when there is no history.
+        ``val/best_<metric>``, ``fit/val_final``, ``fit/best_epoch`` (1-based), ``fit/epochs_after_best``
+        and ``fit/val_degradation``: the drop from the best value to the final one, in the metric's units
+        for scores (0.05 = 5 points of F1) and relative for a loss (0.10 = 10% above the best loss); 0 when
+        the last epoch is the best. Empty when there is no history.
     """
     values = [v for _, v in sorted(history)]
     if not values:
@@ -33,11 +38,11 @@ def validation_degradation(history: Sequence[tuple[int, float]], lower_better: b
     relative_rise = (final - best) / abs(best) if best else final - best
     degradation = relative_rise if lower_better else best - final
     return {
-        "val_best": best,
-        "val_final": final,
-        "val_best_epoch": float(best_i + 1),
-        "val_epochs_after_best": float(len(values) - 1 - best_i),
-        "val_degradation": max(float(degradation), 0.0),
+        names.best(monitor): best,
+        f"{names.FIT}val_final": final,
+        f"{names.FIT}best_epoch": float(best_i + 1),
+        f"{names.FIT}epochs_after_best": float(len(values) - 1 - best_i),
+        f"{names.FIT}val_degradation": max(float(degradation), 0.0),
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuneflow import names
 from tuneflow.config import GatesConfig
 from tuneflow.overfitting import GAP_ADVICE, OVERFIT_ADVICE
 
@@ -93,6 +94,25 @@ ADVICE = (
         "model.dropout), or revisit gates.min_ood",
     ),
     ("max out-of-domain", "to fix: add training data closer to that domain, or revisit gates.min_ood"),
+    (
+        "min out-of-scope recall",
+        "to fix: try oos.method: mahalanobis, give data.oos_validation examples to set the threshold, "
+        "lower oos.target_in_scope_recall, or revisit gates.min_oos_recall",
+    ),
+    (
+        "min in-scope accuracy",
+        "to fix: raise oos.target_in_scope_recall (fewer in-scope queries rejected), train longer, or "
+        "revisit gates.min_in_scope_accuracy",
+    ),
+    (
+        "min behaviour pass rate",
+        "to fix: look at behavior_failures.csv in the run; add training examples with typos, other casing "
+        "and phrasings (augmentation), or revisit gates.min_behavior_pass_rate",
+    ),
+    (
+        "max calibration error",
+        "to fix: keep eval.calibrate: true, add validation examples, or revisit gates.max_ece",
+    ),
     (
         "improvement",
         "the challenger is not reliably better than the champion at this test size, so the "
@@ -233,7 +253,7 @@ def decide(
         challenger_version: the candidate version.
         y_true: labels of the frozen test set.
         challenger_pred: the challenger's predictions on it.
-        run_metrics: the challenger run's logged metrics (train_val_gap, latency_p95_ms, ood_* ...).
+        run_metrics: the challenger run's logged metrics (``fit/``, ``serving/``, ``ood/``).
         champion_version: the current champion, or None when there is none (absolute gates only).
         champion_pred: the champion's predictions on the same test set.
         seed: bootstrap seed.
@@ -310,16 +330,17 @@ def _absolute_gates(
     if gates.min is not None:
         out.append(Gate(f"{kind} test {metric}", value, f"{op} {gates.min}", within(value, gates.min)))
     if gates.max_val_degradation is not None:
-        drop = run_metrics.get("val_degradation")
+        drop = run_metrics.get(f"{names.FIT}val_degradation")
         ok = drop is None or drop <= gates.max_val_degradation
         if drop is None:
             detail = "no validation history recorded: not checked"
         else:
-            best_epoch, best = run_metrics.get("val_best_epoch", 0), run_metrics.get("val_best", 0)
+            best_epoch = run_metrics.get(f"{names.FIT}best_epoch", 0)
+            best = next((v for k, v in run_metrics.items() if k.startswith(f"{names.VAL}best_")), 0.0)
             detail = (
                 f"best at epoch {best_epoch:.0f} ({best:.4f}), "
-                f"{run_metrics.get('val_epochs_after_best', 0):.0f} epoch(s) later "
-                f"{run_metrics.get('val_final', 0):.4f}; the best checkpoint was exported"
+                f"{run_metrics.get(f'{names.FIT}epochs_after_best', 0):.0f} epoch(s) later "
+                f"{run_metrics.get(f'{names.FIT}val_final', 0):.4f}; the best checkpoint was exported"
             )
             if not ok:
                 detail += f"; {OVERFIT_ADVICE}"
@@ -332,7 +353,7 @@ def _absolute_gates(
                 detail,
             )
         )
-    gap = run_metrics.get("train_val_gap")
+    gap = run_metrics.get(names.TRAIN_VAL_GAP)
     if gates.max_train_val_gap is not None:
         ok = gap is not None and gap <= gates.max_train_val_gap
         out.append(
@@ -343,19 +364,48 @@ def _absolute_gates(
             Gate("train/val gap (diagnostic)", gap, "reported", True, "not gated (gates.max_train_val_gap)")
         )
     if gates.max_latency_p95_ms is not None:
-        lat = run_metrics.get("latency_p95_ms")
+        lat = run_metrics.get(names.LATENCY_P95)
         ok = lat is not None and lat <= gates.max_latency_p95_ms
-        threads, repeats = run_metrics.get("latency_threads"), run_metrics.get("latency_repeats")
+        threads, repeats = (
+            run_metrics.get(f"{names.SERVING}latency_threads"),
+            run_metrics.get(f"{names.SERVING}latency_repeats"),
+        )
         how = (
             f"single examples, {threads:.0f} thread(s), fastest of {repeats:.0f} per example"
             if threads
             else ""
         )
         out.append(Gate("max latency p95 ms", lat, f"<= {gates.max_latency_p95_ms}", ok, how))
+    scope_gates = (
+        ("min out-of-scope recall", f"{names.OOS}recall", gates.min_oos_recall, "is data.oos_test set?"),
+        (
+            "min in-scope accuracy (fallback applied)",
+            f"{names.OOS}in_scope_accuracy",
+            gates.min_in_scope_accuracy,
+            "is oos.enabled on?",
+        ),
+        ("max calibration error (ECE, test)", f"{names.CALIBRATION}ece", gates.max_ece, ""),
+        (
+            "min behaviour pass rate (worst test)",
+            f"{names.BEHAVIOR}min_pass_rate",
+            gates.min_behavior_pass_rate,
+            "is eval.behavior_checks on?",
+        ),
+    )
+    for title, key, bound, hint in scope_gates:
+        if bound is None:
+            continue
+        value = run_metrics.get(key)
+        upper = title.startswith("max")
+        ok = value is not None and (value <= bound if upper else value >= bound)
+        detail = "" if value is not None else f"no {key} metric: {hint}".rstrip(": ")
+        out.append(Gate(title, value, f"{'<=' if upper else '>='} {bound}", ok, detail))
     for name, bound in gates.min_ood.items():
-        ood = run_metrics.get(f"ood_{name}_{metric}")
+        ood = run_metrics.get(f"{names.ood(name)}{metric}")
         ok = ood is not None and within(ood, bound)
-        detail = "" if ood is not None else f"no ood_{name}_{metric} metric: is {name} in data.extra_eval?"
+        detail = (
+            "" if ood is not None else f"no {names.ood(name)}{metric} metric: is {name} in data.extra_eval?"
+        )
         out.append(Gate(f"{kind} out-of-domain {name} {metric}", ood, f"{op} {bound}", ok, detail))
     return out
 

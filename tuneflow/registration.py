@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tuneflow import tracking
+from tuneflow import names, tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.export import dir_size, read_meta
 
@@ -66,5 +66,5 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
         )
     version = tracking.register_model(model_uri, name, run_id, tags=tags)
     tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
-    tracking.log_metrics(run_id, {"time_register_s": time.perf_counter() - start})
+    tracking.log_metrics(run_id, {f"{names.SYSTEM}time_register_s": time.perf_counter() - start})
     return Registration(model_uri, name, version)

@@ -25,6 +25,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tuneflow import names
 from tuneflow.config import (
     ConfigError,
     ParamSpec,
@@ -233,7 +234,9 @@ def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, inputs: list[Any]
     model, _ = load_pretrained(cfg.task, cfg.model.name, data.labels)
     meta = {"labels": data.labels, **kind.inference_settings(cfg)}
     predictor = kind.predictor(model.eval(), data.tokenizer, meta)
-    return time_single(predictor.predict, inputs[:LATENCY_EXAMPLES], LATENCY_EXAMPLES)["latency_p50_ms"]
+    return time_single(predictor.predict, inputs[:LATENCY_EXAMPLES], LATENCY_EXAMPLES)[
+        f"{names.SERVING}latency_p50_ms"
+    ]
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -296,16 +299,16 @@ class Objective:
                 cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
                 run.log_params({k: v for k, v in run_params(cfg).items() if not k.startswith("search.")})
                 value = self._score(trial, cfg, run, counter)
-                metrics = {f"best_{self.metric}": value, "objective": value}
+                metrics = {names.best(self.metric): value, f"{names.SEARCH}objective": value}
                 if self.cfg.search.latency_objective:
                     texts = self.cache.splits.validation["text"].tolist()
                     latency = measure_latency_ms(cfg, self.cache.get(cfg), texts)
                     trial.set_user_attr(LATENCY_ATTR, latency)
-                    metrics["latency_p50_ms"] = latency
+                    metrics[names.LATENCY_P50] = latency
                 run.log_metrics(metrics)
                 epochs = counter.epochs
                 print(f"{label} complete: {self.metric} {value:.4f} after {epochs} epoch(s); {_best(trial)}")
-                return (value, metrics["latency_p50_ms"]) if self.cfg.search.latency_objective else value
+                return (value, metrics[names.LATENCY_P50]) if self.cfg.search.latency_objective else value
             except optuna.TrialPruned:
                 state = "PRUNED"
                 print(f"{label} pruned after {counter.epochs} epoch(s); {_best(trial)}")
@@ -321,7 +324,7 @@ class Objective:
                 run.set_tags({TAG_STATE: state, **failure})
                 if state != "COMPLETE":  # the run list shows pruned and failed trials for what they are
                     run.rename(f"trial-{trial.number} ({state.lower()})")
-                run.log_metrics({"epochs_trained": counter.epochs})
+                run.log_metrics({f"{names.FIT}epochs_trained": counter.epochs})
                 shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
 
     def _score(self, trial: optuna.Trial, cfg: PipelineConfig, run: ChildRun, counter: EpochCounter) -> float:

@@ -1,4 +1,5 @@
-"""The MLflow pyfunc wrapper: ``predict(list_of_texts)`` -> DataFrame(label, score).
+"""The MLflow pyfunc wrapper: ``predict(list_of_texts)`` -> the task type's output frame (a classifier's
+``label`` and ``score``, plus ``in_scope`` / ``oos_score`` / ``threshold`` with an out-of-scope detector).
 
 This is the model itself (a ``PythonModel`` subclass); it never talks to the tracking server.
 """

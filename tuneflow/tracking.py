@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from tuneflow import names
 from tuneflow.gc import RunFacts
 from tuneflow.tasktypes import task_type
 
@@ -649,7 +650,11 @@ def model_status(name: str) -> dict[str, Any]:
             "data_fingerprint": mv.tags.get(TAG_DATA_FP),
             "promotion": mv.tags.get("tuneflow.promotion"),
             "metrics": {
-                k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "ood_", "latency"))
+                k: v
+                for k, v in run.data.metrics.items()
+                if k.startswith(
+                    ("test/", "ood/", names.SERVING, names.OOS, names.CALIBRATION, names.BEHAVIOR)
+                )
             },
         }
         runs = c.search_runs(

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from tuneflow import tracking
+from tuneflow import names, tracking
 from tuneflow.config import PipelineConfig, TrainConfig
 from tuneflow.data import TextDataModule
-from tuneflow.encoding import EncodedData
-from tuneflow.export import export_model, weights_bytes
+from tuneflow.encoding import Encoded, EncodedData
+from tuneflow.export import export_model, load_predictor, weights_bytes
 from tuneflow.faults import crash_point
 from tuneflow.model import FineTuner, load_tokenizer
 from tuneflow.tasktypes import task_type
@@ -54,7 +56,7 @@ class MLflowMetricsLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._buffer += [(k, float(v), step or 0) for k, v in metrics.items() if k != "epoch"]
         # Flush at each validation too: a killed run keeps its per-epoch history for --resume.
-        if len(self._buffer) >= self.flush_every or any(k.startswith("val_") for k in metrics):
+        if len(self._buffer) >= self.flush_every or any(k.startswith(names.VAL) for k in metrics):
             self.save()
 
     @rank_zero_only
@@ -77,7 +79,41 @@ class CompactProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         shown = super().get_metrics(trainer, pl_module)
-        return {k: v for k, v in shown.items() if k in ("train_loss", self.monitor)}
+        return {k: v for k, v in shown.items() if k in (f"{names.TRAIN}loss", self.monitor)}
+
+
+class EpochLines(pl.Callback):
+    """One printed line per epoch, for output that is not a terminal (a pipe, a worker's log, CI).
+
+    A redrawn progress bar there becomes a stream of wrapped fragments; a line per validated epoch says
+    the same: epoch, steps, wall time, the last train loss and the monitored metric.
+    """
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        shown = [
+            f"{key} {float(trainer.callback_metrics[key]):.4f}"
+            for key in (f"{names.TRAIN}loss", self.monitor)
+            if key in trainer.callback_metrics
+        ]
+        print(
+            f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {trainer.global_step}  "
+            f"{time.perf_counter() - self.started:.1f} s  " + "  ".join(shown),
+            flush=True,
+        )
+
+
+def progress_callback(monitor: str) -> pl.Callback:
+    """A one-line progress bar on a terminal, one line per epoch elsewhere."""
+    return CompactProgressBar(monitor) if sys.stdout.isatty() else EpochLines(monitor)
 
 
 class EpochCounter(pl.Callback):
@@ -158,7 +194,7 @@ def build_trainer(
             ModelCheckpoint(dirpath=ckpt_dir, filename=last, save_top_k=1, enable_version_counter=False)
         )
     if progress_bar:
-        cbs.append(CompactProgressBar(tcfg.monitor))
+        cbs.append(progress_callback(tcfg.monitor))
     return pl.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
@@ -173,7 +209,7 @@ def build_trainer(
         log_every_n_steps=tcfg.log_every_n_steps,
         logger=logger if logger is not None else False,
         callbacks=cbs,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=any(isinstance(cb, CompactProgressBar) for cb in cbs),
         enable_model_summary=False,
         default_root_dir=str(ckpt_dir),
     )
@@ -266,6 +302,26 @@ def fit(
     return result
 
 
+def predict_logits(
+    checkpoint: str | Path, encoded: Encoded, data: EncodedData, batch_size: int
+) -> np.ndarray:
+    """Logits of a checkpoint on already-encoded examples (a fold's held-out part), shape (n, labels)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = dict(state["hyper_parameters"])
+    module = FineTuner(**hp)
+    module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))
+    module.eval()
+    collate = task_type(data.task).collator(data.tokenizer)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            part = encoded.take(range(start, min(start + batch_size, len(encoded))))
+            batch = collate(list(zip(part.ids, part.labels, strict=True)))
+            batch.pop("labels", None)
+            out.append(module(**batch).logits.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(data.labels)), dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class Trained:
     """A fine-tuning that was fitted and exported: what evaluation and registration take next."""
@@ -288,25 +344,32 @@ def train_and_export(
     uri = tracking.configure(cfg.tracking.tracking_uri)
     kind = task_type(cfg.task)
     tokenizer = load_tokenizer(cfg.model.name)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), tokenizer, cfg)  # validated before
+    splits = kind.load_splits(cfg.data, cfg.train.seed)  # validated before
+    data = kind.encode(splits, tokenizer, cfg)
     start = time.perf_counter()
     logger = MLflowMetricsLogger(run_id, uri)
     result = fit(cfg, data, out_dir, logger=logger, resume_from=resume_from, callbacks=[CrashPoint("train")])
     fit_s = time.perf_counter() - start
     export_dir = export_model(result.best_checkpoint, out_dir / "export", data.tokenizer, cfg)
+    export_s = time.perf_counter() - start - fit_s
+    # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
+    # out-of-scope threshold): part of the model that gets registered.
+    fitted = kind.after_export(load_predictor(export_dir), export_dir, splits, cfg)
     tracking.log_metrics(
         run_id,
         {
-            "epochs_trained": result.epochs,
+            **fitted,
+            f"{names.SYSTEM}time_after_export_s": time.perf_counter() - start - fit_s - export_s,
+            f"{names.FIT}epochs_trained": result.epochs,
+            names.best(result.monitor): result.best_score or 0.0,
             # Stage timings (seconds): the benchmark's orchestration-overhead breakdown reads them.
-            "time_fit_s": fit_s,
-            "time_export_s": time.perf_counter() - start - fit_s,
-            "best_" + result.monitor: result.best_score or 0.0,
-            "params_trainable": result.params_trainable,
-            "params_total": result.params_total,
-            "params_trainable_share": result.params_trainable / max(result.params_total, 1),
+            f"{names.SYSTEM}time_fit_s": fit_s,
+            f"{names.SYSTEM}time_export_s": export_s,
+            f"{names.SYSTEM}params_trainable": result.params_trainable,
+            f"{names.SYSTEM}params_total": result.params_total,
+            f"{names.SYSTEM}params_trainable_share": result.params_trainable / max(result.params_total, 1),
             # What a deployment has to ship for this fine-tuning (the adapter alone with LoRA).
-            "model_weights_bytes": weights_bytes(export_dir),
+            f"{names.SYSTEM}model_weights_bytes": weights_bytes(export_dir),
         },
     )
     tracking.set_tags(

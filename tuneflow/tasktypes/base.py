@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
+from tuneflow import names
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import EncodedData
 from tuneflow.evaluation import Gap
@@ -32,7 +33,7 @@ class MetricSpec:
 
     Attributes:
         monitors: validation metrics ``train.monitor`` / ``search.metric`` may name; the first is the default.
-        gate_metrics: test metrics ``gates.metric`` may name (without the ``test_`` prefix); first = default.
+        gate_metrics: test metrics ``gates.metric`` may name (without the ``test/`` section); first = default.
         headline: the test metrics a summary shows first.
         history: per-step/per-epoch curves a run logs (plotted as learning curves).
         lower_is_better: the metrics (with or without a split prefix) where smaller values win.
@@ -41,12 +42,12 @@ class MetricSpec:
     monitors: tuple[str, ...]
     gate_metrics: tuple[str, ...]
     headline: tuple[str, ...]
-    history: tuple[str, ...] = ("train_loss", "val_loss")
+    history: tuple[str, ...] = ("train/loss", "val/loss")
     lower_is_better: frozenset[str] = field(default_factory=lambda: frozenset({"loss"}))
 
     def lower_better(self, metric: str) -> bool:
-        """True when smaller values of ``metric`` (e.g. ``val_loss``, ``perplexity``) are better."""
-        base = metric.removeprefix("val_").removeprefix("test_").removeprefix("best_")
+        """True when smaller values of ``metric`` (e.g. ``val/loss``, ``perplexity``) are better."""
+        base = names.base(metric)
         return base in self.lower_is_better or base.endswith("loss")
 
     def direction(self, metric: str) -> Literal["minimize", "maximize"]:
@@ -56,6 +57,14 @@ class MetricSpec:
     def mode(self, metric: str) -> Literal["min", "max"]:
         """Lightning's mode (early stopping, checkpointing) for ``metric``."""
         return "min" if self.lower_better(metric) else "max"
+
+
+# Settings only a sequence classifier reads (calibration, out-of-scope detection and their gates).
+SCOPE_CONFIG = (
+    *("oos.", "data.oos_validation", "data.oos_test", "eval.calibrate", "eval.behavior_checks"),
+    *("eval.behavior_examples", "eval.positive_label", "validation.max_label_issue_share"),
+    *("gates.min_oos_recall", "gates.min_in_scope_accuracy", "gates.max_ece", "gates.min_behavior_pass_rate"),
+)
 
 
 class TaskType:
@@ -70,6 +79,7 @@ class TaskType:
     reads_hub: ClassVar[bool] = False  # data.hub_dataset can feed it
     supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
     supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
+    detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
     input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
     # Config keys (dotted prefixes) that do nothing for this task type: left out of a run's MLflow params.
     unused_config: ClassVar[tuple[str, ...]] = ()
@@ -96,6 +106,14 @@ class TaskType:
             problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
         if cfg.search and cfg.search.latency_objective and not self.supports_latency_objective:
             problems.append(("search.latency_objective", f"not supported for {self.name}"))
+        if not self.detects_scope:
+            scope_keys = ("data.oos_validation", "data.oos_test", "gates.min_oos_recall", "gates.max_ece")
+            for key in (*scope_keys, "gates.min_behavior_pass_rate", "eval.positive_label"):
+                section, _, field = key.partition(".")
+                if getattr(getattr(cfg, section), field) is not None:
+                    problems.append(
+                        (key, f"out-of-scope detection and calibration are not supported for {self.name}")
+                    )
         return problems
 
     # --------------------------------------------------------------------------------------------- data
@@ -175,6 +193,13 @@ class TaskType:
     ) -> list[str]:
         """Headline metrics on test (into ``metrics``) and the reports; returns the files written."""
         raise NotImplementedError
+
+    def after_export(
+        self, predictor: Any, export_dir: Path, splits: Splits, cfg: PipelineConfig
+    ) -> dict[str, float]:
+        """Fit what inference needs from held-out data once the model is exported (a classifier's temperature
+        and out-of-scope threshold), store it in ``export_dir`` and return what to log. Nothing by default."""
+        return {}
 
     def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:
         """The train/validation gap, measured in eval mode on both sides."""

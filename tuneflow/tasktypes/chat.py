@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuneflow import names
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
@@ -23,7 +24,7 @@ from tuneflow.generation import generated_text_example, loss_gap, mean_token_los
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, MESSAGES, Problem, read_chats
 from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import ValidationReport, empty_inputs, token_lengths
 
 IGNORE = -100
@@ -148,15 +149,16 @@ class CausalLM(TaskType):
     name = "causal_lm"
     summary = "conversations: chat fine-tuning with an assistant-only loss"
     metrics = MetricSpec(
-        monitors=("val_loss",),
+        monitors=("val/loss",),
         gate_metrics=("perplexity",),
-        headline=("test_perplexity", "test_loss", "train_val_gap", "latency_p95_ms"),
+        headline=("test/perplexity", "test/loss", "fit/train_val_gap", "serving/latency_p95_ms"),
         lower_is_better=frozenset({"loss", "perplexity"}),
     )
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     input_example = ["How do I reset my password?"]
     unused_config = (
+        *SCOPE_CONFIG,
         *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
         *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
         *("eval.generation_metrics", "eval.worst_examples"),
@@ -213,7 +215,7 @@ class CausalLM(TaskType):
         """Perplexity on assistant tokens and ``sample_generations.csv`` (the last assistant turn)."""
         test = subset(test, cfg.eval.max_generation_examples)
         loss = predictor.loss(test)
-        metrics.update(test_perplexity=math.exp(min(loss, 50)), test_loss=loss)
+        metrics.update({f"{names.TEST}perplexity": math.exp(min(loss, 50)), f"{names.TEST}loss": loss})
         # Sample replies: everything before the last assistant turn is the prompt, that turn the reference.
         rows = []
         for line, messages in zip(test[LINE], test[MESSAGES].head(cfg.eval.sample_generations), strict=False):

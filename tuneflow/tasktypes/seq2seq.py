@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuneflow import names
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
@@ -28,7 +29,7 @@ from tuneflow.generation import (
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs
 from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import ValidationReport, empty_inputs, lines_of, token_lengths
 
 
@@ -87,22 +88,23 @@ class Seq2Seq(TaskType):
     name = "seq2seq"
     summary = "text to text: summarization, translation"
     metrics = MetricSpec(
-        monitors=("val_loss",),
+        monitors=("val/loss",),
         gate_metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf"),
         headline=(
-            "test_rougeL",
-            "test_rouge1",
-            "test_bleu",
-            "test_chrf",
-            "test_loss",
-            "train_val_gap",
-            "latency_p95_ms",
+            "test/rougeL",
+            "test/rouge1",
+            "test/bleu",
+            "test/chrf",
+            "test/loss",
+            "fit/train_val_gap",
+            "serving/latency_p95_ms",
         ),
     )
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
     unused_config = (
+        *SCOPE_CONFIG,
         *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
         *("data.messages_column", "eval.worst_examples"),
         *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
@@ -185,7 +187,7 @@ class Seq2Seq(TaskType):
         test = subset(test, cfg.eval.max_generation_examples)
         predictions = predictor.generate(test[TEXT].tolist())
         metrics.update(
-            generation_metrics(predictions, test[REFERENCES].tolist(), cfg.eval.generation_metrics, "test_")
+            generation_metrics(predictions, test[REFERENCES].tolist(), cfg.eval.generation_metrics, "test/")
         )
         table = test.assign(generated=predictions).rename(columns={LINE: "line"})
         table["reference"] = table[REFERENCES].map(lambda r: r[0])
@@ -193,7 +195,7 @@ class Seq2Seq(TaskType):
             out / "sample_generations.csv", index=False
         )
         loss = predictor.loss(test)
-        metrics.update(test_loss=loss, test_perplexity=math.exp(min(loss, 50)))
+        metrics.update({f"{names.TEST}loss": loss, f"{names.TEST}perplexity": math.exp(min(loss, 50))})
         return ["sample_generations.csv"]
 
     def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:

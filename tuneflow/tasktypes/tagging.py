@@ -22,7 +22,7 @@ from tuneflow.evaluation import Gap, plot_confusion
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
 from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
 
 IGNORE = -100
@@ -235,16 +235,17 @@ class TokenClassification(TaskType):
     name = "token_classification"
     summary = "one BIO tag per word: named-entity recognition"
     metrics = MetricSpec(
-        monitors=("val_f1", "val_loss"),
+        monitors=("val/f1", "val/loss"),
         gate_metrics=("f1",),
-        headline=("test_f1", "test_precision", "test_recall", "train_val_gap", "latency_p95_ms"),
-        history=("train_loss", "val_loss", "val_f1"),
+        headline=("test/f1", "test/precision", "test/recall", "fit/train_val_gap", "serving/latency_p95_ms"),
+        history=("train/loss", "val/loss", "val/f1"),
     )
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     label_head = True
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
     unused_config = (
+        *SCOPE_CONFIG,
         *("data.text_column", "data.label_column", "data.source_column", "data.target_column"),
         *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
         *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
@@ -329,7 +330,7 @@ class TokenClassification(TaskType):
         gold, pred = module._gold, module._pred
         if gold:
             # Under DDP each rank scores its shard; the logged value is their mean (close, not exact).
-            module.log("val_f1", float(f1_score(gold, pred, zero_division=0)), prog_bar=True, sync_dist=True)
+            module.log("val/f1", float(f1_score(gold, pred, zero_division=0)), prog_bar=True, sync_dist=True)
 
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> TaggingPredictor:
         return TaggingPredictor(model, tokenizer, meta["labels"], meta.get("max_length", 128))
@@ -350,7 +351,7 @@ class TokenClassification(TaskType):
         """Entity P/R/F1, per-type metrics, type confusion (CSV + PNG) and the worst sentences."""
         gold = test[TAGS].tolist()
         pred, _ = predictor.predict_words(test[TOKENS].tolist(), cfg.train.eval_batch_size)
-        metrics.update(entity_metrics(gold, pred, "test_"))
+        metrics.update(entity_metrics(gold, pred, "test/"))
         per_type_table(gold, pred).to_csv(out / "per_type_metrics.csv", index=False)
         cm, names = type_confusion(gold, pred)
         pd.DataFrame(cm, index=names, columns=names).to_csv(out / "type_confusion.csv")
@@ -369,8 +370,8 @@ class TokenClassification(TaskType):
     def measure_gap(self, predictor: TaggingPredictor, splits: Splits, cfg: PipelineConfig) -> Gap:
         sample = splits.train.sample(n=min(len(splits.train), TRAIN_SAMPLE_FOR_GAP), random_state=0)
         train = self.score_set(predictor, sample, cfg, "")["f1"]
-        val = self.score_set(predictor, splits.validation, cfg, "validation_")
-        return Gap("entity F1", train, val["validation_f1"], {**val, "train_f1": train})
+        val = self.score_set(predictor, splits.validation, cfg, "")["f1"]
+        return Gap("entity F1", "f1", train, val)
 
     def score_set(
         self, predictor: TaggingPredictor, df: pd.DataFrame, cfg: PipelineConfig, prefix: str

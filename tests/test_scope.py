@@ -1,0 +1,165 @@
+"""Calibration and out-of-scope detection: the maths on constructed cases, the config errors, and the
+registered model answering the fallback through MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, make_config
+from tuneflow.calibration import expected_calibration_error, fit_temperature, softmax
+from tuneflow.config import ConfigError
+from tuneflow.experiment import load_config
+from tuneflow.outofscope import (
+    METHODS,
+    Gaussian,
+    ScopeDetector,
+    in_scope_scores,
+    scope_metrics,
+    threshold_for_recall,
+    threshold_on_oos,
+)
+
+
+def test_temperature_scaling_fixes_an_overconfident_model() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 6000, 5
+    honest = rng.normal(0, 1.5, (n, k))  # labels drawn from softmax(honest): those probabilities are true
+    p = softmax(honest)
+    labels = np.array([rng.choice(k, p=row) for row in p])
+    logits = 4 * honest  # the same ranking, four times too sure of itself
+    val, test = slice(0, 3000), slice(3000, None)
+    temperature = fit_temperature(logits[val], labels[val])
+    before = expected_calibration_error(softmax(logits[test]), labels[test])
+    after = expected_calibration_error(softmax(logits[test], temperature), labels[test])
+    assert 3.3 < temperature < 4.8 and before > 0.15 and after < 0.04, (temperature, before, after)
+    # The predicted class never changes: accuracy is untouched.
+    assert (softmax(logits, temperature).argmax(1) == logits.argmax(1)).all()
+
+
+def _constructed(seed: int = 0) -> dict[str, np.ndarray]:
+    """Three well-separated classes in 8-d feature space, a linear head reading them, and out-of-scope
+    points far from every class (near the origin: small logits as well)."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros((3, 8))
+    means[0, 0] = means[1, 1] = means[2, 2] = 6.0
+    head = means.T / 6.0  # logits = features @ head
+    labels = rng.integers(0, 3, 600)
+    feats = means[labels] + rng.normal(0, 1, (600, 8))
+    oos = rng.normal(0, 1, (200, 8))
+    return {"labels": labels, "feats": feats, "logits": feats @ head, "oos": oos, "oos_logits": oos @ head}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_ranks_far_away_inputs_below_in_scope_ones(method: str) -> None:
+    d = _constructed()
+    gaussian = Gaussian.fit(d["feats"][:300], d["labels"][:300], 3)
+    inside = in_scope_scores(method, d["logits"][300:], d["feats"][300:], 1.0, gaussian)
+    outside = in_scope_scores(method, d["oos_logits"], d["oos"], 1.0, gaussian)
+    correct = np.ones(len(inside), dtype=bool)
+    metrics = scope_metrics(inside, correct, outside, threshold_for_recall(inside, 0.95))
+    assert metrics["oos/auroc"] > 0.95, metrics
+    assert metrics["oos/fpr_at_95"] < 0.2, metrics
+
+
+def test_thresholds_hit_their_targets() -> None:
+    rng = np.random.default_rng(1)
+    inside, outside = rng.normal(2, 1, 1000), rng.normal(-2, 1, 500)
+    for recall in (0.8, 0.9, 0.95):
+        t = threshold_for_recall(inside, recall)
+        assert abs((inside >= t).mean() - recall) <= 0.002
+    t = threshold_on_oos(inside, outside)
+    assert -1 < t < 1  # the crossing point of two unit Gaussians at +-2 is 0
+    m = scope_metrics(inside, np.ones(1000, dtype=bool), outside, t)
+    assert m["oos/recall"] > 0.9 and m["oos/in_scope_recall"] > 0.9 and m["oos/precision"] > 0.9
+    # In-scope accuracy counts a rejected in-scope query as wrong, like Larson et al.
+    wrong = np.zeros(1000, dtype=bool)
+    assert scope_metrics(inside, wrong, None, t)["oos/in_scope_accuracy"] == 0.0
+
+
+def test_detector_round_trips_without_pickle(tmp_path: Path) -> None:
+    d = _constructed()
+    gaussian = Gaussian.fit(d["feats"], d["labels"], 3)
+    ScopeDetector("mahalanobis", -12.5, "unknown", 2.0, gaussian).save(tmp_path)
+    loaded = ScopeDetector.load(tmp_path, temperature=2.0)
+    assert loaded is not None and loaded.method == "mahalanobis" and loaded.threshold == -12.5
+    np.testing.assert_allclose(loaded.scores(d["logits"], d["feats"]), -gaussian.min_distance(d["feats"]))
+    assert ScopeDetector.load(tmp_path / "nowhere") is None
+
+
+def test_bad_oos_settings_are_errors_naming_the_key(tmp_path: Path, tiny_model: str) -> None:
+    demo = ROOT / "configs" / "demo.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(demo, ["oos.method=cosine", "oos.target_in_scope_recall=1.5", "oos.threshold=3"])
+    text = str(err.value)
+    assert "oos.method" in text and "oos.target_in_scope_recall" in text and "oos.threshold" in text
+    ner = ROOT / "configs" / "wnut17.yaml"
+    with pytest.raises(ConfigError, match="data.oos_test"):
+        load_config(ner, [f"data.oos_test={demo}"])
+    # A fallback label the model is trained on, a missing out-of-scope file: data validation errors.
+    from typer.testing import CliRunner
+
+    from tuneflow.cli import app
+
+    cfg = make_config(
+        tmp_path,
+        tiny_model,
+        oos={"fallback_label": "greeting"},
+        data={"oos_test": str(tmp_path / "missing.csv")},
+    )
+    result = CliRunner().invoke(app, ["validate", str(cfg)])
+    assert result.exit_code != 0
+    out = " ".join(result.output.split())
+    assert "oos.fallback_label 'greeting' is also a label in train" in out
+    assert "missing.csv" in out
+
+
+@pytest.mark.integration
+def test_registered_model_answers_the_fallback(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    """Through the real flow: calibration and scope metrics logged, the detector shipped with the model,
+    and the MLflow pyfunc answering ``unknown`` (with ``in_scope: false``) below the threshold."""
+    import mlflow
+    import pandas as pd
+
+    from flows.finetune import finetune
+
+    oos = ["what's the weather like", "tell me a joke", "asdf qwerty", "who won the match", "sing a song"]
+    oos_file = tmp_path / "oos.csv"
+    pd.DataFrame({"text": oos * 2}).to_csv(oos_file, index=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = make_config(
+        tmp_path,
+        tiny_model,
+        name="scope-intents",
+        tracking={"tracking_uri": uri},
+        data={"oos_validation": str(oos_file), "oos_test": str(oos_file)},
+        gates={"max_val_degradation": None, "min_oos_recall": 0.0},
+    )
+    result = finetune(str(cfg), ["train.max_epochs=2"])
+    m = result.metrics
+    for key in ("calibration/temperature", "calibration/ece", "calibration/ece_before", "oos/threshold"):
+        assert key in m, key
+    for key in ("oos/recall", "oos/precision", "oos/auroc", "oos/fpr_at_95", "oos/in_scope_accuracy"):
+        assert 0 <= m[key] <= 1, key
+    assert any(g.name.startswith("min out-of-scope recall") for g in result.promotion.gates)
+
+    mlflow.set_tracking_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/scope-intents/{result.model.version}"))
+    export = local / "artifacts" / "export"
+    assert json.loads((export / "scope.json").read_text())["fallback_label"] == "unknown"
+    assert (export / "calibration.json").is_file() and (export / "scope_gaussian.npz").is_file()
+    texts = ["where is my parcel", *oos]
+    out = pd.DataFrame(mlflow.pyfunc.load_model(str(local)).predict(texts))
+    assert {"label", "score", "in_scope", "oos_score", "threshold"} <= set(out.columns)
+    assert (out.loc[~out["in_scope"], "label"] == "unknown").all()
+    assert (out["in_scope"] == (out["oos_score"] >= out["threshold"])).all()
+    # Raise the threshold above every score: every query falls back.
+    spec = json.loads((export / "scope.json").read_text())
+    (export / "scope.json").write_text(json.dumps({**spec, "threshold": 1e30}))
+    out = pd.DataFrame(mlflow.pyfunc.load_model(str(local)).predict(texts))
+    assert (out["label"] == "unknown").all() and not out["in_scope"].any()
