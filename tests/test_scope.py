@@ -138,6 +138,7 @@ def test_registered_model_answers_the_fallback(
         name="scope-intents",
         tracking={"tracking_uri": uri},
         data={"oos_validation": str(oos_file), "oos_test": str(oos_file)},
+        oos={"method": "mahalanobis"},  # the method that ships a fitted Gaussian with the model
         gates={"max_val_degradation": None, "min_oos_recall": 0.0},
     )
     result = finetune(str(cfg), ["train.max_epochs=2"])
