@@ -58,7 +58,11 @@ def find_label_issues(
     from cleanlab.filter import find_label_issues as cleanlab_find
 
     given = np.asarray(given)
-    ranked = cleanlab_find(labels=given, pred_probs=oof_proba, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab otherwise forks worker processes, which can deadlock a process holding torch and
+    # Prefect threads (seen: a hung CI run).
+    ranked = cleanlab_find(
+        labels=given, pred_probs=oof_proba, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     suggested = oof_proba.argmax(axis=1)
     table = pd.DataFrame(
         {
