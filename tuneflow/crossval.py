@@ -81,8 +81,8 @@ def cross_validate(
     counter = counter or EpochCounter()
     start_epochs = counter.epochs
     oof = np.zeros((len(data.pool), len(data.labels)), dtype=np.float32) if oof_path else None
-    folds = zip(data.fold_indices(k, cfg.train.seed), data.folds(k, cfg.train.seed), strict=True)
-    for i, ((_, held_out), fold) in enumerate(folds):
+    for i, (train_part, held_out) in enumerate(data.fold_indices(k, cfg.train.seed)):
+        fold = data.fold(train_part, held_out)
         fold_start, fold_dir = counter.epochs, Path(work_dir) / f"fold-{i}"
         fold_tags = {TAG_STAGE: "fold", "tuneflow.fold": str(i), **(tags or {})}
         with recorder.child(f"{run_name}fold-{i}", fold_tags) as run:

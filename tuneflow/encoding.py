@@ -111,13 +111,16 @@ class EncodedData:
         pool = self.pool
         return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(pool.ids, pool.labels))
 
+    def fold(self, train: Any, held_out: Any) -> EncodedData:
+        """The fold that trains on ``train`` and validates on ``held_out`` (positions in :attr:`pool`)."""
+        pool = self.pool
+        return EncodedData(
+            pool.take(train), pool.take(held_out), self.labels, self.tokenizer, self.max_length, self.task
+        )
+
     def folds(self, k: int, seed: int) -> list[EncodedData]:
         """``k`` stratified folds over train+validation (the test split is never touched)."""
-        pool = self.pool
-        return [
-            EncodedData(pool.take(tr), pool.take(va), self.labels, self.tokenizer, self.max_length, self.task)
-            for tr, va in self.fold_indices(k, seed)
-        ]
+        return [self.fold(tr, va) for tr, va in self.fold_indices(k, seed)]
 
 
 # -------------------------------------------------------------------------------------------- collation

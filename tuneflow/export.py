@@ -16,7 +16,7 @@ import torch
 
 from tuneflow.config import PipelineConfig
 from tuneflow.lora import check_compatible, tokenizer_hash, weights_hash
-from tuneflow.model import FineTuner, load_pretrained, load_tokenizer
+from tuneflow.model import load_module, load_pretrained, load_tokenizer
 from tuneflow.tasktypes import task_type
 
 META_FILE = "tuneflow.json"
@@ -64,10 +64,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
     """
     task = cfg.task
     out_dir = Path(out_dir)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    hp = dict(state["hyper_parameters"])
-    module = FineTuner(**hp)
-    module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))
+    module = load_module(checkpoint)
+    hp = dict(module.hparams)
     module.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     labels = list(hp["labels"])

@@ -143,6 +143,16 @@ def load_pretrained(
     return model, fresh
 
 
+def load_module(checkpoint: str | Path) -> FineTuner:
+    """A checkpoint written by ``fit`` as a FineTuner in eval mode (weights only: no pickled code runs).
+    LoRA checkpoints hold the adapter and head only: the frozen base comes from its pre-trained weights."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = dict(state["hyper_parameters"])
+    module = FineTuner(**hp)
+    module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))
+    return module.eval()
+
+
 class FineTuner(pl.LightningModule):
     """Fine-tunes a Hugging Face model with AdamW and linear warmup/decay; optionally only a LoRA adapter.
 

@@ -22,7 +22,7 @@ from tuneflow.data import TextDataModule
 from tuneflow.encoding import Encoded, EncodedData
 from tuneflow.export import export_model, load_predictor, weights_bytes
 from tuneflow.faults import crash_point
-from tuneflow.model import FineTuner, load_tokenizer
+from tuneflow.model import FineTuner, load_module, load_tokenizer
 from tuneflow.tasktypes import task_type
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -306,11 +306,7 @@ def predict_logits(
     checkpoint: str | Path, encoded: Encoded, data: EncodedData, batch_size: int
 ) -> np.ndarray:
     """Logits of a checkpoint on already-encoded examples (a fold's held-out part), shape (n, labels)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    hp = dict(state["hyper_parameters"])
-    module = FineTuner(**hp)
-    module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))
-    module.eval()
+    module = load_module(checkpoint)
     collate = task_type(data.task).collator(data.tokenizer)
     out = []
     with torch.inference_mode():
