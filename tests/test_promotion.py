@@ -13,9 +13,42 @@ from tests.conftest import make_config
 from tuneflow import tracking
 from tuneflow.cli import app
 from tuneflow.config import GatesConfig
-from tuneflow.promotion import decide, decide_on_scores, mcnemar, paired_bootstrap, score
+from tuneflow.promotion import decide, decide_on_examples, decide_on_scores, mcnemar, paired_bootstrap, score
 
 Y = ["a"] * 50 + ["b"] * 50
+
+
+def test_generation_promotion_is_a_paired_bootstrap_over_examples() -> None:
+    """Per-turn chrF of both models on the same turns: a consistent gain is significant, noise is not; for
+    perplexity (per-conversation losses, lower is better) the improvement is a drop."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    champion = rng.uniform(0.2, 0.6, 200)
+    gates = GatesConfig(metric="chrf", min=0.3, max_train_val_gap=None, max_val_degradation=None)
+    better = decide_on_examples(gates, "chat", "2", champion + 0.05, {}, "1", champion)
+    assert better.promote and better.gates[-1].value == pytest.approx(0.05)
+    assert "CI [+0.0500, +0.0500]" in better.gates[-1].detail
+    noisy = decide_on_examples(gates, "chat", "3", champion + rng.normal(0, 0.2, 200), {}, "1", champion)
+    assert not noisy.promote and noisy.failed[0].name == "improvement in test chrf over champion"
+    floor = decide_on_examples(gates, "chat", "4", champion - 0.2, {})
+    assert [g.name for g in floor.failed] == ["min test chrf"]
+    ppl = GatesConfig(metric="perplexity", min=30.0, max_train_val_gap=None, max_val_degradation=None)
+    losses = rng.uniform(2.0, 3.0, 100)
+    drop = decide_on_examples(
+        ppl,
+        "chat",
+        "2",
+        losses - 0.3,
+        {},
+        "1",
+        losses,
+        aggregate=lambda x: float(np.exp(x.mean())),
+        lower_is_better=True,
+    )
+    assert drop.promote and drop.gates[0].value == pytest.approx(np.exp(losses.mean() - 0.3))
+    with pytest.raises(ValueError, match="same frozen test examples"):
+        decide_on_examples(gates, "chat", "5", champion[:10], {}, "1", champion)
 
 
 def test_score_gates_for_generation_tasks() -> None:

@@ -253,10 +253,22 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
     )
     out = _run(cfg_path)
     m = out.metrics
-    assert m["test/perplexity"] > 1 and out.promotion.metric == "perplexity"
-    # Something was learned: the assistant-token loss on the test chats is below the untrained one (a rank-4
-    # adapter on the attention of a random 2-layer model, frozen random embeddings: it moves, but slowly).
-    assert m["test/loss"] < 0.95 * _untrained_test_loss(cfg_path)
+    assert m["test/perplexity"] > 1 and out.promotion.metric == "chrf"
+    # Before vs after, logged with the run: the base model (the adapter switched off) on the same test chats.
+    # Something was learned: the assistant-token loss is below the untrained one (a rank-4 adapter on the
+    # attention of a random 2-layer model, frozen random embeddings: it moves, but slowly).
+    assert m["base/loss"] == pytest.approx(_untrained_test_loss(cfg_path), rel=1e-4)
+    assert m["test/loss"] < 0.95 * m["base/loss"]
+    assert {"test/chrf", "test/bleu", "base/chrf", "base/bleu"} <= set(m)
+    assert m["serving/generation_tokens_per_s"] > 0
+    samples = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="sample_generations.csv")
+    )
+    columns = ["line", "context", "reference", "base_generated", "generated", "chrf", "base_chrf"]
+    assert list(samples.columns) == columns
+    assert samples["reference"].str.endswith("is in europe .").all()
+    # Promotion judged per-turn chrF with a paired bootstrap (no champion yet: the absolute gates only).
+    assert out.promotion.gates[0].detail == "10 examples"
     run = mlflow.MlflowClient().get_run(out.run_id)
     # Only the adapter is trained, checkpointed and logged: a small share of the parameters.
     assert 0 < run.data.metrics["system/params_trainable_share"] < 0.2
@@ -266,8 +278,16 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
     assert not Path(out.fit.best_checkpoint).exists()
     mv = mlflow.MlflowClient().get_model_version("tiny-chat", out.model.version)
     assert mv.tags["tuneflow.adapter"] == "true" and len(mv.tags["tuneflow.base_hash"]) == 16
-    reply = mlflow.pyfunc.load_model(f"models:/tiny-chat/{out.model.version}").predict(["where is rome ?"])
+    pyfunc = mlflow.pyfunc.load_model(f"models:/tiny-chat/{out.model.version}")
+    reply = pyfunc.predict(["where is rome ?"])
     assert isinstance(reply["generated_text"][0], str)
+    # Generation settings per request: the signature declares them, with the trained-with values as defaults.
+    params = {p.name: p.default for p in pyfunc.metadata.get_params_schema().params}
+    assert params["max_new_tokens"] == 8 and params["do_sample"] is False
+    short = pyfunc.predict(["where is rome ?", "where is oslo ?"], params={"max_new_tokens": 1})
+    assert all(len(t.split()) <= 1 for t in short["generated_text"])
+    with pytest.raises(Exception, match="max_new_tokens"):
+        pyfunc.predict(["where is rome ?"], params={"max_new_tokens": 0})
 
 
 def test_lora_keys_are_searchable():
@@ -346,3 +366,79 @@ def test_wnut17_reads_and_validates(tiny_ner_model):
     assert report.ok, report.errors
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (3394, 1009, 1287)
     assert report.stats["entities_train"] == 1975 and report.stats["num_tags"] == 13
+
+
+def test_instruction_rows_become_exchanges_with_every_reference(tmp_path, tiny_gpt2):
+    """data.prompt_template: source/target rows are user/assistant exchanges; sources are cut to
+    max_source_words; empty targets are errors naming file, line and column."""
+    from tests.conftest import make_config
+    from tuneflow.experiment import task_of
+    from tuneflow.tasktypes.chat import assistant_turns
+
+    rows = [{"source": ["a b c", "d e f g"], "target": ["short one .", "another ."]} for _ in range(20)]
+    rows.append({"source": ["x y"], "target": [""]})
+    train = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = load_config(
+        make_config(
+            tmp_path,
+            tiny_gpt2,
+            task="causal_lm",
+            data={"train": str(train), "prompt_template": "tl;dr: {source}", "max_source_words": 5},
+            gates={"max_val_degradation": None},
+        )
+    )
+    kind = task_of(cfg)
+    df, problems = kind.read(cfg.data.train, cfg.data)
+    assert [str(p) for p in problems] == [f"{train}:21 [column 'target']: empty text: nothing to learn from"]
+    assert df["messages"][0] == [
+        {"role": "user", "content": "tl;dr: a b c d e"},
+        {"role": "assistant", "content": "short one ."},
+    ]
+    turns = assistant_turns(df.head(2))
+    assert [t.references for t in turns] == [["short one .", "another ."]] * 2
+    assert turns[0].context == [{"role": "user", "content": "tl;dr: a b c d e"}]
+    with pytest.raises(ConfigError) as err:
+        load_config(make_config(tmp_path, tiny_gpt2, task="causal_lm", data={"prompt_template": "no slot"}))
+    assert [k for k, _ in err.value.problems] == ["data.prompt_template"]
+
+
+def test_chat_turns_system_prompt_and_generation_params(tiny_gpt2):
+    """Every assistant turn is scored with the conversation so far; the sample is frozen; the system prompt
+    is context (never a target); request params are checked and named."""
+    from tuneflow.model import load_tokenizer
+    from tuneflow.tasktypes.chat import (
+        assistant_turns,
+        encode_chat,
+        generation_settings,
+        prepare_tokenizer,
+        sample_turns,
+        with_system,
+    )
+
+    messages = [
+        {"role": "user", "content": "where is rome ?"},
+        {"role": "assistant", "content": "rome is in europe ."},
+        {"role": "user", "content": "where is oslo ?"},
+        {"role": "assistant", "content": "oslo is in europe ."},
+    ]
+    df = pd.DataFrame({"_line": [1, 2], "messages": [messages, messages[:2]]})
+    turns = assistant_turns(df)
+    assert [(t.line, len(t.context), t.references) for t in turns] == [
+        (1, 1, ["rome is in europe ."]),
+        (1, 3, ["oslo is in europe ."]),
+        (2, 1, ["rome is in europe ."]),
+    ]
+    assert sample_turns(turns, 2) == sample_turns(turns, 2) and len(sample_turns(turns, 2)) == 2
+    system = "you are a travel helper ."
+    assert with_system(messages, system)[0] == {"role": "system", "content": system}
+    own = [{"role": "system", "content": "be brief ."}, *messages]
+    assert with_system(own, system) == own
+    tok = prepare_tokenizer(load_tokenizer(tiny_gpt2))
+    ids, labels = encode_chat(tok, with_system(messages, system), 128)
+    trained = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert "travel" not in trained and trained.startswith("rome is in europe .")
+    stored = {"max_new_tokens": 64, "num_beams": 1, "do_sample": False}
+    assert generation_settings(stored, {"do_sample": True, "temperature": 0.7})["temperature"] == 0.7
+    with pytest.raises(ValueError, match="invalid generation params") as err:
+        generation_settings(stored, {"max_tokens": 5, "top_p": 2})
+    assert "max_tokens" in str(err.value) and "top_p" in str(err.value)

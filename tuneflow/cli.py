@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -495,6 +495,13 @@ def predict(
         Path | None,
         typer.Option(help="Where --input's predictions go (CSV: the input columns + predictions)."),
     ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE request setting, repeatable: a chat model's generation settings "
+            "(max_new_tokens=32, do_sample=true, temperature=0.7, top_p, num_beams)."
+        ),
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Predict with a registered model, or with a registered adapter on a base model (--adapter).
@@ -509,6 +516,7 @@ def predict(
         console.print("[bold red]error:[/] give texts, or --input FILE with --output FILE")
         raise typer.Exit(2)
     frame = _read_scoring_input(input_file, column) if input_file else None
+    params = _parse_params(param or [])
     from tuneflow import tracking
 
     _quiet_env()
@@ -524,10 +532,12 @@ def predict(
             predictor = load_predictor(export, base=model)
 
             def run(batch: list[str]):  # noqa: ANN202
-                return predictor.predict(kind.to_inputs(batch))
+                return predictor.predict(kind.to_inputs(batch), **params)
         else:
             pyfunc = tracking.load_pyfunc(model)
-            run = pyfunc.predict
+
+            def run(batch: list[str]):  # noqa: ANN202
+                return pyfunc.predict(batch, params=params) if params else pyfunc.predict(batch)
     except Exception as exc:
         _fail_on_known(exc)
         console.print(
@@ -535,10 +545,14 @@ def predict(
             highlight=False,
         )
         raise typer.Exit(2) from None
-    if frame is not None:
-        _score_file(run, frame, column, output)
-        return
-    out = run(list(texts))
+    try:
+        if frame is not None:
+            _score_file(run, frame, column, output)
+            return
+        out = run(list(texts))
+    except ValueError as exc:  # bad --param values, named by the model
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     for text, row in zip(texts, out.to_dict("records"), strict=True):
         if "in_scope" in row:
             scope = "in scope" if row["in_scope"] else "out of scope"
@@ -550,6 +564,20 @@ def predict(
             print(f"{text}\t{json.dumps(list(row['entities']), default=float)}")
         else:
             print(f"{text}\t{row['generated_text']}")
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values read as YAML scalars (``32`` an int, ``true`` a bool, ``0.7`` a float)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            console.print(f"[bold red]error:[/] --param {escape(item)}: expected KEY=VALUE", highlight=False)
+            raise typer.Exit(2)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _read_scoring_input(path: Path, column: str):  # noqa: ANN202

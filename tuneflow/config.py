@@ -152,6 +152,29 @@ class DataConfig(_Section):
     messages_column: str = Field(
         "messages", description="causal_lm: column holding the chat as [{role, content}, ...]."
     )
+    system_prompt: str | None = Field(
+        None,
+        description=(
+            "causal_lm: a system message put before every conversation that has none, in training, "
+            "evaluation (the base model's too) and serving: the assistant's role and tone."
+        ),
+    )
+    prompt_template: str | None = Field(
+        None,
+        description=(
+            "causal_lm: read source/target rows (source_column, target_column) as a user/assistant exchange "
+            "instead of chats: the user message is this template with {source} filled in, the reply the "
+            "first target; every target is a reference for evaluation (instruction tuning, summarization)."
+        ),
+    )
+    max_source_words: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "causal_lm with prompt_template: keep the first N words of each source, so the prompt and its "
+            "reply fit in model.max_length (the reply is never truncated away)."
+        ),
+    )
     validation_size: float = Field(
         0.1, gt=0, lt=0.5, description="Share of train split off as validation when no validation file."
     )
@@ -176,6 +199,13 @@ class DataConfig(_Section):
         None,
         description="sequence_classification: out-of-scope test queries (out-of-scope recall, AUROC, FPR@95)",
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_source(cls, value: str | None) -> str | None:
+        if value is not None and "{source}" not in value:
+            raise ValueError("must contain {source}, where each example's source text goes")
+        return value
 
     @model_validator(mode="after")
     def _source_given(self) -> DataConfig:
@@ -399,16 +429,29 @@ class EvalConfig(_Section):
     latency_examples: int = Field(
         50, ge=0, description="Single-example predictions timed for p50/p95 latency."
     )
-    generation_metrics: list[Literal["rouge", "bleu", "chrf"]] = Field(
-        default_factory=lambda: ["rouge"],
-        description="seq2seq: ROUGE-1/2/L (rouge-score) and/or sacreBLEU BLEU / chrF on generated text.",
+    generation_metrics: list[Literal["rouge", "bleu", "chrf"]] | None = Field(
+        None,
+        description=(
+            "seq2seq/causal_lm: ROUGE-1/2/L (rouge-score) and/or sacreBLEU BLEU / chrF on generated text; "
+            "null = the task's default: rouge (seq2seq), chrf and bleu (causal_lm)."
+        ),
     )
     max_generation_examples: int | None = Field(
         200,
         ge=1,
-        description="seq2seq/causal_lm: test examples generated for (decoding is slow); null = all.",
+        description=(
+            "seq2seq/causal_lm: test examples (causal_lm: assistant turns, and conversations for perplexity) "
+            "generated for, a fixed-seed sample (decoding is slow); null = all."
+        ),
     )
     sample_generations: int = Field(20, ge=0, description="Rows in the sample-generations table.")
+    compare_base: bool = Field(
+        True,
+        description=(
+            "causal_lm: score the pre-trained base model zero-shot on the same test turns, with the same "
+            "system prompt (base/ metrics beside test/, and its replies in sample_generations.csv)."
+        ),
+    )
     behavior_checks: bool = Field(
         True,
         description=(
@@ -582,7 +625,7 @@ class GatesConfig(_Section):
         None,
         description=(
             "Primary test metric; null = the task type's default: f1_macro (sequence_classification), entity "
-            "f1 (token_classification), rougeL (seq2seq), perplexity (causal_lm, lower is better)."
+            "f1 (token_classification), rougeL (seq2seq), chrf (causal_lm; or perplexity, lower is better)."
         ),
     )
     min: float | None = Field(
@@ -648,8 +691,9 @@ class GatesConfig(_Section):
     significance: Literal["bootstrap", "mcnemar", "none"] = Field(
         "bootstrap",
         description=(
-            "Paired test of the improvement: bootstrap confidence interval of the metric difference, "
-            "McNemar's exact test on per-example correctness, or none (point estimate)."
+            "Paired test of the improvement: bootstrap confidence interval of the metric difference (over "
+            "per-example scores for generation), McNemar's exact test on per-example correctness "
+            "(classification only), or none (point estimate)."
         ),
     )
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level (1 - confidence).")

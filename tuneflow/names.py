@@ -8,6 +8,7 @@ its section:
 ``val/``       validation curves per epoch (``val/f1_macro``, ``val/loss``) and the best value,
                ``val/best_<metric>`` (the exported checkpoint's)
 ``test/``      the exported model on the test split (``test/accuracy``, ``test/f1_macro``)
+``base/``      the pre-trained base model, zero-shot, on the same test examples (causal_lm: before vs after)
 ``ood/<set>/`` the exported model on an out-of-domain set (``ood/yelp/accuracy``)
 ``fit/``       how the fit went: epochs, the best epoch, validation degradation, the train/validation gap
 ``serving/``   single-example latency and batch throughput, with the conditions they were measured in
@@ -25,6 +26,7 @@ from __future__ import annotations
 import re
 
 CALIBRATION, OOS, BEHAVIOR, LABEL_QUALITY = "calibration/", "oos/", "behavior/", "label_quality/"
+BASE = "base/"
 TRAIN, VAL, TEST, FIT, SERVING, SYSTEM, SEARCH, CV, DRIFT = (
     "train/",
     "val/",

@@ -444,3 +444,55 @@ def decide_on_scores(
             )
         )
     return _decision(model, challenger_version, champion_version, metric, out)
+
+
+def decide_on_examples(
+    gates: GatesConfig,
+    model: str,
+    challenger_version: str,
+    challenger_scores: Sequence[float],
+    run_metrics: dict[str, float],
+    champion_version: str | None = None,
+    champion_scores: Sequence[float] | None = None,
+    aggregate: Callable[[np.ndarray], float] = np.mean,
+    lower_is_better: bool = False,
+    seed: int = 0,
+) -> Decision:
+    """The gates on per-example scores of both models on the same frozen test examples (generation).
+
+    ``aggregate`` turns per-example scores into the metric (the mean of sentence chrF; for perplexity the
+    exponential of the mean per-conversation loss). With ``gates.significance: bootstrap`` the improvement is
+    the lower bound of a paired bootstrap interval over the examples, as for classification; ``none``
+    compares point estimates.
+    """
+    metric = gates.metric
+    value = float(aggregate(np.asarray(challenger_scores, dtype=float)))
+    out = [Gate(f"test {metric}", value, "reported", True, f"{len(challenger_scores)} examples")]
+    out += _absolute_gates(gates, value, run_metrics, lower_is_better)
+    if champion_version is not None and champion_scores is not None:
+        if len(champion_scores) != len(challenger_scores):
+            raise ValueError(
+                f"the champion was scored on {len(champion_scores)} examples, the challenger on "
+                f"{len(challenger_scores)}: they must be the same frozen test examples"
+            )
+        sign = -1.0 if lower_is_better else 1.0
+        name, need = f"improvement in test {metric} over champion", gates.min_improvement
+
+        def gain(_: Any, scores: np.ndarray) -> float:
+            return sign * float(aggregate(scores))
+
+        zeros = np.zeros(len(challenger_scores))
+        champion_value = float(aggregate(np.asarray(champion_scores, dtype=float)))
+        if gates.significance == "bootstrap":
+            diff, lo, hi = paired_bootstrap(
+                zeros, challenger_scores, champion_scores, gain, gates.bootstrap_samples, gates.alpha, seed
+            )
+            conf = f"{1 - gates.alpha:.0%}"
+            detail = f"{conf} CI [{lo:+.4f}, {hi:+.4f}]; champion {champion_value:.4f} on the same examples"
+            out.append(Gate(name, diff, f"{conf} CI lower bound > {need}", lo > need, detail))
+        else:
+            diff = sign * (value - champion_value)
+            detail = f"champion {champion_value:.4f} on the same examples"
+            bound = f"> {need} (point estimate, no significance test)"
+            out.append(Gate(name, diff, bound, diff > need, detail))
+    return _decision(model, challenger_version, champion_version, metric, out)

@@ -422,6 +422,33 @@ def read_chats(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, li
     return pd.DataFrame(rows, columns=[TEXT, MESSAGES, LINE]), problems
 
 
+def read_instructions(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Read source/target rows as one user/assistant exchange each (``data.prompt_template``).
+
+    The user message is the template with ``{source}`` filled in (the source cut to
+    ``data.max_source_words``), the assistant message the first target; ``references`` keeps every
+    target for evaluation.
+    """
+    df, problems = read_pairs(spec, cfg)
+    if df is None:
+        return None, problems
+    template = cfg.prompt_template or "{source}"
+    rows = []
+    for line, source, target, refs in zip(df[LINE], df[TEXT], df[TARGET], df[REFERENCES], strict=True):
+        if not isinstance(source, str) or not isinstance(target, str):
+            column = cfg.source_column if not isinstance(source, str) else cfg.target_column
+            problems.append(Problem("empty text: nothing to learn from", spec.path, line, column))
+            continue
+        if cfg.max_source_words:
+            source = " ".join(source.split()[: cfg.max_source_words])
+        messages = [
+            {"role": "user", "content": template.replace("{source}", source)},
+            {"role": "assistant", "content": target},
+        ]
+        rows.append({TEXT: f"{source}\n{target}", MESSAGES: messages, REFERENCES: refs, LINE: line})
+    return pd.DataFrame(rows, columns=[TEXT, MESSAGES, REFERENCES, LINE]), problems
+
+
 def _as_text(value: Any) -> str | None:
     if isinstance(value, list):
         value = " ".join(str(v).strip() for v in value)

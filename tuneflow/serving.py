@@ -36,6 +36,18 @@ class TuneflowModel(mlflow.pyfunc.PythonModel):
         return self.predictor.predict(self.task.to_inputs(model_input))
 
 
+class GenerativeModel(TuneflowModel):
+    """A model with per-request settings (a chat model's generation settings): ``params={"max_new_tokens":
+    32, "do_sample": true, "temperature": 0.7}``; absent ones keep the values the model was trained with."""
+
+    # ``pd.DataFrame`` keeps MLflow from deriving the signature from the hints: the logged one declares the
+    # params (with the export's values as defaults), which type-hint signatures cannot carry yet.
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:  # noqa: ANN001
+        return self.predictor.predict(self.task.to_inputs(model_input), **(params or {}))
+
+
 class AdapterSetModel(mlflow.pyfunc.PythonModel):
     """Several LoRA adapters on one base: the base is loaded once, ``params={"adapter": NAME}`` picks one.
 

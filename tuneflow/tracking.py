@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from tuneflow import names
+from tuneflow.config import SMOLLM2_MODEL
 from tuneflow.gc import RunFacts
 from tuneflow.tasktypes import task_type
 
@@ -455,10 +456,28 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
     returns the task's frame (see :class:`tuneflow.serving.TuneflowModel`). An adapter export is logged
     without its base.
     """
+    from tuneflow.export import read_meta
+
     adapter = (Path(model_dir) / "adapter_config.json").is_file()
+    params = task_type(task).serving_params(read_meta(model_dir))
+    code = "generative_model.py" if params else "single_model.py"
     return _log_pyfunc(
-        run_id, MODEL_CODE / "single_model.py", {"model_dir": str(model_dir)}, task, adapter=adapter
+        run_id,
+        MODEL_CODE / code,
+        {"model_dir": str(model_dir)},
+        task,
+        params or None,
+        adapter=adapter,
+        gguf=adapter and _gguf_base(model_dir),
     )
+
+
+def _gguf_base(model_dir: str | Path) -> bool:
+    """An adapter on a GGUF base (SmolLM2): serving it needs the ``gguf`` reader too."""
+    from tuneflow.export import read_meta
+
+    base = str(read_meta(model_dir).get("base_model") or "")
+    return base.endswith(".gguf") or base == SMOLLM2_MODEL
 
 
 MODEL_CODE = Path(__file__).parent / "model_code"
@@ -470,13 +489,13 @@ SERVING_PACKAGES = (
 )
 
 
-def pip_requirements(adapter: bool = False) -> list[str]:
+def pip_requirements(adapter: bool = False, gguf: bool = False) -> list[str]:
     """Portable requirements of the serving environment: what ``tuneflow.serving`` imports, pinned to the
     versions trained with, without local build tags (``torch==2.13.0``, not ``2.13.0+cpu``: no public index
     serves those). tuneflow itself ships with the model (``code_paths``)."""
     from importlib.metadata import version
 
-    pkgs = (*SERVING_PACKAGES, "peft") if adapter else SERVING_PACKAGES
+    pkgs = (*SERVING_PACKAGES, *(("peft",) if adapter else ()), *(("gguf",) if gguf else ()))
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in pkgs]
 
 
@@ -487,6 +506,7 @@ def _log_pyfunc(
     task: str,
     params: dict[str, Any] | None = None,
     adapter: bool = False,
+    gguf: bool = False,
 ) -> str:
     """Log a pyfunc as MLflow "models from code": the file ``code`` is run on load, nothing is unpickled
     (an overwritten pickle in the artifact store would run arbitrary code in whoever loads the model).
@@ -511,7 +531,7 @@ def _log_pyfunc(
             input_example=example,
             code_paths=[str(Path(__file__).parent)],
             # Explicit requirements: inferring them would re-load the model in a subprocess (slow).
-            pip_requirements=pip_requirements(adapter),
+            pip_requirements=pip_requirements(adapter, gguf),
         )
     client().update_run(run_id, status="RUNNING")  # leaving the block marked the run FINISHED too early
     return info.model_uri

@@ -67,6 +67,10 @@ SCOPE_CONFIG = (
 )
 
 
+# Settings only a chat model (causal_lm) reads.
+CHAT_CONFIG = ("data.system_prompt", "data.prompt_template", "data.max_source_words", "eval.compare_base")
+
+
 class TaskType:
     """One task type (see the module docstring). Subclasses set the class attributes and the hooks."""
 
@@ -177,6 +181,10 @@ class TaskType:
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> Any:
         """The inference wrapper (``predict(inputs) -> DataFrame``) around a loaded model."""
         raise NotImplementedError
+
+    def serving_params(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Settings a serving request may pass as ``params`` (name -> default); none by default."""
+        return {}
 
     def to_inputs(self, model_input: Any) -> list[Any]:
         """Normalize pyfunc / CLI input: texts by default."""

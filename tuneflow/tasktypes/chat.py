@@ -10,19 +10,33 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tuneflow import names
-from tuneflow.config import DataConfig, FileSpec, PipelineConfig
+from tuneflow.config import DataConfig, FileSpec, GenerationConfig, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.evaluation import Gap
-from tuneflow.generation import generated_text_example, loss_gap, mean_token_loss, sequence_collator, subset
+from tuneflow.generation import (
+    generated_text_example,
+    generation_metrics,
+    loss_gap,
+    per_example_scores,
+    sequence_collator,
+    subset,
+    token_losses,
+)
 from tuneflow.metrics import time_single
-from tuneflow.readers import LINE, MESSAGES, Problem, read_chats
+from tuneflow.pretrained import load_from, load_tokenizer
+from tuneflow.promotion import decide_on_examples
+from tuneflow.readers import LINE, MESSAGES, REFERENCES, Problem, read_chats, read_instructions
 from tuneflow.splits import Splits
 from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import ValidationReport, empty_inputs, token_lengths
@@ -97,52 +111,180 @@ def to_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     return out
 
 
+def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """The conversation with ``system_prompt`` first, unless it has a system message of its own."""
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One assistant turn to generate: the conversation before it, and what the reply is scored against."""
+
+    line: int
+    context: list[dict[str, str]]
+    references: list[str]
+
+
+def assistant_turns(df: pd.DataFrame) -> list[Turn]:
+    """Every assistant turn of every conversation, with the conversation so far as its context.
+
+    The reference is the turn itself; rows read with ``data.prompt_template`` carry every target as a
+    reference for their (single) assistant turn.
+    """
+    refs = df[REFERENCES] if REFERENCES in df.columns else [None] * len(df)
+    out = []
+    for line, messages, given in zip(df[LINE], df[MESSAGES], refs, strict=True):
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                several = isinstance(given, list) and given and i == last
+                out.append(Turn(int(line), messages[:i], list(given) if several else [m["content"]]))
+    return out
+
+
+def sample_turns(turns: list[Turn], n: int | None) -> list[Turn]:
+    """At most ``n`` turns drawn with a fixed seed, in file order: the same frozen turns for every model."""
+    if n is None or len(turns) <= n:
+        return turns
+    keep = sorted(np.random.default_rng(0).choice(len(turns), size=n, replace=False))
+    return [turns[i] for i in keep]
+
+
+def generation_settings(stored: dict[str, Any] | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``model.generate`` arguments: the export's settings with per-request ``overrides`` applied on top.
+
+    Raises:
+        ValueError: an unknown setting or an invalid value, named.
+    """
+    from pydantic import ValidationError
+
+    fields = {k: v for k, v in (stored or {}).items() if k in GenerationConfig.model_fields}
+    try:
+        return GenerationConfig.model_validate({**fields, **(overrides or {})}).kwargs()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid generation params ({problems})") from None
+
+
+def generated_length(new: Any, tokenizer: Any) -> int:
+    """Tokens generated in a batch: each row up to and including its first end-of-sequence token (the rest
+    is padding, which may be the same token)."""
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    is_end = (new == end).int()
+    return int(((is_end.cumsum(dim=1) - is_end) == 0).sum())
+
+
 @dataclass
 class ChatPredictor:
-    """An exported causal LM that answers conversations."""
+    """An exported causal LM that answers conversations (with its system prompt, as it was trained)."""
 
     model: Any
     tokenizer: Any
     max_length: int = 512
     generate_kwargs: dict[str, Any] | None = None
+    system_prompt: str | None = None
+    generated_tokens: int = 0  # counters for generation throughput
+    generation_seconds: float = 0.0
 
-    def reply(self, conversations: list[list[dict[str, str]]], batch_size: int = 8) -> list[str]:
-        """The assistant's next message for each conversation."""
+    def reply(
+        self, conversations: list[list[dict[str, str]]], batch_size: int = 8, **overrides: Any
+    ) -> list[str]:
+        """The assistant's next message for each conversation.
+
+        Prompts are batched by length (less left padding) and decoded with the KV cache (``generate``'s
+        default); ``overrides`` are generation settings for this call (``max_new_tokens``, ``do_sample``...).
+        """
         import torch
 
+        settings = generation_settings(self.generate_kwargs, overrides)
         self.tokenizer.padding_side = "left"  # generation continues every row from its last real token
-        out = []
+        prompts = [render(self.tokenizer, with_system(c, self.system_prompt), True) for c in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: dict[int, str] = {}
+        start_time = time.perf_counter()
         with torch.inference_mode():
-            for start in range(0, len(conversations), batch_size):
-                prompts = [render(self.tokenizer, c, True) for c in conversations[start : start + batch_size]]
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
                 enc = self.tokenizer(
-                    prompts,
+                    [prompts[i] for i in rows],
                     add_special_tokens=False,
                     truncation=True,
                     max_length=self.max_length,
                     padding=True,
                     return_tensors="pt",
                 )
-                ids = self.model.generate(
-                    **enc, pad_token_id=self.tokenizer.pad_token_id, **(self.generate_kwargs or {})
-                )
-                decoded = self.tokenizer.batch_decode(
-                    ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                out += [t.strip() for t in decoded]
-        return out
+                ids = self.model.generate(**enc, pad_token_id=self.tokenizer.pad_token_id, **settings)
+                new = ids[:, enc["input_ids"].shape[1] :]
+                self.generated_tokens += generated_length(new, self.tokenizer)
+                texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                out.update({i: text.strip() for i, text in zip(rows, texts, strict=True)})
+        self.generation_seconds += time.perf_counter() - start_time
+        return [out[i] for i in range(len(prompts))]
 
-    def predict(self, conversations: list[list[dict[str, str]]]) -> pd.DataFrame:
-        return pd.DataFrame({"generated_text": self.reply(conversations)})
+    def predict(self, conversations: list[list[dict[str, str]]], **params: Any) -> pd.DataFrame:
+        return pd.DataFrame({"generated_text": self.reply(conversations, **params)})
+
+    def token_losses(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Summed cross-entropy and token count over the assistant tokens of each conversation in ``df``."""
+        pairs = [
+            encode_chat(self.tokenizer, with_system(m, self.system_prompt), self.max_length)
+            for m in df[MESSAGES]
+        ]
+        data = Encoded([p[0] for p in pairs], [p[1] for p in pairs])
+        # A causal LM's logits are vocabulary-wide per token (49k for SmolLM2): small batches bound memory.
+        return token_losses(self.model, data, sequence_collator(self.tokenizer), shift=True, batch_size=4)
 
     def loss(self, df: pd.DataFrame) -> float:
-        """Mean cross-entropy over the assistant tokens of the conversations in ``df``."""
-        pairs = [encode_chat(self.tokenizer, m, self.max_length) for m in df[MESSAGES]]
-        data = Encoded([p[0] for p in pairs], [p[1] for p in pairs])
-        return mean_token_loss(self.model, data, sequence_collator(self.tokenizer), shift=True)
+        """Mean cross-entropy per assistant token of the conversations in ``df``."""
+        sums, counts = self.token_losses(df)
+        return float(sums.sum() / max(int(counts.sum()), 1))
 
     def perplexity(self, df: pd.DataFrame) -> float:
         return math.exp(min(self.loss(df), 50))
+
+    @contextmanager
+    def base(self, base_name: str) -> Iterator[ChatPredictor]:
+        """The pre-trained base with the same prompt and settings: the adapter switched off (LoRA), or the
+        base model loaded beside the fine-tuned one (full fine-tuning)."""
+        if hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self
+            return
+        from transformers import AutoModelForCausalLM
+
+        model = load_from("base model", AutoModelForCausalLM, base_name).eval()
+        tokenizer = prepare_tokenizer(load_tokenizer(base_name))
+        yield ChatPredictor(model, tokenizer, self.max_length, self.generate_kwargs, self.system_prompt)
+
+
+@dataclass
+class Scored:
+    """One model's scores on the frozen test examples."""
+
+    metrics: dict[str, float]
+    replies: list[str]
+    chrf: list[float]
+
+
+def score_chat(
+    predictor: ChatPredictor, conversations: pd.DataFrame, turns: list[Turn], which: list[str], prefix: str
+) -> Scored:
+    """Assistant-token loss/perplexity on ``conversations`` and reply metrics on ``turns``."""
+    sums, counts = predictor.token_losses(conversations)
+    loss = float(sums.sum() / max(int(counts.sum()), 1))
+    replies = predictor.reply([t.context for t in turns])
+    references = [t.references for t in turns]
+    metrics = {f"{prefix}loss": loss, f"{prefix}perplexity": math.exp(min(loss, 50))}
+    metrics.update(generation_metrics(replies, references, which, prefix))
+    return Scored(metrics, replies, per_example_scores(replies, references, "chrf"))
+
+
+def show_context(messages: list[dict[str, str]], last: int = 3) -> str:
+    """The end of a conversation as ``role: content`` lines (for the samples table)."""
+    head = ["..."] if len(messages) > last else []
+    return "\n".join(head + [f"{m['role']}: {m['content']}" for m in messages[-last:]])
 
 
 class CausalLM(TaskType):
@@ -150,8 +292,8 @@ class CausalLM(TaskType):
     summary = "conversations: chat fine-tuning with an assistant-only loss"
     metrics = MetricSpec(
         monitors=("val/loss",),
-        gate_metrics=("perplexity",),
-        headline=("test/perplexity", "test/loss", "fit/train_val_gap", "serving/latency_p95_ms"),
+        gate_metrics=("chrf", "perplexity", "bleu", "rouge1", "rouge2", "rougeL"),
+        headline=("test/chrf", "base/chrf", "test/perplexity", "base/perplexity", "fit/train_val_gap"),
         lower_is_better=frozenset({"loss", "perplexity"}),
     )
     auto_class = "AutoModelForCausalLM"
@@ -160,13 +302,22 @@ class CausalLM(TaskType):
     unused_config = (
         *SCOPE_CONFIG,
         *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
-        *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
-        *("eval.generation_metrics", "eval.worst_examples"),
+        *("model.max_target_length", "model.source_prefix", "eval.worst_examples"),
         *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
     )
 
+    def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
+        problems = super().config_problems(cfg)
+        if cfg.gates.significance == "mcnemar":
+            problems.append(
+                ("gates.significance", "mcnemar needs right/wrong predictions; use bootstrap for generation")
+            )
+        if cfg.data.max_source_words and not cfg.data.prompt_template:
+            problems.append(("data.max_source_words", "only applies with data.prompt_template"))
+        return problems
+
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
-        return read_chats(spec, cfg)
+        return read_instructions(spec, cfg) if cfg.prompt_template else read_chats(spec, cfg)
 
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
         return empty_inputs(name, source, df)
@@ -179,10 +330,10 @@ class CausalLM(TaskType):
 
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         prepare_tokenizer(tokenizer)
-        max_length = cfg.model.max_length
+        max_length, system = cfg.model.max_length, cfg.data.system_prompt
 
         def one(df: pd.DataFrame) -> Encoded:
-            pairs = [encode_chat(tokenizer, m, max_length) for m in df[MESSAGES]]
+            pairs = [encode_chat(tokenizer, with_system(m, system), max_length) for m in df[MESSAGES]]
             return Encoded([p[0] for p in pairs], [p[1] for p in pairs])
 
         return EncodedData(one(splits.train), one(splits.validation), [], tokenizer, max_length, self.name)
@@ -191,12 +342,26 @@ class CausalLM(TaskType):
         return sequence_collator(tokenizer)
 
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
-        return {"max_length": cfg.model.max_length, "generation": cfg.generation.kwargs()}
+        return {
+            "max_length": cfg.model.max_length,
+            "generation": cfg.generation.kwargs(),
+            "system_prompt": cfg.data.system_prompt,
+        }
 
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> ChatPredictor:
         return ChatPredictor(
-            model, prepare_tokenizer(tokenizer), meta.get("max_length", 512), meta.get("generation")
+            model,
+            prepare_tokenizer(tokenizer),
+            meta.get("max_length", 512),
+            meta.get("generation"),
+            meta.get("system_prompt"),
         )
+
+    def serving_params(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Generation settings a request may override (``params``), defaulting to the export's."""
+        return GenerationConfig.model_validate(
+            {k: v for k, v in (meta.get("generation") or {}).items() if k in GenerationConfig.model_fields}
+        ).model_dump()
 
     def to_inputs(self, model_input: Any) -> list[Any]:
         return to_conversations(model_input)
@@ -212,27 +377,34 @@ class CausalLM(TaskType):
         cfg: PipelineConfig,
         metrics: dict[str, float],
     ) -> list[str]:
-        """Perplexity on assistant tokens and ``sample_generations.csv`` (the last assistant turn)."""
-        test = subset(test, cfg.eval.max_generation_examples)
-        loss = predictor.loss(test)
-        metrics.update({f"{names.TEST}perplexity": math.exp(min(loss, 50)), f"{names.TEST}loss": loss})
-        # Sample replies: everything before the last assistant turn is the prompt, that turn the reference.
-        rows = []
-        for line, messages in zip(test[LINE], test[MESSAGES].head(cfg.eval.sample_generations), strict=False):
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            rows.append(
-                {
-                    "line": line,
-                    "prompt": messages[last - 1]["content"] if last else "",
-                    "reference": messages[last]["content"],
-                    "context": messages[:last],
-                }
-            )
-        replies = predictor.reply([r.pop("context") for r in rows]) if rows else []
-        pd.DataFrame([{**r, "generated": g} for r, g in zip(rows, replies, strict=True)]).to_csv(
-            out / "sample_generations.csv", index=False
+        """Perplexity on assistant tokens, reply metrics on a frozen sample of assistant turns, and the same
+        for the base model zero-shot (``base/``); ``generations.csv`` holds every scored turn."""
+        n, which = cfg.eval.max_generation_examples, cfg.eval.generation_metrics or ["chrf", "bleu"]
+        conversations, turns = subset(test, n), sample_turns(assistant_turns(test), n)
+        predictor.generated_tokens, predictor.generation_seconds = 0, 0.0
+        tuned = score_chat(predictor, conversations, turns, which, names.TEST)
+        metrics.update(tuned.metrics)
+        metrics[f"{names.SERVING}generation_tokens_per_s"] = predictor.generated_tokens / max(
+            predictor.generation_seconds, 1e-9
         )
-        return ["sample_generations.csv"]
+        table = pd.DataFrame(
+            {
+                "line": [t.line for t in turns],
+                "context": [show_context(t.context) for t in turns],
+                "reference": [t.references[0] for t in turns],
+                "generated": tuned.replies,
+                "chrf": tuned.chrf,
+            }
+        )
+        if cfg.eval.compare_base:
+            with predictor.base(cfg.model.name) as base:
+                before = score_chat(base, conversations, turns, which, names.BASE)
+            metrics.update(before.metrics)
+            table.insert(3, "base_generated", before.replies)
+            table["base_chrf"] = before.chrf
+        table.to_csv(out / "generations.csv", index=False)
+        table.head(cfg.eval.sample_generations).to_csv(out / "sample_generations.csv", index=False)
+        return ["sample_generations.csv", "generations.csv"]
 
     def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:
         return loss_gap(predictor, splits, cfg.eval.max_generation_examples)
@@ -253,5 +425,40 @@ class CausalLM(TaskType):
                 prompts.append([{"role": "user", "content": messages[last - 1]["content"]}])
         return time_single(predictor.reply, prompts, min(cfg.eval.latency_examples, 10))
 
-    def promotion_evidence(self, predictor: ChatPredictor, test: pd.DataFrame, cfg: PipelineConfig) -> float:
-        return predictor.perplexity(subset(test, cfg.eval.max_generation_examples))
+    def promotion_evidence(
+        self, predictor: ChatPredictor, test: pd.DataFrame, cfg: PipelineConfig
+    ) -> list[float]:
+        """Per-example scores on the frozen test examples: each sampled turn's sentence score of the gate
+        metric, or for perplexity each conversation's mean assistant-token loss."""
+        n, metric = cfg.eval.max_generation_examples, cfg.gates.metric
+        if metric == "perplexity":
+            sums, counts = predictor.token_losses(subset(test, n))
+            return (sums / np.maximum(counts, 1)).tolist()
+        turns = sample_turns(assistant_turns(test), n)
+        replies = predictor.reply([t.context for t in turns])
+        return per_example_scores(replies, [t.references for t in turns], metric)
+
+    def decide(
+        self,
+        cfg: PipelineConfig,
+        model: str,
+        version: str,
+        test: pd.DataFrame,
+        evidence: Any,
+        run_metrics: dict[str, float],
+        champion: str | None,
+        champion_evidence: Any,
+    ) -> Any:
+        perplexity = cfg.gates.metric == "perplexity"
+        return decide_on_examples(
+            cfg.gates,
+            model,
+            version,
+            evidence,
+            run_metrics,
+            champion,
+            champion_evidence,
+            aggregate=(lambda losses: math.exp(min(float(np.mean(losses)), 50))) if perplexity else np.mean,
+            lower_is_better=perplexity,
+            seed=cfg.train.seed,
+        )

@@ -40,7 +40,7 @@ from tuneflow.outofscope import (
 from tuneflow.promotion import decide
 from tuneflow.readers import LABEL, LINE, TEXT, Problem, RawData, read_columns, read_table
 from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import CHAT_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
 
 TRAIN_SAMPLE_FOR_GAP = 2000
@@ -230,6 +230,7 @@ class SequenceClassification(TaskType):
     input_example = ["where is my order?"]
     unused_config = (
         *("data.tokens_column", "data.tags_column", "data.source_column", "data.target_column"),
+        *CHAT_CONFIG,
         *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
         *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
     )

@@ -29,7 +29,7 @@ from tuneflow.generation import (
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs
 from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
+from tuneflow.tasktypes.base import CHAT_CONFIG, SCOPE_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import ValidationReport, empty_inputs, lines_of, token_lengths
 
 
@@ -84,6 +84,10 @@ class Seq2SeqPredictor:
         return mean_token_loss(self.model, enc, sequence_collator(self.tokenizer), shift=False)
 
 
+def which_metrics(cfg: PipelineConfig) -> list[str]:
+    return cfg.eval.generation_metrics or ["rouge"]
+
+
 class Seq2Seq(TaskType):
     name = "seq2seq"
     summary = "text to text: summarization, translation"
@@ -106,6 +110,7 @@ class Seq2Seq(TaskType):
     unused_config = (
         *SCOPE_CONFIG,
         *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
+        *CHAT_CONFIG,
         *("data.messages_column", "eval.worst_examples"),
         *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
     )
@@ -187,7 +192,7 @@ class Seq2Seq(TaskType):
         test = subset(test, cfg.eval.max_generation_examples)
         predictions = predictor.generate(test[TEXT].tolist())
         metrics.update(
-            generation_metrics(predictions, test[REFERENCES].tolist(), cfg.eval.generation_metrics, "test/")
+            generation_metrics(predictions, test[REFERENCES].tolist(), which_metrics(cfg), "test/")
         )
         table = test.assign(generated=predictions).rename(columns={LINE: "line"})
         table["reference"] = table[REFERENCES].map(lambda r: r[0])
@@ -206,7 +211,7 @@ class Seq2Seq(TaskType):
     ) -> dict[str, float]:
         df = subset(df, cfg.eval.max_generation_examples)
         predictions = predictor.generate(df[TEXT].tolist())
-        return generation_metrics(predictions, df[REFERENCES].tolist(), cfg.eval.generation_metrics, prefix)
+        return generation_metrics(predictions, df[REFERENCES].tolist(), which_metrics(cfg), prefix)
 
     def measure_latency(
         self, predictor: Seq2SeqPredictor, test: pd.DataFrame, cfg: PipelineConfig

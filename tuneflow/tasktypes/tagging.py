@@ -22,7 +22,7 @@ from tuneflow.evaluation import Gap, plot_confusion
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
 from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
+from tuneflow.tasktypes.base import CHAT_CONFIG, SCOPE_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
 
 IGNORE = -100
@@ -247,6 +247,7 @@ class TokenClassification(TaskType):
     unused_config = (
         *SCOPE_CONFIG,
         *("data.text_column", "data.label_column", "data.source_column", "data.target_column"),
+        *CHAT_CONFIG,
         *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
         *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
         *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
