@@ -368,6 +368,10 @@ def train_and_export(
             f"{names.SYSTEM}model_weights_bytes": weights_bytes(export_dir),
         },
     )
+    if resume_from is None:  # a resumed fit's time covers only the epochs after the restart
+        # Training throughput (validation passes included in the time): the unit a CPU budget is set in.
+        tokens = sum(map(len, data.train.ids)) * result.epochs
+        tracking.log_metrics(run_id, {f"{names.SYSTEM}train_tokens_per_s": tokens / fit_s})
     tracking.set_tags(
         run_id,
         {
