@@ -231,7 +231,7 @@ def test_overfitting_is_judged_from_the_validation_curve() -> None:
 
 
 def test_promotion_runs_as_a_library_call_without_prefect(
-    tmp_path: Path, tiny_model: str, tracking_uri: str
+    tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tuneflow.champion needs MLflow only: register two versions by hand and decide on each."""
     from tuneflow.champion import promote_version, rollback_champion
@@ -254,10 +254,22 @@ def test_promotion_runs_as_a_library_call_without_prefect(
         versions.append(tracking.register_model(tracking.log_model(run_id, export), "lib-promo", run_id))
         tracking.end_run(run_id)
     heard: list[str] = []
+    loads: list[str] = []
+    import tuneflow.champion as champion_module
+
+    real_load = champion_module.load_predictor
+    monkeypatch.setattr(champion_module, "load_predictor", lambda d: loads.append(str(d)) or real_load(d))
     first = promote_version(cfg, versions[0], notify=heard.append)
     assert first.promote and first.verdict == "promoted" and first.champion_version is None
     second = promote_version(cfg, versions[1], notify=heard.append)
     assert not second.promote and second.champion_version == versions[0]
+    # Each version was scored once on this test set: the champion's predictions were kept with its run.
+    assert len(loads) == 2
+    again = promote_version(cfg, versions[1], notify=heard.append)
+    assert len(loads) == 2 and again.to_dict()["gates"] == second.to_dict()["gates"]
+    run_id = tracking.model_version("lib-promo", versions[0]).run_id
+    cached = [a.path for a in MlflowClient().list_artifacts(run_id, "promotion/evidence")]
+    assert len(cached) == 1 and cached[0].endswith(".json")
     assert [g.name for g in second.failed] == [f"improvement in test {cfg.gates.metric} over champion"]
     assert tracking.alias_version("lib-promo", "champion") == versions[0]
     assert tracking.model_version("lib-promo", versions[1]).tags["tuneflow.promotion"] == "rejected"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import mlflow
@@ -231,7 +234,7 @@ def test_chat_labels_cover_assistant_tokens_only(tiny_gpt2):
 
 @pytest.mark.integration
 def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefect_harness):
-    from tests.conftest import make_config
+    from tests.conftest import invoke, make_config, mlflow_process
 
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows(80, 1))
     test = write_jsonl(tmp_path / "test.jsonl", chat_rows(10, 2))
@@ -288,6 +291,22 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
     assert all(len(t.split()) <= 1 for t in short["generated_text"])
     with pytest.raises(Exception, match="max_new_tokens"):
         pyfunc.predict(["where is rome ?"], params={"max_new_tokens": 0})
+    # The same over REST (`mlflow models serve`, outside the checkout): params in the request body.
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/tiny-chat/{out.model.version}", dst_path=str(tmp_path / "m")
+        )
+    )
+    assert "peft==" in (local / "requirements.txt").read_text()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    serve = ["models", "serve", "-m", str(local), "--env-manager", "local"]
+    with mlflow_process(serve, "/ping", cwd=tmp_path, env=env) as base:
+        body = {"inputs": ["where is rome ?"], "params": {"max_new_tokens": 1}}
+        status, answer = invoke(base, body)
+        assert status == 200, answer
+        assert len(json.loads(answer)["predictions"][0]["generated_text"].split()) <= 1
+        status, answer = invoke(base, {**body, "params": {"max_new_tokens": 0}})
+        assert status != 200 and "max_new_tokens" in answer
 
 
 def test_lora_keys_are_searchable():

@@ -7,6 +7,9 @@ report artifacts). The Prefect tasks in ``tasks/promote.py`` only wrap it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +25,11 @@ from tuneflow.export import load_predictor
 from tuneflow.faults import crash_point
 from tuneflow.locks import default_lock_url, lease
 from tuneflow.promotion import Decision
+from tuneflow.readers import LINE
 from tuneflow.tasktypes import TaskType, task_type
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+EVIDENCE_DIR = "promotion/evidence"
 
 
 @contextmanager
@@ -51,11 +56,45 @@ def decision_lock(
         yield check
 
 
-def _evidence(kind: TaskType, cfg: PipelineConfig, model_uri: str, test: pd.DataFrame) -> Any:
-    """What the task type judges a registered model on, measured on the frozen test set."""
+EVIDENCE_FORMAT = 1  # bump when what promotion_evidence measures changes: older caches are then ignored
+
+
+def evidence_key(cfg: PipelineConfig, test: pd.DataFrame) -> str:
+    """What a model's promotion evidence depends on besides the model: the frozen test examples, the gate
+    metric and the generation sample size (the examples' file line numbers do not matter)."""
+    settings = {
+        "format": EVIDENCE_FORMAT,
+        "task": cfg.task,
+        "metric": cfg.gates.metric,
+        "generated": cfg.eval.max_generation_examples,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(test.drop(columns=[LINE], errors="ignore").to_json(orient="records").encode())
+    return digest.hexdigest()[:16]
+
+
+def _evidence(
+    kind: TaskType, cfg: PipelineConfig, name: str, version: str, test: pd.DataFrame, key: str
+) -> Any:
+    """What the task type judges a registered model on, measured on the frozen test set.
+
+    A version's weights never change, so its evidence on a given test set is measured once and kept with its
+    run (``promotion/evidence/<key>.json``): a champion is not re-scored by every challenger that meets it
+    on the same test set (for a chat model that is a hundred generated replies).
+    """
+    run_id = tracking.model_version(name, version).run_id
+    path = f"{EVIDENCE_DIR}/{key}.json"
+    cached = tracking.try_read_text(run_id, path)
+    if cached is not None:
+        return json.loads(cached)
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = load_predictor(tracking.download_export(model_uri, tmp))
-        return kind.promotion_evidence(predictor, test, cfg)
+        predictor = load_predictor(tracking.download_export(f"models:/{name}/{version}", tmp))
+        evidence = kind.promotion_evidence(predictor, test, cfg)
+    try:
+        tracking.log_text(run_id, json.dumps(evidence), path)
+    except Exception as exc:  # a cache: a store that refuses the write only costs a re-score next time
+        logging.getLogger(__name__).warning("could not cache the promotion evidence of v%s: %s", version, exc)
+    return evidence
 
 
 def promote_version(
@@ -83,7 +122,8 @@ def promote_version(
     mv = tracking.model_version(name, version)
     kind = task_type(cfg.task)
     test = kind.load_splits(cfg.data, cfg.train.seed).test
-    evidence = _evidence(kind, cfg, f"models:/{name}/{version}", test)
+    key = evidence_key(cfg, test)
+    evidence = _evidence(kind, cfg, name, str(version), test, key)
     with decision_lock(name, cfg.tracking, notify) as still_held:
         tracking.set_alias(name, CHALLENGER, version)
         crash_point("promote")
@@ -91,7 +131,7 @@ def promote_version(
         if champion == str(version):
             champion = None  # re-deciding the current champion: absolute gates only
         run_metrics = tracking.run_metrics(mv.run_id)
-        champion_evidence = _evidence(kind, cfg, f"models:/{name}/{champion}", test) if champion else None
+        champion_evidence = _evidence(kind, cfg, name, champion, test, key) if champion else None
         decision = kind.decide(
             cfg, name, str(version), test, evidence, run_metrics, champion, champion_evidence
         )

@@ -612,6 +612,14 @@ def read_text(run_id: str, artifact_file: str) -> str:
     return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
 
 
+def try_read_text(run_id: str, artifact_file: str) -> str | None:
+    """Like :func:`read_text`, or None when the run has no such artifact."""
+    try:
+        return read_text(run_id, artifact_file)
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
 def registered_models() -> dict[str, dict[str, str]]:
     """Every registered model's aliases (``{name: {alias: version}}``)."""
     return {
