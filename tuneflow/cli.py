@@ -250,6 +250,10 @@ def run(
     headline = shown[0][0].rsplit("/", 1)[-1]
     for key in sorted(k for k in m if k.startswith("ood/") and k.endswith(f"/{headline}")):
         console.print(f"{key:<15} {m[key]:.4f}")
+    before = [k.split("/", 1)[1] for k in sorted(m) if k.startswith("base/") and k != "base/loss"]
+    if before:  # a chat model: the base model zero-shot on the same test turns
+        changes = [f"{k} {m[f'base/{k}']:.4f} -> {m[f'test/{k}']:.4f}" for k in before if f"test/{k}" in m]
+        console.print(f"base -> tuned   {', '.join(changes)}")
     if "calibration/ece" in m:
         console.print(
             f"calibration     ECE {m.get('calibration/ece_before', float('nan')):.3f} -> "
