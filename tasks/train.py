@@ -7,16 +7,35 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_dir, stage
 from tuneflow.config import PipelineConfig
-from tuneflow.training import Trained, train_and_export
+from tuneflow.distributed import launch, under_launcher
+from tuneflow.training import FitResult, Trained, train_and_export
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a failed fit is a bug or bad settings, not a transient fault
 def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> Trained:
-    """Fine-tune and export the best checkpoint (see :func:`tuneflow.training.train_and_export`)."""
+    """Fine-tune and export the best checkpoint (see :func:`tuneflow.training.train_and_export`).
+
+    ``train.strategy: ddp`` runs the stage under torchrun (:mod:`tuneflow.distributed`): this machine is
+    node 0 and owns the run; with ``train.num_nodes > 1`` the other machines join at
+    ``train.rdzv_endpoint``.
+    """
     t = cfg.train
     print(f"… train      {cfg.model.name}, up to {t.max_epochs} epochs, early stop on {t.monitor}")
     with stage("train") as note:
-        trained = train_and_export(cfg, run_id, run_dir(cfg, run_id), resume_from)
+        if t.strategy == "ddp" and not under_launcher():
+            if t.num_nodes > 1:
+                print(
+                    f"  waiting for {t.num_nodes - 1} more node(s) at {t.rdzv_endpoint}: on each, run "
+                    "`python -m torch.distributed.run --nnodes "
+                    f"{t.num_nodes} --node-rank K ... -m tuneflow.distributed --config <this config>` "
+                    "(README: Training across machines)"
+                )
+            out = launch(cfg, run_id, run_dir(cfg, run_id), resume_from)
+            trained = Trained(FitResult(**out["fit"]), out["export_dir"])
+        else:
+            done = train_and_export(cfg, run_id, run_dir(cfg, run_id), resume_from)
+            assert done is not None, "the flow's own process is global rank 0"
+            trained = done
         fit = trained.fit
         best = "n/a" if fit.best_score is None else f"{fit.best_score:.4f}"
         note(

@@ -532,13 +532,17 @@ def predict(
 
             tmp = tempfile.TemporaryDirectory()
             export = tracking.download_export(_adapter_uri(adapter), tmp.name)
-            kind = task_type(read_meta(export)["task"])
+            meta = read_meta(export)
+            kind = task_type(meta["task"])
+            accepted = set(kind.serving_params(meta))
             predictor = load_predictor(export, base=model)
 
             def run(batch: list[str]):  # noqa: ANN202
                 return predictor.predict(kind.to_inputs(batch), **params)
         else:
             pyfunc = tracking.load_pyfunc(model)
+            schema = pyfunc.metadata.get_params_schema()
+            accepted = {p.name for p in schema.params} if schema else set()
 
             def run(batch: list[str]):  # noqa: ANN202
                 return pyfunc.predict(batch, params=params) if params else pyfunc.predict(batch)
@@ -549,6 +553,15 @@ def predict(
             highlight=False,
         )
         raise typer.Exit(2) from None
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        takes = f"it takes: {', '.join(sorted(accepted))}" if accepted else "it takes none"
+        bad = escape(", ".join(unknown))
+        console.print(
+            f"[bold red]error:[/] --param {bad}: not a setting of this model ({takes})",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     try:
         if frame is not None:
             _score_file(run, frame, column, output)

@@ -394,6 +394,14 @@ class TrainConfig(_Section):
         "auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, deepspeed, ..."
     )
     num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP/FSDP.")
+    rdzv_endpoint: str = Field(
+        "127.0.0.1:29400",
+        pattern=r"^[^:\s]+:\d+$",
+        description=(
+            "strategy ddp (launched by torchrun): host:port of node 0, where the ranks of every node meet; "
+            "multi-node runs need an address the other machines reach."
+        ),
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, faster steps)."
@@ -483,6 +491,7 @@ UNSEARCHABLE_KEYS = (
     "train.devices",
     "train.strategy",
     "train.num_nodes",
+    "train.rdzv_endpoint",
 )
 
 

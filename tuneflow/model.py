@@ -130,7 +130,8 @@ class FineTuner(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model(**batch)
-        self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True)
+        # sync_dist: under DDP the curve is the mean over all ranks' batches (one global batch), not rank 0's.
+        self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
         self.task_type.on_train_batch(self, batch, out)
         return out.loss

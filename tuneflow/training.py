@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -326,10 +327,17 @@ class Trained:
     export_dir: str
 
 
+def global_rank() -> int:
+    """This process's rank among all nodes of a torchrun launch (0 outside one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def train_and_export(
     cfg: PipelineConfig, run_id: str, out_dir: Path, resume_from: str | None = None
-) -> Trained:
+) -> Trained | None:
     """The training stage: encode, fit (curves into ``run_id``), export the best checkpoint, log the facts.
+
+    Under torchrun every rank fits; only global rank 0 exports and logs (the others return None).
 
     Args:
         cfg: the run's (final) config.
@@ -346,6 +354,8 @@ def train_and_export(
     logger = MLflowMetricsLogger(run_id, uri)
     result = fit(cfg, data, out_dir, logger=logger, resume_from=resume_from, callbacks=[CrashPoint("train")])
     fit_s = time.perf_counter() - start
+    if global_rank() != 0:
+        return None
     export_dir = export_model(result.best_checkpoint, out_dir / "export", data.tokenizer, cfg)
     export_s = time.perf_counter() - start - fit_s
     # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
