@@ -295,14 +295,10 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
 
     from tuneflow.cli import app
 
-    uri = f"models:/tiny-chat/{out.model.version}"
-    said = CliRunner().invoke(
-        app, ["predict", "--model", uri, "--tracking-uri", tracking_uri, "--param", "max_new_tokens=1", "hi ?"]
-    )
+    predict = ["predict", "--model", f"models:/tiny-chat/{out.model.version}", "--tracking-uri", tracking_uri]
+    said = CliRunner().invoke(app, [*predict, "--param", "max_new_tokens=1", "hi ?"])
     assert said.exit_code == 0 and said.output.startswith("hi ?\t"), said.output
-    said = CliRunner().invoke(
-        app, ["predict", "--model", uri, "--tracking-uri", tracking_uri, "--param", "max_tokens=1", "hi ?"]
-    )
+    said = CliRunner().invoke(app, [*predict, "--param", "max_tokens=1", "hi ?"])
     assert said.exit_code == 2 and "--param max_tokens: not a setting of this model" in said.output
     # The same over REST (`mlflow models serve`, outside the checkout): params in the request body.
     local = Path(
