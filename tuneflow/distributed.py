@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,15 @@ def launch(cfg: PipelineConfig, run_id: str, out_dir: Path, resume_from: str | N
     ]
     if resume_from:
         cmd += ["--resume", resume_from]
-    # The ranks' console output (epoch lines) goes straight to ours.
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # The ranks' console output (epoch lines) goes straight to ours. A killed flow takes torchrun (and so
+    # its ranks) with it, so a rerun never finds an orphan training in its place.
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent())
+    try:
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
     trained = out_dir / TRAINED_FILE
     if proc.returncode != 0 or not trained.is_file():
         raise RuntimeError(
@@ -97,6 +105,22 @@ def launch(cfg: PipelineConfig, run_id: str, out_dir: Path, resume_from: str | N
             "see the ranks' output above"
         )
     return json.loads(trained.read_text())
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (``kill -9`` included).
+
+    libc is loaded here, in the parent: between fork and exec the child only calls into it (no import,
+    no lock taken), which keeps the hook safe in the flow's multi-threaded process.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    term = int(signal.SIGTERM)
+    return lambda: prctl(1, term)  # 1 = PR_SET_PDEATHSIG
 
 
 def main(argv: list[str] | None = None) -> None:
