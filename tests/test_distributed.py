@@ -91,7 +91,7 @@ def test_two_nodes_under_torchrun_train_one_run_like_one_process(tmp_path: Path,
     client = MlflowClient(multi_uri, registry_uri=multi_uri)
     runs = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert [v.version for v in client.search_model_versions("name = 'two-nodes'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'two-nodes'")] == ["1"]
     assert runs[0].data.metrics["fit/epochs_trained"] == 1
     one, two = _loss_curve(single_uri, "single"), _loss_curve(multi_uri, "two-nodes")
     assert len(one) == len(two) >= 3

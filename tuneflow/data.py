@@ -6,16 +6,36 @@ module only decides order and batching, the same way for every task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from tuneflow.encoding import Encoded, EncodedData, LengthGroupedBatches
 
 Collate = Callable[[list[tuple[list[int], Any]]], dict[str, torch.Tensor]]
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh seeded permutation each epoch, ``randperm(n)`` seeded with ``seed + epoch``: the order a
+    DistributedSampler deals out to its ranks. One process then sees the same global batches as N ranks
+    with 1/N of the batch each, and a resumed run the same order as an uninterrupted one (Lightning calls
+    ``set_epoch``)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -48,13 +68,18 @@ class TextDataModule(pl.LightningDataModule):
             return DataLoader(
                 data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers
             )
-        # Under DDP Lightning injects a DistributedSampler; plain seeded shuffling keeps that working.
-        gen = torch.Generator().manual_seed(self.seed)
+        if distributed:  # Lightning injects a DistributedSampler into a plain shuffling loader
+            return DataLoader(
+                data,
+                batch_size=self.batch_size,
+                shuffle=True,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+            )
         return DataLoader(
             data,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=gen,
+            sampler=EpochShuffle(len(data), self.seed),
             collate_fn=self.collate,
             num_workers=self.num_workers,
         )
