@@ -75,7 +75,7 @@ def test_metric_spec_is_consistent(name: str) -> None:
     spec = kind.metrics
     assert spec.monitors and spec.gate_metrics and spec.headline
     assert all(m.startswith("val/") for m in spec.monitors)
-    assert all(h.split("/")[0] in ("test", "fit", "serving") for h in spec.headline)
+    assert all(h.split("/")[0] in ("test", "base", "fit", "serving") for h in spec.headline)
     assert spec.mode("val/loss") == "min" and spec.direction("val/loss") == "minimize"
     assert kind.auto_class.startswith("AutoModelFor") and kind.peft_task_type
     assert kind.input_example and not kind.output_example().empty

@@ -281,6 +281,15 @@ def score_chat(
     return Scored(metrics, replies, per_example_scores(replies, references, "chrf"))
 
 
+def reply_metrics(cfg: PipelineConfig) -> list[str]:
+    """The reply metrics a run computes: ``eval.generation_metrics`` (default chrF and BLEU) and always the
+    family of the gate metric, so ``test/<gate metric>`` exists."""
+    which = list(cfg.eval.generation_metrics or ["chrf", "bleu"])
+    gate = cfg.gates.metric or ""
+    family = "rouge" if gate.startswith("rouge") else gate
+    return [*which, family] if family in ("rouge", "bleu", "chrf") and family not in which else which
+
+
 def show_context(messages: list[dict[str, str]], last: int = 3) -> str:
     """The end of a conversation as ``role: content`` lines (for the samples table)."""
     head = ["..."] if len(messages) > last else []
@@ -379,7 +388,7 @@ class CausalLM(TaskType):
     ) -> list[str]:
         """Perplexity on assistant tokens, reply metrics on a frozen sample of assistant turns, and the same
         for the base model zero-shot (``base/``); ``generations.csv`` holds every scored turn."""
-        n, which = cfg.eval.max_generation_examples, cfg.eval.generation_metrics or ["chrf", "bleu"]
+        n, which = cfg.eval.max_generation_examples, reply_metrics(cfg)
         conversations, turns = subset(test, n), sample_turns(assistant_turns(test), n)
         predictor.generated_tokens, predictor.generation_seconds = 0, 0.0
         tuned = score_chat(predictor, conversations, turns, which, names.TEST)
@@ -412,7 +421,10 @@ class CausalLM(TaskType):
     def score_set(
         self, predictor: ChatPredictor, df: pd.DataFrame, cfg: PipelineConfig, prefix: str
     ) -> dict[str, float]:
-        return {f"{prefix}perplexity": predictor.perplexity(subset(df, cfg.eval.max_generation_examples))}
+        """The test metrics on another set of conversations (an out-of-domain set): perplexity and replies."""
+        n = cfg.eval.max_generation_examples
+        turns = sample_turns(assistant_turns(df), n)
+        return score_chat(predictor, subset(df, n), turns, reply_metrics(cfg), prefix).metrics
 
     def measure_latency(
         self, predictor: ChatPredictor, test: pd.DataFrame, cfg: PipelineConfig
