@@ -114,3 +114,24 @@ def test_a_local_gguf_file_loads_through_the_model_loader(tmp_path: Path) -> Non
         [messages[:1]]
     )
     assert isinstance(reply[0], str)
+
+
+def test_a_fully_fine_tuned_gguf_model_exports_as_a_plain_model(tmp_path: Path) -> None:
+    """Full fine-tuning of a GGUF base: transformers' GGUF marker would refuse save_pretrained; the export
+    drops it and reloads as an ordinary model with the same weights."""
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+
+    from tuneflow.export import drop_gguf_marker
+    from tuneflow.model import load_pretrained
+
+    path = tmp_path / "tiny-llama.gguf"
+    tensors = write_tiny_gguf(path)
+    model, _ = load_pretrained("causal_lm", str(path), [])
+    drop_gguf_marker(model)
+    model.save_pretrained(tmp_path / "export")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert getattr(again, "hf_quantizer", None) is None
+    np.testing.assert_allclose(
+        again.get_input_embeddings().weight.detach().numpy(), tensors["token_embd.weight"], rtol=1e-6
+    )

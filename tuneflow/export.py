@@ -66,6 +66,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
     out_dir = Path(out_dir)
     module = load_module(checkpoint)
     hp = dict(module.hparams)
+    drop_gguf_marker(module.model)
     module.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     labels = list(hp["labels"])
@@ -84,6 +85,19 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
     for path in [out_dir, *out_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return out_dir
+
+
+def drop_gguf_marker(model: Any) -> None:
+    """A model loaded from a GGUF file holds ordinary float weights (transformers dequantized them) but keeps
+    transformers' GGUF quantizer marker, which refuses ``save_pretrained``. Drop it (and the quantization
+    config, so the export reloads as a plain model) once no weight is left in GGUF blocks."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or "gguf" not in type(quantizer).__name__.lower():
+        return
+    if all(p.is_floating_point() for p in model.parameters()):
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
 
 
 def load_exported(
