@@ -95,6 +95,11 @@ def generation_metrics(
 PER_EXAMPLE = ("chrf", "bleu", "rouge1", "rouge2", "rougeL")
 
 
+def metric_family(metric: str) -> str:
+    """The :func:`generation_metrics` family that computes ``metric`` (``rougeL`` -> ``rouge``)."""
+    return "rouge" if metric.startswith("rouge") else metric
+
+
 def per_example_scores(predictions: list[str], references: list[list[str]], metric: str) -> list[float]:
     """One score per example (0-1): sentence chrF / BLEU (sacreBLEU) or ROUGE F-measure (best reference).
 

@@ -28,6 +28,7 @@ from tuneflow.generation import (
     generated_text_example,
     generation_metrics,
     loss_gap,
+    metric_family,
     per_example_scores,
     sequence_collator,
     subset,
@@ -152,6 +153,11 @@ def sample_turns(turns: list[Turn], n: int | None) -> list[Turn]:
     return [turns[i] for i in keep]
 
 
+def stored_generation(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The generation settings an export stores (``tuneflow.json``), as ``GenerationConfig`` fields."""
+    return {k: v for k, v in (stored or {}).items() if k in GenerationConfig.model_fields}
+
+
 def generation_settings(stored: dict[str, Any] | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
     """``model.generate`` arguments: the export's settings with per-request ``overrides`` applied on top.
 
@@ -160,9 +166,8 @@ def generation_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]
     """
     from pydantic import ValidationError
 
-    fields = {k: v for k, v in (stored or {}).items() if k in GenerationConfig.model_fields}
     try:
-        return GenerationConfig.model_validate({**fields, **(overrides or {})}).kwargs()
+        return GenerationConfig.model_validate({**stored_generation(stored), **(overrides or {})}).kwargs()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"invalid generation params ({problems})") from None
@@ -272,8 +277,7 @@ def score_chat(
     predictor: ChatPredictor, conversations: pd.DataFrame, turns: list[Turn], which: list[str], prefix: str
 ) -> Scored:
     """Assistant-token loss/perplexity on ``conversations`` and reply metrics on ``turns``."""
-    sums, counts = predictor.token_losses(conversations)
-    loss = float(sums.sum() / max(int(counts.sum()), 1))
+    loss = predictor.loss(conversations)
     replies = predictor.reply([t.context for t in turns])
     references = [t.references for t in turns]
     metrics = {f"{prefix}loss": loss, f"{prefix}perplexity": math.exp(min(loss, 50))}
@@ -285,8 +289,7 @@ def reply_metrics(cfg: PipelineConfig) -> list[str]:
     """The reply metrics a run computes: ``eval.generation_metrics`` (default chrF and BLEU) and always the
     family of the gate metric, so ``test/<gate metric>`` exists."""
     which = list(cfg.eval.generation_metrics or ["chrf", "bleu"])
-    gate = cfg.gates.metric or ""
-    family = "rouge" if gate.startswith("rouge") else gate
+    family = metric_family(cfg.gates.metric or "")
     return [*which, family] if family in ("rouge", "bleu", "chrf") and family not in which else which
 
 
@@ -368,9 +371,7 @@ class CausalLM(TaskType):
 
     def serving_params(self, meta: dict[str, Any]) -> dict[str, Any]:
         """Generation settings a request may override (``params``), defaulting to the export's."""
-        return GenerationConfig.model_validate(
-            {k: v for k, v in (meta.get("generation") or {}).items() if k in GenerationConfig.model_fields}
-        ).model_dump()
+        return GenerationConfig.model_validate(stored_generation(meta.get("generation"))).model_dump()
 
     def to_inputs(self, model_input: Any) -> list[Any]:
         return to_conversations(model_input)

@@ -23,6 +23,7 @@ from tuneflow.generation import (
     generation_metrics,
     loss_gap,
     mean_token_loss,
+    metric_family,
     sequence_collator,
     subset,
 )
@@ -222,7 +223,7 @@ class Seq2Seq(TaskType):
         self, predictor: Seq2SeqPredictor, test: pd.DataFrame, cfg: PipelineConfig
     ) -> float:
         metric = cfg.gates.metric
-        family = "rouge" if metric.startswith("rouge") else metric
+        family = metric_family(metric)
         test = subset(test, cfg.eval.max_generation_examples)
         return generation_metrics(
             predictor.generate(test[TEXT].tolist()), test[REFERENCES].tolist(), [family]
