@@ -1,9 +1,10 @@
 """``python -m bench [SUITE ...] [--quick]``: run benchmark suites, write bench/results/<suite>.json and
 regenerate bench/RESULTS.md.
 
-Suites: quality (real data through the real pipeline), speed (vs the HF Trainer, alternating pairs),
-overhead (orchestration share of a pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without
-a GPU). Also: search_pruning and lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
+Suites: quality (real data through the real pipeline), speed (vs the HF Trainer at its defaults and at its
+best flags: alternating rounds, or ``--suite tta`` time to accuracy), overhead (orchestration share of a
+pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). Also: search_pruning and
+lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def main() -> None:
             payload = coldstart.run(args.quick)
         else:
             payload = gpu.run(args)
-        # Speed results of different budgets are kept side by side (speed-3000x2ep, speed-3000x4ep, ...).
-        name = f"speed-{args.train}x{args.epochs}ep" if suite == "speed" else suite
+        name = speed.result_name(args) if suite == "speed" else suite
         print(f"wrote {write_result(name, payload)}", flush=True)
         write_table()
 

@@ -10,8 +10,14 @@ apart (it is paid once per process, whatever the orchestration).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +42,34 @@ def row(name: str, run: dict[str, Any], data: str) -> dict[str, str]:
         "what": f"orchestration overhead, {name}",
         "result": f"{100 * w['overhead_share']:.1f}% ({overhead:.1f} s of {w['flow_s']:.0f} s flow; fit+eval "
         f"{w['training_and_evaluation_s']:.0f} s): {detail}; imports {w['imports_s']:.1f} s",
-        "target": "<= 3%",
+        # A short run pays the same fixed costs over less training: the demo gets the looser target.
+        "target": "<= 10%" if name.startswith("demo") else "<= 2%",
         "data": data,
     }
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, port: int = 4291) -> Iterator[str]:
+    """A Prefect server of its own (own PREFECT_HOME, so no user database is touched); yields its API URL."""
+    import httpx
+
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the bench's Prefect server did not start in 120 s")
+        yield api
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -53,5 +84,14 @@ def run(quick: bool = False) -> dict[str, Any]:
         demo = run_pipeline(ROOT / "configs" / "demo.yaml", overrides, Path(tmp) / "demo")
         runs["demo"] = demo
         rows.append(row("demo (no search)", demo, "chatbot intents (550 utterances), 3 epochs"))
+        print(f"  {rows[-1]['result']}", flush=True)
+        print("overhead: demo without search, reusing a running Prefect server", flush=True)
+        with prefect_server(Path(tmp) / "prefect-home") as api:
+            reused = run_pipeline(
+                ROOT / "configs" / "demo.yaml", overrides, Path(tmp) / "reused", {"PREFECT_API_URL": api}
+            )
+        runs["demo_server"] = reused
+        data = "as above, PREFECT_API_URL = a running `prefect server start` (what `tuneflow server` runs)"
+        rows.append(row("demo (no search), running Prefect server", reused, data))
         print(f"  {rows[-1]['result']}", flush=True)
     return {"quick": quick, "runs": runs, "rows": rows}

@@ -181,3 +181,44 @@ def test_resumed_training_continues_the_same_loss_curve(tmp_path: Path, tiny_mod
     assert min(second.steps) > max(first.steps)
     for step, loss in whole.steps.items():
         assert joined[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneflow import training
+    from tuneflow.config import TrainConfig
+
+    assert training.cpu_has_native_bf16("processor: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert training.cpu_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not training.cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f\nbugs: avx512_bf16\n")
+    assert not training.cpu_has_native_bf16("")
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(training, "cpu_has_native_bf16", lambda native=native: native)
+        assert training.resolve_precision(TrainConfig(accelerator="cpu")) == expected
+    assert training.resolve_precision(TrainConfig(accelerator="cpu", precision="32-true")) == "32-true"
+
+
+def test_training_uses_the_fused_optimizer_and_sorted_validation_batches(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    import lightning.pytorch as pl
+
+    from tuneflow.experiment import task_of
+    from tuneflow.model import load_tokenizer
+    from tuneflow.training import fit
+
+    cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 1, "eval_batch_size": 4}))
+    kind = task_of(cfg)
+    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    seen: dict = {"val_lengths": []}
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen["fused"] = trainer.optimizers[0].defaults["fused"]
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+            seen["val_lengths"].append(int(batch["attention_mask"].sum(1).max()))
+
+    fit(cfg, data, tmp_path / "ckpt", callbacks=[Spy()], progress_bar=False, resumable=False)
+    assert seen["fused"] is True
+    lengths = seen["val_lengths"]
+    assert len(lengths) > 2 and lengths == sorted(lengths, reverse=True)  # longest first, little padding

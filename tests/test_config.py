@@ -203,3 +203,12 @@ def test_gguf_models_are_named_by_their_file(tmp_path: Path) -> None:
     assert "is not a GGUF file" in check_model_dir(str(fake))[0]
     fake.write_bytes(b"GGUF\x03\x00\x00\x00")
     assert check_model_dir(str(fake)) == []
+
+
+def test_an_unreachable_prefect_server_is_a_clear_error(monkeypatch) -> None:
+    """PREFECT_API_URL set but nothing listening: exit 7 naming the URL, before any training starts."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "demo.yaml")])
+    assert result.exit_code == 7, result.output
+    out = " ".join(result.output.split())
+    assert "PREFECT_API_URL=http://127.0.0.1:9/api is not reachable" in out and "tuneflow server" in out

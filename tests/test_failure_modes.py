@@ -269,5 +269,10 @@ def test_every_checkpoint_loads_weights_only(tmp_path: Path, tiny_model: str) ->
     assert len(checkpoints) >= 2
     for ckpt in checkpoints:
         torch.load(ckpt, map_location="cpu", weights_only=True)
+    # Only last.ckpt is resumed from: it alone carries the optimizer state (the best one is exported only).
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in best and last["optimizer_states"]
+    assert set(best["state_dict"]) == set(last["state_dict"]) and best["hyper_parameters"]["labels"]
     export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer, cfg)
     assert (tmp_path / "export" / "model.safetensors").exists()

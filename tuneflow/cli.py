@@ -204,11 +204,33 @@ def _fail_on_known(exc: BaseException) -> None:
             raise typer.Exit(code) from None
 
 
+PREFECT_BOOT: dict[str, Any] = {}
+
+
+def _boot_prefect() -> None:
+    """Check ``PREFECT_API_URL``'s server, or boot Prefect's temporary one while the flow module imports
+    (``flows.api``); call it before importing a flow. An unreachable configured server exits 7."""
+    from flows.api import PrefectUnreachable, boot
+
+    try:
+        PREFECT_BOOT["boot"] = boot()
+    except PrefectUnreachable as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(7) from None
+
+
+def _wait_prefect() -> None:
+    """A half-started temporary server must not be taken for a running one: wait for ``_boot_prefect``."""
+    if "boot" in PREFECT_BOOT:
+        PREFECT_BOOT.pop("boot").wait()
+
+
 def _call_flow(flow_fn, *args):  # noqa: ANN001, ANN202
     """Run a flow; known bad-input errors become their exit codes instead of a traceback."""
     if not VERBOSE["on"]:
         _quiet_third_parties()
     _hide_known_tracebacks()
+    _wait_prefect()
     try:
         return flow_fn(*args)
     except Exception as exc:
@@ -228,6 +250,7 @@ def run(
     cfg = _load(config, set_)  # fail fast, before Prefect starts, on a bad config
     _preflight(cfg)
     _quiet_env()
+    _boot_prefect()
     from flows.finetune import finetune
     from tuneflow.config import redact_secrets
 
@@ -306,8 +329,10 @@ def promote(
         console.print("[bold red]error:[/] --force needs --reason (the override is audited)")
         raise typer.Exit(2)
     _quiet_env()
+    _boot_prefect()
     from flows.promote import promote as promote_flow
 
+    _wait_prefect()
     try:
         decision = promote_flow(model, version, force, reason, tracking_uri)
     except LookupError as exc:
@@ -364,8 +389,10 @@ def rollback(
 ) -> None:
     """Move the champion alias back to the previous champion."""
     _quiet_env()
+    _boot_prefect()
     from flows.promote import rollback as rollback_flow
 
+    _wait_prefect()
     try:
         out = rollback_flow(model, tracking_uri)
     except LookupError as exc:
@@ -400,6 +427,7 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
         raise typer.Exit(2)
     _preflight(cfg)
     _quiet_env()
+    _boot_prefect()
     from flows.tune import tune as tune_flow
 
     result = _call_flow(tune_flow, str(config), set_, workers)
@@ -424,6 +452,7 @@ def retrain(
     set_ = _hide_secrets(set_)
     _preflight(_load(config, set_))
     _quiet_env()
+    _boot_prefect()
     from flows.retrain import retrain as retrain_flow
 
     result = _call_flow(retrain_flow, str(config), set_, force, workers)
@@ -805,6 +834,26 @@ def ui(
     ]
     # The link selects the model-training view (MLflow 3.17 opens on its GenAI view by default).
     console.print(f"MLflow UI on http://127.0.0.1:{port}/#/experiments{UI_VIEW} (store {uri})")
+    os.execv(sys.executable, cmd)
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4200,
+) -> None:
+    """Start a Prefect server (API + UI) that runs reuse instead of each starting a temporary one.
+
+    Point every shell that runs flows at it (``export PREFECT_API_URL=http://127.0.0.1:PORT/api``): a run
+    then skips the ~5 s temporary-server start, and the Prefect UI keeps every flow run's history.
+    """
+    _quiet_env()
+    url = f"http://127.0.0.1:{port}"
+    console.print(
+        f"Prefect server on {url} (UI and API; stop with Ctrl+C). In the shells that run flows:\n"
+        f"  export PREFECT_API_URL={url}/api",
+        highlight=False,
+    )
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     os.execv(sys.executable, cmd)
 
 

