@@ -25,7 +25,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smaller subsets (stated in the table)")
     parser.add_argument(
-        "--only", action="append", help="quality: only these datasets (banking77, sst2, wnut17)"
+        "--only",
+        action="append",
+        help="quality: only these runs (banking77, sst2, wnut17, sst2_full); written as quality-<names>.json",
     )
     speed.add_arguments(parser)
     args = parser.parse_args()
@@ -44,6 +46,8 @@ def main() -> None:
         else:
             payload = gpu.run(args)
         name = speed.result_name(args) if suite == "speed" else suite
+        if suite == "quality" and args.only:  # a partial rerun keeps the full suite's result
+            name = "quality-" + "-".join(sorted(args.only))
         print(f"wrote {write_result(name, payload)}", flush=True)
         write_table()
 

@@ -5,8 +5,9 @@ validation), fine-tuning the bundled all-MiniLM-L6-v2. Both arms use the same se
 trial count, per-trial epoch cap and early stopping; only the pruner differs. Runs the library's
 ``run_study`` (trials are real Lightning fits logged to a throw-away MLflow store).
 
-Usage: ``python -m bench.search_pruning [--seed 42] [--trials 12] [--epochs 4] [--train 1200]`` (about 20 min
-on 2 cores per seed; each seed's pair merges into the result, which reports medians over seeds).
+Usage: ``python -m bench.search_pruning [--seed 42] [--trials 12] [--epochs 4] [--train 1200] [--evals 4]``
+(about 20 min on 2 cores per seed; each seed's pair merges into the result, which reports medians over seeds;
+``--evals N`` validates and reports N times per trial epoch).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
         f"search.pruner={pruner}",
         f"search.startup_trials={args.startup}",
         f"search.warmup_epochs={args.warmup}",
+        f"search.evals_per_epoch={args.evals}",
         f"search.storage=sqlite:///{tmp}/optuna.db",
         f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db",
         SPACE,
@@ -93,7 +95,8 @@ PRUNERS = ("none", "median", "successive_halving", "hyperband")
 
 def suite_name(args: argparse.Namespace) -> str:
     """One result file per trial count, data size and epoch budget (seeds and arms of one setup merge)."""
-    return f"search_pruning-{args.trials}t-{args.train}x{args.epochs}ep"
+    evals = f"-{args.evals}evals" if args.evals > 1 else ""
+    return f"search_pruning-{args.trials}t-{args.train}x{args.epochs}ep{evals}"
 
 
 def _load_runs(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
@@ -102,7 +105,8 @@ def _load_runs(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
-    setup = ("trials", "epochs", "train", "startup", "warmup")
+    setup = ("trials", "epochs", "train", "startup", "warmup", "evals")
+    old.setdefault("args", {}).setdefault("evals", 1)  # results written before --evals
     if any(old.get("args", {}).get(k) != getattr(args, k) for k in setup):
         return {}
     runs = old.get("runs", {})
@@ -120,6 +124,7 @@ def main() -> None:
     parser.add_argument("--startup", type=int, default=2, help="median pruner: trials never pruned")
     parser.add_argument("--warmup", type=int, default=0, help="epochs of a trial never pruned")
     parser.add_argument("--seed", type=int, default=42, help="sampler/training seed; results merge per seed")
+    parser.add_argument("--evals", type=int, default=1, help="validations (pruning reports) per trial epoch")
     parser.add_argument("--arms", nargs="*", choices=PRUNERS, default=["none", "median"], help="pruners")
     args = parser.parse_args()
     runs = _load_runs(args)
@@ -136,8 +141,8 @@ def main() -> None:
                 "points_behind": (a["none"]["val/best_accuracy"] - a[pruner]["val/best_accuracy"]) * 100,
                 "epoch_share": a[pruner]["epochs_total"] / a["none"]["epochs_total"],
                 "detail": f"seed {s}: {a[pruner]['val/best_accuracy']:.4f} vs "
-                f"{a['none']['val/best_accuracy']:.4f}, {a[pruner]['epochs_total']} vs "
-                f"{a['none']['epochs_total']} epochs, "
+                f"{a['none']['val/best_accuracy']:.4f}, {a[pruner]['epochs_total']:g} vs "
+                f"{a['none']['epochs_total']:g} epochs, "
                 f"{a[pruner]['pruned']}/{args.trials} pruned",
             }
             for s, a in pairs.items()
@@ -158,7 +163,7 @@ def main() -> None:
                 "target": "within 0.5 pt, <= 50% of epochs",
                 "data": f"SST-2, {args.train} train phrases (25% = {args.train // 4} as validation), "
                 f"{args.trials} trials x <= {args.epochs} epochs, early stopping (patience 2) in both arms, "
-                f"warmup {args.warmup} epochs"
+                f"warmup {args.warmup} epochs, {args.evals} validation(s) per epoch"
                 + (f", {args.startup} startup trials" if pruner == "median" else ""),
             }
         )

@@ -39,7 +39,7 @@ def search_markdown(name: str, summary: StudySummary, uri: str) -> str:
         f"- Best {summary.metric}: **{best}** ({summary.direction})\n"
         f"- Trials: {summary.n_complete} complete, {summary.n_pruned} pruned, "
         f"{summary.n_failed} failed ({summary.trials_run_now} run now); "
-        f"{summary.epochs_total} training epochs in all\n\n"
+        f"{summary.epochs_total:g} training epochs in all\n\n"
         f"| parameter | best value |\n| --- | --- |\n{params}\n"
     )
 

@@ -63,3 +63,11 @@ def test_time_to_accuracy_scores_every_epoch_outside_the_timed_training(tmp_path
         assert 0 < r["curve"][0]["train_s"] < r["curve"][1]["train_s"] <= r["seconds"]
         assert r["time_to_target_s"] == r["curve"][0]["train_s"]  # target 0: reached after the first epoch
     assert speed.result_name(args) == "speed-tta-120x2ep"
+
+
+def test_step_profile_splits_a_step_into_its_phases():
+    from bench import step
+
+    out = step.measure(step.SETTINGS["bf16 autocast, AdamW fused (tuneflow default)"], steps=7, threads=1)
+    assert all(out[f"{phase}_ms"] > 0 for phase in ("forward", "backward", "optimizer"))
+    assert out["total_s"] > 0 and out["steady_samples_per_s"] > 0

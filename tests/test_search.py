@@ -265,3 +265,23 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, tiny_m
 def test_timeout_budget_stops_the_study(tmp_path: Path, tiny_model: str) -> None:
     cfg, summary, _, _ = _study(tmp_path, tiny_model, n_trials=None, timeout=1)
     assert 1 <= summary.n_complete + summary.n_pruned <= 2  # the trial running at the deadline finishes
+
+
+def test_several_validations_per_epoch_let_the_pruner_stop_a_trial_within_its_first_epoch(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    """evals_per_epoch 4: every validation is a report (steps 1, 2, 3, ...), the never-learning trial is
+    pruned after a quarter epoch, and the epochs consumed are counted in quarters."""
+    cfg, summary, parent, client = _study(
+        tmp_path, tiny_model, n_trials=4, evals_per_epoch=4, pruner="median", max_epochs=2
+    )
+    trials = [t for t in open_study(cfg).trials if t.state in FINISHED]
+    assert len(trials) == 4
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(sorted(t.intermediate_values) == list(range(1, 9)) for t in complete)  # 4 per epoch x 2
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "lr=1e-8 trials should be pruned"
+    assert any(t.user_attrs["epochs"] < 1 for t in pruned)  # stopped before its first epoch ended
+    for t in pruned:
+        assert t.user_attrs["epochs"] == pytest.approx(len(t.intermediate_values) / 4)
+    assert summary.epochs_total == pytest.approx(sum(t.user_attrs["epochs"] for t in trials))

@@ -407,7 +407,7 @@ def _print_search(s) -> None:  # noqa: ANN001  (a tuneflow.search.StudySummary)
     console.print(
         f"search          study '{s.study_name}': best {s.metric} {best} "
         f"(trial {s.best_trial}); {s.n_complete} complete, {s.n_pruned} pruned, "
-        f"{s.n_failed} failed; {s.epochs_total} epochs"
+        f"{s.n_failed} failed; {s.epochs_total:g} epochs"
     )
     for key, value in s.best_params.items():
         console.print(f"  best {key} = {value}")

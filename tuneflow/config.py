@@ -362,7 +362,16 @@ class TrainConfig(_Section):
     max_epochs: int = Field(5, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
     min_epochs: int = Field(1, ge=1, description="Epochs always run before early stopping may trigger.")
     early_stopping_patience: int = Field(
-        2, ge=1, description="Validation checks without improvement of `monitor` before stopping."
+        2, ge=1, description="Epochs without improvement of `monitor` before stopping."
+    )
+    evals_per_epoch: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description=(
+            "Validations per epoch (search trials take search.evals_per_epoch); patience stays in epochs. "
+            "More than 1 gives a pruner values before the first epoch ends."
+        ),
     )
     monitor: str | None = Field(
         None,
@@ -597,6 +606,15 @@ class SearchConfig(_Section):
     )
     warmup_epochs: int = Field(
         1, ge=0, description="Epochs of each trial that are never pruned (median pruner)."
+    )
+    evals_per_epoch: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description=(
+            "Validations, hence pruning reports, per trial epoch: with 4 a weak trial can be stopped after a "
+            "quarter epoch. Pruner resources (warmup_epochs, max_epochs) stay in epochs."
+        ),
     )
     space: dict[str, ParamSpec] = Field(
         default_factory=dict,

@@ -92,19 +92,43 @@ def build_sampler(scfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     )
 
 
-def build_pruner(scfg: SearchConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """Pruner over per-epoch validation values (per-fold running means with cross-validation)."""
+def build_pruner(
+    scfg: SearchConfig, max_epochs: int, cross_validated: bool = False
+) -> optuna.pruners.BasePruner:
+    """Pruner over the validation values a trial reports: ``evals_per_epoch`` per epoch (per-fold running
+    means with cross-validation). Resources are counted in reports; the config states them in epochs."""
+    per_epoch = 1 if cross_validated else scfg.evals_per_epoch
+    warmup = scfg.warmup_epochs * per_epoch
     if scfg.pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=scfg.startup_trials, n_warmup_steps=scfg.warmup_epochs
-        )
+        return optuna.pruners.MedianPruner(n_startup_trials=scfg.startup_trials, n_warmup_steps=warmup)
     if scfg.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(scfg.warmup_epochs, 1))
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(warmup, 1))
     if scfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(scfg.warmup_epochs, 1), max_resource=max_epochs
+            min_resource=max(warmup, 1), max_resource=max_epochs * per_epoch
         )
     return optuna.pruners.NopPruner()
+
+
+class ReportValidations(pl.Callback):
+    """Reports every validation of a trial to Optuna (step = validations so far) and prunes on its verdict.
+
+    Used with ``evals_per_epoch > 1`` only: optuna-integration's ``PyTorchLightningPruningCallback`` (the
+    default) reports with the epoch as the step, so a second validation within an epoch would be dropped as
+    a duplicate step and the pruner would never see the early values it exists for.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str):
+        self.trial, self.monitor, self.step = trial, monitor, 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        self.step += 1
+        value = float(trainer.callback_metrics[self.monitor])
+        self.trial.report(value, step=self.step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after validation {self.step} ({self.monitor} {value:.4f})")
 
 
 class StaleTrialCallback(optuna.storages.RetryHeartbeatStaleTrialCallback):
@@ -175,7 +199,7 @@ def open_study(cfg: PipelineConfig, recorder: RunRecorder | None = None) -> optu
             storage=storage,
             directions=directions(cfg),
             sampler=build_sampler(scfg, cfg.train.seed),
-            pruner=build_pruner(scfg, scfg.max_epochs or cfg.train.max_epochs),
+            pruner=build_pruner(scfg, scfg.max_epochs or cfg.train.max_epochs, bool(cfg.train.cv_folds)),
             load_if_exists=True,
         )
     except optuna.exceptions.OptunaError as exc:
@@ -207,6 +231,8 @@ def trial_overrides(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.search.max_epochs:
         out["train.max_epochs"] = cfg.search.max_epochs
         out["train.min_epochs"] = min(cfg.train.min_epochs, cfg.search.max_epochs)
+    if not cfg.train.cv_folds:  # a cross-validated trial reports once per fold
+        out["train.evals_per_epoch"] = cfg.search.evals_per_epoch
     return out
 
 
@@ -267,7 +293,8 @@ class TrialProgress(pl.Callback):
         value = trainer.callback_metrics.get(self.metric)
         if not trainer.sanity_checking and value is not None:
             print(
-                f"  trial {self.number} epoch {trainer.current_epoch + 1}: {self.metric} {float(value):.4f}"
+                f"  trial {self.number} epoch {trainer.current_epoch + 1} step {trainer.global_step}: "
+                f"{self.metric} {float(value):.4f}"
             )
 
 
@@ -289,7 +316,7 @@ class Objective:
             TAG_STUDY: self.cfg.study_name,
             TAG_STATE: "RUNNING",
         }
-        counter = EpochCounter()
+        counter = EpochCounter(1 if self.cfg.train.cv_folds else self.cfg.search.evals_per_epoch)
         label = f"trial {trial.number + 1}/{self.cfg.search.n_trials or '?'}"
         print(f"{label} started: {_short(params)}")
         with self.recorder.child(f"trial-{trial.number}", tags, finished_on=(optuna.TrialPruned,)) as run:
@@ -353,7 +380,9 @@ class Objective:
         from optuna_integration import PyTorchLightningPruningCallback
 
         callbacks = [counter, CrashPoint("trial"), TrialProgress(trial.number + 1, self.metric)]
-        if self.pruning:
+        if self.pruning and cfg.train.evals_per_epoch > 1:
+            callbacks.append(ReportValidations(trial, self.metric))
+        elif self.pruning:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
         result = fit(
             cfg,
@@ -434,7 +463,7 @@ class StudySummary:
     n_pruned: int
     n_failed: int
     trials_run_now: int  # trials that finished (complete or pruned) during this call
-    epochs_total: int
+    epochs_total: float
     best_latency_ms: float | None = None
     summary_dir: str = ""
     run_id: str = ""  # the HPO run the trials are nested under (set by the caller that opened it)
@@ -583,7 +612,7 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
         n_pruned=states.count(TrialState.PRUNED),
         n_failed=states.count(TrialState.FAIL),
         trials_run_now=trials_run_now,
-        epochs_total=sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in study.trials),
+        epochs_total=sum(float(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in study.trials),
         best_latency_ms=best.values[1] if best and len(best.values) > 1 else None,
         summary_dir=str(out),
     )

@@ -118,14 +118,20 @@ def progress_callback(monitor: str) -> pl.Callback:
 
 
 class EpochCounter(pl.Callback):
-    """Counts validated epochs, also when a fit ends by an exception (a pruned trial)."""
+    """Counts trained epochs up to the last validation, also when a fit ends by an exception (a pruned
+    trial); with several validations per epoch a fraction (1.25 = one epoch and a quarter)."""
 
-    def __init__(self) -> None:
-        self.epochs = 0
+    def __init__(self, evals_per_epoch: int = 1) -> None:
+        self.evals_per_epoch, self.checks = evals_per_epoch, 0
+
+    @property
+    def epochs(self) -> float:
+        epochs = self.checks / self.evals_per_epoch
+        return int(epochs) if epochs.is_integer() else round(epochs, 3)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.epochs += 1
+            self.checks += 1
 
 
 class CrashPoint(pl.Callback):
@@ -205,8 +211,10 @@ def build_trainer(
     would resume from an older epoch and train it twice; a second, monitor-less checkpoint fixes that.
     ``mode`` is ``min`` or ``max``: which way ``tcfg.monitor`` improves (the task type's metric spec).
     """
+    checks = tcfg.evals_per_epoch
     cbs: list[pl.Callback] = [
-        EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience),
+        # Lightning counts patience in validations: keep it in epochs whatever the validation rate.
+        EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience * checks),
         # The best checkpoint is only exported, never resumed from (last.ckpt is): weights only, a third of
         # the bytes (no AdamW moments) written at every improving epoch.
         ModelCheckpoint(
@@ -245,6 +253,7 @@ def build_trainer(
         # No sanity validation before the first step: validation code is the task type's, covered by tests;
         # on a short CPU fit two extra validation batches cost a few percent of the wall time.
         num_sanity_val_steps=0,
+        val_check_interval=1.0 / checks if checks > 1 else None,
         default_root_dir=str(ckpt_dir),
     )
 
