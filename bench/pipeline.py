@@ -29,12 +29,16 @@ STAGES = (
 )
 
 
-def run_here(config: str, overrides: list[str], store: Path) -> dict[str, Any]:
-    """Run the finetune flow in this process; returns metrics, stage timings and the wall-time split."""
-    t0 = time.perf_counter()
-    from flows.api import boot
+def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = True) -> dict[str, Any]:
+    """Run the finetune flow in this process; returns metrics, stage timings and the wall-time split.
 
-    prefect = boot()  # as `tuneflow run` does: the temporary server starts while the libraries import
+    ``early_boot``: start Prefect's temporary server while the libraries import, as ``tuneflow run`` does
+    (off: Prefect starts it at the flow call, its own default; the overhead suite compares both).
+    """
+    t0 = time.perf_counter()
+    from flows.api import Boot, boot
+
+    prefect = boot() if early_boot else Boot()
     from mlflow import MlflowClient
 
     from flows.finetune import finetune
@@ -79,11 +83,16 @@ def run_here(config: str, overrides: list[str], store: Path) -> dict[str, Any]:
 
 
 def run_pipeline(
-    config: str | Path, overrides: list[str], store: Path, env: dict[str, str] | None = None
+    config: str | Path,
+    overrides: list[str],
+    store: Path,
+    env: dict[str, str] | None = None,
+    early_boot: bool = True,
 ) -> dict[str, Any]:
     """Run the flow in a fresh process (``env``: extra variables); adds ``process_s`` (start to exit)."""
     store.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.pipeline", str(config), "--store", str(store)]
+    cmd += [] if early_boot else ["--no-early-boot"]
     for item in overrides:
         cmd += ["--set", item]
     start = time.perf_counter()
@@ -102,8 +111,9 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--no-early-boot", action="store_true", help="Prefect starts its server at the call")
     args = parser.parse_args()
-    out = run_here(args.config, args.overrides, args.store)
+    out = run_here(args.config, args.overrides, args.store, early_boot=not args.no_early_boot)
     print("PIPELINE " + json.dumps(out, default=str))
 
 
