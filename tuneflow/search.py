@@ -231,7 +231,7 @@ def trial_overrides(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.search.max_epochs:
         out["train.max_epochs"] = cfg.search.max_epochs
         out["train.min_epochs"] = min(cfg.train.min_epochs, cfg.search.max_epochs)
-    if not cfg.train.cv_folds:  # a cross-validated trial reports once per fold
+    if cfg.search.evals_per_epoch > 1 and not cfg.train.cv_folds:  # cross-validation reports per fold
         out["train.evals_per_epoch"] = cfg.search.evals_per_epoch
     return out
 
