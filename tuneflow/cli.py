@@ -204,33 +204,26 @@ def _fail_on_known(exc: BaseException) -> None:
             raise typer.Exit(code) from None
 
 
-PREFECT_BOOT: dict[str, Any] = {}
-
-
-def _boot_prefect() -> None:
+def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
     """Check ``PREFECT_API_URL``'s server, or boot Prefect's temporary one while the flow module imports
-    (``flows.api``); call it before importing a flow. An unreachable configured server exits 7."""
+    (``flows.api``); call it before importing a flow and ``.wait()`` on the result before calling it (a
+    half-started server must not be taken for a running one). An unreachable configured server exits 7."""
     from flows.api import PrefectUnreachable, boot
 
     try:
-        PREFECT_BOOT["boot"] = boot()
+        return boot()
     except PrefectUnreachable as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(7) from None
 
 
-def _wait_prefect() -> None:
-    """A half-started temporary server must not be taken for a running one: wait for ``_boot_prefect``."""
-    if "boot" in PREFECT_BOOT:
-        PREFECT_BOOT.pop("boot").wait()
-
-
-def _call_flow(flow_fn, *args):  # noqa: ANN001, ANN202
-    """Run a flow; known bad-input errors become their exit codes instead of a traceback."""
+def _call_flow(prefect, flow_fn, *args):  # noqa: ANN001, ANN202
+    """Run a flow once ``prefect`` (``_boot_prefect``'s) is up; known bad-input errors become their exit
+    codes instead of a traceback."""
     if not VERBOSE["on"]:
         _quiet_third_parties()
     _hide_known_tracebacks()
-    _wait_prefect()
+    prefect.wait()
     try:
         return flow_fn(*args)
     except Exception as exc:
@@ -250,11 +243,11 @@ def run(
     cfg = _load(config, set_)  # fail fast, before Prefect starts, on a bad config
     _preflight(cfg)
     _quiet_env()
-    _boot_prefect()
+    prefect = _boot_prefect()
     from flows.finetune import finetune
     from tuneflow.config import redact_secrets
 
-    result = _call_flow(finetune, str(config), set_, resume, workers)
+    result = _call_flow(prefect, finetune, str(config), set_, resume, workers)
     m = result.metrics
     console.rule("[bold green]tuneflow run finished")
     console.print(
@@ -329,10 +322,10 @@ def promote(
         console.print("[bold red]error:[/] --force needs --reason (the override is audited)")
         raise typer.Exit(2)
     _quiet_env()
-    _boot_prefect()
+    prefect = _boot_prefect()
     from flows.promote import promote as promote_flow
 
-    _wait_prefect()
+    prefect.wait()
     try:
         decision = promote_flow(model, version, force, reason, tracking_uri)
     except LookupError as exc:
@@ -389,10 +382,10 @@ def rollback(
 ) -> None:
     """Move the champion alias back to the previous champion."""
     _quiet_env()
-    _boot_prefect()
+    prefect = _boot_prefect()
     from flows.promote import rollback as rollback_flow
 
-    _wait_prefect()
+    prefect.wait()
     try:
         out = rollback_flow(model, tracking_uri)
     except LookupError as exc:
@@ -427,10 +420,10 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
         raise typer.Exit(2)
     _preflight(cfg)
     _quiet_env()
-    _boot_prefect()
+    prefect = _boot_prefect()
     from flows.tune import tune as tune_flow
 
-    result = _call_flow(tune_flow, str(config), set_, workers)
+    result = _call_flow(prefect, tune_flow, str(config), set_, workers)
     console.rule("[bold green]tuneflow tune finished")
     console.print(f"MLflow HPO run  {result.run_id}  (experiment '{result.experiment}')")
     _print_search(result.search)
@@ -452,10 +445,10 @@ def retrain(
     set_ = _hide_secrets(set_)
     _preflight(_load(config, set_))
     _quiet_env()
-    _boot_prefect()
+    prefect = _boot_prefect()
     from flows.retrain import retrain as retrain_flow
 
-    result = _call_flow(retrain_flow, str(config), set_, force, workers)
+    result = _call_flow(prefect, retrain_flow, str(config), set_, force, workers)
     console.rule(f"[bold green]tuneflow retrain: {result.check.decision}")
     console.print(f"reason          {escape(result.check.reason)}", highlight=False)
     if result.finetune is not None and result.finetune.promotion:

@@ -92,12 +92,16 @@ def build_sampler(scfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     )
 
 
-def build_pruner(
-    scfg: SearchConfig, max_epochs: int, cross_validated: bool = False
-) -> optuna.pruners.BasePruner:
-    """Pruner over the validation values a trial reports: ``evals_per_epoch`` per epoch (per-fold running
+def trial_evals_per_epoch(cfg: PipelineConfig) -> int:
+    """Validations (pruning reports) per trial epoch: ``search.evals_per_epoch``, or 1 with cross-validation
+    (a cross-validated trial reports once per fold)."""
+    assert cfg.search is not None
+    return 1 if cfg.train.cv_folds else cfg.search.evals_per_epoch
+
+
+def build_pruner(scfg: SearchConfig, max_epochs: int, per_epoch: int = 1) -> optuna.pruners.BasePruner:
+    """Pruner over the validation values a trial reports, ``per_epoch`` of them per epoch (per-fold running
     means with cross-validation). Resources are counted in reports; the config states them in epochs."""
-    per_epoch = 1 if cross_validated else scfg.evals_per_epoch
     warmup = scfg.warmup_epochs * per_epoch
     if scfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=scfg.startup_trials, n_warmup_steps=warmup)
@@ -199,7 +203,7 @@ def open_study(cfg: PipelineConfig, recorder: RunRecorder | None = None) -> optu
             storage=storage,
             directions=directions(cfg),
             sampler=build_sampler(scfg, cfg.train.seed),
-            pruner=build_pruner(scfg, scfg.max_epochs or cfg.train.max_epochs, bool(cfg.train.cv_folds)),
+            pruner=build_pruner(scfg, scfg.max_epochs or cfg.train.max_epochs, trial_evals_per_epoch(cfg)),
             load_if_exists=True,
         )
     except optuna.exceptions.OptunaError as exc:
@@ -231,8 +235,8 @@ def trial_overrides(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.search.max_epochs:
         out["train.max_epochs"] = cfg.search.max_epochs
         out["train.min_epochs"] = min(cfg.train.min_epochs, cfg.search.max_epochs)
-    if cfg.search.evals_per_epoch > 1 and not cfg.train.cv_folds:  # cross-validation reports per fold
-        out["train.evals_per_epoch"] = cfg.search.evals_per_epoch
+    if trial_evals_per_epoch(cfg) > 1:
+        out["train.evals_per_epoch"] = trial_evals_per_epoch(cfg)
     return out
 
 
@@ -316,7 +320,7 @@ class Objective:
             TAG_STUDY: self.cfg.study_name,
             TAG_STATE: "RUNNING",
         }
-        counter = EpochCounter(1 if self.cfg.train.cv_folds else self.cfg.search.evals_per_epoch)
+        counter = EpochCounter(trial_evals_per_epoch(self.cfg))
         label = f"trial {trial.number + 1}/{self.cfg.search.n_trials or '?'}"
         print(f"{label} started: {_short(params)}")
         with self.recorder.child(f"trial-{trial.number}", tags, finished_on=(optuna.TrialPruned,)) as run:
