@@ -25,8 +25,16 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": {p: metadata.version(p) for p in PACKAGES},
+        "packages": {p: _version(p) for p in PACKAGES},
     }
+
+
+def _version(package: str) -> str | None:
+    # A GPU machine runs the training suites without the tracking/orchestration packages installed.
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def write_result(suite: str, payload: dict[str, Any]) -> Path:

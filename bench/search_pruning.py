@@ -99,21 +99,34 @@ def suite_name(args: argparse.Namespace) -> str:
     return f"search_pruning-{args.trials}t-{args.train}x{args.epochs}ep{evals}"
 
 
+def arm_key(pruner: str, warmup: int) -> str:
+    """An arm's name in the result: the pruner, and its warmup when it has one (the unpruned arm has none,
+    so one ``none`` run per seed serves every pruner setting)."""
+    return pruner if pruner == "none" or not warmup else f"{pruner}+warmup{warmup}"
+
+
 def _load_runs(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
-    """``{seed: {pruner: arm}}`` of earlier invocations with the same setup (seeds and arms merge)."""
+    """``{seed: {arm: result}}`` of earlier invocations with the same setup (seeds and arms merge)."""
     path = RESULTS / f"{suite_name(args)}.json"
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
-    setup = ("trials", "epochs", "train", "startup", "warmup", "evals")
+    setup = ("trials", "epochs", "train", "startup", "evals")
     old.setdefault("args", {}).setdefault("evals", 1)  # results written before --evals
     if any(old.get("args", {}).get(k) != getattr(args, k) for k in setup):
         return {}
-    runs = old.get("runs", {})
-    return {
-        seed: {a["pruner"]: a for a in arms} if isinstance(arms, list) else arms
-        for seed, arms in runs.items()
-    }
+    warmup = old["args"].get("warmup", 0)  # results written before arms were keyed by their warmup
+    runs = {}
+    for seed, arms in old.get("runs", {}).items():
+        arms = {a["pruner"]: a for a in arms} if isinstance(arms, list) else arms
+        runs[seed] = {
+            key if ("+" in key or key == "none") else arm_key(key, arm.get("warmup", warmup)): {
+                "warmup": warmup,
+                **arm,
+            }
+            for key, arm in arms.items()
+        }
+    return runs
 
 
 def main() -> None:
@@ -130,12 +143,15 @@ def main() -> None:
     runs = _load_runs(args)
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         for pruner in args.arms:
-            runs.setdefault(str(args.seed), {})[pruner] = run_arm(pruner, args, Path(tmp))
+            arm = {**run_arm(pruner, args, Path(tmp)), "warmup": 0 if pruner == "none" else args.warmup}
+            runs.setdefault(str(args.seed), {})[arm_key(pruner, arm["warmup"])] = arm
     rows, summary = [], {}
-    for pruner in PRUNERS[1:]:
+    keys = sorted({key for arms in runs.values() for key in arms if key != "none"})
+    for pruner in keys:
         pairs = {s: arms for s, arms in sorted(runs.items()) if "none" in arms and pruner in arms}
         if not pairs:
             continue
+        warmup = next(iter(pairs.values()))[pruner]["warmup"]
         per_seed = {
             s: {
                 "points_behind": (a["none"]["val/best_accuracy"] - a[pruner]["val/best_accuracy"]) * 100,
@@ -163,8 +179,8 @@ def main() -> None:
                 "target": "within 0.5 pt, <= 50% of epochs",
                 "data": f"SST-2, {args.train} train phrases (25% = {args.train // 4} as validation), "
                 f"{args.trials} trials x <= {args.epochs} epochs, early stopping (patience 2) in both arms, "
-                f"warmup {args.warmup} epochs, {args.evals} validation(s) per epoch"
-                + (f", {args.startup} startup trials" if pruner == "median" else ""),
+                f"pruning warmup {warmup} epoch(s), {args.evals} validation(s) per epoch"
+                + (f", {args.startup} startup trials" if pruner.startswith("median") else ""),
             }
         )
     payload = {"args": vars(args), "summary": summary, "runs": runs, "rows": rows}

@@ -415,6 +415,13 @@ class TrainConfig(_Section):
             "multi-node runs need an address the other machines reach."
         ),
     )
+    compile: bool = Field(
+        False,
+        description=(
+            "torch.compile the model before training (compile time is paid once per run; measured in "
+            "bench/step.py and bench/gpu.py: no faster on CPUs, see the README for GPUs)."
+        ),
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, faster steps)."

@@ -56,6 +56,11 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.group_by_length, self.num_workers = seed, group_by_length, num_workers
 
+    def _pin_memory(self) -> bool:
+        # Pinned batches let Lightning copy them to a GPU without blocking: from pageable memory every
+        # step's copy waits for the GPU to finish the previous step, so host and device never overlap.
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _dataset(self, name: str) -> list[tuple[list[int], Any]]:
         split: Encoded = getattr(self.data, name)
         return list(zip(split.ids, split.labels, strict=True))
@@ -66,7 +71,11 @@ class TextDataModule(pl.LightningDataModule):
         if self.group_by_length and not distributed:
             sampler = LengthGroupedBatches([len(i) for i, _ in data], self.batch_size, self.seed)
             return DataLoader(
-                data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers
+                data,
+                batch_sampler=sampler,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+                pin_memory=self._pin_memory(),
             )
         if distributed:  # Lightning injects a DistributedSampler into a plain shuffling loader
             return DataLoader(
@@ -75,6 +84,7 @@ class TextDataModule(pl.LightningDataModule):
                 shuffle=True,
                 collate_fn=self.collate,
                 num_workers=self.num_workers,
+                pin_memory=self._pin_memory(),
             )
         return DataLoader(
             data,
@@ -82,6 +92,7 @@ class TextDataModule(pl.LightningDataModule):
             sampler=EpochShuffle(len(data), self.seed),
             collate_fn=self.collate,
             num_workers=self.num_workers,
+            pin_memory=self._pin_memory(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -93,4 +104,5 @@ class TextDataModule(pl.LightningDataModule):
             batch_size=self.eval_batch_size,
             collate_fn=self.collate,
             num_workers=self.num_workers,
+            pin_memory=self._pin_memory(),
         )

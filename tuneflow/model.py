@@ -132,7 +132,10 @@ class FineTuner(pl.LightningModule):
         out = self.model(**batch)
         # sync_dist: under DDP the curve is the mean over all ranks' batches (one global batch), not rank 0's.
         self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        # A CPU tensor: Lightning would turn a float into a tensor on the GPU, a host-to-device copy that
+        # waits for the GPU every step (the value is read on the host anyway, at logging steps).
+        lr = torch.tensor(self.lr_schedulers().get_last_lr()[0])
+        self.log("train/lr", lr, on_step=True, on_epoch=False)
         self.task_type.on_train_batch(self, batch, out)
         return out.loss
 

@@ -308,6 +308,10 @@ def fit(
         lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
         task=cfg.task,
     )
+    if tcfg.compile:
+        # In place (nn.Module.compile): parameter names, hence checkpoints and the export, stay the eager
+        # model's; variable batch shapes make dynamo mark the dimensions dynamic after the first recompile.
+        module.model.compile()
     n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in module.parameters())
     mode = kind.metrics.mode(tcfg.monitor)

@@ -340,9 +340,11 @@ class SequenceClassification(TaskType):
         from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
         n = len(module.hparams.labels)
-        module.train_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
-        module.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
-        module.val_f1_macro = MulticlassF1Score(num_classes=n, average="macro")
+        # The labels are encoded by tuneflow (always in range): torchmetrics' argument checks would read
+        # the batch back to the host, a GPU sync per step.
+        module.train_accuracy = MulticlassAccuracy(num_classes=n, average="micro", validate_args=False)
+        module.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro", validate_args=False)
+        module.val_f1_macro = MulticlassF1Score(num_classes=n, average="macro", validate_args=False)
 
     def on_train_batch(self, module: Any, batch: dict[str, Any], out: Any) -> None:
         # update, not forward: the epoch value is all that is logged, a per-batch value would be computed
