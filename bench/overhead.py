@@ -1,7 +1,7 @@
 """Orchestration overhead: a pipeline run's wall time against its pure training + evaluation time.
 
-Measured on real ``finetune`` flows: the quality suite's runs (read from ``bench/results/quality.json`` when
-present) and one run of the demo config without search (short: the overhead share is largest there).
+Measured on real ``finetune`` flows: the quality suite's runs (the latest of ``bench/results/quality*.json``
+for each run) and one run of the demo config without search (short: the overhead share is largest there).
 Overhead = flow wall time minus ``fit`` and evaluation; it is broken down into Prefect start-up (flow call to
 the first task's MLflow run), validation, model export, MLflow model logging + registration, promotion, and
 the rest (MLflow param/metric/artifact logging, task bookkeeping). Interpreter + import time is reported
@@ -73,12 +73,23 @@ def prefect_server(home: Path, port: int = 4291) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+def quality_runs() -> dict[str, tuple[dict[str, Any], str]]:
+    """Each quality run's latest measurement and its date: ``quality.json``, replaced run by run by newer
+    partial reruns (``python -m bench quality --only NAME`` writes ``quality-<names>.json``)."""
+    latest: dict[str, tuple[dict[str, Any], str]] = {}
+    for path in sorted(RESULTS.glob("quality*.json")):
+        result = json.loads(path.read_text())
+        date = result["machine"]["date"]
+        for name, run_ in result.get("runs", {}).items():
+            if "wall" in run_ and (name not in latest or date > latest[name][1]):
+                latest[name] = (run_, date)
+    return latest
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     rows, runs = [], {}
-    quality = RESULTS / "quality.json"
-    if quality.is_file():
-        for name, result in json.loads(quality.read_text())["runs"].items():
-            rows.append(row(name, result, "the quality suite's run (see its row)"))
+    for name, (result, date) in quality_runs().items():
+        rows.append(row(name, result, f"the quality suite's run of {date[:10]} (see its row)"))
     with tempfile.TemporaryDirectory() as tmp:
         overrides = ["search.enabled=false", "train.max_epochs=3"]
         print("overhead: demo without search", flush=True)

@@ -71,3 +71,20 @@ def test_step_profile_splits_a_step_into_its_phases():
     out = step.measure(step.SETTINGS["bf16 autocast, AdamW fused (tuneflow default)"], steps=7, threads=1)
     assert all(out[f"{phase}_ms"] > 0 for phase in ("forward", "backward", "optimizer"))
     assert out["total_s"] > 0 and out["steady_samples_per_s"] > 0
+
+
+def test_overhead_rows_take_each_quality_run_from_its_latest_measurement(tmp_path, monkeypatch):
+    import json
+
+    def write(name, date, runs):
+        payload = {"machine": {"date": date}, "runs": {k: {"wall": {"flow_s": v}} for k, v in runs.items()}}
+        (tmp_path / name).write_text(json.dumps(payload))
+
+    write("quality.json", "2026-11-25T12:00:00+00:00", {"banking77": 524.0, "sst2": 333.0})
+    write("quality-banking77.json", "2026-11-30T20:00:00+00:00", {"banking77": 300.0})
+    monkeypatch.setattr(overhead, "RESULTS", tmp_path)
+    latest = overhead.quality_runs()
+    assert latest["banking77"][0]["wall"]["flow_s"] == 300.0 and latest["banking77"][1].startswith(
+        "2026-11-30"
+    )
+    assert latest["sst2"][0]["wall"]["flow_s"] == 333.0
