@@ -93,6 +93,7 @@ def test_the_driver_runs_each_arm_in_its_own_process_on_real_data(
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the arms themselves run on the CPU
     monkeypatch.setattr(gpu, "matmul_peak_tflops", lambda: 0.01)
+    monkeypatch.setattr("bench.common.machine_info", lambda: {"gpu": None})
     args = argparse.Namespace(
         arms=["base-sgd256-nodet", "base-sgd256-nodet-bare"], out=str(tmp_path), smoke=True, arm_timeout=600
     )
