@@ -113,49 +113,64 @@ def example_flops(lengths: Any, encoder_params: int, once_params: int, layers: i
     )
 
 
-def encoder_params(config: dict[str, Any]) -> int:
+def encoder_params(config: dict[str, int]) -> int:
     """Parameters of a BERT encoder stack: per layer q/k/v/o, FFN in and out (with biases), 2 LayerNorms."""
     width, ffn = config["hidden_size"], config["intermediate_size"]
     per_layer = 4 * (width * width + width) + (width * ffn + ffn) + (ffn * width + width) + 2 * 2 * width
     return config["num_hidden_layers"] * per_layer
 
 
-def _meter(accelerator_sync: Any) -> Any:
+class EpochTally:
+    """One training epoch's seconds (between two device syncs), examples and real token counts: the real
+    lengths stay on the device until the epoch ends, so counting adds no host sync inside the epoch."""
+
+    def __init__(self, sync: Any) -> None:
+        self.sync, self.epochs = sync, []
+
+    def start(self) -> None:
+        self.sync()
+        self.lengths, self.padded, self.began = [], 0, time.perf_counter()
+
+    def add(self, attention_mask: Any) -> None:
+        self.lengths.append(attention_mask.sum(1))
+        self.padded += attention_mask.numel()
+
+    def stop(self) -> None:
+        import torch
+
+        self.sync()
+        seconds = time.perf_counter() - self.began
+        lengths = torch.cat([n.to("cpu") for n in self.lengths]).tolist()
+        self.epochs.append({"seconds": seconds, "lengths": lengths, "padded_tokens": self.padded})
+        self.lengths = []
+
+
+def _meter(tally: EpochTally) -> Any:
     import lightning.pytorch as pl
-    import torch
 
     class Meter(pl.Callback):
-        """Per training epoch: seconds (up to the validation that ends it), examples, real token counts."""
-
-        def __init__(self) -> None:
-            self.epochs: list[dict[str, Any]] = []
+        """Tallies each training epoch of a ``fit``, up to the validation that ends it."""
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            accelerator_sync()
-            self.lengths: list[Any] = []
-            self.padded = 0
-            self.start = time.perf_counter()
+            tally.start()
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            mask = batch["attention_mask"]
-            self.lengths.append(mask.sum(1))  # stays on the device: no host sync inside the epoch
-            self.padded += mask.numel()
+            tally.add(batch["attention_mask"])
 
         def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-            if trainer.sanity_checking or not self.lengths:
-                return
-            accelerator_sync()
-            seconds = time.perf_counter() - self.start
-            lengths = torch.cat([n.to("cpu") for n in self.lengths]).tolist()
-            self.epochs.append({"seconds": seconds, "lengths": lengths, "padded_tokens": self.padded})
-            self.lengths = []
+            if not trainer.sanity_checking and tally.lengths:
+                tally.stop()
 
     return Meter()
 
 
-def bare_loop(cfg: Any, data: Any, cuda: bool, sync: Any) -> tuple[list[dict[str, Any]], int]:
+def bare_loop(cfg: Any, data: Any, cuda: bool, tally: EpochTally) -> int:
     """The floor under ``fit``: the same model, batches, bf16 autocast, clipping and fused AdamW in a plain
-    loop (no Lightning, no scheduler, no validation, no checkpoints), timed per epoch like the fit."""
+    loop (no Lightning, no scheduler, no validation, no checkpoints), tallied per epoch like the fit.
+
+    Returns:
+        The model's parameter count.
+    """
     import torch
 
     from tuneflow.encoding import LengthGroupedBatches
@@ -173,10 +188,8 @@ def bare_loop(cfg: Any, data: Any, cuda: bool, sync: Any) -> tuple[list[dict[str
     items = list(zip(data.train.ids, data.train.labels, strict=True))
     collate = task_of(cfg).collator(data.tokenizer)
     sampler = LengthGroupedBatches([len(ids) for ids, _ in items], cfg.train.batch_size, cfg.train.seed)
-    epochs = []
     for _ in range(cfg.train.max_epochs):
-        sync()
-        start, lengths, padded = time.perf_counter(), [], 0
+        tally.start()
         for idx in sampler:
             batch = collate([items[i] for i in idx])
             if cuda:
@@ -184,16 +197,13 @@ def bare_loop(cfg: Any, data: Any, cuda: bool, sync: Any) -> tuple[list[dict[str
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = model(**batch).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            lengths.append(batch["attention_mask"].sum(1))
-            padded += batch["attention_mask"].numel()
-        sync()
-        seconds = time.perf_counter() - start
-        lengths = torch.cat([n.to("cpu") for n in lengths]).tolist()
-        epochs.append({"seconds": seconds, "lengths": lengths, "padded_tokens": padded})
-    return epochs, sum(p.numel() for p in model.parameters())
+            tally.add(batch["attention_mask"])
+        tally.stop()
+    return sum(p.numel() for p in model.parameters())
 
 
 def _sgd_csvs(out: Path) -> dict[str, Path]:
@@ -278,22 +288,22 @@ def run_arm(name: str, tokenizer: str, smoke: bool = False) -> dict[str, Any]:
         kind = task_of(cfg)
         splits = kind.load_splits(cfg.data, cfg.train.seed)
         data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
-        meter = _meter(sync)
+        tally = EpochTally(sync)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         if arm.get("bare"):
-            (raw, params_total), best_score = bare_loop(cfg, data, cuda, sync), None
+            params_total, best_score = bare_loop(cfg, data, cuda, tally), None
         else:
-            result = fit(cfg, data, tmp_path / "ckpt", callbacks=[meter], progress_bar=False)
-            raw, params_total, best_score = meter.epochs, result.params_total, result.best_score
+            result = fit(cfg, data, tmp_path / "ckpt", callbacks=[_meter(tally)], progress_bar=False)
+            params_total, best_score = result.params_total, result.best_score
         wall = time.perf_counter() - start
-        config = json.loads((model_dir / "config.json").read_text())
+    config = ARCHS[arch]
     width, layers = config["hidden_size"], config["num_hidden_layers"]
     once_params = width * width + width + (width + 1) * len(data.labels)  # pooler + classification head
     encoder = encoder_params(config)
     epochs = []
-    for e in raw:
+    for e in tally.epochs:
         flops = example_flops(e["lengths"], encoder, once_params, layers, width)
         epochs.append(
             {

@@ -119,13 +119,8 @@ def _load_runs(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     runs = {}
     for seed, arms in old.get("runs", {}).items():
         arms = {a["pruner"]: a for a in arms} if isinstance(arms, list) else arms
-        runs[seed] = {
-            key if ("+" in key or key == "none") else arm_key(key, arm.get("warmup", warmup)): {
-                "warmup": warmup,
-                **arm,
-            }
-            for key, arm in arms.items()
-        }
+        arms = [{"warmup": 0 if a["pruner"] == "none" else warmup, **a} for a in arms.values()]
+        runs[seed] = {arm_key(a["pruner"], a["warmup"]): a for a in arms}
     return runs
 
 

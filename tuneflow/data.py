@@ -56,10 +56,13 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.group_by_length, self.num_workers = seed, group_by_length, num_workers
 
-    def _pin_memory(self) -> bool:
+    def _loader(self, data: list[tuple[list[int], Any]], **order: Any) -> DataLoader:
         # Pinned batches let Lightning copy them to a GPU without blocking: from pageable memory every
         # step's copy waits for the GPU to finish the previous step, so host and device never overlap.
-        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            data, collate_fn=self.collate, num_workers=self.num_workers, pin_memory=pin, **order
+        )
 
     def _dataset(self, name: str) -> list[tuple[list[int], Any]]:
         split: Encoded = getattr(self.data, name)
@@ -70,39 +73,13 @@ class TextDataModule(pl.LightningDataModule):
         distributed = self.trainer is not None and self.trainer.world_size > 1
         if self.group_by_length and not distributed:
             sampler = LengthGroupedBatches([len(i) for i, _ in data], self.batch_size, self.seed)
-            return DataLoader(
-                data,
-                batch_sampler=sampler,
-                collate_fn=self.collate,
-                num_workers=self.num_workers,
-                pin_memory=self._pin_memory(),
-            )
+            return self._loader(data, batch_sampler=sampler)
         if distributed:  # Lightning injects a DistributedSampler into a plain shuffling loader
-            return DataLoader(
-                data,
-                batch_size=self.batch_size,
-                shuffle=True,
-                collate_fn=self.collate,
-                num_workers=self.num_workers,
-                pin_memory=self._pin_memory(),
-            )
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=EpochShuffle(len(data), self.seed),
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            pin_memory=self._pin_memory(),
-        )
+            return self._loader(data, batch_size=self.batch_size, shuffle=True)
+        return self._loader(data, batch_size=self.batch_size, sampler=EpochShuffle(len(data), self.seed))
 
     def val_dataloader(self) -> DataLoader:
         # Longest first, so batches hold similar lengths (little padding) and a memory problem shows at the
         # first batch; validation metrics are sums over examples, so the order changes nothing else.
         data = sorted(self._dataset("validation"), key=lambda item: len(item[0]), reverse=True)
-        return DataLoader(
-            data,
-            batch_size=self.eval_batch_size,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            pin_memory=self._pin_memory(),
-        )
+        return self._loader(data, batch_size=self.eval_batch_size)

@@ -235,8 +235,8 @@ def trial_overrides(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.search.max_epochs:
         out["train.max_epochs"] = cfg.search.max_epochs
         out["train.min_epochs"] = min(cfg.train.min_epochs, cfg.search.max_epochs)
-    if trial_evals_per_epoch(cfg) > 1:
-        out["train.evals_per_epoch"] = trial_evals_per_epoch(cfg)
+    if (evals := trial_evals_per_epoch(cfg)) > 1:
+        out["train.evals_per_epoch"] = evals
     return out
 
 
