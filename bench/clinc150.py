@@ -11,6 +11,7 @@ No out-of-scope example is trained on. Writes ``bench/results/clinc150.json`` an
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ ANCHOR_THRESHOLD = (0.962, 0.523)
 ANCHOR_OOS_CLASS = (0.969, 0.403)
 COMBINED = "energy+mahalanobis z-sum (bench only)"
 # In-scope-only rules: the threshold keeps this share of in-scope validation queries (no OOS data needed).
-IN_SCOPE_RECALLS = (0.9, 0.95, 0.98, 0.99)
+IN_SCOPE_RECALLS = (0.9, 0.95, 0.97, 0.98, 0.99)
+KNN_K = (1, 10, 50)
 TARGET = "in-scope acc >= 95.0 and OOS recall >= 70 (beyond BERT-base threshold 96.2 / 52.3)"
 
 
@@ -62,11 +64,18 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         assert feats is not None
         return logits, feats
 
-    train_l, train_f = run(splits.train[TEXT].tolist())
-    val_l, val_f = run(splits.validation[TEXT].tolist())
-    test_l, test_f = run(splits.test[TEXT].tolist())
-    oos_val_l, oos_val_f = run(read_texts(cfg.data.oos_validation, cfg.data))
-    oos_test_l, oos_test_f = run(read_texts(cfg.data.oos_test, cfg.data))
+    texts = {
+        "train": splits.train[TEXT].tolist(),
+        "val_in": splits.validation[TEXT].tolist(),
+        "test_in": splits.test[TEXT].tolist(),
+        "val_oos": read_texts(cfg.data.oos_validation, cfg.data),
+        "test_oos": read_texts(cfg.data.oos_test, cfg.data),
+    }
+    train_l, train_f = run(texts["train"])
+    val_l, val_f = run(texts["val_in"])
+    test_l, test_f = run(texts["test_in"])
+    oos_val_l, oos_val_f = run(texts["val_oos"])
+    oos_test_l, oos_test_f = run(texts["test_oos"])
     y_train = np.array([index[x] for x in splits.train[LABEL]])
     y_test = np.array([index[x] for x in splits.test[LABEL]])
     gaussian = Gaussian.fit(train_f, y_train, len(index))
@@ -91,6 +100,8 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
     # Exploratory, bench only: energy and Mahalanobis each standardized on in-scope validation, then summed.
     z = {m: (by_method[m]["val_in"].mean(), by_method[m]["val_in"].std()) for m in ("energy", "mahalanobis")}
     by_method[COMBINED] = {k: sum((by_method[m][k] - mu) / sd for m, (mu, sd) in z.items()) for k in sets}
+    # Exploratory, bench only: other features of the same fine-tuned encoder (see bench_only_scores).
+    by_method.update(bench_only_scores(predictor, texts, y_train, train_f, len(index), batch, sets))
     for method, sc in by_method.items():
         val_in, val_oos, test_in, test_oos = sc["val_in"], sc["val_oos"], sc["test_in"], sc["test_oos"]
         rules = {"oos_validation": threshold_on_oos(val_in, val_oos)}
@@ -100,6 +111,67 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         out["methods"][method] = {
             rule: {k.removeprefix("oos/"): v for k, v in scope_metrics(test_in, correct, test_oos, t).items()}
             for rule, t in rules.items()
+        }
+    return out
+
+
+def mean_pooled(predictor: Any, texts: list[str], batch: int) -> np.ndarray:
+    """The mean of the encoder's last hidden states over real tokens (how all-MiniLM-L6-v2 was pre-trained
+    to embed a sentence), instead of the classification head's pooled [CLS] input."""
+    import torch
+
+    base = predictor.model.base_model
+    out = np.zeros((len(texts), base.config.hidden_size), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts])
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch):
+            idx = order[start : start + batch]
+            enc = predictor.tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=predictor.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            hidden = base(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).float().numpy()
+    return out
+
+
+def knn_scores(train: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Minus the distance to the k-th nearest training example on L2-normalized features (Sun et al., 2022,
+    "Out-of-distribution detection with deep nearest neighbors"): no Gaussian assumption."""
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = q @ a.T
+    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    return -np.sqrt(np.maximum(2 - 2 * kth, 0))
+
+
+def bench_only_scores(
+    predictor: Any,
+    texts: dict[str, list[str]],
+    y_train: np.ndarray,
+    train_head: np.ndarray,
+    n_classes: int,
+    batch: int,
+    sets: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Mahalanobis on mean-pooled token states, and k-NN on the head's features and on mean-pooled states."""
+    from tuneflow.outofscope import Gaussian
+
+    pooled = {k: mean_pooled(predictor, t, batch) for k, t in texts.items()}
+    gaussian = Gaussian.fit(pooled["train"], y_train, n_classes)
+    out: dict[str, dict[str, np.ndarray]] = {
+        "mahalanobis on mean-pooled states (bench only)": {k: -gaussian.min_distance(pooled[k]) for k in sets}
+    }
+    for k in KNN_K:
+        out[f"kNN k={k}, head features (bench only)"] = {
+            name: knn_scores(train_head, sets[name][1], k) for name in sets
+        }
+        out[f"kNN k={k}, mean-pooled states (bench only)"] = {
+            name: knn_scores(pooled["train"], pooled[name], k) for name in sets
         }
     return out
 
@@ -144,7 +216,9 @@ def rows_for(result: dict[str, Any], budget: str, minutes: float) -> list[dict[s
     return rows
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, keep: Path | None = None, rescore: bool = False) -> dict[str, Any]:
+    """The pipeline run then every method's scores; ``keep``: the MLflow store stays in that folder, and with
+    ``rescore`` the model trained there by an earlier call is scored again without training."""
     overrides = ["train.max_epochs=1", "data.max_train_examples=3000"] if quick else []
     budget = (
         "quick: 3,000 train x 1 epoch"
@@ -152,9 +226,16 @@ def run(quick: bool = False) -> dict[str, Any]:
         else "official Full split: 15,000 train / 3,000 val / 4,500 test in-scope; 100 / 1,000 OOS val / test"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "clinc150"
-        print("clinc150: pipeline", flush=True)
-        pipeline = run_pipeline(CONFIG, overrides, store)
+        store = (keep or Path(tmp)) / "clinc150"
+        saved = store / "pipeline.json"
+        if rescore:
+            if not saved.is_file():
+                raise SystemExit(f"--rescore: no earlier run kept in {store} (run once with --keep first)")
+            pipeline = json.loads(saved.read_text())
+        else:
+            print("clinc150: pipeline", flush=True)
+            pipeline = run_pipeline(CONFIG, overrides, store)
+            saved.write_text(json.dumps(pipeline))
         print(f"  {pipeline['metrics'].get('oos/recall')} OOS recall; scoring every method", flush=True)
         model = pipeline["registered"]
         uri = f"models:/{model['name']}/{model['version']}"
@@ -172,8 +253,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3,000 train examples, 1 epoch")
+    parser.add_argument("--keep", type=Path, help="keep the run's MLflow store in this folder")
+    parser.add_argument("--rescore", action="store_true", help="score the model kept by --keep again")
     args = parser.parse_args()
-    payload = run(args.quick)
+    payload = run(args.quick, args.keep, args.rescore)
     name = "clinc150-quick" if args.quick else "clinc150"
     print(f"wrote {write_result(name, payload)}", flush=True)
     write_table()

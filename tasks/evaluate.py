@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_dir, stage
 from tuneflow import names, tracking
+from tuneflow.champion import keep_evidence
 from tuneflow.config import PipelineConfig
 from tuneflow.evaluation import EvaluationResult
 from tuneflow.evaluation import evaluate as evaluate_model
@@ -46,4 +48,6 @@ def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRe
     # At the top of the run's artifacts: MLflow's compare view shows top-level files side by side only.
     tracking.log_artifacts(run_id, out)
     tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics[names.OVERFIT_WARNING])})
-    return result
+    if result.evidence is not None:
+        keep_evidence(run_id, cfg, splits.test, result.evidence)
+    return replace(result, evidence=None)  # the per-example evidence stays in the run, not in the flow

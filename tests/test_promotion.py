@@ -234,9 +234,10 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tuneflow.champion needs MLflow only: register two versions by hand and decide on each."""
-    from tuneflow.champion import promote_version, rollback_champion
+    from tuneflow.champion import keep_evidence, promote_version, rollback_champion
+    from tuneflow.evaluation import evaluate
     from tuneflow.experiment import load_config, task_of
-    from tuneflow.export import export_model
+    from tuneflow.export import export_model, load_predictor
     from tuneflow.model import load_tokenizer
     from tuneflow.training import fit
 
@@ -253,6 +254,12 @@ def test_promotion_runs_as_a_library_call_without_prefect(
         run_id = tracking.start_run(cfg.experiment_name)
         versions.append(tracking.register_model(tracking.log_model(run_id, export), "lib-promo", run_id))
         tracking.end_run(run_id)
+    # The first version went through evaluation, which keeps its test predictions for promotion.
+    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    evaluated = evaluate(kind, load_predictor(export), splits, tmp_path / "eval", cfg)
+    assert evaluated.evidence == kind.promotion_evidence(load_predictor(export), splits.test, cfg)
+    first_run = tracking.model_version("lib-promo", versions[0]).run_id
+    keep_evidence(first_run, cfg, splits.test, evaluated.evidence)
     heard: list[str] = []
     loads: list[str] = []
     import tuneflow.champion as champion_module
@@ -261,12 +268,13 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     monkeypatch.setattr(champion_module, "load_predictor", lambda d: loads.append(str(d)) or real_load(d))
     first = promote_version(cfg, versions[0], notify=heard.append)
     assert first.promote and first.verdict == "promoted" and first.champion_version is None
+    assert not loads  # the evaluated version is never scored again
     second = promote_version(cfg, versions[1], notify=heard.append)
     assert not second.promote and second.champion_version == versions[0]
-    # Each version was scored once on this test set: the champion's predictions were kept with its run.
-    assert len(loads) == 2
+    # The unevaluated version was scored once; the champion's predictions were read from its run.
+    assert len(loads) == 1
     again = promote_version(cfg, versions[1], notify=heard.append)
-    assert len(loads) == 2 and again.to_dict()["gates"] == second.to_dict()["gates"]
+    assert len(loads) == 1 and again.to_dict()["gates"] == second.to_dict()["gates"]
     run_id = tracking.model_version("lib-promo", versions[0]).run_id
     cached = [a.path for a in MlflowClient().list_artifacts(run_id, "promotion/evidence")]
     assert len(cached) == 1 and cached[0].endswith(".json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -148,7 +149,8 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
 
     # Scores: the test headline, the gap, another set, latency, promotion evidence.
     metrics: dict[str, float] = {}
-    files = kind.evaluate_test(predictor, splits.test, tmp_path, cfg, metrics)
+    kept: dict[str, Any] = {}
+    files = kind.evaluate_test(predictor, splits.test, tmp_path, cfg, metrics, kept)
     assert kind.metrics.headline[0] in metrics and all((tmp_path / f).is_file() for f in files)
     assert f"test/{cfg.gates.metric}" in metrics
     gap = kind.measure_gap(predictor, splits, cfg)
@@ -157,6 +159,10 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     assert f"ood/x/{cfg.gates.metric}" in ood
     assert "serving/latency_p95_ms" in kind.measure_latency(predictor, splits.test, cfg)
     evidence = kind.promotion_evidence(predictor, splits.test, cfg)
+    # What evaluation keeps for promotion is exactly what promotion would measure (never a re-score).
+    assert ("promotion" in kept) == (cfg.gates.metric != "perplexity"), kept
+    if "promotion" in kept:
+        assert kept["promotion"] == evidence
     decision = kind.decide(cfg, "m", "1", splits.test, evidence, {}, None, None)
     assert decision.metric == cfg.gates.metric and decision.gates
 

@@ -73,6 +73,15 @@ def evidence_key(cfg: PipelineConfig, test: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def keep_evidence(run_id: str, cfg: PipelineConfig, test: pd.DataFrame, evidence: Any) -> None:
+    """Keep what evaluation measured on the frozen test set as the run's promotion evidence.
+
+    Evaluation has just predicted every test example with the exported model that is then registered, so
+    promotion reads the challenger's evidence from the run instead of scoring the test set again.
+    """
+    tracking.log_text(run_id, json.dumps(evidence), f"{EVIDENCE_DIR}/{evidence_key(cfg, test)}.json")
+
+
 def _evidence(
     kind: TaskType, cfg: PipelineConfig, name: str, version: str, test: pd.DataFrame, key: str
 ) -> Any:

@@ -29,6 +29,8 @@ class EvaluationResult:
     metrics: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
+    # What promotion judges the model on, when the test predictions already hold it (None: promotion scores)
+    evidence: Any = field(default=None, repr=False)
 
     def with_metrics(self, metrics: dict[str, float]) -> EvaluationResult:
         """The same result with more metrics (e.g. the validation curve's overfitting figures)."""
@@ -90,7 +92,8 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
-    artifacts = task.evaluate_test(predictor, splits.test, out, cfg, metrics)
+    kept: dict[str, Any] = {}
+    artifacts = task.evaluate_test(predictor, splits.test, out, cfg, metrics, kept)
     gap = task.measure_gap(predictor, splits, cfg)
     threshold = cfg.train.overfit_gap_threshold
     metrics.update(gap.metrics)
@@ -105,7 +108,7 @@ def evaluate(
     ):
         artifacts.append("learning_curves.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return EvaluationResult(metrics, warnings, [*artifacts, "metrics.json"])
+    return EvaluationResult(metrics, warnings, [*artifacts, "metrics.json"], kept.get("promotion"))
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:

@@ -197,9 +197,20 @@ class TaskType:
     # ------------------------------------------------------------------------------------- evaluation
 
     def evaluate_test(
-        self, predictor: Any, test: pd.DataFrame, out: Path, cfg: PipelineConfig, metrics: dict[str, float]
+        self,
+        predictor: Any,
+        test: pd.DataFrame,
+        out: Path,
+        cfg: PipelineConfig,
+        metrics: dict[str, float],
+        evidence: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Headline metrics on test (into ``metrics``) and the reports; returns the files written."""
+        """Headline metrics on test (into ``metrics``) and the reports; returns the files written.
+
+        Where the test predictions already hold what :meth:`promotion_evidence` would measure, the task type
+        puts it in ``evidence["promotion"]`` (exactly that value): the registered version's evidence is then
+        kept from evaluation instead of scoring the test set a second time at promotion.
+        """
         raise NotImplementedError
 
     def after_export(

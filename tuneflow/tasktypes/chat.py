@@ -386,6 +386,7 @@ class CausalLM(TaskType):
         out: Path,
         cfg: PipelineConfig,
         metrics: dict[str, float],
+        evidence: dict[str, Any] | None = None,
     ) -> list[str]:
         """Perplexity on assistant tokens, reply metrics on a frozen sample of assistant turns, and the same
         for the base model zero-shot (``base/``); ``generations.csv`` holds every scored turn."""
@@ -394,6 +395,11 @@ class CausalLM(TaskType):
         predictor.generated_tokens, predictor.generation_seconds = 0, 0.0
         tuned = score_chat(predictor, conversations, turns, which, names.TEST)
         metrics.update(tuned.metrics)
+        if evidence is not None and cfg.gates.metric != "perplexity":
+            # The replies promotion would generate for the same sampled turns: scored once, here.
+            evidence["promotion"] = per_example_scores(
+                tuned.replies, [t.references for t in turns], cfg.gates.metric
+            )
         metrics[f"{names.SERVING}generation_tokens_per_s"] = predictor.generated_tokens / max(
             predictor.generation_seconds, 1e-9
         )

@@ -411,6 +411,7 @@ class SequenceClassification(TaskType):
         out: Path,
         cfg: PipelineConfig,
         metrics: dict[str, float],
+        evidence: dict[str, Any] | None = None,
     ) -> list[str]:
         """Accuracy/F1, ``per_class_metrics.csv``, ``confusion_matrix.png``, ``worst_errors.csv``; calibration
         (ECE before/after, ``reliability_diagram.png``) and out-of-scope metrics (``oos_errors.csv``)."""
@@ -419,6 +420,8 @@ class SequenceClassification(TaskType):
         logits, feats = predictor.forward(texts, batch, features=bool(scope and scope.needs_features))
         proba = softmax(logits, predictor.temperature)
         pred = [labels[i] for i in proba.argmax(-1)]
+        if evidence is not None:  # the same logits labels_of computes (same texts, order and batch size)
+            evidence["promotion"] = [str(x) for x in pred]
         truth = test[LABEL].tolist()
         metrics.update(classification_metrics(truth, pred, prefix=names.TEST))
         per_class_table(truth, pred, labels).to_csv(out / "per_class_metrics.csv", index=False)

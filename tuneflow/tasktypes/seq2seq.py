@@ -188,6 +188,7 @@ class Seq2Seq(TaskType):
         out: Path,
         cfg: PipelineConfig,
         metrics: dict[str, float],
+        evidence: dict[str, Any] | None = None,
     ) -> list[str]:
         """ROUGE/BLEU/chrF of generations (on at most ``eval.max_generation_examples``), loss, samples."""
         test = subset(test, cfg.eval.max_generation_examples)
@@ -195,6 +196,8 @@ class Seq2Seq(TaskType):
         metrics.update(
             generation_metrics(predictions, test[REFERENCES].tolist(), which_metrics(cfg), "test/")
         )
+        if evidence is not None and f"test/{cfg.gates.metric}" in metrics:
+            evidence["promotion"] = metrics[f"test/{cfg.gates.metric}"]  # the same generations' score
         table = test.assign(generated=predictions).rename(columns={LINE: "line"})
         table["reference"] = table[REFERENCES].map(lambda r: r[0])
         table[["line", TEXT, "reference", "generated"]].head(cfg.eval.sample_generations).to_csv(

@@ -348,11 +348,15 @@ class TokenClassification(TaskType):
         out: Path,
         cfg: PipelineConfig,
         metrics: dict[str, float],
+        evidence: dict[str, Any] | None = None,
     ) -> list[str]:
         """Entity P/R/F1, per-type metrics, type confusion (CSV + PNG) and the worst sentences."""
         gold = test[TAGS].tolist()
         pred, _ = predictor.predict_words(test[TOKENS].tolist(), cfg.train.eval_batch_size)
-        metrics.update(entity_metrics(gold, pred, "test/"))
+        scores = entity_metrics(gold, pred, "")
+        metrics.update({f"test/{k}": v for k, v in scores.items()})
+        if evidence is not None and cfg.gates.metric in scores:
+            evidence["promotion"] = scores[cfg.gates.metric]
         per_type_table(gold, pred).to_csv(out / "per_type_metrics.csv", index=False)
         cm, names = type_confusion(gold, pred)
         pd.DataFrame(cm, index=names, columns=names).to_csv(out / "type_confusion.csv")
