@@ -29,6 +29,11 @@ def main() -> None:
         action="append",
         help="quality: only these runs (banking77, sst2, wnut17, sst2_full); written as quality-<names>.json",
     )
+    parser.add_argument(
+        "--banking77-server",
+        action="store_true",
+        help="overhead: also run BANKING77 through a running Prefect server (~8 min)",
+    )
     speed.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
@@ -40,7 +45,7 @@ def main() -> None:
         elif suite == "speed":
             payload = speed.run(args)
         elif suite == "overhead":
-            payload = overhead.run(args.quick)
+            payload = overhead.run(args.quick, args.banking77_server)
         elif suite == "coldstart":
             payload = coldstart.run(args.quick)
         else:

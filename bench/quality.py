@@ -26,8 +26,9 @@ OPTIONAL = {"sst2_full"}  # run with --only NAME
 RUNS: dict[str, tuple[str, list[str]]] = {
     "banking77": ("configs/banking77.yaml", []),
     "sst2": ("configs/sst2.yaml", []),
-    # Every train phrase instead of the config's 20,000 (~15 min on 2 cores with bf16): only on request.
-    "sst2_full": ("configs/sst2.yaml", ["data.max_train_examples=null"]),
+    # Every train phrase instead of the config's 20,000, 3 epochs (~25 min on 2 cores with bf16; 2 epochs
+    # gave 89.9 with validation accuracy still rising): only on request.
+    "sst2_full": ("configs/sst2.yaml", ["data.max_train_examples=null", "train.max_epochs=3"]),
     "wnut17": ("configs/wnut17.yaml", []),
 }
 QUICK = {
@@ -39,7 +40,7 @@ QUICK = {
 FULL_BUDGET = {
     "banking77": "official split: 10,003 train (10% validation), 3,080 test; <= 6 epochs",
     "sst2": "20,000-phrase stratified train subsample, <= 2 epochs; GLUE dev (872) as test",
-    "sst2_full": "all 67,349 train phrases (2% as validation), <= 2 epochs; GLUE dev (872) as test",
+    "sst2_full": "all 67,349 train phrases (2% as validation), <= 3 epochs; GLUE dev (872) as test",
     "wnut17": "official train/dev/test (3,394 / 1,009 / 1,287 sentences); <= 8 epochs",
 }
 
