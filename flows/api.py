@@ -34,9 +34,16 @@ class Boot:
 def _start_temporary() -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
-    # A failed start leaves the singleton stopped: the flow's own client start retries and reports it.
-    with contextlib.suppress(Exception):
-        SubprocessASGIServer().start()
+    server = SubprocessASGIServer()
+    try:
+        server.start()
+    except Exception:
+        # A server that misses its start-up deadline (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, easy
+        # to miss on 2 busy cores) is left running by Prefect, which then starts a second one at the flow
+        # call and only stops that one at exit: the first would outlive the run. Stop it here; the flow's
+        # own start retries and reports what failed.
+        with contextlib.suppress(Exception):
+            server.stop()
 
 
 def boot() -> Boot:
