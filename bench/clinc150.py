@@ -29,7 +29,7 @@ COMBINED = "energy+mahalanobis z-sum (bench only)"
 # In-scope-only rules: the threshold keeps this share of in-scope validation queries (no OOS data needed).
 IN_SCOPE_RECALLS = (0.9, 0.95, 0.97, 0.98, 0.99)
 KNN_K = (1, 10, 50)
-BEST_VARIANT = "mahalanobis on mean-pooled states (bench only)"
+BEST_VARIANT = "mahalanobis, oos.features: mean_pooled"
 TARGET = "in-scope acc >= 95.0 and OOS recall >= 70 (beyond BERT-base threshold 96.2 / 52.3)"
 
 
@@ -116,30 +116,6 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
     return out
 
 
-def mean_pooled(predictor: Any, texts: list[str], batch: int) -> np.ndarray:
-    """The mean of the encoder's last hidden states over real tokens (how all-MiniLM-L6-v2 was pre-trained
-    to embed a sentence), instead of the classification head's pooled [CLS] input."""
-    import torch
-
-    base = predictor.model.base_model
-    out = np.zeros((len(texts), base.config.hidden_size), dtype=np.float32)
-    order = np.argsort([len(t) for t in texts])
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch):
-            idx = order[start : start + batch]
-            enc = predictor.tokenizer(
-                [texts[i] for i in idx],
-                truncation=True,
-                max_length=predictor.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            hidden = base(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).float().numpy()
-    return out
-
-
 def knn_scores(train: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Minus the distance to the k-th nearest training example on L2-normalized features (Sun et al., 2022,
     "Out-of-distribution detection with deep nearest neighbors"): no Gaussian assumption."""
@@ -159,13 +135,14 @@ def bench_only_scores(
     batch: int,
     sets: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Mahalanobis on mean-pooled token states, and k-NN on the head's features and on mean-pooled states."""
+    """Mahalanobis on mean-pooled token states (``oos.features: mean_pooled``), and, bench only, k-NN on the
+    head's features and on mean-pooled states."""
     from tuneflow.outofscope import Gaussian
 
-    pooled = {k: mean_pooled(predictor, t, batch) for k, t in texts.items()}
+    pooled = {k: predictor.forward(t, batch, "mean_pooled")[1] for k, t in texts.items()}
     gaussian = Gaussian.fit(pooled["train"], y_train, n_classes)
     out: dict[str, dict[str, np.ndarray]] = {
-        "mahalanobis on mean-pooled states (bench only)": {k: -gaussian.min_distance(pooled[k]) for k in sets}
+        BEST_VARIANT: {k: -gaussian.min_distance(pooled[k]) for k in sets}
     }
     for k in KNN_K:
         out[f"kNN k={k}, head features (bench only)"] = {

@@ -90,12 +90,46 @@ def test_detector_round_trips_without_pickle(tmp_path: Path) -> None:
     assert ScopeDetector.load(tmp_path / "nowhere") is None
 
 
+def test_mean_pooled_features_ignore_padding_and_ship_with_the_detector(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    """oos.features: mean_pooled averages the encoder's last hidden states over real tokens only: a text's
+    features do not depend on the longer texts padded into its batch; the detector remembers its features."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneflow.tasktypes.classification import ClassificationPredictor
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
+    predictor = ClassificationPredictor(model, AutoTokenizer.from_pretrained(tiny_model), ["a", "b"], 48)
+    texts = ["hi", "where is my parcel that i ordered last week from your shop", "cancel my order please"]
+    logits, pooled = predictor.forward(texts, batch_size=8, features="mean_pooled")
+    assert pooled is not None and pooled.shape == (3, 32)
+    alone = np.concatenate([predictor.forward([t], 1, "mean_pooled")[1] for t in texts])
+    np.testing.assert_allclose(pooled, alone, atol=1e-5)
+    _, head = predictor.forward(texts, batch_size=8, features="head")
+    assert head is not None and not np.allclose(head, pooled, atol=1e-3)  # a different feature
+    np.testing.assert_allclose(logits, predictor.forward(texts, 8)[0], atol=1e-5)
+
+    gaussian = Gaussian.fit(np.concatenate([pooled] * 4), np.array([0, 1, 2] * 4), 3)
+    ScopeDetector("mahalanobis", -5.0, "unknown", 1.0, gaussian, "mean_pooled").save(tmp_path)
+    loaded = ScopeDetector.load(tmp_path)
+    assert loaded is not None and loaded.feature_kind == "mean_pooled"
+    served = ClassificationPredictor(model, predictor.tokenizer, ["a", "b"], 48, 1.0, loaded)
+    out = served.predict(texts)
+    np.testing.assert_allclose(out["oos_score"], -gaussian.min_distance(pooled), rtol=1e-4)
+    assert ScopeDetector("energy", 0.0, "unknown").feature_kind is None  # logits are enough
+
+
 def test_bad_oos_settings_are_errors_naming_the_key(tmp_path: Path, tiny_model: str) -> None:
     demo = ROOT / "configs" / "demo.yaml"
     with pytest.raises(ConfigError) as err:
         load_config(demo, ["oos.method=cosine", "oos.target_in_scope_recall=1.5", "oos.threshold=3"])
     text = str(err.value)
     assert "oos.method" in text and "oos.target_in_scope_recall" in text and "oos.threshold" in text
+    with pytest.raises(ConfigError, match="oos.features"):
+        load_config(demo, ["oos.features=cls"])
+    with pytest.raises(ConfigError, match=r"oos.features: mean_pooled only applies to method: mahalanobis"):
+        load_config(demo, ["oos.method=energy", "oos.features=mean_pooled"])
     ner = ROOT / "configs" / "wnut17.yaml"
     with pytest.raises(ConfigError, match="data.oos_test"):
         load_config(ner, [f"data.oos_test={demo}"])

@@ -229,6 +229,15 @@ class OOSConfig(_Section):
             "(bench/RESULTS.md) and needs nothing but the logits."
         ),
     )
+    features: Literal["head", "mean_pooled"] = Field(
+        "head",
+        description=(
+            "mahalanobis only: which features the Gaussian is fitted on. head = the classification head's "
+            "input (BERT's pooled [CLS]); mean_pooled = the mean of the encoder's last hidden states over "
+            "the real tokens (how sentence-transformers models such as all-MiniLM-L6-v2 were pre-trained to "
+            "embed a sentence): lower FPR@95 on CLINC150 (14.6 vs 17.5, bench/RESULTS.md)."
+        ),
+    )
     fallback_label: str = Field("unknown", description="The label answered for out-of-scope queries.")
     target_in_scope_recall: float = Field(
         0.95,
@@ -239,6 +248,14 @@ class OOSConfig(_Section):
             "With it: the threshold maximizes in-scope recall + out-of-scope recall on validation instead."
         ),
     )
+
+    @model_validator(mode="after")
+    def _features_need_mahalanobis(self) -> OOSConfig:
+        if self.features != "head" and self.method != "mahalanobis":
+            raise ValueError(
+                f"oos.features: {self.features} only applies to method: mahalanobis (method is {self.method})"
+            )
+        return self
 
 
 class ValidationConfig(_Section):

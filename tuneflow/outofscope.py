@@ -6,7 +6,8 @@ scoring under a threshold get the fallback label. Methods:
 * ``msp`` — maximum calibrated softmax probability (Hendrycks & Gimpel, 2017).
 * ``energy`` — ``T * logsumexp(logits / T)``, the negative free energy (Liu et al., 2020): uses the logits'
   magnitude, which softmax throws away.
-* ``mahalanobis`` — minus the smallest Mahalanobis distance of the classifier head's input features to the
+* ``mahalanobis`` — minus the smallest Mahalanobis distance of the classifier head's input features (or,
+  with ``oos.features: mean_pooled``, the mean of the encoder's last hidden states over real tokens) to the
   class means, with one covariance shared by all classes, fitted on the training split (Lee et al., 2018;
   Podolskiy et al., 2021 for fine-tuned transformers on CLINC150).
 
@@ -148,10 +149,12 @@ class ScopeDetector:
     fallback_label: str
     temperature: float = 1.0
     gaussian: Gaussian | None = None
+    features: str = "head"  # what the Gaussian was fitted on (oos.features)
 
     @property
-    def needs_features(self) -> bool:
-        return self.method == "mahalanobis"
+    def feature_kind(self) -> str | None:
+        """The features scoring needs from the model's forward pass (None: the logits are enough)."""
+        return self.features if self.method == "mahalanobis" else None
 
     def scores(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         return in_scope_scores(self.method, logits, features, self.temperature, self.gaussian)
@@ -163,6 +166,7 @@ class ScopeDetector:
             "method": self.method,
             "threshold": self.threshold,
             "fallback_label": self.fallback_label,
+            "features": self.features,
         }
         (model_dir / SCOPE_FILE).write_text(json.dumps(spec, indent=2))
         files = [SCOPE_FILE]
@@ -184,4 +188,11 @@ class ScopeDetector:
         if (model_dir / GAUSSIAN_FILE).is_file():
             with np.load(model_dir / GAUSSIAN_FILE, allow_pickle=False) as z:
                 gaussian = Gaussian(z["means"], z["precision"])
-        return cls(spec["method"], float(spec["threshold"]), spec["fallback_label"], temperature, gaussian)
+        return cls(
+            spec["method"],
+            float(spec["threshold"]),
+            spec["fallback_label"],
+            temperature,
+            gaussian,
+            spec.get("features", "head"),  # detectors saved before oos.features existed used the head's
+        )

@@ -65,23 +65,27 @@ class ClassificationPredictor:
     scope: ScopeDetector | None = None
 
     def forward(
-        self, texts: list[str], batch_size: int = 128, features: bool = False
+        self, texts: list[str], batch_size: int = 128, features: bool | str | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw logits (n, labels) and, with ``features``, the classification head's input (n, hidden).
+        """Raw logits (n, labels) and, with ``features``, a feature vector per text (n, hidden).
 
-        Sorting by length keeps padding small. The features are what the head's last linear layer sees
-        (BERT's pooled [CLS], DistilBERT's pre-classifier output, RoBERTa's dense layer): captured with a
-        forward hook, so any sequence-classification architecture works.
+        Sorting by length keeps padding small. ``features="head"`` (or True) is what the head's last linear
+        layer sees (BERT's pooled [CLS], DistilBERT's pre-classifier output, RoBERTa's dense layer), captured
+        with a forward hook, so any sequence-classification architecture works; ``"mean_pooled"`` is the mean
+        of the encoder's last hidden states over the real (unpadded) tokens.
         """
         import torch
 
+        kind = "head" if features is True else (features or None)
+        if kind not in (None, "head", "mean_pooled"):
+            raise ValueError(f"unknown feature kind {features!r}: head or mean_pooled")
         order = np.argsort([len(t) for t in texts])
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         feats: np.ndarray | None = None
         seen: list[Any] = []
         hook = (
             head_layer(self.model, len(self.labels)).register_forward_hook(lambda m, i, o: seen.append(i[0]))
-            if features
+            if kind == "head"
             else None
         )
         try:
@@ -95,8 +99,12 @@ class ClassificationPredictor:
                         padding=True,
                         return_tensors="pt",
                     )
-                    logits[idx] = self.model(**enc).logits.float().numpy()
-                    if features:
+                    out = self.model(**enc, output_hidden_states=kind == "mean_pooled")
+                    logits[idx] = out.logits.float().numpy()
+                    if kind == "mean_pooled":
+                        mask = enc["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
+                        seen.append((out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1))
+                    if kind is not None:
                         batch = seen.pop().float().numpy()
                         if feats is None:
                             feats = np.zeros((len(texts), batch.shape[-1]), dtype=np.float32)
@@ -116,7 +124,7 @@ class ClassificationPredictor:
             columns = ["label", "score"] + (["in_scope", "oos_score", "threshold"] if self.scope else [])
             return pd.DataFrame({c: [] for c in columns})
         scope = self.scope
-        logits, feats = self.forward(texts, batch_size, features=bool(scope and scope.needs_features))
+        logits, feats = self.forward(texts, batch_size, features=scope.feature_kind if scope else None)
         proba = softmax(logits, self.temperature)
         best = proba.argmax(-1)
         out = pd.DataFrame(
@@ -374,7 +382,7 @@ class SequenceClassification(TaskType):
         """Temperature scaling on validation, then the out-of-scope detector (:mod:`tuneflow.outofscope`)."""
         batch, oos = cfg.train.eval_batch_size, cfg.oos
         index = {label: i for i, label in enumerate(predictor.labels)}
-        features = oos.enabled and oos.method == "mahalanobis"
+        features = oos.features if oos.enabled and oos.method == "mahalanobis" else None
         logits, feats = predictor.forward(splits.validation[TEXT].tolist(), batch, features)
         y = np.array([index[x] for x in splits.validation[LABEL]])
         temperature = fit_temperature(logits, y) if cfg.eval.calibrate else 1.0
@@ -385,7 +393,7 @@ class SequenceClassification(TaskType):
         gaussian = None
         if features:
             train = splits.train.sample(n=min(len(splits.train), MAX_TRAIN_FOR_GAUSSIAN), random_state=0)
-            _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features=True)
+            _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features)
             gaussian = Gaussian.fit(train_feats, np.array([index[x] for x in train[LABEL]]), len(index))
         in_scores = in_scope_scores(oos.method, logits, feats, temperature, gaussian)
         oos_texts = read_texts(cfg.data.oos_validation, cfg.data)
@@ -396,7 +404,10 @@ class SequenceClassification(TaskType):
             )
         else:
             threshold = threshold_for_recall(in_scores, oos.target_in_scope_recall)
-        ScopeDetector(oos.method, threshold, oos.fallback_label, temperature, gaussian).save(export_dir)
+        detector = ScopeDetector(
+            oos.method, threshold, oos.fallback_label, temperature, gaussian, oos.features
+        )
+        detector.save(export_dir)
         return {**out, f"{names.OOS}threshold": threshold}
 
     def output_example(self) -> pd.DataFrame:
@@ -417,7 +428,7 @@ class SequenceClassification(TaskType):
         (ECE before/after, ``reliability_diagram.png``) and out-of-scope metrics (``oos_errors.csv``)."""
         labels, scope, batch = predictor.labels, predictor.scope, cfg.train.eval_batch_size
         texts = test[TEXT].tolist()
-        logits, feats = predictor.forward(texts, batch, features=bool(scope and scope.needs_features))
+        logits, feats = predictor.forward(texts, batch, features=scope.feature_kind if scope else None)
         proba = softmax(logits, predictor.temperature)
         pred = [labels[i] for i in proba.argmax(-1)]
         if evidence is not None:  # the same logits labels_of computes (same texts, order and batch size)
@@ -481,7 +492,7 @@ class SequenceClassification(TaskType):
         oos_texts = read_texts(cfg.data.oos_test, cfg.data)
         oos_scores, o_logits = None, None
         if oos_texts:
-            o_logits, o_feats = predictor.forward(oos_texts, cfg.train.eval_batch_size, scope.needs_features)
+            o_logits, o_feats = predictor.forward(oos_texts, cfg.train.eval_batch_size, scope.feature_kind)
             oos_scores = scope.scores(o_logits, o_feats)
         metrics.update(scope_metrics(in_scores, correct, oos_scores, scope.threshold))
         if o_logits is not None:
