@@ -25,8 +25,22 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": _cpu(),
         "packages": {p: _version(p) for p in PACKAGES},
     }
+
+
+def _cpu() -> str:
+    """The CPU model and whether it computes bf16 natively: throughput rows from different machines of the
+    same core count differ 2-3x (AMX bf16 vs AVX2 fp32), so every result says which one it ran on."""
+    from tuneflow.training import cpu_has_native_bf16
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return f"{names[0] if names else 'unknown CPU'}, {'bf16' if cpu_has_native_bf16(text) else 'no bf16'}"
 
 
 def _version(package: str) -> str | None:
@@ -61,8 +75,10 @@ def write_table() -> Path:
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
         m = result["machine"]
-        machine = f"{m['cpu_count']} cores, {m['torch_threads']} torch threads" + (
-            f", {m['gpu']}" if m["gpu"] else ""
+        machine = (
+            f"{m['cpu_count']} cores, {m['torch_threads']} torch threads"
+            + (f", {m['cpu']}" if m.get("cpu") else "")
+            + (f", {m['gpu']}" if m["gpu"] else "")
         )
         for row in result.get("rows", []):
             lines.append(
