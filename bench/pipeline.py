@@ -38,7 +38,10 @@ def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = 
     ``early_boot``: start Prefect's temporary server while the libraries import, as ``tuneflow run`` does
     (off: Prefect starts it at the flow call, its own default; the overhead suite compares both).
     """
+    import gc
+
     t0 = time.perf_counter()
+    gc.disable()  # as `tuneflow run` does while the libraries import (tuneflow.cli._boot_prefect)
     from flows.api import Boot, boot
 
     prefect = boot() if early_boot else Boot()
@@ -47,6 +50,8 @@ def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = 
     from flows.finetune import finetune
     from tuneflow import tracking
 
+    gc.freeze()
+    gc.enable()
     imports_s = time.perf_counter() - t0
     prefect.wait()
     boot_wait_s = time.perf_counter() - t0 - imports_s
