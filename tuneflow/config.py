@@ -326,6 +326,14 @@ class ModelConfig(_Section):
         return data
 
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per text; longer texts are truncated.")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description=(
+            "sequence_classification: what the head classifies. 'cls' = the checkpoint's own head (BERT: the "
+            "[CLS] state through its pooler); 'mean' = the mean of the last hidden states over real tokens, "
+            "how sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained (README: Pooling)."
+        ),
+    )
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override hidden/attention/classifier dropout; null keeps the model's."
     )

@@ -77,6 +77,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
         "lora": hp.get("lora"),
         **task_type(task).inference_settings(cfg),
     }
+    if hp.get("pooling", "cls") != "cls":
+        meta["pooling"] = hp["pooling"]
     if hp.get("lora"):
         meta["base_hash"] = module.base_hash
         meta["tokenizer_hash"] = tokenizer_hash(load_tokenizer(hp["model_name"]))
@@ -121,6 +123,10 @@ def load_exported(
     meta.setdefault("task", "sequence_classification")
     if is_adapter(model_dir):
         model = load_adapter_model(model_dir, base)
+    elif meta.get("pooling") == "mean":
+        from tuneflow.pooling import MeanPooledClassifier
+
+        model = MeanPooledClassifier.from_export(model_dir, len(meta["labels"]))
     else:
         loader = getattr(transformers, task_type(meta["task"]).auto_class)
         model = loader.from_pretrained(model_dir).eval()

@@ -39,9 +39,10 @@ DROPOUT_ATTRS = (
 
 
 def load_pretrained(
-    task: str, name: str, labels: list[str], dropout: float | None = None
+    task: str, name: str, labels: list[str], dropout: float | None = None, pooling: str = "cls"
 ) -> tuple[torch.nn.Module, set[str]]:
-    """The pre-trained model for ``task`` (with a fresh head for ``labels`` on classifiers).
+    """The pre-trained model for ``task`` (with a fresh head for ``labels`` on classifiers; ``pooling:
+    mean``: a :class:`tuneflow.pooling.MeanPooledClassifier` on the bare encoder).
 
     Returns:
         The model and the names of the weights that did not come from the checkpoint (a new head): they
@@ -62,6 +63,11 @@ def load_pretrained(
         for attr in DROPOUT_ATTRS:
             if hasattr(config, attr):
                 setattr(config, attr, dropout)
+    if pooling == "mean":
+        from tuneflow.pooling import MeanPooledClassifier
+
+        model = MeanPooledClassifier.from_pretrained_encoder(name, len(labels), config=config)
+        return model, {f"classifier.{k}" for k in model.classifier.state_dict()}
     loader = getattr(transformers, kind.auto_class)
     # Starting from a model that already has a head of another size (e.g. a sentiment checkpoint) is normal:
     # the head is re-initialized for our labels.
@@ -109,11 +115,12 @@ class FineTuner(pl.LightningModule):
         dropout: float | None = None,
         lora: dict[str, Any] | None = None,
         task: str = "sequence_classification",
+        pooling: str = "cls",
     ):
         super().__init__()
         self.save_hyperparameters()
         self.task_type = task_type(task)
-        model, fresh = load_pretrained(task, model_name, labels, dropout)
+        model, fresh = load_pretrained(task, model_name, labels, dropout, pooling)
         self.base_hash: str | None = None
         if lora:
             self.base_hash = weights_hash(model, fresh)

@@ -307,6 +307,7 @@ def fit(
         dropout=cfg.model.dropout,
         lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
         task=cfg.task,
+        pooling=cfg.model.pooling,
     )
     if tcfg.compile:
         # In place (nn.Module.compile): parameter names, hence checkpoints and the export, stay the eager

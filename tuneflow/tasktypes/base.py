@@ -82,6 +82,7 @@ class TaskType:
     label_head: ClassVar[bool] = False  # a fresh classification head sized to the label set
     reads_hub: ClassVar[bool] = False  # data.hub_dataset can feed it
     supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
+    mean_pooled_head: ClassVar[bool] = False  # model.pooling: mean (tuneflow.pooling)
     supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
     detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
     input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
@@ -106,6 +107,13 @@ class TaskType:
             problems.append(
                 ("gates.metric", f"'{cfg.gates.metric}' is not one of {gates} for task {self.name}")
             )
+        if cfg.model.pooling != "cls":
+            if not self.mean_pooled_head:
+                problems.append(("model.pooling", f"'{cfg.model.pooling}' is not supported for {self.name}"))
+            elif cfg.model.lora is not None:
+                problems.append(
+                    ("model.pooling", f"'{cfg.model.pooling}' is not supported with model.lora yet: use cls")
+                )
         if cfg.train.cv_folds and not self.supports_cv:
             problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
         if cfg.search and cfg.search.latency_objective and not self.supports_latency_objective:

@@ -229,6 +229,7 @@ class SequenceClassification(TaskType):
         history=("train/loss", "val/loss", "train/accuracy", "val/accuracy", "val/f1_macro"),
     )
     auto_class = "AutoModelForSequenceClassification"
+    mean_pooled_head = True
     peft_task_type = "SEQ_CLS"
     label_head = True
     reads_hub = True
