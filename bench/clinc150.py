@@ -72,11 +72,10 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         "val_oos": read_texts(cfg.data.oos_validation, cfg.data),
         "test_oos": read_texts(cfg.data.oos_test, cfg.data),
     }
-    train_l, train_f = run(texts["train"])
-    val_l, val_f = run(texts["val_in"])
-    test_l, test_f = run(texts["test_in"])
-    oos_val_l, oos_val_f = run(texts["val_oos"])
-    oos_test_l, oos_test_f = run(texts["test_oos"])
+    scored = {name: run(t) for name, t in texts.items()}
+    train_f = scored["train"][1]
+    test_l = scored["test_in"][0]
+    sets = {k: scored[k] for k in ("val_in", "val_oos", "test_in", "test_oos")}
     y_train = np.array([index[x] for x in splits.train[LABEL]])
     y_test = np.array([index[x] for x in splits.test[LABEL]])
     gaussian = Gaussian.fit(train_f, y_train, len(index))
@@ -87,12 +86,6 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         "ece_before": expected_calibration_error(softmax(test_l), y_test),
         "ece_after": expected_calibration_error(softmax(test_l, temperature), y_test),
         "methods": {},
-    }
-    sets = {
-        "val_in": (val_l, val_f),
-        "val_oos": (oos_val_l, oos_val_f),
-        "test_in": (test_l, test_f),
-        "test_oos": (oos_test_l, oos_test_f),
     }
     by_method = {
         m: {k: in_scope_scores(m, lo, fe, temperature, gaussian) for k, (lo, fe) in sets.items()}

@@ -313,6 +313,7 @@ class CausalLM(TaskType):
     input_example = ["How do I reset my password?"]
     unused_config = (
         *SCOPE_CONFIG,
+        "model.pooling",
         *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
         *("model.max_target_length", "model.source_prefix", "eval.worst_examples"),
         *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),

@@ -110,6 +110,7 @@ class Seq2Seq(TaskType):
     input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
     unused_config = (
         *SCOPE_CONFIG,
+        "model.pooling",
         *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
         *CHAT_CONFIG,
         *("data.messages_column", "eval.worst_examples"),

@@ -246,6 +246,7 @@ class TokenClassification(TaskType):
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
     unused_config = (
         *SCOPE_CONFIG,
+        "model.pooling",
         *("data.text_column", "data.label_column", "data.source_column", "data.target_column"),
         *CHAT_CONFIG,
         *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
