@@ -45,3 +45,24 @@ def test_a_temporary_server_that_misses_its_deadline_is_stopped() -> None:
         return
     os.kill(pid, 9)
     raise AssertionError(f"the temporary server process {pid} outlived the run")
+
+
+def test_flow_commands_collect_garbage_again_once_the_libraries_are_loaded(monkeypatch) -> None:  # noqa: ANN001
+    """Collection is off while a flow command imports torch & co. and back on (the imports frozen) before
+    the flow runs: a run with the collector off would keep every reference cycle it makes."""
+    import gc
+
+    from flows import api
+    from tuneflow import cli
+
+    monkeypatch.setattr(api, "boot", api.Boot)  # nothing to start: PREFECT_API_URL-style, no thread
+    frozen = gc.get_freeze_count()
+    try:
+        prefect = cli._boot_prefect()
+        assert not gc.isenabled()
+        cli._ready(prefect)
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -214,7 +214,7 @@ def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
 
     # The flow module's imports (torch, transformers, Lightning, MLflow, Prefect) create millions of
     # long-lived objects; the full collections Python runs while they load cost ~1.5 s on 2 cores and free
-    # nothing. _call_flow turns collection back on once they are loaded.
+    # nothing. _ready turns collection back on once they are loaded.
     gc.disable()
     try:
         return boot()
@@ -223,13 +223,15 @@ def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
         raise typer.Exit(7) from None
 
 
-def _settle_imports() -> None:
-    """Turn garbage collection back on after the flow's imports, with everything loaded so far frozen: the
-    collector never walks the libraries' objects again (each full collection during a run would)."""
+def _ready(prefect) -> None:  # noqa: ANN001  (a flows.api.Boot)
+    """Once the flow's imports are done: turn garbage collection back on with everything loaded so far
+    frozen (the collector never walks the libraries' objects again, as each full collection during a run
+    would), then wait for the Prefect server ``_boot_prefect`` started."""
     import gc
 
     gc.freeze()
     gc.enable()
+    prefect.wait()
 
 
 def _call_flow(prefect, flow_fn, *args):  # noqa: ANN001, ANN202
@@ -238,8 +240,7 @@ def _call_flow(prefect, flow_fn, *args):  # noqa: ANN001, ANN202
     if not VERBOSE["on"]:
         _quiet_third_parties()
     _hide_known_tracebacks()
-    _settle_imports()
-    prefect.wait()
+    _ready(prefect)
     try:
         return flow_fn(*args)
     except Exception as exc:
@@ -341,7 +342,7 @@ def promote(
     prefect = _boot_prefect()
     from flows.promote import promote as promote_flow
 
-    prefect.wait()
+    _ready(prefect)
     try:
         decision = promote_flow(model, version, force, reason, tracking_uri)
     except LookupError as exc:
@@ -401,7 +402,7 @@ def rollback(
     prefect = _boot_prefect()
     from flows.promote import rollback as rollback_flow
 
-    prefect.wait()
+    _ready(prefect)
     try:
         out = rollback_flow(model, tracking_uri)
     except LookupError as exc:
