@@ -18,6 +18,7 @@ from tuneflow.pretrained import (  # noqa: F401 (re-exported: callers load model
     ModelLoadError,
     load_from,
     load_tokenizer,
+    quiet_load_report,
     resolve_model,
     resolve_model_path,
     smollm2_gguf,
@@ -71,18 +72,12 @@ def load_pretrained(
     loader = getattr(transformers, kind.auto_class)
     # Starting from a model that already has a head of another size (e.g. a sentiment checkpoint) is normal:
     # the head is re-initialized for our labels.
-    from transformers.utils import logging as hf_logging
-
     # The head is new on purpose: transformers' "missing keys" load report would only alarm (the fresh
     # weights are returned in ``info`` and left out of the base hash below).
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_load_report():
         model, info = load_from(
             "model", loader, name, config=config, ignore_mismatched_sizes=True, output_loading_info=True
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     fresh = set(info.get("missing_keys") or []) | {k[0] for k in info.get("mismatched_keys") or []}
     return model, fresh
 

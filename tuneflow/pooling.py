@@ -36,8 +36,7 @@ class MeanPooledClassifier(torch.nn.Module):
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None
         self.encoder = encoder
-        self.config = encoder.config
-        cfg = encoder.config
+        self.config = cfg = encoder.config
         # BERT's own classifier dropout rule: classifier_dropout, else the hidden dropout (model.dropout).
         p = getattr(cfg, "classifier_dropout", None)
         self.dropout = torch.nn.Dropout(p if p is not None else getattr(cfg, "hidden_dropout_prob", 0.1))
@@ -82,17 +81,12 @@ class MeanPooledClassifier(torch.nn.Module):
         """A pre-trained encoder with a fresh head: ``name`` is a model id, directory or bundled alias
         (:func:`tuneflow.pretrained.load_from`); ``kwargs`` go to ``AutoModel.from_pretrained``."""
         from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
 
-        from tuneflow.pretrained import load_from
+        from tuneflow.pretrained import load_from, quiet_load_report
 
         # The checkpoint's pooler (or its absence) is irrelevant here: do not let the load report alarm.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with quiet_load_report():
             encoder = load_from("model", AutoModel, str(name), **kwargs)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         return cls(encoder, num_labels)
 
     @classmethod

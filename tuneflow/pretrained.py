@@ -4,6 +4,8 @@ loading its files. Imports nothing of tuneflow but the config, so task types can
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,20 @@ def load_from(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
         )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelLoadError(f"cannot load {what} '{name}': {type(exc).__name__}: {first}.{hint}") from exc
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report (missing / unexpected keys) for loads where those keys are
+    expected: a head made fresh on purpose, a pooler left out."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_tokenizer(name: str) -> Any:

@@ -76,6 +76,8 @@ class ClassificationPredictor:
         """
         import torch
 
+        from tuneflow.pooling import mean_pool
+
         kind = "head" if features is True else (features or None)
         if kind not in (None, "head", "mean_pooled"):
             raise ValueError(f"unknown feature kind {features!r}: head or mean_pooled")
@@ -102,8 +104,7 @@ class ClassificationPredictor:
                     out = self.model(**enc, output_hidden_states=kind == "mean_pooled")
                     logits[idx] = out.logits.float().numpy()
                     if kind == "mean_pooled":
-                        mask = enc["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
-                        seen.append((out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1))
+                        seen.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
                     if kind is not None:
                         batch = seen.pop().float().numpy()
                         if feats is None:
