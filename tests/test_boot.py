@@ -66,3 +66,29 @@ def test_flow_commands_collect_garbage_again_once_the_libraries_are_loaded(monke
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+HEARTBEATS = textwrap.dedent(
+    """
+    import threading
+    from prefect.settings import get_current_settings
+    from flows import api
+
+    api.Boot().wait()  # PREFECT_API_URL's server (nothing started here): a long-lived server reads heartbeats
+    print(get_current_settings().flows.heartbeat_frequency)
+    started = threading.Thread(target=lambda: None)
+    started.start()
+    api.Boot(started).wait()  # a temporary server this process booted
+    print(get_current_settings().flows.heartbeat_frequency)
+    """
+)
+
+
+def test_flows_on_a_temporary_server_send_no_heartbeats() -> None:
+    """Nobody reads a temporary server's heartbeats, and Prefect's heartbeat thread delays every flow's end
+    by up to a second; with a configured server they stay on."""
+    done = subprocess.run(
+        [sys.executable, "-c", HEARTBEATS], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["180", "None"]
