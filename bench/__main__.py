@@ -35,6 +35,12 @@ def main() -> None:
         action="store_true",
         help="overhead: also run BANKING77 through a running Prefect server (~8 min)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="overhead: rounds of the demo runs (median)")
+    parser.add_argument(
+        "--demo-only",
+        action="store_true",
+        help="overhead: only the demo rows, written as overhead-demo.json (the stored runs' rows stay)",
+    )
     speed.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
@@ -46,7 +52,7 @@ def main() -> None:
         elif suite == "speed":
             payload = speed.run(args)
         elif suite == "overhead":
-            payload = overhead.run(args.quick, args.banking77_server)
+            payload = overhead.run(args.quick, args.banking77_server, args.repeat, args.demo_only)
         elif suite == "coldstart":
             payload = coldstart.run(args.quick)
         else:
@@ -54,6 +60,8 @@ def main() -> None:
         name = speed.result_name(args) if suite == "speed" else suite
         if suite == "quality" and args.only:  # a partial rerun keeps the full suite's result
             name = "quality-" + "-".join(sorted(args.only))
+        if suite == "overhead" and args.demo_only:
+            name = "overhead-demo"
         print(f"wrote {write_result(name, payload)}", flush=True)
         write_table()
 

@@ -95,40 +95,59 @@ def quality_runs() -> dict[str, tuple[dict[str, Any], str]]:
     return latest
 
 
-def run(quick: bool = False, banking77: bool = False) -> dict[str, Any]:
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median overhead share (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["wall"]["overhead_share"])[(len(runs) - 1) // 2]
+
+
+def run(
+    quick: bool = False, banking77: bool = False, repeat: int = 1, demo_only: bool = False
+) -> dict[str, Any]:
     """Rows for the latest quality runs, then the demo three ways; ``banking77``: also the BANKING77 flow
-    through a running Prefect server (~8 min)."""
+    through a running Prefect server (~8 min). ``repeat``: rounds of the three demo variants, run in turn
+    (the running server stays up through all rounds); each row is the median round. ``demo_only``: no rows
+    for the stored quality runs (a second result file of demo rows only)."""
     rows, runs = [], {}
-    for name, (result, date) in quality_runs().items():
-        rows.append(row(name, result, f"the quality suite's run of {date[:10]} (see its row)"))
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides = ["search.enabled=false", "train.max_epochs=3"]
-        print("overhead: demo without search", flush=True)
-        demo = run_pipeline(ROOT / "configs" / "demo.yaml", overrides, Path(tmp) / "demo")
-        runs["demo"] = demo
-        rows.append(row("demo (no search)", demo, "chatbot intents (550 utterances), 3 epochs"))
-        print(f"  {rows[-1]['result']}", flush=True)
-        print("overhead: demo without search, temporary server started at the flow call", flush=True)
-        late = run_pipeline(ROOT / "configs" / "demo.yaml", overrides, Path(tmp) / "late", early_boot=False)
-        runs["demo_late_boot"] = late
-        data = "as above, Prefect's temporary server started at the flow call (its default), not in imports"
-        rows.append(row("demo (no search), server booted at the flow call", late, data))
-        print(f"  {rows[-1]['result']}", flush=True)
-        print("overhead: demo without search, reusing a running Prefect server", flush=True)
-        with prefect_server(Path(tmp) / "prefect-home") as api:
-            reused = run_pipeline(
-                ROOT / "configs" / "demo.yaml", overrides, Path(tmp) / "reused", {"PREFECT_API_URL": api}
-            )
-        runs["demo_server"] = reused
-        data = "as above, PREFECT_API_URL = a running `prefect server start` (what `tuneflow server` runs)"
-        rows.append(row("demo (no search), running Prefect server", reused, data))
-        print(f"  {rows[-1]['result']}", flush=True)
+    if not demo_only:
+        for name, (result, date) in quality_runs().items():
+            rows.append(row(name, result, f"the quality suite's run of {date[:10]} (see its row)"))
+    overrides = ["search.enabled=false", "train.max_epochs=3"]
+    demo = ROOT / "configs" / "demo.yaml"
+    variants = {
+        "demo": ("demo (no search)", "chatbot intents (550 utterances), 3 epochs", True, False),
+        "demo_late_boot": (
+            "demo (no search), server booted at the flow call",
+            "as above, Prefect's temporary server started at the flow call (its default), not in imports",
+            False,
+            False,
+        ),
+        "demo_server": (
+            "demo (no search), running Prefect server",
+            "as above, PREFECT_API_URL = a running `prefect server start` (what `tuneflow server` runs)",
+            True,
+            True,
+        ),
+    }
+    rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in variants}
+    with tempfile.TemporaryDirectory() as tmp, prefect_server(Path(tmp) / "prefect-home") as api:
+        for i in range(repeat):
+            for key, (name, _, early, served) in variants.items():
+                print(f"overhead: {name} (round {i + 1} of {repeat})", flush=True)
+                env = {"PREFECT_API_URL": api} if served else None
+                rounds[key].append(run_pipeline(demo, overrides, Path(tmp) / key, env, early_boot=early))
+                print(f"  {row(name, rounds[key][-1], '')['result']}", flush=True)
+        for key, (name, data, _, _) in variants.items():
+            runs[key] = median_run(rounds[key])
+            shares = ", ".join(f"{100 * r['wall']['overhead_share']:.1f}" for r in rounds[key])
+            if repeat > 1:
+                runs[f"{key}_rounds"] = rounds[key]
+                data += f"; median of {repeat} rounds (shares {shares}%)"
+            rows.append(row(name, runs[key], data))
         if banking77:
             print("overhead: banking77, reusing a running Prefect server", flush=True)
-            with prefect_server(Path(tmp) / "prefect-home-b77") as api:
-                served = run_pipeline(
-                    ROOT / "configs" / "banking77.yaml", [], Path(tmp) / "b77", {"PREFECT_API_URL": api}
-                )
+            served = run_pipeline(
+                ROOT / "configs" / "banking77.yaml", [], Path(tmp) / "b77", {"PREFECT_API_URL": api}
+            )
             runs["banking77_server"] = served
             data = "configs/banking77.yaml as in the quality suite; PREFECT_API_URL = a running server"
             rows.append(row("banking77, running Prefect server", served, data))
