@@ -138,9 +138,9 @@ def run(
                 print(f"  {row(name, rounds[key][-1], '')['result']}", flush=True)
         for key, (name, data, _, _) in variants.items():
             runs[key] = median_run(rounds[key])
-            shares = ", ".join(f"{100 * r['wall']['overhead_share']:.1f}" for r in rounds[key])
             if repeat > 1:
                 runs[f"{key}_rounds"] = rounds[key]
+                shares = ", ".join(f"{100 * r['wall']['overhead_share']:.1f}" for r in rounds[key])
                 data += f"; median of {repeat} rounds (shares {shares}%)"
             rows.append(row(name, runs[key], data))
         if banking77:
