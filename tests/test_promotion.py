@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -13,7 +14,15 @@ from tests.conftest import make_config
 from tuneflow import tracking
 from tuneflow.cli import app
 from tuneflow.config import GatesConfig
-from tuneflow.promotion import decide, decide_on_examples, decide_on_scores, mcnemar, paired_bootstrap, score
+from tuneflow.promotion import (
+    decide,
+    decide_on_examples,
+    decide_on_scores,
+    mcnemar,
+    paired_bootstrap,
+    paired_bootstrap_labels,
+    score,
+)
 
 Y = ["a"] * 50 + ["b"] * 50
 
@@ -92,6 +101,21 @@ def test_paired_bootstrap_and_mcnemar() -> None:
     assert diff == pytest.approx(0.3) and 0.15 < lo < diff < hi
     assert mcnemar(Y, same, worse)[:2] == (30, 0) and mcnemar(Y, same, worse)[2] < 1e-6
     assert mcnemar(Y, same, same) == (0, 0, 1.0)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1_macro", "f1_weighted"])
+def test_vectorized_label_bootstrap_equals_scoring_each_resample_with_sklearn(metric: str) -> None:
+    # Many labels on few examples: resamples miss labels (in truth, in one model's predictions, in both),
+    # which is where macro F1's "labels present" rule matters.
+    rng = np.random.default_rng(3)
+    y = [f"c{i}" for i in rng.integers(0, 12, 60)]
+    a = [t if rng.random() < 0.7 else f"c{rng.integers(0, 14)}" for t in y]
+    b = [t if rng.random() < 0.5 else f"c{rng.integers(0, 14)}" for t in y]
+    slow = paired_bootstrap(y, a, b, lambda t, p: score(metric, t, p), 300, 0.1, seed=5)
+    fast = paired_bootstrap_labels(metric, y, a, b, 300, 0.1, seed=5)
+    assert fast == pytest.approx(slow, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown label metric 'rougeL'"):
+        paired_bootstrap_labels("rougeL", y, a, b)
 
 
 def test_decision_lists_every_gate() -> None:
