@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        help="quality: only these runs (banking77, sst2, wnut17, sst2_full, sst2_full_mean); written as "
-        "quality-<names>.json",
+        help="quality: only these runs (banking77, sst2, wnut17, sst2_full, sst2_full_mean, sst2_full_lr1e4):"
+        " written as quality-<names>.json",
     )
     parser.add_argument(
         "--banking77-server",
