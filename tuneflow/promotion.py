@@ -65,7 +65,7 @@ def paired_bootstrap_labels(
 
     Same resamples and the same values as scoring each resample with scikit-learn (macro F1 averages over
     the labels present in that resample's truth or predictions, as scikit-learn does), but counted with
-    ``bincount`` in chunks: 2,000 resamples of 3,000 labels take ~0.1 s instead of ~10 s of per-resample
+    ``bincount`` in chunks: 2,000 resamples of 3,080 labels take ~0.3 s instead of ~19 s of per-resample
     scikit-learn calls, which every scheduled retrain with a champion paid.
     """
     if metric not in ("accuracy", "f1_macro", "f1_weighted"):
@@ -83,31 +83,31 @@ def paired_bootstrap_labels(
         m = min(chunk, samples - start)
         # One (m, n) draw is the same stream as m draws of n: identical resamples to the per-resample loop.
         idx = rng.integers(0, n, (m, n))
-        offset = (np.arange(m) * k)[:, None]
-        true_count = np.bincount((offset + y[idx]).ravel(), minlength=m * k).reshape(m, k)
-        values = [_resampled_score(metric, y, p, idx, offset, true_count, m, k) for p in (a, b)]
-        diffs[start : start + m] = values[0] - values[1]
+        offset = (np.arange(m) * k)[:, None]  # resample r counts its classes in bins r*k .. r*k + k-1
+        true_flat = (offset + y[idx]).ravel()
+        true_count = np.bincount(true_flat, minlength=m * k).reshape(m, k)
+        a_score, b_score = (
+            _resampled_score(metric, (p == y)[idx], true_flat, (offset + p[idx]).ravel(), true_count)
+            for p in (a, b)
+        )
+        diffs[start : start + m] = a_score - b_score
     lo, hi = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return score(metric, y_true, challenger) - score(metric, y_true, champion), float(lo), float(hi)
 
 
 def _resampled_score(
-    metric: str,
-    y: np.ndarray,
-    pred: np.ndarray,
-    idx: np.ndarray,
-    offset: np.ndarray,
-    true_count: np.ndarray,
-    m: int,
-    k: int,
+    metric: str, correct: np.ndarray, true_flat: np.ndarray, pred_flat: np.ndarray, true_count: np.ndarray
 ) -> np.ndarray:
-    """``metric`` of ``pred`` on each of the ``m`` resamples ``idx`` (rows), from per-class counts."""
-    correct = (pred == y)[idx]
+    """``metric`` of one model on each resample (rows of ``correct``), from per-resample class counts.
+
+    ``true_flat`` / ``pred_flat``: each resampled example's true / predicted class, as the bin
+    ``resample * k + class``; ``true_count``: the ``(resamples, k)`` counts of ``true_flat``.
+    """
     if metric == "accuracy":
         return correct.mean(axis=1)
-    flat = (offset + y[idx]).ravel()
-    tp = np.bincount(flat, weights=correct.ravel(), minlength=m * k).reshape(m, k)
-    pred_count = np.bincount((offset + pred[idx]).ravel(), minlength=m * k).reshape(m, k)
+    m, k = true_count.shape
+    tp = np.bincount(true_flat, weights=correct.ravel(), minlength=m * k).reshape(m, k)
+    pred_count = np.bincount(pred_flat, minlength=m * k).reshape(m, k)
     denom = true_count + pred_count  # 2 tp + fp + fn
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     if metric == "f1_weighted":
