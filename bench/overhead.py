@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,16 @@ def with_champion(config: Path, overrides: list[str], store: Path) -> None:
         raise RuntimeError(f"force-promoting {version} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
+@dataclass(frozen=True)
+class DemoVariant:
+    """One way of running the demo flow, measured in turn with the others."""
+
+    name: str  # the row's "what"
+    data: str  # the row's "data"
+    early_boot: bool = True  # start Prefect's temporary server during imports, not at the flow call
+    served: bool = False  # run through a running Prefect server (PREFECT_API_URL)
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median overhead share (the lower middle one for an even count)."""
     return sorted(runs, key=lambda r: r["wall"]["overhead_share"])[(len(runs) - 1) // 2]
@@ -126,26 +137,22 @@ def run(
     overrides = ["search.enabled=false", "train.max_epochs=3"]
     demo = ROOT / "configs" / "demo.yaml"
     variants = {
-        "demo": ("demo (no search)", "chatbot intents (550 utterances), 3 epochs", True, False),
-        "demo_late_boot": (
+        "demo": DemoVariant("demo (no search)", "chatbot intents (550 utterances), 3 epochs"),
+        "demo_late_boot": DemoVariant(
             "demo (no search), server booted at the flow call",
             "as above, Prefect's temporary server started at the flow call (its default), not in imports",
-            False,
-            False,
+            early_boot=False,
         ),
-        "demo_server": (
+        "demo_server": DemoVariant(
             "demo (no search), running Prefect server",
             "as above, PREFECT_API_URL = a running `prefect server start` (what `tuneflow server` runs)",
-            True,
-            True,
+            served=True,
         ),
         # What every scheduled retrain meets: a champion to beat, so promotion runs the paired bootstrap.
-        "demo_retrain": (
+        "demo_retrain": DemoVariant(
             "demo (no search), retrain against a champion",
             "as the first row, in a store whose registered model has a champion (an earlier run, "
             "force-promoted): promotion compares both on the test set (paired bootstrap, 2,000 resamples)",
-            True,
-            False,
         ),
     }
     rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in variants}
@@ -153,18 +160,21 @@ def run(
         print("overhead: setting up the retrain store (a run, force-promoted to champion)", flush=True)
         with_champion(demo, overrides, Path(tmp) / "demo_retrain")
         for i in range(repeat):
-            for key, (name, _, early, served) in variants.items():
-                print(f"overhead: {name} (round {i + 1} of {repeat})", flush=True)
-                env = {"PREFECT_API_URL": api} if served else None
-                rounds[key].append(run_pipeline(demo, overrides, Path(tmp) / key, env, early_boot=early))
-                print(f"  {row(name, rounds[key][-1], '')['result']}", flush=True)
-        for key, (name, data, _, _) in variants.items():
+            for key, v in variants.items():
+                print(f"overhead: {v.name} (round {i + 1} of {repeat})", flush=True)
+                env = {"PREFECT_API_URL": api} if v.served else None
+                rounds[key].append(
+                    run_pipeline(demo, overrides, Path(tmp) / key, env, early_boot=v.early_boot)
+                )
+                print(f"  {row(v.name, rounds[key][-1], '')['result']}", flush=True)
+        for key, v in variants.items():
             runs[key] = median_run(rounds[key])
+            data = v.data
             if repeat > 1:
                 runs[f"{key}_rounds"] = rounds[key]
                 shares = ", ".join(f"{100 * r['wall']['overhead_share']:.1f}" for r in rounds[key])
                 data += f"; median of {repeat} rounds (shares {shares}%)"
-            rows.append(row(name, runs[key], data))
+            rows.append(row(v.name, runs[key], data))
         if banking77:
             print("overhead: banking77, reusing a running Prefect server", flush=True)
             served = run_pipeline(
