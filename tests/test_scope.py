@@ -4,6 +4,7 @@ registered model answering the fallback through MLflow."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,11 @@ from tuneflow.experiment import load_config
 from tuneflow.outofscope import (
     METHODS,
     Gaussian,
+    Neighbors,
     ScopeDetector,
     in_scope_scores,
     scope_metrics,
+    standardization,
     threshold_for_recall,
     threshold_on_oos,
 )
@@ -57,8 +60,9 @@ def _constructed(seed: int = 0) -> dict[str, np.ndarray]:
 def test_every_method_ranks_far_away_inputs_below_in_scope_ones(method: str) -> None:
     d = _constructed()
     gaussian = Gaussian.fit(d["feats"][:300], d["labels"][:300], 3)
-    inside = in_scope_scores(method, d["logits"][300:], d["feats"][300:], 1.0, gaussian)
-    outside = in_scope_scores(method, d["oos_logits"], d["oos"], 1.0, gaussian)
+    neighbors = Neighbors.fit(d["feats"][:300], k=5)
+    inside = in_scope_scores(method, d["logits"][300:], d["feats"][300:], 1.0, gaussian, neighbors)
+    outside = in_scope_scores(method, d["oos_logits"], d["oos"], 1.0, gaussian, neighbors)
     correct = np.ones(len(inside), dtype=bool)
     metrics = scope_metrics(inside, correct, outside, threshold_for_recall(inside, 0.95))
     assert metrics["oos/auroc"] > 0.95, metrics
@@ -88,6 +92,60 @@ def test_detector_round_trips_without_pickle(tmp_path: Path) -> None:
     assert loaded is not None and loaded.method == "mahalanobis" and loaded.threshold == -12.5
     np.testing.assert_allclose(loaded.scores(d["logits"], d["feats"]), -gaussian.min_distance(d["feats"]))
     assert ScopeDetector.load(tmp_path / "nowhere") is None
+
+
+def test_knn_scores_the_kth_neighbour_and_its_bank_round_trips(tmp_path: Path) -> None:
+    """knn: minus the distance between unit vectors to the k-th nearest training row, computed in chunks
+    exactly as all at once; the bank ships as .npz (no pickle) and serving gets the same scores."""
+    bank = np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    queries = np.array([[5.0, 0.0], [1.0, 1.0]])
+    nearest = Neighbors.fit(bank, k=1)
+    np.testing.assert_allclose(nearest.kth_distance(queries), [0.0, np.sqrt(2 - np.sqrt(2))], atol=1e-6)
+    second = Neighbors.fit(bank, k=2)  # (5, 0): the 2nd nearest unit vector is (0, 1), at sqrt(2)
+    np.testing.assert_allclose(second.kth_distance(queries)[0], np.sqrt(2), atol=1e-6)
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(300, 8))
+    wide = Neighbors.fit(rng.normal(size=(50, 8)), k=3)
+    np.testing.assert_allclose(wide.kth_distance(many, chunk=7), wide.kth_distance(many), atol=1e-6)
+    with pytest.raises(ValueError, match="k=4 needs between 1 and 3"):
+        Neighbors.fit(bank, k=4)
+
+    ScopeDetector("knn", -0.5, "unknown", 1.0, None, "layer_mean", second).save(tmp_path)
+    loaded = ScopeDetector.load(tmp_path)
+    assert loaded is not None and loaded.feature_kind == "layer_mean" and loaded.neighbors is not None
+    assert loaded.neighbors.k == 2 and loaded.gaussian is None
+    np.testing.assert_allclose(loaded.scores(np.zeros((2, 3)), queries), -second.kth_distance(queries))
+    with pytest.raises(ValueError, match="knn method needs"):
+        in_scope_scores("knn", np.zeros((2, 3)), None, 1.0, None, second)
+
+
+def test_combined_methods_sum_scores_standardized_on_validation(tmp_path: Path) -> None:
+    """oos.method: [knn, mahalanobis]: each part is divided by its own in-scope validation spread, so a
+    method in large units (squared Mahalanobis distances) cannot drown the other; the statistics ship with
+    the detector, and the combination still ranks far-away inputs below in-scope ones."""
+    d = _constructed()
+    gaussian = Gaussian.fit(d["feats"][:300], d["labels"][:300], 3)
+    neighbors = Neighbors.fit(d["feats"][:300], k=1)
+    base = ScopeDetector("knn+mahalanobis", 0.0, "unknown", 1.0, gaussian, "head", neighbors)
+    val = base.part_scores(d["logits"][300:450], d["feats"][300:450])
+    stats = standardization(val)
+    assert set(stats) == {"knn", "mahalanobis"} and stats["mahalanobis"][1] > 10 * stats["knn"][1]
+    detector = replace(base, standardize=stats)
+    combined = detector.scores(d["logits"][300:450], d["feats"][300:450])
+    assert abs(combined.mean()) < 1e-9 and 1.0 < combined.std() <= 2.0  # two unit-variance parts
+    inside = detector.scores(d["logits"][450:], d["feats"][450:])
+    outside = detector.scores(d["oos_logits"], d["oos"])
+    metrics = scope_metrics(
+        inside, np.ones(len(inside), dtype=bool), outside, threshold_for_recall(inside, 0.95)
+    )
+    assert metrics["oos/auroc"] > 0.95, metrics
+    with pytest.raises(ValueError, match="needs each part's validation mean and std"):
+        base.scores(d["logits"][:5], d["feats"][:5])
+
+    replace(detector, threshold=-1.5).save(tmp_path)
+    loaded = ScopeDetector.load(tmp_path)
+    assert loaded is not None and loaded.method == "knn+mahalanobis" and loaded.standardize == stats
+    np.testing.assert_allclose(loaded.scores(d["oos_logits"], d["oos"]), outside)
 
 
 def test_mean_pooled_features_ignore_padding_and_ship_with_the_detector(
@@ -120,6 +178,32 @@ def test_mean_pooled_features_ignore_padding_and_ship_with_the_detector(
     assert ScopeDetector("energy", 0.0, "unknown").feature_kind is None  # logits are enough
 
 
+def test_layer_averaged_features_ignore_padding_and_differ_from_the_last_layer(tiny_model: str) -> None:
+    """features="layer_mean" (Avg-Avg) averages each layer's token mean over the transformer layers: padding
+    in a batch does not move it, and it equals the layer-by-layer average computed by hand."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneflow.tasktypes.classification import ClassificationPredictor
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    predictor = ClassificationPredictor(model, tokenizer, ["a", "b"], 48)
+    texts = ["hi", "where is my parcel that i ordered last week from your shop", "cancel my order please"]
+    _, layered = predictor.forward(texts, batch_size=8, features="layer_mean")
+    assert layered is not None and layered.shape == (3, 32)
+    alone = np.concatenate([predictor.forward([t], 1, "layer_mean")[1] for t in texts])
+    np.testing.assert_allclose(layered, alone, atol=1e-5)
+    with torch.inference_mode():
+        states = model(**tokenizer(texts[1:2], return_tensors="pt"), output_hidden_states=True).hidden_states
+    by_hand = torch.stack([h[0].mean(0) for h in states[1:]]).mean(0).numpy()
+    np.testing.assert_allclose(layered[1], by_hand, atol=1e-5)
+    _, last = predictor.forward(texts, batch_size=8, features="mean_pooled")
+    assert last is not None and not np.allclose(layered, last, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown feature kind 'cls'"):
+        predictor.forward(texts, 8, "cls")
+
+
 def test_bad_oos_settings_are_errors_naming_the_key(tmp_path: Path, tiny_model: str) -> None:
     demo = ROOT / "configs" / "demo.yaml"
     with pytest.raises(ConfigError) as err:
@@ -128,8 +212,19 @@ def test_bad_oos_settings_are_errors_naming_the_key(tmp_path: Path, tiny_model: 
     assert "oos.method" in text and "oos.target_in_scope_recall" in text and "oos.threshold" in text
     with pytest.raises(ConfigError, match="oos.features"):
         load_config(demo, ["oos.features=cls"])
-    with pytest.raises(ConfigError, match=r"oos.features: mean_pooled only applies to method: mahalanobis"):
+    with pytest.raises(
+        ConfigError, match=r"oos.features: mean_pooled only applies to method: mahalanobis or knn"
+    ):
         load_config(demo, ["oos.method=energy", "oos.features=mean_pooled"])
+    with pytest.raises(ConfigError, match=r"oos.knn_k only applies to method: knn"):
+        load_config(demo, ["oos.knn_k=5"])
+    with pytest.raises(ConfigError, match="oos.knn_k"):
+        load_config(demo, ["oos.method=knn", "oos.knn_k=0"])
+    assert load_config(demo, ["oos.method=knn", "oos.features=layer_mean", "oos.knn_k=3"]).oos.knn_k == 3
+    with pytest.raises(ConfigError, match="a list combines two or more different methods"):
+        load_config(demo, ["oos.method=[knn, knn]"])
+    combined = load_config(demo, ["oos.method=[knn, mahalanobis]", "oos.features=layer_mean"]).oos
+    assert combined.methods == ("knn", "mahalanobis")
     ner = ROOT / "configs" / "wnut17.yaml"
     with pytest.raises(ConfigError, match="data.oos_test"):
         load_config(ner, [f"data.oos_test={demo}"])
@@ -152,8 +247,20 @@ def test_bad_oos_settings_are_errors_naming_the_key(tmp_path: Path, tiny_model: 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("method", "features", "shipped"),
+    [
+        ("mahalanobis", "head", ["scope_gaussian.npz"]),
+        (["knn", "mahalanobis"], "layer_mean", ["scope_gaussian.npz", "scope_neighbors.npz"]),
+    ],
+)
 def test_registered_model_answers_the_fallback(
-    tmp_path: Path, tiny_model: str, prefect_harness: None
+    tmp_path: Path,
+    tiny_model: str,
+    prefect_harness: None,
+    method: str | list[str],
+    features: str,
+    shipped: list[str],
 ) -> None:
     """Through the real flow: calibration and scope metrics logged, the detector shipped with the model,
     and the MLflow pyfunc answering ``unknown`` (with ``in_scope: false``) below the threshold."""
@@ -172,7 +279,7 @@ def test_registered_model_answers_the_fallback(
         name="scope-intents",
         tracking={"tracking_uri": uri},
         data={"oos_validation": str(oos_file), "oos_test": str(oos_file)},
-        oos={"method": "mahalanobis"},  # the method that ships a fitted Gaussian with the model
+        oos={"method": method, "features": features},  # methods that ship fitted state with the model
         gates={"max_val_degradation": None, "min_oos_recall": 0.0},
     )
     result = finetune(str(cfg), ["train.max_epochs=2"])
@@ -187,7 +294,7 @@ def test_registered_model_answers_the_fallback(
     local = Path(mlflow.artifacts.download_artifacts(f"models:/scope-intents/{result.model.version}"))
     export = local / "artifacts" / "export"
     assert json.loads((export / "scope.json").read_text())["fallback_label"] == "unknown"
-    assert (export / "calibration.json").is_file() and (export / "scope_gaussian.npz").is_file()
+    assert (export / "calibration.json").is_file() and all((export / f).is_file() for f in shipped)
     texts = ["where is my parcel", *oos]
     out = pd.DataFrame(mlflow.pyfunc.load_model(str(local)).predict(texts))
     assert {"label", "score", "in_scope", "oos_score", "threshold"} <= set(out.columns)

@@ -10,6 +10,17 @@ scoring under a threshold get the fallback label. Methods:
   with ``oos.features: mean_pooled``, the mean of the encoder's last hidden states over real tokens) to the
   class means, with one covariance shared by all classes, fitted on the training split (Lee et al., 2018;
   Podolskiy et al., 2021 for fine-tuned transformers on CLINC150).
+* ``knn`` — minus the distance of the L2-normalized features to the k-th nearest training example (Sun et
+  al., 2022, "Out-of-distribution detection with deep nearest neighbors"): no Gaussian assumption; the
+  normalized training features ship with the model.
+
+Features (``oos.features``, for ``mahalanobis`` and ``knn``): ``head`` = the classifier head's input,
+``mean_pooled`` = the last layer's token states averaged over real tokens, ``layer_mean`` = that average
+taken at every transformer layer, then averaged over layers (Chen et al., 2022, "Holistic sentence
+embeddings for better out-of-distribution detection": earlier layers keep what fine-tuning discards).
+
+Several methods can be combined (``oos.method: [knn, mahalanobis]``): each method's scores are standardized
+by their mean and spread on in-scope validation queries, then summed, so no method dominates by its units.
 
 The threshold comes from in-scope validation examples only (keep ``target_in_scope_recall`` of them), or,
 when out-of-scope validation examples exist, maximizes in-scope recall + out-of-scope recall on them
@@ -28,9 +39,11 @@ import numpy as np
 from tuneflow import names
 from tuneflow.calibration import softmax
 
-METHODS = ("msp", "energy", "mahalanobis")
+METHODS = ("msp", "energy", "mahalanobis", "knn")
+FEATURE_METHODS = ("mahalanobis", "knn")  # methods scoring the encoder's features, not only the logits
 SCOPE_FILE = "scope.json"
 GAUSSIAN_FILE = "scope_gaussian.npz"
+NEIGHBORS_FILE = "scope_neighbors.npz"
 
 
 @dataclass(frozen=True)
@@ -66,12 +79,43 @@ class Gaussian:
         return (quad_x[:, None] - 2 * xp @ self.means.T + quad_m[None, :]).min(axis=1)
 
 
+@dataclass(frozen=True)
+class Neighbors:
+    """L2-normalized training features; a query's score is minus its distance to the k-th nearest one."""
+
+    bank: np.ndarray  # (examples, features), unit rows, float32
+    k: int = 1
+
+    @classmethod
+    def fit(cls, features: np.ndarray, k: int = 1) -> Neighbors:
+        """The bank of normalized training features (``k`` <= their count)."""
+        if not 1 <= k <= len(features):
+            raise ValueError(f"knn: k={k} needs between 1 and {len(features)} (the training examples)")
+        return cls(_unit(features), k)
+
+    def kth_distance(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """Euclidean distance of each normalized query to its k-th nearest bank row."""
+        q = _unit(features)
+        out = np.empty(len(q), dtype=np.float64)
+        for start in range(0, len(q), chunk):  # chunks bound the (queries x bank) similarity matrix
+            sims = q[start : start + chunk] @ self.bank.T
+            kth = -np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
+            out[start : start + chunk] = np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
+        return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def in_scope_scores(
     method: str,
     logits: np.ndarray,
     features: np.ndarray | None,
     temperature: float,
     gaussian: Gaussian | None,
+    neighbors: Neighbors | None = None,
 ) -> np.ndarray:
     """The in-scope score of each example (higher = more in scope) under ``method``."""
     if method == "msp":
@@ -84,7 +128,21 @@ def in_scope_scores(
         if gaussian is None or features is None:
             raise ValueError("the mahalanobis method needs the head's input features and a fitted Gaussian")
         return -gaussian.min_distance(features)
+    if method == "knn":
+        if neighbors is None or features is None:
+            raise ValueError("the knn method needs the encoder's features and the training features' bank")
+        return -neighbors.kth_distance(features)
     raise ValueError(f"unknown out-of-scope method {method!r}; one of {METHODS}")
+
+
+def standardization(parts: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Each method's (mean, std) over in-scope validation scores: what ``combine`` divides out."""
+    return {m: (float(np.mean(v)), float(np.std(v)) or 1.0) for m, v in parts.items()}
+
+
+def combine(parts: dict[str, np.ndarray], standardize: dict[str, tuple[float, float]]) -> np.ndarray:
+    """The sum of each method's standardized scores (higher = more in scope)."""
+    return np.sum([(v - standardize[m][0]) / standardize[m][1] for m, v in parts.items()], axis=0)
 
 
 def threshold_for_recall(in_scope: np.ndarray, recall: float) -> float:
@@ -142,25 +200,43 @@ def scope_metrics(
 
 @dataclass(frozen=True)
 class ScopeDetector:
-    """What serving needs to answer "out of scope": method, threshold, temperature and the Gaussian."""
+    """What serving needs to answer "out of scope": method, threshold, temperature, and the Gaussian
+    (mahalanobis) or the training features' bank (knn)."""
 
     method: str
     threshold: float
     fallback_label: str
     temperature: float = 1.0
     gaussian: Gaussian | None = None
-    features: str = "head"  # what the Gaussian was fitted on (oos.features)
+    features: str = "head"  # what the Gaussian / bank was fitted on (oos.features)
+    neighbors: Neighbors | None = None
+    # combined methods ("knn+mahalanobis"): each part's (mean, std) on in-scope validation queries
+    standardize: dict[str, tuple[float, float]] | None = None
 
     @property
     def feature_kind(self) -> str | None:
         """The features scoring needs from the model's forward pass (None: the logits are enough)."""
-        return self.features if self.method == "mahalanobis" else None
+        parts = self.method.split("+")
+        return self.features if any(m in FEATURE_METHODS for m in parts) else None
+
+    def part_scores(self, logits: np.ndarray, features: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Each combined method's own in-scope scores (one entry for a single method)."""
+        return {
+            m: in_scope_scores(m, logits, features, self.temperature, self.gaussian, self.neighbors)
+            for m in self.method.split("+")
+        }
 
     def scores(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        return in_scope_scores(self.method, logits, features, self.temperature, self.gaussian)
+        parts = self.part_scores(logits, features)
+        if len(parts) == 1:
+            return next(iter(parts.values()))
+        if self.standardize is None:
+            raise ValueError(f"the combined method {self.method} needs each part's validation mean and std")
+        return combine(parts, self.standardize)
 
     def save(self, model_dir: str | Path) -> list[str]:
-        """Write ``scope.json`` (and the Gaussian as ``.npz``, no pickle) into an export directory."""
+        """Write ``scope.json`` (and the Gaussian or the knn bank as ``.npz``, no pickle) into an export
+        directory."""
         model_dir = Path(model_dir)
         spec: dict[str, Any] = {
             "method": self.method,
@@ -168,11 +244,18 @@ class ScopeDetector:
             "fallback_label": self.fallback_label,
             "features": self.features,
         }
+        if self.neighbors is not None:
+            spec["k"] = self.neighbors.k
+        if self.standardize is not None:
+            spec["standardize"] = {m: list(v) for m, v in self.standardize.items()}
         (model_dir / SCOPE_FILE).write_text(json.dumps(spec, indent=2))
         files = [SCOPE_FILE]
         if self.gaussian is not None:
             np.savez(model_dir / GAUSSIAN_FILE, means=self.gaussian.means, precision=self.gaussian.precision)
             files.append(GAUSSIAN_FILE)
+        if self.neighbors is not None:
+            np.savez(model_dir / NEIGHBORS_FILE, bank=self.neighbors.bank)
+            files.append(NEIGHBORS_FILE)
         for f in files:
             (model_dir / f).chmod(0o644)
         return files
@@ -188,6 +271,10 @@ class ScopeDetector:
         if (model_dir / GAUSSIAN_FILE).is_file():
             with np.load(model_dir / GAUSSIAN_FILE, allow_pickle=False) as z:
                 gaussian = Gaussian(z["means"], z["precision"])
+        neighbors = None
+        if (model_dir / NEIGHBORS_FILE).is_file():
+            with np.load(model_dir / NEIGHBORS_FILE, allow_pickle=False) as z:
+                neighbors = Neighbors(z["bank"], int(spec.get("k", 1)))
         return cls(
             spec["method"],
             float(spec["threshold"]),
@@ -195,4 +282,8 @@ class ScopeDetector:
             temperature,
             gaussian,
             spec.get("features", "head"),  # detectors saved before oos.features existed used the head's
+            neighbors,
+            {m: (float(a), float(b)) for m, (a, b) in spec["standardize"].items()}
+            if "standardize" in spec
+            else None,
         )

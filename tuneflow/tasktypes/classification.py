@@ -8,7 +8,7 @@ Headline metrics are accuracy and macro F1; promotion compares champion and chal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,13 @@ from tuneflow.encoding import Encoded, EncodedData, PadInputs, tokenize
 from tuneflow.evaluation import Gap, plot_confusion
 from tuneflow.metrics import classification_metrics, confusion, per_class_table, throughput, time_single
 from tuneflow.outofscope import (
+    FEATURE_METHODS,
     Gaussian,
+    Neighbors,
     ScopeDetector,
     in_scope_scores,
     scope_metrics,
+    standardization,
     threshold_for_recall,
     threshold_on_oos,
 )
@@ -44,7 +47,10 @@ from tuneflow.tasktypes.base import CHAT_CONFIG, MetricSpec, TaskType
 from tuneflow.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
 
 TRAIN_SAMPLE_FOR_GAP = 2000
-MAX_TRAIN_FOR_GAUSSIAN = 20_000  # train examples the Mahalanobis class means and covariance are fitted on
+# Train examples the Mahalanobis means and covariance are fitted on, and the most a knn bank holds (20,000
+# x 384 float32 = 31 MB in the exported model).
+MAX_TRAIN_FOR_SCOPE = 20_000
+FEATURE_KINDS = ("head", "mean_pooled", "layer_mean")  # ClassificationPredictor.forward(features=...)
 
 
 @dataclass
@@ -72,15 +78,17 @@ class ClassificationPredictor:
         Sorting by length keeps padding small. ``features="head"`` (or True) is what the head's last linear
         layer sees (BERT's pooled [CLS], DistilBERT's pre-classifier output, RoBERTa's dense layer), captured
         with a forward hook, so any sequence-classification architecture works; ``"mean_pooled"`` is the mean
-        of the encoder's last hidden states over the real (unpadded) tokens.
+        of the encoder's last hidden states over the real (unpadded) tokens; ``"layer_mean"`` averages that
+        token mean over every transformer layer's output (Chen et al., 2022, "Holistic sentence embeddings for
+        better out-of-distribution detection": Avg-Avg).
         """
         import torch
 
         from tuneflow.pooling import mean_pool
 
         kind = "head" if features is True else (features or None)
-        if kind not in (None, "head", "mean_pooled"):
-            raise ValueError(f"unknown feature kind {features!r}: head or mean_pooled")
+        if kind not in (None, *FEATURE_KINDS):
+            raise ValueError(f"unknown feature kind {features!r}: one of {', '.join(FEATURE_KINDS)}")
         order = np.argsort([len(t) for t in texts])
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         feats: np.ndarray | None = None
@@ -101,10 +109,14 @@ class ClassificationPredictor:
                         padding=True,
                         return_tensors="pt",
                     )
-                    out = self.model(**enc, output_hidden_states=kind == "mean_pooled")
+                    out = self.model(**enc, output_hidden_states=kind in ("mean_pooled", "layer_mean"))
                     logits[idx] = out.logits.float().numpy()
                     if kind == "mean_pooled":
                         seen.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
+                    elif kind == "layer_mean":
+                        # hidden_states[0] is the embedding output, not a transformer layer
+                        layers = [mean_pool(h, enc["attention_mask"]) for h in out.hidden_states[1:]]
+                        seen.append(torch.stack(layers).mean(0))
                     if kind is not None:
                         batch = seen.pop().float().numpy()
                         if feats is None:
@@ -384,7 +396,8 @@ class SequenceClassification(TaskType):
         """Temperature scaling on validation, then the out-of-scope detector (:mod:`tuneflow.outofscope`)."""
         batch, oos = cfg.train.eval_batch_size, cfg.oos
         index = {label: i for i, label in enumerate(predictor.labels)}
-        features = oos.features if oos.enabled and oos.method == "mahalanobis" else None
+        methods = oos.methods
+        features = oos.features if oos.enabled and set(methods) & set(FEATURE_METHODS) else None
         logits, feats = predictor.forward(splits.validation[TEXT].tolist(), batch, features)
         y = np.array([index[x] for x in splits.validation[LABEL]])
         temperature = fit_temperature(logits, y) if cfg.eval.calibrate else 1.0
@@ -392,23 +405,30 @@ class SequenceClassification(TaskType):
         out = {f"{names.CALIBRATION}temperature": temperature}
         if not oos.enabled:
             return out
-        gaussian = None
+        gaussian = neighbors = None
         if features:
-            train = splits.train.sample(n=min(len(splits.train), MAX_TRAIN_FOR_GAUSSIAN), random_state=0)
+            train = splits.train.sample(n=min(len(splits.train), MAX_TRAIN_FOR_SCOPE), random_state=0)
             _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features)
-            gaussian = Gaussian.fit(train_feats, np.array([index[x] for x in train[LABEL]]), len(index))
-        in_scores = in_scope_scores(oos.method, logits, feats, temperature, gaussian)
+            assert train_feats is not None
+            if "mahalanobis" in methods:
+                y_train = np.array([index[x] for x in train[LABEL]])
+                gaussian = Gaussian.fit(train_feats, y_train, len(index))
+            if "knn" in methods:
+                neighbors = Neighbors.fit(train_feats, min(oos.knn_k, len(train_feats)))
+        detector = ScopeDetector(
+            "+".join(methods), 0.0, oos.fallback_label, temperature, gaussian, oos.features, neighbors
+        )
+        parts = detector.part_scores(logits, feats)
+        if len(parts) > 1:
+            detector = replace(detector, standardize=standardization(parts))
+        in_scores = detector.scores(logits, feats)
         oos_texts = read_texts(cfg.data.oos_validation, cfg.data)
-        if oos_texts:
+        if oos_texts and oos.threshold_rule == "youden":
             o_logits, o_feats = predictor.forward(oos_texts, batch, features)
-            threshold = threshold_on_oos(
-                in_scores, in_scope_scores(oos.method, o_logits, o_feats, temperature, gaussian)
-            )
+            threshold = threshold_on_oos(in_scores, detector.scores(o_logits, o_feats))
         else:
             threshold = threshold_for_recall(in_scores, oos.target_in_scope_recall)
-        detector = ScopeDetector(
-            oos.method, threshold, oos.fallback_label, temperature, gaussian, oos.features
-        )
+        detector = replace(detector, threshold=threshold)
         detector.save(export_dir)
         return {**out, f"{names.OOS}threshold": threshold}
 
