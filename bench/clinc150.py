@@ -2,10 +2,13 @@
 
 ``python -m bench.clinc150 [--quick]``: runs ``configs/clinc150.yaml`` as one ``finetune`` flow in its own
 process (train on the 150 in-scope intents only; temperature and threshold fitted after training; metrics,
-registration), then loads the *registered* model and scores every out-of-scope method on the same features:
-max calibrated probability, energy and Mahalanobis, each with the threshold chosen on the 100 out-of-scope
-validation queries (Youden's J) and with the in-scope-only rule (keep 95% of in-scope validation queries).
-No out-of-scope example is trained on. Writes ``bench/results/clinc150.json`` and the RESULTS.md rows.
+registration), then loads the *registered* model and scores it as served (its own method and threshold),
+then every out-of-scope method on the same model: max calibrated probability and energy, and Mahalanobis,
+k-NN and their standardized sums on each kind of features (head, mean_pooled, layer_mean), each with the
+threshold chosen on the 100 out-of-scope validation queries (Youden's J) and with in-scope-only rules (keep
+90-99% of in-scope validation queries), plus each variant's validation AUROC: what a user can pick a method
+by without the test split. No out-of-scope example is trained on. Writes ``bench/results/clinc150.json``
+and the RESULTS.md rows.
 """
 
 from __future__ import annotations
@@ -25,32 +28,38 @@ CONFIG = ROOT / "configs" / "clinc150.yaml"
 # Larson et al. 2019, Table 2 (Full), BERT-base 110M: (in-scope accuracy, out-of-scope recall).
 ANCHOR_THRESHOLD = (0.962, 0.523)
 ANCHOR_OOS_CLASS = (0.969, 0.403)
-COMBINED = "energy+mahalanobis z-sum (bench only)"
+LOGITS = ("msp", "energy")
 # In-scope-only rules: the threshold keeps this share of in-scope validation queries (no OOS data needed).
 IN_SCOPE_RECALLS = (0.9, 0.95, 0.97, 0.98, 0.99)
-KNN_K = (1, 10, 50)
-BEST_VARIANT = "mahalanobis, oos.features: mean_pooled"
+KNN_K = (1, 10)
+# configs/clinc150.yaml's method (oos.method: [knn, mahalanobis], oos.features: layer_mean)
+BEST_VARIANT = "knn+mahalanobis, oos.features: layer_mean"
 TARGET = "in-scope acc >= 95.0 and OOS recall >= 70 (beyond BERT-base threshold 96.2 / 52.3)"
 
 
 def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> dict[str, Any]:
-    """Every method x threshold rule on the registered model's features (same model, same splits)."""
+    """Every method x feature kind x threshold rule on the registered model (same model, same splits), the
+    validation AUROC of each (in-scope validation vs the 100 out-of-scope validation queries: what a user can
+    choose a method by without touching the test split), and the registered model's own detector."""
     import mlflow
+    from sklearn.metrics import roc_auc_score
 
     from tuneflow.calibration import expected_calibration_error, softmax
     from tuneflow.experiment import load_config
     from tuneflow.export import load_predictor
     from tuneflow.outofscope import (
-        METHODS,
         Gaussian,
+        Neighbors,
+        combine,
         in_scope_scores,
         scope_metrics,
+        standardization,
         threshold_for_recall,
         threshold_on_oos,
     )
     from tuneflow.readers import LABEL, TEXT
     from tuneflow.tasktypes import task_type
-    from tuneflow.tasktypes.classification import read_texts
+    from tuneflow.tasktypes.classification import FEATURE_KINDS, read_texts
 
     cfg = load_config(CONFIG, overrides)
     mlflow.set_tracking_uri(tracking_uri)
@@ -59,12 +68,6 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
     splits = task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
     index = {label: i for i, label in enumerate(predictor.labels)}
     batch, temperature = cfg.train.eval_batch_size, predictor.temperature
-
-    def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        logits, feats = predictor.forward(texts, batch, features=True)
-        assert feats is not None
-        return logits, feats
-
     texts = {
         "train": splits.train[TEXT].tolist(),
         "val_in": splits.validation[TEXT].tolist(),
@@ -72,32 +75,60 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         "val_oos": read_texts(cfg.data.oos_validation, cfg.data),
         "test_oos": read_texts(cfg.data.oos_test, cfg.data),
     }
-    scored = {name: run(t) for name, t in texts.items()}
-    train_f = scored["train"][1]
-    test_l = scored["test_in"][0]
-    sets = {k: scored[k] for k in ("val_in", "val_oos", "test_in", "test_oos")}
+    sets = ("val_in", "val_oos", "test_in", "test_oos")
+    logits: dict[str, np.ndarray] = {}
+    feats: dict[str, dict[str, np.ndarray]] = {kind: {} for kind in FEATURE_KINDS}
+    for name, t in texts.items():
+        for kind in FEATURE_KINDS:
+            lo, fe = predictor.forward(t, batch, kind)
+            assert fe is not None
+            logits[name], feats[kind][name] = lo, fe
     y_train = np.array([index[x] for x in splits.train[LABEL]])
     y_test = np.array([index[x] for x in splits.test[LABEL]])
-    gaussian = Gaussian.fit(train_f, y_train, len(index))
-    correct = test_l.argmax(-1) == y_test
+    correct = logits["test_in"].argmax(-1) == y_test
     out: dict[str, Any] = {
         "temperature": temperature,
         "test_accuracy_no_fallback": float(correct.mean()),
-        "ece_before": expected_calibration_error(softmax(test_l), y_test),
-        "ece_after": expected_calibration_error(softmax(test_l, temperature), y_test),
+        "ece_before": expected_calibration_error(softmax(logits["test_in"]), y_test),
+        "ece_after": expected_calibration_error(softmax(logits["test_in"], temperature), y_test),
         "methods": {},
+        "validation_auroc": {},
     }
-    by_method = {
-        m: {k: in_scope_scores(m, lo, fe, temperature, gaussian) for k, (lo, fe) in sets.items()}
-        for m in METHODS
-    }
-    # Exploratory, bench only: energy and Mahalanobis each standardized on in-scope validation, then summed.
-    z = {m: (by_method[m]["val_in"].mean(), by_method[m]["val_in"].std()) for m in ("energy", "mahalanobis")}
-    by_method[COMBINED] = {k: sum((by_method[m][k] - mu) / sd for m, (mu, sd) in z.items()) for k in sets}
-    # Exploratory, bench only: other features of the same fine-tuned encoder (see bench_only_scores).
-    by_method.update(bench_only_scores(predictor, texts, y_train, train_f, len(index), batch, sets))
+    by_method = {m: {k: in_scope_scores(m, logits[k], None, temperature, None) for k in sets} for m in LOGITS}
+    for kind, f in feats.items():
+        gaussian = Gaussian.fit(f["train"], y_train, len(index))
+        single = {f"mahalanobis, oos.features: {kind}": {k: -gaussian.min_distance(f[k]) for k in sets}}
+        for k in KNN_K:
+            bank = Neighbors.fit(f["train"], k)
+            single[f"knn k={k}, oos.features: {kind}"] = {n: -bank.kth_distance(f[n]) for n in sets}
+        by_method.update(single)
+        # Combined methods as the library combines them (each standardized on in-scope validation).
+        for parts in (
+            ("energy", f"mahalanobis, oos.features: {kind}"),
+            (f"knn k=1, oos.features: {kind}", f"mahalanobis, oos.features: {kind}"),
+        ):
+            scores = {m: by_method[m] for m in parts}
+            stats = standardization({m: v["val_in"] for m, v in scores.items()})
+            name = "+".join(m.split(",")[0].removesuffix(" k=1") for m in parts) + f", oos.features: {kind}"
+            by_method[name] = {k: combine({m: v[k] for m, v in scores.items()}, stats) for k in sets}
+        # Bench only: relative Mahalanobis (Ren et al., 2021) minus a class-agnostic Gaussian's distance.
+        background = Gaussian.fit(f["train"], np.zeros(len(y_train), dtype=int), 1)
+        by_method[f"relative mahalanobis (bench only), oos.features: {kind}"] = {
+            k: background.min_distance(f[k]) - gaussian.min_distance(f[k]) for k in sets
+        }
+    scope = predictor.scope
+    if scope is not None:  # what the registered model answers: its own method and threshold
+        kind = scope.feature_kind
+        served = {k: scope.scores(logits[k], feats[kind][k] if kind else None) for k in sets}
+        out["served"] = {
+            "method": scope.method,
+            "features": kind,
+            **scope_metrics(served["test_in"], correct, served["test_oos"], scope.threshold),
+        }
     for method, sc in by_method.items():
-        val_in, val_oos, test_in, test_oos = sc["val_in"], sc["val_oos"], sc["test_in"], sc["test_oos"]
+        val_in, val_oos, test_in, test_oos = (sc[k] for k in sets)
+        y_val = np.r_[np.zeros(len(val_in)), np.ones(len(val_oos))]
+        out["validation_auroc"][method] = float(roc_auc_score(y_val, -np.r_[val_in, val_oos]))
         rules = {"oos_validation": threshold_on_oos(val_in, val_oos)}
         rules.update(
             {f"in_scope_{round(100 * r)}": threshold_for_recall(val_in, r) for r in IN_SCOPE_RECALLS}
@@ -106,54 +137,45 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
             rule: {k.removeprefix("oos/"): v for k, v in scope_metrics(test_in, correct, test_oos, t).items()}
             for rule, t in rules.items()
         }
+    out["selected_on_validation"] = max(out["validation_auroc"], key=out["validation_auroc"].get)
     return out
 
 
-def knn_scores(train: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Minus the distance to the k-th nearest training example on L2-normalized features (Sun et al., 2022,
-    "Out-of-distribution detection with deep nearest neighbors"): no Gaussian assumption."""
-    a = train / np.linalg.norm(train, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    sims = q @ a.T
-    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-    return -np.sqrt(np.maximum(2 - 2 * kth, 0))
-
-
-def bench_only_scores(
-    predictor: Any,
-    texts: dict[str, list[str]],
-    y_train: np.ndarray,
-    train_head: np.ndarray,
-    n_classes: int,
-    batch: int,
-    sets: dict[str, tuple[np.ndarray, np.ndarray]],
-) -> dict[str, dict[str, np.ndarray]]:
-    """Mahalanobis on mean-pooled token states (``oos.features: mean_pooled``), and, bench only, k-NN on the
-    head's features and on mean-pooled states."""
-    from tuneflow.outofscope import Gaussian
-
-    pooled = {k: predictor.forward(t, batch, "mean_pooled")[1] for k, t in texts.items()}
-    gaussian = Gaussian.fit(pooled["train"], y_train, n_classes)
-    out: dict[str, dict[str, np.ndarray]] = {
-        BEST_VARIANT: {k: -gaussian.min_distance(pooled[k]) for k in sets}
-    }
-    for k in KNN_K:
-        out[f"kNN k={k}, head features (bench only)"] = {
-            name: knn_scores(train_head, sets[name][1], k) for name in sets
-        }
-        out[f"kNN k={k}, mean-pooled states (bench only)"] = {
-            name: knn_scores(pooled["train"], pooled[name], k) for name in sets
-        }
-    return out
+def _scope_result(m: dict[str, float]) -> str:
+    return (
+        f"in-scope acc {100 * m['in_scope_accuracy']:.1f}, OOS recall {100 * m['recall']:.1f}, "
+        f"precision {100 * m['precision']:.1f}, AUROC {m['auroc']:.3f}, FPR@95 {100 * m['fpr_at_95']:.1f}"
+    )
 
 
 def rows_for(result: dict[str, Any], budget: str, minutes: float) -> list[dict[str, str]]:
     rows = []
+    if "served" in result:
+        s = result["served"]
+        rows.append(
+            {
+                "what": f"CLINC150 out-of-scope, the registered model as served ({s['method']}, "
+                f"features {s['features']}, the config's own threshold rule)",
+                "result": _scope_result({k.removeprefix("oos/"): v for k, v in s.items()}),
+                "target": TARGET,
+                "data": budget,
+            }
+        )
+    ranked = sorted(result["validation_auroc"].items(), key=lambda kv: -kv[1])
+    rows.append(
+        {
+            "what": "CLINC150 method choice on validation (AUROC, 3,000 in-scope vs 100 OOS val queries)",
+            "result": "; ".join(f"{m} {a:.4f}" for m, a in ranked[:4]) + f" ... energy "
+            f"{result['validation_auroc']['energy']:.4f}",
+            "target": "report (the config's method is the top one)",
+            "data": budget,
+        }
+    )
     for method, rules in result["methods"].items():
         for rule, m in rules.items():
-            # Every rule of the default method and of the best-ranking variant; others at the two rules
-            # closest to the target's operating point (all in the JSON).
-            if method not in ("energy", BEST_VARIANT) and rule not in ("oos_validation", "in_scope_98"):
+            # Every rule of the default method and of the config's method; others at the rule closest to
+            # the target's operating point (all in the JSON).
+            if method not in ("energy", BEST_VARIANT) and rule != "in_scope_98":
                 continue
             how = (
                 "threshold on 100 OOS validation queries"
@@ -163,12 +185,7 @@ def rows_for(result: dict[str, Any], budget: str, minutes: float) -> list[dict[s
             rows.append(
                 {
                     "what": f"CLINC150 out-of-scope, MiniLM-L6 + {method} ({how})",
-                    "result": (
-                        f"in-scope acc {100 * m['in_scope_accuracy']:.1f}, "
-                        f"OOS recall {100 * m['recall']:.1f}, "
-                        f"precision {100 * m['precision']:.1f}, AUROC {m['auroc']:.3f}, "
-                        f"FPR@95 {100 * m['fpr_at_95']:.1f}"
-                    ),
+                    "result": _scope_result(m),
                     "target": TARGET,
                     "data": budget,
                 }
