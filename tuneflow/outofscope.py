@@ -126,7 +126,7 @@ def in_scope_scores(
         return temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
     if method == "mahalanobis":
         if gaussian is None or features is None:
-            raise ValueError("the mahalanobis method needs the head's input features and a fitted Gaussian")
+            raise ValueError("the mahalanobis method needs the encoder's features and a fitted Gaussian")
         return -gaussian.min_distance(features)
     if method == "knn":
         if neighbors is None or features is None:
