@@ -79,10 +79,9 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
     logits: dict[str, np.ndarray] = {}
     feats: dict[str, dict[str, np.ndarray]] = {kind: {} for kind in FEATURE_KINDS}
     for name, t in texts.items():
+        logits[name], by_kind = predictor.forward_kinds(t, batch, FEATURE_KINDS)
         for kind in FEATURE_KINDS:
-            lo, fe = predictor.forward(t, batch, kind)
-            assert fe is not None
-            logits[name], feats[kind][name] = lo, fe
+            feats[kind][name] = by_kind[kind]
     y_train = np.array([index[x] for x in splits.train[LABEL]])
     y_test = np.array([index[x] for x in splits.test[LABEL]])
     correct = logits["test_in"].argmax(-1) == y_test

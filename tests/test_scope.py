@@ -56,6 +56,14 @@ def _constructed(seed: int = 0) -> dict[str, np.ndarray]:
     return {"labels": labels, "feats": feats, "logits": feats @ head, "oos": oos, "oos_logits": oos @ head}
 
 
+def test_the_config_offers_exactly_the_methods_the_detector_knows() -> None:
+    import typing
+
+    from tuneflow.config import ScopeMethod
+
+    assert typing.get_args(ScopeMethod) == METHODS
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_ranks_far_away_inputs_below_in_scope_ones(method: str) -> None:
     d = _constructed()
@@ -87,7 +95,7 @@ def test_thresholds_hit_their_targets() -> None:
 def test_detector_round_trips_without_pickle(tmp_path: Path) -> None:
     d = _constructed()
     gaussian = Gaussian.fit(d["feats"], d["labels"], 3)
-    ScopeDetector("mahalanobis", -12.5, "unknown", 2.0, gaussian).save(tmp_path)
+    ScopeDetector(("mahalanobis",), -12.5, "unknown", 2.0, gaussian).save(tmp_path)
     loaded = ScopeDetector.load(tmp_path, temperature=2.0)
     assert loaded is not None and loaded.method == "mahalanobis" and loaded.threshold == -12.5
     np.testing.assert_allclose(loaded.scores(d["logits"], d["feats"]), -gaussian.min_distance(d["feats"]))
@@ -110,7 +118,7 @@ def test_knn_scores_the_kth_neighbour_and_its_bank_round_trips(tmp_path: Path) -
     with pytest.raises(ValueError, match="k=4 needs between 1 and 3"):
         Neighbors.fit(bank, k=4)
 
-    ScopeDetector("knn", -0.5, "unknown", 1.0, None, "layer_mean", second).save(tmp_path)
+    ScopeDetector(("knn",), -0.5, "unknown", 1.0, None, "layer_mean", second).save(tmp_path)
     loaded = ScopeDetector.load(tmp_path)
     assert loaded is not None and loaded.feature_kind == "layer_mean" and loaded.neighbors is not None
     assert loaded.neighbors.k == 2 and loaded.gaussian is None
@@ -126,7 +134,7 @@ def test_combined_methods_sum_scores_standardized_on_validation(tmp_path: Path) 
     d = _constructed()
     gaussian = Gaussian.fit(d["feats"][:300], d["labels"][:300], 3)
     neighbors = Neighbors.fit(d["feats"][:300], k=1)
-    base = ScopeDetector("knn+mahalanobis", 0.0, "unknown", 1.0, gaussian, "head", neighbors)
+    base = ScopeDetector(("knn", "mahalanobis"), 0.0, "unknown", 1.0, gaussian, "head", neighbors)
     val = base.part_scores(d["logits"][300:450], d["feats"][300:450])
     stats = standardization(val)
     assert set(stats) == {"knn", "mahalanobis"} and stats["mahalanobis"][1] > 10 * stats["knn"][1]
@@ -169,13 +177,13 @@ def test_mean_pooled_features_ignore_padding_and_ship_with_the_detector(
     np.testing.assert_allclose(logits, predictor.forward(texts, 8)[0], atol=1e-5)
 
     gaussian = Gaussian.fit(np.concatenate([pooled] * 4), np.array([0, 1, 2] * 4), 3)
-    ScopeDetector("mahalanobis", -5.0, "unknown", 1.0, gaussian, "mean_pooled").save(tmp_path)
+    ScopeDetector(("mahalanobis",), -5.0, "unknown", 1.0, gaussian, "mean_pooled").save(tmp_path)
     loaded = ScopeDetector.load(tmp_path)
     assert loaded is not None and loaded.feature_kind == "mean_pooled"
     served = ClassificationPredictor(model, predictor.tokenizer, ["a", "b"], 48, 1.0, loaded)
     out = served.predict(texts)
     np.testing.assert_allclose(out["oos_score"], -gaussian.min_distance(pooled), rtol=1e-4)
-    assert ScopeDetector("energy", 0.0, "unknown").feature_kind is None  # logits are enough
+    assert ScopeDetector(("energy",), 0.0, "unknown").feature_kind is None  # logits are enough
 
 
 def test_layer_averaged_features_ignore_padding_and_differ_from_the_last_layer(tiny_model: str) -> None:
@@ -200,6 +208,12 @@ def test_layer_averaged_features_ignore_padding_and_differ_from_the_last_layer(t
     np.testing.assert_allclose(layered[1], by_hand, atol=1e-5)
     _, last = predictor.forward(texts, batch_size=8, features="mean_pooled")
     assert last is not None and not np.allclose(layered, last, atol=1e-3)
+    # Every kind from one forward pass: the same logits and features as one pass per kind.
+    logits, every = predictor.forward_kinds(texts, 8, ("head", "mean_pooled", "layer_mean"))
+    _, head = predictor.forward(texts, 8, "head")
+    np.testing.assert_allclose(logits, predictor.forward(texts, 8)[0], atol=1e-6)
+    for kind, single in (("head", head), ("mean_pooled", last), ("layer_mean", layered)):
+        np.testing.assert_allclose(every[kind], single, atol=1e-6)
     with pytest.raises(ValueError, match="unknown feature kind 'cls'"):
         predictor.forward(texts, 8, "cls")
 

@@ -275,7 +275,9 @@ class OOSConfig(_Section):
         methods = self.methods
         if isinstance(self.method, list) and (len(methods) < 2 or len(set(methods)) < len(methods)):
             raise ValueError(f"oos.method: a list combines two or more different methods, not {self.method}")
-        if self.features != "head" and not {"mahalanobis", "knn"} & set(methods):
+        from tuneflow.outofscope import FEATURE_METHODS
+
+        if self.features != "head" and not set(FEATURE_METHODS) & set(methods):
             raise ValueError(
                 f"oos.features: {self.features} only applies to method: mahalanobis or knn "
                 f"(method is {self.method})"

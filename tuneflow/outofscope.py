@@ -203,7 +203,7 @@ class ScopeDetector:
     """What serving needs to answer "out of scope": method, threshold, temperature, and the Gaussian
     (mahalanobis) or the training features' bank (knn)."""
 
-    method: str
+    methods: tuple[str, ...]  # combined methods' scores are standardized, then summed
     threshold: float
     fallback_label: str
     temperature: float = 1.0
@@ -214,16 +214,20 @@ class ScopeDetector:
     standardize: dict[str, tuple[float, float]] | None = None
 
     @property
+    def method(self) -> str:
+        """The method's name as ``scope.json`` stores it (``knn+mahalanobis`` when combined)."""
+        return "+".join(self.methods)
+
+    @property
     def feature_kind(self) -> str | None:
         """The features scoring needs from the model's forward pass (None: the logits are enough)."""
-        parts = self.method.split("+")
-        return self.features if any(m in FEATURE_METHODS for m in parts) else None
+        return self.features if set(self.methods) & set(FEATURE_METHODS) else None
 
     def part_scores(self, logits: np.ndarray, features: np.ndarray | None) -> dict[str, np.ndarray]:
         """Each combined method's own in-scope scores (one entry for a single method)."""
         return {
             m: in_scope_scores(m, logits, features, self.temperature, self.gaussian, self.neighbors)
-            for m in self.method.split("+")
+            for m in self.methods
         }
 
     def scores(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
@@ -276,7 +280,7 @@ class ScopeDetector:
             with np.load(model_dir / NEIGHBORS_FILE, allow_pickle=False) as z:
                 neighbors = Neighbors(z["bank"], int(spec.get("k", 1)))
         return cls(
-            spec["method"],
+            tuple(spec["method"].split("+")),
             float(spec["threshold"]),
             spec["fallback_label"],
             temperature,

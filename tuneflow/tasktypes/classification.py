@@ -30,7 +30,6 @@ from tuneflow.encoding import Encoded, EncodedData, PadInputs, tokenize
 from tuneflow.evaluation import Gap, plot_confusion
 from tuneflow.metrics import classification_metrics, confusion, per_class_table, throughput, time_single
 from tuneflow.outofscope import (
-    FEATURE_METHODS,
     Gaussian,
     Neighbors,
     ScopeDetector,
@@ -75,29 +74,41 @@ class ClassificationPredictor:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw logits (n, labels) and, with ``features``, a feature vector per text (n, hidden).
 
-        Sorting by length keeps padding small. ``features="head"`` (or True) is what the head's last linear
-        layer sees (BERT's pooled [CLS], DistilBERT's pre-classifier output, RoBERTa's dense layer), captured
-        with a forward hook, so any sequence-classification architecture works; ``"mean_pooled"`` is the mean
-        of the encoder's last hidden states over the real (unpadded) tokens; ``"layer_mean"`` averages that
-        token mean over every transformer layer's output (Chen et al., 2022, "Holistic sentence embeddings for
-        better out-of-distribution detection": Avg-Avg).
+        ``features="head"`` (or True) is what the head's last linear layer sees (BERT's pooled [CLS],
+        DistilBERT's pre-classifier output, RoBERTa's dense layer), captured with a forward hook, so any
+        sequence-classification architecture works; ``"mean_pooled"`` is the mean of the encoder's last hidden
+        states over the real (unpadded) tokens; ``"layer_mean"`` averages that token mean over every
+        transformer layer's output (Chen et al., 2022, "Holistic sentence embeddings for better
+        out-of-distribution detection": Avg-Avg).
+        """
+        kind = "head" if features is True else (features or None)
+        logits, feats = self.forward_kinds(texts, batch_size, (kind,) if kind else ())
+        return logits, feats[kind] if kind else None
+
+    def forward_kinds(
+        self, texts: list[str], batch_size: int = 128, kinds: tuple[str, ...] = ()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Raw logits and the features of each of ``kinds`` (see :meth:`forward`), in one forward pass.
+
+        Sorting by length keeps padding small.
         """
         import torch
 
         from tuneflow.pooling import mean_pool
 
-        kind = "head" if features is True else (features or None)
-        if kind not in (None, *FEATURE_KINDS):
-            raise ValueError(f"unknown feature kind {features!r}: one of {', '.join(FEATURE_KINDS)}")
+        for kind in kinds:
+            if kind not in FEATURE_KINDS:
+                raise ValueError(f"unknown feature kind {kind!r}: one of {', '.join(FEATURE_KINDS)}")
         order = np.argsort([len(t) for t in texts])
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        feats: np.ndarray | None = None
+        feats: dict[str, np.ndarray] = {}
         seen: list[Any] = []
         hook = (
             head_layer(self.model, len(self.labels)).register_forward_hook(lambda m, i, o: seen.append(i[0]))
-            if kind == "head"
+            if "head" in kinds
             else None
         )
+        hidden = bool({"mean_pooled", "layer_mean"} & set(kinds))
         try:
             with torch.inference_mode():
                 for start in range(0, len(texts), batch_size):
@@ -109,19 +120,22 @@ class ClassificationPredictor:
                         padding=True,
                         return_tensors="pt",
                     )
-                    out = self.model(**enc, output_hidden_states=kind in ("mean_pooled", "layer_mean"))
+                    out = self.model(**enc, output_hidden_states=hidden)
                     logits[idx] = out.logits.float().numpy()
-                    if kind == "mean_pooled":
-                        seen.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
-                    elif kind == "layer_mean":
+                    batch: dict[str, Any] = {}
+                    if "head" in kinds:
+                        batch["head"] = seen.pop()
+                    if "mean_pooled" in kinds:
+                        batch["mean_pooled"] = mean_pool(out.hidden_states[-1], enc["attention_mask"])
+                    if "layer_mean" in kinds:
                         # hidden_states[0] is the embedding output, not a transformer layer
                         layers = [mean_pool(h, enc["attention_mask"]) for h in out.hidden_states[1:]]
-                        seen.append(torch.stack(layers).mean(0))
-                    if kind is not None:
-                        batch = seen.pop().float().numpy()
-                        if feats is None:
-                            feats = np.zeros((len(texts), batch.shape[-1]), dtype=np.float32)
-                        feats[idx] = batch
+                        batch["layer_mean"] = torch.stack(layers).mean(0)
+                    for kind, values in batch.items():
+                        values = values.float().numpy()
+                        if kind not in feats:
+                            feats[kind] = np.zeros((len(texts), values.shape[-1]), dtype=np.float32)
+                        feats[kind][idx] = values
         finally:
             if hook is not None:
                 hook.remove()
@@ -396,8 +410,9 @@ class SequenceClassification(TaskType):
         """Temperature scaling on validation, then the out-of-scope detector (:mod:`tuneflow.outofscope`)."""
         batch, oos = cfg.train.eval_batch_size, cfg.oos
         index = {label: i for i, label in enumerate(predictor.labels)}
-        methods = oos.methods
-        features = oos.features if oos.enabled and set(methods) & set(FEATURE_METHODS) else None
+        # The detector says which features its methods read; what it is fitted on comes after the forward.
+        unfitted = ScopeDetector(oos.methods, 0.0, oos.fallback_label, features=oos.features)
+        features = unfitted.feature_kind if oos.enabled else None
         logits, feats = predictor.forward(splits.validation[TEXT].tolist(), batch, features)
         y = np.array([index[x] for x in splits.validation[LABEL]])
         temperature = fit_temperature(logits, y) if cfg.eval.calibrate else 1.0
@@ -410,14 +425,12 @@ class SequenceClassification(TaskType):
             train = splits.train.sample(n=min(len(splits.train), MAX_TRAIN_FOR_SCOPE), random_state=0)
             _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features)
             assert train_feats is not None
-            if "mahalanobis" in methods:
+            if "mahalanobis" in oos.methods:
                 y_train = np.array([index[x] for x in train[LABEL]])
                 gaussian = Gaussian.fit(train_feats, y_train, len(index))
-            if "knn" in methods:
+            if "knn" in oos.methods:
                 neighbors = Neighbors.fit(train_feats, min(oos.knn_k, len(train_feats)))
-        detector = ScopeDetector(
-            "+".join(methods), 0.0, oos.fallback_label, temperature, gaussian, oos.features, neighbors
-        )
+        detector = replace(unfitted, temperature=temperature, gaussian=gaussian, neighbors=neighbors)
         parts = detector.part_scores(logits, feats)
         if len(parts) > 1:
             detector = replace(detector, standardize=standardization(parts))
