@@ -214,6 +214,8 @@ def test_layer_averaged_features_ignore_padding_and_differ_from_the_last_layer(t
     np.testing.assert_allclose(logits, predictor.forward(texts, 8)[0], atol=1e-6)
     for kind, single in (("head", head), ("mean_pooled", last), ("layer_mean", layered)):
         np.testing.assert_allclose(every[kind], single, atol=1e-6)
+    empty_logits, nothing = predictor.forward([], 8, "layer_mean")
+    assert empty_logits.shape == (0, 2) and nothing is None
     with pytest.raises(ValueError, match="unknown feature kind 'cls'"):
         predictor.forward(texts, 8, "cls")
 

@@ -83,12 +83,13 @@ class ClassificationPredictor:
         """
         kind = "head" if features is True else (features or None)
         logits, feats = self.forward_kinds(texts, batch_size, (kind,) if kind else ())
-        return logits, feats[kind] if kind else None
+        return logits, feats.get(kind) if kind else None  # None too for no texts
 
     def forward_kinds(
         self, texts: list[str], batch_size: int = 128, kinds: tuple[str, ...] = ()
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Raw logits and the features of each of ``kinds`` (see :meth:`forward`), in one forward pass.
+        """Raw logits and the features of each of ``kinds`` (see :meth:`forward`), in one forward pass
+        (no entry for a kind when ``texts`` is empty).
 
         Sorting by length keeps padding small.
         """
