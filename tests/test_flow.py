@@ -118,6 +118,14 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
     mv = c.get_model_version(model.name, model.version)
     assert mv.run_id == finished["result"].run_id
     assert mv.tags["tuneflow.data_fingerprint"]
+    # The registry's pages say what a version is and what the aliases mean, without opening the run.
+    accuracy = finished["result"].metrics["test/accuracy"]
+    assert (
+        mv.description.startswith("sequence_classification from ")
+        and f"accuracy {accuracy:.4f}" in mv.description
+    )
+    assert mv.run_id in mv.description
+    assert f"models:/{model.name}@champion" in c.get_registered_model(model.name).description
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}/{model.version}")
     out = pyfunc.predict(["where is my parcel", "hello there"])
     labels = {label for _, label in demo_rows("train")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuneflow import names, tracking
@@ -28,6 +29,21 @@ class Registration:
         """The registration of an existing model version."""
         decided = (mv.tags or {}).get(TAG_PROMOTION, "")
         return cls(mv.source, mv.name, str(mv.version), decided, reused=True)
+
+
+def describe(cfg: PipelineConfig, run_id: str) -> str:
+    """A version's one-line description: task, base model, the run's headline test metrics and its run."""
+    from tuneflow.tasktypes import task_type
+
+    metrics = tracking.run_metrics(run_id)
+    scores = ", ".join(
+        f"{k.removeprefix(names.TEST)} {metrics[k]:.4f}"
+        for k in task_type(cfg.task).metrics.headline
+        if k.startswith(names.TEST) and k in metrics
+    )
+    base = Path(cfg.model.name).name if Path(cfg.model.name).is_absolute() else cfg.model.name
+    lora = " (LoRA adapter)" if cfg.model.lora else ""
+    return f"{cfg.task} from {base}{lora}; test {scores or 'not evaluated'}; MLflow run {run_id}"
 
 
 def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> Registration:
@@ -64,7 +80,7 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
                 "tuneflow.adapter_bytes": str(dir_size(export_dir, "adapter_model.*")),
             }
         )
-    version = tracking.register_model(model_uri, name, run_id, tags=tags)
+    version = tracking.register_model(model_uri, name, run_id, tags=tags, description=describe(cfg, run_id))
     tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
     tracking.log_metrics(run_id, {f"{names.SYSTEM}time_register_s": time.perf_counter() - start})
     return Registration(model_uri, name, version)

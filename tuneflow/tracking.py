@@ -544,16 +544,35 @@ def log_adapter_set(run_id: str, adapter_dirs: dict[str, str], task: str) -> str
     return _log_pyfunc(run_id, MODEL_CODE / "adapter_set.py", artifacts, task, params, adapter=True)
 
 
-def register_model(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
-    """Create a new version of registered model ``name``; returns the version number."""
+def registry_description(name: str) -> str:
+    """What the registered model's page says about its aliases and tags (shown in the MLflow UI)."""
+    return (
+        "Fine-tuned by tuneflow. Aliases: `champion` is the version that passed the promotion gates and "
+        f"serves (`models:/{name}@champion`); `challenger` is the latest registered candidate; "
+        f"`previous-champion` is what `tuneflow rollback {name}` restores. Each version's tags give its "
+        "task, base model, config hash, data fingerprint and promotion decision (`tuneflow.promotion`)."
+    )
+
+
+def register_model(
+    model_uri: str,
+    name: str,
+    run_id: str,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+) -> str:
+    """Create a new version of registered model ``name`` (``description``: the version's, shown in the
+    registry's list of versions); returns the version number."""
     c = client()
     try:
         c.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        c.create_registered_model(name, description="Fine-tuned by tuneflow")
+        c.create_registered_model(name, description=registry_description(name))
     # Linked to the logged model (models:/m-...), so its page shows the version instead of "Register model".
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    mv = c.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id)
+    mv = c.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id, description=description
+    )
     if model_id:
         entry = [{"name": name, "version": str(mv.version)}]
         try:
