@@ -145,6 +145,9 @@ def test_adapter_registry_cli_and_adapter_set(tmp_path, tiny_model, tiny_ner_mod
     bundled = runner.invoke(app, ["adapters", "--bundle", "intents-set", "--tracking-uri", tracking_uri])
     assert bundled.exit_code == 0, bundled.output
     model = mlflow.pyfunc.load_model("models:/intents-set/1")
+    described = mlflow.MlflowClient().get_model_version("intents-set", "1").description
+    assert described.startswith("sequence_classification adapter set on ")
+    assert all(f"{name} (v" in described for name in exports)
     for name, export in exports.items():
         alone = load_predictor(export).predict(TEXTS)
         together = model.predict(TEXTS, params={"adapter": name})

@@ -767,6 +767,9 @@ def _bundle(name: str, found: list[dict]) -> None:
                 "tuneflow.base_hash": first["base_hash"],
                 "tuneflow.adapters": ", ".join(f"{n}/v{a['version']}" for n, a in chosen.items()),
             },
+            description=f"{task} adapter set on {first['base_model']}: "
+            + ", ".join(f"{n} (v{a['version']})" for n, a in chosen.items())
+            + "; pick one with params={'adapter': NAME}",
         )
         tracking.end_run(run_id)
     console.print(
