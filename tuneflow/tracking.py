@@ -548,7 +548,7 @@ def registry_description(name: str) -> str:
     """What the registered model's page says about its aliases and tags (shown in the MLflow UI)."""
     return (
         "Fine-tuned by tuneflow. Aliases: `champion` is the version that passed the promotion gates and "
-        f"serves (`models:/{name}@champion`); `challenger` is the latest registered candidate; "
+        f"serves (`models:/{name}@champion`); `challenger` is the latest version put to those gates; "
         f"`previous-champion` is what `tuneflow rollback {name}` restores. Each version's tags give its "
         "task, base model, config hash, data fingerprint and promotion decision (`tuneflow.promotion`)."
     )
