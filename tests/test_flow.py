@@ -121,8 +121,8 @@ def test_registered_version_and_pyfunc_predicts_labels(finished: dict) -> None:
     # The registry's pages say what a version is and what the aliases mean, without opening the run.
     accuracy = finished["result"].metrics["test/accuracy"]
     assert (
-        mv.description.startswith("sequence_classification from ")
-        and f"accuracy {accuracy:.4f}" in mv.description
+        mv.description.startswith(f"test accuracy {accuracy:.4f}, ")
+        and "; sequence_classification from " in mv.description
     )
     assert mv.run_id in mv.description
     assert f"models:/{model.name}@champion" in c.get_registered_model(model.name).description

@@ -130,7 +130,10 @@ def test_the_ui_shows_comparable_fine_tunings(store: dict, server: str) -> None:
         assert driver.execute_script(big) >= 2, "the two runs' confusion matrices are not shown side by side"
 
         driver.get(f"{server}/#/models/ui-intents?workflowType=machine_learning")
-        text = _text_when(driver, ["ui-intents", "Version 1", "champion"])
+        # The registry's page says what the aliases mean, and each version's row starts with its scores.
+        _text_when(
+            driver, ["ui-intents", "Version 1", "champion", "tuneflow rollback ui-intents", "test accuracy"]
+        )
         driver.save_screenshot(str(SHOTS / "model.png"))
     finally:
         driver.quit()

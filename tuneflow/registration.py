@@ -32,7 +32,7 @@ class Registration:
 
 
 def describe(cfg: PipelineConfig, run_id: str) -> str:
-    """A version's one-line description: task, base model, the run's headline test metrics and its run."""
+    """A version's one-line description: the run's headline test metrics, task, base model and run."""
     from tuneflow.tasktypes import task_type
 
     metrics = tracking.run_metrics(run_id)
@@ -43,7 +43,8 @@ def describe(cfg: PipelineConfig, run_id: str) -> str:
     )
     base = Path(cfg.model.name).name if Path(cfg.model.name).is_absolute() else cfg.model.name
     lora = " (LoRA adapter)" if cfg.model.lora else ""
-    return f"{cfg.task} from {base}{lora}; test {scores or 'not evaluated'}; MLflow run {run_id}"
+    # Scores first: the registry's list of versions shows only the description's first ~25 characters.
+    return f"test {scores or 'not evaluated'}; {cfg.task} from {base}{lora}; MLflow run {run_id}"
 
 
 def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> Registration:
