@@ -285,3 +285,19 @@ def test_several_validations_per_epoch_let_the_pruner_stop_a_trial_within_its_fi
     for t in pruned:
         assert t.user_attrs["epochs"] == pytest.approx(len(t.intermediate_values) / 4)
     assert summary.epochs_total == pytest.approx(sum(t.user_attrs["epochs"] for t in trials))
+
+
+def test_the_progress_line_counts_the_trial_that_just_completed() -> None:
+    """A trial's "complete" line runs before Optuna records it: a new best must still read as the best."""
+    from tuneflow.search import _best
+
+    for direction, worse, better in (("maximize", 0.5, 0.8733), ("minimize", 0.9, 0.1)):
+        study = optuna.create_study(direction=direction)
+        first = study.ask()
+        assert _best(first) == "no complete trial yet"
+        assert _best(first, 0.3) == "best 0.3000 (trial 1)"
+        study.tell(first, 0.3 if direction == "minimize" else 0.87)
+        running = study.ask()
+        kept = "best 0.3000 (trial 1)" if direction == "minimize" else "best 0.8700 (trial 1)"
+        assert _best(running) == kept and _best(running, worse) == kept
+        assert _best(running, better) == f"best {better:.4f} (trial 2)"

@@ -276,15 +276,28 @@ def _short(params: dict[str, Any]) -> str:
     )
 
 
-def _best(trial: optuna.Trial) -> str:
-    """The study's best so far, for the progress lines (single-objective studies)."""
-    if len(trial.study.directions) > 1:
-        return f"{len(trial.study.best_trials)} Pareto-optimal trial(s) so far"
+def _best(trial: optuna.Trial, value: float | None = None) -> str:
+    """The study's best so far, for the progress lines (single-objective studies), counting ``value``: the
+    running trial's result, which the study records only once the objective has returned."""
+    study = trial.study
+    if len(study.directions) > 1:
+        return f"{len(study.best_trials)} Pareto-optimal trial(s) so far"
     try:
-        best = trial.study.best_trial
+        best_value, best_number = study.best_value, study.best_trial.number
     except ValueError:  # no complete trial yet
+        best_value, best_number = None, None
+    if value is not None and (
+        best_value is None
+        or (
+            value > best_value
+            if study.direction == optuna.study.StudyDirection.MAXIMIZE
+            else value < best_value
+        )
+    ):
+        best_value, best_number = value, trial.number
+    if best_value is None or best_number is None:
         return "no complete trial yet"
-    return f"best {best.value:.4f} (trial {best.number + 1})"
+    return f"best {best_value:.4f} (trial {best_number + 1})"
 
 
 class TrialProgress(pl.Callback):
@@ -337,8 +350,8 @@ class Objective:
                     trial.set_user_attr(LATENCY_ATTR, latency)
                     metrics[names.LATENCY_P50] = latency
                 run.log_metrics(metrics)
-                epochs = counter.epochs
-                print(f"{label} complete: {self.metric} {value:.4f} after {epochs} epoch(s); {_best(trial)}")
+                best = _best(trial, value)
+                print(f"{label} complete: {self.metric} {value:.4f} after {counter.epochs} epoch(s); {best}")
                 return (value, metrics[names.LATENCY_P50]) if self.cfg.search.latency_objective else value
             except optuna.TrialPruned:
                 state = "PRUNED"
