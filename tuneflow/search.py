@@ -282,10 +282,13 @@ def _best(trial: optuna.Trial, value: float | None = None) -> str:
     study = trial.study
     if len(study.directions) > 1:
         return f"{len(study.best_trials)} Pareto-optimal trial(s) so far"
+    best_value: float | None = None
+    best_number: int | None = None
     try:
-        best_value, best_number = study.best_value, study.best_trial.number
+        best = study.best_trial  # one storage read (a shared RDB study)
+        best_value, best_number = best.value, best.number
     except ValueError:  # no complete trial yet
-        best_value, best_number = None, None
+        pass
     if value is not None and (
         best_value is None
         or (
