@@ -279,7 +279,7 @@ class OOSConfig(_Section):
 
         if self.features != "head" and not set(FEATURE_METHODS) & set(methods):
             raise ValueError(
-                f"oos.features: {self.features} only applies to method: mahalanobis or knn "
+                f"oos.features: {self.features} only applies to method: {' or '.join(FEATURE_METHODS)} "
                 f"(method is {self.method})"
             )
         if self.knn_k != 1 and "knn" not in methods:

@@ -31,11 +31,10 @@ class Registration:
         return cls(mv.source, mv.name, str(mv.version), decided, reused=True)
 
 
-def describe(cfg: PipelineConfig, run_id: str) -> str:
-    """A version's one-line description: the run's headline test metrics, task, base model and run."""
+def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float]) -> str:
+    """A version's one-line description: the run's headline test ``metrics``, task, base model and run."""
     from tuneflow.tasktypes import task_type
 
-    metrics = tracking.run_metrics(run_id)
     scores = ", ".join(
         f"{k.removeprefix(names.TEST)} {metrics[k]:.4f}"
         for k in task_type(cfg.task).metrics.headline
@@ -63,7 +62,8 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
     meta = read_meta(export_dir)
     # One config hash per run: the version carries its run's (the config as given, which --resume matches);
     # after a search the tuned config differs, and its own hash is kept beside it.
-    run_hash = tracking.get_run(run_id).data.tags.get(tracking.TAG_CONFIG_HASH, cfg.fingerprint())
+    recorded = tracking.get_run(run_id).data  # tags and metrics, read once
+    run_hash = recorded.tags.get(tracking.TAG_CONFIG_HASH, cfg.fingerprint())
     tags = {
         tracking.TAG_CONFIG_HASH: run_hash,
         "tuneflow.trained_config_hash": cfg.fingerprint(),
@@ -81,7 +81,9 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
                 "tuneflow.adapter_bytes": str(dir_size(export_dir, "adapter_model.*")),
             }
         )
-    version = tracking.register_model(model_uri, name, run_id, tags=tags, description=describe(cfg, run_id))
+    version = tracking.register_model(
+        model_uri, name, run_id, tags=tags, description=describe(cfg, run_id, recorded.metrics)
+    )
     tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
     tracking.log_metrics(run_id, {f"{names.SYSTEM}time_register_s": time.perf_counter() - start})
     return Registration(model_uri, name, version)
