@@ -207,8 +207,13 @@ def test_gguf_models_are_named_by_their_file(tmp_path: Path) -> None:
 
 def test_an_unreachable_prefect_server_is_a_clear_error(monkeypatch) -> None:
     """PREFECT_API_URL set but nothing listening: exit 7 naming the URL, before any training starts."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "demo.yaml")])
+    # The settings context also wins over the session's prefect_test_harness when a flow test ran first
+    # (its context, entered for the session, would otherwise hide the environment variable).
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "demo.yaml")])
     assert result.exit_code == 7, result.output
     out = " ".join(result.output.split())
     assert "PREFECT_API_URL=http://127.0.0.1:9/api is not reachable" in out and "tuneflow server" in out
