@@ -74,8 +74,8 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
         "epochs": result.epochs,
         "fit_seconds": fit_s,
         "samples_per_second": len(data.train) * result.epochs / fit_s,
-        "system/params_trainable": result.params_trainable,
-        "system/params_total": result.params_total,
+        "model/params_trainable": result.params_trainable,
+        "model/params_total": result.params_total,
         "artifact_bytes": weights_bytes(export),
         "checkpoint_bytes": Path(result.best_checkpoint).stat().st_size,
         "rss_before_fit_mb": rss_before_fit,
@@ -148,7 +148,7 @@ def main() -> None:
             "what": "LoRA vs full: weights to ship per fine-tuning",
             "result": f"LoRA {lora('artifact_bytes') / 1e6:.2f} MB vs full "
             f"{full('artifact_bytes') / 1e6:.1f} MB "
-            f"(trainable {lora('system/params_trainable') / lora('system/params_total'):.1%} of params)",
+            f"(trainable {lora('model/params_trainable') / lora('model/params_total'):.1%} of params)",
             "target": "report",
             "data": data,
         },

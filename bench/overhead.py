@@ -26,23 +26,24 @@ from typing import Any
 
 from bench.common import RESULTS
 from bench.pipeline import ROOT, run_pipeline
+from tuneflow import names
 
 
 def row(name: str, run: dict[str, Any], data: str) -> dict[str, str]:
-    # Results written before metric names had sections call the stage timings time_*_s.
-    w = {f"system/{k}" if k.startswith("time_") else k: v for k, v in run["wall"].items()}
+    # Results written earlier call the stage timings time_*_s or system/time_*_s.
+    w = {names.from_legacy_bookkeeping(k): v for k, v in run["wall"].items()}
     overhead = w["flow_s"] - w["training_and_evaluation_s"]
     parts = [
         ("Prefect start-up", w["prefect_start_s"]),
-        ("validation", w["system/time_validate_s"]),
-        ("export", w["system/time_export_s"]),
-        ("MLflow model log + register", w["system/time_register_s"]),
-        ("promotion", w["system/time_promote_s"]),
+        ("validation", w["timing/validate_s"]),
+        ("export", w["timing/export_s"]),
+        ("MLflow model log + register", w["timing/register_s"]),
+        ("promotion", w["timing/promote_s"]),
         ("other logging/bookkeeping", w["other_s"]),
     ]
     detail = ", ".join(f"{k} {v:.1f} s" for k, v in parts)
     # Runs measured before the calibration step was timed count it in "other".
-    work = "fit+calibration+eval" if "system/time_after_export_s" in w else "fit+eval"
+    work = "fit+calibration+eval" if "timing/after_export_s" in w else "fit+eval"
     return {
         "what": f"orchestration overhead, {name}",
         "result": f"{100 * w['overhead_share']:.1f}% ({overhead:.1f} s of {w['flow_s']:.0f} s flow; {work} "

@@ -21,15 +21,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (
-    "system/time_validate_s",
-    "system/time_fit_s",
-    "system/time_export_s",
-    "system/time_after_export_s",
-    "system/time_evaluate_s",
-    "system/time_register_s",
-    "system/time_promote_s",
+    "timing/validate_s",
+    "timing/fit_s",
+    "timing/export_s",
+    "timing/after_export_s",
+    "timing/evaluate_s",
+    "timing/register_s",
+    "timing/promote_s",
 )
-PURE = ("system/time_fit_s", "system/time_after_export_s", "system/time_evaluate_s")
+PURE = ("timing/fit_s", "timing/after_export_s", "timing/evaluate_s")
 
 
 def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = True) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = 
         "config": config,
         "overrides": overrides,
         "run_id": result.run_id,
-        "metrics": {k: v for k, v in metrics.items() if not k.startswith("system/time_")},
+        "metrics": {k: v for k, v in metrics.items() if not k.startswith("timing/")},
         "registered": asdict(result.model) if result.model else None,
         "promoted": bool(result.promotion and result.promotion.promote),
         "wall": {

@@ -17,6 +17,7 @@ from tasks.search import search
 from tasks.tracking import (
     artifact_key,
     closing_run,
+    describe_run,
     open_run,
     record_config,
     recorded_config,
@@ -63,8 +64,8 @@ def finetune(
 ) -> dict:
     """Fine-tune the model described by a YAML config and register it in MLflow.
 
-    With an enabled ``search:`` section the study runs first (nested ``search`` run, trials nested under
-    it) and the model is then retrained from the pre-trained weights with the best trial's parameters.
+    With an enabled ``search:`` section the study runs first (its trials nested under this flow's run) and
+    the model is then retrained from the pre-trained weights with the best trial's parameters.
 
     Args:
         config_path: the experiment YAML.
@@ -93,10 +94,9 @@ def finetune(
             data = validate_data(cfg, run_id)
             final = cfg
             if cfg.searching:
-                searched = search(cfg, run_id, workers, nested=True)
+                searched = search(cfg, run_id, workers, final_params=True)
                 final = best_config(cfg, searched.best_params)
                 record_config(final, run_id)
-                tracking.set_tags(run_id, {"tuneflow.search_run_id": searched.run_id})
             if final.train.cv_folds:
                 cv = cross_validate(final, run_id)
             trained = train(final, run_id, opened.resume_from)
@@ -116,6 +116,13 @@ def finetune(
                 print(f"v{model.version} already has a promotion decision: {model.decided}")
             else:
                 promotion = promote(final, model.version)
+    notes = [f"registered as `{model.name}` v{model.version}"] if model else []
+    if promotion is not None:
+        notes.append(
+            "promoted to champion" if promotion.promote else "not promoted: see the promotion report"
+        )
+    headline = [(k, metrics[k]) for k in task_type(cfg.task).metrics.headline if k in metrics]
+    describe_run(final, run_id, headline, final.train.monitor, notes)
     result = FinetuneResult(
         run_id,
         redact_secrets(uri),
@@ -142,10 +149,12 @@ def finetune_markdown(name: str, result: FinetuneResult, uri: str) -> str:
     model = result.model
     registered = f"`{model.name}` version **{model.version}**" if model else "not registered"
     url = redact_secrets(tracking.run_url(result.run_id, uri))
+    runs = redact_secrets(tracking.experiment_url(tracking.get_run(result.run_id).info.experiment_id, uri))
     lines = [
         f"# Fine-tuning `{name}`",
         "",
         f"- MLflow run: [`{result.run_id}`]({url}) ({redact_secrets(uri)}; a local store: run `tuneflow ui`)",
+        f"- Compare with the other fine-tunings: [runs of `{result.experiment}`]({runs})",
         f"- Model: {registered}",
     ]
     if result.fit:

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.deployments import guard_deployment_run
 from tasks.search import search
-from tasks.tracking import artifact_key, closing_run, open_run
+from tasks.tracking import artifact_key, closing_run, describe_run, open_run
 from tasks.validate import validate_data
 from tuneflow import tracking
 from tuneflow.config import ConfigError, redact_secrets
@@ -65,6 +65,9 @@ def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1)
     with closing_run(cfg, run_id):
         validate_data(cfg, run_id)
         summary = search(cfg, run_id, workers)
+        best = f"best trial {summary.best_trial}" if summary.best_trial is not None else "no complete trial"
+        counts = f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed"
+        describe_run(cfg, run_id, [], summary.metric, [f"study `{summary.study_name}`: {best}; {counts}"])
     create_markdown_artifact(
         key=artifact_key("tune", cfg),
         markdown=search_markdown(cfg.name, summary, uri),

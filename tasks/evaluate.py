@@ -42,9 +42,7 @@ def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRe
     )
     for warning in result.warnings:
         get_run_logger().warning(warning)
-    tracking.log_metrics(
-        run_id, {**result.metrics, f"{names.SYSTEM}time_evaluate_s": time.perf_counter() - start}
-    )
+    tracking.log_metrics(run_id, {**result.metrics, f"{names.TIMING}evaluate_s": time.perf_counter() - start})
     # At the top of the run's artifacts: MLflow's compare view shows top-level files side by side only.
     tracking.log_artifacts(run_id, out)
     tracking.set_tags(run_id, {"tuneflow.overfit_warning": bool(result.metrics[names.OVERFIT_WARNING])})

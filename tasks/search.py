@@ -1,4 +1,4 @@
-"""Search stage: run the Optuna study (trials nested in MLflow) and log its summary to the HPO run."""
+"""Search stage: run the Optuna study (trials nested under the run in MLflow) and log its summary there."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def describe_space(cfg: PipelineConfig) -> dict[str, str]:
     return out
 
 
-def log_summary(run_id: str, summary: StudySummary) -> None:
+def log_summary(run_id: str, summary: StudySummary, params: bool = True) -> None:
     """Best value and counts as metrics; best params as params (``best.*``, as first found) and as tags
     (``tuneflow.best.*``, kept current as a resumed study improves), the summary files."""
     metrics = {
@@ -51,42 +51,34 @@ def log_summary(run_id: str, summary: StudySummary) -> None:
         }
     )
     tracking.set_tags(run_id, tags)
-    tracking.log_params(run_id, {f"best.{k}": v for k, v in summary.best_params.items()})
+    if params:
+        tracking.log_params(run_id, {f"best.{k}": v for k, v in summary.best_params.items()})
     tracking.log_artifacts(run_id, summary.summary_dir, "search")
 
 
 @task(cache_policy=NO_CACHE)  # no retries: the study itself resumes on the next run
-def search(cfg: PipelineConfig, run_id: str, workers: int = 1, nested: bool = False) -> StudySummary:
-    """Run the study's missing trials under ``run_id`` (or under a nested ``search`` run of it).
+def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: bool = False) -> StudySummary:
+    """Run the study's missing trials as runs nested directly under ``run_id`` and log the study there.
+
+    One level of nesting: in the MLflow UI a run's trials are one click away, whether the run is a
+    ``tuneflow tune`` study or a ``tuneflow run`` that trains the best configuration after its search.
+
+    Args:
+        final_params: the run records the final (best) config as its params: the best values are then
+            tags (``tuneflow.best.*``) only, not ``best.*`` params beside identical ones.
 
     Returns:
-        The study summary (best params and value, trial counts); its ``run_id`` is the HPO run.
+        The study summary (best params and value, trial counts); its ``run_id`` is ``run_id``.
     """
     uri = tracking.configure(cfg.tracking.tracking_uri)
-    hpo_run = run_id
-    if nested:
-        hpo_run = tracking.start_run(
-            cfg.experiment_name,
-            run_name="search",
-            tags={tracking.TAG_STAGE: "search", TAG_STUDY: cfg.study_name},
-            parent_run_id=run_id,
+    tracking.log_params(run_id, {"search.metric": cfg.search_metric, **describe_space(cfg)})
+    recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)
+    with stage("search") as note:
+        summary = run_study(cfg, recorder, run_dir(cfg, run_id) / "search", workers)
+        summary = replace(summary, run_id=run_id)
+        note(
+            f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed; "
+            f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial})"
         )
-    error: BaseException | None = None
-    try:
-        tracking.log_params(hpo_run, {"search.metric": cfg.search_metric, **describe_space(cfg)})
-        recorder = tracking.RunRecorder(uri, cfg.experiment_name, hpo_run)
-        with stage("search") as note:
-            summary = run_study(cfg, recorder, run_dir(cfg, hpo_run) / "search", workers)
-            summary = replace(summary, run_id=hpo_run)
-            note(
-                f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed; "
-                f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial + 1})"
-            )
-        log_summary(hpo_run, summary)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if nested:
-            tracking.end_run(hpo_run, tracking.run_status(error))
+    log_summary(run_id, summary, params=not final_params)
     return summary

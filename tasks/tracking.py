@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from tasks.common import run_dir
-from tuneflow import gc, tracking
+from tuneflow import gc, names, tracking, ui
 from tuneflow.config import PipelineConfig
 from tuneflow.experiment import config_from_dict, run_params
 from tuneflow.training import LAST_CHECKPOINT
@@ -97,6 +97,7 @@ def open_run(
     name = f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M')}" + ("" if stage == "finetune" else f" ({stage})")
     source = tracking.source_tags(f"tuneflow {stage} {cfg.name} (Prefect flow run {flow_run.get_name()})")
     run_id = tracking.start_run(cfg.experiment_name, run_name=name, tags={**source, **tags})
+    ui.save_runs_view(cfg)  # the links this run prints open the experiment with this config's columns
     if log_config:
         record_config(cfg, run_id)
     return OpenedRun(run_id)
@@ -148,6 +149,23 @@ def remove_checkpoints(cfg: PipelineConfig, run_id: str, keep_export: bool = Fal
     that was not registered keeps its export (the only copy of the model).
     """
     return gc.remove_run_files(run_dir(cfg, run_id), keep_export=keep_export)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def describe_run(
+    cfg: PipelineConfig,
+    run_id: str,
+    headline: list[tuple[str, float]],
+    monitor: str,
+    notes: list[str] | None = None,
+) -> None:
+    """Write the run's description (the top of its page in the MLflow UI): headline scores first, then the
+    best value of ``monitor`` (a validation curve) and ``notes``."""
+    tracking.configure(cfg.tracking.tracking_uri)
+    monitor = names.best(monitor)
+    value = tracking.run_metrics(run_id).get(monitor)
+    best = (monitor, value) if value is not None else None
+    tracking.set_description(run_id, ui.run_description(headline, best, notes))
 
 
 def artifact_key(prefix: str, cfg: PipelineConfig) -> str:

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_dir, stage
+from tuneflow import tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.distributed import launch, under_launcher
 from tuneflow.training import FitResult, Trained, train_and_export
@@ -21,7 +22,8 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> T
     """
     t = cfg.train
     print(f"… train      {cfg.model.name}, up to {t.max_epochs} epochs, early stop on {t.monitor}")
-    with stage("train") as note:
+    # MLflow's own CPU / memory / disk sampling while the model trains (the run page's System metrics).
+    with stage("train") as note, tracking.system_metrics(run_id):
         if t.strategy == "ddp" and not under_launcher():
             if t.num_nodes > 1:
                 print(

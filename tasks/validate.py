@@ -71,6 +71,6 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
     n = min(cfg.retrain.reference_sample, len(splits.train))
     sample = splits.train[content_columns(splits.train)].sample(n=n, random_state=cfg.train.seed)
     tracking.log_text(run_id, sample.to_json(orient="records", lines=True), tracking.REFERENCE_SAMPLE)
-    tracking.log_metrics(run_id, {f"{names.SYSTEM}time_validate_s": time.perf_counter() - start})
+    tracking.log_metrics(run_id, {f"{names.TIMING}validate_s": time.perf_counter() - start})
     print(f"✓ validate   {time.perf_counter() - start:6.1f} s  {report.summary()}")
     return ValidatedData(data_fp, len(report.warnings), report.stats)

@@ -16,7 +16,7 @@ def test_pipeline_runner_reports_metrics_and_timings(tmp_path, tiny_model):
     run = run_pipeline(cfg, [], tmp_path / "store")
     w = run["wall"]
     assert run["registered"]["version"] == "1" and 0 <= run["metrics"]["test/accuracy"] <= 1
-    assert w["system/time_fit_s"] > 0 and w["system/time_evaluate_s"] > 0 and w["prefect_start_s"] >= 0
+    assert w["timing/fit_s"] > 0 and w["timing/evaluate_s"] > 0 and w["prefect_start_s"] >= 0
     assert w["flow_s"] >= w["training_and_evaluation_s"] and 0 < w["overhead_share"] < 1
     assert w["process_s"] > w["flow_s"]
     row = overhead.row("tiny", run, "tiny")
@@ -26,7 +26,7 @@ def test_pipeline_runner_reports_metrics_and_timings(tmp_path, tiny_model):
     assert w["mlflow_store_init_s"] > 0 and "MLflow store existing" in row["result"]
     assert "fit+calibration+eval" in row["result"]
     assert w["training_and_evaluation_s"] == pytest.approx(
-        w["system/time_fit_s"] + w["system/time_after_export_s"] + w["system/time_evaluate_s"]
+        w["timing/fit_s"] + w["timing/after_export_s"] + w["timing/evaluate_s"]
     )
 
 

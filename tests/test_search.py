@@ -104,6 +104,12 @@ def test_study_nests_trials_in_mlflow_with_states(
         assert run.info.status == "FINISHED"
         assert float(run.data.params["train.lr"]) == pytest.approx(t.params["train.lr"])
         assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == t.user_attrs["epochs"]
+        # A name that reads in the run list's narrow column: Optuna's number, the state when not complete,
+        # the sampled values; and the same learning-curve file as every other trial (Compare).
+        state = "" if t.state == TrialState.COMPLETE else f" {t.state.name.lower()}"
+        assert run.info.run_name.startswith(f"t{t.number}{state} ")
+        assert f"lr={t.params['train.lr']:.2g}" in run.info.run_name.split()
+        assert "learning_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert summary.n_pruned >= 1, "lr=1e-8 trials should be pruned"
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert all(t.user_attrs["epochs"] < 3 for t in pruned)
@@ -295,9 +301,9 @@ def test_the_progress_line_counts_the_trial_that_just_completed() -> None:
         study = optuna.create_study(direction=direction)
         first = study.ask()
         assert _best(first) == "no complete trial yet"
-        assert _best(first, 0.3) == "best 0.3000 (trial 1)"
+        assert _best(first, 0.3) == "best 0.3000 (trial 0)"  # Optuna's numbering, as in run names and tags
         study.tell(first, 0.3 if direction == "minimize" else 0.87)
         running = study.ask()
-        kept = "best 0.3000 (trial 1)" if direction == "minimize" else "best 0.8700 (trial 1)"
+        kept = "best 0.3000 (trial 0)" if direction == "minimize" else "best 0.8700 (trial 0)"
         assert _best(running) == kept and _best(running, worse) == kept
-        assert _best(running, better) == f"best {better:.4f} (trial 2)"
+        assert _best(running, better) == f"best {better:.4f} (trial 1)"

@@ -274,7 +274,7 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
     assert out.promotion.gates[0].detail == "10 examples"
     run = mlflow.MlflowClient().get_run(out.run_id)
     # Only the adapter is trained, checkpointed and logged: a small share of the parameters.
-    assert 0 < run.data.metrics["system/params_trainable_share"] < 0.2
+    assert 0 < run.data.metrics["model/params_trainable_share"] < 0.2
     files = _artifacts(out.run_id, "model/artifacts/export")
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     # Adapter-only checkpoints are checked in test_lora.py; here: deleted once the model is registered.

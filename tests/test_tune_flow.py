@@ -43,15 +43,18 @@ def test_run_with_search_and_cv_retrains_best_params(
     assert result.model.version == "1"
     children = _children(client, cfg.experiment_name, result.run_id)
     stages = sorted(r.data.tags["tuneflow.stage"] for r in children)
-    assert stages == ["fold", "fold", "search"]  # final-config CV folds + the nested HPO run
+    assert stages == ["fold", "fold", "trial", "trial"]  # final-config CV folds + the trials, one level down
     assert {"cv/f1_macro_mean", "cv/f1_macro_std"} <= set(parent.data.metrics)
     # The final-config folds' out-of-fold probabilities feed the label-quality check (nothing relabeled).
     issues = parent.data.metrics["label_quality/issues"]
     assert 0 <= parent.data.metrics["label_quality/issue_share"] <= 1
     table = client.download_artifacts(result.run_id, "validation/label_issues.csv", str(tmp_path))
     assert len(pd.read_csv(table)) == issues
-    search_run = next(r for r in children if r.data.tags["tuneflow.stage"] == "search")
-    trials = _children(client, cfg.experiment_name, search_run.info.run_id)
+    # The study is logged on the run itself (no run in between): its summary, plots and best values.
+    assert parent.data.tags["tuneflow.best_trial"] == str(result.search.best_trial)
+    assert "search/trials_complete" in parent.data.metrics and "space.train.lr" in parent.data.params
+    assert not any(k.startswith("best.") for k in parent.data.params)  # the params are the best values
+    trials = [r for r in children if r.data.tags["tuneflow.stage"] == "trial"]
     assert len(trials) == 2
     for trial in trials:  # with cv_folds every trial is the mean over its own nested fold runs
         folds = _children(client, cfg.experiment_name, trial.info.run_id)

@@ -160,7 +160,7 @@ def promote_version(
             "tuneflow.promotion_compared_with": champion or "none",
         },
     )
-    tracking.log_metrics(mv.run_id, {f"{names.SYSTEM}time_promote_s": time.perf_counter() - start})
+    tracking.log_metrics(mv.run_id, {f"{names.TIMING}promote_s": time.perf_counter() - start})
     tracking.log_text(mv.run_id, decision.to_markdown(), f"promotion/v{version}-report.md")
     tracking.log_text(mv.run_id, decision.to_json(), f"promotion/v{version}-report.json")
     return decision

@@ -308,7 +308,26 @@ def run(
         console.print(f'try it          tuneflow predict --model {uri} "some text"')
     if result.promotion:
         _print_decision(result.promotion)
-    console.print("browse runs     tuneflow ui   (then open http://127.0.0.1:5000)")
+    _print_browse(cfg)
+
+
+def _print_browse(cfg: Any, what: str = "browse runs") -> None:  # (a tuneflow.config.PipelineConfig)
+    """The experiment's runs table in the MLflow UI (model-training view, tuneflow's columns)."""
+    from tuneflow import tracking
+    from tuneflow.config import redact_secrets
+
+    uri = tracking.configure(cfg.tracking.tracking_uri)
+    experiment_id = tracking.experiment_id(cfg.experiment_name)
+    if experiment_id is None:
+        return
+    url = redact_secrets(tracking.experiment_url(experiment_id, uri))
+    local = not uri.startswith(("http://", "https://"))
+    how = (
+        f"tuneflow ui{'' if uri == tracking.resolve_tracking_uri() else f' --tracking-uri {uri}'}, then "
+        if local
+        else ""
+    )
+    console.print(f"{what:<15} {how}{url}", highlight=False)
 
 
 def _print_decision(d) -> None:  # noqa: ANN001  (a tuneflow.promotion.Decision)
@@ -448,7 +467,7 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     best = [f"--set {k}={v}" for k, v in result.search.best_params.items()]
     sets = " ".join(given + best)
     console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
-    console.print("compare trials  tuneflow ui   (parent run -> nested trial runs -> Chart / Compare)")
+    _print_browse(cfg, "compare trials")
 
 
 @app.command()
@@ -460,7 +479,8 @@ def retrain(
 ) -> None:
     """Retrain when the data changed (drift decides on a fresh search), then promote if the gates pass."""
     set_ = _hide_secrets(set_)
-    _preflight(_load(config, set_))
+    cfg = _load(config, set_)
+    _preflight(cfg)
     _quiet_env()
     prefect = _boot_prefect()
     from flows.retrain import retrain as retrain_flow
@@ -470,6 +490,7 @@ def retrain(
     console.print(f"reason          {escape(result.check.reason)}", highlight=False)
     if result.finetune is not None and result.finetune.promotion:
         _print_decision(result.finetune.promotion)
+    _print_browse(cfg)
 
 
 @app.command()
@@ -829,24 +850,24 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Start the MLflow UI on the project's store, bound to 127.0.0.1."""
-    from tuneflow.tracking import UI_VIEW, configure
+    """Start the MLflow UI on the project's store, bound to 127.0.0.1; print a link to each experiment's runs.
 
-    uri = configure(tracking_uri)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    # The link selects the model-training view (MLflow 3.17 opens on its GenAI view by default).
-    console.print(f"MLflow UI on http://127.0.0.1:{port}/#/experiments{UI_VIEW} (store {uri})")
+    The UI is MLflow's own, served with tuneflow's app (``mlflow ui --app-name tuneflow``): it opens in the
+    model-training view and stays there as you click through (MLflow otherwise starts on its GenAI view).
+    """
+    from tuneflow import tracking
+    from tuneflow.mlflow_app import ui_args
+
+    uri = tracking.configure(tracking_uri)
+    address = f"http://127.0.0.1:{port}"
+    experiments = tracking.recent_experiments()
+    console.print(f"MLflow UI on {address} (store {uri}; stop with Ctrl+C)", highlight=False)
+    for experiment_id, name in experiments:
+        url = tracking.experiment_url(experiment_id, uri, address)
+        console.print(f"  runs of {name}: {url}", highlight=False)
+    if not experiments:
+        console.print(f"  no runs yet: {address}/#/experiments{tracking.UI_VIEW}", highlight=False)
+    cmd = [sys.executable, "-m", "mlflow", *ui_args(uri), "--host", "127.0.0.1", "--port", str(port)]
     os.execv(sys.executable, cmd)
 
 

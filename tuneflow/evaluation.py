@@ -20,6 +20,8 @@ from tuneflow.config import PipelineConfig
 from tuneflow.splits import Splits
 
 History = dict[str, list[tuple[int, float]]]
+LEARNING_CURVES = "learning_curves.png"  # one name for a final training's and each trial's curves (Compare)
+TABLE_DECIMALS = 4  # floats in the CSV reports: 0.8889, not 0.8888888888888888
 
 
 @dataclass(frozen=True)
@@ -103,22 +105,32 @@ def evaluate(
     for name, df in splits.extra.items():
         metrics.update(task.score_set(predictor, df, cfg, prefix=names.ood(name)))
     metrics.update(task.measure_latency(predictor, splits.test, cfg))
-    if history is not None and plot_learning_curves(
-        history, task.metrics.history, out / "learning_curves.png"
-    ):
-        artifacts.append("learning_curves.png")
+    if history is not None and plot_learning_curves(history, task.metrics.history, out / LEARNING_CURVES):
+        artifacts.append(LEARNING_CURVES)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return EvaluationResult(metrics, warnings, [*artifacts, "metrics.json"], kept.get("promotion"))
 
 
-def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+def save_table(df: Any, path: str | Path, **to_csv: Any) -> None:
+    """Write a report table with its floats rounded to :data:`TABLE_DECIMALS` places."""
+    df.round(TABLE_DECIMALS).to_csv(path, **{"index": False, **to_csv})
+
+
+def _pyplot() -> Any:
+    """pyplot on the file backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+    plt = _pyplot()
     size = min(4 + 0.25 * len(labels), 30)
     fig, ax = plt.subplots(figsize=(size, size))
+    ax.grid(False)  # whatever the style: grid lines would cross the counts
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7 if len(labels) > 20 else 9)
@@ -146,13 +158,9 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
 
 def plot_learning_curves(history: History, keys: tuple[str, ...], path: Path) -> bool:
     """Train loss per step and validation metrics per epoch (x = optimizer step). False when no history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not any(history.get(k) for k in keys):
         return False
+    plt = _pyplot()
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     for key in keys:
         points = history.get(key) or []

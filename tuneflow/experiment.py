@@ -53,11 +53,38 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineCon
     return config.validate_config(raw, source, RULES)
 
 
-def run_params(cfg: PipelineConfig) -> dict[str, Any]:
-    """The config as MLflow params: what defines the run, resolved, for its task type, nothing empty.
+NOT_PARAMS = (
+    "tracking.",
+    "retrain.",
+    "gates.",
+    "output_dir",
+    "search.storage",
+    "search.heartbeat_interval",
+    "search.max_retry",
+    "train.rdzv_endpoint",
+    "train.log_every_n_steps",
+    "train.num_workers",
+)
+"""Settings that say where a run is stored, when it reruns, how it is promoted or how it is spread over
+processes, not what it trains: ``config/resolved.yaml`` keeps them; params stay what tells fine-tunings
+apart (the MLflow UI lists every param in one flat picker)."""
+_FILE_DEFAULTS = {k: f.default for k, f in config.FileSpec.model_fields.items() if k != "path"}
 
-    Keys the task type does not use, empty values and the search space (logged on the search run) are
-    left out; the whole resolved config is logged as ``config/resolved.yaml`` next to them.
+
+def _portable_path(path: str) -> str:
+    """A data file as a param: its folder and name (``chatbot_intents/train.csv``), never this machine's
+    absolute path, so the same data reads the same from every machine (its content is the run's
+    ``tuneflow.data_fingerprint`` tag; the full path is in ``config/resolved.yaml``)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def run_params(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as MLflow params: what defines the fine-tuning, resolved, for its task type, nothing empty.
+
+    Keys the task type does not use, :data:`NOT_PARAMS`, file options left at their defaults, empty values
+    and the search space (logged on the search run) are left out; data paths are :func:`_portable_path`.
+    The whole resolved config is logged as ``config/resolved.yaml`` next to them.
     """
     unused = task_type(cfg.task).unused_config
     out = {}
@@ -66,11 +93,15 @@ def run_params(cfg: PipelineConfig) -> dict[str, Any]:
             continue
         if (
             key.startswith(unused)
+            or key.startswith(NOT_PARAMS)
             or key.startswith("search.space.")
             or (key.startswith("search.") and not cfg.searching)
         ):
             continue
-        out[key] = value
+        leaf = key.rsplit(".", 1)[-1]
+        if key.startswith("data.") and leaf in _FILE_DEFAULTS and value == _FILE_DEFAULTS[leaf]:
+            continue
+        out[key] = _portable_path(value) if key.startswith("data.") and leaf == "path" else value
     return out
 
 

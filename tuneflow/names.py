@@ -12,13 +12,17 @@ its section:
 ``ood/<set>/`` the exported model on an out-of-domain set (``ood/yelp/accuracy``)
 ``fit/``       how the fit went: epochs, the best epoch, validation degradation, the train/validation gap
 ``serving/``   single-example latency and batch throughput, with the conditions they were measured in
-``system/``    bookkeeping: stage wall times, parameter counts, weight bytes
+``timing/``    stage wall times (``timing/fit_s``) and training throughput (``timing/train_tokens_per_s``)
+``model/``     parameter counts (total, trainable, trainable share) and the exported weights' bytes
 ``calibration/`` the fitted temperature and the expected calibration error before/after it (test split)
 ``oos/``       out-of-scope detection: threshold, in-scope accuracy with the fallback, out-of-scope recall
 ``behavior/``  behaviour checks: pass rate of each perturbation test (typo, casing, ..., negation)
 ``label_quality/`` likely mislabeled training examples found from out-of-fold probabilities
 ``search/``    a search's counts; ``cv/`` cross-validation; ``drift/`` a retrain's drift signals
 =============  ===========================================================================================
+
+``system/`` is left to MLflow's own system metrics (CPU, memory, disk, network), sampled during the final
+training: the UI shows that prefix on the run page's "System metrics" tab.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import re
 
 CALIBRATION, OOS, BEHAVIOR, LABEL_QUALITY = "calibration/", "oos/", "behavior/", "label_quality/"
 BASE = "base/"
-TRAIN, VAL, TEST, FIT, SERVING, SYSTEM, SEARCH, CV, DRIFT = (
+TRAIN, VAL, TEST, FIT, SERVING, TIMING, MODEL, SEARCH, CV, DRIFT = (
     "train/",
     "val/",
     "test/",
     "fit/",
     "serving/",
-    "system/",
+    "timing/",
+    "model/",
     "search/",
     "cv/",
     "drift/",
@@ -43,6 +48,7 @@ LATENCY_P50, LATENCY_P95 = f"{SERVING}latency_p50_ms", f"{SERVING}latency_p95_ms
 TRAIN_VAL_GAP, OVERFIT_WARNING = f"{FIT}train_val_gap", f"{FIT}overfit_warning"
 
 _LEGACY = re.compile(r"^(train|val)_(?!.*/)(.+)$")
+_LEGACY_SYSTEM = re.compile(r"^(?:system/)?time_(.+)$")
 
 
 def ood(name: str) -> str:
@@ -65,3 +71,15 @@ def from_legacy(metric: str) -> str:
     """Configs written before sections keep working: ``val_f1_macro`` -> ``val/f1_macro``."""
     m = _LEGACY.match(metric)
     return f"{m.group(1)}/{m.group(2)}" if m else metric
+
+
+def from_legacy_bookkeeping(metric: str) -> str:
+    """Results recorded before ``timing/`` and ``model/`` existed keep reading: ``system/time_fit_s`` (or
+    ``time_fit_s``) -> ``timing/fit_s``, ``system/params_total`` -> ``model/params_total``."""
+    if m := _LEGACY_SYSTEM.match(metric):
+        return f"{TIMING}{m.group(1)}"
+    if metric == "system/train_tokens_per_s":
+        return f"{TIMING}train_tokens_per_s"
+    if metric.startswith("system/"):
+        return MODEL + metric.removeprefix("system/").replace("model_weights_bytes", "weights_bytes")
+    return metric

@@ -31,8 +31,9 @@ class Registration:
         return cls(mv.source, mv.name, str(mv.version), decided, reused=True)
 
 
-def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float]) -> str:
-    """A version's one-line description: the run's headline test ``metrics``, task, base model and run."""
+def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float], experiment_id: str) -> str:
+    """A version's one-line description: the run's headline test ``metrics``, task, base model and a link to
+    its run (relative: it opens in whichever MLflow UI shows the registry, in the model-training view)."""
     from tuneflow.tasktypes import task_type
 
     scores = ", ".join(
@@ -43,7 +44,8 @@ def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float]) -> str
     base = Path(cfg.model.name).name if Path(cfg.model.name).is_absolute() else cfg.model.name
     lora = " (LoRA adapter)" if cfg.model.lora else ""
     # Scores first: the registry's list of versions shows only the description's first ~25 characters.
-    return f"test {scores or 'not evaluated'}; {cfg.task} from {base}{lora}; MLflow run {run_id}"
+    link = f"#/experiments/{experiment_id}/runs/{run_id}{tracking.UI_VIEW}"
+    return f"test {scores or 'not evaluated'}; {cfg.task} from {base}{lora}; MLflow run [{run_id}]({link})"
 
 
 def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> Registration:
@@ -62,7 +64,8 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
     meta = read_meta(export_dir)
     # One config hash per run: the version carries its run's (the config as given, which --resume matches);
     # after a search the tuned config differs, and its own hash is kept beside it.
-    recorded = tracking.get_run(run_id).data  # tags and metrics, read once
+    run = tracking.get_run(run_id)  # tags and metrics, read once
+    recorded = run.data
     run_hash = recorded.tags.get(tracking.TAG_CONFIG_HASH, cfg.fingerprint())
     tags = {
         tracking.TAG_CONFIG_HASH: run_hash,
@@ -82,8 +85,12 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
             }
         )
     version = tracking.register_model(
-        model_uri, name, run_id, tags=tags, description=describe(cfg, run_id, recorded.metrics)
+        model_uri,
+        name,
+        run_id,
+        tags=tags,
+        description=describe(cfg, run_id, recorded.metrics, run.info.experiment_id),
     )
     tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
-    tracking.log_metrics(run_id, {f"{names.SYSTEM}time_register_s": time.perf_counter() - start})
+    tracking.log_metrics(run_id, {f"{names.TIMING}register_s": time.perf_counter() - start})
     return Registration(model_uri, name, version)

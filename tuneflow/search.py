@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from tuneflow.config import (
 )
 from tuneflow.crossval import cross_validate
 from tuneflow.encoding import EncodedData
+from tuneflow.evaluation import LEARNING_CURVES, plot_learning_curves, save_table
 from tuneflow.experiment import run_params
 from tuneflow.metrics import time_single
 from tuneflow.model import load_pretrained, load_tokenizer
@@ -43,6 +45,7 @@ from tuneflow.splits import Splits
 from tuneflow.tasktypes import task_type
 from tuneflow.tracking import TAG_STAGE, ChildRun, RunRecorder
 from tuneflow.training import CrashPoint, EpochCounter, MLflowMetricsLogger, fit
+from tuneflow.ui import trial_run_name
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_ATTR, EPOCHS_ATTR, LATENCY_ATTR = "mlflow_run_id", "epochs", "latency_ms"
@@ -300,7 +303,7 @@ def _best(trial: optuna.Trial, value: float | None = None) -> str:
         best_value, best_number = value, trial.number
     if best_value is None or best_number is None:
         return "no complete trial yet"
-    return f"best {best_value:.4f} (trial {best_number + 1})"
+    return f"best {best_value:.4f} (trial {best_number})"
 
 
 class TrialProgress(pl.Callback):
@@ -337,9 +340,10 @@ class Objective:
             TAG_STATE: "RUNNING",
         }
         counter = EpochCounter(trial_evals_per_epoch(self.cfg))
-        label = f"trial {trial.number + 1}/{self.cfg.search.n_trials or '?'}"
+        label = f"trial {trial.number}"  # Optuna's number: the same in run names, tags, trials.csv and plots
         print(f"{label} started: {_short(params)}")
-        with self.recorder.child(f"trial-{trial.number}", tags, finished_on=(optuna.TrialPruned,)) as run:
+        name = trial_run_name(trial.number, params)
+        with self.recorder.child(name, tags, finished_on=(optuna.TrialPruned,)) as run:
             trial.set_user_attr(RUN_ATTR, run.run_id)  # a retried trial inherits the old id: overwrite it
             state, error = "COMPLETE", None
             try:
@@ -370,9 +374,19 @@ class Objective:
                 failure = {"tuneflow.failure": f"{type(error).__name__}: {error}"[:5000]} if error else {}
                 run.set_tags({TAG_STATE: state, **failure})
                 if state != "COMPLETE":  # the run list shows pruned and failed trials for what they are
-                    run.rename(f"trial-{trial.number} ({state.lower()})")
+                    run.rename(trial_run_name(trial.number, params, state))
                 run.log_metrics({f"{names.FIT}epochs_trained": counter.epochs})
+                self._log_curves(run)
                 shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
+
+    def _log_curves(self, run: ChildRun) -> None:
+        """The trial's learning curves as ``learning_curves.png``, the name the final training uses too, so
+        the UI's Compare view shows the trials' curves side by side. Pruned trials included."""
+        keys = task_type(self.cfg.task).metrics.history
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / LEARNING_CURVES
+            if plot_learning_curves(run.history(keys), keys, path):
+                run.log_artifact(path)
 
     def _score(self, trial: optuna.Trial, cfg: PipelineConfig, run: ChildRun, counter: EpochCounter) -> float:
         data = self.cache.get(cfg)
@@ -399,7 +413,7 @@ class Objective:
             return result.mean
         from optuna_integration import PyTorchLightningPruningCallback
 
-        callbacks = [counter, CrashPoint("trial"), TrialProgress(trial.number + 1, self.metric)]
+        callbacks = [counter, CrashPoint("trial"), TrialProgress(trial.number, self.metric)]
         if self.pruning and cfg.train.evals_per_epoch > 1:
             callbacks.append(ReportValidations(trial, self.metric))
         elif self.pruning:
@@ -588,11 +602,14 @@ def write_plots(study: optuna.Study, metric: str, out: Path) -> list[Path]:
     if any(t.intermediate_values for t in study.trials):
         plots.append(("intermediate_values.png", lambda: ovm.plot_intermediate_values(study)))
     written = []
-    for name, draw in plots:
-        try:
-            written.append(_save(draw(), out / name))
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of constant params
-            print(f"skipped {name}: {exc}")
+    # Optuna's plots switch pyplot to the ggplot style for the whole process; keep that to these plots
+    # (its white grid would cross the counts of the confusion matrix drawn later in the same process).
+    with matplotlib.rc_context():
+        for name, draw in plots:
+            try:
+                written.append(_save(draw(), out / name))
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. constant params' importances
+                print(f"skipped {name}: {exc}")
     return written
 
 
@@ -636,7 +653,7 @@ def summarize(study: optuna.Study, cfg: PipelineConfig, out: Path, trials_run_no
         best_latency_ms=best.values[1] if best and len(best.values) > 1 else None,
         summary_dir=str(out),
     )
-    trials_table(study).to_csv(out / "trials.csv", index=False)
+    save_table(trials_table(study), out / "trials.csv")
     write_plots(study, cfg.search_metric, out)
     (out / "best.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     if best is None:

@@ -69,6 +69,12 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 """Opens the experiment in the UI's model-training view (runs, charts, compare) instead of the GenAI one."""
 
 
+def experiment_id(name: str) -> str | None:
+    """Id of experiment ``name``, or None when there is none."""
+    exp = client().get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else None
+
+
 def ensure_experiment(name: str) -> str:
     """Id of experiment ``name``, created on first use (in the UI's model-training view)."""
     c = client()
@@ -113,14 +119,100 @@ def start_run(
 
 UI_VIEW = "?workflowType=machine_learning"
 """MLflow 3.17's UI picks its GenAI or model-training view from a global toggle (remembered by the browser),
-not from the experiment's kind: links tuneflow prints select the model-training view."""
+not from the experiment's kind (MLflow #24498, unfixed in 3.18): links tuneflow prints select the
+model-training view, and ``tuneflow ui`` serves the UI so that the choice sticks (``tuneflow.mlflow_app``)."""
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `tuneflow ui` serves a local store
+RUNS_VIEW = "tuneflow"
+"""Id of the saved runs view tuneflow keeps on each experiment (the UI's "Views" menu)."""
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # how MLflow's UI stores a saved view: an experiment tag
+TAG_ALIASES = "tuneflow.aliases"  # on a run: the registry aliases its version holds now (the UI's column)
+
+
+def ui_address(tracking_uri: str) -> str:
+    """The MLflow UI of a store: the tracking server itself, else where ``tuneflow ui`` serves."""
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return base.rstrip("/")
 
 
 def run_url(run_id: str, tracking_uri: str) -> str:
-    """The run's page in the MLflow UI: on the tracking server itself, else where ``tuneflow ui`` serves."""
-    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    """The run's page in the MLflow UI (model-training view)."""
     experiment_id = client().get_run(run_id).info.experiment_id
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
+    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
+
+
+def experiment_url(experiment_id: str, tracking_uri: str, address: str | None = None) -> str:
+    """The experiment's runs table in the model-training view, with tuneflow's saved view applied (when the
+    experiment has one): the columns that decide between fine-tunings, learning curves first.
+
+    ``address``: the UI's, when it is not the store's default (``tuneflow ui --port``)."""
+    view = f"&viewStateShareKey={RUNS_VIEW}" if _has_runs_view(experiment_id) else ""
+    base = address or ui_address(tracking_uri)
+    return f"{base}/#/experiments/{experiment_id}/runs{UI_VIEW}{view}"
+
+
+def _has_runs_view(experiment_id: str) -> bool:
+    return VIEW_TAG_PREFIX + RUNS_VIEW in client().get_experiment(experiment_id).tags
+
+
+def recent_experiments(limit: int = 5) -> list[tuple[str, str]]:
+    """(id, name) of the most recently updated experiments that have runs, newest first."""
+    found = client().search_experiments(order_by=["last_update_time DESC"], max_results=limit + 1)
+    out = [(e.experiment_id, e.name) for e in found if e.name != "Default"]
+    return out[:limit]
+
+
+def save_runs_view(experiment_id: str, name: str, state: dict[str, Any]) -> None:
+    """Write (or replace) the experiment's saved runs view in the format MLflow's UI reads: an experiment
+    tag ``mlflow.sharedViewState.<id>`` holding ``{name, createdAt, updatedAt, state}``, the page state as
+    zlib-compressed JSON behind ``deflate;`` (what the UI's own "Save view" writes)."""
+    import base64
+    import zlib
+
+    key = VIEW_TAG_PREFIX + RUNS_VIEW
+    now = int(time.time() * 1000)
+    previous = client().get_experiment(experiment_id).tags.get(key)
+    try:
+        created = int(json.loads(previous)["createdAt"]) if previous else now
+    except (ValueError, KeyError, TypeError):
+        created = now
+    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+    envelope = {"name": name, "createdAt": created, "updatedAt": now, "state": packed}
+    client().set_experiment_tag(experiment_id, key, json.dumps(envelope))
+
+
+def read_runs_view(experiment_id: str) -> dict[str, Any] | None:
+    """The page state of the experiment's saved tuneflow view (None without one)."""
+    import base64
+    import zlib
+
+    raw = client().get_experiment(experiment_id).tags.get(VIEW_TAG_PREFIX + RUNS_VIEW)
+    if raw is None:
+        return None
+    packed = json.loads(raw)["state"].removeprefix("deflate;")
+    return json.loads(zlib.decompress(base64.b64decode(packed)))
+
+
+def set_description(run_id: str, markdown: str) -> None:
+    """The run's description: the first thing its page shows, and the runs table's Description column."""
+    set_tags(run_id, {"mlflow.note.content": markdown})
+
+
+@contextmanager
+def system_metrics(run_id: str, interval: float = 5.0) -> Iterator[None]:
+    """Sample CPU, memory, disk and network into the run's ``system/`` metrics (MLflow's own monitor, the
+    run page's System metrics tab) while the block runs; nothing where psutil is missing."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1)
+    except ImportError:  # psutil is MLflow's optional dependency for these
+        yield
+        return
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def rename_run(run_id: str, name: str) -> None:
@@ -393,6 +485,12 @@ class ChildRun:
     def rename(self, name: str) -> None:
         rename_run(self.run_id, name)
 
+    def history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+        return metric_history(self.run_id, keys)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        client().log_artifact(self.run_id, str(path), artifact_path)
+
     @property
     def tracking_uri(self) -> str:
         return self.recorder.tracking_uri
@@ -544,13 +642,21 @@ def log_adapter_set(run_id: str, adapter_dirs: dict[str, str], task: str) -> str
     return _log_pyfunc(run_id, MODEL_CODE / "adapter_set.py", artifacts, task, params, adapter=True)
 
 
-def registry_description(name: str) -> str:
-    """What the registered model's page says about its aliases and tags (shown in the MLflow UI)."""
+def registry_description(name: str, experiment_id: str | None = None) -> str:
+    """What the registered model's page says about its aliases and tags (shown in the MLflow UI), with a
+    relative link to the fine-tunings' runs table (it opens in whichever UI shows the registry)."""
+    runs = (
+        f" Compare the fine-tunings: [runs of experiment {experiment_id}]"
+        f"(#/experiments/{experiment_id}/runs{UI_VIEW}&viewStateShareKey={RUNS_VIEW})."
+        if experiment_id
+        else ""
+    )
     return (
         "Fine-tuned by tuneflow. Aliases: `champion` is the version that passed the promotion gates and "
         f"serves (`models:/{name}@champion`); `challenger` is the latest version put to those gates; "
         f"`previous-champion` is what `tuneflow rollback {name}` restores. Each version's tags give its "
         "task, base model, config hash, data fingerprint and promotion decision (`tuneflow.promotion`)."
+        + runs
     )
 
 
@@ -567,7 +673,8 @@ def register_model(
     try:
         c.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        c.create_registered_model(name, description=registry_description(name))
+        experiment_id = c.get_run(run_id).info.experiment_id
+        c.create_registered_model(name, description=registry_description(name, experiment_id))
     # Linked to the logged model (models:/m-...), so its page shows the version instead of "Register model".
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     mv = c.create_model_version(
@@ -602,11 +709,25 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``; the runs of the versions it leaves and reaches say so (TAG_ALIASES)."""
+    before = alias_version(name, alias)
     client().set_registered_model_alias(name, alias, str(version))
+    _mark_aliases(name, {before, str(version)})
 
 
 def delete_alias(name: str, alias: str) -> None:
+    before = alias_version(name, alias)
     client().delete_registered_model_alias(name, alias)
+    _mark_aliases(name, {before})
+
+
+def _mark_aliases(name: str, versions: set[str | None]) -> None:
+    """Tag each version's run with the aliases the version holds now: the runs table's champion column
+    (the registry keeps aliases on versions, which the runs table cannot show)."""
+    for version in sorted(v for v in versions if v):
+        mv = client().get_model_version(name, version)
+        if mv.run_id:
+            set_tags(mv.run_id, {TAG_ALIASES: ", ".join(sorted(mv.aliases)) or "-"})
 
 
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:

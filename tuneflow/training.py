@@ -417,23 +417,23 @@ def train_and_export(
         run_id,
         {
             **fitted,
-            f"{names.SYSTEM}time_after_export_s": time.perf_counter() - start - fit_s - export_s,
+            f"{names.TIMING}after_export_s": time.perf_counter() - start - fit_s - export_s,
             f"{names.FIT}epochs_trained": result.epochs,
             names.best(result.monitor): result.best_score or 0.0,
             # Stage timings (seconds): the benchmark's orchestration-overhead breakdown reads them.
-            f"{names.SYSTEM}time_fit_s": fit_s,
-            f"{names.SYSTEM}time_export_s": export_s,
-            f"{names.SYSTEM}params_trainable": result.params_trainable,
-            f"{names.SYSTEM}params_total": result.params_total,
-            f"{names.SYSTEM}params_trainable_share": result.params_trainable / max(result.params_total, 1),
+            f"{names.TIMING}fit_s": fit_s,
+            f"{names.TIMING}export_s": export_s,
+            f"{names.MODEL}params_trainable": result.params_trainable,
+            f"{names.MODEL}params_total": result.params_total,
+            f"{names.MODEL}params_trainable_share": result.params_trainable / max(result.params_total, 1),
             # What a deployment has to ship for this fine-tuning (the adapter alone with LoRA).
-            f"{names.SYSTEM}model_weights_bytes": weights_bytes(export_dir),
+            f"{names.MODEL}weights_bytes": weights_bytes(export_dir),
         },
     )
     if resume_from is None:  # a resumed fit's time covers only the epochs after the restart
         # Training throughput (validation passes included in the time): the unit a CPU budget is set in.
         tokens = sum(map(len, data.train.ids)) * result.epochs
-        tracking.log_metrics(run_id, {f"{names.SYSTEM}train_tokens_per_s": tokens / fit_s})
+        tracking.log_metrics(run_id, {f"{names.TIMING}train_tokens_per_s": tokens / fit_s})
     tracking.set_tags(
         run_id,
         {

@@ -23,7 +23,7 @@ import pandas as pd
 from tuneflow import names
 from tuneflow.config import DataConfig, FileSpec, GenerationConfig, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
-from tuneflow.evaluation import Gap
+from tuneflow.evaluation import Gap, save_table
 from tuneflow.generation import (
     generated_text_example,
     generation_metrics,
@@ -419,8 +419,8 @@ class CausalLM(TaskType):
             metrics.update(before.metrics)
             table.insert(3, "base_generated", before.replies)
             table["base_chrf"] = before.chrf
-        table.to_csv(out / "generations.csv", index=False)
-        table.head(cfg.eval.sample_generations).to_csv(out / "sample_generations.csv", index=False)
+        save_table(table, out / "generations.csv")
+        save_table(table.head(cfg.eval.sample_generations), out / "sample_generations.csv")
         return ["sample_generations.csv", "generations.csv"]
 
     def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:

@@ -27,7 +27,7 @@ from tuneflow.calibration import (
 )
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadInputs, tokenize
-from tuneflow.evaluation import Gap, plot_confusion
+from tuneflow.evaluation import Gap, plot_confusion, save_table
 from tuneflow.metrics import classification_metrics, confusion, per_class_table, throughput, time_single
 from tuneflow.outofscope import (
     Gaussian,
@@ -471,7 +471,7 @@ class SequenceClassification(TaskType):
             evidence["promotion"] = [str(x) for x in pred]
         truth = test[LABEL].tolist()
         metrics.update(classification_metrics(truth, pred, prefix=names.TEST))
-        per_class_table(truth, pred, labels).to_csv(out / "per_class_metrics.csv", index=False)
+        save_table(per_class_table(truth, pred, labels), out / "per_class_metrics.csv")
         plot_confusion(confusion(truth, pred, labels), labels, out / "confusion_matrix.png")
         index = {label: i for i, label in enumerate(labels)}
         y = np.array([index[t] for t in truth])
@@ -481,9 +481,9 @@ class SequenceClassification(TaskType):
             p_true=proba[np.arange(len(y)), y],
         )
         errors = errors[errors[LABEL] != errors["predicted"]].sort_values("p_predicted", ascending=False)
-        errors.rename(columns={LINE: "line"})[
-            ["line", TEXT, LABEL, "predicted", "p_predicted", "p_true"]
-        ].head(cfg.eval.worst_examples).to_csv(out / "worst_errors.csv", index=False)
+        columns = ["line", TEXT, LABEL, "predicted", "p_predicted", "p_true"]
+        worst = errors.rename(columns={LINE: "line"})[columns].head(cfg.eval.worst_examples)
+        save_table(worst, out / "worst_errors.csv")
         artifacts = ["per_class_metrics.csv", "confusion_matrix.png", "worst_errors.csv"]
 
         uncalibrated = softmax(logits)
@@ -505,7 +505,7 @@ class SequenceClassification(TaskType):
                 cfg.train.seed,
             )
             metrics.update(report.metrics())
-            report.failures.to_csv(out / "behavior_failures.csv", index=False)
+            save_table(report.failures, out / "behavior_failures.csv")
             artifacts.append("behavior_failures.csv")
         return artifacts
 
@@ -557,7 +557,7 @@ class SequenceClassification(TaskType):
         table = pd.DataFrame(rows, columns=["text", "kind", "label", "oos_score"]).assign(
             threshold=scope.threshold
         )
-        table.sort_values("oos_score").to_csv(out / "oos_errors.csv", index=False)
+        save_table(table.sort_values("oos_score"), out / "oos_errors.csv")
         return ["oos_errors.csv"]
 
     def measure_gap(self, predictor: ClassificationPredictor, splits: Splits, cfg: PipelineConfig) -> Gap:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
 from tuneflow.encoding import Encoded, EncodedData, PadSequences
-from tuneflow.evaluation import Gap, plot_confusion
+from tuneflow.evaluation import Gap, plot_confusion, save_table
 from tuneflow.metrics import time_single
 from tuneflow.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
 from tuneflow.splits import Splits
@@ -358,7 +358,7 @@ class TokenClassification(TaskType):
         metrics.update({f"test/{k}": v for k, v in scores.items()})
         if evidence is not None and cfg.gates.metric in scores:
             evidence["promotion"] = scores[cfg.gates.metric]
-        per_type_table(gold, pred).to_csv(out / "per_type_metrics.csv", index=False)
+        save_table(per_type_table(gold, pred), out / "per_type_metrics.csv")
         cm, names = type_confusion(gold, pred)
         pd.DataFrame(cm, index=names, columns=names).to_csv(out / "type_confusion.csv")
         plot_confusion(cm, names, out / "type_confusion.png")
@@ -368,9 +368,11 @@ class TokenClassification(TaskType):
         )
         worst["gold"] = [_spans(w, g) for w, g in zip(test[TOKENS], gold, strict=True)]
         worst = worst[worst["word_errors"] > 0].sort_values("word_errors", ascending=False, kind="stable")
-        worst.rename(columns={LINE: "line"})[["line", TEXT, "gold", "predicted", "word_errors"]].head(
-            cfg.eval.worst_examples
-        ).to_csv(out / "worst_sentences.csv", index=False)
+        columns = ["line", TEXT, "gold", "predicted", "word_errors"]
+        save_table(
+            worst.rename(columns={LINE: "line"})[columns].head(cfg.eval.worst_examples),
+            out / "worst_sentences.csv",
+        )
         return ["per_type_metrics.csv", "type_confusion.csv", "type_confusion.png", "worst_sentences.csv"]
 
     def measure_gap(self, predictor: TaggingPredictor, splits: Splits, cfg: PipelineConfig) -> Gap:
