@@ -23,6 +23,7 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> T
     t = cfg.train
     print(f"… train      {cfg.model.name}, up to {t.max_epochs} epochs, early stop on {t.monitor}")
     # MLflow's own CPU / memory / disk sampling while the model trains (the run page's System metrics).
+    tracking.configure(cfg.tracking.tracking_uri)
     with stage("train") as note, tracking.system_metrics(run_id):
         if t.strategy == "ddp" and not under_launcher():
             if t.num_nodes > 1:

@@ -1,29 +1,43 @@
 """The MLflow UI as a person meets it, in a real browser (Debian's Chromium driven by Selenium).
 
-On a store made by two short real runs: the printed link opens the experiment in the model-training view
-with recognizable run names and their source, a run's metrics are grouped into chart sections by prefix,
-the compare view shows both runs' confusion matrices side by side, and the registered model page shows the
-aliases. Screenshots go to ``test-artifacts/ui/`` (git-ignored).
+On a store made by two short real runs (the first with a 2-trial search, through the CLI), served the way
+``tuneflow ui`` serves it, every link tuneflow prints is opened in a fresh browser profile: the end of
+``tuneflow run``, ``tuneflow ui``, the Prefect artifact and the registry's descriptions. Each opens the
+model-training view and stays there when clicked through; the runs table shows the deciding columns and the
+trials one click away; the chart view opens on the learning curves; the run page shows the test scores
+without scrolling; the compare view shows both runs' confusion matrices side by side. Screenshots go to
+``test-artifacts/ui/`` (git-ignored).
 Skips, saying why, where no Chromium/chromedriver is installed (``.ci/run`` installs them on Debian).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import ROOT, make_config, mlflow_process
+from tests.test_search import SPACE
 from tuneflow import tracking
+from tuneflow.cli import app
 
 pytestmark = pytest.mark.integration
 SHOTS = ROOT / "test-artifacts" / "ui"
+URL = re.compile(r"http://127\.0\.0\.1:\d+/#/\S+")
+GENAI_ONLY = "Training runs"  # a heading of the GenAI sidebar, absent from the model-training one
 
 
-def _browser():  # noqa: ANN202
+@contextmanager
+def _browser() -> Iterator:
+    """A headless Chromium with a new, empty profile: what someone following a link for the first time has."""
     chromedriver, chromium = shutil.which("chromedriver"), shutil.which("chromium")
     if not (chromedriver and chromium):
         pytest.skip(
@@ -35,9 +49,23 @@ def _browser():  # noqa: ANN202
 
     options = Options()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
+    profile = tempfile.mkdtemp(prefix="tuneflow-ui-profile-")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1200",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(arg)
-    return selenium.webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver = selenium.webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _text_when(driver, needles: list[str], timeout: float = 60) -> str:  # noqa: ANN001
@@ -52,6 +80,27 @@ def _text_when(driver, needles: list[str], timeout: float = 60) -> str:  # noqa:
     raise AssertionError(f"page never showed {needles}; it shows:\n{text[:3000]}")
 
 
+def _until(driver, script: str, timeout: float = 60):  # noqa: ANN001, ANN202
+    """The value of ``script`` once it is truthy."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"never true in the page: {script}")
+
+
+def _model_training_view(driver) -> str:  # noqa: ANN001
+    text = _text_when(driver, ["Model training", "Runs"])
+    assert GENAI_ONLY not in text, "the GenAI sidebar is shown"
+    return text
+
+
+def _click(driver, element) -> None:  # noqa: ANN001
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", element)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_harness: None) -> dict:
     from flows.finetune import finetune
@@ -64,76 +113,158 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_har
         name="ui-intents",
         tracking={"tracking_uri": uri},
         gates={"min": None, "promote": True},
+        search={
+            "n_trials": 2,
+            "max_epochs": 1,
+            "storage": f"sqlite:///{tmp}/optuna.db",
+            "sampler": "random",
+            "startup_trials": 1,
+            "warmup_epochs": 0,
+            "space": SPACE,
+        },
     )
-    first = finetune(str(cfg), ["train.max_epochs=1"])
-    second = finetune(str(cfg), ["train.max_epochs=2", "train.lr=0.001"])
-    return {"uri": uri, "runs": [first.run_id, second.run_id], "tmp": tmp}
+    # The first fine-tuning as a person starts it: the link it prints is the one to follow.
+    out = CliRunner().invoke(app, ["run", str(cfg), "--set", "train.max_epochs=1"])
+    assert out.exit_code == 0, out.output
+    printed = " ".join(out.output.split())
+    browse = URL.findall(printed[printed.index("browse runs") :])[0]
+    finetune(str(cfg), ["search.enabled=false", "train.max_epochs=2", "train.lr=0.001"])
+    tracking.configure(uri)
+    runs = tracking.client().search_runs(
+        [tracking.experiment_id("ui-intents")], "tags.`tuneflow.stage` = 'finetune'", order_by=["start_time"]
+    )
+    return {"uri": uri, "runs": [r.info.run_id for r in runs], "browse": browse}
 
 
 @pytest.fixture(scope="module")
-def server(store: dict):  # noqa: ANN201
-    with mlflow_process(["server", "--backend-store-uri", store["uri"]], "/health") as base:
-        yield base
+def server(store: dict, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[dict]:
+    """The UI exactly as ``tuneflow ui`` starts it, with the links it prints."""
+    calls: list[list[str]] = []
+    monkeypatch_module.setattr(os, "execv", lambda exe, argv: calls.append(argv))
+    out = CliRunner().invoke(app, ["ui", "--tracking-uri", store["uri"], "--port", "5000"])
+    assert out.exit_code == 0, out.output
+    argv = calls[0]
+    assert argv[1:3] == ["-m", "mlflow"] and argv[argv.index("--app-name") + 1] == "tuneflow"
+    args = argv[3 : argv.index("--host")]
+    links = URL.findall(" ".join(out.output.split()))
+    with mlflow_process(args, "/health") as base:
+        yield {"base": base, "links": [link.replace("http://127.0.0.1:5000", base) for link in links]}
 
 
-def test_the_ui_shows_comparable_fine_tunings(store: dict, server: str) -> None:
-    driver = _browser()
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_printed_links_open_the_runs_table_in_the_model_training_view(store: dict, server: dict) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    try:
-        tracking.configure(store["uri"])
-        run_id = store["runs"][0]
-        # The link tuneflow prints (Prefect artifact, `tuneflow ui`) opens the model-training view.
-        url = tracking.run_url(run_id, store["uri"]).replace("http://127.0.0.1:5000", server)
-        assert url.endswith(f"/runs/{run_id}?workflowType=machine_learning")
-        experiment_page = url.split("/runs/")[0] + "?workflowType=machine_learning"
-        driver.get(experiment_page)
-        text = _text_when(driver, ["Model training", "ui-intents 20", "tuneflow finetune ui-intents"])
-        assert "Training runs" not in text  # the model-training sidebar, not the GenAI one
-        driver.save_screenshot(str(SHOTS / "runs.png"))
+    base = server["base"]
+    browse = store["browse"].replace("http://127.0.0.1:5000", base)
+    assert server["links"] and server["links"][0] == browse  # `tuneflow ui` and `tuneflow run` agree
+    for name, link in (("run", browse), ("ui", server["links"][0])):
+        with _browser() as driver:
+            driver.get(link)
+            text = _model_training_view(driver)
+            # The columns that decide between fine-tunings, without picking anything.
+            _text_when(driver, ["val/best_f1_macro", "test/accuracy", "train.lr", "model.dropout"])
+            assert "ui-intents" in text
+            driver.save_screenshot(str(SHOTS / f"runs-from-{name}.png"))
 
-        # The run's model metrics come in one chart section per prefix (test, val, fit, ...); the bookkeeping
-        # (system/...) sits on the System metrics tab instead.
-        run_page = url.split("?")[0]
-        driver.get(f"{run_page}/model-metrics?workflowType=machine_learning")
-        text = _text_when(driver, ["Model metrics", "serving", "calibration", "train"])
-        # A section header is its prefix, then "(number of charts)" on the next line; chart titles drop it.
-        lines = [line.strip() for line in text.splitlines()]
-        sections = {a for a, b in zip(lines, lines[1:], strict=False) if re.fullmatch(r"\(\d+\)", b)}
-        assert {"test", "val", "fit", "serving", "train", "calibration", "oos"} <= sections, sections
-        assert "system" not in sections and "time_fit_s" not in text
-        driver.save_screenshot(str(SHOTS / "metrics.png"))
-        driver.get(f"{run_page}/system-metrics?workflowType=machine_learning")
-        _text_when(driver, ["time_fit_s"])
-
-        experiment_id = url.split("/experiments/")[1].split("/")[0]
-        runs, experiments = json.dumps(store["runs"]), json.dumps([experiment_id])
-        compare = (
-            f"{server}/#/compare-runs?runs={runs}&experiments={experiments}&workflowType=machine_learning"
+    with _browser() as driver:
+        driver.get(browse)
+        _model_training_view(driver)
+        # The run with a search lists its trials one click away: one level of nesting, short names.
+        expander = _until(
+            driver,
+            "return [...document.querySelectorAll('.ag-row')].filter(r => r.querySelector('button') && "
+            "r.textContent.includes('ui-intents')).map(r => r.querySelector('button'))[0]",
         )
-        driver.get(compare)
-        text = _text_when(driver, ["Comparing 2 Runs", "Artifacts"])
-        # The compare view lists the files both runs have at the top of their artifacts...
-        deadline = time.time() + 60
-        while "confusion_matrix.png" not in driver.page_source and time.time() < deadline:
-            time.sleep(0.5)
-        assert "confusion_matrix.png" in driver.page_source and "learning_curves.png" in driver.page_source
+        _click(driver, expander)
+        text = _text_when(driver, ["t0 ", "t1 "])
+        assert re.search(r"\bt0( pruned)? (do|lr)=", text), text[:2000]
+        driver.save_screenshot(str(SHOTS / "runs-expanded.png"))
+
+        # The chart view opens on the learning curves, then the test scores.
+        _click(driver, driver.find_element("css selector", "input[value=CHART]"))
+        text = _text_when(driver, ["learning curves", "train/loss"])
+        lines = [line.strip() for line in text.splitlines()]
+        sections = [a for a, b in zip(lines, lines[1:], strict=False) if re.fullmatch(r"\(\d+\)", b)]
+        assert sections[:2] == ["learning curves", "test"], sections
+        driver.save_screenshot(str(SHOTS / "charts.png"))
+
+        # Clicking through to a run keeps the model-training view (the link's choice sticks).
+        _click(driver, driver.find_element("css selector", "input[value=TABLE]"))
+        run_link = _until(
+            driver,
+            "return [...document.querySelectorAll('a')]"
+            ".filter(a => a.textContent.startsWith('ui-intents 2'))[0]",
+        )
+        _click(driver, run_link)
+        _text_when(driver, ["Overview", "Model metrics"])
+        assert "workflowType" not in driver.current_url  # an in-app link: the stored choice holds
+        _model_training_view(driver)
+
+
+def test_run_page_shows_the_test_scores_first_and_compare_shows_curves(store: dict, server: dict) -> None:
+    base, (first, second) = server["base"], store["runs"]
+    with _browser() as driver:
+        # The Prefect artifact's link: the run page, its description (headline scores) above the fold.
+        url = tracking.run_url(first, store["uri"]).replace(tracking.UI_ADDRESS, base)
+        driver.get(url)
+        _model_training_view(driver)
+        _text_when(driver, ["test/accuracy", "registered as"])
+        top = driver.execute_script(
+            "const e = [...document.querySelectorAll('strong')].find(s => s.textContent === 'test/accuracy');"
+            "return e && e.getBoundingClientRect().bottom"
+        )
+        assert top and top < driver.execute_script("return window.innerHeight"), "test scores need scrolling"
+        driver.save_screenshot(str(SHOTS / "run.png"))
+        # Stage timings and sizes are model metrics of their own sections; system/ is MLflow's sampling.
+        driver.get(url.replace("?", "/model-metrics?"))
+        text = _text_when(driver, ["timing", "model", "train"])
+        assert "time_fit_s" not in text
+
+        experiment_id = tracking.get_run(first).info.experiment_id
+        runs, experiments = json.dumps([first, second]), json.dumps([experiment_id])
+        driver.get(
+            f"{base}/#/compare-runs?runs={runs}&experiments={experiments}&workflowType=machine_learning"
+        )
+        _text_when(driver, ["Comparing 2 Runs", "Artifacts"])
+        _until(driver, "return document.documentElement.innerHTML.includes('learning_curves.png')")
+        assert "confusion_matrix.png" in driver.page_source
         assert "No common artifacts to display" not in driver.page_source
-        # ... and picking one previews it for each run, side by side.
         big = "return [...document.images].filter(i => i.complete && i.naturalWidth >= 400).length"
         assert driver.execute_script(big) == 0  # nothing previewed before a file is picked
         item = driver.find_element("xpath", "//*[normalize-space(text())='confusion_matrix.png']")
-        driver.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", item)
-        deadline = time.time() + 60
-        while driver.execute_script(big) < 2 and time.time() < deadline:
-            time.sleep(0.5)
+        _click(driver, item)
+        _until(driver, big.replace(".length", ".length >= 2"))
         driver.save_screenshot(str(SHOTS / "compare.png"))
-        assert driver.execute_script(big) >= 2, "the two runs' confusion matrices are not shown side by side"
 
-        driver.get(f"{server}/#/models/ui-intents?workflowType=machine_learning")
-        # The registry's page says what the aliases mean, and each version's row starts with its scores.
+
+def test_registry_descriptions_link_back_to_the_runs(store: dict, server: dict) -> None:
+    base = server["base"]
+    with _browser() as driver:
+        driver.get(f"{base}/#/models/ui-intents")
+        # The registry's page says what the aliases mean; each version starts with its scores.
         _text_when(
             driver, ["ui-intents", "Version 1", "champion", "tuneflow rollback ui-intents", "test accuracy"]
         )
         driver.save_screenshot(str(SHOTS / "model.png"))
-    finally:
-        driver.quit()
+        link = driver.find_element("xpath", "//a[starts-with(normalize-space(.), 'runs of experiment')]")
+        _click(driver, link)
+        _model_training_view(driver)
+        _text_when(driver, ["val/best_f1_macro", "train.lr"])
+        driver.save_screenshot(str(SHOTS / "runs-from-registry.png"))
+
+
+def test_runs_say_which_version_holds_which_alias(store: dict) -> None:
+    """The runs table's aliases column: the run whose version is champion says so, the other no longer."""
+    tracking.configure(store["uri"])
+    first, second = store["runs"]
+    aliases = {r: tracking.get_run(r).data.tags.get(tracking.TAG_ALIASES) for r in (first, second)}
+    champion = tracking.alias_version("ui-intents", "champion")
+    holder = tracking.model_version("ui-intents", champion).run_id
+    assert "champion" in aliases[holder].split(", ")
+    other = second if holder == first else first
+    assert "champion" not in (aliases[other] or "").split(", ")

@@ -200,11 +200,18 @@ def set_description(run_id: str, markdown: str) -> None:
 @contextmanager
 def system_metrics(run_id: str, interval: float = 5.0) -> Iterator[None]:
     """Sample CPU, memory, disk and network into the run's ``system/`` metrics (MLflow's own monitor, the
-    run page's System metrics tab) while the block runs; nothing where psutil is missing."""
+    run page's System metrics tab) while the block runs; nothing where psutil is missing. A resumed run's
+    samples continue its steps."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1)
+        monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=interval,
+            samples_before_logging=1,
+            resume_logging=True,
+            tracking_uri=mlflow.get_tracking_uri(),
+        )
     except ImportError:  # psutil is MLflow's optional dependency for these
         yield
         return
