@@ -68,9 +68,12 @@ def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1)
         best = f"best trial {summary.best_trial}" if summary.best_trial is not None else "no complete trial"
         counts = f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed"
         describe_run(cfg, run_id, [], summary.metric, [f"study `{summary.study_name}`: {best}; {counts}"])
+    experiment_id = tracking.get_run(run_id).info.experiment_id
+    runs = redact_secrets(tracking.experiment_url(experiment_id, uri))
     create_markdown_artifact(
         key=artifact_key("tune", cfg),
-        markdown=search_markdown(cfg.name, summary, uri),
+        markdown=search_markdown(cfg.name, summary, uri)
+        + f"\nCompare the trials: [runs of `{cfg.experiment_name}`]({runs})\n",
         description="tuneflow hyperparameter search summary",
     )
     return TuneResult(run_id, uri, cfg.experiment_name, summary)

@@ -63,7 +63,14 @@ def test_saved_view_round_trips_and_links_use_it(tmp_path: Path) -> None:
     assert set(raw) == {"name", "createdAt", "updatedAt", "state"} and raw["state"].startswith("deflate;")
     assert tracking.read_runs_view(experiment_id) == ui.runs_view_state(cfg)
     created = raw["createdAt"]
-    ui.save_runs_view(cfg)  # a second run rewrites the view in place: one view, its creation time kept
+    # A later run without a search rewrites the view in place (its creation time kept) and keeps the
+    # searched parameters' columns for the runs before it.
+    plain = cfg.model_copy(update={"search": cfg.search.model_copy(update={"enabled": False})})
+    ui.save_runs_view(plain)
+    columns = tracking.read_runs_view(experiment_id)["selectedColumns"]
+    assert set(ui.runs_view_columns(plain)) < set(columns)
+    # ... grouped by kind, as the table shows them: the kept searched param among the params.
+    assert columns.index("params.`model.dropout`") < columns.index("tags.`tuneflow.data_fingerprint`")
     again = json.loads(
         tracking.client().get_experiment(experiment_id).tags["mlflow.sharedViewState.tuneflow"]
     )

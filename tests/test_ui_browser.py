@@ -54,7 +54,7 @@ def _browser() -> Iterator:
         "--headless=new",
         "--no-sandbox",
         "--disable-dev-shm-usage",
-        "--window-size=1600,1200",
+        "--window-size=2200,1200",  # the runs table beside MLflow's assistant panel
         "--disable-background-networking",
         "--no-first-run",
         f"--user-data-dir={profile}",
@@ -77,6 +77,8 @@ def _text_when(driver, needles: list[str], timeout: float = 60) -> str:  # noqa:
         if all(n in text for n in needles):
             return text
         time.sleep(0.5)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / "failed.png"))
     raise AssertionError(f"page never showed {needles}; it shows:\n{text[:3000]}")
 
 
@@ -165,10 +167,12 @@ def test_printed_links_open_the_runs_table_in_the_model_training_view(store: dic
     for name, link in (("run", browse), ("ui", server["links"][0])):
         with _browser() as driver:
             driver.get(link)
-            text = _model_training_view(driver)
+            _model_training_view(driver)
             # The columns that decide between fine-tunings, without picking anything.
-            _text_when(driver, ["val/best_f1_macro", "test/accuracy", "train.lr", "model.dropout"])
-            assert "ui-intents" in text
+            _text_when(
+                driver, ["ui-intents 2", "val/best_f1_macro", "test/accuracy", "train.lr", "model.dropout"]
+            )
+            assert GENAI_ONLY not in driver.find_element("tag name", "body").text
             driver.save_screenshot(str(SHOTS / f"runs-from-{name}.png"))
 
     with _browser() as driver:
@@ -252,7 +256,10 @@ def test_registry_descriptions_link_back_to_the_runs(store: dict, server: dict) 
         )
         driver.save_screenshot(str(SHOTS / "model.png"))
         link = driver.find_element("xpath", "//a[starts-with(normalize-space(.), 'runs of experiment')]")
+        assert link.get_attribute("href").startswith(f"{base}/#/experiments/")  # relative: this UI's host
         _click(driver, link)
+        if len(driver.window_handles) > 1:  # MLflow opens description links in a new tab
+            driver.switch_to.window(driver.window_handles[-1])
         _model_training_view(driver)
         _text_when(driver, ["val/best_f1_macro", "train.lr"])
         driver.save_screenshot(str(SHOTS / "runs-from-registry.png"))

@@ -83,7 +83,8 @@ def run_params(cfg: PipelineConfig) -> dict[str, Any]:
     """The config as MLflow params: what defines the fine-tuning, resolved, for its task type, nothing empty.
 
     Keys the task type does not use, :data:`NOT_PARAMS`, file options left at their defaults, empty values
-    and the search space (logged on the search run) are left out; data paths are :func:`_portable_path`.
+    and the search space (logged on the search run) are left out; data paths and a local model's path are
+    :func:`_portable_path` (the ``tuneflow.base_model`` tag keeps the model's full path).
     The whole resolved config is logged as ``config/resolved.yaml`` next to them.
     """
     unused = task_type(cfg.task).unused_config
@@ -101,7 +102,10 @@ def run_params(cfg: PipelineConfig) -> dict[str, Any]:
         leaf = key.rsplit(".", 1)[-1]
         if key.startswith("data.") and leaf in _FILE_DEFAULTS and value == _FILE_DEFAULTS[leaf]:
             continue
-        out[key] = _portable_path(value) if key.startswith("data.") and leaf == "path" else value
+        is_path = (key.startswith("data.") and leaf == "path") or (
+            key == "model.name" and Path(value).is_absolute()
+        )
+        out[key] = _portable_path(value) if is_path else value
     return out
 
 

@@ -188,8 +188,11 @@ def read_runs_view(experiment_id: str) -> dict[str, Any] | None:
     raw = client().get_experiment(experiment_id).tags.get(VIEW_TAG_PREFIX + RUNS_VIEW)
     if raw is None:
         return None
-    packed = json.loads(raw)["state"].removeprefix("deflate;")
-    return json.loads(zlib.decompress(base64.b64decode(packed)))
+    try:
+        packed = json.loads(raw)["state"].removeprefix("deflate;")
+        return json.loads(zlib.decompress(base64.b64decode(packed)))
+    except (ValueError, KeyError, TypeError, AttributeError, zlib.error):  # not a view tuneflow wrote
+        return None
 
 
 def set_description(run_id: str, markdown: str) -> None:
@@ -732,9 +735,12 @@ def _mark_aliases(name: str, versions: set[str | None]) -> None:
     """Tag each version's run with the aliases the version holds now: the runs table's champion column
     (the registry keeps aliases on versions, which the runs table cannot show)."""
     for version in sorted(v for v in versions if v):
-        mv = client().get_model_version(name, version)
-        if mv.run_id:
-            set_tags(mv.run_id, {TAG_ALIASES: ", ".join(sorted(mv.aliases)) or "-"})
+        try:
+            mv = client().get_model_version(name, version)
+            if mv.run_id:
+                set_tags(mv.run_id, {TAG_ALIASES: ", ".join(sorted(mv.aliases)) or "-"})
+        except mlflow.exceptions.MlflowException:  # a run in another store, or deleted: the alias stands
+            continue
 
 
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:

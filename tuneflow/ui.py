@@ -13,6 +13,7 @@ from tuneflow.tasktypes import task_type
 
 ALWAYS_SHOWN_PARAMS = ("train.lr", "train.batch_size", "train.max_epochs")
 CURVES_SECTION, TEST_SECTION = "learning curves", "test"
+KINDS = ("metrics", "params", "tags", "attributes")  # the runs table's column groups, in its order
 # Short names for searched keys in a trial's run name (the run list's column is ~25 characters wide).
 SHORT = {
     "lr": "lr",
@@ -81,17 +82,23 @@ def _chart(uuid: str, section: str, metric: str, kind: str) -> dict[str, Any]:
     return card
 
 
-def runs_view_state(cfg: PipelineConfig) -> dict[str, Any]:
+def runs_view_state(cfg: PipelineConfig, kept_columns: list[str] | None = None) -> dict[str, Any]:
     """The saved view's page state: the runs table with :func:`runs_view_columns`, newest first (parent
     runs with their trials and folds nested one level below), and a chart view that opens on the learning
-    curves, then the headline test metrics; MLflow appends every other section after them."""
+    curves, then the headline test metrics; MLflow appends every other section after them.
+
+    ``kept_columns``: columns shown for earlier runs, kept after this config's own."""
     spec = task_type(cfg.task).metrics
     monitor = cfg.search_metric if cfg.searching else cfg.train.monitor
     curves = list(dict.fromkeys([monitor, *spec.history, f"{names.TRAIN}lr"]))
     tests = [m for m in spec.headline if m.startswith(names.TEST)]
     charts = [_chart(f"tuneflow-curve-{i}", "tuneflow-curves", m, "LINE") for i, m in enumerate(curves)]
     charts += [_chart(f"tuneflow-test-{i}", "tuneflow-test", m, "BAR") for i, m in enumerate(tests)]
-    columns = runs_view_columns(cfg)
+    merged = dict.fromkeys([*runs_view_columns(cfg), *(kept_columns or [])])
+    # The table groups columns by kind (metrics, params, tags, attributes): keep a kind's columns together.
+    columns = sorted(
+        merged, key=lambda c: KINDS.index(c.split(".", 1)[0]) if c.split(".", 1)[0] in KINDS else 9
+    )
     return {
         "searchFilter": "",
         "orderByKey": "attributes.start_time",
@@ -121,9 +128,14 @@ def runs_view_state(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def save_runs_view(cfg: PipelineConfig) -> None:
-    """Keep the experiment's tuneflow view current for this config (the links tuneflow prints open it)."""
+    """Keep the experiment's tuneflow view current for this config (the links tuneflow prints open it).
+
+    Columns the view showed for earlier runs stay after this config's own (a run without a search must
+    not hide the searched parameters of the runs before it)."""
     experiment_id = tracking.ensure_experiment(cfg.experiment_name)
-    tracking.save_runs_view(experiment_id, f"tuneflow: {cfg.name}", runs_view_state(cfg))
+    previous = tracking.read_runs_view(experiment_id) or {}
+    state = runs_view_state(cfg, previous.get("selectedColumns"))
+    tracking.save_runs_view(experiment_id, f"tuneflow: {cfg.name}", state)
 
 
 def _short_value(value: Any) -> str:
