@@ -376,7 +376,8 @@ class Objective:
                 if state != "COMPLETE":  # the run list shows pruned and failed trials for what they are
                     run.rename(trial_run_name(trial.number, params, state))
                 run.log_metrics({f"{names.FIT}epochs_trained": counter.epochs})
-                self._log_curves(run)
+                if error is None or isinstance(error, Exception):  # not on Ctrl-C or a kill
+                    self._log_curves(run)
                 shutil.rmtree(self.work_dir / f"trial-{trial.number}", ignore_errors=True)
 
     def _log_curves(self, run: ChildRun) -> None:
