@@ -437,6 +437,84 @@ def tune_without_search(tmp, model):
     return ["tune", str(_cfg(tmp, model))], 2, ["no search: section"]
 
 
+# ------------------------------------------------------------------------------------------ stores (exit 7)
+# Each fails in the pre-flight, in seconds, instead of MLflow's or Optuna's retry loops, and before any run.
+
+
+@case
+def store_on_a_path_that_cannot_be_created(tmp, model):
+    cfg = _cfg(tmp, model, tracking={"tracking_uri": "sqlite:////proc/tuneflow/m.db"})
+    return (
+        ["run", str(cfg)],
+        7,
+        ["tracking.tracking_uri: sqlite:////proc/tuneflow/m.db: cannot write in /proc"],
+    )
+
+
+@case
+def store_that_is_a_directory(tmp, model):
+    cfg = _cfg(tmp, model, tracking={"tracking_uri": f"sqlite:///{tmp}"})
+    return ["run", str(cfg)], 7, [f"{tmp} is a directory, not a database file"]
+
+
+@case
+def store_server_not_running(tmp, model):
+    cfg = _cfg(tmp, model, tracking={"tracking_uri": "http://127.0.0.1:9"})
+    return (
+        ["run", str(cfg)],
+        7,
+        ["tracking.tracking_uri: the MLflow server http://127.0.0.1:9 did not answer"],
+    )
+
+
+@case
+def optuna_storage_on_a_closed_port(tmp, model):
+    cfg = _raw_cfg(
+        tmp,
+        model,
+        lambda c: c.update(
+            search={
+                "n_trials": 2,
+                "storage": "postgresql+psycopg://tuner:secret@127.0.0.1:9/optuna",
+                "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
+            }
+        ),
+    )
+    # The password is never printed.
+    return (
+        ["tune", str(cfg)],
+        7,
+        ["search.storage: cannot connect to postgresql+psycopg://tuner:***@127.0.0.1:9"],
+    )
+
+
+@case
+def status_on_an_unwritable_store(tmp, model):
+    return ["status", "m", "--tracking-uri", "sqlite:////proc/tuneflow/m.db"], 7, ["--tracking-uri", "/proc"]
+
+
+# ----------------------------------------------------------------- registry commands (exit 2, no Prefect)
+
+
+@case
+def promote_unknown_model(tmp, model):
+    return ["promote", "no-such-model", "--version", "1"], 2, ["no registered model 'no-such-model'"]
+
+
+@case
+def promote_version_not_a_number(tmp, model):
+    return ["promote", "no-such-model", "--version", "abc"], 2, ["--version abc: a version is a number"]
+
+
+@case
+def rollback_unknown_model(tmp, model):
+    return (
+        ["rollback", "no-such-model"],
+        2,
+        ["no registered model 'no-such-model'", "no registered model yet"],
+    )
+
+
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 40
 

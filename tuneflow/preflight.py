@@ -9,18 +9,23 @@ two. The flow's validation stage runs them all again and logs the report with th
 from __future__ import annotations
 
 import json
+import os
 import struct
+import tempfile
 from pathlib import Path
 
-from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, PipelineConfig
+from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, PipelineConfig, redact_secrets, resolve_tracking_uri
 from tuneflow.tasktypes import task_type
 from tuneflow.validation import validate_dataset
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json")
 
 
+STORE_TIMEOUT_S = 3.0  # a store that does not answer in this long fails the pre-flight
+
+
 class PreflightError(ValueError):
-    """Problems found before the run started; ``kind`` is ``data`` or ``model``."""
+    """Problems found before the run started; ``kind`` is ``data``, ``model`` or ``store``."""
 
     def __init__(self, kind: str, problems: list[str]):
         self.kind, self.problems = kind, problems
@@ -108,3 +113,103 @@ def check_model(cfg: PipelineConfig) -> None:
     problems = check_model_dir(cfg.model.name)
     if problems:
         raise PreflightError("model", problems)
+
+
+def tracking_setting(configured: str | None = None) -> str:
+    """Which setting chose the MLflow store, for messages."""
+    if configured:
+        return "tracking.tracking_uri"
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default MLflow store"
+
+
+def check_store(setting: str, uri: str) -> str | None:
+    """One cheap probe of a store a run will write to (SQLite file, SQL database or MLflow server), within
+    :data:`STORE_TIMEOUT_S`; a message naming ``setting`` and the fix, or None when it is usable.
+
+    This is what turns an unwritable store into a one-line error instead of MLflow's retry loop (minutes
+    of "retried in 0.1 ... 51.1 s" per call). Other schemes (a Databricks workspace, a file store) pass."""
+    scheme = uri.split(":", 1)[0].lower()
+    shown = redact_secrets(uri)
+    if uri.startswith("sqlite:///"):
+        return _check_sqlite(setting, shown, Path(uri.removeprefix("sqlite:///")))
+    if scheme in ("http", "https"):
+        return _check_server(setting, uri, shown)
+    if scheme.split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql"):
+        return _check_database(setting, uri, shown)
+    return None
+
+
+def _writable_dir(directory: Path) -> str | None:
+    """Why a file cannot be created in ``directory`` (a real write and delete), or None."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".tuneflow-write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _check_sqlite(setting: str, shown: str, path: Path) -> str | None:
+    fix = "point it at a writable location"
+    if path.is_dir():
+        return f"{setting}: {shown}: {path} is a directory, not a database file; {fix}"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # created on first use
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{setting}: {shown}: {folder} is a file, so {path.parent} cannot be created; {fix}"
+    why = _writable_dir(folder)
+    if why:
+        return f"{setting}: {shown}: cannot write in {folder} ({why}); {fix}"
+    if path.exists():
+        try:
+            with open(path, "r+b"):  # opened for writing, nothing written
+                pass
+        except OSError as exc:
+            return f"{setting}: {shown}: cannot write {path} ({exc.strerror or exc}); {fix}"
+    return None
+
+
+def _check_server(setting: str, uri: str, shown: str) -> str | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=STORE_TIMEOUT_S).close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        return (
+            f"{setting}: the MLflow server {shown} did not answer ({why}) within {STORE_TIMEOUT_S:g} s; "
+            "start it (`mlflow server ...`) or point the setting at a running one"
+        )
+    return None
+
+
+def _check_database(setting: str, uri: str, shown: str) -> str | None:
+    try:
+        import sqlalchemy
+
+        timeout = {} if uri.startswith("mssql") else {"connect_timeout": int(STORE_TIMEOUT_S)}
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as exc:
+        return f"{setting}: {shown} needs the database driver `{exc.name}`, which is not installed"
+    except Exception as exc:  # a refused port, bad credentials, an unknown database: all end the run
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return f"{setting}: cannot connect to {shown} within {STORE_TIMEOUT_S:g} s: {first}"
+    return None
+
+
+def check_stores(cfg: PipelineConfig) -> None:
+    """Raise :class:`PreflightError` (``kind="store"``) when the MLflow store, the lease store or the
+    Optuna storage of a searching config cannot be written."""
+    t = cfg.tracking
+    stores = [(tracking_setting(t.tracking_uri), resolve_tracking_uri(t.tracking_uri))]
+    if t.lock_url:
+        stores.append(("tracking.lock_url", t.lock_url))
+    if cfg.searching and cfg.search is not None:
+        stores.append(("search.storage", cfg.search.storage))
+    problems = [p for setting, uri in stores if (p := check_store(setting, uri))]
+    if problems:
+        raise PreflightError("store", problems)

@@ -22,11 +22,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from tuneflow import names
-from tuneflow.config import SMOLLM2_MODEL
+from tuneflow.config import DEFAULT_STORE, SMOLLM2_MODEL, resolve_tracking_uri  # noqa: F401 (re-exported)
 from tuneflow.gc import RunFacts
 from tuneflow.tasktypes import task_type
 
-DEFAULT_STORE = "mlruns"
 TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
     "tuneflow.stage",
     "tuneflow.config_hash",
@@ -37,11 +36,6 @@ TAG_REGISTERED = "tuneflow.registered_version"  # on a run: the version register
 REFERENCE_SAMPLE = "reference/train_sample.jsonl"  # a run's training sample: the drift reference
 ADAPTER_PREFIX = "adapter-"  # artifact keys of an adapter-set model: adapter-<name>
 MAX_PARAM_LEN = 6000
-
-
-def resolve_tracking_uri(configured: str | None = None) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else the project's SQLite store."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}/mlflow.db"
 
 
 def configure(configured: str | None = None) -> str:
@@ -812,8 +806,29 @@ def download_export(model_uri: str, dest: str | Path) -> Path:
     return found[0]
 
 
+def check_registry(name: str, version: str | None = None, alias: str | None = None) -> None:
+    """Raise LookupError (saying what exists) unless registered model ``name`` exists, with ``version``
+    (a number) and ``alias`` when given: registry commands check this before anything heavy starts."""
+    if version is not None and not str(version).isdigit():
+        raise LookupError(f"--version {version}: a version is a number (e.g. --version 3)")
+    c = client()
+    try:
+        model = c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        known = sorted(m.name for m in c.search_registered_models(max_results=50))
+        listed = f"registered: {', '.join(known)}" if known else "the store has no registered model yet"
+        raise LookupError(f"no registered model '{name}' ({listed})") from exc
+    if version is not None:
+        model_version(name, version)
+    if alias is not None and alias not in (model.aliases or {}):
+        what = "nothing to roll back to" if alias == "previous-champion" else "no such alias"
+        raise LookupError(f"registered model '{name}' has no '{alias}' alias: {what}")
+
+
 def model_status(name: str) -> dict[str, Any]:
     """Champion, its metrics, data fingerprint and age; other aliases; the last retraining decision."""
+    if version is not None and not str(version).isdigit():
+        raise LookupError(f"--version {version}: a version is a number (e.g. --version 3)")
     c = client()
     try:
         model = c.get_registered_model(name)
