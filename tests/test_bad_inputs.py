@@ -515,6 +515,46 @@ def rollback_unknown_model(tmp, model):
     )
 
 
+# ------------------------------------------------------------------------- predict (exit 2, before loading)
+
+
+@case
+def predict_an_empty_text(tmp, model):
+    return ["predict", "--model", "models:/m/1", "hello", " "], 2, ["text 2 is empty: nothing to predict"]
+
+
+@case
+def predict_into_a_missing_folder(tmp, model):
+    f = write_csv(tmp / "in.csv", [{"text": "hello"}])
+    out = tmp / "no" / "such" / "preds.csv"
+    args = ["predict", "--model", "models:/m/1", "--input", str(f), "--output", str(out)]
+    return args, 2, [f"folder {tmp}/no/such does not exist"]
+
+
+@case
+def predict_input_with_empty_cells(tmp, model):
+    f = tmp / "in.csv"
+    f.write_text("text,id\nhello,1\n,2\nNaN,3\n   ,4\n")
+    args = ["predict", "--model", "models:/m/1", "--input", str(f), "--output", str(tmp / "p.csv")]
+    return args, 2, [f"{f}: 2 empty 'text' value(s), line 3, 5", "--skip-empty"]
+
+
+@case
+def predict_input_is_a_directory(tmp, model):
+    args = ["predict", "--model", "models:/m/1", "--input", str(tmp), "--output", str(tmp / "p.csv")]
+    return args, 2, [f"--input {tmp} is a directory"]
+
+
+def test_scoring_input_keeps_na_like_texts_and_skips_empty_ones(tmp_path: Path) -> None:
+    """ "NaN", "null", "N/A" are texts someone typed, not missing values; --skip-empty drops blank rows."""
+    from tuneflow import cli
+
+    f = tmp_path / "in.csv"
+    f.write_text("text\nNaN\nnull\nN/A\n\nok\n")
+    frame = cli._read_scoring_input(f, "text", skip_empty=True)
+    assert frame["text"].tolist() == ["NaN", "null", "N/A", "ok"]
+
+
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 40
 

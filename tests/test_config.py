@@ -217,3 +217,18 @@ def test_an_unreachable_prefect_server_is_a_clear_error(monkeypatch) -> None:
     assert result.exit_code == 7, result.output
     out = " ".join(result.output.split())
     assert "PREFECT_API_URL=http://127.0.0.1:9/api is not reachable" in out and "tuneflow server" in out
+
+
+def test_set_reaches_search_space_keys_that_contain_dots() -> None:
+    """`--set` addresses a space entry such as `train.lr` in brackets, or plainly when the space has it."""
+    demo = ROOT / "configs" / "demo.yaml"
+    cfg = load_config(demo, ['search.space["train.lr"].low=1e-5', "search.space.train.lr.high=1e-3"])
+    assert cfg.search.space["train.lr"].low == 1e-5 and cfg.search.space["train.lr"].high == 1e-3
+    added = load_config(
+        demo,
+        [
+            "search.space[train.weight_decay].type=float",
+            *(f"search.space[train.weight_decay].{k}={v}" for k, v in (("low", 0.0), ("high", 0.1))),
+        ],
+    )
+    assert added.search.space["train.weight_decay"].high == 0.1

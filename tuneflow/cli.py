@@ -591,6 +591,10 @@ def predict(
         Path | None,
         typer.Option(help="Where --input's predictions go (CSV: the input columns + predictions)."),
     ] = None,
+    skip_empty: Annotated[
+        bool,
+        typer.Option(help="--input rows with an empty text get no prediction (default: refuse the file)."),
+    ] = False,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -611,7 +615,13 @@ def predict(
     if bool(input_file) != bool(output) or bool(input_file) == bool(texts):
         console.print("[bold red]error:[/] give texts, or --input FILE with --output FILE")
         raise typer.Exit(2)
-    frame = _read_scoring_input(input_file, column) if input_file else None
+    blank = [i for i, t in enumerate(texts or [], 1) if not t.strip()]
+    if blank:
+        console.print(f"[bold red]error:[/] text {', '.join(map(str, blank))} is empty: nothing to predict")
+        raise typer.Exit(2)
+    if output is not None:
+        _check_output(output)
+    frame = _read_scoring_input(input_file, column, skip_empty) if input_file else None
     params = _parse_params(param or [])
     from tuneflow import tracking
 
@@ -691,11 +701,33 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _read_scoring_input(path: Path, column: str):  # noqa: ANN202
+def _check_output(output: Path) -> None:
+    """--output is checked before the model loads: a missing folder is not found after scoring every row."""
+    if output.is_dir():
+        console.print(f"[bold red]error:[/] --output {escape(str(output))} is a directory; give a file name")
+        raise typer.Exit(2)
+    if not output.parent.is_dir():
+        folder = escape(str(output.parent))
+        console.print(
+            f"[bold red]error:[/] --output {escape(str(output))}: folder {folder} does not exist",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+
+
+def _read_scoring_input(path: Path, column: str, skip_empty: bool = False):  # noqa: ANN202
     import pandas as pd
 
-    readers = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet}
-    read = readers.get(path.suffix.lower(), lambda p: pd.read_json(p, lines=True))
+    # keep_default_na=False: the texts "NaN", "null", "N/A" are texts, not missing values.
+    readers = {
+        ".csv": lambda p: pd.read_csv(p, keep_default_na=False, dtype={column: str}),
+        ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, dtype={column: str}),
+        ".parquet": pd.read_parquet,
+    }
+    read = readers.get(path.suffix.lower(), lambda p: pd.read_json(p, lines=True, dtype=False))
+    if path.is_dir():
+        console.print(f"[bold red]error:[/] --input {escape(str(path))} is a directory; give a file")
+        raise typer.Exit(2)
     try:
         frame = read(path)
     except Exception as exc:
@@ -711,6 +743,23 @@ def _read_scoring_input(path: Path, column: str):  # noqa: ANN202
             highlight=False,
         )
         raise typer.Exit(2)
+    texts = frame[column]
+    empty = texts.isna() | texts.map(lambda t: not str(t).strip())
+    if empty.any():
+        # Rows as a person finds them: CSV/TSV lines count the header, JSONL lines do not.
+        first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1
+        rows = [int(i) + first for i in frame.index[empty]]
+        shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        where = "line" if path.suffix.lower() != ".parquet" else "row"
+        if not skip_empty:
+            console.print(
+                f"[bold red]error:[/] {escape(str(path))}: {len(rows)} empty '{escape(column)}' value(s), "
+                f"{where} {shown}; fill them, or pass --skip-empty to leave them without a prediction",
+                highlight=False,
+            )
+            raise typer.Exit(2)
+        console.print(f"skipping {len(rows)} empty text(s), {where} {shown}", highlight=False)
+        frame = frame[~empty]
     return frame
 
 

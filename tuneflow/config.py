@@ -977,7 +977,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, value = _parse_override(item)
         node = raw
-        parts = key.split(".")
+        parts = _key_parts(key, raw)
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
@@ -989,6 +989,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     if problems:
         raise ConfigError("--set", problems)
     return raw
+
+
+_BRACKETED = re.compile(r"""\[\s*(?:"([^"]*)"|'([^']*)'|([^\]]*))\s*\]""")
+
+
+def _key_parts(key: str, raw: dict[str, Any]) -> list[str]:
+    """A ``--set`` key's path. Keys that contain dots (the search space's ``train.lr``) are written in
+    brackets, ``search.space["train.lr"].low`` (quotes optional), or plainly when the space already has
+    that key: ``search.space.train.lr.low`` finds ``train.lr`` in the config's space."""
+    parts: list[str] = []
+    pos = 0
+    for m in _BRACKETED.finditer(key):
+        parts += [p for p in key[pos : m.start()].split(".") if p]
+        parts.append(next(g for g in m.groups() if g is not None))
+        pos = m.end()
+    parts += [p for p in key[pos:].split(".") if p]
+    space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
+    if parts[:2] == ["search", "space"] and len(parts) > 3 and isinstance(space, dict):
+        for n in range(len(parts) - 2, 1, -1):  # the longest dotted name the space has
+            name = ".".join(parts[2 : 2 + n])
+            if name in space:
+                return ["search", "space", name, *parts[2 + n :]]
+    return parts
 
 
 def _problems(err: ValidationError) -> list[tuple[str, str]]:

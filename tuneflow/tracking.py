@@ -827,8 +827,6 @@ def check_registry(name: str, version: str | None = None, alias: str | None = No
 
 def model_status(name: str) -> dict[str, Any]:
     """Champion, its metrics, data fingerprint and age; other aliases; the last retraining decision."""
-    if version is not None and not str(version).isdigit():
-        raise LookupError(f"--version {version}: a version is a number (e.g. --version 3)")
     c = client()
     try:
         model = c.get_registered_model(name)
