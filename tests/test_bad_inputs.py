@@ -410,6 +410,16 @@ def pickled_weights_only(tmp, model):
 
 
 @case
+def validate_reports_bad_data_before_any_model(tmp, model):
+    # The data fast path runs first: a bad file is exit 3 even with a model that cannot load.
+    cfg = yaml.safe_load(_with_train(tmp, model, tmp / "nope.csv").read_text())
+    cfg["model"]["name"] = "./no/such/model"
+    path = tmp / "bad-both.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return ["validate", str(path)], 3, [f"{tmp}/nope.csv: file not found"]
+
+
+@case
 def missing_local_model(tmp, model):
     return ["validate", str(_cfg(tmp, model, model={"name": "./no/such/model"}))], 4, ["./no/such/model"]
 

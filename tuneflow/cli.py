@@ -145,13 +145,14 @@ def _hide_secrets(overrides: list[str] | None) -> list[str]:
     return out
 
 
-def _preflight(cfg, data: bool = True) -> None:  # noqa: ANN001
-    """Stores, data (unless ``data`` is False) and model directory checked in seconds, before Prefect or
-    torch start and before any MLflow run exists (exit 7 / 3 / 4)."""
+def _preflight(cfg, data: bool = True, stores: bool = True) -> None:  # noqa: ANN001
+    """Stores (unless ``stores`` is False), data (unless ``data`` is False) and model directory checked in
+    seconds, before Prefect or torch start and before any MLflow run exists (exit 7 / 3 / 4)."""
     from tuneflow.preflight import PreflightError, check_model, check_stores, preflight
 
     try:
-        check_stores(cfg)
+        if stores:
+            check_stores(cfg)
         if data:
             preflight(cfg)
         else:
@@ -549,17 +550,22 @@ def serve(
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Only run the data checks and print the report (no training, nothing logged)."""
     cfg = _load(config, set_)
-    _preflight(cfg, data=False)  # the data checks run once, below, with the tokenizer's statistics
-    from tuneflow.model import ModelLoadError, load_tokenizer
     from tuneflow.tasktypes import task_type
     from tuneflow.validation import validate_dataset
 
-    try:
-        tokenizer = load_tokenizer(cfg.model.name)
-    except ModelLoadError as exc:
-        _fail_on_known(exc)
     kind = task_type(cfg.task)
-    report, _ = validate_dataset(kind.load_raw(cfg.data), cfg, kind, tokenizer)
+    raw = kind.load_raw(cfg.data)
+    # The pre-flight's fast path first (pandas only, a second): data errors never wait for a tokenizer.
+    report, _ = validate_dataset(raw, cfg, kind, tokenizer=None)
+    if report.ok:
+        _preflight(cfg, data=False, stores=False)
+        from tuneflow.model import ModelLoadError, load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(cfg.model.name)
+        except ModelLoadError as exc:
+            _fail_on_known(exc)
+        report, _ = validate_dataset(raw, cfg, kind, tokenizer)  # + the truncation statistics
     print(report.to_markdown())
     if not report.ok:
         raise typer.Exit(3)
