@@ -521,7 +521,7 @@ def rollback_unknown_model(tmp, model):
     return (
         ["rollback", "no-such-model"],
         2,
-        ["no registered model 'no-such-model'", "no registered model yet"],
+        ["no registered model 'no-such-model'", "no MLflow store at"],
     )
 
 

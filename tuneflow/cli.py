@@ -178,9 +178,23 @@ def _check_registry(
     tracking_uri: str | None, model: str, version: str | None = None, alias: str | None = None
 ):  # noqa: ANN202
     """Store, model, version and alias checked before Prefect starts (exit 7 / 2)."""
+    from tuneflow.config import resolve_tracking_uri
+
+    if version is not None and not version.isdigit():
+        console.print(
+            f"[bold red]error:[/] --version {escape(version)}: a version is a number (e.g. --version 3)"
+        )
+        raise typer.Exit(2)
+    _check_store(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        # Creating an empty store (MLflow's migrations, seconds) only to find nothing in it: say so now.
+        console.print(
+            f"[bold red]error:[/] no registered model '{escape(model)}' (no MLflow store at {uri} yet)"
+        )
+        raise typer.Exit(2)
     from tuneflow import tracking
 
-    _check_store(tracking_uri)
     tracking.configure(tracking_uri)
     try:
         tracking.check_registry(model, version, alias)
