@@ -52,6 +52,11 @@ def runs_view_columns(cfg: PipelineConfig) -> list[str]:
     ]
 
 
+def _kind_order(column_key: str) -> int:
+    kind = column_key.split(".", 1)[0]
+    return KINDS.index(kind) if kind in KINDS else len(KINDS)
+
+
 def _section(uuid: str, name: str) -> dict[str, Any]:
     return {"uuid": uuid, "name": name, "display": True, "isReordered": True, "deleted": False}
 
@@ -96,9 +101,7 @@ def runs_view_state(cfg: PipelineConfig, kept_columns: list[str] | None = None) 
     charts += [_chart(f"tuneflow-test-{i}", "tuneflow-test", m, "BAR") for i, m in enumerate(tests)]
     merged = dict.fromkeys([*runs_view_columns(cfg), *(kept_columns or [])])
     # The table groups columns by kind (metrics, params, tags, attributes): keep a kind's columns together.
-    columns = sorted(
-        merged, key=lambda c: KINDS.index(c.split(".", 1)[0]) if c.split(".", 1)[0] in KINDS else 9
-    )
+    columns = sorted(merged, key=_kind_order)
     return {
         "searchFilter": "",
         "orderByKey": "attributes.start_time",
