@@ -555,6 +555,20 @@ def predict_input_is_a_directory(tmp, model):
     return args, 2, [f"--input {tmp} is a directory"]
 
 
+def test_an_offline_hub_id_that_is_not_cached_fails_before_any_run(
+    tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped hub id offline: exit 4 from the pre-flight, not after Prefect, a FAILED run and torch."""
+    from tuneflow import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _cfg(tmp_path, tiny_model, model={"name": "sentence-transformers/all-MiniLM-L6-v3"})
+    result = CliRunner().invoke(cli.app, ["run", str(cfg)])
+    assert result.exit_code == 4, result.output
+    assert "'sentence-transformers/all-MiniLM-L6-v3' is neither a local directory nor in the" in result.output
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists() or _store_is_empty(tracking_uri)
+
+
 def test_scoring_input_keeps_na_like_texts_and_skips_empty_ones(tmp_path: Path) -> None:
     """ "NaN", "null", "N/A" are texts someone typed, not missing values; --skip-empty drops blank rows."""
     from tuneflow import cli

@@ -66,7 +66,9 @@ def check_model_dir(name: str) -> list[str]:
         return [] if magic == b"GGUF" else [f"model.name: {name} is not a GGUF file (no GGUF header)"]
     if not path.exists():
         looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
-        return [f"model.name: directory {name} does not exist"] if looks_local else []
+        if looks_local:
+            return [f"model.name: directory {name} does not exist"]
+        return _check_hub_cache(name)
     if not path.is_dir():
         return [f"model.name: {name} is a file; give the model's directory"]
     problems = []
@@ -93,6 +95,30 @@ def check_model_dir(name: str) -> list[str]:
         if bad:
             problems.append(f"model.name: {bad}")
     return problems
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_hub_cache(name: str) -> list[str]:
+    """A hub id without network access (``HF_HUB_OFFLINE``) must already be in the local cache: otherwise
+    loading fails only after Prefect, a run and torch have started. Online, the hub answers when loading."""
+    if not _offline():
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id either
+        cached = None
+    if isinstance(cached, str):
+        return []
+    return [
+        f"model.name: '{name}' is neither a local directory nor in the Hugging Face cache, and "
+        "HF_HUB_OFFLINE is set (no downloads); check the name, download it once online, or give the "
+        f"local path of a model directory (shorthands: {DEFAULT_MODEL}, {SMOLLM2_MODEL})"
+    ]
 
 
 def preflight(cfg: PipelineConfig) -> None:
