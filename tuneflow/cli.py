@@ -181,7 +181,7 @@ def _check_registry(
     from tuneflow.config import resolve_tracking_uri
 
     if version is not None and not version.isdigit():
-        console.print(
+        console.print(  # checked here, before the store: no store is needed to say so
             f"[bold red]error:[/] --version {escape(version)}: a version is a number (e.g. --version 3)"
         )
         raise typer.Exit(2)
@@ -190,7 +190,8 @@ def _check_registry(
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         # Creating an empty store (MLflow's migrations, seconds) only to find nothing in it: say so now.
         console.print(
-            f"[bold red]error:[/] no registered model '{escape(model)}' (no MLflow store at {uri} yet)"
+            f"[bold red]error:[/] no registered model '{escape(model)}' (no MLflow store at {uri} yet)",
+            highlight=False,
         )
         raise typer.Exit(2)
     from tuneflow import tracking

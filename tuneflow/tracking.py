@@ -808,9 +808,7 @@ def download_export(model_uri: str, dest: str | Path) -> Path:
 
 def check_registry(name: str, version: str | None = None, alias: str | None = None) -> None:
     """Raise LookupError (saying what exists) unless registered model ``name`` exists, with ``version``
-    (a number) and ``alias`` when given: registry commands check this before anything heavy starts."""
-    if version is not None and not str(version).isdigit():
-        raise LookupError(f"--version {version}: a version is a number (e.g. --version 3)")
+    and ``alias`` when given: registry commands check this before anything heavy starts."""
     c = client()
     try:
         model = c.get_registered_model(name)
