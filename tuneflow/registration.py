@@ -44,7 +44,7 @@ def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float], experi
     base = Path(cfg.model.name).name if Path(cfg.model.name).is_absolute() else cfg.model.name
     lora = " (LoRA adapter)" if cfg.model.lora else ""
     # Scores first: the registry's list of versions shows only the description's first ~25 characters.
-    link = f"#/experiments/{experiment_id}/runs/{run_id}{tracking.UI_VIEW}"
+    link = tracking.run_link(experiment_id, run_id)
     return f"test {scores or 'not evaluated'}; {cfg.task} from {base}{lora}; MLflow run [{run_id}]({link})"
 
 

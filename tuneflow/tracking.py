@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from tuneflow import names
-from tuneflow.config import DEFAULT_STORE, SMOLLM2_MODEL, resolve_tracking_uri  # noqa: F401 (re-exported)
+from tuneflow.config import SMOLLM2_MODEL, resolve_tracking_uri  # noqa: F401 (re-exported)
 from tuneflow.gc import RunFacts
 from tuneflow.tasktypes import task_type
 
@@ -128,10 +128,22 @@ def ui_address(tracking_uri: str) -> str:
     return base.rstrip("/")
 
 
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A run's page as a link inside the MLflow UI (relative: it opens in whichever UI shows it)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
+
+
+def runs_link(experiment_id: str, view: bool = True) -> str:
+    """An experiment's runs table as a link inside the MLflow UI, with tuneflow's saved view (``view``)."""
+    return f"#/experiments/{experiment_id}/runs{UI_VIEW}" + (
+        f"&viewStateShareKey={RUNS_VIEW}" if view else ""
+    )
+
+
 def run_url(run_id: str, tracking_uri: str) -> str:
     """The run's page in the MLflow UI (model-training view)."""
     experiment_id = client().get_run(run_id).info.experiment_id
-    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
+    return f"{ui_address(tracking_uri)}/{run_link(experiment_id, run_id)}"
 
 
 def experiment_url(experiment_id: str, tracking_uri: str, address: str | None = None) -> str:
@@ -139,9 +151,8 @@ def experiment_url(experiment_id: str, tracking_uri: str, address: str | None = 
     experiment has one): the columns that decide between fine-tunings, learning curves first.
 
     ``address``: the UI's, when it is not the store's default (``tuneflow ui --port``)."""
-    view = f"&viewStateShareKey={RUNS_VIEW}" if _has_runs_view(experiment_id) else ""
     base = address or ui_address(tracking_uri)
-    return f"{base}/#/experiments/{experiment_id}/runs{UI_VIEW}{view}"
+    return f"{base}/{runs_link(experiment_id, _has_runs_view(experiment_id))}"
 
 
 def _has_runs_view(experiment_id: str) -> bool:
@@ -650,8 +661,7 @@ def registry_description(name: str, experiment_id: str | None = None) -> str:
     """What the registered model's page says about its aliases and tags (shown in the MLflow UI), with a
     relative link to the fine-tunings' runs table (it opens in whichever UI shows the registry)."""
     runs = (
-        f" Compare the fine-tunings: [runs of experiment {experiment_id}]"
-        f"(#/experiments/{experiment_id}/runs{UI_VIEW}&viewStateShareKey={RUNS_VIEW})."
+        f" Compare the fine-tunings: [runs of experiment {experiment_id}]({runs_link(experiment_id)})."
         if experiment_id
         else ""
     )
