@@ -34,6 +34,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
     base = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     base["search"]["enabled"] = False
     base["data"] = {k: v for k, v in base["data"].items() if k not in ("validation", "test")}
+    for key in ("oos_validation", "oos_test"):  # relative to configs/, and the copies live elsewhere
+        base["data"][key] = str((ROOT / "configs" / base["data"][key]).resolve())
 
     def config(name: str, train: Path, **data: object) -> Path:
         cfg = json.loads(json.dumps(base))
@@ -49,6 +51,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
     lines = [json.dumps({"text": r["text"], "intent": r["intent"]}) for r in rows]
     lines[100] = lines[100][:-5]
     broken.write_text("\n".join(lines) + "\n")
+    headerless = tmp / "headerless.csv"
+    headerless.write_text((DEMO / "train.csv").read_text().split("\n", 1)[1])
     unseen = tmp / "unseen_test.csv"
     with open(unseen, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -68,7 +72,24 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
             3,
             "never seen in train",
         ),
+        "data file that is a folder": (run_(config("folder", DEMO)), 3, "is a folder, not a file"),
+        "CSV without a header line": (run_(config("headerless", headerless)), 3, "add a header line"),
+        "batch larger than the training set": (
+            run_(demo, "--set", "train.batch_size=1000000000"),
+            3,
+            "train.batch_size 1000000000 is larger than the training set",
+        ),
+        "max_length beyond the model's positions": (
+            run_(demo, "--set", "model.max_length=4096"),
+            4,
+            "(512 positions)",
+        ),
         "invalid config value": (run_(demo, "--set", "train.lr=-1"), 2, "train.lr"),
+        "output folder under a file": (
+            run_(demo, "--set", f"output_dir={semicolon}/checkpoints"),
+            7,
+            "output_dir:",
+        ),
         "MLflow store that cannot be written": (
             run_(demo, "--set", "tracking.tracking_uri=sqlite:////proc/tuneflow/m.db"),
             7,
@@ -95,6 +116,16 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
             "no registered model",
         ),
         "rollback an unknown model": (["rollback", "no-such-model"], 2, "no registered model"),
+        "predict with a bare model name": (
+            ["predict", "--model", "chatbot-intents", "hello"],
+            2,
+            "models:/chatbot-intents@champion",
+        ),
+        "predict with an unknown registered model": (
+            ["predict", "--model", "models:/no-such-model@champion", "hello"],
+            2,
+            "no registered model",
+        ),
     }
 
 

@@ -13,18 +13,78 @@ from tuneflow.model import ModelLoadError
 from tuneflow.validation import DataValidationError
 
 # Bad input never gets better by retrying; only transient IO (network, hub, tracking server) might.
-PERMANENT_ERRORS = (ConfigError, DataValidationError, ModelLoadError, FileNotFoundError, KeyError, ValueError)
+PERMANENT_ERRORS = (
+    ConfigError,
+    DataValidationError,
+    ModelLoadError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    KeyError,
+    ValueError,
+)
+# MLflow error codes and message fragments of faults that can heal within seconds (a restarting server, a
+# busy SQLite file, a dropped connection); everything else fails at once.
+TRANSIENT_CODES = {
+    "TEMPORARILY_UNAVAILABLE",
+    "RESOURCE_EXHAUSTED",
+    "REQUEST_LIMIT_EXCEEDED",
+    "DEADLINE_EXCEEDED",
+}
+TRANSIENT_WORDS = (
+    "database is locked",
+    "timed out",
+    "timeout",
+    "connection reset",
+    "connection refused",
+    "connection aborted",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "bad gateway",
+    "service unavailable",
+)
+RETRY_DELAYS_S = [5, 15]
+"""Waits before the 1st and 2nd retry of an IO-bound task: 20 s of waiting in all, on top of MLflow's own
+bounded HTTP retries (:func:`tuneflow.tracking.configure`)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` can help: connection and timeout faults, MLflow's "try again" codes."""
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if getattr(exc, "error_code", None) in TRANSIENT_CODES:
+        return True
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(word in text for word in TRANSIENT_WORDS)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry unless the failure is bad input."""
+    """Prefect ``retry_condition_fn``: retry transient IO faults only, and say on the console what is
+    retried; bad input, permissions and bugs fail at once."""
     try:
         state.result()
-    except PERMANENT_ERRORS:
-        return False
-    except Exception:
+    except Exception as exc:
+        if not is_transient(exc):
+            return False
+        attempt = task_run.run_count if task_run is not None else 1
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        print(
+            f"↻ {task.name}: {type(exc).__name__}: {first} -- looks transient, retry {attempt} of "
+            f"{len(RETRY_DELAYS_S)} (at most {sum(RETRY_DELAYS_S)} s of waiting in all)"
+        )
         return True
-    return True
+    return False
+
+
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": len(RETRY_DELAYS_S),
+    "retry_delay_seconds": RETRY_DELAYS_S,
+    "retry_condition_fn": retry_transient,
+}
+"""The retry policy of every IO-bound task: ``@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)``."""
 
 
 def run_dir(cfg: PipelineConfig, run_id: str) -> Path:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import retry_transient
+from tasks.common import TRANSIENT_RETRIES
 from tuneflow.config import PipelineConfig
 from tuneflow.retraining import RetrainCheck
 from tuneflow.retraining import check_data as check_retraining
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def check_data(cfg: PipelineConfig, force: bool = False) -> RetrainCheck:
     """Skip or train, and whether to search (see :func:`tuneflow.retraining.check_data`)."""
     check = check_retraining(cfg, force)

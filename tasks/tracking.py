@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks.common import run_dir
+from tasks.common import TRANSIENT_RETRIES, run_dir
 from tuneflow import gc, names, tracking, ui
 from tuneflow.config import PipelineConfig
 from tuneflow.experiment import config_from_dict, run_params
@@ -40,7 +40,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def open_run(
     cfg: PipelineConfig, resume: bool = False, stage: str = "finetune", log_config: bool = True
 ) -> OpenedRun:
@@ -151,7 +151,7 @@ def remove_checkpoints(cfg: PipelineConfig, run_id: str, keep_export: bool = Fal
     return gc.remove_run_files(run_dir(cfg, run_id), keep_export=keep_export)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def describe_run(
     cfg: PipelineConfig,
     run_id: str,

@@ -9,7 +9,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import retry_transient
+from tasks.common import TRANSIENT_RETRIES
 from tuneflow import names, tracking
 from tuneflow.config import PipelineConfig
 from tuneflow.faults import crash_point
@@ -26,7 +26,7 @@ def _flat(df: pd.DataFrame) -> pd.DataFrame:
     return df[cols].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
     """Validate the configured data; returns the data fingerprint and the report's stats.
 

@@ -56,6 +56,38 @@ def missing_train_file(tmp, model):
 
 
 @case
+def train_file_is_a_folder(tmp, model):
+    folder = tmp / "intents"
+    folder.mkdir()
+    write_csv(folder / "train.csv", demo_rows()[:20])
+    path = _with_train(tmp, model, folder)
+    return ["run", str(path)], 3, [f"{folder}: is a folder, not a file (it holds train.csv)"]
+
+
+@case
+def csv_without_a_header_line(tmp, model):
+    f = write_csv(tmp / "headerless.csv", demo_rows()[:30])
+    f.write_text(f.read_text().split("\n", 1)[1])  # the header line dropped
+    return (
+        ["run", str(_with_train(tmp, model, f))],
+        3,
+        ["missing column", "looks like data: add a header line", "column_names"],
+    )
+
+
+@case
+def batch_larger_than_the_training_set(tmp, model):
+    cfg = _cfg(tmp, model, train={"batch_size": 1_000_000_000})
+    return ["run", str(cfg)], 3, ["train.batch_size 1000000000 is larger than the training set (", "rows)"]
+
+
+@case
+def max_length_beyond_the_model_positions(tmp, model):
+    cfg = _cfg(tmp, model, model={"name": model, "max_length": 4096})
+    return ["run", str(cfg)], 4, ["model.max_length 4096 is more than", "(128 positions)"]
+
+
+@case
 def latin1_csv(tmp, model):
     f = tmp / "latin.csv"
     f.write_bytes(b"text,intent\nhello there,greeting\ncaf\xe9 au lait,order\n")
@@ -231,7 +263,11 @@ def seq2seq_missing_target(tmp, model):
 
 @case
 def data_path_is_directory(tmp, model):
-    return ["run", str(_with_train(tmp, model, tmp))], 3, [f"{tmp}: file not found"]
+    return (
+        ["run", str(_with_train(tmp, model, tmp))],
+        3,
+        [f"{tmp}: is a folder, not a file (it holds bad.yaml"],
+    )
 
 
 # --------------------------------------------------------------------------------------- config (exit 2)
@@ -499,6 +535,14 @@ def optuna_storage_on_a_closed_port(tmp, model):
 
 
 @case
+def output_dir_under_a_file(tmp, model):
+    blocker = tmp / "blocker"
+    blocker.write_text("")
+    cfg = _cfg(tmp, model, output_dir=str(blocker / "checkpoints"))
+    return ["run", str(cfg)], 7, [f"output_dir: {blocker} is a file"]
+
+
+@case
 def status_on_an_unwritable_store(tmp, model):
     return ["status", "m", "--tracking-uri", "sqlite:////proc/tuneflow/m.db"], 7, ["--tracking-uri", "/proc"]
 
@@ -553,6 +597,20 @@ def predict_input_with_empty_cells(tmp, model):
 def predict_input_is_a_directory(tmp, model):
     args = ["predict", "--model", "models:/m/1", "--input", str(tmp), "--output", str(tmp / "p.csv")]
     return args, 2, [f"--input {tmp} is a directory"]
+
+
+@case
+def predict_with_a_bare_model_name(tmp, model):
+    return (
+        ["predict", "--model", "chatbot-intents", "hello"],
+        2,
+        ["--model chatbot-intents: not a model URI", "models:/chatbot-intents@champion"],
+    )
+
+
+@case
+def predict_with_an_unknown_registered_model(tmp, model):
+    return ["predict", "--model", "models:/nope@champion", "hello"], 2, ["no registered model 'nope'"]
 
 
 def test_an_offline_hub_id_that_is_not_cached_fails_before_any_run(

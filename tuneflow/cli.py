@@ -204,6 +204,27 @@ def _check_registry(
         raise typer.Exit(2) from None
 
 
+def _check_model_uri(model: str, tracking_uri: str | None) -> None:
+    """``predict --model``: a registered model's name, version and alias are checked before it is loaded
+    (exit 2 naming what exists); a bare name gets the URI forms it was probably meant as."""
+    import re
+
+    registered = re.fullmatch(r"models:/([^/@]+)(?:/(\w+)|@([\w-]+))", model)
+    if registered:
+        name, version, alias = registered.groups()
+        _check_registry(tracking_uri, name, None if version == "latest" else version, alias)
+    elif model.startswith(("models:/", "runs:/")):
+        _check_store(tracking_uri)
+    elif "://" not in model and not Path(model).exists():
+        console.print(
+            f"[bold red]error:[/] --model {escape(model)}: not a model URI nor a local model folder; a "
+            f"registered model is models:/{escape(model)}@champion (its champion), models:/{escape(model)}/3 "
+            "(a version) or models:/NAME/latest",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+
+
 def _quiet_env() -> None:
     # No network on CI/offline machines: Prefect must not try to phone home (nor print its notice about it).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -644,10 +665,12 @@ def predict(
         _check_output(output)
     frame = _read_scoring_input(input_file, column, skip_empty) if input_file else None
     params = _parse_params(param or [])
+    if adapter:
+        _check_store(tracking_uri)
+    else:
+        _check_model_uri(model, tracking_uri)
     from tuneflow import tracking
 
-    if model.startswith(("models:/", "runs:/")) or adapter:
-        _check_store(tracking_uri)
     _quiet_env()
     tracking.configure(tracking_uri)
     try:

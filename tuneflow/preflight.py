@@ -135,10 +135,54 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 def check_model(cfg: PipelineConfig) -> None:
-    """Raise :class:`PreflightError` (``kind="model"``) when the model directory cannot load."""
+    """Raise :class:`PreflightError` (``kind="model"``) when the model directory cannot load, or when
+    ``model.max_length`` is longer than the model can read."""
     problems = check_model_dir(cfg.model.name)
+    positions = None if problems else model_positions(cfg.model.name)
+    if positions is not None and cfg.model.max_length > positions:
+        problems.append(
+            f"model.max_length {cfg.model.max_length} is more than {cfg.model.name} can read ({positions} "
+            f"positions): set model.max_length to at most {positions}"
+        )
     if problems:
         raise PreflightError("model", problems)
+
+
+# RoBERTa-style models number positions from padding_idx + 1: two of their embeddings are never a position.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "bart": 0}
+
+
+def model_positions(name: str) -> int | None:
+    """The longest input (in tokens) ``name``'s position embeddings allow, read from its ``config.json``
+    without loading the model; None when unknown (GGUF files, relative positions as in T5, not cached)."""
+    if name == SMOLLM2_MODEL or name.endswith(".gguf"):
+        return None
+    if name == DEFAULT_MODEL:
+        from tuneflow.pretrained import resolve_model_path
+
+        name = resolve_model_path(name)
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if (
+            isinstance(config.get(key), int)
+            and config.get("position_embedding_type", "absolute") == "absolute"
+        ):
+            return config[key] - _POSITION_OFFSET.get(config.get("model_type", ""), 0)
+    return None
 
 
 def tracking_setting(configured: str | None = None) -> str:
@@ -227,9 +271,21 @@ def _check_database(setting: str, uri: str, shown: str) -> str | None:
     return None
 
 
+def check_output_dir(output_dir: str) -> list[str]:
+    """``output_dir`` (checkpoints, exports) can be created and written, checked with a real write."""
+    path = Path(output_dir).expanduser()
+    folder = path
+    while not folder.exists() and folder != folder.parent:  # created on first use
+        folder = folder.parent
+    if not folder.is_dir():
+        return [f"output_dir: {folder} is a file, so {path} cannot be created; choose another folder"]
+    why = _writable_dir(folder)
+    return [f"output_dir: cannot write in {folder} ({why}); choose a writable folder"] if why else []
+
+
 def check_stores(cfg: PipelineConfig) -> None:
-    """Raise :class:`PreflightError` (``kind="store"``) when the MLflow store, the lease store or the
-    Optuna storage of a searching config cannot be written."""
+    """Raise :class:`PreflightError` (``kind="store"``) when the MLflow store, the lease store, the Optuna
+    storage of a searching config or the output folder cannot be written."""
     t = cfg.tracking
     stores = [(tracking_setting(t.tracking_uri), resolve_tracking_uri(t.tracking_uri))]
     if t.lock_url:
@@ -237,5 +293,6 @@ def check_stores(cfg: PipelineConfig) -> None:
     if cfg.searching and cfg.search is not None:
         stores.append(("search.storage", cfg.search.storage))
     problems = [p for setting, uri in stores if (p := check_store(setting, uri))]
+    problems += check_output_dir(cfg.output_dir)
     if problems:
         raise PreflightError("store", problems)

@@ -94,6 +94,30 @@ def _record_lines(path: Path, fmt: str, header: bool) -> list[int]:
     return starts[1:] if header else starts
 
 
+def not_a_file(path: Path) -> Problem:
+    """Why ``path`` cannot be read: it does not exist, or it is a folder (naming what the folder holds)."""
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        inside = f" (it holds {', '.join(files[:5])}{', ...' if len(files) > 5 else ''})" if files else ""
+        return Problem(f"is a folder, not a file{inside}: give the path of one file", file=str(path))
+    return Problem("file not found", file=str(path))
+
+
+def _header_hint(columns: Iterable[Any]) -> str:
+    """A file without a header line has its first record read as column names: say so when they look like
+    data (a sentence, a number) rather than names."""
+    cols = [str(c) for c in columns]
+    looks_like_data = any(
+        len(c) > 40 or len(c.split()) > 3 or c.strip().lstrip("-").replace(".", "").isdigit() for c in cols
+    )
+    if not looks_like_data:
+        return ""
+    return (
+        " The first line is read as the header, and it looks like data: add a header line naming the columns "
+        "(e.g. text,label), or set header: false and column_names: [text, label] for this file."
+    )
+
+
 def _delimiter_hint(columns: Iterable[Any]) -> str:
     cols = [str(c) for c in columns]
     for sep, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
@@ -145,7 +169,7 @@ def read_frame(spec: FileSpec) -> tuple[pd.DataFrame | None, list[int], list[Pro
     """
     path = Path(spec.path)
     if not path.is_file():
-        return None, [], [Problem("file not found", file=str(path))]
+        return None, [], [not_a_file(path)]
     fmt = _infer_format(spec)
     if fmt == "conll":
         return (
@@ -201,7 +225,7 @@ def read_frame(spec: FileSpec) -> tuple[pd.DataFrame | None, list[int], list[Pro
 def missing_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> list[Problem]:
     """One problem per required column the frame lacks, listing the columns it has."""
     found = ", ".join(map(str, df.columns))
-    hint = _delimiter_hint(df.columns)
+    hint = _delimiter_hint(df.columns) or _header_hint(df.columns)
     return [
         Problem(f"missing column (found: {found}).{hint}".rstrip("."), file=source, column=c)
         for c in columns
@@ -365,7 +389,7 @@ def read_tagged(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, l
         fmt = "conll" if path.suffix.lower() in (".conll", ".bio", ".iob", ".txt", "") else "table"
     if fmt == "conll":
         if not path.is_file():
-            return None, [Problem("file not found", file=str(path))]
+            return None, [not_a_file(path)]
         bad = check_utf8(path)
         if bad:
             return None, [bad]

@@ -38,9 +38,20 @@ ADAPTER_PREFIX = "adapter-"  # artifact keys of an adapter-set model: adapter-<n
 MAX_PARAM_LEN = 6000
 
 
+HTTP_RETRY_BUDGET = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+"""A tracking server that stops answering costs a call about 7 s of back-off (1 + 2 + 4) and at most 30 s
+per attempt, not MLflow's default of 7 retries over ~2 minutes; set the variables to choose otherwise."""
+
+
 def configure(configured: str | None = None) -> str:
     """Point MLflow at the store (creating ``mlruns/`` for the default SQLite store) and return its URI."""
     uri = resolve_tracking_uri(configured)
+    for name, value in HTTP_RETRY_BUDGET.items():
+        os.environ.setdefault(name, value)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -111,10 +111,24 @@ def validate_dataset(
     splits = split_dataset(raw, cfg.data, cfg.train.seed)
     duplicates_and_leakage(report, splits, cfg)
     report.stats = {f"rows_{n}": len(df) for n, df in splits.frames().items()}
+    report.errors += batch_problems(cfg, len(splits.train))
+    if not report.ok:
+        return report, None
     task.describe(report, splits, cfg, tokenizer)
     lengths = splits.train[TEXT].str.split().str.len()
     report.stats.update(train_words_mean=round(float(lengths.mean()), 1), train_words_max=int(lengths.max()))
     return report, splits
+
+
+def batch_problems(cfg: PipelineConfig, train_rows: int) -> list[str]:
+    """A batch larger than the training set is a typo, not a setting: every epoch would be one step."""
+    size = cfg.train.batch_size
+    if size <= train_rows:
+        return []
+    return [
+        f"train.batch_size {size} is larger than the training set ({train_rows} rows): every epoch would be "
+        f"a single step; set it to at most {train_rows} (8 to 64 is usual)"
+    ]
 
 
 def empty_inputs(name: str, source: str, df: pd.DataFrame) -> list[Problem]:
