@@ -17,6 +17,7 @@ def _cfg(train: Path, test: Path | None = None, validation: Path | None = None, 
         data["test"] = {"path": str(test)}
     if validation:
         data["validation"] = {"path": str(validation)}
+    extra.setdefault("train", {"batch_size": 4})  # the toy training sets here hold 12 to 60 rows
     return config_from_dict({"name": "t", "data": data, "validation": {"min_examples_per_class": 3}, **extra})
 
 
