@@ -44,10 +44,10 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
     import mlflow
     from sklearn.metrics import roc_auc_score
 
-    from tuneflow.calibration import expected_calibration_error, softmax
-    from tuneflow.experiment import load_config
-    from tuneflow.export import load_predictor
-    from tuneflow.outofscope import (
+    from tuneflow.data.readers import LABEL, TEXT
+    from tuneflow.fitting.export import load_predictor
+    from tuneflow.judging.calibration import expected_calibration_error, softmax
+    from tuneflow.judging.outofscope import (
         Gaussian,
         Neighbors,
         combine,
@@ -57,9 +57,10 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         threshold_for_recall,
         threshold_on_oos,
     )
-    from tuneflow.readers import LABEL, TEXT
     from tuneflow.tasktypes import task_type
-    from tuneflow.tasktypes.classification import FEATURE_KINDS, read_texts
+    from tuneflow.tasktypes.classification import read_texts
+    from tuneflow.tasktypes.classification_predictor import FEATURE_KINDS
+    from tuneflow.tasktypes.resolve import load_config
 
     cfg = load_config(CONFIG, overrides)
     mlflow.set_tracking_uri(tracking_uri)

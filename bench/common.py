@@ -33,7 +33,7 @@ def machine_info() -> dict[str, Any]:
 def _cpu() -> str:
     """The CPU model and whether it computes bf16 natively: throughput rows from different machines of the
     same core count differ 2-3x (AMX bf16 vs AVX2 fp32), so every result says which one it ran on."""
-    from tuneflow.training import cpu_has_native_bf16
+    from tuneflow.fitting.training import cpu_has_native_bf16
 
     try:
         text = Path("/proc/cpuinfo").read_text()

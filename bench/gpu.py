@@ -173,9 +173,9 @@ def bare_loop(cfg: Any, data: Any, cuda: bool, tally: EpochTally) -> int:
     """
     import torch
 
-    from tuneflow.encoding import LengthGroupedBatches
-    from tuneflow.experiment import task_of
-    from tuneflow.model import load_pretrained
+    from tuneflow.data.encoding import LengthGroupedBatches
+    from tuneflow.fitting.model import load_pretrained
+    from tuneflow.tasktypes.resolve import task_of
 
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(cfg.train.seed)
@@ -246,9 +246,9 @@ def run_arm(name: str, tokenizer: str, smoke: bool = False) -> dict[str, Any]:
     """Train one arm through tuneflow's ``fit`` and measure it (in this process)."""
     import torch
 
-    from tuneflow.experiment import load_config, task_of
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import fit
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.tasktypes.resolve import load_config, task_of
 
     arm = dict(ARMS[name])
     cuda = torch.cuda.is_available() and not smoke

@@ -37,12 +37,12 @@ ARMS = {
 
 def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
     """One arm, in this process: fit, export, evaluate on test; returns its measurements."""
-    from tuneflow.experiment import load_config, task_of
-    from tuneflow.export import export_model, load_predictor, weights_bytes
-    from tuneflow.metrics import classification_metrics
-    from tuneflow.model import load_tokenizer
-    from tuneflow.readers import LABEL
-    from tuneflow.training import fit
+    from tuneflow.data.readers import LABEL
+    from tuneflow.fitting.export import export_model, load_predictor, weights_bytes
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.judging.metrics import classification_metrics
+    from tuneflow.tasktypes.resolve import load_config, task_of
 
     overrides = [
         f"data.max_train_examples={args.train}",

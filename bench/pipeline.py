@@ -48,7 +48,7 @@ def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = 
     from mlflow import MlflowClient
 
     from flows.finetune import finetune
-    from tuneflow import tracking
+    from tuneflow.store import tracking
 
     gc.freeze()
     gc.enable()

@@ -25,7 +25,7 @@ HEAVY = ("torch", "lightning", "transformers")
 
 def _store(tmp: Path) -> str:
     """A store with what `status` reads: a champion version, its run's metrics and a retrain decision."""
-    from tuneflow import tracking
+    from tuneflow.store import registered, tracking
 
     uri = tracking.configure(f"sqlite:///{tmp}/mlruns/mlflow.db")
     run_id = tracking.start_run(
@@ -38,10 +38,10 @@ def _store(tmp: Path) -> str:
     (model_dir / "MLmodel").write_text("flavors: {}\n")
     tracking.log_artifacts(run_id, model_dir, "model")
     tracking.end_run(run_id)
-    version = tracking.register_model(
+    version = registered.register_model(
         f"runs:/{run_id}/model", "bench-status", run_id, {tracking.TAG_DATA_FP: "0123456789abcdef"}
     )
-    tracking.set_alias("bench-status", "champion", version)
+    registered.set_alias("bench-status", "champion", version)
     check = tracking.start_run(
         "bench-status",
         run_name="retrain-check",

@@ -33,9 +33,9 @@ SPACE = (
 def run_arm(pruner: str, args: argparse.Namespace, tmp: Path) -> dict:
     import optuna
 
-    from tuneflow import tracking
-    from tuneflow.experiment import load_config
-    from tuneflow.search import EPOCHS_ATTR, open_study, run_study
+    from tuneflow.fitting.search import EPOCHS_ATTR, open_study, run_study
+    from tuneflow.store import tracking
+    from tuneflow.tasktypes.resolve import load_config
 
     overrides = [
         f"name=bench-search-{pruner}",

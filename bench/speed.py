@@ -38,8 +38,8 @@ PAIR_ARMS = ("tuneflow", "trainer_best", "trainer_defaults")
 
 
 def _setup(args: argparse.Namespace, config: Path, extra: list[str] | None = None) -> tuple[Any, Any, Any]:
-    from tuneflow.experiment import load_config, task_of
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.tasktypes.resolve import load_config, task_of
 
     overrides = [
         f"train.max_epochs={args.epochs}",
@@ -57,8 +57,8 @@ def _setup(args: argparse.Namespace, config: Path, extra: list[str] | None = Non
 
 
 def _accuracy(model: Any, tokenizer: Any, cfg: Any, splits: Any) -> float:
-    from tuneflow.metrics import classification_metrics
-    from tuneflow.readers import LABEL, TEXT
+    from tuneflow.data.readers import LABEL, TEXT
+    from tuneflow.judging.metrics import classification_metrics
     from tuneflow.tasktypes.classification import ClassificationPredictor
 
     clf = ClassificationPredictor(model.eval(), tokenizer, splits.labels, cfg.model.max_length)
@@ -87,8 +87,8 @@ def arm_tuneflow(args: argparse.Namespace, config: Path, work: Path, fp32: bool 
     import lightning.pytorch as pl
     import torch
 
-    from tuneflow.model import FineTuner
-    from tuneflow.training import fit, resolve_precision
+    from tuneflow.fitting.model import FineTuner
+    from tuneflow.fitting.training import fit, resolve_precision
 
     cfg, splits, data = _setup(args, config, ["train.precision=32-true"] if fp32 else None)
     callbacks = []
@@ -125,7 +125,7 @@ def arm_trainer(args: argparse.Namespace, config: Path, work: Path, best: bool =
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from tuneflow.model import load_pretrained
+    from tuneflow.fitting.model import load_pretrained
 
     cfg, splits, data = _setup(args, config)
     torch.set_num_threads(args.threads)

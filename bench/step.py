@@ -39,9 +39,9 @@ def measure(setting: dict[str, bool], steps: int, threads: int) -> dict[str, Any
 
     import torch
 
-    from tuneflow.encoding import LengthGroupedBatches
-    from tuneflow.experiment import load_config, task_of
-    from tuneflow.model import load_pretrained, load_tokenizer
+    from tuneflow.data.encoding import LengthGroupedBatches
+    from tuneflow.fitting.model import load_pretrained, load_tokenizer
+    from tuneflow.tasktypes.resolve import load_config, task_of
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

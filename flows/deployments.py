@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from tuneflow.config import ConfigError
-from tuneflow.experiment import load_config
+from tuneflow.tasktypes.resolve import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ALLOWED = (

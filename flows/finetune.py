@@ -19,22 +19,21 @@ from tasks.tracking import (
     closing_run,
     describe_run,
     open_run,
-    record_config,
-    recorded_config,
     remove_checkpoints,
 )
 from tasks.train import train
 from tasks.validate import validate_data
-from tuneflow import tracking
 from tuneflow.config import PipelineConfig, redact_secrets
-from tuneflow.crossval import CVResult
-from tuneflow.experiment import load_config
 from tuneflow.faults import crash_point
-from tuneflow.promotion import Decision
-from tuneflow.registration import Registration
-from tuneflow.search import StudySummary, best_config
+from tuneflow.fitting.crossval import CVResult
+from tuneflow.fitting.runs import OpenedRun, record_config, recorded_config
+from tuneflow.fitting.search import StudySummary, best_config
+from tuneflow.fitting.training import FitResult
+from tuneflow.judging.promotion import Decision
+from tuneflow.registry.registration import Registration
+from tuneflow.store import registered, tracking
 from tuneflow.tasktypes import task_type
-from tuneflow.training import FitResult
+from tuneflow.tasktypes.resolve import load_config
 
 
 @dataclass(frozen=True)
@@ -82,57 +81,21 @@ def finetune(
     uri = tracking.configure(cfg.tracking.tracking_uri)
     opened = open_run(cfg, resume, log_config=not cfg.searching)
     run_id = opened.run_id
-    searched: StudySummary | None = None
-    cv: CVResult | None = None
-    fitted: FitResult | None = None
     with closing_run(cfg, run_id):
-        if opened.registered_version:
-            # Killed after registration: the model is in the registry; only its decision may be missing.
-            final, model, metrics = _registered_state(cfg, run_id)
-            remove_checkpoints(final, run_id)  # killed before it could delete them
-        else:
-            data = validate_data(cfg, run_id)
-            final = cfg
-            if cfg.searching:
-                searched = search(cfg, run_id, workers, final_params=True)
-                final = best_config(cfg, searched.best_params)
-                record_config(final, run_id)
-            if final.train.cv_folds:
-                cv = cross_validate(final, run_id)
-            trained = train(final, run_id, opened.resume_from)
-            fitted = trained.fit
-            metrics = evaluate(final, run_id, trained.export_dir).metrics
-            model = (
-                register(final, run_id, trained.export_dir, data.data_fingerprint)
-                if final.tracking.register_after_eval
-                else None
-            )
-            crash_point("register")
-            # Registered: the store holds the model, the local checkpoints (~270 MB for MiniLM) can go.
-            remove_checkpoints(final, run_id, keep_export=model is None)
-        promotion = None
-        if model and final.gates.promote:
-            if model.decided:  # a resumed run whose decision was taken before the kill: never twice
-                print(f"v{model.version} already has a promotion decision: {model.decided}")
-            else:
-                promotion = promote(final, model.version)
-    notes = [f"registered as `{model.name}` v{model.version}"] if model else []
-    if promotion is not None:
-        notes.append(
-            "promoted to champion" if promotion.promote else "not promoted: see the promotion report"
-        )
-    headline = [(k, metrics[k]) for k in task_type(cfg.task).metrics.headline if k in metrics]
-    describe_run(final, run_id, headline, final.train.monitor, notes)
+        done = _stages(cfg, opened, workers)
+        promotion = _decide(done.final, done.model)
+    headline = [(k, done.metrics[k]) for k in task_type(cfg.task).metrics.headline if k in done.metrics]
+    describe_run(done.final, run_id, headline, done.final.train.monitor, _notes(done.model, promotion))
     result = FinetuneResult(
         run_id,
         redact_secrets(uri),
         cfg.experiment_name,
         cfg.task,
-        metrics,
-        model,
-        fitted,
-        searched,
-        cv,
+        done.metrics,
+        done.model,
+        done.fitted,
+        done.searched,
+        done.cv,
         promotion,
     )
     create_markdown_artifact(
@@ -141,6 +104,64 @@ def finetune(
         description="tuneflow fine-tuning summary",
     )
     return result
+
+
+@dataclass
+class _Done:
+    """What the stages of one fine-tuning produced (searched / cv / fitted are None when skipped)."""
+
+    final: PipelineConfig
+    model: Registration | None
+    metrics: dict[str, float]
+    searched: StudySummary | None = None
+    cv: CVResult | None = None
+    fitted: FitResult | None = None
+
+
+def _stages(cfg: PipelineConfig, opened: OpenedRun, workers: int) -> _Done:
+    """validate -> search (optional) -> cross-validate (optional) -> train -> evaluate -> register."""
+    run_id = opened.run_id
+    if opened.registered_version:
+        # Killed after registration: the model is in the registry; only its decision may be missing.
+        final, model, metrics = _registered_state(cfg, run_id)
+        remove_checkpoints(final, run_id)  # killed before it could delete them
+        return _Done(final, model, metrics)
+    data = validate_data(cfg, run_id)
+    final, searched, cv = cfg, None, None
+    if cfg.searching:
+        searched = search(cfg, run_id, workers, final_params=True)
+        final = best_config(cfg, searched.best_params)
+        record_config(final, run_id)
+    if final.train.cv_folds:
+        cv = cross_validate(final, run_id)
+    trained = train(final, run_id, opened.resume_from)
+    metrics = evaluate(final, run_id, trained.export_dir).metrics
+    model = None
+    if final.tracking.register_after_eval:
+        model = register(final, run_id, trained.export_dir, data.data_fingerprint)
+    crash_point("register")
+    # Registered: the store holds the model, the local checkpoints (~270 MB for MiniLM) can go.
+    remove_checkpoints(final, run_id, keep_export=model is None)
+    return _Done(final, model, metrics, searched, cv, trained.fit)
+
+
+def _decide(final: PipelineConfig, model: Registration | None) -> Decision | None:
+    """The promotion decision on the registered version (never twice for a resumed run), or None."""
+    if not (model and final.gates.promote):
+        return None
+    if model.decided:  # a resumed run whose decision was taken before the kill
+        print(f"v{model.version} already has a promotion decision: {model.decided}")
+        return None
+    return promote(final, model.version)
+
+
+def _notes(model: Registration | None, promotion: Decision | None) -> list[str]:
+    notes = [f"registered as `{model.name}` v{model.version}"] if model else []
+    if promotion is not None:
+        notes.append(
+            "promoted to champion" if promotion.promote else "not promoted: see the promotion report"
+        )
+    return notes
 
 
 def finetune_markdown(name: str, result: FinetuneResult, uri: str) -> str:
@@ -170,7 +191,7 @@ def _registered_state(
 ) -> tuple[PipelineConfig, Registration, dict[str, float]]:
     """Config, registered version and metrics of a run that registered its model before it was killed."""
     final = recorded_config(run_id, cfg.tracking.tracking_uri, f"runs:/{run_id}/config/resolved.yaml")
-    mv = tracking.version_of_run(final.registered_model_name, run_id)
+    mv = registered.version_of_run(final.registered_model_name, run_id)
     if mv is None:
         raise LookupError(
             f"run {run_id} is tagged as registered but {final.registered_model_name} has no version of it"

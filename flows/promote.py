@@ -6,10 +6,10 @@ from prefect import flow
 
 from tasks.promote import promote as promote_task
 from tasks.promote import rollback as rollback_task
-from tasks.tracking import recorded_config
-from tuneflow import tracking
-from tuneflow.champion import Rollback
-from tuneflow.promotion import Decision
+from tuneflow.fitting.runs import recorded_config
+from tuneflow.judging.promotion import Decision
+from tuneflow.registry.champion import Rollback
+from tuneflow.store import registered, tracking
 
 
 @flow(name="promote", log_prints=True)
@@ -21,7 +21,7 @@ def promote(
     The version's own resolved config (logged with its run) gives the gates and the frozen test set.
     """
     uri = tracking.configure(tracking_uri)
-    mv = tracking.model_version(model, version)
+    mv = registered.model_version(model, version)
     cfg = recorded_config(mv.run_id, uri, f"models:/{model}/{version} config/resolved.yaml")
     return promote_task(cfg, str(version), force, reason)
 

@@ -11,9 +11,9 @@ from flows.deployments import guard_deployment_run
 from flows.finetune import FinetuneResult, finetune
 from tasks.retrain import check_data
 from tasks.tracking import artifact_key
-from tuneflow import tracking
-from tuneflow.experiment import load_config
-from tuneflow.retraining import TAG_DECISION, RetrainCheck, champion_overrides
+from tuneflow.registry.retraining import TAG_DECISION, RetrainCheck, champion_overrides
+from tuneflow.store import tracking
+from tuneflow.tasktypes.resolve import load_config
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from flows.deployments import guard_deployment_run
 from tasks.search import search
 from tasks.tracking import artifact_key, closing_run, describe_run, open_run
 from tasks.validate import validate_data
-from tuneflow import tracking
 from tuneflow.config import ConfigError, redact_secrets
-from tuneflow.experiment import load_config
-from tuneflow.search import StudySummary
+from tuneflow.fitting.search import StudySummary
+from tuneflow.store import tracking
+from tuneflow.tasktypes.resolve import load_config
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from tuneflow.config import ConfigError, PipelineConfig
-from tuneflow.model import ModelLoadError
-from tuneflow.validation import DataValidationError
+from tuneflow.config import ConfigError
+from tuneflow.data.validation import DataValidationError
+from tuneflow.fitting.model import ModelLoadError
 
 # Bad input never gets better by retrying; only transient IO (network, hub, tracking server) might.
 PERMANENT_ERRORS = (
@@ -46,7 +45,7 @@ TRANSIENT_WORDS = (
 )
 RETRY_DELAYS_S = [5, 15]
 """Waits before the 1st and 2nd retry of an IO-bound task: 20 s of waiting in all, on top of MLflow's own
-bounded HTTP retries (:func:`tuneflow.tracking.configure`)."""
+bounded HTTP retries (:func:`tuneflow.store.tracking.configure`)."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -85,11 +84,6 @@ TRANSIENT_RETRIES: dict[str, Any] = {
     "retry_condition_fn": retry_transient,
 }
 """The retry policy of every IO-bound task: ``@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)``."""
-
-
-def run_dir(cfg: PipelineConfig, run_id: str) -> Path:
-    """Checkpoints, the exported model and evaluation outputs of one MLflow run."""
-    return Path(cfg.output_dir) / run_id
 
 
 @contextmanager

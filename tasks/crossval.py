@@ -9,16 +9,16 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_dir
-from tuneflow import tracking
 from tuneflow.config import PipelineConfig
-from tuneflow.crossval import CVResult
-from tuneflow.crossval import cross_validate as cross_validate_folds
-from tuneflow.encoding import EncodedData
-from tuneflow.labelquality import find_label_issues
-from tuneflow.model import load_tokenizer
-from tuneflow.readers import TEXT
-from tuneflow.splits import Splits
+from tuneflow.data.encoding import EncodedData
+from tuneflow.data.labelquality import find_label_issues
+from tuneflow.data.readers import TEXT
+from tuneflow.data.splits import Splits
+from tuneflow.fitting.crossval import CVResult
+from tuneflow.fitting.crossval import cross_validate as cross_validate_folds
+from tuneflow.fitting.model import load_tokenizer
+from tuneflow.fitting.runs import run_dir
+from tuneflow.store import tracking
 from tuneflow.tasktypes import task_type
 
 

@@ -8,14 +8,16 @@ from dataclasses import replace
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_dir, stage
-from tuneflow import names, tracking
-from tuneflow.champion import keep_evidence
+from tasks.common import stage
+from tuneflow import names
 from tuneflow.config import PipelineConfig
-from tuneflow.evaluation import EvaluationResult
-from tuneflow.evaluation import evaluate as evaluate_model
-from tuneflow.export import load_predictor
-from tuneflow.overfitting import validation_degradation
+from tuneflow.fitting.export import load_predictor
+from tuneflow.fitting.runs import run_dir
+from tuneflow.judging.evaluation import EvaluationResult
+from tuneflow.judging.evaluation import evaluate as evaluate_model
+from tuneflow.judging.overfitting import validation_degradation
+from tuneflow.registry.champion import keep_evidence
+from tuneflow.store import tracking
 from tuneflow.tasktypes import task_type
 
 

@@ -8,16 +8,16 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tuneflow.champion import CHAMPION, Rollback, promote_version, rollback_champion
 from tuneflow.config import PipelineConfig
-from tuneflow.promotion import Decision
+from tuneflow.judging.promotion import Decision
+from tuneflow.registry.champion import CHAMPION, Rollback, promote_version, rollback_champion
 
 __all__ = ["CHAMPION", "promote", "rollback"]
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a decision must not be taken twice
 def promote(cfg: PipelineConfig, version: str, force: bool = False, reason: str = "") -> Decision:
-    """Decide on ``version`` (see :func:`tuneflow.champion.promote_version`); report it in Prefect."""
+    """Decide on ``version`` (:func:`tuneflow.registry.champion.promote_version`); report it in Prefect."""
     logger = get_run_logger()
     decision = promote_version(cfg, version, force, reason, notify=logger.warning)
     name = cfg.registered_model_name

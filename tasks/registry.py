@@ -1,4 +1,4 @@
-"""Registration stage: a thin wrapper around :func:`tuneflow.registration.register_export`."""
+"""Registration stage: a thin wrapper around :func:`tuneflow.registry.registration.register_export`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import stage
 from tuneflow.config import PipelineConfig
-from tuneflow.registration import Registration, register_export
+from tuneflow.registry.registration import Registration, register_export
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a retry after a partial success could create a second version

@@ -7,10 +7,12 @@ from dataclasses import replace
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_dir, stage
-from tuneflow import names, tracking
+from tasks.common import stage
+from tuneflow import names
 from tuneflow.config import PipelineConfig, redact_secrets
-from tuneflow.search import TAG_STUDY, StudySummary, run_study
+from tuneflow.fitting.runs import run_dir
+from tuneflow.fitting.search import TAG_STUDY, StudySummary, run_study
+from tuneflow.store import tracking
 
 
 def describe_space(cfg: PipelineConfig) -> dict[str, str]:

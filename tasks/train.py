@@ -5,19 +5,20 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_dir, stage
-from tuneflow import tracking
+from tasks.common import stage
 from tuneflow.config import PipelineConfig
-from tuneflow.distributed import launch, under_launcher
-from tuneflow.training import FitResult, Trained, train_and_export
+from tuneflow.fitting.distributed import launch, under_launcher
+from tuneflow.fitting.runs import run_dir
+from tuneflow.fitting.training import FitResult, Trained, train_and_export
+from tuneflow.store import tracking
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a failed fit is a bug or bad settings, not a transient fault
 def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> Trained:
-    """Fine-tune and export the best checkpoint (see :func:`tuneflow.training.train_and_export`).
+    """Fine-tune and export the best checkpoint (see :func:`tuneflow.fitting.training.train_and_export`).
 
-    ``train.strategy: ddp`` runs the stage under torchrun (:mod:`tuneflow.distributed`): this machine is
-    node 0 and owns the run; with ``train.num_nodes > 1`` the other machines join at
+    ``train.strategy: ddp`` runs the stage under torchrun (:mod:`tuneflow.fitting.distributed`): this
+    machine is node 0 and owns the run; with ``train.num_nodes > 1`` the other machines join at
     ``train.rdzv_endpoint``.
     """
     t = cfg.train
@@ -30,7 +31,8 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> T
                 print(
                     f"  waiting for {t.num_nodes - 1} more node(s) at {t.rdzv_endpoint}: on each, run "
                     "`python -m torch.distributed.run --nnodes "
-                    f"{t.num_nodes} --node-rank K ... -m tuneflow.distributed --config <this config>` "
+                    f"{t.num_nodes} --node-rank K ... -m tuneflow.fitting.distributed "
+                    "--config <this config>` "
                     "(README: Training across machines)"
                 )
             out = launch(cfg, run_id, run_dir(cfg, run_id), resume_from)

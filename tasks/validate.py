@@ -10,14 +10,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import TRANSIENT_RETRIES
-from tuneflow import names, tracking
+from tuneflow import names
 from tuneflow.config import PipelineConfig
+from tuneflow.data.readers import LABEL
+from tuneflow.data.splits import content_columns, fingerprint
+from tuneflow.data.validation import DataValidationError, ValidatedData, validate_dataset
 from tuneflow.faults import crash_point
-from tuneflow.model import load_tokenizer
-from tuneflow.readers import LABEL
-from tuneflow.splits import content_columns, fingerprint
+from tuneflow.fitting.model import load_tokenizer
+from tuneflow.store import tracking
 from tuneflow.tasktypes import task_type
-from tuneflow.validation import DataValidationError, ValidatedData, validate_dataset
 
 
 def _flat(df: pd.DataFrame) -> pd.DataFrame:

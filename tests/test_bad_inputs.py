@@ -629,11 +629,11 @@ def test_an_offline_hub_id_that_is_not_cached_fails_before_any_run(
 
 def test_scoring_input_keeps_na_like_texts_and_skips_empty_ones(tmp_path: Path) -> None:
     """ "NaN", "null", "N/A" are texts someone typed, not missing values; --skip-empty drops blank rows."""
-    from tuneflow import cli
+    from tuneflow.registry import scoring
 
     f = tmp_path / "in.csv"
     f.write_text("text\nNaN\nnull\nN/A\n\nok\n")
-    frame = cli._read_scoring_input(f, "text", skip_empty=True)
+    frame, _ = scoring.read_scoring_input(f, "text", skip_empty=True)
     assert frame["text"].tolist() == ["NaN", "null", "N/A", "ok"]
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_config
-from tuneflow.encoding import Encoded, EncodedData, LengthGroupedBatches
-from tuneflow.experiment import load_config
+from tuneflow.data.encoding import Encoded, EncodedData, LengthGroupedBatches
 from tuneflow.tasktypes import task_type
+from tuneflow.tasktypes.resolve import load_config
 
 
 def _epoch(sampler: LengthGroupedBatches) -> list[list[int]]:
@@ -41,7 +41,7 @@ def test_length_grouped_batches_cover_every_example_once_with_similar_lengths() 
 
 
 def test_collation_pads_inputs_and_label_sequences(tiny_model: str) -> None:
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
     classes = EncodedData(
@@ -72,7 +72,7 @@ def test_collation_pads_inputs_and_label_sequences(tiny_model: str) -> None:
 
 
 def test_seq2seq_pairs_are_encoded_with_prefix_and_truncated(tiny_t5: str) -> None:
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
     from tuneflow.tasktypes.seq2seq import encode_frame
 
     tok = load_tokenizer(tiny_t5)
@@ -92,7 +92,7 @@ def test_seq2seq_pairs_are_encoded_with_prefix_and_truncated(tiny_t5: str) -> No
 
 def test_chat_encoding_truncates_inputs_and_labels_together(tiny_gpt2: str) -> None:
     from tests.conftest import chat_rows
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
     from tuneflow.tasktypes.chat import encode_chat, prepare_tokenizer
 
     tok = prepare_tokenizer(load_tokenizer(tiny_gpt2))
@@ -143,9 +143,9 @@ class _CrashAt:
 def test_resumed_training_continues_the_same_loss_curve(tmp_path: Path, tiny_model: str) -> None:
     """Interrupted after epoch 2 and resumed from last.ckpt: the same per-step losses as an uninterrupted
     run (same batches, optimizer, scheduler and step counter), as torchtune's recipe tests check."""
-    from tuneflow.experiment import task_of
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import LAST_CHECKPOINT, fit
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import LAST_CHECKPOINT, fit
+    from tuneflow.tasktypes.resolve import task_of
 
     # Dropout off: the only randomness left is the (seeded, per-epoch) batch order.
     path = make_config(
@@ -190,9 +190,9 @@ def test_deterministic_training_repeats_exactly_without_filling_new_tensors(
     off: two seeded fits, dropout included, still take bit-identical steps."""
     import torch
 
-    from tuneflow.experiment import task_of
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import fit
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2, "deterministic": True}))
     kind = task_of(cfg)
@@ -206,8 +206,8 @@ def test_deterministic_training_repeats_exactly_without_filling_new_tensors(
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuneflow import training
     from tuneflow.config import TrainConfig
+    from tuneflow.fitting import training
 
     assert training.cpu_has_native_bf16("processor: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
     assert training.cpu_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")
@@ -224,9 +224,9 @@ def test_training_uses_the_fused_optimizer_and_sorted_validation_batches(
 ) -> None:
     import lightning.pytorch as pl
 
-    from tuneflow.experiment import task_of
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import fit
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 1, "eval_batch_size": 4}))
     kind = task_of(cfg)

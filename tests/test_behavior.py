@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuneflow.behavior import INVARIANCE, check_behavior, contraction, number, punctuation, typo
+from tuneflow.judging.behavior import INVARIANCE, check_behavior, contraction, number, punctuation, typo
 
 TEXTS = [
     "Where is my parcel from London?",
@@ -76,7 +76,7 @@ def test_perturbations_are_the_named_edits() -> None:
 
 
 def test_label_noise_detection_finds_flipped_labels() -> None:
-    from tuneflow.labelquality import find_label_issues
+    from tuneflow.data.labelquality import find_label_issues
 
     rng = np.random.default_rng(0)
     n, k = 600, 4

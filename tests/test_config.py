@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tuneflow.cli import app
 from tuneflow.config import ConfigError, PipelineConfig
-from tuneflow.experiment import load_config
+from tuneflow.tasktypes.resolve import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -157,13 +157,13 @@ def test_search_budget_and_multi_objective_rules(tmp_path: Path) -> None:
         load_config(demo, ["search.latency_objective=true"])  # the demo prunes with the median pruner
     assert "pruner: none" in str(err.value)
     cfg = load_config(demo, ["search.latency_objective=true", "search.pruner=none"])
-    from tuneflow.search import directions
+    from tuneflow.fitting.search import directions
 
     assert directions(cfg) == ["maximize", "minimize"]
 
 
 def test_trial_overrides_and_best_config() -> None:
-    from tuneflow.search import best_config, direction, shares, trial_overrides
+    from tuneflow.fitting.search import best_config, direction, shares, trial_overrides
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", ["search.metric=val_loss", "train.min_epochs=5"])
     assert direction(cfg) == "minimize"

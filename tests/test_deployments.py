@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, make_config
-from tuneflow.experiment import load_config
+from tuneflow.tasktypes.resolve import load_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_deployments_apply_and_a_triggered_retrain_completes(
     from prefect.runner import Runner
 
     from flows.deployments import build
-    from tuneflow import tracking
+    from tuneflow.store import registered, tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = make_config(
@@ -56,7 +56,7 @@ def test_deployments_apply_and_a_triggered_retrain_completes(
 
     assert asyncio.run(trigger_and_run()) == "COMPLETED"
     tracking.configure(uri)
-    assert tracking.alias_version("served", "champion") == "1"  # no champion before: trained and promoted
+    assert registered.alias_version("served", "champion") == "1"  # no champion before: trained and promoted
 
 
 def test_a_deployment_run_with_a_forbidden_override_fails(

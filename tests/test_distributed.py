@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, make_config
-from tuneflow import tracking
+from tuneflow.store import tracking
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_two_nodes_under_torchrun_train_one_run_like_one_process(tmp_path: Path,
     join = [
         *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"),
         *("--node-rank", "1", "--rdzv-backend", "static", "--rdzv-endpoint", f"127.0.0.1:{port}"),
-        *("-m", "tuneflow.distributed", "--config", str(multi)),
+        *("-m", "tuneflow.fitting.distributed", "--config", str(multi)),
     ]
     node1 = subprocess.run(join, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     head_output, _ = node0.communicate(timeout=600)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, make_config
-from tuneflow import gc, locks, tracking
 from tuneflow.config import ConfigError
-from tuneflow.experiment import load_config
+from tuneflow.store import gc, locks, tracking
+from tuneflow.tasktypes.resolve import load_config
 
 # ----------------------------------------------------------------------------------------------- leases
 
@@ -256,10 +256,10 @@ def test_deployment_runs_take_only_allowed_overrides() -> None:
 def test_every_checkpoint_loads_weights_only(tmp_path: Path, tiny_model: str) -> None:
     import torch
 
-    from tuneflow.experiment import task_of
-    from tuneflow.export import export_model
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import fit
+    from tuneflow.fitting.export import export_model
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2}))
     kind = task_of(cfg)

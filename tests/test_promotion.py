@@ -11,10 +11,9 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tests.conftest import make_config
-from tuneflow import tracking
 from tuneflow.cli import app
 from tuneflow.config import GatesConfig
-from tuneflow.promotion import (
+from tuneflow.judging.promotion import (
     decide,
     decide_on_examples,
     decide_on_scores,
@@ -23,6 +22,8 @@ from tuneflow.promotion import (
     paired_bootstrap_labels,
     score,
 )
+from tuneflow.registry import packaging
+from tuneflow.store import registered, tracking
 
 Y = ["a"] * 50 + ["b"] * 50
 
@@ -196,7 +197,7 @@ def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
     # v2: a model that learns, registered but not decided; v3: the same model registered again.
     good = _finetune(tmp_path, tiny_model, "good", uri, {"max_epochs": 4}, {**LENIENT, "promote": False})
     assert good.promotion is None
-    v3 = tracking.register_model(good.model.model_uri, "intents", good.run_id)
+    v3 = registered.register_model(good.model.model_uri, "intents", good.run_id)
     assert v3 == "3"
 
     # Two promotions at once: the lock serializes them; the second compares with the first's outcome.
@@ -232,7 +233,7 @@ def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
 
 
 def test_overfitting_is_judged_from_the_validation_curve() -> None:
-    from tuneflow.overfitting import validation_degradation
+    from tuneflow.judging.overfitting import validation_degradation
 
     # Validation F1 peaks at epoch 2 and then falls steeply: flagged, with what to change.
     peaked = validation_degradation([(10, 0.70), (20, 0.82), (30, 0.74), (40, 0.66)], False, "val/f1_macro")
@@ -258,12 +259,12 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tuneflow.champion needs MLflow only: register two versions by hand and decide on each."""
-    from tuneflow.champion import keep_evidence, promote_version, rollback_champion
-    from tuneflow.evaluation import evaluate
-    from tuneflow.experiment import load_config, task_of
-    from tuneflow.export import export_model, load_predictor
-    from tuneflow.model import load_tokenizer
-    from tuneflow.training import fit
+    from tuneflow.fitting.export import export_model, load_predictor
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import fit
+    from tuneflow.judging.evaluation import evaluate
+    from tuneflow.registry.champion import keep_evidence, promote_version, rollback_champion
+    from tuneflow.tasktypes.resolve import load_config, task_of
 
     cfg = load_config(
         make_config(tmp_path, tiny_model, name="lib-promo", train={"max_epochs": 2}, gates=LENIENT_CURVE)
@@ -276,17 +277,17 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     versions = []
     for _ in range(2):  # the same model twice: the second cannot be significantly better
         run_id = tracking.start_run(cfg.experiment_name)
-        versions.append(tracking.register_model(tracking.log_model(run_id, export), "lib-promo", run_id))
+        versions.append(registered.register_model(packaging.log_model(run_id, export), "lib-promo", run_id))
         tracking.end_run(run_id)
     # The first version went through evaluation, which keeps its test predictions for promotion.
     splits = kind.load_splits(cfg.data, cfg.train.seed)
     evaluated = evaluate(kind, load_predictor(export), splits, tmp_path / "eval", cfg)
     assert evaluated.evidence == kind.promotion_evidence(load_predictor(export), splits.test, cfg)
-    first_run = tracking.model_version("lib-promo", versions[0]).run_id
+    first_run = registered.model_version("lib-promo", versions[0]).run_id
     keep_evidence(first_run, cfg, splits.test, evaluated.evidence)
     heard: list[str] = []
     loads: list[str] = []
-    import tuneflow.champion as champion_module
+    import tuneflow.registry.champion as champion_module
 
     real_load = champion_module.load_predictor
     monkeypatch.setattr(champion_module, "load_predictor", lambda d: loads.append(str(d)) or real_load(d))
@@ -299,12 +300,12 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     assert len(loads) == 1
     again = promote_version(cfg, versions[1], notify=heard.append)
     assert len(loads) == 1 and again.to_dict()["gates"] == second.to_dict()["gates"]
-    run_id = tracking.model_version("lib-promo", versions[0]).run_id
+    run_id = registered.model_version("lib-promo", versions[0]).run_id
     cached = [a.path for a in MlflowClient().list_artifacts(run_id, "promotion/evidence")]
     assert len(cached) == 1 and cached[0].endswith(".json")
     assert [g.name for g in second.failed] == [f"improvement in test {cfg.gates.metric} over champion"]
-    assert tracking.alias_version("lib-promo", "champion") == versions[0]
-    assert tracking.model_version("lib-promo", versions[1]).tags["tuneflow.promotion"] == "rejected"
+    assert registered.alias_version("lib-promo", "champion") == versions[0]
+    assert registered.model_version("lib-promo", versions[1]).tags["tuneflow.promotion"] == "rejected"
     with pytest.raises(LookupError, match="previous-champion"):
         rollback_champion("lib-promo", tracking_uri)
     assert not heard  # nobody else held the lease

@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import make_config
-from tuneflow import tracking
-from tuneflow.experiment import load_config, task_of
-from tuneflow.model import FineTuner, load_tokenizer
-from tuneflow.training import fit
+from tuneflow.fitting.model import FineTuner, load_tokenizer
+from tuneflow.fitting.training import fit
+from tuneflow.store import registered, tracking
+from tuneflow.tasktypes.resolve import load_config, task_of
 
 pytestmark = pytest.mark.integration
 
@@ -93,4 +93,4 @@ def test_resume_after_kill_continues_same_run(tmp_path: Path, tiny_model: str) -
     assert run.data.metrics["fit/epochs_trained"] == epochs
     val_steps = {m.step for m in c.get_metric_history(run.info.run_id, "val/f1_macro")}
     assert len(val_steps) == epochs  # continued from the checkpoint: one validation per epoch overall
-    assert tracking.count_versions("resumable") == 1
+    assert registered.count_versions("resumable") == 1

@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tests.conftest import demo_rows, make_config, write_csv
-from tuneflow import tracking
 from tuneflow.cli import app
 from tuneflow.config import RetrainConfig
-from tuneflow.drift import drift_report, oov_rate, psi
+from tuneflow.judging.drift import drift_report, oov_rate, psi
+from tuneflow.store import registered, tracking
 
 
 def test_drift_signals() -> None:
@@ -74,7 +74,7 @@ def test_retrain_skips_unchanged_data_then_retrains_changed_data(
 
     skipped = retrain(str(cfg))
     assert skipped.check.decision == "skip" and "data unchanged since champion v1" in skipped.check.reason
-    assert tracking.count_versions("retrain-me") == 1
+    assert registered.count_versions("retrain-me") == 1
 
     write_csv(train, rows[:300] + rows[300:400])  # new data arrives in the same file
     again = retrain(str(cfg))

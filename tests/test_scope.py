@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, make_config
-from tuneflow.calibration import expected_calibration_error, fit_temperature, softmax
 from tuneflow.config import ConfigError
-from tuneflow.experiment import load_config
-from tuneflow.outofscope import (
+from tuneflow.judging.calibration import expected_calibration_error, fit_temperature, softmax
+from tuneflow.judging.outofscope import (
     METHODS,
     Gaussian,
     Neighbors,
@@ -25,6 +24,7 @@ from tuneflow.outofscope import (
     threshold_for_recall,
     threshold_on_oos,
 )
+from tuneflow.tasktypes.resolve import load_config
 
 
 def test_temperature_scaling_fixes_an_overconfident_model() -> None:

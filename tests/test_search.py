@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from tests.conftest import ROOT, make_config
-from tuneflow import tracking
 from tuneflow.cli import app
-from tuneflow.experiment import load_config
-from tuneflow.search import RUN_ATTR, open_study, run_study
+from tuneflow.fitting.search import RUN_ATTR, open_study, run_study
+from tuneflow.store import tracking
+from tuneflow.tasktypes.resolve import load_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PG_URL = os.environ.get("TUNEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -134,9 +134,9 @@ def test_two_workers_share_the_study_exactly(tmp_path: Path, tiny_model: str) ->
 
 WORKER = """
 import sys
-from tuneflow import tracking
-from tuneflow.experiment import load_config
-from tuneflow.search import run_study
+from tuneflow.store import tracking
+from tuneflow.tasktypes.resolve import load_config
+from tuneflow.fitting.search import run_study
 cfg = load_config(sys.argv[1])
 uri = tracking.configure(cfg.tracking.tracking_uri)
 run_study(cfg, tracking.RunRecorder(uri, cfg.experiment_name, sys.argv[2]), sys.argv[3])
@@ -295,7 +295,7 @@ def test_several_validations_per_epoch_let_the_pruner_stop_a_trial_within_its_fi
 
 def test_the_progress_line_counts_the_trial_that_just_completed() -> None:
     """A trial's "complete" line runs before Optuna records it: a new best must still read as the best."""
-    from tuneflow.search import _best
+    from tuneflow.fitting.search import _best
 
     for direction, worse, better in (("maximize", 0.5, 0.8733), ("minimize", 0.9, 0.1)):
         study = optuna.create_study(direction=direction)

@@ -86,7 +86,7 @@ def test_smollm2_shorthand_loads_offline_and_chats() -> None:
     transformers through the normal loader; the same file given as a path loads the same way."""
     import torch
 
-    from tuneflow.model import load_pretrained, load_tokenizer, smollm2_gguf
+    from tuneflow.fitting.model import load_pretrained, load_tokenizer, smollm2_gguf
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     model, fresh = load_pretrained("causal_lm", "smollm2-135m-instruct", [])

@@ -13,15 +13,9 @@ import pytest
 
 from tests.conftest import ROOT, chat_rows, ner_rows, seq2seq_rows, write_conll, write_jsonl
 from tuneflow.config import ConfigError, DataConfig, FileSpec
-from tuneflow.experiment import load_config
-from tuneflow.readers import read_conll, read_tagged
-from tuneflow.tasktypes.tagging import (
-    align_labels,
-    bio_errors,
-    entities,
-    split_words,
-    word_predictions,
-)
+from tuneflow.data.readers import read_conll, read_tagged
+from tuneflow.tasktypes.resolve import load_config
+from tuneflow.tasktypes.tagging import align_labels, bio_errors, entities, split_words, word_predictions
 
 # ------------------------------------------------------------------------------------------- BIO / alignment
 
@@ -95,7 +89,7 @@ def test_task_metric_mismatch_is_named():
 
 
 def test_hub_model_offline_fails_clearly():
-    from tuneflow.model import ModelLoadError, load_tokenizer
+    from tuneflow.fitting.model import ModelLoadError, load_tokenizer
 
     with pytest.raises(
         ModelLoadError, match="(?s)google-t5/t5-small.*neither a local directory nor reachable"
@@ -133,8 +127,8 @@ def _untrained_test_loss(cfg_path: Path) -> float:
     """Mean per-token loss of the *untrained* model on the config's test split (what training must beat)."""
     import transformers
 
-    from tuneflow.experiment import task_of
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(cfg_path)
     kind = task_of(cfg)
@@ -217,7 +211,7 @@ def test_seq2seq_end_to_end(tmp_path, tiny_t5, tracking_uri, prefect_harness):
 
 
 def test_chat_labels_cover_assistant_tokens_only(tiny_gpt2):
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
     from tuneflow.tasktypes.chat import encode_chat, prepare_tokenizer
 
     tok = prepare_tokenizer(load_tokenizer(tiny_gpt2))
@@ -320,7 +314,7 @@ def test_causal_lm_with_lora_end_to_end(tmp_path, tiny_gpt2, tracking_uri, prefe
 
 def test_lora_keys_are_searchable():
     from tuneflow.config import apply_params
-    from tuneflow.experiment import config_from_dict
+    from tuneflow.tasktypes.resolve import config_from_dict
 
     raw = {
         "name": "x",
@@ -347,8 +341,8 @@ def test_lora_keys_are_searchable():
 
 def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
     from tests.conftest import make_config
-    from tuneflow.experiment import task_of
-    from tuneflow.validation import validate_dataset
+    from tuneflow.data.validation import validate_dataset
+    from tuneflow.tasktypes.resolve import task_of
 
     train = write_conll(tmp_path / "train.conll", ner_rows(40, 1) + [(["bob", "smith"], ["O", "I-person"])])
     test = write_conll(tmp_path / "test.conll", [(["ann", "x"], ["B-animal", "O"])] + ner_rows(5, 2))
@@ -383,9 +377,9 @@ def test_cli_validate_hub_seq2seq_offline_exits_4():
 @pytest.mark.slow
 def test_wnut17_reads_and_validates(tiny_ner_model):
     """The shipped NER config on the real WNUT-17 files: counts as documented, no BIO errors."""
-    from tuneflow.experiment import task_of
-    from tuneflow.model import load_tokenizer
-    from tuneflow.validation import validate_dataset
+    from tuneflow.data.validation import validate_dataset
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(ROOT / "configs" / "wnut17.yaml", [f"model.name={tiny_ner_model}"])
     report, splits = validate_dataset(
@@ -400,8 +394,8 @@ def test_instruction_rows_become_exchanges_with_every_reference(tmp_path, tiny_g
     """data.prompt_template: source/target rows are user/assistant exchanges; sources are cut to
     max_source_words; empty targets are errors naming file, line and column."""
     from tests.conftest import make_config
-    from tuneflow.experiment import task_of
     from tuneflow.tasktypes.chat import assistant_turns
+    from tuneflow.tasktypes.resolve import task_of
 
     rows = [{"source": ["a b c", "d e f g"], "target": ["short one .", "another ."]} for _ in range(20)]
     rows.append({"source": ["x y"], "target": [""]})
@@ -433,7 +427,7 @@ def test_instruction_rows_become_exchanges_with_every_reference(tmp_path, tiny_g
 def test_chat_turns_system_prompt_and_generation_params(tiny_gpt2):
     """Every assistant turn is scored with the conversation so far; the sample is frozen; the system prompt
     is context (never a target); request params are checked and named."""
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
     from tuneflow.tasktypes.chat import (
         assistant_turns,
         encode_chat,

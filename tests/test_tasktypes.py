@@ -22,10 +22,10 @@ from tests.conftest import (
     write_csv,
     write_jsonl,
 )
-from tuneflow.evaluation import Gap
-from tuneflow.experiment import load_config
+from tuneflow.data.validation import validate_dataset
+from tuneflow.judging.evaluation import Gap
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
-from tuneflow.validation import validate_dataset
+from tuneflow.tasktypes.resolve import load_config
 
 
 def _classification(tmp: Path) -> tuple[dict, str]:
@@ -106,7 +106,7 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     # Reads and validates.
     raw = kind.load_raw(cfg.data)
     assert not raw.problems and {"train", "test"} <= set(raw.frames)
-    from tuneflow.model import load_pretrained, load_tokenizer
+    from tuneflow.fitting.model import load_pretrained, load_tokenizer
 
     tokenizer = load_tokenizer(model)
     report, splits = validate_dataset(raw, cfg, kind, tokenizer)
@@ -119,7 +119,7 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     assert all(len(ids) <= cfg.model.max_length for ids in encoded.train.ids)
 
     # Trains one step: the collated batch gives a finite loss whose gradient reaches the weights.
-    from tuneflow.model import FineTuner
+    from tuneflow.fitting.model import FineTuner
 
     module = FineTuner(model, encoded.labels, lr=1e-3, task=name)
     batch = kind.collator(encoded.tokenizer)(
@@ -194,7 +194,7 @@ def test_latency_is_measured_like_for_like() -> None:
     fixed thread count that is restored afterwards, and the conditions travel with the figures."""
     import time as clock
 
-    from tuneflow.metrics import LATENCY_REPEATS, LATENCY_THREADS, time_single
+    from tuneflow.judging.metrics import LATENCY_REPEATS, LATENCY_THREADS, time_single
 
     calls = []
 

@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tests.test_search import search_config
-from tuneflow import tracking
 from tuneflow.cli import app
-from tuneflow.experiment import load_config
-from tuneflow.search import open_study
+from tuneflow.fitting.search import open_study
+from tuneflow.store import tracking
+from tuneflow.tasktypes.resolve import load_config
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT
-from tuneflow import mlflow_app, tracking, ui
-from tuneflow.evaluation import plot_confusion, save_table
-from tuneflow.experiment import load_config, run_params
+from tuneflow.judging.evaluation import plot_confusion, save_table
+from tuneflow.store import mlflow_app, tracking, ui
+from tuneflow.store.params import run_params
+from tuneflow.tasktypes.resolve import load_config
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ def test_report_tables_round_floats(tmp_path: Path) -> None:
 def test_optuna_plots_leave_no_grid_for_the_confusion_matrix(tmp_path: Path) -> None:
     """Optuna's plots switch pyplot to ggplot (a white grid over everything): the search keeps that to its
     own plots, so the confusion matrix drawn later in the same process has no lines across its counts."""
-    from tuneflow.search import write_plots
+    from tuneflow.fitting.search import write_plots
 
     study = optuna.create_study()
     study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)

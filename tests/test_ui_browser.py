@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import ROOT, make_config, mlflow_process
 from tests.test_search import SPACE
-from tuneflow import tracking
 from tuneflow.cli import app
+from tuneflow.store import registered, tracking
 
 pytestmark = pytest.mark.integration
 SHOTS = ROOT / "test-artifacts" / "ui"
@@ -270,8 +270,8 @@ def test_runs_say_which_version_holds_which_alias(store: dict) -> None:
     tracking.configure(store["uri"])
     first, second = store["runs"]
     aliases = {r: tracking.get_run(r).data.tags.get(tracking.TAG_ALIASES) for r in (first, second)}
-    champion = tracking.alias_version("ui-intents", "champion")
-    holder = tracking.model_version("ui-intents", champion).run_id
+    champion = registered.alias_version("ui-intents", "champion")
+    holder = registered.model_version("ui-intents", champion).run_id
     assert "champion" in aliases[holder].split(", ")
     other = second if holder == first else first
     assert "champion" not in (aliases[other] or "").split(", ")

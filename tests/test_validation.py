@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import demo_rows, write_csv
-from tuneflow.experiment import config_from_dict, task_of
-from tuneflow.validation import validate_dataset
+from tuneflow.data.validation import validate_dataset
+from tuneflow.tasktypes.resolve import config_from_dict, task_of
 
 
 def _cfg(train: Path, test: Path | None = None, validation: Path | None = None, **extra: object):
@@ -121,7 +121,7 @@ def test_leakage_can_be_an_error(tmp_path: Path) -> None:
 
 
 def test_truncation_share_uses_the_real_tokenizer(tmp_path: Path, tiny_model: str) -> None:
-    from tuneflow.model import load_tokenizer
+    from tuneflow.fitting.model import load_tokenizer
 
     long = " ".join(["order"] * 50)
     rows = [(long + f" {i}", c) for c in ("a", "b") for i in range(10)]

@@ -1,7 +1,7 @@
 """Checks that run before anything heavy starts (Prefect, torch, a tokenizer): bad input fails in seconds.
 
 Only pandas and the standard library are imported here (no torch, no tokenizer). The data checks are the
-validation stage's own (:func:`tuneflow.validation.validate_dataset`) minus the truncation statistics,
+validation stage's own (:func:`tuneflow.data.validation.validate_dataset`) minus the truncation statistics,
 which need the model's tokenizer and only ever warn: every data *error* is reported here, in a second or
 two. The flow's validation stage runs them all again and logs the report with the run.
 """
@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, PipelineConfig, redact_secrets, resolve_tracking_uri
+from tuneflow.data.validation import ValidationReport, validate_dataset
 from tuneflow.tasktypes import task_type
-from tuneflow.validation import validate_dataset
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json")
 
@@ -134,6 +134,25 @@ def preflight(cfg: PipelineConfig) -> None:
     check_model(cfg)
 
 
+def validation_report(cfg: PipelineConfig) -> ValidationReport:
+    """``tuneflow validate``: every data check on the fast path first (pandas only: data errors never wait
+    for a tokenizer), then, once the data passes, the model check and the truncation statistics.
+
+    Raises:
+        PreflightError: ``kind="model"`` when the model directory cannot load.
+        tuneflow.backbone.pretrained.ModelLoadError: the tokenizer cannot load.
+    """
+    kind = task_type(cfg.task)
+    raw = kind.load_raw(cfg.data)
+    report, _ = validate_dataset(raw, cfg, kind, tokenizer=None)
+    if not report.ok:
+        return report
+    check_model(cfg)
+    from tuneflow.backbone.pretrained import load_tokenizer
+
+    return validate_dataset(raw, cfg, kind, load_tokenizer(cfg.model.name))[0]
+
+
 def check_model(cfg: PipelineConfig) -> None:
     """Raise :class:`PreflightError` (``kind="model"``) when the model directory cannot load, or when
     ``model.max_length`` is longer than the model can read."""
@@ -158,7 +177,7 @@ def model_positions(name: str) -> int | None:
     if name == SMOLLM2_MODEL or name.endswith(".gguf"):
         return None
     if name == DEFAULT_MODEL:
-        from tuneflow.pretrained import resolve_model_path
+        from tuneflow.backbone.pretrained import resolve_model_path
 
         name = resolve_model_path(name)
     path = Path(name).expanduser() / "config.json"

@@ -19,12 +19,12 @@ import pandas as pd
 
 from tuneflow import names
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
-from tuneflow.encoding import EncodedData
-from tuneflow.evaluation import Gap
-from tuneflow.promotion import decide_on_scores
-from tuneflow.readers import Problem, RawData, load_raw
-from tuneflow.splits import Splits, load_splits
-from tuneflow.validation import ValidationReport
+from tuneflow.data.encoding import EncodedData
+from tuneflow.data.readers import Problem, RawData, load_raw
+from tuneflow.data.splits import Splits, load_splits
+from tuneflow.data.validation import ValidationReport
+from tuneflow.judging.evaluation import Gap
+from tuneflow.judging.promotion import decide_on_scores
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,6 @@ class MetricSpec:
         return "min" if self.lower_better(metric) else "max"
 
 
-# Settings only a sequence classifier reads (calibration, out-of-scope detection and their gates).
-SCOPE_CONFIG = (
-    *("oos.", "data.oos_validation", "data.oos_test", "eval.calibrate", "eval.behavior_checks"),
-    *("eval.behavior_examples", "eval.positive_label", "validation.max_label_issue_share"),
-    *("gates.min_oos_recall", "gates.min_in_scope_accuracy", "gates.max_ece", "gates.min_behavior_pass_rate"),
-)
-
-
-# Settings only a chat model (causal_lm) reads.
-CHAT_CONFIG = ("data.system_prompt", "data.prompt_template", "data.max_source_words", "eval.compare_base")
-
-
 class TaskType:
     """One task type (see the module docstring). Subclasses set the class attributes and the hooks."""
 
@@ -86,8 +74,9 @@ class TaskType:
     supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
     detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
     input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
-    # Config keys (dotted prefixes) that do nothing for this task type: left out of a run's MLflow params.
-    unused_config: ClassVar[tuple[str, ...]] = ()
+    # Config keys (dotted prefixes) that only some task types read, this one among them; the others' are
+    # left out of its runs' MLflow params (tuneflow.tasktypes.unused_config).
+    own_config: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------- config
 
@@ -202,6 +191,18 @@ class TaskType:
         """An output frame of this task's shape (for the logged MLflow signature)."""
         raise NotImplementedError
 
+    def result_lines(self, metrics: dict[str, float]) -> list[tuple[str, str]]:
+        """Lines of this task's own results for the end of ``tuneflow run`` (label, text); none by default."""
+        return []
+
+    def show_prediction(self, text: str, row: dict[str, Any]) -> str:
+        """One line of ``tuneflow predict`` output for ``text``: the input, then the generated text."""
+        return f"{text}\t{row['generated_text']}"
+
+    def prediction_table(self, predictions: pd.DataFrame) -> pd.DataFrame:
+        """Predictions as CSV cells (``tuneflow predict --output``): plain values by default."""
+        return predictions
+
     # ------------------------------------------------------------------------------------- evaluation
 
     def evaluate_test(
@@ -239,7 +240,8 @@ class TaskType:
         raise NotImplementedError
 
     def measure_latency(self, predictor: Any, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, float]:
-        """Single-example latency p50/p95 (ms) on the first test inputs (``tuneflow.metrics.time_single``)."""
+        """Single-example latency p50/p95 (ms) on the first test inputs
+        (:func:`tuneflow.judging.metrics.time_single`)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ drift

@@ -21,10 +21,14 @@ import numpy as np
 import pandas as pd
 
 from tuneflow import names
+from tuneflow.backbone.pretrained import load_from, load_tokenizer
 from tuneflow.config import DataConfig, FileSpec, GenerationConfig, PipelineConfig
-from tuneflow.encoding import Encoded, EncodedData, PadSequences
-from tuneflow.evaluation import Gap, save_table
-from tuneflow.generation import (
+from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
+from tuneflow.data.readers import LINE, MESSAGES, REFERENCES, Problem, read_chats, read_instructions
+from tuneflow.data.splits import Splits
+from tuneflow.data.validation import ValidationReport, empty_inputs, token_lengths
+from tuneflow.judging.evaluation import Gap, save_table
+from tuneflow.judging.generation import (
     generated_text_example,
     generation_metrics,
     loss_gap,
@@ -34,13 +38,9 @@ from tuneflow.generation import (
     subset,
     token_losses,
 )
-from tuneflow.metrics import time_single
-from tuneflow.pretrained import load_from, load_tokenizer
-from tuneflow.promotion import decide_on_examples
-from tuneflow.readers import LINE, MESSAGES, REFERENCES, Problem, read_chats, read_instructions
-from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import SCOPE_CONFIG, MetricSpec, TaskType
-from tuneflow.validation import ValidationReport, empty_inputs, token_lengths
+from tuneflow.judging.metrics import time_single
+from tuneflow.judging.promotion import decide_on_examples
+from tuneflow.tasktypes.base import MetricSpec, TaskType
 
 IGNORE = -100
 
@@ -311,12 +311,15 @@ class CausalLM(TaskType):
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     input_example = ["How do I reset my password?"]
-    unused_config = (
-        *SCOPE_CONFIG,
-        "model.pooling",
-        *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
-        *("model.max_target_length", "model.source_prefix", "eval.worst_examples"),
-        *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
+    own_config = (
+        *("data.messages_column", "data.source_column", "data.target_column", "data.max_source_words"),
+        *("data.system_prompt", "data.prompt_template", "eval.compare_base"),
+        *(
+            "generation.",
+            "eval.generation_metrics",
+            "eval.max_generation_examples",
+            "eval.sample_generations",
+        ),
     )
 
     def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
@@ -376,6 +379,13 @@ class CausalLM(TaskType):
 
     def to_inputs(self, model_input: Any) -> list[Any]:
         return to_conversations(model_input)
+
+    def result_lines(self, metrics: dict[str, float]) -> list[tuple[str, str]]:
+        """The base model zero-shot on the same test turns, against the fine-tuned one."""
+        m = metrics
+        before = [k.split("/", 1)[1] for k in sorted(m) if k.startswith("base/") and k != "base/loss"]
+        changes = [f"{k} {m[f'base/{k}']:.4f} -> {m[f'test/{k}']:.4f}" for k in before if f"test/{k}" in m]
+        return [("base -> tuned", ", ".join(changes))] if changes else []
 
     def output_example(self) -> pd.DataFrame:
         return generated_text_example()

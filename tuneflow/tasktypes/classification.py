@@ -8,7 +8,7 @@ Headline metrics are accuracy and macro F1; promotion compares champion and chal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,13 @@ import numpy as np
 import pandas as pd
 
 from tuneflow import names
-from tuneflow.behavior import check_behavior
-from tuneflow.calibration import (
+from tuneflow.config import DataConfig, FileSpec, PipelineConfig
+from tuneflow.data.encoding import Encoded, EncodedData, PadInputs, tokenize
+from tuneflow.data.readers import LABEL, LINE, TEXT, Problem, RawData, read_columns, read_table
+from tuneflow.data.splits import Splits
+from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
+from tuneflow.judging.behavior import check_behavior
+from tuneflow.judging.calibration import (
     expected_calibration_error,
     fit_temperature,
     load_temperature,
@@ -25,155 +30,32 @@ from tuneflow.calibration import (
     save_temperature,
     softmax,
 )
-from tuneflow.config import DataConfig, FileSpec, PipelineConfig
-from tuneflow.encoding import Encoded, EncodedData, PadInputs, tokenize
-from tuneflow.evaluation import Gap, plot_confusion, save_table
-from tuneflow.metrics import classification_metrics, confusion, per_class_table, throughput, time_single
-from tuneflow.outofscope import (
-    Gaussian,
-    Neighbors,
+from tuneflow.judging.evaluation import Gap, plot_confusion, save_table
+from tuneflow.judging.metrics import (
+    classification_metrics,
+    confusion,
+    per_class_table,
+    throughput,
+    time_single,
+)
+from tuneflow.judging.outofscope import (
+    LOGIT_METHODS,
     ScopeDetector,
+    fit_methods,
     in_scope_scores,
     scope_metrics,
     standardization,
     threshold_for_recall,
     threshold_on_oos,
 )
-from tuneflow.promotion import decide
-from tuneflow.readers import LABEL, LINE, TEXT, Problem, RawData, read_columns, read_table
-from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import CHAT_CONFIG, MetricSpec, TaskType
-from tuneflow.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
+from tuneflow.judging.promotion import decide
+from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.classification_predictor import ClassificationPredictor
 
 TRAIN_SAMPLE_FOR_GAP = 2000
 # Train examples the Mahalanobis means and covariance are fitted on, and the most a knn bank holds (20,000
 # x 384 float32 = 31 MB in the exported model).
 MAX_TRAIN_FOR_SCOPE = 20_000
-FEATURE_KINDS = ("head", "mean_pooled", "layer_mean")  # ClassificationPredictor.forward(features=...)
-
-
-@dataclass
-class ClassificationPredictor:
-    """An exported classifier ready for inference on raw text.
-
-    ``predict`` answers ``label`` and ``score`` (its calibrated probability) per text; a model with an
-    out-of-scope detector also answers ``in_scope``, ``oos_score`` and ``threshold``, and the fallback label
-    for queries below the threshold. ``labels_of`` is the classifier's own top label (no fallback): what the
-    test metrics and the champion/challenger comparison score.
-    """
-
-    model: Any
-    tokenizer: Any
-    labels: list[str]
-    max_length: int = 128
-    temperature: float = 1.0
-    scope: ScopeDetector | None = None
-
-    def forward(
-        self, texts: list[str], batch_size: int = 128, features: bool | str | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw logits (n, labels) and, with ``features``, a feature vector per text (n, hidden).
-
-        ``features="head"`` (or True) is what the head's last linear layer sees (BERT's pooled [CLS],
-        DistilBERT's pre-classifier output, RoBERTa's dense layer), captured with a forward hook, so any
-        sequence-classification architecture works; ``"mean_pooled"`` is the mean of the encoder's last hidden
-        states over the real (unpadded) tokens; ``"layer_mean"`` averages that token mean over every
-        transformer layer's output (Chen et al., 2022, "Holistic sentence embeddings for better
-        out-of-distribution detection": Avg-Avg).
-        """
-        kind = "head" if features is True else (features or None)
-        logits, feats = self.forward_kinds(texts, batch_size, (kind,) if kind else ())
-        return logits, feats.get(kind) if kind else None  # None too for no texts
-
-    def forward_kinds(
-        self, texts: list[str], batch_size: int = 128, kinds: tuple[str, ...] = ()
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Raw logits and the features of each of ``kinds`` (see :meth:`forward`), in one forward pass
-        (no entry for a kind when ``texts`` is empty).
-
-        Sorting by length keeps padding small.
-        """
-        import torch
-
-        from tuneflow.pooling import mean_pool
-
-        for kind in kinds:
-            if kind not in FEATURE_KINDS:
-                raise ValueError(f"unknown feature kind {kind!r}: one of {', '.join(FEATURE_KINDS)}")
-        order = np.argsort([len(t) for t in texts])
-        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        feats: dict[str, np.ndarray] = {}
-        seen: list[Any] = []
-        hook = (
-            head_layer(self.model, len(self.labels)).register_forward_hook(lambda m, i, o: seen.append(i[0]))
-            if "head" in kinds
-            else None
-        )
-        hidden = bool({"mean_pooled", "layer_mean"} & set(kinds))
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(texts), batch_size):
-                    idx = order[start : start + batch_size]
-                    enc = self.tokenizer(
-                        [texts[i] for i in idx],
-                        truncation=True,
-                        max_length=self.max_length,
-                        padding=True,
-                        return_tensors="pt",
-                    )
-                    out = self.model(**enc, output_hidden_states=hidden)
-                    logits[idx] = out.logits.float().numpy()
-                    batch: dict[str, Any] = {}
-                    if "head" in kinds:
-                        batch["head"] = seen.pop()
-                    if "mean_pooled" in kinds:
-                        batch["mean_pooled"] = mean_pool(out.hidden_states[-1], enc["attention_mask"])
-                    if "layer_mean" in kinds:
-                        # hidden_states[0] is the embedding output, not a transformer layer
-                        layers = [mean_pool(h, enc["attention_mask"]) for h in out.hidden_states[1:]]
-                        batch["layer_mean"] = torch.stack(layers).mean(0)
-                    for kind, values in batch.items():
-                        values = values.float().numpy()
-                        if kind not in feats:
-                            feats[kind] = np.zeros((len(texts), values.shape[-1]), dtype=np.float32)
-                        feats[kind][idx] = values
-        finally:
-            if hook is not None:
-                hook.remove()
-        return logits, feats
-
-    def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """Calibrated class probabilities, shape (len(texts), n_labels)."""
-        return softmax(self.forward(texts, batch_size)[0], self.temperature).astype(np.float32)
-
-    def predict(self, texts: list[str], batch_size: int = 128) -> pd.DataFrame:
-        """``label`` and ``score`` per text (+ ``in_scope``, ``oos_score``, ``threshold`` with a detector)."""
-        if not texts:
-            columns = ["label", "score"] + (["in_scope", "oos_score", "threshold"] if self.scope else [])
-            return pd.DataFrame({c: [] for c in columns})
-        scope = self.scope
-        logits, feats = self.forward(texts, batch_size, features=scope.feature_kind if scope else None)
-        proba = softmax(logits, self.temperature)
-        best = proba.argmax(-1)
-        out = pd.DataFrame(
-            {
-                "label": [self.labels[i] for i in best],
-                "score": proba[np.arange(len(best)), best].astype(float),
-            }
-        )
-        if scope is not None:
-            scores = scope.scores(logits, feats)
-            out["in_scope"] = scores >= scope.threshold
-            out.loc[~out["in_scope"], "label"] = scope.fallback_label
-            out["oos_score"] = scores.astype(float)
-            out["threshold"] = float(scope.threshold)
-        return out
-
-    def labels_of(self, texts: list[str], batch_size: int = 128) -> list[str]:
-        """The classifier's top label per text (no out-of-scope fallback)."""
-        if not texts:
-            return []
-        return [self.labels[i] for i in self.forward(texts, batch_size)[0].argmax(-1)]
 
 
 def scope_problems(cfg: PipelineConfig, labels: set[str]) -> list[Problem]:
@@ -221,26 +103,6 @@ def read_texts(spec: FileSpec | None, cfg: DataConfig) -> list[str]:
     return df[cfg.text_column].astype(str).tolist()
 
 
-def head_layer(model: Any, n_labels: int) -> Any:
-    """The last linear layer producing the ``n_labels`` logits; under LoRA the wrapper around the head's
-    copies (its input is the active adapter's, whichever adapter of a set is serving)."""
-    import torch
-
-    def outputs(m: Any) -> int | None:
-        return m.out_features if isinstance(m, torch.nn.Linear) else None
-
-    wrapped = [
-        m
-        for m in model.modules()
-        if type(m).__name__ == "ModulesToSaveWrapper"
-        and outputs(getattr(m, "original_module", None)) == n_labels
-    ]
-    layers = wrapped or [m for m in model.modules() if outputs(m) == n_labels]
-    if not layers:
-        raise ValueError(f"no linear layer with {n_labels} outputs: cannot find the classification head")
-    return layers[-1]
-
-
 class SequenceClassification(TaskType):
     name = "sequence_classification"
     summary = "one label per text: sentiment, topics, chatbot intents"
@@ -265,11 +127,22 @@ class SequenceClassification(TaskType):
     supports_latency_objective = True
     detects_scope = True
     input_example = ["where is my order?"]
-    unused_config = (
-        *("data.tokens_column", "data.tags_column", "data.source_column", "data.target_column"),
-        *CHAT_CONFIG,
-        *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
-        *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
+    own_config = (
+        *("data.text_column", "data.label_column", "model.pooling", "eval.worst_examples"),
+        *(
+            "validation.min_examples_per_class",
+            "validation.max_imbalance_ratio",
+            "validation.max_label_issue_share",
+        ),
+        # calibration, out-of-scope detection, behaviour checks and their gates
+        *("oos.", "data.oos_validation", "data.oos_test", "eval.calibrate", "eval.behavior_checks"),
+        *("eval.behavior_examples", "eval.positive_label"),
+        *(
+            "gates.min_oos_recall",
+            "gates.min_in_scope_accuracy",
+            "gates.max_ece",
+            "gates.min_behavior_pass_rate",
+        ),
     )
 
     # --------------------------------------------------------------------------------------------- data
@@ -408,7 +281,8 @@ class SequenceClassification(TaskType):
     def after_export(
         self, predictor: ClassificationPredictor, export_dir: Path, splits: Splits, cfg: PipelineConfig
     ) -> dict[str, float]:
-        """Temperature scaling on validation, then the out-of-scope detector (:mod:`tuneflow.outofscope`)."""
+        """Temperature scaling on validation, then the out-of-scope detector
+        (:mod:`tuneflow.judging.outofscope`)."""
         batch, oos = cfg.train.eval_batch_size, cfg.oos
         index = {label: i for i, label in enumerate(predictor.labels)}
         # The detector says which features its methods read; what it is fitted on comes after the forward.
@@ -421,17 +295,14 @@ class SequenceClassification(TaskType):
         out = {f"{names.CALIBRATION}temperature": temperature}
         if not oos.enabled:
             return out
-        gaussian = neighbors = None
+        fitted = {}
         if features:
             train = splits.train.sample(n=min(len(splits.train), MAX_TRAIN_FOR_SCOPE), random_state=0)
             _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features)
             assert train_feats is not None
-            if "mahalanobis" in oos.methods:
-                y_train = np.array([index[x] for x in train[LABEL]])
-                gaussian = Gaussian.fit(train_feats, y_train, len(index))
-            if "knn" in oos.methods:
-                neighbors = Neighbors.fit(train_feats, min(oos.knn_k, len(train_feats)))
-        detector = replace(unfitted, temperature=temperature, gaussian=gaussian, neighbors=neighbors)
+            y_train = np.array([index[x] for x in train[LABEL]])
+            fitted = fit_methods(oos.methods, train_feats, y_train, len(index), oos.knn_k)
+        detector = replace(unfitted, temperature=temperature, **fitted)
         parts = detector.part_scores(logits, feats)
         if len(parts) > 1:
             detector = replace(detector, standardize=standardization(parts))
@@ -448,6 +319,36 @@ class SequenceClassification(TaskType):
 
     def output_example(self) -> pd.DataFrame:
         return pd.DataFrame({"label": ["x"], "score": [0.5]})
+
+    def result_lines(self, metrics: dict[str, float]) -> list[tuple[str, str]]:
+        m, out = metrics, []
+        if "calibration/ece" in m:
+            before = m.get("calibration/ece_before", float("nan"))
+            temperature = m.get("calibration/temperature", 1.0)
+            out.append(
+                (
+                    "calibration",
+                    f"ECE {before:.3f} -> {m['calibration/ece']:.3f} (temperature {temperature:.2f})",
+                )
+            )
+        if "oos/in_scope_accuracy" in m:
+            caught = (
+                f"out-of-scope recall {m['oos/recall']:.3f}, precision {m['oos/precision']:.3f}, "
+                f"AUROC {m['oos/auroc']:.3f}; "
+                if "oos/recall" in m
+                else ""
+            )
+            out.append(
+                ("out-of-scope", f"{caught}in-scope accuracy with fallback {m['oos/in_scope_accuracy']:.3f}")
+            )
+        return out
+
+    def show_prediction(self, text: str, row: dict[str, Any]) -> str:
+        if "in_scope" not in row:
+            return f"{row['label']}\t{row['score']:.4f}\t{text}"
+        scope = "in scope" if row["in_scope"] else "out of scope"
+        how = f"{scope} ({row['oos_score']:.3g} vs threshold {row['threshold']:.3g})"
+        return f"{row['label']}\t{row['score']:.4f}\t{how}\t{text}"
 
     # ------------------------------------------------------------------------------------- evaluation
 
@@ -533,7 +434,7 @@ class SequenceClassification(TaskType):
         metrics.update(scope_metrics(in_scores, correct, oos_scores, scope.threshold))
         if o_logits is not None:
             # The logit-only methods cost nothing more to compare (the chosen one is logged above).
-            for method in ("msp", "energy"):
+            for method in LOGIT_METHODS:
                 a, b = (
                     in_scope_scores(method, x, None, predictor.temperature, None) for x in (logits, o_logits)
                 )

@@ -16,9 +16,12 @@ import pandas as pd
 
 from tuneflow import names
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
-from tuneflow.encoding import Encoded, EncodedData, PadSequences
-from tuneflow.evaluation import Gap
-from tuneflow.generation import (
+from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
+from tuneflow.data.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs
+from tuneflow.data.splits import Splits
+from tuneflow.data.validation import ValidationReport, empty_inputs, lines_of, token_lengths
+from tuneflow.judging.evaluation import Gap
+from tuneflow.judging.generation import (
     generated_text_example,
     generation_metrics,
     loss_gap,
@@ -27,11 +30,8 @@ from tuneflow.generation import (
     sequence_collator,
     subset,
 )
-from tuneflow.metrics import time_single
-from tuneflow.readers import LINE, REFERENCES, TARGET, TEXT, Problem, read_pairs
-from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import CHAT_CONFIG, SCOPE_CONFIG, MetricSpec, TaskType
-from tuneflow.validation import ValidationReport, empty_inputs, lines_of, token_lengths
+from tuneflow.judging.metrics import time_single
+from tuneflow.tasktypes.base import MetricSpec, TaskType
 
 
 def encode_frame(
@@ -108,13 +108,14 @@ class Seq2Seq(TaskType):
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
-    unused_config = (
-        *SCOPE_CONFIG,
-        "model.pooling",
-        *("data.text_column", "data.label_column", "data.tokens_column", "data.tags_column"),
-        *CHAT_CONFIG,
-        *("data.messages_column", "eval.worst_examples"),
-        *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
+    own_config = (
+        *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
+        *(
+            "generation.",
+            "eval.generation_metrics",
+            "eval.max_generation_examples",
+            "eval.sample_generations",
+        ),
     )
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:

@@ -8,6 +8,7 @@ as found only with exact boundaries and type.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from tuneflow.config import DataConfig, FileSpec, PipelineConfig
-from tuneflow.encoding import Encoded, EncodedData, PadSequences
-from tuneflow.evaluation import Gap, plot_confusion, save_table
-from tuneflow.metrics import time_single
-from tuneflow.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
-from tuneflow.splits import Splits
-from tuneflow.tasktypes.base import CHAT_CONFIG, SCOPE_CONFIG, MetricSpec, TaskType
-from tuneflow.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
+from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
+from tuneflow.data.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
+from tuneflow.data.splits import Splits
+from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
+from tuneflow.judging.evaluation import Gap, plot_confusion, save_table
+from tuneflow.judging.metrics import time_single
+from tuneflow.tasktypes.base import MetricSpec, TaskType
 
 IGNORE = -100
 TAG_PATTERN = re.compile(r"^(O|[BI]-.+)$")
@@ -244,15 +245,7 @@ class TokenClassification(TaskType):
     peft_task_type = "TOKEN_CLS"
     label_head = True
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
-    unused_config = (
-        *SCOPE_CONFIG,
-        "model.pooling",
-        *("data.text_column", "data.label_column", "data.source_column", "data.target_column"),
-        *CHAT_CONFIG,
-        *("data.messages_column", "generation.", "model.max_target_length", "model.source_prefix"),
-        *("eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
-        *("validation.min_examples_per_class", "validation.max_imbalance_ratio"),
-    )
+    own_config = ("data.tokens_column", "data.tags_column", "eval.worst_examples")
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_tagged(spec, cfg)
@@ -341,6 +334,15 @@ class TokenClassification(TaskType):
         return pd.DataFrame(
             {"entities": [[{"type": "person", "text": "Alice", "start": 0, "end": 5, "score": 0.9}]]}
         )
+
+    def show_prediction(self, text: str, row: dict[str, Any]) -> str:
+        return f"{text}\t{json.dumps(list(row['entities']), default=float)}"
+
+    def prediction_table(self, predictions: pd.DataFrame) -> pd.DataFrame:
+        """Spans as JSON text in a CSV cell."""
+        out = predictions.copy()
+        out["entities"] = out["entities"].map(lambda e: json.dumps(list(e), default=float))
+        return out
 
     def evaluate_test(
         self,

@@ -1,0 +1,5 @@
+"""``python -m tuneflow``: the same CLI as the ``tuneflow`` command."""
+
+from tuneflow.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""Cleaning, splitting and fingerprinting the frames read by :mod:`tuneflow.data.readers` (no torch).
+
+Every stage after validation calls :func:`load_splits` and so sees exactly the same seeded splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tuneflow.config import DataConfig
+from tuneflow.data.readers import LABEL, LINE, TAGS, TEXT, RawData, Reader, load_raw
+
+
+def clean_text(series: pd.Series) -> pd.Series:
+    """Strip surrounding whitespace (GLUE/UCI files carry trailing spaces)."""
+    return series.map(lambda t: t.strip() if isinstance(t, str) else t)
+
+
+@dataclass
+class Splits:
+    """Cleaned train/validation/test frames plus extra evaluation sets and the label order."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    extra: dict[str, pd.DataFrame]
+    labels: list[str]
+    sources: dict[str, str]
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"train": self.train, "validation": self.validation, "test": self.test, **self.extra}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+
+def _stratified_take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    # Stratify only when every class can appear on both sides; otherwise (and for tasks without a
+    # sentence label) fall back to a random split.
+    stratify = df[LABEL] if LABEL in df.columns and df[LABEL].value_counts().min() >= 2 else None
+    try:
+        rest, taken = train_test_split(df, test_size=size, random_state=seed, stratify=stratify)
+    except ValueError:
+        rest, taken = train_test_split(df, test_size=size, random_state=seed)
+    return rest.reset_index(drop=True), taken.reset_index(drop=True)
+
+
+def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
+    """Clean the raw frames and carve missing validation/test splits out of train, stratified and seeded."""
+    frames = {
+        name: df.assign(**{TEXT: clean_text(df[TEXT])}).reset_index(drop=True)
+        for name, df in raw.frames.items()
+    }
+    train = frames["train"]
+    sources = dict(raw.sources)
+    if cfg.max_train_examples and len(train) > cfg.max_train_examples:
+        _, train = _stratified_take(train, cfg.max_train_examples, seed)
+    if "test" not in frames:
+        train, frames["test"] = _stratified_take(train, cfg.test_size, seed)
+        sources["test"] = f"{sources['train']} (stratified {cfg.test_size:.0%} split, seed {seed})"
+    if "validation" not in frames:
+        train, frames["validation"] = _stratified_take(train, cfg.validation_size, seed + 1)
+        sources["validation"] = (
+            f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
+        )
+    labels = labels_of(train)
+    extra = {name.split(":", 1)[1]: df for name, df in frames.items() if name.startswith("extra:")}
+    sources = {name.removeprefix("extra:"): src for name, src in sources.items()}
+    return Splits(train, frames["validation"], frames["test"], extra, labels, sources)
+
+
+def labels_of(train: pd.DataFrame) -> list[str]:
+    """The label set a model is built for: sentence classes, or BIO tags ("O" first) for NER; none else."""
+    if LABEL in train.columns:
+        return sorted(train[LABEL].unique().tolist())
+    if TAGS in train.columns:
+        tags = {t for seq in train[TAGS] for t in seq}
+        return ["O", *sorted(tags - {"O"})]
+    return []
+
+
+def load_splits(cfg: DataConfig, seed: int, read: Reader, hub: bool = False, task: str = "") -> Splits:
+    """Read and split already-validated data: every stage after validation sees exactly the same splits."""
+    return split_dataset(load_raw(cfg, read, hub, task), cfg, seed)
+
+
+def content_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that make up an example (everything but the source line number)."""
+    return [c for c in df.columns if c != LINE]
+
+
+def fingerprint(splits: Splits) -> str:
+    """Content hash of all splits (every example column): identifies the exact data a model was trained on."""
+    h = hashlib.sha256()
+    for name, df in sorted(splits.frames().items()):
+        h.update(name.encode())
+        cols = content_columns(df)
+        # Lists (tokens, tags, messages, references) are hashed through their JSON form.
+        flat = df[cols].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v)
+        h.update(pd.util.hash_pandas_object(flat, index=False).values.tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,477 @@
+"""``fit``: the one place a Lightning Trainer is built."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from tuneflow import names
+from tuneflow.config import PipelineConfig, TrainConfig
+from tuneflow.data.datamodule import TextDataModule
+from tuneflow.data.encoding import Encoded, EncodedData
+from tuneflow.faults import crash_point
+from tuneflow.fitting.export import export_model, load_predictor, weights_bytes
+from tuneflow.fitting.model import FineTuner, load_module, load_tokenizer
+from tuneflow.store import tracking
+from tuneflow.tasktypes import task_type
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class MLflowMetricsLogger(Logger):
+    """Lightning logger writing a fit's curves to an existing MLflow run, buffered into batches.
+
+    Buffering keeps per-step logging cheap on a SQLite store (one write per ``flush_every`` metrics); the
+    writes go through :func:`tuneflow.store.tracking.log_metric_batch`.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str, flush_every: int = 50):
+        super().__init__()
+        self.run_id, self.tracking_uri, self.flush_every = run_id, tracking_uri, flush_every
+        self._buffer: list[tuple[str, float, int]] = []
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the flow logs the resolved config as params; module hparams would duplicate them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._buffer += [(k, float(v), step or 0) for k, v in metrics.items() if k != "epoch"]
+        # Flush at each validation too: a killed run keeps its per-epoch history for --resume.
+        if len(self._buffer) >= self.flush_every or any(k.startswith(names.VAL) for k in metrics):
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            tracking.log_metric_batch(self.tracking_uri, self.run_id, batch)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+class CompactProgressBar(RichProgressBar):
+    """One line per epoch: step, train loss and the monitored metric (not every logged value, no v_num)."""
+
+    def __init__(self, monitor: str):
+        super().__init__(leave=True)
+        self.monitor = monitor
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        shown = super().get_metrics(trainer, pl_module)
+        return {k: v for k, v in shown.items() if k in (f"{names.TRAIN}loss", self.monitor)}
+
+
+class EpochLines(pl.Callback):
+    """One printed line per epoch, for output that is not a terminal (a pipe, a worker's log, CI).
+
+    A redrawn progress bar there becomes a stream of wrapped fragments; a line per validated epoch says
+    the same: epoch, steps, wall time, the last train loss and the monitored metric.
+    """
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        shown = [
+            f"{key} {float(trainer.callback_metrics[key]):.4f}"
+            for key in (f"{names.TRAIN}loss", self.monitor)
+            if key in trainer.callback_metrics
+        ]
+        print(
+            f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {trainer.global_step}  "
+            f"{time.perf_counter() - self.started:.1f} s  " + "  ".join(shown),
+            flush=True,
+        )
+
+
+def progress_callback(monitor: str) -> pl.Callback:
+    """A one-line progress bar on a terminal, one line per epoch elsewhere."""
+    return CompactProgressBar(monitor) if sys.stdout.isatty() else EpochLines(monitor)
+
+
+class EpochCounter(pl.Callback):
+    """Counts trained epochs up to the last validation, also when a fit ends by an exception (a pruned
+    trial); with several validations per epoch a fraction (1.25 = one epoch and a quarter)."""
+
+    def __init__(self, evals_per_epoch: int = 1) -> None:
+        self.evals_per_epoch, self.checks = evals_per_epoch, 0
+
+    @property
+    def epochs(self) -> float:
+        epochs = self.checks / self.evals_per_epoch
+        return int(epochs) if epochs.is_integer() else round(epochs, 3)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.checks += 1
+
+
+class CrashPoint(pl.Callback):
+    """Fault injection: ``crash_point(point)`` at the start of the second epoch (one checkpoint exists)."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            crash_point(self.point)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit produced (plain values: it crosses Prefect task boundaries)."""
+
+    best_checkpoint: str
+    last_checkpoint: str
+    best_score: float | None
+    monitor: str
+    epochs: int
+    global_step: int
+    stopped_early: bool
+    resumed_from: str | None = None
+    params_trainable: int = 0
+    params_total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (x86 AVX512-BF16 or AMX, Linux's cpuinfo flags).
+
+    Elsewhere oneDNN emulates bf16 and autocast would be slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    lines = [line.split(":", 1)[-1] for line in cpuinfo.splitlines() if line.startswith("flags")]
+    flags = {flag for line in lines for flag in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def resolve_precision(tcfg: TrainConfig) -> str:
+    """bf16-mixed on a CUDA GPU or a CPU with native bf16, full fp32 elsewhere, unless the config says.
+
+    Measured on full BANKING77 (bench/speed.py --suite tta): bf16 autocast on an AVX512-BF16 CPU trains
+    1.4x faster than fp32 (65 vs 93 s an epoch) at the same test accuracy (92.6 vs 92.5); the weights and
+    optimizer state stay fp32 (mixed precision).
+    """
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    gpu = tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
+    cpu = tcfg.accelerator in ("auto", "cpu") and not gpu
+    return "bf16-mixed" if gpu or (cpu and cpu_has_native_bf16()) else "32-true"
+
+
+def _callbacks(
+    tcfg: TrainConfig,
+    mode: str,
+    ckpt_dir: Path,
+    callbacks: list[pl.Callback] | None,
+    progress_bar: bool,
+    resumable: bool,
+) -> list[pl.Callback]:
+    """Early stopping, the best (and last) checkpoint, the caller's callbacks, the progress bar."""
+    checks = tcfg.evals_per_epoch
+    cbs: list[pl.Callback] = [
+        # Lightning counts patience in validations: keep it in epochs whatever the validation rate.
+        EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience * checks),
+        # The best checkpoint is only exported, never resumed from (last.ckpt is): weights only, a third of
+        # the bytes (no AdamW moments) written at every improving epoch.
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-{epoch}",
+            monitor=tcfg.monitor,
+            mode=mode,
+            save_top_k=1,
+            save_weights_only=True,
+        ),
+        *(callbacks or []),
+    ]
+    if resumable:
+        last = Path(LAST_CHECKPOINT).stem
+        cbs.append(
+            ModelCheckpoint(dirpath=ckpt_dir, filename=last, save_top_k=1, enable_version_counter=False)
+        )
+    if progress_bar:
+        cbs.append(progress_callback(tcfg.monitor))
+    return cbs
+
+
+def build_trainer(
+    tcfg: TrainConfig,
+    mode: str,
+    ckpt_dir: Path,
+    logger: Any = None,
+    callbacks: list[pl.Callback] | None = None,
+    progress_bar: bool = True,
+    resumable: bool = True,
+) -> pl.Trainer:
+    """A Trainer with early stopping, best (+ last) checkpoints, lr logging and the configured scale-out.
+
+    ``resumable`` writes ``last.ckpt`` after *every* validated epoch. Lightning's ``save_last`` only
+    refreshes it when the monitored metric improved, so after an epoch without improvement a killed run
+    would resume from an older epoch and train it twice; a second, monitor-less checkpoint fixes that.
+    ``mode`` is ``min`` or ``max``: which way ``tcfg.monitor`` improves (the task type's metric spec).
+    """
+    cbs = _callbacks(tcfg, mode, ckpt_dir, callbacks, progress_bar, resumable)
+    checks = tcfg.evals_per_epoch
+    return pl.Trainer(
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        strategy=tcfg.strategy,
+        num_nodes=tcfg.num_nodes,
+        precision=resolve_precision(tcfg),
+        max_epochs=tcfg.max_epochs,
+        min_epochs=tcfg.min_epochs,
+        accumulate_grad_batches=tcfg.grad_accumulation,
+        gradient_clip_val=tcfg.grad_clip,
+        deterministic=tcfg.deterministic,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        logger=logger if logger is not None else False,
+        callbacks=cbs,
+        enable_progress_bar=any(isinstance(cb, CompactProgressBar) for cb in cbs),
+        enable_model_summary=False,
+        # No sanity validation before the first step: validation code is the task type's, covered by tests;
+        # on a short CPU fit two extra validation batches cost a few percent of the wall time.
+        num_sanity_val_steps=0,
+        val_check_interval=1.0 / checks if checks > 1 else None,
+        default_root_dir=str(ckpt_dir),
+    )
+
+
+def _seed_torch(tcfg: TrainConfig) -> None:
+    if tcfg.torch_threads:
+        torch.set_num_threads(tcfg.torch_threads)
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    # Deterministic algorithms (train.deterministic) also make torch fill every new tensor with NaN, a
+    # debugging aid for code that reads uninitialized memory, which ours does not: results stay deterministic
+    # without it, and the fill cost ~8% of a MiniLM step on CPU (bench.speed, README -> speed).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[FineTuner, TextDataModule]:
+    """The LightningModule and the DataModule of a fine-tuning (``kind``: its task type)."""
+    tcfg = cfg.train
+    dm = TextDataModule(
+        data,
+        kind.collator(data.tokenizer),
+        tcfg.batch_size,
+        tcfg.eval_batch_size,
+        tcfg.seed,
+        tcfg.group_by_length,
+        tcfg.num_workers,
+    )
+    module = FineTuner(
+        cfg.model.name,
+        data.labels,
+        lr=tcfg.lr,
+        weight_decay=tcfg.weight_decay,
+        warmup_ratio=tcfg.warmup_ratio,
+        dropout=cfg.model.dropout,
+        lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
+        task=cfg.task,
+        pooling=cfg.model.pooling,
+    )
+    if tcfg.compile:
+        # In place (nn.Module.compile): parameter names, hence checkpoints and the export, stay the eager
+        # model's; variable batch shapes make dynamo mark the dimensions dynamic after the first recompile.
+        module.model.compile()
+    return module, dm
+
+
+def _fit_facts(trainer: pl.Trainer, last: Path, monitor: str) -> tuple[str, Any, int, int, bool]:
+    """Best checkpoint and score, epochs, steps and whether early stopping ended the fit."""
+    ckpt_cb = trainer.checkpoint_callback
+    best, score = ckpt_cb.best_model_path, ckpt_cb.best_model_score
+    epochs, step = trainer.current_epoch, trainer.global_step
+    early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    stopped_early = bool(early and early.stopped_epoch > 0)
+    if step == 0 and last.exists():
+        # Spawn-based strategies train in worker processes: this Trainer's counters stay at 0, so read the
+        # facts from the last checkpoint the workers wrote.
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        epochs, step = state["epoch"] + 1, state["global_step"]
+        for key, cb_state in state.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint") and cb_state.get("monitor") == monitor:
+                best = best or cb_state.get("best_model_path", "")
+                score = cb_state.get("best_model_score", score)
+            elif key.startswith("EarlyStopping"):
+                stopped_early = cb_state.get("stopped_epoch", 0) > 0
+    return best, score, epochs, step, stopped_early
+
+
+def fit(
+    cfg: PipelineConfig,
+    data: EncodedData,
+    ckpt_dir: str | Path,
+    logger: Any = None,
+    resume_from: str | None = None,
+    callbacks: list[pl.Callback] | None = None,
+    progress_bar: bool = True,
+    resumable: bool = True,
+) -> FitResult:
+    """Fine-tune ``cfg.model.name`` on ``splits``.
+
+    Args:
+        cfg: pipeline config (model and train sections are used).
+        data: tokenized train/validation splits (the task type's ``encode``).
+        ckpt_dir: where best and last checkpoints go.
+        logger: a Lightning logger (e.g. :class:`MLflowMetricsLogger`).
+        resume_from: a ``last.ckpt`` to continue from (epoch, optimizer, scheduler and early-stopping state).
+        callbacks: extra callbacks (e.g. Optuna pruning).
+        progress_bar: show Lightning's rich progress bar.
+        resumable: keep ``last.ckpt`` current every epoch (``--resume``); search trials and CV folds never
+            resume, so they skip it.
+    """
+    tcfg = cfg.train
+    _seed_torch(tcfg)
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    kind = task_type(cfg.task)
+    module, dm = build_module(cfg, data, kind)
+    n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in module.parameters())
+    mode = kind.metrics.mode(tcfg.monitor)
+    trainer = build_trainer(tcfg, mode, ckpt_dir, logger, callbacks, progress_bar, resumable)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    last = ckpt_dir / LAST_CHECKPOINT
+    best, score, epochs, step, stopped_early = _fit_facts(trainer, last, tcfg.monitor)
+    result = FitResult(
+        best_checkpoint=best or str(last),
+        last_checkpoint=str(last),
+        best_score=float(score) if score is not None else None,
+        monitor=tcfg.monitor,
+        epochs=epochs,
+        global_step=step,
+        stopped_early=stopped_early,
+        resumed_from=resume_from,
+        params_trainable=n_trainable,
+        params_total=n_total,
+    )
+    (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def predict_logits(
+    checkpoint: str | Path, encoded: Encoded, data: EncodedData, batch_size: int
+) -> np.ndarray:
+    """Logits of a checkpoint on already-encoded examples (a fold's held-out part), shape (n, labels)."""
+    module = load_module(checkpoint)
+    collate = task_type(data.task).collator(data.tokenizer)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            part = encoded.take(range(start, min(start + batch_size, len(encoded))))
+            batch = collate(list(zip(part.ids, part.labels, strict=True)))
+            batch.pop("labels", None)
+            out.append(module(**batch).logits.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(data.labels)), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A fine-tuning that was fitted and exported: what evaluation and registration take next."""
+
+    fit: FitResult
+    export_dir: str
+
+
+def global_rank() -> int:
+    """This process's rank among all nodes of a torchrun launch (0 outside one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def train_and_export(
+    cfg: PipelineConfig, run_id: str, out_dir: Path, resume_from: str | None = None
+) -> Trained | None:
+    """The training stage: encode, fit (curves into ``run_id``), export the best checkpoint, log the facts.
+
+    Under torchrun every rank fits; only global rank 0 exports and logs (the others return None).
+
+    Args:
+        cfg: the run's (final) config.
+        run_id: the parent MLflow run.
+        out_dir: the run's checkpoint folder (``export/`` is written inside).
+        resume_from: a ``last.ckpt`` of this run to continue from.
+    """
+    uri = tracking.configure(cfg.tracking.tracking_uri)
+    kind = task_type(cfg.task)
+    tokenizer = load_tokenizer(cfg.model.name)
+    splits = kind.load_splits(cfg.data, cfg.train.seed)  # validated before
+    data = kind.encode(splits, tokenizer, cfg)
+    start = time.perf_counter()
+    logger = MLflowMetricsLogger(run_id, uri)
+    result = fit(cfg, data, out_dir, logger=logger, resume_from=resume_from, callbacks=[CrashPoint("train")])
+    fit_s = time.perf_counter() - start
+    if global_rank() != 0:
+        return None
+    export_dir = export_model(result.best_checkpoint, out_dir / "export", data.tokenizer, cfg)
+    export_s = time.perf_counter() - start - fit_s
+    # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
+    # out-of-scope threshold): part of the model that gets registered.
+    fitted = kind.after_export(load_predictor(export_dir), export_dir, splits, cfg)
+    tracking.log_metrics(
+        run_id,
+        {
+            **fitted,
+            f"{names.TIMING}after_export_s": time.perf_counter() - start - fit_s - export_s,
+            f"{names.FIT}epochs_trained": result.epochs,
+            names.best(result.monitor): result.best_score or 0.0,
+            # Stage timings (seconds): the benchmark's orchestration-overhead breakdown reads them.
+            f"{names.TIMING}fit_s": fit_s,
+            f"{names.TIMING}export_s": export_s,
+            f"{names.MODEL}params_trainable": result.params_trainable,
+            f"{names.MODEL}params_total": result.params_total,
+            f"{names.MODEL}params_trainable_share": result.params_trainable / max(result.params_total, 1),
+            # What a deployment has to ship for this fine-tuning (the adapter alone with LoRA).
+            f"{names.MODEL}weights_bytes": weights_bytes(export_dir),
+        },
+    )
+    if resume_from is None:  # a resumed fit's time covers only the epochs after the restart
+        # Training throughput (validation passes included in the time): the unit a CPU budget is set in.
+        tokens = sum(map(len, data.train.ids)) * result.epochs
+        tracking.log_metrics(run_id, {f"{names.TIMING}train_tokens_per_s": tokens / fit_s})
+    tracking.set_tags(
+        run_id,
+        {
+            "tuneflow.stopped_early": result.stopped_early,
+            "tuneflow.best_checkpoint": result.best_checkpoint,
+            "tuneflow.lora": bool(cfg.model.lora),
+        },
+    )
+    return Trained(result, str(export_dir))

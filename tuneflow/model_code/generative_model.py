@@ -1,7 +1,0 @@
-"""Logged with every tuneflow model that takes per-request params (chat): run on load, nothing unpickled."""
-
-from mlflow.models import set_model
-
-from tuneflow.serving import GenerativeModel
-
-set_model(GenerativeModel())

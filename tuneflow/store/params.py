@@ -1,0 +1,67 @@
+"""The resolved config as MLflow params: what tells fine-tunings apart, portable across machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneflow import config
+from tuneflow.config import PipelineConfig, flatten
+from tuneflow.tasktypes import task_type, unused_config
+
+NOT_PARAMS = (
+    "tracking.",
+    "retrain.",
+    "gates.",
+    "output_dir",
+    "search.storage",
+    "search.heartbeat_interval",
+    "search.max_retry",
+    "train.rdzv_endpoint",
+    "train.log_every_n_steps",
+    "train.num_workers",
+)
+"""Settings that say where a run is stored, when it reruns, how it is promoted or how it is spread over
+processes, not what it trains: ``config/resolved.yaml`` keeps them; params stay what tells fine-tunings
+apart (the MLflow UI lists every param in one flat picker)."""
+
+
+_FILE_DEFAULTS = {k: f.default for k, f in config.FileSpec.model_fields.items() if k != "path"}
+
+
+def _portable_path(path: str) -> str:
+    """A data file as a param: its folder and name (``chatbot_intents/train.csv``), never this machine's
+    absolute path, so the same data reads the same from every machine (its content is the run's
+    ``tuneflow.data_fingerprint`` tag; the full path is in ``config/resolved.yaml``)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def run_params(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as MLflow params: what defines the fine-tuning, resolved, for its task type, nothing empty.
+
+    Keys the task type does not use, :data:`NOT_PARAMS`, file options left at their defaults, empty values
+    and the search space (logged on the search run) are left out; data paths and a local model's path are
+    :func:`_portable_path` (the ``tuneflow.base_model`` tag keeps the model's full path).
+    The whole resolved config is logged as ``config/resolved.yaml`` next to them.
+    """
+    unused = unused_config(task_type(cfg.task))
+    out = {}
+    for key, value in flatten(cfg.recorded()).items():
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        if (
+            key.startswith(unused)
+            or key.startswith(NOT_PARAMS)
+            or key.startswith("search.space.")
+            or (key.startswith("search.") and not cfg.searching)
+        ):
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        if key.startswith("data.") and leaf in _FILE_DEFAULTS and value == _FILE_DEFAULTS[leaf]:
+            continue
+        is_path = (key.startswith("data.") and leaf == "path") or (
+            key == "model.name" and Path(value).is_absolute()
+        )
+        out[key] = _portable_path(value) if is_path else value
+    return out
