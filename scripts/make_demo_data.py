@@ -238,7 +238,7 @@ NO_FRAME = {"greeting", "goodbye_thanks"}  # wrapping these in 'hi, ...' would m
 
 
 def normalize(text: str) -> str:
-    """tuneflow.validation.normalize: utterances must differ in more than punctuation."""
+    """tuneflow.data.validation.normalize: utterances must differ in more than punctuation."""
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.casefold())).strip()
 
 

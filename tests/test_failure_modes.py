@@ -43,7 +43,7 @@ def test_lease_of_a_killed_holder_expires(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from tuneflow import locks\n"
+            "import sys, time; from tuneflow.store import locks\n"
             f"with locks.lease({url!r}, 'promote:m', 'doomed', ttl=5):\n"
             "    print('held', flush=True); time.sleep(600)",
         ],
@@ -168,7 +168,7 @@ def test_config_reads_secrets_from_the_environment_and_records_them_masked(
 
 
 def test_cli_moves_passwords_out_of_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuneflow.cli import _hide_secrets
+    from tuneflow.terminal import hide_secrets as _hide_secrets
 
     out = _hide_secrets(["train.lr=0.1", "search.storage=postgresql://u:pw@h/db"])
     assert out[0] == "train.lr=0.1" and out[1] == "search.storage=${TUNEFLOW_SECRET_1}"

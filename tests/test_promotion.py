@@ -258,7 +258,7 @@ def test_overfitting_is_judged_from_the_validation_curve() -> None:
 def test_promotion_runs_as_a_library_call_without_prefect(
     tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """tuneflow.champion needs MLflow only: register two versions by hand and decide on each."""
+    """tuneflow.registry.champion needs MLflow only: register two versions by hand and decide on each."""
     from tuneflow.fitting.export import export_model, load_predictor
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit

@@ -1,21 +1,15 @@
-"""The ``tuneflow`` command line. Heavy libraries are imported inside commands so ``--help`` is instant.
-
-Exit codes: 0 success, 1 unexpected failure, 2 invalid config or arguments, 3 data validation failed,
-4 model could not be loaded, 5 the search could not run or no trial completed, 6 `promote` decided not to
-promote, 7 a store or server the command needs (MLflow store, Optuna storage, lease store, Prefect API)
-cannot be reached or written.
-"""
+"""The ``tuneflow`` command line: each command parses, calls the library, prints (:mod:`tuneflow.summaries`);
+problems become exit codes (:mod:`tuneflow.terminal`). Heavy libraries load inside commands: ``--help`` is
+instant."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tuneflow import terminal
+from tuneflow import summaries, terminal
 from tuneflow.terminal import console, fail
 
 app = typer.Typer(
@@ -25,6 +19,7 @@ app = typer.Typer(
 )
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")]
+DataOrConfig = Annotated[Path, typer.Argument(help="Experiment YAML, or a data file or folder (see init).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-5")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the project store).")]
 WorkersOpt = Annotated[
@@ -49,9 +44,8 @@ def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
 
     from flows.api import PrefectUnreachable, boot
 
-    # The flow module's imports (torch, transformers, Lightning, MLflow, Prefect) create millions of
-    # long-lived objects; the full collections Python runs while they load cost ~1.5 s on 2 cores and free
-    # nothing. _ready turns collection back on once they are loaded.
+    # The flow module's imports create millions of long-lived objects; the full collections Python runs
+    # while they load cost ~1.5 s on 2 cores and free nothing. _ready turns collection back on.
     gc.disable()
     try:
         return boot()
@@ -60,9 +54,8 @@ def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
 
 
 def _ready(prefect) -> None:  # noqa: ANN001  (a flows.api.Boot)
-    """Once the flow's imports are done: turn garbage collection back on with everything loaded so far
-    frozen (the collector never walks the libraries' objects again, as each full collection during a run
-    would), then wait for the Prefect server ``_boot_prefect`` started."""
+    """Once the flow's imports are done: garbage collection on, with everything loaded so far frozen (never
+    walked again by a run's full collections); then wait for the server ``_boot_prefect`` started."""
     import gc
 
     gc.freeze()
@@ -110,18 +103,49 @@ def _prepare(config: Path, overrides: list[str] | None, needs_search: bool = Fal
 
 
 @app.command()
+def init(
+    data: Annotated[Path, typer.Argument(help="A data file, or a folder with train/validation/test files.")],
+    task: Annotated[
+        str, typer.Option(help="auto (from the columns) or a task type (tuneflow tasks).")
+    ] = "auto",
+    text_column: Annotated[str | None, typer.Option(help="The column holding the text.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="The column holding the label.")] = None,
+    column: Annotated[
+        list[str] | None, typer.Option(help="KEY=NAME for other columns (source_column=doc).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Pre-trained model (default: the task type's).")] = None,
+    oos: Annotated[
+        Path | None, typer.Option(help="Off-topic examples: turns the out-of-scope fallback on.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where the config goes (default: configs/NAME.yaml).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+) -> None:
+    """Draft a commented config from a data set (task, columns, lengths, budget, gates); check the data."""
+    named = {"text_column": text_column, "label_column": label_column}
+    given = {**terminal.parse_columns(column or []), **{k: v for k, v in named.items() if v}}
+    cfg, drafted = terminal.draft(data, task, given, model, None, oos)
+    terminal.write_draft(cfg, drafted, output := output or Path("configs") / f"{cfg.name}.yaml", force)
+    terminal.print_draft_check(cfg, output)
+
+
+@app.command()
 def run(
-    config: ConfigArg,
+    config: DataOrConfig,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the last interrupted run of this config.")] = False,
     workers: WorkersOpt = 1,
 ) -> None:
-    """Validate data, search (when configured), fine-tune, evaluate and register a model (finetune flow)."""
+    """Validate data, search (when configured), fine-tune, evaluate and register a model (finetune flow).
+
+    CONFIG may be a data file or folder instead: a config is drafted for it first (as ``tuneflow init``)."""
+    config = terminal.config_for(config)
     cfg, set_, prefect = _prepare(config, set_)
     from flows.finetune import finetune
 
     result = _call_flow(prefect, finetune, str(config), set_, resume, workers)
-    terminal.print_run(result, cfg)
+    summaries.print_run(result, cfg)
 
 
 @app.command()
@@ -137,7 +161,7 @@ def promote(
         fail("--force needs --reason (the override is audited)", 2)
     terminal.check_registry(tracking_uri, model, version)
     decision = _registry_flow("promote", model, version, force, reason, tracking_uri)
-    terminal.print_decision(decision)
+    summaries.print_decision(decision)
     if not decision.promote:
         raise typer.Exit(6)
 
@@ -153,10 +177,10 @@ def status(
     terminal.probe_store(tracking_uri)
     tracking.configure(tracking_uri)
     if model is None:
-        terminal.print_models(registered.registered_models())
+        summaries.print_models(registered.registered_models())
         return
     try:
-        terminal.print_status(model, registered.model_status(model))
+        summaries.print_status(model, registered.model_status(model))
     except LookupError as exc:
         fail(str(exc), 2)
 
@@ -184,7 +208,7 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     from flows.tune import tune as tune_flow
 
     result = _call_flow(prefect, tune_flow, str(config), set_, workers)
-    terminal.print_tune(result, cfg, config, set_)
+    summaries.print_tune(result, cfg, config, set_)
 
 
 @app.command()
@@ -199,7 +223,7 @@ def retrain(
     from flows.retrain import retrain as retrain_flow
 
     result = _call_flow(prefect, retrain_flow, str(config), set_, force, workers)
-    terminal.print_retrain(result, cfg)
+    summaries.print_retrain(result, cfg)
 
 
 @app.command()
@@ -286,7 +310,7 @@ def predict(
         if frame is None:
             print("\n".join(scorer.lines(texts)))
             return
-        result = terminal.with_progress(
+        result = summaries.with_progress(
             len(frame), lambda advance: scoring.score_frame(scorer, frame, column, advance=advance)
         )
     except ValueError as exc:  # bad --param values, named by the model
@@ -316,7 +340,7 @@ def adapters(
     if not found:
         console.print("no registered adapters" + (f" on base '{base}'" if base else ""))
         raise typer.Exit(1 if bundle else 0)
-    terminal.print_adapters(found)
+    summaries.print_adapters(found)
     if bundle:
         terminal.bundle_adapters(bundle, found)
 
@@ -324,7 +348,7 @@ def adapters(
 @app.command()
 def tasks() -> None:
     """List the registered task types: what each fine-tunes for, and its metrics."""
-    terminal.print_task_types()
+    summaries.print_task_types()
 
 
 @app.command()
@@ -340,16 +364,7 @@ def gc(
     Kept: runs in progress, the newest interrupted run of each config (for --resume), and the export of a
     finished run that was not registered.
     """
-    from tuneflow.store import gc as gc_lib
-    from tuneflow.store import tracking
-
-    tracking.configure(tracking_uri)
-    actions = gc_lib.plan(output_dir, tracking.run_facts)
-    terminal.print_gc(actions)
-    if dry_run:
-        print(f"would free {gc_lib.freeable(actions) / 1e6:.1f} MB (dry run: nothing deleted)")
-    else:
-        print(f"freed {gc_lib.apply(actions) / 1e6:.1f} MB")
+    summaries.clean_checkpoints(output_dir, dry_run, tracking_uri)
 
 
 @app.command()
@@ -362,13 +377,7 @@ def ui(
     The UI is MLflow's own, served with tuneflow's app (``mlflow ui --app-name tuneflow``): it opens in the
     model-training view and stays there as you click through (MLflow otherwise starts on its GenAI view).
     """
-    from tuneflow.store import tracking
-    from tuneflow.store.mlflow_app import ui_args
-
-    uri = tracking.configure(tracking_uri)
-    terminal.print_ui_links(uri, f"http://127.0.0.1:{port}")
-    cmd = [sys.executable, "-m", "mlflow", *ui_args(uri), "--host", "127.0.0.1", "--port", str(port)]
-    os.execv(sys.executable, cmd)
+    summaries.exec_mlflow_ui(port, tracking_uri)
 
 
 @app.command()
@@ -380,15 +389,7 @@ def server(
     Point every shell that runs flows at it (``export PREFECT_API_URL=http://127.0.0.1:PORT/api``): a run
     then skips the ~5 s temporary-server start, and the Prefect UI keeps every flow run's history.
     """
-    terminal.quiet_env()
-    url = f"http://127.0.0.1:{port}"
-    console.print(
-        f"Prefect server on {url} (UI and API; stop with Ctrl+C). In the shells that run flows:\n"
-        f"  export PREFECT_API_URL={url}/api",
-        highlight=False,
-    )
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    os.execv(sys.executable, cmd)
+    terminal.exec_prefect_server(port)
 
 
 def main() -> None:

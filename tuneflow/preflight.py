@@ -14,6 +14,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+from tuneflow.backbone.pretrained import model_positions
 from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, PipelineConfig, redact_secrets, resolve_tracking_uri
 from tuneflow.data.validation import ValidationReport, validate_dataset
 from tuneflow.tasktypes import task_type
@@ -165,43 +166,6 @@ def check_model(cfg: PipelineConfig) -> None:
         )
     if problems:
         raise PreflightError("model", problems)
-
-
-# RoBERTa-style models number positions from padding_idx + 1: two of their embeddings are never a position.
-_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "bart": 0}
-
-
-def model_positions(name: str) -> int | None:
-    """The longest input (in tokens) ``name``'s position embeddings allow, read from its ``config.json``
-    without loading the model; None when unknown (GGUF files, relative positions as in T5, not cached)."""
-    if name == SMOLLM2_MODEL or name.endswith(".gguf"):
-        return None
-    if name == DEFAULT_MODEL:
-        from tuneflow.backbone.pretrained import resolve_model_path
-
-        name = resolve_model_path(name)
-    path = Path(name).expanduser() / "config.json"
-    if not path.is_file():
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(name, "config.json")
-        except ValueError:
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        if (
-            isinstance(config.get(key), int)
-            and config.get("position_embedding_type", "absolute") == "absolute"
-        ):
-            return config[key] - _POSITION_OFFSET.get(config.get("model_type", ""), 0)
-    return None
 
 
 def tracking_setting(configured: str | None = None) -> str:

@@ -1,6 +1,12 @@
-"""What the ``tuneflow`` command line prints, and how problems become exit codes: the checks run before
-anything heavy starts, the filters that keep Prefect's and third parties' chatter off the default console, and
-the result summaries. The commands themselves are in :mod:`tuneflow.cli`.
+"""How the ``tuneflow`` command line talks to a person: the checks run before anything heavy starts (and
+the exit codes of what they find), the filters that keep Prefect's and third parties' chatter off the
+default console, and drafting a config from data. The commands are in :mod:`tuneflow.cli`; what they print
+at the end, in :mod:`tuneflow.summaries`.
+
+Exit codes: 0 success, 1 unexpected failure, 2 invalid config or arguments, 3 data validation failed,
+4 model could not be loaded, 5 the search could not run or no trial completed, 6 `promote` decided not to
+promote, 7 a store or server the command needs (MLflow store, Optuna storage, lease store, Prefect API)
+cannot be reached or written.
 
 May import: everything in tuneflow except the CLI (never Prefect, flows or tasks).
 """
@@ -8,6 +14,7 @@ May import: everything in tuneflow except the CLI (never Prefect, flows or tasks
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -241,181 +248,6 @@ def fail_on_known(exc: BaseException) -> None:
             fail(str(exc), code)
 
 
-def print_browse(cfg: Any, what: str = "browse runs") -> None:  # (a tuneflow.config.PipelineConfig)
-    """The experiment's runs table in the MLflow UI (model-training view, tuneflow's columns)."""
-    from tuneflow.config import redact_secrets
-    from tuneflow.store import tracking
-
-    uri = tracking.configure(cfg.tracking.tracking_uri)
-    experiment_id = tracking.experiment_id(cfg.experiment_name)
-    if experiment_id is None:
-        return
-    url = redact_secrets(tracking.experiment_url(experiment_id, uri))
-    local = not uri.startswith(("http://", "https://"))
-    how = (
-        f"tuneflow ui{'' if uri == tracking.resolve_tracking_uri() else f' --tracking-uri {uri}'}, then "
-        if local
-        else ""
-    )
-    console.print(f"{what:<15} {how}{url}", highlight=False)
-
-
-def print_decision(d) -> None:  # noqa: ANN001  (a tuneflow.promotion.Decision)
-    verdict = "[green]promoted to champion" if d.promote else "[yellow]not promoted"
-    if d.forced:
-        verdict += " (forced)"
-    against = f"champion v{d.champion_version}" if d.champion_version else "no champion yet"
-    console.print(f"promotion       v{d.challenger_version} vs {against}: {verdict}[/]")
-    for g in d.gates:
-        value = "n/a" if g.value is None else f"{g.value:.4f}"
-        mark = "pass" if g.passed else "[red]FAIL[/]"
-        console.print(
-            f"  {mark:<4} {escape(g.name)}: {value} ({escape(g.threshold)}) {escape(g.detail)}",
-            highlight=False,
-        )
-
-
-def print_search(s) -> None:  # noqa: ANN001  (a tuneflow.search.StudySummary)
-    best = "none" if s.best_value is None else f"{s.best_value:.4f}"
-    console.print(
-        f"search          study '{s.study_name}': best {s.metric} {best} "
-        f"(trial {s.best_trial}); {s.n_complete} complete, {s.n_pruned} pruned, "
-        f"{s.n_failed} failed; {s.epochs_total:g} epochs"
-    )
-    for key, value in s.best_params.items():
-        console.print(f"  best {key} = {value}")
-
-
-def print_run(result: Any, cfg: Any) -> None:
-    """The end of ``tuneflow run``: the run, search and cross-validation, headline scores, what the task
-    type adds (calibration, out-of-scope, base vs tuned), the registered version and the decision."""
-    from tuneflow.config import redact_secrets
-    from tuneflow.tasktypes import task_type
-
-    m = result.metrics
-    console.rule("[bold green]tuneflow run finished")
-    console.print(
-        f"MLflow run      {result.run_id}  (experiment '{result.experiment}', "
-        f"{redact_secrets(result.tracking_uri)})"
-    )
-    if result.search:
-        print_search(result.search)
-    if result.cv:
-        cv = result.cv
-        console.print(
-            f"cross-val       {cv.metric} {cv.mean:.4f} +- {cv.std:.4f} over {len(cv.scores)} folds"
-        )
-    shown = [(k, v) for k, v in result.headline if not k.startswith("serving/")]
-    console.print("   ".join(f"{k} {v:.4f}" for k, v in shown))
-    headline = shown[0][0].rsplit("/", 1)[-1]
-    for key in sorted(k for k in m if k.startswith("ood/") and k.endswith(f"/{headline}")):
-        console.print(f"{key:<15} {m[key]:.4f}")
-    for label, text in task_type(cfg.task).result_lines(m):
-        console.print(f"{label:<15} {text}")
-    if result.model:
-        uri = f"models:/{result.model.name}/{result.model.version}"
-        console.print(f"registered      {uri}")
-        console.print(f'try it          tuneflow predict --model {uri} "some text"')
-    if result.promotion:
-        print_decision(result.promotion)
-    print_browse(cfg)
-
-
-def print_models(models: dict[str, dict[str, str]]) -> None:
-    """``tuneflow status``: every registered model and its champion."""
-    for name, aliases in sorted(models.items()):
-        champion = f"champion v{aliases['champion']}" if "champion" in aliases else "no champion"
-        print(f"{name:<30} {champion}")
-    if not models:
-        print("no registered models yet")
-
-
-def print_status(model: str, s: dict[str, Any]) -> None:
-    """``tuneflow status NAME``: aliases, the champion's metrics and data, the last retraining decision."""
-    aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(s["aliases"].items())) or "none"
-    print(f"model           {model}\naliases         {aliases}")
-    champ = s.get("champion")
-    if not champ:
-        print("champion        none yet")
-        return
-    print(f"champion        v{champ['version']} (run {champ['run_id']}, {champ['age_days']:.1f} days old)")
-    print(f"data            fingerprint {champ['data_fingerprint']}")
-    for key in sorted(champ["metrics"]):
-        print(f"  {key:<28} {champ['metrics'][key]:.4f}")
-    last = s.get("last_retrain")
-    print(
-        f"last retrain    {last['when']}: {last['decision']} ({last['reason']})"
-        if last
-        else "last retrain    never"
-    )
-
-
-def print_adapters(found: list[dict[str, Any]]) -> None:
-    """``tuneflow adapters``: one table per base model (weights and tokenizer hash)."""
-    from rich.table import Table
-
-    out = Console()
-    bases: dict[tuple[str, str, str], list[dict]] = {}
-    for a in found:
-        bases.setdefault((a["base_model"], a["base_hash"], a["tokenizer_hash"]), []).append(a)
-    for (base_model, weights, tok), rows in bases.items():
-        table = Table(title=f"base {base_model}\n(weights {weights}, tokenizer {tok})", title_justify="left")
-        for col in ("adapter", "version", "aliases", "task", "size"):
-            table.add_column(col, overflow="fold")
-        for a in rows:
-            size = f"{a['adapter_bytes'] / 1e6:.2f} MB"
-            table.add_row(a["name"], a["version"], ", ".join(a["aliases"]), a["task"], size)
-        out.print(table)
-
-
-def print_task_types() -> None:
-    """``tuneflow tasks``: what each registered task type fine-tunes for, and its metrics."""
-    from rich.table import Table
-
-    from tuneflow.tasktypes import TASK_TYPES
-
-    table = Table(title="task types (config key `task`)", title_justify="left")
-    table.add_column("task", no_wrap=True)
-    for col in ("what", "train.monitor (first = default)", "gates.metric (first = default)"):
-        table.add_column(col, overflow="fold")
-    for kind in TASK_TYPES.values():
-        m = kind.metrics
-        table.add_row(kind.name, kind.summary, ", ".join(m.monitors), ", ".join(m.gate_metrics))
-    out = Console()
-    out.width = max(out.width, 120)  # piped output defaults to 80 columns: too narrow for the names
-    out.print(table)
-
-
-def with_progress(total: int, work: Any) -> Any:
-    """``work(advance)`` under a transient progress bar of ``total`` rows; its result."""
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
-        job = progress.add_task(f"scoring {total} rows", total=total)
-        return work(lambda n: progress.advance(job, n))
-
-
-def print_tune(result: Any, cfg: Any, config: Path, overrides: list[str]) -> None:
-    """The end of ``tuneflow tune``: the study, and the command that trains with its best parameters."""
-    console.rule("[bold green]tuneflow tune finished")
-    console.print(f"MLflow HPO run  {result.run_id}  (experiment '{result.experiment}')")
-    print_search(result.search)
-    given = [f"--set {item}" for item in overrides if not item.startswith("search.")]
-    best = [f"--set {k}={v}" for k, v in result.search.best_params.items()]
-    sets = " ".join(given + best)
-    console.print(f"train with it   tuneflow run {config} --set search.enabled=false {sets}")
-    print_browse(cfg, "compare trials")
-
-
-def print_retrain(result: Any, cfg: Any) -> None:
-    """The end of ``tuneflow retrain``: the decision, why, and the promotion of what was trained."""
-    console.rule(f"[bold green]tuneflow retrain: {result.check.decision}")
-    console.print(f"reason          {result.check.reason}", highlight=False, markup=False)
-    if result.finetune is not None and result.finetune.promotion:
-        print_decision(result.finetune.promotion)
-    print_browse(cfg)
-
-
 def checked(fn: Any, *args: Any) -> Any:
     """``fn(*args)``, with pre-flight problems and known errors turned into their exit codes."""
     from tuneflow.preflight import PreflightError
@@ -427,26 +259,6 @@ def checked(fn: Any, *args: Any) -> Any:
     except Exception as exc:
         fail_on_known(exc)
         raise
-
-
-def print_gc(actions: list[Any]) -> None:
-    """``tuneflow gc``: each run folder, what happens to it and why."""
-    for a in actions:
-        print(f"{a.action:<12} {a.bytes / 1e6:>9.1f} MB  {a.folder.name}  ({a.reason})")
-
-
-def print_ui_links(uri: str, address: str) -> None:
-    """``tuneflow ui``: where the UI listens, and the runs table of each recent experiment."""
-    from tuneflow.store import tracking
-
-    experiments = tracking.recent_experiments()
-    console.print(f"MLflow UI on {address} (store {uri}; stop with Ctrl+C)", highlight=False)
-    for experiment_id, name in experiments:
-        console.print(
-            f"  runs of {name}: {tracking.experiment_url(experiment_id, uri, address)}", highlight=False
-        )
-    if not experiments:
-        console.print(f"  no runs yet: {address}/#/experiments{tracking.UI_VIEW}", highlight=False)
 
 
 def scoring_request(
@@ -510,3 +322,96 @@ def bundle_adapters(name: str, found: list[dict[str, Any]]) -> None:
         f"registered adapter set [bold]{name}[/] v{version} ({', '.join(sorted(chosen))}): "
         f"mlflow.pyfunc.load_model('models:/{name}/{version}').predict(texts, params={{'adapter': NAME}})"
     )
+
+
+def draft(
+    data: Path, task: str, columns: dict[str, str], model: str | None, name: str | None, oos: Path | None
+):  # noqa: ANN201
+    """A config drafted for ``data`` (``tuneflow init`` / ``run DATA``). What it cannot decide is asked on a
+    terminal, and otherwise exit 2 naming the flag to pass."""
+    from tuneflow.tasktypes import TASK_TYPES
+    from tuneflow.tasktypes.draft import DraftError, draft_config
+
+    for attempt in range(3):
+        try:
+            return draft_config(data, task, columns, model, name, oos)
+        except DraftError as exc:
+            if attempt == 2 or not sys.stdin.isatty():
+                fail(str(exc), 2)
+            console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
+            import click
+
+            task = typer.prompt("task type", default=task, type=click.Choice(["auto", *TASK_TYPES]))
+            answer = typer.prompt(
+                "columns as KEY=NAME, comma-separated (blank: none)", default="", show_default=False
+            )
+            columns = {**columns, **parse_columns([a for a in answer.split(",") if a.strip()])}
+    raise AssertionError("unreachable")
+
+
+def parse_columns(items: list[str]) -> dict[str, str]:
+    """``--column KEY=NAME`` pairs (``text_column=review``); exit 2 on a malformed one."""
+    out = {}
+    for item in items:
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key or not value:
+            fail(f"--column {item}: expected KEY=NAME, e.g. text_column=review", 2)
+        out[key.strip() if key.strip().endswith("_column") else f"{key.strip()}_column"] = value.strip()
+    return out
+
+
+def write_draft(cfg: Any, drafted: Any, output: Path, force: bool = False) -> None:
+    """Write the drafted config to ``output`` (never over an existing file unless ``force``)."""
+    if output.is_dir():
+        fail(f"--output {output} is a folder; give a file name", 2)
+    if output.exists() and not force:
+        fail(f"{output} exists; pass --force to replace it, or --output another file", 2)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"Drafted by `tuneflow init` for {cfg.data.train.path} ({cfg.task}); edit freely.\n"
+        "Every key is described in the configuration reference (docs/reference/config.md)."
+    )
+    output.write_text(drafted.to_yaml(header))
+
+
+def config_for(config: Path) -> Path:
+    """``tuneflow run`` takes a YAML config, or a data file or folder: a config is drafted for it, written
+    beside the MLflow store (so the run can be repeated) and used."""
+    if config.suffix.lower() in (".yaml", ".yml"):
+        return config
+    from tuneflow.tasktypes.draft import store_folder
+
+    cfg, drafted = draft(config, "auto", {}, None, None, None)
+    output = store_folder() / "configs" / f"{cfg.name}.yaml"
+    write_draft(cfg, drafted, output, force=True)
+    console.print(f"drafted config  {output}  (repeat this run with: tuneflow run {output})", highlight=False)
+    return output
+
+
+def print_draft_check(cfg: Any, output: Path) -> None:
+    """``tuneflow init``: the data validation's summary at once, and the next command (exit 3 on errors)."""
+    from tuneflow.preflight import validation_report
+
+    report = checked(validation_report, cfg)
+    summary = report.summary().split(" (report:")[0]
+    console.print(f"wrote           {output}  ({cfg.task}; {summary})", highlight=False)
+    for problem in report.errors:
+        console.print(f"  [red]error[/] {escape(problem)}", highlight=False)
+    for warning in report.warnings[:5]:
+        console.print(f"  warning {escape(warning)}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(3)
+    console.print(f"next            tuneflow run {output}", highlight=False)
+
+
+def exec_prefect_server(port: int) -> None:
+    """``tuneflow server``: say how to point flows at it, then become a Prefect server on 127.0.0.1."""
+    quiet_env()
+    url = f"http://127.0.0.1:{port}"
+    console.print(
+        f"Prefect server on {url} (UI and API; stop with Ctrl+C). In the shells that run flows:\n"
+        f"  export PREFECT_API_URL={url}/api",
+        highlight=False,
+    )
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    os.execv(sys.executable, cmd)

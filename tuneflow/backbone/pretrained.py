@@ -5,6 +5,7 @@ loading its files. Imports nothing of tuneflow but the config, so task types can
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,38 @@ def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
     return load_from("tokenizer", AutoTokenizer, name)
+
+
+# RoBERTa-style models number positions from padding_idx + 1: two of their embeddings are never a position.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "bart": 0}
+
+
+def model_positions(name: str) -> int | None:
+    """The longest input (in tokens) ``name``'s position embeddings allow, read from its ``config.json``
+    without loading the model; None when unknown (GGUF files, relative positions as in T5, not cached)."""
+    if name == SMOLLM2_MODEL or name.endswith(".gguf"):
+        return None
+    if name == DEFAULT_MODEL:
+        name = resolve_model_path(name)
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if (
+            isinstance(config.get(key), int)
+            and config.get("position_embedding_type", "absolute") == "absolute"
+        ):
+            return config[key] - _POSITION_OFFSET.get(config.get("model_type", ""), 0)
+    return None

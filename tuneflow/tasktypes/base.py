@@ -74,11 +74,33 @@ class TaskType:
     supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
     detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
     input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
+    # ``tuneflow init``: data-section keys naming this type's columns, each with the column names that
+    # usually hold it (a data set is recognised by them); its bundled model (None: --model is required).
+    column_roles: ClassVar[dict[str, tuple[str, ...]]] = {}
+    default_model: ClassVar[str | None] = None
     # Config keys (dotted prefixes) that only some task types read, this one among them; the others' are
     # left out of its runs' MLflow params (tuneflow.tasktypes.unused_config).
     own_config: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------- config
+
+    def recognise(self, columns: list[str], conll: bool, given: dict[str, str]) -> dict[str, str] | None:
+        """The data keys naming this type's columns in a file with ``columns`` (``given``: from flags), or
+        None when the file is not this type's data."""
+        if conll or not self.column_roles:
+            return None
+        lower = {c.lower(): c for c in columns}
+        out = {}
+        for key, usual in self.column_roles.items():
+            column = given.get(key) or next((lower[n] for n in usual if n in lower), None)
+            if column is None or column not in columns:
+                return None
+            out[key] = column
+        return out if len(set(out.values())) == len(out) else None
+
+    def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
+        """Settings ``tuneflow init`` derives from the training split: dotted key -> (value, comment)."""
+        return {}
 
     def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
         """Settings that exist for every task type but do not apply to this one, by dotted key."""

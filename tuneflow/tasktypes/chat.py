@@ -22,7 +22,7 @@ import pandas as pd
 
 from tuneflow import names
 from tuneflow.backbone.pretrained import load_from, load_tokenizer
-from tuneflow.config import DataConfig, FileSpec, GenerationConfig, PipelineConfig
+from tuneflow.config import SMOLLM2_MODEL, DataConfig, FileSpec, GenerationConfig, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.data.readers import LINE, MESSAGES, REFERENCES, Problem, read_chats, read_instructions
 from tuneflow.data.splits import Splits
@@ -311,6 +311,8 @@ class CausalLM(TaskType):
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     input_example = ["How do I reset my password?"]
+    column_roles = {"messages_column": ("messages", "conversation", "conversations", "dialogue", "chat")}
+    default_model = SMOLLM2_MODEL
     own_config = (
         *("data.messages_column", "data.source_column", "data.target_column", "data.max_source_words"),
         *("data.system_prompt", "data.prompt_template", "eval.compare_base"),
@@ -321,6 +323,12 @@ class CausalLM(TaskType):
             "eval.sample_generations",
         ),
     )
+
+    def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
+        return {
+            "train.batch_size": (8, "conversations are long: 8 per step keeps memory to a few GB"),
+            "train.monitor": ("val/loss", "token loss on validation (generation metrics are scored on test)"),
+        }
 
     def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
         problems = super().config_problems(cfg)

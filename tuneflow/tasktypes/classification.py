@@ -7,6 +7,7 @@ Headline metrics are accuracy and macro F1; promotion compares champion and chal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tuneflow import names
-from tuneflow.config import DataConfig, FileSpec, PipelineConfig
+from tuneflow.config import DEFAULT_MODEL, DataConfig, FileSpec, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadInputs, tokenize
 from tuneflow.data.readers import LABEL, LINE, TEXT, Problem, RawData, read_columns, read_table
 from tuneflow.data.splits import Splits
@@ -127,6 +128,11 @@ class SequenceClassification(TaskType):
     supports_latency_objective = True
     detects_scope = True
     input_example = ["where is my order?"]
+    column_roles = {
+        "text_column": ("text", "sentence", "utterance", "query", "review", "content", "message", "question"),
+        "label_column": ("label", "intent", "category", "class", "sentiment", "labels", "topic", "target"),
+    }
+    default_model = DEFAULT_MODEL
     own_config = (
         *("data.text_column", "data.label_column", "model.pooling", "eval.worst_examples"),
         *(
@@ -144,6 +150,26 @@ class SequenceClassification(TaskType):
             "gates.min_behavior_pass_rate",
         ),
     )
+
+    def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
+        """Macro F1 when the classes are imbalanced; a gate floor halfway from the majority-class baseline
+        to a perfect score."""
+        counts = train[LABEL].value_counts()
+        ratio = float(counts.max() / counts.min())
+        metric = "f1_macro" if ratio > 1.5 else "accuracy"
+        share = float(counts.max() / counts.sum())
+        # Always answering the majority class: accuracy = its share; macro F1 = its F1 (2p/(1+p)) / classes.
+        baseline = share if metric == "accuracy" else 2 * share / (1 + share) / len(counts)
+        floor = math.floor((baseline + 0.5 * (1 - baseline)) * 100) / 100
+        balance = f"largest class {ratio:.1f}x the smallest"
+        return {
+            "train.monitor": (f"val/{metric}", f"{balance}: early stopping and checkpoints follow {metric}"),
+            "gates.metric": (metric, "what promotion compares"),
+            "gates.min": (
+                floor,
+                f"halfway from always answering '{counts.index[0]}' ({metric} {baseline:.3f}) to perfect",
+            ),
+        }
 
     # --------------------------------------------------------------------------------------------- data
 

@@ -108,6 +108,10 @@ class Seq2Seq(TaskType):
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
+    column_roles = {
+        "source_column": ("source", "document", "article", "text", "input", "src", "question"),
+        "target_column": ("target", "summary", "highlights", "output", "tgt", "translation", "answer"),
+    }
     own_config = (
         *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
         *(
@@ -117,6 +121,12 @@ class Seq2Seq(TaskType):
             "eval.sample_generations",
         ),
     )
+
+    def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
+        return {
+            "train.batch_size": (8, "documents are long: 8 per step keeps memory to a few GB"),
+            "train.monitor": ("val/loss", "token loss on validation (generation metrics are scored on test)"),
+        }
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_pairs(spec, cfg)

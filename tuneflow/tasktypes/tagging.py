@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneflow.config import DataConfig, FileSpec, PipelineConfig
+from tuneflow.config import DEFAULT_MODEL, DataConfig, FileSpec, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.data.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
 from tuneflow.data.splits import Splits
@@ -246,6 +246,20 @@ class TokenClassification(TaskType):
     label_head = True
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
     own_config = ("data.tokens_column", "data.tags_column", "eval.worst_examples")
+    column_roles = {
+        "tokens_column": ("tokens", "words"),
+        "tags_column": ("tags", "ner_tags", "labels", "bio"),
+    }
+    default_model = DEFAULT_MODEL
+
+    def recognise(self, columns: list[str], conll: bool, given: dict[str, str]) -> dict[str, str] | None:
+        return {} if conll else super().recognise(columns, conll, given)
+
+    def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
+        return {
+            "train.monitor": ("val/f1", "entity-level F1 (seqeval) on validation"),
+            "gates.metric": ("f1", "what promotion compares; no floor: set gates.min once you know your bar"),
+        }
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_tagged(spec, cfg)

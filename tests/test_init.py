@@ -1,0 +1,167 @@
+"""A newcomer's data to a registered model without writing YAML: `tuneflow init DATA` drafts a commented
+config (task, columns, lengths, budget, gates), `tuneflow run CONFIG` or `tuneflow run DATA` trains it."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import chat_rows, demo_rows, ner_rows, write_conll, write_csv, write_jsonl
+
+
+def _cli(*args: str):  # noqa: ANN202
+    from tuneflow import cli
+
+    cli.console.width = 4000  # one line per message: paths are not wrapped
+    try:
+        return CliRunner().invoke(cli.app, list(args))
+    finally:
+        _rebind_prefect_console()
+
+
+def _rebind_prefect_console() -> None:
+    """Prefect's console log handler keeps the stream it was created with; CliRunner closes its captured
+    streams after each call, so a second flow in this process would log into a closed file (a person runs
+    one command per process and never meets this)."""
+    import logging
+    import sys
+
+    loggers = [logging.root, *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if getattr(handler, "console", None) is not None:
+                handler.console.file = handler.stream = sys.__stderr__
+
+
+def _imbalanced_intents(folder: Path) -> Path:
+    """Three intents with 40 examples, two with 10: the largest class is 4x the smallest."""
+    rng = random.Random(0)
+    by_intent: dict[str, list[tuple[str, str]]] = {}
+    for text, intent in demo_rows():
+        by_intent.setdefault(intent, []).append((text, intent))
+    sizes = dict(zip(sorted(by_intent)[:5], (40, 40, 40, 10, 10), strict=True))
+    rows = [row for intent, n in sizes.items() for row in rng.sample(by_intent[intent], n)]
+    rng.shuffle(rows)
+    folder.mkdir()
+    return write_csv(folder / "support_tickets.csv", rows, header=("utterance", "category"))
+
+
+def _registered(tracking_uri: str, name: str) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    return [str(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+
+
+def test_a_classification_csv_becomes_a_commented_config_and_a_registered_model(
+    tmp_path: Path, tiny_model: str, tracking_uri: str, prefect_harness: None
+) -> None:
+    data = _imbalanced_intents(tmp_path / "tickets")
+    config = tmp_path / "tickets.yaml"
+    result = _cli("init", str(data), "--model", tiny_model, "--output", str(config))
+    assert result.exit_code == 0, result.output
+    assert f"next            tuneflow run {config}" in result.output
+    assert "sequence_classification; " in result.output and "5 classes" in result.output
+    text = config.read_text()
+    cfg = yaml.safe_load(text)
+    assert cfg["task"] == "sequence_classification"
+    assert (cfg["data"]["text_column"], cfg["data"]["label_column"]) == ("utterance", "category")
+    # Imbalanced: macro F1 is what early stopping and the gates follow; the floor comes from the data.
+    assert cfg["train"]["monitor"] == "val/f1_macro" and cfg["gates"]["metric"] == "f1_macro"
+    majority_f1 = 2 * (40 / 140) / (1 + 40 / 140) / 5
+    assert cfg["gates"]["min"] == pytest.approx(majority_f1 + 0.5 * (1 - majority_f1), abs=0.01)
+    assert re.search(r"largest class [34]\.\dx the smallest", text)
+    # The study lives beside the MLflow store, not in the checkout; every setting says where it came from.
+    store = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    assert cfg["search"]["storage"] == f"sqlite:///{store.resolve() / 'optuna.db'}"
+    said = {line.split(":")[0].strip() for line in text.splitlines() if "  # " in line}
+    derived = {"name", "task", "text_column", "label_column", "max_length", "batch_size", "max_epochs"}
+    assert derived | {"monitor", "metric", "min", "n_trials", "storage", "registered_model"} <= said
+    # Never over an existing file.
+    again = _cli("init", str(data), "--model", tiny_model, "--output", str(config))
+    assert again.exit_code == 2 and "pass --force" in again.output
+    run = _cli("run", str(config))
+    assert run.exit_code == 0, run.output
+    assert _registered(tracking_uri, "support_tickets") == ["1"]
+
+
+def test_a_conll_folder_runs_straight_from_the_data(
+    tmp_path: Path, tiny_ner_model: str, tracking_uri: str, prefect_harness: None
+) -> None:
+    """`tuneflow run DATA`: the config is drafted in place, saved beside the store, and the run uses it."""
+    folder = tmp_path / "wnut_like"
+    folder.mkdir()
+    write_conll(folder / "train.conll", ner_rows(80, 1))
+    write_conll(folder / "test.conll", ner_rows(20, 2))
+    result = _cli("run", str(folder), "--set", f"model.name={tiny_ner_model}", "--set", "train.max_epochs=2")
+    assert result.exit_code == 0, result.output
+    store = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    drafted = store / "configs" / "wnut_like.yaml"
+    assert f"drafted config  {drafted}" in result.output
+    assert yaml.safe_load(drafted.read_text())["task"] == "token_classification"
+    assert _registered(tracking_uri, "wnut_like") == ["1"]
+
+
+def test_a_chat_jsonl_becomes_a_causal_lm_config_and_a_registered_model(
+    tmp_path: Path, tiny_gpt2: str, tracking_uri: str, prefect_harness: None
+) -> None:
+    folder = tmp_path / "support_chat"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", chat_rows(60, 1))
+    write_jsonl(folder / "test.jsonl", chat_rows(10, 2))
+    config = tmp_path / "chat.yaml"
+    result = _cli("init", str(folder), "--model", tiny_gpt2, "--output", str(config))
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(config.read_text())
+    assert cfg["task"] == "causal_lm" and cfg["data"]["messages_column"] == "messages"
+    assert cfg["model"]["max_length"] <= 128  # capped at the tiny model's positions
+    run = _cli("run", str(config), "--set", "train.max_epochs=2", "--set", "generation.max_new_tokens=8")
+    assert run.exit_code == 0, run.output
+    assert _registered(tracking_uri, "support_chat") == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("header", "flag"),
+    [
+        (("a", "b"), "pass --task"),
+        (
+            ("text", "summary", "label"),
+            "fit several task types (sequence_classification, seq2seq); pass --task",
+        ),
+    ],
+)
+def test_columns_it_cannot_decide_are_exit_2_naming_the_flag(
+    tmp_path: Path, header: tuple, flag: str
+) -> None:
+    f = tmp_path / "data.csv"
+    f.write_text(
+        ",".join(header) + "\n" + "\n".join(",".join(f"v{i}{c}" for c in header) for i in range(5)) + "\n"
+    )
+    result = _cli("init", str(f), "--output", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_flags_name_the_columns_the_names_do_not_give_away(tmp_path: Path, tiny_model: str) -> None:
+    f = write_csv(tmp_path / "data.csv", demo_rows()[:60], header=("phrase", "bucket"))
+    out = tmp_path / "x.yaml"
+    flags = (
+        "--text-column",
+        "phrase",
+        "--label-column",
+        "bucket",
+        "--model",
+        tiny_model,
+        "--output",
+        str(out),
+    )
+    result = _cli("init", str(f), *flags)
+    assert result.exit_code in (0, 3), result.output
+    cfg = yaml.safe_load(out.read_text())
+    assert (cfg["data"]["text_column"], cfg["data"]["label_column"]) == ("phrase", "bucket")

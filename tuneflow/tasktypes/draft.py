@@ -1,0 +1,264 @@
+"""A config drafted from a data set (``tuneflow init DATA``, ``tuneflow run DATA``): the task type and the
+columns recognised from the files, the settings derived from the data, written as commented YAML.
+
+Each task type contributes its part through the registry: the column names it recognises
+(``column_roles``), whether it reads CoNLL files, its default model, and the settings it derives from the
+training split (``draft``). What cannot be decided is a :class:`DraftError` naming the flag to pass.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuneflow.config import ConfigError, PipelineConfig, resolve_tracking_uri
+from tuneflow.data.readers import TEXT
+from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
+from tuneflow.tasktypes.resolve import config_from_dict
+
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing", "eval"),
+}
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll", ".bio", ".iob")
+CONLL_SUFFIXES = (".conll", ".bio", ".iob")
+
+
+class DraftError(ValueError):
+    """The data cannot be drafted into a config without help; the message names the flag to pass."""
+
+
+@dataclass
+class Draft:
+    """A drafted config: the raw mapping (validated), a comment per dotted key, and what was inferred."""
+
+    raw: dict[str, Any]
+    comments: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_yaml(self, header: str) -> str:
+        """The config as YAML with a comment beside every key (the comments say where values came from)."""
+        lines = [f"# {line}".rstrip() for line in header.splitlines()]
+        _write(self.raw, "", 0, self.comments, lines)
+        return "\n".join(lines) + "\n"
+
+
+def _write(node: dict[str, Any], prefix: str, depth: int, comments: dict[str, str], out: list[str]) -> None:
+    import yaml
+
+    pad = "  " * depth
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        note = f"  # {comments[dotted]}" if dotted in comments else ""
+        if isinstance(value, dict) and value:
+            out.append(f"{pad}{key}:{note}")
+            _write(value, dotted + ".", depth + 1, comments, out)
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...")
+            out.append(f"{pad}{key}: {text}{note}")
+
+
+def find_splits(data: Path) -> dict[str, Path]:
+    """The train (and validation/test) files of ``data``: one file, or a folder holding files named by split
+    (``train.csv``, ``dev.jsonl``, ``valid.conll``, ...)."""
+    if data.is_file():
+        return {"train": data}
+    if not data.is_dir():
+        raise DraftError(f"{data}: no such file or folder")
+    files = [p for p in sorted(data.iterdir()) if p.is_file() and p.suffix.lower() in DATA_SUFFIXES]
+    found: dict[str, Path] = {}
+    for split, stems in SPLIT_NAMES.items():
+        match = [p for p in files if p.stem.lower() in stems]
+        if match:
+            found[split] = match[0]
+    if "train" not in found:
+        if len(files) == 1:
+            return {"train": files[0]}
+        listed = ", ".join(p.name for p in files) or "no data files"
+        raise DraftError(
+            f"{data}: no training file (name it train.csv / train.jsonl / train.conll ...; it holds "
+            f"{listed}); or give the file itself"
+        )
+    return found
+
+
+def _columns(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix in CONLL_SUFFIXES:
+        return []
+    if suffix == ".parquet":
+        return [str(c) for c in pd.read_parquet(path).columns]
+    if suffix in (".jsonl", ".json"):
+        return [str(c) for c in pd.read_json(path, lines=True, nrows=50).columns]
+    sep = "\t" if suffix == ".tsv" else ","
+    return [str(c) for c in pd.read_csv(path, sep=sep, nrows=50, dtype=str).columns]
+
+
+def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType, dict[str, str]]:
+    """The task type and the data section's column keys for the training file ``path``.
+
+    ``task`` (``auto`` or a task type) and ``columns`` (data key -> column, from flags) take precedence.
+
+    Raises:
+        DraftError: no task type or several fit, or a column cannot be told; the message names the flag.
+    """
+    found = _columns(path)
+    conll = path.suffix.lower() in CONLL_SUFFIXES
+    kinds = list(TASK_TYPES.values()) if task == "auto" else [task_type(task)]
+    fits = [(k, m) for k in kinds if (m := k.recognise(found, conll, columns)) is not None]
+    if len(fits) == 1:
+        return fits[0]
+    shown = ", ".join(found) if found else "a CoNLL file"
+    if not fits:
+        if task != "auto":
+            roles = ", ".join(f"--column {key}=NAME" for key in task_type(task).column_roles)
+            raise DraftError(f"{path}: cannot tell the {task} columns among {shown}; pass {roles}")
+        raise DraftError(
+            f"{path}: columns {shown} match no task type; pass --task (one of {', '.join(TASK_TYPES)}) and "
+            "the columns (--text-column, --label-column, or --column KEY=NAME)"
+        )
+    names = ", ".join(k.name for k, _ in fits)
+    raise DraftError(f"{path}: columns {shown} fit several task types ({names}); pass --task")
+
+
+def store_folder() -> Path:
+    """The folder of the MLflow store (its SQLite file's), where drafted configs and the study go."""
+    uri = resolve_tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path("mlruns")
+
+
+def safe_name(text: str) -> str:
+    """An experiment / registered-model name from a file or folder name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "tuneflow"
+    return name[:60]
+
+
+def draft_config(
+    data: Path,
+    task: str = "auto",
+    columns: dict[str, str] | None = None,
+    model: str | None = None,
+    name: str | None = None,
+    oos: Path | None = None,
+) -> tuple[PipelineConfig, Draft]:
+    """Draft (and validate) a config for ``data``: the task type and columns recognised, the settings
+    derived from the training split.
+
+    Raises:
+        DraftError: what cannot be decided without a flag.
+        tuneflow.config.ConfigError: the drafted config does not validate (a bug, or an odd data set).
+    """
+    splits = find_splits(data.resolve())
+    kind, mapping = recognise(splits["train"], task, columns or {})
+    folder = data if data.is_dir() else data.parent
+    name = name or safe_name(data.stem if data.is_file() else data.name)
+    base_model = model or kind.default_model
+    if base_model is None:
+        raise DraftError(f"{kind.name} has no bundled model: pass --model (a hub id or a local model folder)")
+    raw: dict[str, Any] = {"name": name, "task": kind.name, "data": {}, "model": {"name": base_model}}
+    draft = Draft(raw)
+    c = draft.comments
+    c["model.name"] = (
+        "given with --model" if model else f"the {kind.name} default: a pre-trained model, offline"
+    )
+    c["name"] = f"MLflow experiment and registered-model name (from {data.name})"
+    c["task"] = f"recognised from the columns of {splits['train'].name}"
+    for split, path in splits.items():
+        raw["data"][split] = {"path": str(path)}
+        c[f"data.{split}"] = f"the {split} split"
+    if "validation" not in splits:
+        raw["data"]["validation_size"] = 0.15
+        c["data.validation_size"] = (
+            "no validation file: 15% of train is held out (stratified where it can be)"
+        )
+    if "test" not in splits:
+        raw["data"]["test_size"] = 0.15
+        c["data.test_size"] = "no test file: 15% of train is the frozen test set the gates score"
+    for key, column in mapping.items():
+        raw["data"][key] = column
+        c[f"data.{key}"] = "recognised column" if key not in (columns or {}) else "given on the command line"
+    if oos is not None:
+        raw["data"]["oos_validation"] = {"path": str(oos.resolve())}
+        raw["oos"] = {"enabled": True}
+        c["data.oos_validation"] = "off-topic examples: they set the out-of-scope threshold"
+        c["oos.enabled"] = "answer the fallback label instead of a wrong one on off-topic queries"
+    cfg = _validated(raw, folder)
+    train = kind.load_splits(cfg.data, cfg.train.seed).train
+    _derive(draft, cfg, kind, train)
+    _draft_search(draft, len(train), raw["train"]["batch_size"], raw["train"]["max_epochs"])
+    raw["tracking"] = {"registered_model": name}
+    c["tracking.registered_model"] = "registry name; versions accumulate here"
+    return _validated(raw, folder), draft
+
+
+def _validated(raw: dict[str, Any], folder: Path) -> PipelineConfig:
+    try:
+        return config_from_dict(raw, source=f"the config drafted for {folder}")
+    except ConfigError as exc:
+        raise DraftError(str(exc)) from None
+
+
+def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
+    """An Optuna study sized to the data: more trials where a trial is cheap, a short epoch budget per
+    trial, batch sizes around the drafted one, its storage beside the MLflow store."""
+    raw, c = draft.raw, draft.comments
+    storage = f"sqlite:///{(store_folder() / 'optuna.db').resolve()}"
+    raw["search"] = {
+        "enabled": False,
+        "n_trials": _trials(n_train),
+        "max_epochs": max(1, min(3, epochs // 2)),
+        "storage": storage,
+        "space": {
+            "train.lr": {"type": "float", "low": 2.0e-5, "high": 3.0e-4, "log": True},
+            "train.batch_size": {"type": "categorical", "choices": [max(4, batch // 2), batch]},
+            "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        },
+    }
+    c["search"] = "Optuna before the final training; turn on with --set search.enabled=true"
+    c["search.n_trials"] = f"sized to {n_train} training examples"
+    c["search.max_epochs"] = "epoch budget per trial (the final training keeps train.max_epochs)"
+    c["search.storage"] = "beside the MLflow store, not in the checkout: the study resumes from it"
+    c["search.space.train.lr"] = "peak learning rate, log scale"
+    c["search.space.train.batch_size"] = "around the drafted batch size"
+    c["search.space.model.dropout"] = "regularization strength"
+
+
+def _trials(n_train: int) -> int:
+    """More trials where a trial is cheap: 12 under 2,000 examples, 8 under 20,000, else 6."""
+    return 12 if n_train < 2000 else 8 if n_train < 20000 else 6
+
+
+def _derive(draft: Draft, cfg: PipelineConfig, kind: TaskType, train: pd.DataFrame) -> None:
+    """Length, batch and epoch budget from the training split; the task type's own settings."""
+    from tuneflow.backbone.pretrained import load_tokenizer, model_positions
+
+    raw, c = draft.raw, draft.comments
+    tokenizer = load_tokenizer(cfg.model.name)
+    sample = train[TEXT].astype(str).sample(n=min(len(train), 2000), random_state=0).tolist()
+    lengths = pd.Series([len(ids) for ids in tokenizer(sample, truncation=False)["input_ids"]])
+    p99 = int(lengths.quantile(0.99))
+    limit = model_positions(cfg.model.name) or 4096
+    max_length = min(limit, max(16, 8 * math.ceil(p99 / 8)))
+    raw["model"]["max_length"] = max_length
+    c["model.max_length"] = f"p99 of the training inputs is {p99} tokens (rounded up to a multiple of 8)"
+    n = len(train)
+    batch = 8 if n < 200 else 16 if n < 2000 else 32
+    epochs = 10 if n < 1000 else 6 if n < 10000 else 3
+    raw["train"] = {
+        "batch_size": batch,
+        "max_epochs": epochs,
+        "early_stopping_patience": 2 if n >= 1000 else 3,
+    }
+    c["train.batch_size"] = f"{n} training examples"
+    c["train.max_epochs"] = "an upper bound sized to the data; early stopping ends sooner"
+    c["train.early_stopping_patience"] = "validations without improvement before stopping"
+    for key, (value, comment) in kind.draft(train, cfg).items():
+        section, _, leaf = key.partition(".")
+        raw.setdefault(section, {})[leaf] = value
+        c[key] = comment
