@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint ui bench bench-search bench-lora clean
+.PHONY: install demo test test-slow lint docs ui bench bench-search bench-lora clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# The docs site (docs/ + mkdocs.yml) into site/; --strict: a broken link or a missing page fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

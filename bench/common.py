@@ -12,6 +12,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE = Path(__file__).resolve().parent / "RESULTS.md"
+HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 PACKAGES = ("torch", "lightning", "transformers", "optuna", "optuna-integration", "mlflow", "prefect")
 
 
@@ -87,5 +88,7 @@ def write_table() -> Path:
             )
     if ANCHORS.is_file():  # the published figures the quality rows are compared with, and their sources
         lines += ["", ANCHORS.read_text().rstrip()]
+    if HISTORY.is_file():  # what each suite measured over time and what was tried (the docs keep the present)
+        lines += ["", HISTORY.read_text().rstrip()]
     TABLE.write_text("\n".join(lines) + "\n")
     return TABLE

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneflow.config import ConfigError, PipelineConfig, resolve_tracking_uri
+from tuneflow.config import DEFAULT_MODEL, ConfigError, PipelineConfig, resolve_tracking_uri
 from tuneflow.data.readers import TEXT
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
 from tuneflow.tasktypes.resolve import config_from_dict
@@ -255,6 +255,9 @@ def _derive(draft: Draft, cfg: PipelineConfig, kind: TaskType, train: pd.DataFra
         "max_epochs": epochs,
         "early_stopping_patience": 2 if n >= 1000 else 3,
     }
+    if cfg.model.name == DEFAULT_MODEL:
+        raw["train"]["lr"] = 1.0e-4
+        c["train.lr"] = "a small model with a fresh head learns faster than BERT-base's 2e-5 allows"
     c["train.batch_size"] = f"{n} training examples"
     c["train.max_epochs"] = "an upper bound sized to the data; early stopping ends sooner"
     c["train.early_stopping_patience"] = "validations without improvement before stopping"
