@@ -100,6 +100,14 @@ def _columns(path: Path) -> list[str]:
     return [str(c) for c in pd.read_csv(path, sep=sep, nrows=50, dtype=str).columns]
 
 
+def _oos_files(folder: Path) -> dict[str, Path]:
+    """Off-topic example files beside the splits: ``oos_validation.csv`` (or ``oos_dev``, ``oos_val``) and
+    ``oos_test.csv``."""
+    names = {"oos_validation": ("oos_validation", "oos_dev", "oos_val"), "oos_test": ("oos_test",)}
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in DATA_SUFFIXES]
+    return {key: p for key, stems in names.items() for p in files if p.stem.lower() in stems}
+
+
 def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType, dict[str, str]]:
     """The task type and the data section's column keys for the training file ``path``.
 
@@ -183,11 +191,23 @@ def draft_config(
     for key, column in mapping.items():
         raw["data"][key] = column
         c[f"data.{key}"] = "recognised column" if key not in (columns or {}) else "given on the command line"
+    oos_files = _oos_files(data) if data.is_dir() and "oos." in kind.own_config else {}
+    if oos is None and "oos_validation" in oos_files:
+        oos = oos_files["oos_validation"]
+    if "oos_test" in oos_files:
+        raw["data"]["oos_test"] = {"path": str(oos_files["oos_test"].resolve())}
+        c["data.oos_test"] = "other off-topic examples: how often the fallback catches them (oos/recall)"
     if oos is not None:
         raw["data"]["oos_validation"] = {"path": str(oos.resolve())}
         raw["oos"] = {"enabled": True}
         c["data.oos_validation"] = "off-topic examples: they set the out-of-scope threshold"
         c["oos.enabled"] = "answer the fallback label instead of a wrong one on off-topic queries"
+    elif "oos." in kind.own_config:
+        raw["oos"] = {"enabled": False}
+        c["oos.enabled"] = (
+            "on: answer a fallback label instead of a wrong one on off-topic queries; give off-topic "
+            "examples with `tuneflow init --oos FILE` (or data.oos_validation) to set its threshold"
+        )
     cfg = _validated(raw, folder)
     train = kind.load_splits(cfg.data, cfg.train.seed).train
     _derive(draft, cfg, kind, train)
