@@ -59,6 +59,20 @@ class MetricSpec:
         return "min" if self.lower_better(metric) else "max"
 
 
+# Settings the generative task types (seq2seq, causal_lm) read.
+GENERATION_CONFIG = (
+    *("generation.", "eval.generation_metrics", "eval.max_generation_examples", "eval.sample_generations"),
+)
+
+
+def generative_draft(unit: str) -> dict[str, tuple[Any, str]]:
+    """What ``tuneflow init`` sets for a generative task type, whose examples (``unit``) are long."""
+    return {
+        "train.batch_size": (8, f"{unit} are long: 8 per step keeps memory to a few GB"),
+        "train.monitor": ("val/loss", "token loss on validation (generation metrics are scored on test)"),
+    }
+
+
 class TaskType:
     """One task type (see the module docstring). Subclasses set the class attributes and the hooks."""
 

@@ -40,7 +40,7 @@ from tuneflow.judging.generation import (
 )
 from tuneflow.judging.metrics import time_single
 from tuneflow.judging.promotion import decide_on_examples
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import GENERATION_CONFIG, MetricSpec, TaskType, generative_draft
 
 IGNORE = -100
 
@@ -316,19 +316,11 @@ class CausalLM(TaskType):
     own_config = (
         *("data.messages_column", "data.source_column", "data.target_column", "data.max_source_words"),
         *("data.system_prompt", "data.prompt_template", "eval.compare_base"),
-        *(
-            "generation.",
-            "eval.generation_metrics",
-            "eval.max_generation_examples",
-            "eval.sample_generations",
-        ),
+        *GENERATION_CONFIG,
     )
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
-        return {
-            "train.batch_size": (8, "conversations are long: 8 per step keeps memory to a few GB"),
-            "train.monitor": ("val/loss", "token loss on validation (generation metrics are scored on test)"),
-        }
+        return generative_draft("conversations")
 
     def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
         problems = super().config_problems(cfg)

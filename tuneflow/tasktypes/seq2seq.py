@@ -31,7 +31,7 @@ from tuneflow.judging.generation import (
     subset,
 )
 from tuneflow.judging.metrics import time_single
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import GENERATION_CONFIG, MetricSpec, TaskType, generative_draft
 
 
 def encode_frame(
@@ -114,19 +114,11 @@ class Seq2Seq(TaskType):
     }
     own_config = (
         *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
-        *(
-            "generation.",
-            "eval.generation_metrics",
-            "eval.max_generation_examples",
-            "eval.sample_generations",
-        ),
+        *GENERATION_CONFIG,
     )
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
-        return {
-            "train.batch_size": (8, "documents are long: 8 per step keeps memory to a few GB"),
-            "train.monitor": ("val/loss", "token loss on validation (generation metrics are scored on test)"),
-        }
+        return generative_draft("documents")
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_pairs(spec, cfg)
