@@ -177,6 +177,20 @@ def draft_config(
     )
     c["name"] = f"MLflow experiment and registered-model name (from {data.name})"
     c["task"] = f"recognised from the columns of {splits['train'].name}"
+    _draft_data(draft, splits, mapping, set(columns or {}))
+    _draft_scope(draft, kind, _oos_files(data) if data.is_dir() else {}, oos)
+    cfg = _validated(raw, folder)
+    train = kind.load_splits(cfg.data, cfg.train.seed).train
+    _derive(draft, cfg, kind, train)
+    _draft_search(draft, len(train), raw["train"]["batch_size"], raw["train"]["max_epochs"])
+    raw["tracking"] = {"registered_model": name}
+    c["tracking.registered_model"] = "registry name; versions accumulate here"
+    return _validated(raw, folder), draft
+
+
+def _draft_data(draft: Draft, splits: dict[str, Path], mapping: dict[str, str], given: set[str]) -> None:
+    """The data section: the split files (or held-out shares) and the columns."""
+    raw, c = draft.raw, draft.comments
     for split, path in splits.items():
         raw["data"][split] = {"path": str(path)}
         c[f"data.{split}"] = f"the {split} split"
@@ -190,8 +204,15 @@ def draft_config(
         c["data.test_size"] = "no test file: 15% of train is the frozen test set the gates score"
     for key, column in mapping.items():
         raw["data"][key] = column
-        c[f"data.{key}"] = "recognised column" if key not in (columns or {}) else "given on the command line"
-    oos_files = _oos_files(data) if data.is_dir() and "oos." in kind.own_config else {}
+        c[f"data.{key}"] = "recognised column" if key not in given else "given on the command line"
+
+
+def _draft_scope(draft: Draft, kind: TaskType, oos_files: dict[str, Path], oos: Path | None) -> None:
+    """The out-of-scope fallback: on with off-topic examples (``--oos`` or files beside the splits), else off
+    with a comment on how to turn it on; nothing for task types without one."""
+    raw, c = draft.raw, draft.comments
+    if "oos." not in kind.own_config:
+        return
     if oos is None and "oos_validation" in oos_files:
         oos = oos_files["oos_validation"]
     if "oos_test" in oos_files:
@@ -202,19 +223,12 @@ def draft_config(
         raw["oos"] = {"enabled": True}
         c["data.oos_validation"] = "off-topic examples: they set the out-of-scope threshold"
         c["oos.enabled"] = "answer the fallback label instead of a wrong one on off-topic queries"
-    elif "oos." in kind.own_config:
+    else:
         raw["oos"] = {"enabled": False}
         c["oos.enabled"] = (
             "on: answer a fallback label instead of a wrong one on off-topic queries; give off-topic "
             "examples with `tuneflow init --oos FILE` (or data.oos_validation) to set its threshold"
         )
-    cfg = _validated(raw, folder)
-    train = kind.load_splits(cfg.data, cfg.train.seed).train
-    _derive(draft, cfg, kind, train)
-    _draft_search(draft, len(train), raw["train"]["batch_size"], raw["train"]["max_epochs"])
-    raw["tracking"] = {"registered_model": name}
-    c["tracking.registered_model"] = "registry name; versions accumulate here"
-    return _validated(raw, folder), draft
 
 
 def _validated(raw: dict[str, Any], folder: Path) -> PipelineConfig:
