@@ -613,6 +613,34 @@ def predict_with_an_unknown_registered_model(tmp, model):
     return ["predict", "--model", "models:/nope@champion", "hello"], 2, ["no registered model 'nope'"]
 
 
+# ----------------------------------------------------------------------------- init (exit 2, nothing written)
+
+
+@case
+def init_an_empty_csv(tmp, model):
+    f = tmp / "empty.csv"
+    f.write_text("")
+    return ["init", str(f), "--output", str(tmp / "x.yaml")], 2, [f"{f}: cannot read it as a csv file"]
+
+
+@case
+def init_a_folder_without_a_training_file(tmp, model):
+    folder = tmp / "data"
+    folder.mkdir()
+    write_csv(folder / "notes.csv", demo_rows()[:10])
+    write_csv(folder / "more.csv", demo_rows()[:10])
+    return ["init", str(folder)], 2, [f"{folder}: no training file", "it holds more.csv, notes.csv"]
+
+
+@case
+def init_output_under_a_file(tmp, model):
+    blocker = tmp / "blocker"
+    blocker.write_text("")
+    f = write_csv(tmp / "intents.csv", demo_rows()[:40])
+    args = ["init", str(f), "--model", model, "--output", str(blocker / "x.yaml")]
+    return args, 2, [f"--output {blocker}/x.yaml: cannot create {blocker}"]
+
+
 def test_an_offline_hub_id_that_is_not_cached_fails_before_any_run(
     tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -366,7 +366,10 @@ def write_draft(cfg: Any, drafted: Any, output: Path, force: bool = False) -> No
         fail(f"--output {output} is a folder; give a file name", 2)
     if output.exists() and not force:
         fail(f"{output} exists; pass --force to replace it, or --output another file", 2)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--output {output}: cannot create {output.parent} ({exc.strerror or exc})", 2)
     header = (
         f"Drafted by `tuneflow init` for {cfg.data.train.path} ({cfg.task}); edit freely.\n"
         "Every key is described in the configuration reference (docs/reference/config.md)."

@@ -89,15 +89,20 @@ def find_splits(data: Path) -> dict[str, Path]:
 
 
 def _columns(path: Path) -> list[str]:
+    """The column names of a data file (none for CoNLL); an unreadable file is a :class:`DraftError`."""
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
         return []
-    if suffix == ".parquet":
-        return [str(c) for c in pd.read_parquet(path).columns]
-    if suffix in (".jsonl", ".json"):
-        return [str(c) for c in pd.read_json(path, lines=True, nrows=50).columns]
-    sep = "\t" if suffix == ".tsv" else ","
-    return [str(c) for c in pd.read_csv(path, sep=sep, nrows=50, dtype=str).columns]
+    try:
+        if suffix == ".parquet":
+            return [str(c) for c in pd.read_parquet(path).columns]
+        if suffix in (".jsonl", ".json"):
+            return [str(c) for c in pd.read_json(path, lines=True, nrows=50).columns]
+        sep = "\t" if suffix == ".tsv" else ","
+        return [str(c) for c in pd.read_csv(path, sep=sep, nrows=50, dtype=str).columns]
+    except Exception as exc:  # pandas raises many kinds; all mean "cannot read it"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DraftError(f"{path}: cannot read it as a {suffix.lstrip('.') or 'CSV'} file: {first}") from None
 
 
 def _oos_files(folder: Path) -> dict[str, Path]:
