@@ -165,3 +165,13 @@ def test_flags_name_the_columns_the_names_do_not_give_away(tmp_path: Path, tiny_
     assert result.exit_code in (0, 3), result.output
     cfg = yaml.safe_load(out.read_text())
     assert (cfg["data"]["text_column"], cfg["data"]["label_column"]) == ("phrase", "bucket")
+
+
+def test_split_files_are_recognised_by_their_usual_names(tmp_path: Path) -> None:
+    from tuneflow.tasktypes.draft import find_splits
+
+    for name in ("wnut17train.conll", "emerging.dev.conll", "oos_validation.csv", "notes.md", "test.csv"):
+        (tmp_path / name).write_text("x\n")
+    found = {split: path.name for split, path in find_splits(tmp_path).items()}
+    # Off-topic examples are never a split; a file with another suffix is not data.
+    assert found == {"train": "wnut17train.conll", "validation": "emerging.dev.conll", "test": "test.csv"}

@@ -72,9 +72,10 @@ def find_splits(data: Path) -> dict[str, Path]:
     if not data.is_dir():
         raise DraftError(f"{data}: no such file or folder")
     files = [p for p in sorted(data.iterdir()) if p.is_file() and p.suffix.lower() in DATA_SUFFIXES]
+    files = [p for p in files if "oos" not in p.stem.lower()]  # off-topic examples (_oos_files), not a split
     found: dict[str, Path] = {}
     for split, stems in SPLIT_NAMES.items():
-        match = [p for p in files if p.stem.lower() in stems]
+        match = [p for p in files if _names_split(p.stem.lower(), stems) and p not in found.values()]
         if match:
             found[split] = match[0]
     if "train" not in found:
@@ -86,6 +87,12 @@ def find_splits(data: Path) -> dict[str, Path]:
             f"{listed}); or give the file itself"
         )
     return found
+
+
+def _names_split(stem: str, names: tuple[str, ...]) -> bool:
+    """Whether a file stem names a split: ``train``, ``dev``, ``emerging.dev``, ``wnut17train``."""
+    words = re.split(r"[^a-z0-9]+", stem)
+    return any(n in words or stem.startswith(n) or stem.endswith(n) for n in names)
 
 
 def _columns(path: Path) -> list[str]:
