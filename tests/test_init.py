@@ -175,3 +175,24 @@ def test_split_files_are_recognised_by_their_usual_names(tmp_path: Path) -> None
     found = {split: path.name for split, path in find_splits(tmp_path).items()}
     # Off-topic examples are never a split; a file with another suffix is not data.
     assert found == {"train": "wnut17train.conll", "validation": "emerging.dev.conll", "test": "test.csv"}
+
+
+def test_on_a_terminal_it_asks_for_what_the_columns_do_not_say(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+
+    from tuneflow import terminal
+
+    f = write_csv(tmp_path / "data.csv", demo_rows()[:60], header=("phrase", "bucket"))
+    answers = iter(["sequence_classification", "text_column=phrase, label_column=bucket"])
+    asked: list[str] = []
+    monkeypatch.setattr(terminal.sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(typer, "prompt", lambda text, **kw: asked.append(text) or next(answers))
+    cfg, _ = terminal.draft(f, "auto", {}, tiny_model, None, None)
+    assert (cfg.task, cfg.data.text_column, cfg.data.label_column) == (
+        "sequence_classification",
+        "phrase",
+        "bucket",
+    )
+    assert asked[0].startswith("task type (auto, sequence_classification") and len(asked) == 2

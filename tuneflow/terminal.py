@@ -339,9 +339,10 @@ def draft(
             if attempt == 2 or not sys.stdin.isatty():
                 fail(str(exc), 2)
             console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
-            import click
-
-            task = typer.prompt("task type", default=task, type=click.Choice(["auto", *TASK_TYPES]))
+            choices = ", ".join(["auto", *TASK_TYPES])
+            task = typer.prompt(f"task type ({choices})", default=task).strip()
+            if task != "auto" and task not in TASK_TYPES:
+                fail(f"--task {task}: one of {choices}", 2)
             answer = typer.prompt(
                 "columns as KEY=NAME, comma-separated (blank: none)", default="", show_default=False
             )
