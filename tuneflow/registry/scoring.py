@@ -166,13 +166,18 @@ def _load_pyfunc(model: str, params: dict[str, Any]) -> Scorer:
 
 
 def score_frame(
-    scorer: Scorer, frame: pd.DataFrame, column: str, batch: int = 256, advance: Callable[[int], None] = print
+    scorer: Scorer,
+    frame: pd.DataFrame,
+    column: str,
+    batch: int = 256,
+    advance: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Predict ``frame[column]`` in batches (``advance(n)`` after each); the input + predictions."""
     texts = frame[column].astype(str).tolist()
     parts = []
     for start in range(0, len(texts), batch):
         parts.append(scorer.run(texts[start : start + batch]))
-        advance(min(batch, len(texts) - start))
+        if advance is not None:
+            advance(min(batch, len(texts) - start))
     predictions = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return scorer.table(frame, column, predictions)
