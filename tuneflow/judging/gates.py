@@ -144,7 +144,7 @@ GATES: tuple[Bound, ...] = (
         missing="is eval.behavior_checks on?",
     ),
 )
-"""Every absolute gate but the two that depend on the headline metric (:func:`metric_gates`)."""
+"""Every absolute gate but the two bounds on the headline metric (``gates.min``, ``gates.min_ood``)."""
 
 METRIC_ADVICE = (
     "to fix: search hyperparameters (search:), train longer (train.max_epochs), check the data report "
@@ -156,34 +156,28 @@ OOD_ADVICE = (
 )
 
 
-def metric_gates(
-    gates: GatesConfig, value: float, run_metrics: dict[str, float], lower_better: bool
-) -> list[Gate]:
-    """``gates.min`` on the headline test metric and ``gates.min_ood`` on each out-of-domain set: minima for
-    scores, maxima where lower is better (perplexity)."""
-    metric, (op, kind) = gates.metric, (("<=", "max") if lower_better else (">=", "min"))
-
-    def gate(title: str, v: float | None, bound: float, missing: str, advice: str) -> Gate:
-        passed = v is not None and (v <= bound if lower_better else v >= bound)
-        detail = missing if v is None else ("" if passed else advice)
-        return Gate(title, v, f"{op} {bound}", passed, detail)
-
-    out = []
-    if gates.min is not None:
-        out.append(gate(f"{kind} test {metric}", value, gates.min, "", METRIC_ADVICE))
-    for name, bound in gates.min_ood.items():
-        key = f"{names.ood(name)}{metric}"
-        missing = f"no {key} metric: is {name} in data.extra_eval?"
-        out.append(
-            gate(f"{kind} out-of-domain {name} {metric}", run_metrics.get(key), bound, missing, OOD_ADVICE)
-        )
-    return out
+def _bounded(
+    title: str, value: float | None, bound: float, lower_better: bool, missing: str, advice: str
+) -> Gate:
+    """A bound on a headline metric: a minimum for scores, a maximum where lower is better (perplexity)."""
+    passed = value is not None and (value <= bound if lower_better else value >= bound)
+    detail = missing if value is None else ("" if passed else advice)
+    return Gate(title, value, f"{'<=' if lower_better else '>='} {bound}", passed, detail)
 
 
 def absolute_gates(
     gates: GatesConfig, value: float, run_metrics: dict[str, float], lower_better: bool = False
 ) -> list[Gate]:
-    """Every gate that needs no champion, in the order of the report."""
-    out = metric_gates(gates, value, run_metrics, lower_better)
-    head, rest = out[:1] if gates.min is not None else [], out[1:] if gates.min is not None else out
-    return head + [g for b in GATES for g in b.check(gates, run_metrics)] + rest
+    """Every gate that needs no champion, in the order of the report: ``gates.min`` on the headline test
+    metric, the registered gates, then ``gates.min_ood`` on each out-of-domain set."""
+    metric, kind = gates.metric, "max" if lower_better else "min"
+    out = []
+    if gates.min is not None:
+        out.append(_bounded(f"{kind} test {metric}", value, gates.min, lower_better, "", METRIC_ADVICE))
+    out += [g for b in GATES for g in b.check(gates, run_metrics)]
+    for name, bound in gates.min_ood.items():
+        key = f"{names.ood(name)}{metric}"
+        missing = f"no {key} metric: is {name} in data.extra_eval?"
+        title = f"{kind} out-of-domain {name} {metric}"
+        out.append(_bounded(title, run_metrics.get(key), bound, lower_better, missing, OOD_ADVICE))
+    return out
