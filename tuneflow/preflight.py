@@ -15,7 +15,14 @@ import tempfile
 from pathlib import Path
 
 from tuneflow.backbone.pretrained import model_positions
-from tuneflow.config import DEFAULT_MODEL, SMOLLM2_MODEL, PipelineConfig, redact_secrets, resolve_tracking_uri
+from tuneflow.config import (
+    DEFAULT_MODEL,
+    SMOLLM2_MODEL,
+    PipelineConfig,
+    redact_secrets,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 from tuneflow.data.validation import ValidationReport, validate_dataset
 from tuneflow.tasktypes import task_type
 
@@ -183,8 +190,8 @@ def check_store(setting: str, uri: str) -> str | None:
     of "retried in 0.1 ... 51.1 s" per call). Other schemes (a Databricks workspace, a file store) pass."""
     scheme = uri.split(":", 1)[0].lower()
     shown = redact_secrets(uri)
-    if uri.startswith("sqlite:///"):
-        return _check_sqlite(setting, shown, Path(uri.removeprefix("sqlite:///")))
+    if (db := sqlite_path(uri)) is not None:
+        return _check_sqlite(setting, shown, db)
     if scheme in ("http", "https"):
         return _check_server(setting, uri, shown)
     if scheme.split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql"):

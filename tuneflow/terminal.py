@@ -167,14 +167,14 @@ def check_registry(
     tracking_uri: str | None, model: str, version: str | None = None, alias: str | None = None
 ):  # noqa: ANN202
     """Store, model, version and alias checked before Prefect starts (exit 7 / 2)."""
-    from tuneflow.config import resolve_tracking_uri
+    from tuneflow.config import resolve_tracking_uri, sqlite_path
 
     if version is not None and not version.isdigit():
         # Checked here, before the store: no store is needed to say so.
         fail(f"--version {version}: a version is a number (e.g. --version 3)", 2)
     probe_store(tracking_uri)
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if (db := sqlite_path(uri)) is not None and not db.exists():
         # Creating an empty store (MLflow's migrations, seconds) only to find nothing in it: say so now.
         fail(f"no registered model '{model}' (no MLflow store at {uri} yet)", 2)
     from tuneflow.store import registered, tracking

@@ -21,6 +21,7 @@ from tuneflow.config.base import (  # noqa: F401
     redact_secrets,
     redact_tree,
     resolve_tracking_uri,
+    sqlite_path,
 )
 from tuneflow.config.data import (  # noqa: F401
     FEATURE_SCOPE_METHODS,

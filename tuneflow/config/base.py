@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -15,6 +16,11 @@ SMOLLM2_MODEL = "smollm2-135m-instruct"
 
 
 DEFAULT_STORE = "mlruns"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL (MLflow store, Optuna storage, lease store), or None."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tuneflow.config import sqlite_path
+
 TABLE = "tuneflow_locks"
 _metadata = sa.MetaData()
 _locks = sa.Table(
@@ -70,8 +72,8 @@ def default_lock_url(tracking_uri: str) -> str:
 def _engine(url: str) -> sa.Engine:
     if url not in _engines:
         kwargs: dict = {}
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if (db := sqlite_path(url)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
             kwargs = {"connect_args": {"timeout": 30}}
         engine = sa.create_engine(url, **kwargs)
         _metadata.create_all(engine, checkfirst=True)

@@ -21,7 +21,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from tuneflow.config import SMOLLM2_MODEL, resolve_tracking_uri  # noqa: F401 (re-exported)
+from tuneflow.config import SMOLLM2_MODEL, resolve_tracking_uri, sqlite_path  # noqa: F401 (re-exported)
 from tuneflow.store.gc import RunFacts
 
 TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
@@ -50,8 +50,8 @@ def configure(configured: str | None = None) -> str:
     uri = resolve_tracking_uri(configured)
     for name, value in HTTP_RETRY_BUDGET.items():
         os.environ.setdefault(name, value)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if (db := sqlite_path(uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -63,9 +63,8 @@ def client() -> MlflowClient:
 
 def _artifact_root(uri: str) -> str | None:
     # For a local SQLite store keep artifacts beside the database (mlruns/artifacts), not in ./mlartifacts.
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    return None
+    db = sqlite_path(uri)
+    return (db.parent / "artifacts").resolve().as_uri() if db is not None else None
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

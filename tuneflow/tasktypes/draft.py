@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneflow.config import DEFAULT_MODEL, ConfigError, PipelineConfig, resolve_tracking_uri
+from tuneflow.config import DEFAULT_MODEL, ConfigError, PipelineConfig, resolve_tracking_uri, sqlite_path
 from tuneflow.data.readers import TEXT
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
 from tuneflow.tasktypes.resolve import config_from_dict
@@ -149,8 +149,8 @@ def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType,
 
 def store_folder() -> Path:
     """The folder of the MLflow store (its SQLite file's), where drafted configs and the study go."""
-    uri = resolve_tracking_uri()
-    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path("mlruns")
+    db = sqlite_path(resolve_tracking_uri())
+    return db.parent if db is not None else Path("mlruns")
 
 
 def safe_name(text: str) -> str:
