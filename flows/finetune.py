@@ -26,6 +26,7 @@ from tasks.validate import validate_data
 from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.faults import crash_point
 from tuneflow.fitting.crossval import CVResult
+from tuneflow.fitting.reuse import plan_final
 from tuneflow.fitting.runs import OpenedRun, record_config, recorded_config
 from tuneflow.fitting.search import StudySummary, best_config
 from tuneflow.fitting.training import FitResult
@@ -127,14 +128,15 @@ def _stages(cfg: PipelineConfig, opened: OpenedRun, workers: int) -> _Done:
         remove_checkpoints(final, run_id)  # killed before it could delete them
         return _Done(final, model, metrics)
     data = validate_data(cfg, run_id)
-    final, searched, cv = cfg, None, None
+    final, searched, cv, start = cfg, None, None, None
     if cfg.searching:
         searched = search(cfg, run_id, workers, final_params=True)
         final = best_config(cfg, searched.best_params)
         record_config(final, run_id)
+        start = plan_final(cfg, final, searched)
     if final.train.cv_folds:
         cv = cross_validate(final, run_id)
-    trained = train(final, run_id, opened.resume_from)
+    trained = train(final, run_id, None if start and start.mode == "reuse" else opened.resume_from, start)
     metrics = evaluate(final, run_id, trained.export_dir).metrics
     model = None
     if final.tracking.register_after_eval:

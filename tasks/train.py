@@ -9,24 +9,34 @@ from tasks.common import stage
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting.distributed import launch, under_launcher
 from tuneflow.fitting.runs import run_dir
-from tuneflow.fitting.training import FitResult, Trained, train_and_export
+from tuneflow.fitting.training import FinalStart, FitResult, Trained, train_and_export
 from tuneflow.store import tracking
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a failed fit is a bug or bad settings, not a transient fault
-def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> Trained:
-    """Fine-tune and export the best checkpoint (see :func:`tuneflow.fitting.training.train_and_export`).
+def train(
+    cfg: PipelineConfig, run_id: str, resume_from: str | None = None, start: FinalStart | None = None
+) -> Trained:
+    """Fine-tune and export the best checkpoint (see :func:`tuneflow.fitting.training.train_and_export`);
+    after a search, ``start`` may reuse or continue from the best trial (:mod:`tuneflow.fitting.reuse`).
 
     ``train.strategy: ddp`` runs the stage under torchrun (:mod:`tuneflow.fitting.distributed`): this
     machine is node 0 and owns the run; with ``train.num_nodes > 1`` the other machines join at
     ``train.rdzv_endpoint``.
     """
     t = cfg.train
-    print(f"… train      {cfg.model.name}, up to {t.max_epochs} epochs, early stop on {t.monitor}")
+    mode = start.mode if start else "retrain"
+    if mode == "reuse":
+        print(f"… train      reusing the best trial's checkpoint: {start.reason}")
+    else:
+        what = f"{start.added_epochs} more epoch(s)" if mode == "continue" else f"up to {t.max_epochs} epochs"
+        print(f"… train      {cfg.model.name}, {what}, early stop on {t.monitor}")
+        if start is not None:
+            print(f"  {mode}: {start.reason}")
     # MLflow's own CPU / memory / disk sampling while the model trains (the run page's System metrics).
     tracking.configure(cfg.tracking.tracking_uri)
     with stage("train") as note, tracking.system_metrics(run_id):
-        if t.strategy == "ddp" and not under_launcher():
+        if t.strategy == "ddp" and not under_launcher() and mode != "reuse":
             if t.num_nodes > 1:
                 print(
                     f"  waiting for {t.num_nodes - 1} more node(s) at {t.rdzv_endpoint}: on each, run "
@@ -38,7 +48,7 @@ def train(cfg: PipelineConfig, run_id: str, resume_from: str | None = None) -> T
             out = launch(cfg, run_id, run_dir(cfg, run_id), resume_from)
             trained = Trained(FitResult(**out["fit"]), out["export_dir"])
         else:
-            done = train_and_export(cfg, run_id, run_dir(cfg, run_id), resume_from)
+            done = train_and_export(cfg, run_id, run_dir(cfg, run_id), resume_from, start)
             assert done is not None, "the flow's own process is global rank 0"
             trained = done
         fit = trained.fit

@@ -295,7 +295,7 @@ def test_several_validations_per_epoch_let_the_pruner_stop_a_trial_within_its_fi
 
 def test_the_progress_line_counts_the_trial_that_just_completed() -> None:
     """A trial's "complete" line runs before Optuna records it: a new best must still read as the best."""
-    from tuneflow.fitting.search import _best
+    from tuneflow.fitting.search_report import describe_best as _best
 
     for direction, worse, better in (("maximize", 0.5, 0.8733), ("minimize", 0.9, 0.1)):
         study = optuna.create_study(direction=direction)

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tests.test_search import search_config
+from tuneflow import names
 from tuneflow.cli import app
 from tuneflow.fitting.search import open_study
 from tuneflow.store import tracking
@@ -92,3 +93,92 @@ def test_tune_logs_study_summary_and_cli_rerun_resumes(
     out = " ".join(again.output.split())
     assert "best val/f1_macro" in out and "tuneflow run" in out
     assert len(open_study(cfg).trials) == 3
+
+
+def test_run_reuses_the_best_trial_instead_of_training_again(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    """search.final: reuse_best (the default) with trials that train the final config: no second training;
+    the registered model is the best trial's, and scores what that trial scored."""
+    from flows.finetune import finetune
+
+    cfg_path = search_config(tmp_path, tiny_model, n_trials=2, pruner="none")
+    result = finetune(str(cfg_path), ["train.precision=32-true"])
+    cfg = load_config(cfg_path)
+    client = MlflowClient(tracking_uri=tracking.configure(cfg.tracking.tracking_uri))
+    parent = client.get_run(result.run_id)
+    best = result.search.best_trial
+    assert parent.data.tags["tuneflow.final"] == f"reuse: trial {best} trained this exact config"
+    trial = client.get_run(result.search.best_run_id)
+    metric = cfg.search_metric
+    best_key = names.best(metric)
+    assert parent.data.metrics[best_key] == trial.data.metrics[best_key]
+    assert parent.data.metrics[best_key] == pytest.approx(result.search.best_value, rel=1e-6)
+    assert result.fit.epochs == trial.data.metrics["fit/epochs_trained"]
+    # The registered model, scored again by the evaluation, gets the validation accuracy the trial had at
+    # its best (checkpointed) validation.
+    curve = client.get_metric_history(trial.info.run_id, metric)
+    at = max(curve, key=lambda m: (m.value, -m.step)).step  # the first best: the one checkpointed
+    accuracy = {m.step: m.value for m in client.get_metric_history(trial.info.run_id, "val/accuracy")}
+    assert parent.data.metrics["fit/gap_val_accuracy"] == pytest.approx(accuracy[at], abs=1e-6)
+    assert "timing/train_tokens_per_s" not in parent.data.metrics  # nothing was trained
+    # The run shows the trial's curves (the final training's, since they are the same training).
+    assert [m.value for m in client.get_metric_history(result.run_id, metric)] == [
+        m.value for m in client.get_metric_history(trial.info.run_id, metric)
+    ]
+    assert result.model.version == "1"
+
+
+def test_run_continues_from_the_best_trial_when_asked(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    """search.final: continue with a final budget larger than the trials': the added epochs only, from the
+    best trial's weights."""
+    from flows.finetune import finetune
+
+    cfg_path = search_config(tmp_path, tiny_model, n_trials=1, pruner="none", max_epochs=1, final="continue")
+    result = finetune(str(cfg_path), ["train.max_epochs=3"])
+    client = MlflowClient(tracking_uri=tracking.configure(load_config(cfg_path).tracking.tracking_uri))
+    parent = client.get_run(result.run_id)
+    assert parent.data.tags["tuneflow.final"].startswith("continue: trial 0's weights + 2 epoch(s)")
+    assert result.fit.epochs == 2 and parent.data.params["train.max_epochs"] == "3"
+    assert result.model.version == "1"
+
+
+def test_final_start_says_why_it_retrains(tmp_path: Path, tiny_model: str) -> None:
+    from tuneflow.fitting.reuse import plan_final
+    from tuneflow.fitting.search import StudySummary, best_config, kept_checkpoint
+
+    def plan(kept: bool = True, **search: object):
+        cfg = load_config(search_config(tmp_path, tiny_model, n_trials=1, **search))
+        summary = StudySummary(
+            "s",
+            "",
+            cfg.search_metric,
+            "maximize",
+            0.5,
+            {"train.lr": 3e-3},
+            0,
+            "run",
+            1,
+            0,
+            0,
+            1,
+            3.0,
+            summary_dir=str(tmp_path / "work" / "summary"),
+        )
+        ckpt = kept_checkpoint(tmp_path / "work", 0)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        for path in (ckpt, ckpt.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+            if kept:
+                path.write_text("{}")
+        return plan_final(cfg, best_config(cfg, summary.best_params), summary)
+
+    assert plan().mode == "reuse" and plan(max_epochs=3).mode == "reuse"  # 3 = train.max_epochs
+    assert plan(evals_per_epoch=4).mode == "reuse"  # finer validation, same training
+    assert plan(final="retrain").reason == "search.final: retrain"
+    assert "was not kept" in plan(kept=False).reason
+    assert "continue would start from the best trial's weights" in plan(max_epochs=2).reason
+    longer = plan(max_epochs=2, final="continue")
+    assert (longer.mode, longer.added_epochs, longer.trial) == ("continue", 1, 0)

@@ -176,6 +176,23 @@ class TrainConfig(_Section):
             "bench/step.py and bench/gpu.py: no faster on CPUs, see the README for GPUs)."
         ),
     )
+    bf16_weights: bool = Field(
+        True,
+        description=(
+            "Under bf16-mixed on one device without gradient accumulation: keep the Linear weights in bf16 "
+            "(the copies autocast would make at every step) and their fp32 master copy in the optimizer. The "
+            "same arithmetic as plain bf16-mixed, less casting; checkpoints and exports hold the fp32 "
+            "masters. false: fp32 weights, cast at every step."
+        ),
+    )
+    cls_only_last_layer: bool = Field(
+        True,
+        description=(
+            "Sequence classifiers whose head reads [CLS] only (BERT, RoBERTa, ELECTRA; pooling: cls): "
+            "compute the last encoder layer for that position alone in training and validation. Logits "
+            "equal the full computation; the export is unchanged. false: compute every position."
+        ),
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, faster steps)."

@@ -128,6 +128,17 @@ class SearchConfig(_Section):
             "quarter epoch. Pruner resources (warmup_epochs, max_epochs) stay in epochs."
         ),
     )
+    final: Literal["reuse_best", "continue", "retrain"] = Field(
+        "reuse_best",
+        description=(
+            "The final training after the search. reuse_best: when the best trial trained exactly the final "
+            "config (same parameters, epoch budget and data; search.max_epochs null or equal to "
+            "train.max_epochs), its kept checkpoint is the model: no second training. continue: as "
+            "reuse_best, and when train.max_epochs is larger, start from the best trial's weights and train "
+            "the added epochs (fresh warmup and decay). retrain: always train the best parameters from the "
+            "pre-trained weights. Cross-validated trials have no single checkpoint: they always retrain."
+        ),
+    )
     space: dict[str, ParamSpec] = Field(
         default_factory=dict,
         description="Dotted config key -> distribution, e.g. train.lr: {type: float, ...}.",

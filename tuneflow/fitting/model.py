@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from tuneflow.backbone import clsonly
 from tuneflow.backbone.lora import apply_lora, weights_hash
 from tuneflow.backbone.pretrained import (  # noqa: F401 (re-exported: callers load models through this module)
     ModelLoadError,
@@ -23,6 +24,7 @@ from tuneflow.backbone.pretrained import (  # noqa: F401 (re-exported: callers l
     smollm2_gguf,
 )
 from tuneflow.config import LoraConfig
+from tuneflow.fitting.master import MasterWeights
 from tuneflow.tasktypes import task_type
 
 DROPOUT_ATTRS = (
@@ -126,12 +128,25 @@ class FineTuner(pl.LightningModule):
         # so without this dropout would silently stay off during training.
         self.model = model.train()
         self.task_type.build_metrics(self)
+        # Training-time switches (train.cls_only_last_layer, train.bf16_weights), set by whoever fits; not
+        # hyperparameters: they change how a step is computed, not what is learned.
+        clsonly.enable(self.model)
+        self.cls_only = False
+        self.bf16_weights = False
+        self._masters: MasterWeights | None = None
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
+    def _step_forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The model on a batch; its last layer on [CLS] only when that is on (the loss reads no other)."""
+        if not self.cls_only:
+            return self.model(**batch)
+        with clsonly.cls_only(self.model):
+            return self.model(**batch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(**batch)
+        out = self._step_forward(batch)
         # sync_dist: under DDP the curve is the mean over all ranks' batches (one global batch), not rank 0's.
         self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         # A CPU tensor: Lightning would turn a float into a tensor on the GPU, a host-to-device copy that
@@ -145,7 +160,7 @@ class FineTuner(pl.LightningModule):
         self.task_type.on_validation_epoch_start(self)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.model(**batch)
+        out = self._step_forward(batch)
         size = batch["labels"].shape[0]
         self.log("val/loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
         self.task_type.on_validation_batch(self, batch, out)
@@ -154,9 +169,40 @@ class FineTuner(pl.LightningModule):
         self.task_type.on_validation_epoch_end(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._masters:
+            # The fp32 masters are the weights; the bf16 copies are only what the next forward reads.
+            for name, p in self.named_parameters():
+                if name in checkpoint["state_dict"]:
+                    checkpoint["state_dict"][name] = self._masters.master(p).detach().clone()
         if self.hparams.get("lora"):
             keep = {name for name, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._masters:
+            self._masters.grads_to_masters()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._masters:
+            self._masters.masters_to_weights()
+
+    def on_fit_end(self) -> None:
+        if self._masters:
+            self._masters.restore_fp32()
+            self._masters = None
+
+    def _master_weights_fit(self) -> bool:
+        """bf16 weights with fp32 masters (:mod:`tuneflow.fitting.master`) when asked for and the same
+        arithmetic as plain bf16-mixed: bf16-mixed, one device, no gradient accumulation."""
+        trainer = self._trainer
+        return bool(
+            self.bf16_weights
+            and trainer is not None
+            and str(trainer.precision) == "bf16-mixed"
+            and type(trainer.strategy).__name__ == "SingleDeviceStrategy"
+            and trainer.accumulate_grad_batches == 1
+        )
 
     def _fused_optimizer_fits(self) -> bool:
         """Fused AdamW where the gradients it receives are true values and plain tensors: fp32 or bf16 (no
@@ -180,7 +226,8 @@ class FineTuner(pl.LightningModule):
         if gradient_clip_val and optimizer.defaults.get("fused"):
             # Lightning's mixed-precision plugin refuses to clip for any fused optimizer because of fp16's
             # GradScaler; under bf16 or fp32 there is no scaler and the gradients are final: clip them here.
-            params = [p for p in self.parameters() if p.grad is not None]
+            # The optimizer's parameters: the fp32 masters where the weights are bf16 copies.
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             if gradient_clip_algorithm == "value":
                 torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
             else:
@@ -192,11 +239,14 @@ class FineTuner(pl.LightningModule):
         from transformers import get_linear_schedule_with_warmup
 
         hp = self.hparams
+        if self._master_weights_fit() and self._masters is None:
+            self._masters = MasterWeights(self.model)
+        master = self._masters.master if self._masters else (lambda p: p)
         # Decoupled weight decay regularizes weights, not biases or LayerNorm gains.
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
+                (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(master(p))
         groups = [
             {"params": decay, "weight_decay": hp.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

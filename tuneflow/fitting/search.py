@@ -31,8 +31,18 @@ from tuneflow.data.encoding import EncodedData
 from tuneflow.data.splits import Splits
 from tuneflow.fitting.crossval import cross_validate
 from tuneflow.fitting.model import load_pretrained, load_tokenizer
-from tuneflow.fitting.search_report import EPOCHS_ATTR, LATENCY_ATTR, RUN_ATTR, trials_table, write_plots
-from tuneflow.fitting.training import CrashPoint, EpochCounter, MLflowMetricsLogger, fit
+from tuneflow.fitting.search_report import (
+    EPOCHS_ATTR,
+    LATENCY_ATTR,
+    RUN_ATTR,
+    TrialProgress,
+    best_so_far,
+    describe_best,
+    short_params,
+    trials_table,
+    write_plots,
+)
+from tuneflow.fitting.training import CrashPoint, EpochCounter, MLflowMetricsLogger, fit, keep_best
 from tuneflow.judging.evaluation import LEARNING_CURVES, plot_learning_curves, save_table
 from tuneflow.judging.metrics import time_single
 from tuneflow.store.params import run_params
@@ -43,6 +53,7 @@ from tuneflow.tasktypes import task_type
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 TAG_TRIAL, TAG_STATE, TAG_STUDY = "optuna.trial_number", "optuna.state", "optuna.study_name"
 LATENCY_EXAMPLES = 30
+KEPT = "kept"  # under the search's work folder: the best trials' checkpoints, until the flow decides
 
 
 class SearchError(RuntimeError):
@@ -235,6 +246,16 @@ def trial_overrides(cfg: PipelineConfig) -> dict[str, Any]:
     return out
 
 
+def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
+    """The config a trial with ``params`` trains."""
+    return apply_params(cfg, {**params, **trial_overrides(cfg)})
+
+
+def kept_checkpoint(work_dir: str | Path, number: int) -> Path:
+    """Where trial ``number``'s best checkpoint is kept when it was the study's best when it finished."""
+    return Path(work_dir) / KEPT / f"trial-{number}.ckpt"
+
+
 class EncodingCache:
     """Tokenized splits per (model, max_length): tokenization runs once per study, not once per trial."""
 
@@ -264,55 +285,6 @@ def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, inputs: list[Any]
     ]
 
 
-def _short(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-        for k, v in params.items()
-    )
-
-
-def _best(trial: optuna.Trial, value: float | None = None) -> str:
-    """The study's best so far, for the progress lines (single-objective studies), counting ``value``: the
-    running trial's result, which the study records only once the objective has returned."""
-    study = trial.study
-    if len(study.directions) > 1:
-        return f"{len(study.best_trials)} Pareto-optimal trial(s) so far"
-    best_value: float | None = None
-    best_number: int | None = None
-    try:
-        best = study.best_trial  # one storage read (a shared RDB study)
-        best_value, best_number = best.value, best.number
-    except ValueError:  # no complete trial yet
-        pass
-    if value is not None and (
-        best_value is None
-        or (
-            value > best_value
-            if study.direction == optuna.study.StudyDirection.MAXIMIZE
-            else value < best_value
-        )
-    ):
-        best_value, best_number = value, trial.number
-    if best_value is None or best_number is None:
-        return "no complete trial yet"
-    return f"best {best_value:.4f} (trial {best_number})"
-
-
-class TrialProgress(pl.Callback):
-    """A line per validated epoch of a search trial: the console shows the running trial is alive."""
-
-    def __init__(self, number: int, metric: str):
-        self.number, self.metric = number, metric
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.metric)
-        if not trainer.sanity_checking and value is not None:
-            print(
-                f"  trial {self.number} epoch {trainer.current_epoch + 1} step {trainer.global_step}: "
-                f"{self.metric} {float(value):.4f}"
-            )
-
-
 class Objective:
     """Trains one configuration per trial under a nested MLflow run; returns the best validation score."""
 
@@ -322,6 +294,8 @@ class Objective:
         self.work_dir, self.cache = work_dir, EncodingCache(splits)
         self.metric = cfg.search_metric
         self.pruning = cfg.search.pruner != "none"
+        # search.final may adopt the best trial's weights: keep them (cross-validated trials have none).
+        self.keep = cfg.search.final != "retrain" and not cfg.train.cv_folds
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         params = suggest(trial, self.cfg.search.space)
@@ -333,13 +307,13 @@ class Objective:
         }
         counter = EpochCounter(trial_evals_per_epoch(self.cfg))
         label = f"trial {trial.number}"  # Optuna's number: the same in run names, tags, trials.csv and plots
-        print(f"{label} started: {_short(params)}")
+        print(f"{label} started: {short_params(params)}")
         name = trial_run_name(trial.number, params)
         with self.recorder.child(name, tags, finished_on=(optuna.TrialPruned,)) as run:
             trial.set_user_attr(RUN_ATTR, run.run_id)  # a retried trial inherits the old id: overwrite it
             state, error = "COMPLETE", None
             try:
-                cfg = apply_params(self.cfg, {**params, **trial_overrides(self.cfg)})
+                cfg = trial_config(self.cfg, params)
                 run.log_params({k: v for k, v in run_params(cfg).items() if not k.startswith("search.")})
                 value = self._score(trial, cfg, run, counter)
                 metrics = {names.best(self.metric): value, f"{names.SEARCH}objective": value}
@@ -349,12 +323,12 @@ class Objective:
                     trial.set_user_attr(LATENCY_ATTR, latency)
                     metrics[names.LATENCY_P50] = latency
                 run.log_metrics(metrics)
-                best = _best(trial, value)
+                best = describe_best(trial, value)
                 print(f"{label} complete: {self.metric} {value:.4f} after {counter.epochs} epoch(s); {best}")
                 return (value, metrics[names.LATENCY_P50]) if self.cfg.search.latency_objective else value
             except optuna.TrialPruned:
                 state = "PRUNED"
-                print(f"{label} pruned after {counter.epochs} epoch(s); {_best(trial)}")
+                print(f"{label} pruned after {counter.epochs} epoch(s); {describe_best(trial)}")
                 raise
             except BaseException as exc:
                 state, error = "FAIL", exc
@@ -422,6 +396,11 @@ class Objective:
         )
         if result.best_score is None or math.isnan(result.best_score):
             raise SearchError(f"trial {trial.number} produced no {self.metric} value")
+        multi = len(trial.study.directions) > 1  # any Pareto-optimal trial may be picked: keep each
+        if self.keep and (
+            multi or best_so_far(trial, result.best_score) == (result.best_score, trial.number)
+        ):
+            keep_best(result, kept_checkpoint(self.work_dir, trial.number))
         return result.best_score
 
 

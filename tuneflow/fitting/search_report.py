@@ -1,10 +1,12 @@
-"""The study's report: trials.csv and the Optuna plots written beside it (logged on the search run)."""
+"""The study's report: trials.csv and the Optuna plots written beside it (logged on the search run), and
+the console lines a running study prints."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
@@ -79,3 +81,50 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row["retry_of"] = t.system_attrs.get("failed_trial")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def short_params(params: dict[str, Any]) -> str:
+    """``lr=3e-05, dropout=0.1``: a trial's parameters on one console line."""
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+        for k, v in params.items()
+    )
+
+
+def best_so_far(trial: optuna.Trial, value: float | None = None) -> tuple[float, int] | None:
+    """The study's best (value, trial number) so far in a single-objective study, counting ``value``: the
+    running trial's result, which the study records only once the objective has returned."""
+    study = trial.study
+    best: tuple[float, int] | None = None
+    try:
+        done = study.best_trial  # one storage read (a shared RDB study)
+        best = (done.value, done.number)
+    except ValueError:  # no complete trial yet
+        pass
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if value is not None and (best is None or (value > best[0] if maximize else value < best[0])):
+        best = (value, trial.number)
+    return best
+
+
+def describe_best(trial: optuna.Trial, value: float | None = None) -> str:
+    """The study's best so far, for the progress lines."""
+    if len(trial.study.directions) > 1:
+        return f"{len(trial.study.best_trials)} Pareto-optimal trial(s) so far"
+    best = best_so_far(trial, value)
+    return "no complete trial yet" if best is None else f"best {best[0]:.4f} (trial {best[1]})"
+
+
+class TrialProgress(pl.Callback):
+    """A line per validated epoch of a search trial: the console shows the running trial is alive."""
+
+    def __init__(self, number: int, metric: str):
+        self.number, self.metric = number, metric
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.metric)
+        if not trainer.sanity_checking and value is not None:
+            print(
+                f"  trial {self.number} epoch {trainer.current_epoch + 1} step {trainer.global_step}: "
+                f"{self.metric} {float(value):.4f}"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tuneflow import names
-from tuneflow.config import PipelineConfig, TrainConfig
+from tuneflow.config import PipelineConfig, TrainConfig, apply_params
 from tuneflow.data.datamodule import TextDataModule
 from tuneflow.data.encoding import Encoded, EncodedData
 from tuneflow.faults import crash_point
@@ -307,6 +308,8 @@ def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[Fin
         task=cfg.task,
         pooling=cfg.model.pooling,
     )
+    module.cls_only = tcfg.cls_only_last_layer
+    module.bf16_weights = tcfg.bf16_weights
     if tcfg.compile:
         # In place (nn.Module.compile): parameter names, hence checkpoints and the export, stay the eager
         # model's; variable batch shapes make dynamo mark the dimensions dynamic after the first recompile.
@@ -344,6 +347,7 @@ def fit(
     callbacks: list[pl.Callback] | None = None,
     progress_bar: bool = True,
     resumable: bool = True,
+    init_from: str | None = None,
 ) -> FitResult:
     """Fine-tune ``cfg.model.name`` on ``splits``.
 
@@ -357,6 +361,8 @@ def fit(
         progress_bar: show Lightning's rich progress bar.
         resumable: keep ``last.ckpt`` current every epoch (``--resume``); search trials and CV folds never
             resume, so they skip it.
+        init_from: a checkpoint of this config's model whose weights training starts from (``search.final:
+            continue``), with a fresh optimizer and schedule.
     """
     tcfg = cfg.train
     _seed_torch(tcfg)
@@ -364,6 +370,9 @@ def fit(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     kind = task_type(cfg.task)
     module, dm = build_module(cfg, data, kind)
+    if init_from and not resume_from:
+        state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=not cfg.model.lora)
     n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in module.parameters())
     mode = kind.metrics.mode(tcfg.monitor)
@@ -385,6 +394,45 @@ def fit(
     )
     (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def keep_best(result: FitResult, dest: Path) -> None:
+    """Move a fit's best checkpoint to ``dest`` and write its facts beside it (``dest`` with ``.json``)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(result.best_checkpoint, dest)
+    kept = {**result.to_dict(), "best_checkpoint": str(dest), "last_checkpoint": ""}
+    dest.with_suffix(".json").write_text(json.dumps(kept, indent=2))
+
+
+@dataclass(frozen=True)
+class FinalStart:
+    """How the final training after a search starts (:func:`tuneflow.fitting.reuse.plan_final`).
+
+    ``mode``: ``retrain`` (from the pre-trained weights), ``reuse`` (the best trial's checkpoint is the model:
+    no training) or ``continue`` (``added_epochs`` more from the best trial's weights). ``reason`` says why,
+    for the console and the run's tags.
+    """
+
+    mode: str
+    reason: str
+    trial: int | None = None
+    trial_run_id: str | None = None
+    checkpoint: str | None = None
+    added_epochs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _reused_fit(start: FinalStart, cfg: PipelineConfig, run_id: str, uri: str) -> FitResult:
+    """The best trial's fit as this run's: its facts, and its curves copied into the run for the UI."""
+    assert start.checkpoint is not None
+    facts = json.loads(Path(start.checkpoint).with_suffix(".json").read_text())
+    if start.trial_run_id:
+        history = tracking.metric_history(start.trial_run_id, task_type(cfg.task).metrics.history)
+        batch = [(key, value, step) for key, points in history.items() for step, value in points]
+        tracking.log_metric_batch(uri, run_id, batch)
+    return FitResult(**facts)
 
 
 def predict_logits(
@@ -417,7 +465,11 @@ def global_rank() -> int:
 
 
 def train_and_export(
-    cfg: PipelineConfig, run_id: str, out_dir: Path, resume_from: str | None = None
+    cfg: PipelineConfig,
+    run_id: str,
+    out_dir: Path,
+    resume_from: str | None = None,
+    start: FinalStart | None = None,
 ) -> Trained | None:
     """The training stage: encode, fit (curves into ``run_id``), export the best checkpoint, log the facts.
 
@@ -428,20 +480,38 @@ def train_and_export(
         run_id: the parent MLflow run.
         out_dir: the run's checkpoint folder (``export/`` is written inside).
         resume_from: a ``last.ckpt`` of this run to continue from.
+        start: after a search, whether to reuse or continue from the best trial (None: train from the
+            pre-trained weights).
     """
     uri = tracking.configure(cfg.tracking.tracking_uri)
     kind = task_type(cfg.task)
     tokenizer = load_tokenizer(cfg.model.name)
     splits = kind.load_splits(cfg.data, cfg.train.seed)  # validated before
     data = kind.encode(splits, tokenizer, cfg)
-    start = time.perf_counter()
-    logger = MLflowMetricsLogger(run_id, uri)
-    result = fit(cfg, data, out_dir, logger=logger, resume_from=resume_from, callbacks=[CrashPoint("train")])
-    fit_s = time.perf_counter() - start
+    began = time.perf_counter()
+    mode = start.mode if start else "retrain"
+    if mode == "reuse":
+        result = _reused_fit(start, cfg, run_id, uri)
+    else:
+        fit_cfg, init_from = cfg, None
+        if mode == "continue":
+            assert start is not None
+            added = {"train.max_epochs": start.added_epochs, "train.min_epochs": 1}
+            fit_cfg, init_from = apply_params(cfg, added), start.checkpoint
+        result = fit(
+            fit_cfg,
+            data,
+            out_dir,
+            logger=MLflowMetricsLogger(run_id, uri),
+            resume_from=resume_from,
+            callbacks=[CrashPoint("train")],
+            init_from=init_from,
+        )
+    fit_s = time.perf_counter() - began
     if global_rank() != 0:
         return None
     export_dir = export_model(result.best_checkpoint, out_dir / "export", data.tokenizer, cfg)
-    export_s = time.perf_counter() - start - fit_s
+    export_s = time.perf_counter() - began - fit_s
     # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
     # out-of-scope threshold): part of the model that gets registered.
     fitted = kind.after_export(load_predictor(export_dir), export_dir, splits, cfg)
@@ -449,7 +519,7 @@ def train_and_export(
         run_id,
         {
             **fitted,
-            f"{names.TIMING}after_export_s": time.perf_counter() - start - fit_s - export_s,
+            f"{names.TIMING}after_export_s": time.perf_counter() - began - fit_s - export_s,
             f"{names.FIT}epochs_trained": result.epochs,
             names.best(result.monitor): result.best_score or 0.0,
             # Stage timings (seconds): the benchmark's orchestration-overhead breakdown reads them.
@@ -462,7 +532,9 @@ def train_and_export(
             f"{names.MODEL}weights_bytes": weights_bytes(export_dir),
         },
     )
-    if resume_from is None:  # a resumed fit's time covers only the epochs after the restart
+    if (
+        resume_from is None and mode != "reuse"
+    ):  # a resumed fit's time covers only the epochs after the restart
         # Training throughput (validation passes included in the time): the unit a CPU budget is set in.
         tokens = sum(map(len, data.train.ids)) * result.epochs
         tracking.log_metrics(run_id, {f"{names.TIMING}train_tokens_per_s": tokens / fit_s})
@@ -472,6 +544,7 @@ def train_and_export(
             "tuneflow.stopped_early": result.stopped_early,
             "tuneflow.best_checkpoint": result.best_checkpoint,
             "tuneflow.lora": bool(cfg.model.lora),
+            **({"tuneflow.final": f"{mode}: {start.reason}"} if start else {}),
         },
     )
     return Trained(result, str(export_dir))
