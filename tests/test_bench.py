@@ -96,3 +96,22 @@ def test_overhead_rows_take_each_quality_run_from_its_latest_measurement(tmp_pat
         "2026-11-30"
     )
     assert latest["sst2"][0]["wall"]["flow_s"] == 333.0
+
+
+@pytest.mark.slow  # ~1 min: two whole tuned fine-tunings
+def test_e2e_suite_runs_tuneflow_run_against_trainer_hyperparameter_search(tmp_path, tiny_model):
+    from bench import e2e
+
+    args = argparse.Namespace(train=1600, trials=2, epochs=1, startup=1, threads=1, rounds=1, model=tiny_model)
+    out = e2e.run(args)
+    runs = {r["arm"]: r for r in out["runs"]}
+    assert set(runs) == {"tuneflow", "trainer"}
+    for r in runs.values():
+        assert r["seconds"] > 0 and 0 <= r["test_accuracy"] <= 1 and r["peak_rss_mb"] > 0
+    # The trials train the final budget: tuneflow registers the best trial instead of training again.
+    assert runs["tuneflow"]["final"].startswith("reuse: trial ")
+    assert len(runs["tuneflow"]["trials"]) == 2 and set(runs["trainer"]["best_params"]) == {
+        "learning_rate",
+        "weight_decay",
+    }
+    assert out["rows"][0]["target"].startswith(">= 1.5x") and "2 trials" in out["rows"][0]["data"]

@@ -165,3 +165,17 @@ def test_hub_dataset_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> N
 def test_demo_dataset_is_clean() -> None:
     assert len(demo_rows("train")) + len(demo_rows("test")) >= 400
     assert len({label for _, label in demo_rows("train")}) >= 8
+
+
+def test_a_train_subsample_too_small_for_every_class_is_an_error(tmp_path: Path) -> None:
+    """Subsampled after reading, a class could end up with examples in validation but none in train."""
+    train = write_csv(tmp_path / "train.csv", _rows(40, ("a", "b")) + _rows(8, ("rare",)))
+    cfg = _cfg(train)
+    assert _check(cfg)[0].ok
+    small = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_train_examples": 20})})
+    report, _ = _check(small)
+    assert any(
+        "data.max_train_examples=20 leaves the smallest class ('rare') about 1 train example(s)" in e
+        and "raise it to about" in e
+        for e in report.errors
+    ), report.errors

