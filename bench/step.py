@@ -4,7 +4,8 @@ The same 40 length-grouped BANKING77 batches (32 queries, max_length 64) through
 loop, each setting in its own process, 2 threads: fp32 vs bf16 autocast, the per-tensor (foreach) AdamW vs
 the fused one, and ``torch.compile`` (its compile time counted in the total). The first 5 steps are warm-up,
 left out of the per-phase medians; ``total_s`` is the whole loop, compilation included. This is what chose
-tuneflow's defaults (bf16 where the CPU has it, fused AdamW, no compile); ``bench/speed.py`` measures the
+tuneflow's defaults (bf16 where the CPU has it, fused AdamW, no compile, the [CLS]-only last layer, bf16
+weights with fp32 masters); ``bench/speed.py`` measures the
 resulting ``fit`` against the Hugging Face Trainer.
 
 ``python -m bench.step [--steps 40]`` writes ``bench/results/step.json`` and the RESULTS.md rows.
@@ -24,12 +25,27 @@ from typing import Any
 from bench.common import write_result, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
+_PLAIN = {"compile": False, "cls": False, "master": False}
 SETTINGS = {
-    "fp32, AdamW foreach": {"bf16": False, "fused": False, "compile": False},
-    "fp32, AdamW fused": {"bf16": False, "fused": True, "compile": False},
-    "bf16 autocast, AdamW foreach": {"bf16": True, "fused": False, "compile": False},
-    "bf16 autocast, AdamW fused (tuneflow default)": {"bf16": True, "fused": True, "compile": False},
-    "bf16 autocast, AdamW fused, torch.compile": {"bf16": True, "fused": True, "compile": True},
+    "fp32, AdamW foreach": {**_PLAIN, "bf16": False, "fused": False},
+    "fp32, AdamW fused": {**_PLAIN, "bf16": False, "fused": True},
+    "bf16 autocast, AdamW foreach": {**_PLAIN, "bf16": True, "fused": False},
+    "bf16 autocast, AdamW fused": {**_PLAIN, "bf16": True, "fused": True},
+    "bf16 autocast, AdamW fused, torch.compile": {**_PLAIN, "bf16": True, "fused": True, "compile": True},
+    "bf16 autocast, AdamW fused, [CLS]-only last layer": {**_PLAIN, "bf16": True, "fused": True, "cls": True},
+    "bf16 autocast, AdamW fused, bf16 weights + fp32 masters": {
+        **_PLAIN,
+        "bf16": True,
+        "fused": True,
+        "master": True,
+    },
+    "bf16 autocast, AdamW fused, both (tuneflow default)": {
+        **_PLAIN,
+        "bf16": True,
+        "fused": True,
+        "cls": True,
+        "master": True,
+    },
 }
 WARMUP = 5
 
@@ -39,7 +55,9 @@ def measure(setting: dict[str, bool], steps: int, threads: int) -> dict[str, Any
 
     import torch
 
+    from tuneflow.backbone import clsonly
     from tuneflow.data.encoding import LengthGroupedBatches
+    from tuneflow.fitting.master import MasterWeights
     from tuneflow.fitting.model import load_pretrained, load_tokenizer
     from tuneflow.tasktypes.resolve import load_config, task_of
 
@@ -53,26 +71,36 @@ def measure(setting: dict[str, bool], steps: int, threads: int) -> dict[str, Any
     batches = list(LengthGroupedBatches([len(i) for i, _ in items], 32, cfg.train.seed))[:steps]
     collate = kind.collator(tokenizer)
     model = load_pretrained(cfg.task, cfg.model.name, data.labels, 0.1)[0].train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=setting["fused"] or None)
+    clsonly.enable(model)
+    masters = MasterWeights(model) if setting["master"] else None
+    params = masters.optimizer_params(model.parameters()) if masters else list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=setting["fused"] or None)
     if setting["compile"]:
         model = torch.compile(model, dynamic=True)
 
     def autocast() -> Any:
         return torch.autocast("cpu", dtype=torch.bfloat16) if setting["bf16"] else contextlib.nullcontext()
 
+    def last_layer() -> Any:
+        return clsonly.cls_only(model) if setting["cls"] else contextlib.nullcontext()
+
     phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     start = time.perf_counter()
     for i, batch_idx in enumerate(batches):
         batch = collate([items[j] for j in batch_idx])
         t0 = time.perf_counter()
-        with autocast():
+        with autocast(), last_layer():
             loss = model(**batch).loss
         t1 = time.perf_counter()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if masters:
+            masters.grads_to_masters()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         t2 = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if masters:
+            masters.masters_to_weights()
         t3 = time.perf_counter()
         if i >= WARMUP:
             for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):

@@ -3,6 +3,8 @@ requirements, so `mlflow models serve` works outside the checkout) and adapter s
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ SERVING_PACKAGES = (
     *("torch", "lightning", "transformers", "tokenizers", "safetensors", "numpy", "pandas"),
     *("pydantic", "pyyaml", "mlflow", "seqeval"),
 )
+MODULE_OF = {"pyyaml": "yaml"}  # distributions whose top-level module has another name
 MODEL_CODE = Path(__file__).parent / "model_code"
 
 
@@ -59,6 +62,31 @@ def pip_requirements(adapter: bool = False, gguf: bool = False) -> list[str]:
 
     pkgs = (*SERVING_PACKAGES, *(("peft",) if adapter else ()), *(("gguf",) if gguf else ()))
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in pkgs]
+
+
+@contextlib.contextmanager
+def _requirement_modules(requirements: list[str]) -> Iterator[None]:
+    """While logging, MLflow loads the model back and checks its requirements against this environment,
+    first mapping *every* installed distribution to its modules (``packages_distributions()``: ~0.5 s over
+    200+ distributions, the largest share of a demo run's model logging). Our requirements are pinned from
+    this very environment, so the check needs the modules of those packages only: MLflow's (private, lazily
+    built) map is given just them for the duration of the call, then reset so that anything else in the
+    process builds the full one. An MLflow without that map is left alone."""
+    try:
+        from mlflow.utils import requirements_utils as mlflow_requirements
+    except ImportError:  # pragma: no cover - MLflow moved it: its own scan runs, nothing breaks
+        yield
+        return
+    if getattr(mlflow_requirements, "_MODULES_TO_PACKAGES", False) is not None:
+        yield  # already built in this process (nothing to save) or not there
+        return
+    names = [req.split("==")[0] for req in requirements]
+    mlflow_requirements._MODULES_TO_PACKAGES = {MODULE_OF.get(n, n): [n] for n in names}
+    try:
+        yield
+    finally:
+        mlflow_requirements._MODULES_TO_PACKAGES = None
+        mlflow_requirements._PACKAGES_TO_MODULES = None
 
 
 def _log_pyfunc(
@@ -83,8 +111,9 @@ def _log_pyfunc(
     # A single model's signature is its predict type hints (requests are validated against them); the adapter
     # set declares its ``adapter`` param, which type-hint signatures cannot carry.
     signature = infer_signature(example, kind.output_example(), params=params) if params else None
+    requirements = pip_requirements(adapter, gguf)
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), _requirement_modules(requirements):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(code),
@@ -93,7 +122,7 @@ def _log_pyfunc(
             input_example=example,
             code_paths=[str(Path(__file__).parent.parent)],  # the tuneflow package
             # Explicit requirements: inferring them would re-load the model in a subprocess (slow).
-            pip_requirements=pip_requirements(adapter, gguf),
+            pip_requirements=requirements,
         )
     client().update_run(run_id, status="RUNNING")  # leaving the block marked the run FINISHED too early
     return info.model_uri
