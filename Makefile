@@ -42,7 +42,7 @@ docs: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install  # suites quality, speed, overhead, coldstart, gpu (~55 min on 2 cores); bench/RESULTS.md
+bench: install  # suites quality, speed, e2e, overhead, coldstart, gpu (~80 min on 2 cores); bench/RESULTS.md
 	$(BIN)/python -m bench
 
 bench-search: install  # pruned vs unpruned search on SST-2 (~20 min on 2 cores); writes bench/results + RESULTS.md

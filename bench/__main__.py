@@ -2,7 +2,8 @@
 regenerate bench/RESULTS.md.
 
 Suites: quality (real data through the real pipeline), speed (vs the HF Trainer at its defaults and at its
-best flags: alternating rounds, or ``--suite tta`` time to accuracy), overhead (orchestration share of a
+best flags: alternating rounds, or ``--suite tta`` time to accuracy), e2e (a whole tuned fine-tuning:
+``tuneflow run`` vs ``Trainer.hyperparameter_search`` + train), overhead (orchestration share of a
 pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). Also: search_pruning and
 lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
 """
@@ -13,11 +14,11 @@ import argparse
 
 from bench.common import write_result, write_table
 
-SUITES = ("quality", "speed", "overhead", "coldstart", "gpu")
+SUITES = ("quality", "speed", "e2e", "overhead", "coldstart", "gpu")
 
 
 def main() -> None:
-    from bench import coldstart, gpu, overhead, quality, speed
+    from bench import coldstart, e2e, gpu, overhead, quality, speed
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -41,7 +42,10 @@ def main() -> None:
         action="store_true",
         help="overhead: only the demo rows, written as overhead-demo.json (the stored runs' rows stay)",
     )
-    speed.add_arguments(parser)
+    speed.add_arguments(parser)  # --train, --epochs, --threads, --model: e2e reads them too
+    parser.add_argument("--trials", type=int, default=6, help="e2e: trials of each arm's search")
+    parser.add_argument("--startup", type=int, default=2, help="e2e: trials before the median pruner prunes")
+    parser.add_argument("--rounds", type=int, default=2, help="e2e: rounds of both arms (order alternating)")
     args = parser.parse_args()
     if args.quick:
         args.train, args.epochs, args.pairs = min(args.train, 1000), 1, 3
@@ -51,13 +55,16 @@ def main() -> None:
             payload = quality.run(args.quick, args.only)
         elif suite == "speed":
             payload = speed.run(args)
+        elif suite == "e2e":
+            payload = e2e.run(args)
         elif suite == "overhead":
             payload = overhead.run(args.quick, args.banking77_server, args.repeat, args.demo_only)
         elif suite == "coldstart":
             payload = coldstart.run(args.quick)
         else:
             payload = gpu.run(args)
-        name = speed.result_name(args) if suite == "speed" else suite
+        namer = {"speed": speed.result_name, "e2e": e2e.result_name}.get(suite)
+        name = namer(args) if namer else suite
         if suite == "quality" and args.only:  # a partial rerun keeps the full suite's result
             name = "quality-" + "-".join(sorted(args.only))
         if suite == "overhead" and args.demo_only:

@@ -3,7 +3,8 @@
 What a user pays for is the search *and* the final model. Both arms get BANKING77 (a stratified train
 subset, or all of it; the same 10% validation split; the official test split), the same search space
 (``train.lr`` log-uniform, ``train.weight_decay`` uniform), trial count, epoch budget per trial and for the
-final model, TPE sampler seed and median pruner (startup trials, one warm-up epoch, one report per epoch),
+final model, TPE sampler (tuneflow's settings: seed, startup trials, multivariate, constant liar) and median
+pruner (the same startup trials, one warm-up epoch, one report per epoch),
 batch 32, max_length 64, 2 torch threads, no early stopping:
 
 - ``tuneflow``: ``tuneflow run CONFIG`` as a user types it (a fresh process: Prefect, MLflow, validation,
@@ -103,12 +104,17 @@ def arm_tuneflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trials = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
     )
+    m = run.data.metrics
+    final = run.data.tags.get("tuneflow.final", "")
     return {
         "seconds": seconds,
-        "test_accuracy": run.data.metrics["test/accuracy"],
-        "best_validation": run.data.metrics[f"val/best_{METRIC}"],
-        "final": run.data.tags.get("tuneflow.final", ""),
+        "test_accuracy": m["test/accuracy"],
+        "best_validation": m[f"val/best_{METRIC}"],
+        "final": final,
         "trials": sorted(r.data.tags.get("optuna.state", "?") for r in trials),
+        # Epochs trained in all: the search's, plus the final model's unless it was the best trial's.
+        "epochs": m["search/epochs_total"] + (0 if final.startswith("reuse") else m["fit/epochs_trained"]),
+        "timings": {k: v for k, v in m.items() if k.startswith("timing/")},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
@@ -118,7 +124,7 @@ def arm_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import optuna
     import torch
     from sklearn.metrics import f1_score
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
     from bench.speed import _accuracy, _setup
     from tuneflow.fitting.model import load_pretrained
@@ -165,8 +171,15 @@ def arm_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             bf16=cpu_has_native_bf16(),
         )
 
+    epochs = []
+
+    class CountEpochs(TrainerCallback):
+        def on_epoch_end(self, *a: Any, **kw: Any) -> None:
+            epochs.append(1)
+
     def trainer(arguments: TrainingArguments) -> Trainer:
         return Trainer(
+            callbacks=[CountEpochs()],
             model_init=model_init,
             args=arguments,
             train_dataset=rows(data.train),
@@ -189,7 +202,10 @@ def arm_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         n_trials=args.trials,
         direction="maximize",
         backend="optuna",
-        sampler=optuna.samplers.TPESampler(seed=t.seed),
+        # tuneflow's sampler settings (tuneflow.fitting.search.build_sampler), same seed.
+        sampler=optuna.samplers.TPESampler(
+            seed=t.seed, n_startup_trials=args.startup, multivariate=True, constant_liar=True
+        ),
         # One warm-up epoch, as tuneflow's warmup_epochs: 1 (the Trainer reports at global steps).
         pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup, n_warmup_steps=steps_per_epoch + 1),
     )
@@ -209,6 +225,7 @@ def arm_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "test_accuracy": accuracy,
         "best_validation": best.objective,
         "best_params": best.hyperparameters,
+        "epochs": len(epochs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -270,10 +287,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "data": data,
         },
         {
-            "what": "whole tuned fine-tuning: test accuracy, best validation macro F1, peak RSS (medians)",
+            "what": "whole tuned fine-tuning: test accuracy, best validation macro F1, epochs trained in all "
+            "(search + final), peak RSS (medians)",
             "result": "; ".join(
                 f"{LABELS[a]} test {100 * med(a, 'test_accuracy'):.1f}, "
-                f"val {100 * med(a, 'best_validation'):.1f}"
+                f"val {100 * med(a, 'best_validation'):.1f}, {med(a, 'epochs'):.0f} epochs"
                 f", {med(a, 'peak_rss_mb'):.0f} MB"
                 for a in arms
             )

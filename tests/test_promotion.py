@@ -309,3 +309,28 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     with pytest.raises(LookupError, match="previous-champion"):
         rollback_champion("lib-promo", tracking_uri)
     assert not heard  # nobody else held the lease
+
+
+def test_logging_a_model_checks_its_requirements_without_scanning_every_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's check of a logged model's requirements maps only tuneflow's pinned packages to modules while
+    tuneflow logs (the scan of every installed distribution was the largest share of a demo's logging), and
+    leaves its map unbuilt afterwards for anyone else in the process."""
+    from mlflow.utils import requirements_utils
+
+    from tuneflow.registry import packaging
+
+    def scan() -> dict:
+        raise AssertionError("scanned every installed distribution")
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions", scan)
+    requirements = packaging.pip_requirements()
+    assert "pyyaml" in {r.split("==")[0] for r in requirements}
+    with packaging._requirement_modules(requirements):
+        for req in requirements:  # what MLflow runs when it loads the logged model back
+            assert requirements_utils._check_requirement_satisfied(req) is None, req
+        mismatch = requirements_utils._check_requirement_satisfied("torch==0.0.1")
+        assert mismatch is not None and mismatch.installed_version  # a real mismatch is still found
+    assert requirements_utils._MODULES_TO_PACKAGES is None
