@@ -95,3 +95,18 @@ def test_label_noise_detection_finds_flipped_labels() -> None:
     assert top["suggested_label"] != top["given_label"] and top["p_suggested"] > top["p_given"]
     assert issues.metrics()["label_quality/issues"] == len(issues.table)
     assert issues.warning(0.01) is not None and issues.warning(0.5) is None
+
+
+def test_labels_already_known_are_not_predicted_again() -> None:
+    """The evaluation passes the test-set pass's labels: only the perturbed texts are predicted."""
+    seen: list[str] = []
+
+    def shouty(texts: list[str]) -> list[str]:
+        seen.extend(texts)
+        return ["formal" if any(c.isupper() for c in t) else "casual" for t in texts]
+
+    known = {t: shouty([t])[0] for t in TEXTS}
+    seen.clear()
+    report = check_behavior(TEXTS, shouty, max_examples=30, known=known)
+    assert seen and not set(seen) & set(TEXTS)  # only perturbed texts went through the model
+    assert report.rates == check_behavior(TEXTS, shouty, max_examples=30).rates

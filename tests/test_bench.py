@@ -102,7 +102,9 @@ def test_overhead_rows_take_each_quality_run_from_its_latest_measurement(tmp_pat
 def test_e2e_suite_runs_tuneflow_run_against_trainer_hyperparameter_search(tmp_path, tiny_model):
     from bench import e2e
 
-    args = argparse.Namespace(train=1600, trials=2, epochs=1, startup=1, threads=1, rounds=1, model=tiny_model)
+    args = argparse.Namespace(
+        train=1600, trials=2, epochs=1, startup=1, threads=1, rounds=1, model=tiny_model
+    )
     out = e2e.run(args)
     runs = {r["arm"]: r for r in out["runs"]}
     assert set(runs) == {"tuneflow", "trainer"}

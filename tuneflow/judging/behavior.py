@@ -175,6 +175,7 @@ def check_behavior(
     positive_label: str | None = None,
     max_examples: int = 200,
     seed: int = 0,
+    known: dict[str, str] | None = None,
 ) -> BehaviorReport:
     """Run every invariance test (and the negation test when ``positive_label`` is set) on a sample.
 
@@ -186,15 +187,23 @@ def check_behavior(
         positive_label: the sentiment class a negation should move away from; None = no directional test.
         max_examples: texts sampled per test (fixed seed).
         seed: the sample and the perturbations' seed.
+        known: labels the model already gave some of ``texts`` (the test-set pass): not predicted again.
     """
     rng = random.Random(seed)
+    known = known or {}
+
+    def labels_before(batch: list[str]) -> list[str]:
+        missing = [t for t in dict.fromkeys(batch) if t not in known]
+        predicted = dict(zip(missing, labels_of(missing), strict=True)) if missing else {}
+        return [known[t] if t in known else predicted[t] for t in batch]
+
     sample = list(texts) if len(texts) <= max_examples else rng.sample(list(texts), max_examples)
     rates, cases, failures = {}, {}, []
     for check in INVARIANCE:
         pairs = [(t, p) for t in sample if (p := check.perturb(t, rng)) is not None and p != t]
         if not pairs:
             continue
-        before = labels_of([t for t, _ in pairs])
+        before = labels_before([t for t, _ in pairs])
         after = labels_of([p for _, p in pairs])
         ok = [a == b for a, b in zip(before, after, strict=True)]
         rates[check.name], cases[check.name] = float(np.mean(ok)), len(ok)
@@ -205,7 +214,9 @@ def check_behavior(
         ]
     if positive_label is not None and proba_of is not None and positive_label in labels:
         col = list(labels).index(positive_label)
-        positive = [t for t, label in zip(sample, labels_of(sample), strict=True) if label == positive_label]
+        positive = [
+            t for t, label in zip(sample, labels_before(sample), strict=True) if label == positive_label
+        ]
         pairs = [(t, p) for t in positive if (p := NEGATION.perturb(t, rng)) is not None]
         if pairs:
             before = proba_of([t for t, _ in pairs])[:, col]

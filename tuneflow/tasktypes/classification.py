@@ -464,6 +464,7 @@ class SequenceClassification(TaskType):
                 cfg.eval.positive_label,
                 cfg.eval.behavior_examples,
                 cfg.train.seed,
+                known=dict(zip(texts, pred, strict=True)),  # the test-set pass's labels, not predicted again
             )
             metrics.update(report.metrics())
             save_table(report.failures, out / "behavior_failures.csv")
