@@ -118,13 +118,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-compile", action="store_true", help="leave out torch.compile (~1-3 min)")
     parser.add_argument("--setting", choices=list(SETTINGS), help=argparse.SUPPRESS)  # one child process
     args = parser.parse_args()
     if args.setting:
         print("STEP " + json.dumps(measure(SETTINGS[args.setting], args.steps, args.threads)))
         return
     results = {}
-    for name in SETTINGS:
+    for name in [n for n, s in SETTINGS.items() if not (args.skip_compile and s["compile"])]:
         cmd = [sys.executable, "-m", "bench.step", "--setting", name, "--steps", str(args.steps)]
         cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 from prefect import task
@@ -11,7 +12,7 @@ from tasks.common import stage
 from tuneflow import names
 from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.fitting.runs import run_dir
-from tuneflow.fitting.search import TAG_STUDY, StudySummary, run_study
+from tuneflow.fitting.search import KEPT, TAG_STUDY, StudySummary, run_study
 from tuneflow.store import tracking
 
 
@@ -66,8 +67,10 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: boo
     ``tuneflow tune`` study or a ``tuneflow run`` that trains the best configuration after its search.
 
     Args:
-        final_params: the run records the final (best) config as its params: the best values are then
-            tags (``tuneflow.best.*``) only, not ``best.*`` params beside identical ones.
+        final_params: a final model follows (the finetune flow): the run records the final (best) config as
+            its params, so the best values are tags (``tuneflow.best.*``) only, not ``best.*`` params beside
+            identical ones; and the best trials' checkpoints stay for ``search.final`` (a search alone
+            deletes them).
 
     Returns:
         The study summary (best params and value, trial counts); its ``run_id`` is ``run_id``.
@@ -76,8 +79,11 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: boo
     tracking.log_params(run_id, {"search.metric": cfg.search_metric, **describe_space(cfg)})
     recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)
     with stage("search") as note:
-        summary = run_study(cfg, recorder, run_dir(cfg, run_id) / "search", workers)
+        work = run_dir(cfg, run_id) / "search"
+        summary = run_study(cfg, recorder, work, workers)
         summary = replace(summary, run_id=run_id)
+        if not final_params:  # no final model to adopt one of them
+            shutil.rmtree(work / KEPT, ignore_errors=True)
         note(
             f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed; "
             f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial})"

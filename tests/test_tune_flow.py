@@ -86,6 +86,7 @@ def test_tune_logs_study_summary_and_cli_rerun_resumes(
     assert len(table) == 3 and set(table["mlflow_run_id"]) == {r.info.run_id for r in trials}
     assert (local / "optimization_history.png").exists() and (local / "best.json").exists()
     assert hpo.info.run_id in Artifact.get("tune-tiny-search").data
+    assert not list(Path(cfg.output_dir).rglob("*.ckpt"))  # no final model follows: no checkpoint kept
 
     # The same command again (from the CLI): the study is complete, nothing new runs.
     again = CliRunner().invoke(app, ["tune", str(cfg_path)])
