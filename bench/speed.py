@@ -105,7 +105,8 @@ def arm_tuneflow(
         class ScoreEachEpoch(pl.Callback):
             def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
                 if not trainer.sanity_checking:
-                    curve.score(pl_module.model)
+                    with pl_module.fp32_weights():  # scored in fp32, outside autocast
+                        curve.score(pl_module.model)
 
         callbacks = [ScoreEachEpoch()]
     start = time.perf_counter()

@@ -58,7 +58,7 @@ def test_speed_suite_runs_tuneflow_against_both_trainer_anchors(tmp_path, tiny_m
     )
     assert "fused" in runs["trainer_defaults"]["optimizer"]  # the anchor uses its own default optimizer
     targets = [row["target"] for row in out["rows"]]
-    assert ">= 1.3x the Trainer's best flags" in targets and len(out["rows"]) == 3
+    assert ">= 1.2x the Trainer's best flags" in targets and len(out["rows"]) == 3
 
 
 def test_time_to_accuracy_scores_every_epoch_outside_the_timed_training(tmp_path, tiny_model):
@@ -76,7 +76,8 @@ def test_time_to_accuracy_scores_every_epoch_outside_the_timed_training(tmp_path
 def test_step_profile_splits_a_step_into_its_phases():
     from bench import step
 
-    out = step.measure(step.SETTINGS["bf16 autocast, AdamW fused (tuneflow default)"], steps=7, threads=1)
+    setting = step.SETTINGS["bf16 autocast, AdamW fused, both (tuneflow default)"]
+    out = step.measure(setting, steps=7, threads=1)
     assert all(out[f"{phase}_ms"] > 0 for phase in ("forward", "backward", "optimizer"))
     assert out["total_s"] > 0 and out["steady_samples_per_s"] > 0
 

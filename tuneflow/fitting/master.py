@@ -14,7 +14,8 @@ One device only (DDP buckets gradients by the dtype they were built with) and no
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -63,6 +64,19 @@ class MasterWeights:
         """Round the updated masters into the bf16 weights (after the optimizer step)."""
         if self.low:
             torch._foreach_copy_(self.low, self.masters)
+
+    @contextlib.contextmanager
+    def fp32(self) -> Iterator[None]:
+        """The fp32 masters as the module's weights within the block (sharing their storage): for scoring
+        the model mid-training outside autocast, at full precision. The bf16 copies come back after."""
+        kept = [p.data for p in self.low]
+        for p, m in zip(self.low, self.masters, strict=True):
+            p.data = m.data
+        try:
+            yield
+        finally:
+            for p, data in zip(self.low, kept, strict=True):
+                p.data = data
 
     @torch.no_grad()
     def restore_fp32(self) -> None:

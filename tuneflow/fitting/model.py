@@ -6,6 +6,7 @@ type; the optimization (AdamW, warmup/decay, LoRA, adapter-only checkpoints) is 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,11 @@ class FineTuner(pl.LightningModule):
         if self._masters:
             self._masters.restore_fp32()
             self._masters = None
+
+    def fp32_weights(self) -> Any:
+        """A context in which the model has its fp32 weights (the masters, under ``train.bf16_weights``): for
+        scoring it mid-training outside autocast (a callback's evaluation). A no-op without masters."""
+        return self._masters.fp32() if self._masters else contextlib.nullcontext()
 
     def _master_weights_fit(self) -> bool:
         """bf16 weights with fp32 masters (:mod:`tuneflow.fitting.master`) when asked for and the same
