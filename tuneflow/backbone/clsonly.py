@@ -16,7 +16,6 @@ Parameter names are untouched: checkpoints and exports are the same files as wit
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,8 +58,18 @@ def enable(model: torch.nn.Module) -> bool:
     if layer is None:
         return False
     setattr(layer, _FLAG, False)
-    layer.forward = types.MethodType(_forward, layer)
+    layer.forward = _Forward(layer)  # an object, not a bound method: spawned DDP workers unpickle it
     return True
+
+
+class _Forward:
+    """The patched ``forward`` of a last layer (module level, so the model still pickles)."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.layer = layer
+
+    def __call__(self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any):
+        return _forward(self.layer, hidden_states, attention_mask, *args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ an old spaCy, and nlpaug's offline augmenters are random character noise rather 
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -167,6 +168,13 @@ class BehaviorReport:
         return min(gated, key=gated.__getitem__) if gated else ""
 
 
+def _labels_reusing(labels_of: Callable[[list[str]], list[str]], known: dict[str, str], batch: list[str]):
+    """``labels_of(batch)``, predicting only the texts whose label is not ``known`` already."""
+    missing = [t for t in dict.fromkeys(batch) if t not in known]
+    predicted = dict(zip(missing, labels_of(missing), strict=True)) if missing else {}
+    return [known[t] if t in known else predicted[t] for t in batch]
+
+
 def check_behavior(
     texts: Sequence[str],
     labels_of: Callable[[list[str]], list[str]],
@@ -190,12 +198,7 @@ def check_behavior(
         known: labels the model already gave some of ``texts`` (the test-set pass): not predicted again.
     """
     rng = random.Random(seed)
-    known = known or {}
-
-    def labels_before(batch: list[str]) -> list[str]:
-        missing = [t for t in dict.fromkeys(batch) if t not in known]
-        predicted = dict(zip(missing, labels_of(missing), strict=True)) if missing else {}
-        return [known[t] if t in known else predicted[t] for t in batch]
+    labels_before = functools.partial(_labels_reusing, labels_of, known or {})
 
     sample = list(texts) if len(texts) <= max_examples else rng.sample(list(texts), max_examples)
     rates, cases, failures = {}, {}, []

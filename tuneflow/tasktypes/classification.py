@@ -421,8 +421,7 @@ class SequenceClassification(TaskType):
         """Accuracy/F1, ``per_class_metrics.csv``, ``confusion_matrix.png``, ``worst_errors.csv``; calibration
         (ECE before/after, ``reliability_diagram.png``) and out-of-scope metrics (``oos_errors.csv``)."""
         labels, scope, batch = predictor.labels, predictor.scope, cfg.train.eval_batch_size
-        texts = test[TEXT].tolist()
-        start = time.perf_counter()
+        texts, start = test[TEXT].tolist(), time.perf_counter()
         logits, feats = predictor.forward(texts, batch, features=scope.feature_kind if scope else None)
         if texts:  # the test set's batched pass is the throughput measurement: no second pass over it
             metrics[f"{names.SERVING}throughput_examples_per_s"] = len(texts) / (time.perf_counter() - start)
