@@ -92,3 +92,19 @@ def write_table() -> Path:
         lines += ["", HISTORY.read_text().rstrip()]
     TABLE.write_text("\n".join(lines) + "\n")
     return TABLE
+
+
+def run_arm(module: str, arm: str, args: Any, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """Run one benchmark arm in its own process (``python -m MODULE --arm ARM --KEY VALUE ...``); returns the
+    JSON it printed on its ``ARM `` line and its whole stdout."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", module, "--arm", arm]
+    for key in keys:
+        cmd += [f"--{key}", str(getattr(args, key))]
+    proc = subprocess.run(cmd, cwd=RESULTS.parent.parent, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ARM ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} arm {arm} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][4:]), proc.stdout

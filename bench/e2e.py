@@ -235,14 +235,9 @@ LABELS = {"tuneflow": "tuneflow run", "trainer": "Trainer.hyperparameter_search 
 
 
 def _one(arm: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.e2e", "--arm", arm]
-    for key in ("train", "trials", "epochs", "startup", "threads", "model"):
-        cmd += [f"--{key}", str(getattr(args, key))]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("ARM ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"e2e arm {arm} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][4:])
+    from bench.common import run_arm
+
+    return run_arm("bench.e2e", arm, args, ("train", "trials", "epochs", "startup", "threads", "model"))[0]
 
 
 def describe(args: argparse.Namespace) -> str:

@@ -28,8 +28,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -223,15 +221,13 @@ LABELS = {
 
 
 def _one(arm: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.speed", "--arm", arm, "--config", str(args.config)]
-    for key in ("train", "epochs", "threads", "model", "suite"):
-        cmd += [f"--{key}", str(getattr(args, key))]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("  epoch")), flush=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("ARM ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"speed arm {arm} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][4:])
+    from bench.common import run_arm
+
+    out, stdout = run_arm(
+        "bench.speed", arm, args, ("config", "train", "epochs", "threads", "model", "suite")
+    )
+    print("\n".join(line for line in stdout.splitlines() if line.startswith("  epoch")), flush=True)
+    return out
 
 
 def _describe(args: argparse.Namespace) -> str:
