@@ -32,6 +32,11 @@ ARMS: dict[str, tuple[Path, list[str]]] = {
     "scitldr_lora": (SCITLDR, []),
 }
 QUICK = ["data.max_train_examples=40", "eval.max_generation_examples=12", "train.max_epochs=1"]
+# --memory: peak RSS and training tokens/s of the support arms, before (--before, a commit) vs now, on a
+# subset that keeps the step itself as configured (batch 8, 512 tokens): 64 dialogues, 40 for validation.
+MEMORY = ["data.max_train_examples=64", "eval.max_generation_examples=12", "train.max_epochs=1"]
+MEMORY_ARMS = ("support_lora", "support_full")
+BEFORE = "b95991a"  # the last commit before the memory work (issue 36)
 
 
 def summarize(arm: str, out: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +106,88 @@ def run(arms: list[str], quick: bool) -> dict[str, Any]:
     return {"quick": quick, "results": results, "anchors": SCITLDR_ANCHORS, "rows": rows(results, quick)}
 
 
+def _worktree(rev: str, where: Path) -> Path:
+    import subprocess
+
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT, check=True)
+    return where
+
+
+def memory(before: str) -> dict[str, Any]:
+    """Each support arm before (commit ``before``, glibc's malloc: how it ran) and now (as ``tuneflow run``
+    runs it: jemalloc where installed), alternating, in fresh processes."""
+    import os
+    import subprocess
+
+    from tuneflow.allocator import preload_env
+
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-chat-memory-") as tmp:
+        work = Path(tmp)
+        validation = work / "validation.jsonl"
+        source = (
+            (ROOT.parent / "shared" / "data" / "sgd_support" / "validation.jsonl").read_text().splitlines()
+        )
+        validation.write_text("\n".join(source[:40]) + "\n")
+        old = _worktree(before, work / "before")
+        (work / "shared").symlink_to(ROOT.parent / "shared")  # configs name ../../shared/data
+        now_env = preload_env(dict(os.environ)) or {}
+        try:
+            for arm in MEMORY_ARMS:
+                config, overrides = ARMS[arm]
+                settings = [*overrides, *MEMORY, f"data.validation={validation}"]
+                for label, root, env in (("before", old, {}), ("now", ROOT, now_env)):
+                    print(f"== {arm} {label}", flush=True)
+                    result = run_pipeline(
+                        root / config.relative_to(ROOT), settings, work / f"{arm}-{label}", env, root=root
+                    )
+                    m = result["metrics"]
+                    row = {"arm": arm, "code": label, "peak_rss_mb": result["peak_rss_mb"]}
+                    row["train_tokens_per_s"] = m.get("timing/train_tokens_per_s")
+                    row["val_loss"] = m.get("val/best_loss")
+                    row["allocator"] = "jemalloc" if env.get("LD_PRELOAD") else "glibc"
+                    out.append(row)
+                    print(row, flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+    return {"before": before, "settings": MEMORY, "results": out, "rows": memory_rows(out, before)}
+
+
+def memory_rows(results: list[dict[str, Any]], before: str) -> list[dict[str, str]]:
+    rows = []
+    for arm in MEMORY_ARMS:
+        pair = {r["code"]: r for r in results if r["arm"] == arm}
+        b, n = pair["before"], pair["now"]
+        target = "<= 4 GB" if arm == "support_lora" else "<= 5 GB"
+        rows.append(
+            {
+                "what": f"{arm}: peak RSS and training tokens/s, before vs now",
+                "result": (
+                    f"peak RSS {b['peak_rss_mb']:.0f} -> {n['peak_rss_mb']:.0f} MB; train "
+                    f"{b['train_tokens_per_s']:.0f} -> {n['train_tokens_per_s']:.0f} tok/s; best val loss "
+                    f"{b['val_loss']:.4f} -> {n['val_loss']:.4f} ({b['allocator']} -> {n['allocator']})"
+                ),
+                "target": f"{target} peak RSS, tokens/s not lower",
+                "data": (
+                    f"whole pipeline process (train, validation, evaluation, base model, registration); "
+                    f"before = commit {before}; 64 dialogues x 1 epoch, 40 validation, batch 8 x 512 tokens"
+                ),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="*", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--quick", action="store_true", help="tiny subsets: checks the bench runs")
+    parser.add_argument("--memory", action="store_true", help="peak RSS and tokens/s: --before vs now")
+    parser.add_argument("--before", default=BEFORE, help="--memory: the commit to compare with")
     args = parser.parse_args()
+    if args.memory:
+        path = write_result("chat-memory", memory(args.before))
+        print(f"wrote {path} and {write_table()}")
+        return
     payload = run(args.arms, args.quick)
     suite = "chat-quick" if args.quick else "chat"
     # Arms run in separate invocations (each is ~40 min on CPU): keep the earlier arms' results.

@@ -105,8 +105,10 @@ def run_pipeline(
     store: Path,
     env: dict[str, str] | None = None,
     early_boot: bool = True,
+    root: Path = ROOT,
 ) -> dict[str, Any]:
-    """Run the flow in a fresh process (``env``: extra variables); adds ``process_s`` (start to exit)."""
+    """Run the flow in a fresh process (``env``: extra variables; ``root``: the checkout whose code runs);
+    adds ``process_s`` (start to exit)."""
     store.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.pipeline", str(config), "--store", str(store)]
     cmd += [] if early_boot else ["--no-early-boot"]
@@ -117,7 +119,7 @@ def run_pipeline(
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
         start = time.perf_counter()
         proc = subprocess.run(
-            cmd, cwd=ROOT, stdout=out_f, stderr=err_f, text=True, env={**os.environ, **(env or {})}
+            cmd, cwd=root, stdout=out_f, stderr=err_f, text=True, env={**os.environ, **(env or {})}
         )
         process_s = time.perf_counter() - start
         out_f.seek(0)

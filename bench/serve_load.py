@@ -56,10 +56,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(model_uri: str, tracking_uri: str, workers: int, cwd: Path) -> tuple[subprocess.Popen, str]:
+def serve(
+    model_uri: str, tracking_uri: str, workers: int, cwd: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "MLFLOW_TRACKING_URI": tracking_uri,
         # MLflow starts uvicorn by name: this environment's scripts must be on PATH.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -118,7 +121,8 @@ def _client(base: str, texts: list[str], offset: int, until: float, malformed: b
     conn.close()
 
 
-def _load(base: str, clients: int, seconds: float, texts: list[str]) -> dict:
+def load(base: str, clients: int, seconds: float, texts: list[str]) -> dict:
+    """``clients`` concurrent clients for ``seconds`` against a scoring server: requests/s, p50/p95/p99."""
     out: dict[str, list] = {"latencies": [], "errors": [], "malformed": []}
     _client(base, texts, 0, time.perf_counter() + 2, False, {"latencies": [], "errors": [], "malformed": []})
     until = time.perf_counter() + seconds
@@ -161,9 +165,9 @@ def run(
         tracking_uri = tracking_uri or os.environ.get(
             "MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlruns/mlflow.db"
         )
-        proc, base = _serve(model_uri, tracking_uri, workers, work)  # cwd: outside the checkout
+        proc, base = serve(model_uri, tracking_uri, workers, work)  # cwd: outside the checkout
         try:
-            levels = [_load(base, c, seconds, texts) for c in clients]
+            levels = [load(base, c, seconds, texts) for c in clients]
         finally:
             proc.terminate()
             proc.wait(30)

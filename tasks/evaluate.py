@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common import stage
 from tuneflow import names
 from tuneflow.config import PipelineConfig
-from tuneflow.fitting.export import load_predictor
+from tuneflow.fitting.export import load_predictor, read_meta
 from tuneflow.fitting.runs import run_dir
 from tuneflow.judging.evaluation import EvaluationResult
 from tuneflow.judging.evaluation import evaluate as evaluate_model
@@ -37,7 +37,9 @@ def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRe
     splits = kind.load_splits(cfg.data, cfg.train.seed)
     history = tracking.metric_history(run_id, dict.fromkeys((*kind.metrics.history, monitor)))
     out = run_dir(cfg, run_id) / "eval"
-    result = evaluate_model(kind, load_predictor(export_dir), splits, out, cfg, history)
+    # An int8 export is scored as it will be served; its fp32 weights only for what quantization cost.
+    fp32 = load_predictor(export_dir, quantized=False) if read_meta(export_dir).get("quantize") else None
+    result = evaluate_model(kind, load_predictor(export_dir), splits, out, cfg, history, fp32)
     # Overfitting from the validation curve of the monitored metric (what the promotion gate reads).
     result = result.with_metrics(
         validation_degradation(history[monitor], kind.metrics.lower_better(monitor), monitor)

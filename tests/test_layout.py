@@ -12,6 +12,7 @@ LIB = Path(__file__).resolve().parent.parent / "tuneflow"
 # What each package may import of tuneflow (the layers, bottom to top; README "Layout").
 MAY_IMPORT: dict[str, set[str]] = {
     "names": set(),
+    "allocator": set(),  # runs before anything else is imported
     "faults": set(),
     "config": {"names"},
     "data": {"config", "names", "faults"},

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from tuneflow import summaries, terminal
+from tuneflow.allocator import use_jemalloc
 from tuneflow.terminal import console, fail
 
 app = typer.Typer(
@@ -37,9 +38,8 @@ def _options(
 
 
 def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
-    """Check ``PREFECT_API_URL``'s server, or boot Prefect's temporary one while the flow module imports
-    (``flows.api``); call it before importing a flow and ``.wait()`` on the result before calling it (a
-    half-started server must not be taken for a running one). An unreachable configured server exits 7."""
+    """Check ``PREFECT_API_URL``'s server, or boot Prefect's temporary one while the flow module imports; wait
+    on the result before calling a flow (a half-started server is not a running one). Unreachable: exit 7."""
     import gc
 
     from flows.api import PrefectUnreachable, boot
@@ -54,8 +54,7 @@ def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
 
 
 def _ready(prefect) -> None:  # noqa: ANN001  (a flows.api.Boot)
-    """Once the flow's imports are done: garbage collection on, with everything loaded so far frozen (never
-    walked again by a run's full collections); then wait for the server ``_boot_prefect`` started."""
+    """After the flow's imports: GC on with everything loaded so far frozen; wait for ``_boot_prefect``'s."""
     import gc
 
     gc.freeze()
@@ -393,6 +392,7 @@ def server(
 
 
 def main() -> None:
+    use_jemalloc()  # training commands restart under jemalloc where installed (tuneflow.allocator)
     app()
 
 

@@ -16,6 +16,9 @@ its section:
 ``model/``     parameter counts (total, trainable, trainable share) and the exported weights' bytes
 ``calibration/`` the fitted temperature and the expected calibration error before/after it (test split)
 ``oos/``       out-of-scope detection: threshold, in-scope accuracy with the fallback, out-of-scope recall
+``quantization/`` with ``export.quantize: int8``: the fp32 weights the served model was made from, on the
+               same test split (``quantization/fp32_accuracy``), the served model's loss against them
+               (``quantization/loss``, on ``gates.metric``) and the single-example speed-up
 ``behavior/``  behaviour checks: pass rate of each perturbation test (typo, casing, ..., negation)
 ``label_quality/`` likely mislabeled training examples found from out-of-fold probabilities
 ``search/``    a search's counts; ``cv/`` cross-validation; ``drift/`` a retrain's drift signals
@@ -31,6 +34,7 @@ import re
 
 CALIBRATION, OOS, BEHAVIOR, LABEL_QUALITY = "calibration/", "oos/", "behavior/", "label_quality/"
 BASE = "base/"
+QUANTIZATION = "quantization/"
 TRAIN, VAL, TEST, FIT, SERVING, TIMING, MODEL, SEARCH, CV, DRIFT = (
     "train/",
     "val/",

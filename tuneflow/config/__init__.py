@@ -34,6 +34,7 @@ from tuneflow.config.data import (  # noqa: F401
 )
 from tuneflow.config.fitting import (  # noqa: F401
     EvalConfig,
+    ExportConfig,
     GenerationConfig,
     LoraConfig,
     ModelConfig,

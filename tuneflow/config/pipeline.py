@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from tuneflow.config.base import _Section, check_name, redact_tree
 from tuneflow.config.data import DataConfig, OOSConfig, ValidationConfig
-from tuneflow.config.fitting import EvalConfig, GenerationConfig, ModelConfig, TrainConfig
+from tuneflow.config.fitting import EvalConfig, ExportConfig, GenerationConfig, ModelConfig, TrainConfig
 from tuneflow.config.registry import GatesConfig, RetrainConfig, TrackingConfig
 from tuneflow.config.search import SearchConfig
 
@@ -38,6 +38,9 @@ class PipelineConfig(_Section):
     )
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig, description="Decoding settings (seq2seq, causal_lm)."
+    )
+    export: ExportConfig = Field(
+        default_factory=ExportConfig, description="What the registered model serves (int8 quantization)."
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
     search: SearchConfig | None = Field(None, description="Optuna hyperparameter search (null = none).")

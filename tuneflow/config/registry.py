@@ -75,6 +75,15 @@ class GatesConfig(_Section):
     max_latency_p95_ms: float | None = Field(
         None, gt=0, description="Largest allowed single-example p95 latency in ms; null = off."
     )
+    max_quantization_loss: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "With export.quantize: int8, the largest allowed fall of the primary test metric from the fp32 "
+            "weights to the served int8 model (0.005 = half a point); null = report it only."
+        ),
+    )
     min_ood: dict[str, float] = Field(
         default_factory=dict,
         description="data.extra_eval set name -> minimum primary metric on it (generalization).",

@@ -102,15 +102,38 @@ def drop_gguf_marker(model: Any) -> None:
             del model.config.quantization_config
 
 
+def quantize_export(export_dir: str | Path) -> Path:
+    """Add the int8 ONNX Runtime model to an export (``export.quantize: int8``); from then on it is what
+    :func:`load_exported` serves. The fp32 weights stay beside it (``quantized=False`` loads them).
+
+    A LoRA export is merged into its base first: the int8 graph is a whole model, whatever the adapter.
+    """
+    from tuneflow.fitting.quantize import QUANTIZED_FILE, write_onnx
+
+    export_dir = Path(export_dir)
+    model, tokenizer, meta = load_exported(export_dir, quantized=False)
+    if meta.get("lora"):
+        model = model.merge_and_unload()
+    head = task_type(meta["task"]).feature_head(model, meta)
+    path = write_onnx(model, tokenizer, head, export_dir / QUANTIZED_FILE)
+    path.chmod(0o644)
+    meta = read_meta(export_dir)
+    meta.pop("model_dir")
+    (export_dir / META_FILE).write_text(json.dumps({**meta, "quantize": "int8"}, indent=2))
+    return path
+
+
 def load_exported(
-    model_dir: str | Path, base: str | None = None
-) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    model_dir: str | Path, base: str | None = None, quantized: bool = True
+) -> tuple[Any, Any, dict[str, Any]]:
     """Load an export written by :func:`export_model` for inference.
 
     Args:
         model_dir: the export directory.
         base: for an adapter export, the base model to put it on (default: the one it records); its weights
             and tokenizer must hash to the recorded values.
+        quantized: for a quantized export, load the int8 ONNX Runtime model (what is served); False loads
+            the fp32 weights it was made from.
 
     Returns:
         The model in eval mode, its tokenizer and the export's metadata (``task``, ``labels``, ...).
@@ -121,7 +144,11 @@ def load_exported(
     hf_logging.disable_progress_bar()  # inference output (CLI, serving) should hold predictions only
     meta = read_meta(model_dir)
     meta.setdefault("task", "sequence_classification")
-    if is_adapter(model_dir):
+    if quantized and meta.get("quantize") == "int8":
+        from tuneflow.fitting.quantize import QUANTIZED_FILE, OnnxModel
+
+        model: Any = OnnxModel(Path(model_dir) / QUANTIZED_FILE)
+    elif is_adapter(model_dir):
         model = load_adapter_model(model_dir, base)
     elif meta.get("pooling") == "mean":
         from tuneflow.backbone.pooling import MeanPooledClassifier
@@ -155,7 +182,8 @@ def load_adapter_model(model_dir: str | Path, base: str | None = None) -> torch.
     return PeftModel.from_pretrained(model, str(model_dir)).eval()
 
 
-def load_predictor(model_dir: str | Path, base: str | None = None) -> Any:
-    """Load an export (full model, or adapter on its base) wrapped in its task type's predictor."""
-    model, tokenizer, meta = load_exported(model_dir, base)
+def load_predictor(model_dir: str | Path, base: str | None = None, quantized: bool = True) -> Any:
+    """Load an export (full model, or adapter on its base) wrapped in its task type's predictor; a quantized
+    export's int8 model unless ``quantized`` is False."""
+    model, tokenizer, meta = load_exported(model_dir, base, quantized)
     return task_type(meta["task"]).predictor(model, tokenizer, meta)

@@ -7,6 +7,7 @@ type; the optimization (AdamW, warmup/decay, LoRA, adapter-only checkpoints) is 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 
 from tuneflow.backbone import clsonly
+from tuneflow.backbone.lean import causal_lm_loss
 from tuneflow.backbone.lora import apply_lora, weights_hash
 from tuneflow.backbone.pretrained import (  # noqa: F401 (re-exported: callers load models through this module)
     ModelLoadError,
@@ -95,6 +97,13 @@ def load_module(checkpoint: str | Path) -> FineTuner:
     return module.eval()
 
 
+@dataclass(frozen=True)
+class LossOnly:
+    """A step's output when only the loss was computed (no logits)."""
+
+    loss: torch.Tensor
+
+
 class FineTuner(pl.LightningModule):
     """Fine-tunes a Hugging Face model with AdamW and linear warmup/decay; optionally only a LoRA adapter.
 
@@ -140,7 +149,12 @@ class FineTuner(pl.LightningModule):
         return self.model(**batch)
 
     def _step_forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        """The model on a batch; its last layer on [CLS] only when that is on (the loss reads no other)."""
+        """The model on a batch; its last layer on [CLS] only when that is on (the loss reads no other); a
+        causal LM's loss from its labeled positions only (:func:`tuneflow.backbone.lean.causal_lm_loss`)."""
+        if self.task_type.labeled_positions_loss:
+            loss = causal_lm_loss(self.model, batch)
+            if loss is not None:
+                return LossOnly(loss)
         if not self.cls_only:
             return self.model(**batch)
         with clsonly.cls_only(self.model):

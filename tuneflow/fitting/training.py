@@ -19,11 +19,12 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tuneflow import names
+from tuneflow.backbone.lean import enable_checkpointing
 from tuneflow.config import PipelineConfig, TrainConfig, apply_params
 from tuneflow.data.datamodule import TextDataModule
 from tuneflow.data.encoding import Encoded, EncodedData
 from tuneflow.faults import crash_point
-from tuneflow.fitting.export import export_model, load_predictor, weights_bytes
+from tuneflow.fitting.export import export_model, load_predictor, quantize_export, weights_bytes
 from tuneflow.fitting.model import FineTuner, load_module, load_tokenizer
 from tuneflow.store import tracking
 from tuneflow.tasktypes import task_type
@@ -310,6 +311,8 @@ def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[Fin
     )
     module.cls_only = tcfg.cls_only_last_layer
     module.bf16_weights = tcfg.bf16_weights
+    if tcfg.gradient_checkpointing:
+        enable_checkpointing(module.model)
     if tcfg.compile:
         # In place (nn.Module.compile): parameter names, hence checkpoints and the export, stay the eager
         # model's; variable batch shapes make dynamo mark the dimensions dynamic after the first recompile.
@@ -568,6 +571,9 @@ def train_and_export(
     if global_rank() != 0:
         return None
     export_dir = export_model(result.best_checkpoint, out_dir / "export", data.tokenizer, cfg)
+    if cfg.export.quantize == "int8":
+        # Before the temperature and the out-of-scope threshold: they are fitted on what will be served.
+        quantize_export(export_dir)
     export_s = time.perf_counter() - began - fit_s
     # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
     # out-of-scope threshold): part of the model that gets registered.

@@ -80,6 +80,7 @@ def evaluate(
     out_dir: str | Path,
     cfg: PipelineConfig,
     history: History | None = None,
+    fp32: Any | None = None,
 ) -> EvaluationResult:
     """Evaluate an exported model the way its task type does, in the order every task shares.
 
@@ -90,6 +91,8 @@ def evaluate(
         out_dir: where the reports go.
         cfg: the pipeline config (evaluation and overfitting settings).
         history: the run's metric history, for the learning-curve plot.
+        fp32: for an int8 model, the predictor of the fp32 weights it was made from: scored on the same
+            test split, to report (and gate) what quantization cost (:func:`quantization_loss`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,10 +108,38 @@ def evaluate(
     for name, df in splits.extra.items():
         metrics.update(task.score_set(predictor, df, cfg, prefix=names.ood(name)))
     metrics.update(task.measure_latency(predictor, splits.test, cfg))
+    if fp32 is not None:
+        metrics.update(quantization_loss(task, fp32, splits.test, cfg, metrics))
     if history is not None and plot_learning_curves(history, task.metrics.history, out / LEARNING_CURVES):
         artifacts.append(LEARNING_CURVES)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return EvaluationResult(metrics, warnings, [*artifacts, "metrics.json"], kept.get("promotion"))
+
+
+def quantization_loss(
+    task: Any, fp32: Any, test: Any, cfg: PipelineConfig, served: dict[str, float]
+) -> dict[str, float]:
+    """The fp32 weights' test scores beside the served int8 model's (``served``: its metrics so far).
+
+    Returns ``quantization/fp32_<metric>`` for each test score, ``quantization/<metric>_loss`` (how much
+    worse the served model is: fp32 minus int8 for a score), ``quantization/loss`` on ``gates.metric``
+    (what ``gates.max_quantization_loss`` bounds), and the fp32 single-example p50 with the speed-up.
+    """
+    out: dict[str, float] = {}
+    for metric, value in task.score_set(fp32, test, cfg, prefix="").items():
+        out[f"{names.QUANTIZATION}fp32_{metric}"] = value
+        mine = served.get(f"{names.TEST}{metric}")
+        if mine is not None:
+            lower = task.metrics.lower_better(metric)
+            out[f"{names.QUANTIZATION}{metric}_loss"] = mine - value if lower else value - mine
+    primary = out.get(f"{names.QUANTIZATION}{cfg.gates.metric}_loss")
+    if primary is not None:
+        out[f"{names.QUANTIZATION}loss"] = primary
+    p50 = task.measure_latency(fp32, test, cfg).get(names.LATENCY_P50)
+    if p50 and served.get(names.LATENCY_P50):
+        out[f"{names.QUANTIZATION}fp32_latency_p50_ms"] = p50
+        out[f"{names.QUANTIZATION}latency_speedup"] = p50 / served[names.LATENCY_P50]
+    return out
 
 
 def save_table(df: Any, path: str | Path, **to_csv: Any) -> None:

@@ -74,6 +74,11 @@ def _latency(m: dict[str, float]) -> str:
     )
 
 
+def _quantization(m: dict[str, float]) -> str:
+    speedup = m.get(f"{names.QUANTIZATION}latency_speedup")
+    return f"fp32 minus int8 on test; int8 answers single examples {speedup:.1f}x faster" if speedup else ""
+
+
 @dataclass(frozen=True)
 class TrainValGap(Bound):
     """Gated with ``gates.max_train_val_gap``; otherwise reported, never failing (converged fine-tunings
@@ -108,6 +113,15 @@ GATES: tuple[Bound, ...] = (
         upper=True,
         advice="to fix: a smaller model or a lower model.max_length, or raise gates.max_latency_p95_ms",
         explain=_latency,
+    ),
+    Bound(
+        "max_quantization_loss",
+        "max quantization loss (fp32 -> int8, test)",
+        f"{names.QUANTIZATION}loss",
+        upper=True,
+        advice="to fix: serve fp32 (export.quantize: none), or revisit gates.max_quantization_loss",
+        missing="is export.quantize: int8?",
+        explain=_quantization,
     ),
     Bound(
         "min_oos_recall",

@@ -25,7 +25,8 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
     from tuneflow.fitting.export import read_meta
 
     adapter = (Path(model_dir) / "adapter_config.json").is_file()
-    params = task_type(task).serving_params(read_meta(model_dir))
+    meta = read_meta(model_dir)
+    params = task_type(task).serving_params(meta)
     code = "generative_model.py" if params else "single_model.py"
     return _log_pyfunc(
         run_id,
@@ -35,6 +36,7 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
         params or None,
         adapter=adapter,
         gguf=adapter and _gguf_base(model_dir),
+        onnx=bool(meta.get("quantize")),
     )
 
 
@@ -54,13 +56,15 @@ MODULE_OF = {"pyyaml": "yaml"}  # distributions whose top-level module has anoth
 MODEL_CODE = Path(__file__).parent / "model_code"
 
 
-def pip_requirements(adapter: bool = False, gguf: bool = False) -> list[str]:
+def pip_requirements(adapter: bool = False, gguf: bool = False, onnx: bool = False) -> list[str]:
     """Portable requirements of the serving environment: what ``tuneflow.registry.serving`` imports,
     pinned to the versions trained with, without local build tags (``torch==2.13.0``, not ``2.13.0+cpu``:
-    no public index serves those). tuneflow itself ships with the model (``code_paths``)."""
+    no public index serves those). tuneflow itself ships with the model (``code_paths``). ``onnx``: the
+    export serves an int8 ONNX Runtime graph."""
     from importlib.metadata import version
 
     pkgs = (*SERVING_PACKAGES, *(("peft",) if adapter else ()), *(("gguf",) if gguf else ()))
+    pkgs += ("onnxruntime",) if onnx else ()
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in pkgs]
 
 
@@ -97,6 +101,7 @@ def _log_pyfunc(
     params: dict[str, Any] | None = None,
     adapter: bool = False,
     gguf: bool = False,
+    onnx: bool = False,
 ) -> str:
     """Log a pyfunc as MLflow "models from code": the file ``code`` is run on load, nothing is unpickled
     (an overwritten pickle in the artifact store would run arbitrary code in whoever loads the model).
@@ -111,7 +116,7 @@ def _log_pyfunc(
     # A single model's signature is its predict type hints (requests are validated against them); the adapter
     # set declares its ``adapter`` param, which type-hint signatures cannot carry.
     signature = infer_signature(example, kind.output_example(), params=params) if params else None
-    requirements = pip_requirements(adapter, gguf)
+    requirements = pip_requirements(adapter, gguf, onnx)
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
     with mlflow.start_run(run_id=run_id), _requirement_modules(requirements):
         info = mlflow.pyfunc.log_model(

@@ -70,6 +70,7 @@ def generative_draft(unit: str) -> dict[str, tuple[Any, str]]:
     return {
         "train.batch_size": (8, f"{unit} are long: 8 per step keeps memory to a few GB"),
         "train.monitor": ("val/loss", "token loss on validation (generation metrics are scored on test)"),
+        "train.gradient_checkpointing": (True, "recompute activations in backward: GBs less memory"),
     }
 
 
@@ -87,6 +88,8 @@ class TaskType:
     mean_pooled_head: ClassVar[bool] = False  # model.pooling: mean (tuneflow.pooling)
     supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
     detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
+    quantizable: ClassVar[bool] = False  # export.quantize: int8 (tuneflow.fitting.quantize)
+    labeled_positions_loss: ClassVar[bool] = False  # the loss from labeled positions only (backbone.lean)
     input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
     # ``tuneflow init``: data-section keys naming this type's columns, each with the column names that
     # usually hold it (a data set is recognised by them); its bundled model (None: --model is required).
@@ -143,6 +146,10 @@ class TaskType:
             problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
         if cfg.search and cfg.search.latency_objective and not self.supports_latency_objective:
             problems.append(("search.latency_objective", f"not supported for {self.name}"))
+        if cfg.export.quantize != "none" and not self.quantizable:
+            problems.append(("export.quantize", f"'{cfg.export.quantize}' is not supported for {self.name}"))
+        if cfg.gates.max_quantization_loss is not None and cfg.export.quantize == "none":
+            problems.append(("gates.max_quantization_loss", "nothing to gate: set export.quantize: int8"))
         if not self.detects_scope:
             scope_keys = ("data.oos_validation", "data.oos_test", "gates.min_oos_recall", "gates.max_ece")
             for key in (*scope_keys, "gates.min_behavior_pass_rate", "eval.positive_label"):
@@ -210,6 +217,11 @@ class TaskType:
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
         """What serving needs besides the weights (stored in the export's ``tuneflow.json``)."""
         return {"max_length": cfg.model.max_length}
+
+    def feature_head(self, model: Any, meta: dict[str, Any]) -> Any | None:
+        """For an int8 export: the layer whose input the graph answers too (the out-of-scope detector's
+        ``head`` features), or None for logits only."""
+        return None
 
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> Any:
         """The inference wrapper (``predict(inputs) -> DataFrame``) around a loaded model."""

@@ -310,6 +310,7 @@ class CausalLM(TaskType):
     )
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
+    labeled_positions_loss = True
     input_example = ["How do I reset my password?"]
     column_roles = {"messages_column": ("messages", "conversation", "conversations", "dialogue", "chat")}
     default_model = SMOLLM2_MODEL

@@ -51,7 +51,7 @@ from tuneflow.judging.outofscope import (
 )
 from tuneflow.judging.promotion import decide
 from tuneflow.tasktypes.base import MetricSpec, TaskType
-from tuneflow.tasktypes.classification_predictor import ClassificationPredictor
+from tuneflow.tasktypes.classification_predictor import ClassificationPredictor, head_layer
 
 TRAIN_SAMPLE_FOR_GAP = 2000
 # Train examples the Mahalanobis means and covariance are fitted on, and the most a knn bank holds (20,000
@@ -157,6 +157,7 @@ class SequenceClassification(TaskType):
     supports_cv = True
     supports_latency_objective = True
     detects_scope = True
+    quantizable = True
     input_example = ["where is my order?"]
     column_roles = {
         "text_column": ("text", "sentence", "utterance", "query", "review", "content", "message", "question"),
@@ -172,7 +173,7 @@ class SequenceClassification(TaskType):
         ),
         # calibration, out-of-scope detection, behaviour checks and their gates
         *("oos.", "data.oos_validation", "data.oos_test", "eval.calibrate", "eval.behavior_checks"),
-        *("eval.behavior_examples", "eval.positive_label"),
+        *("eval.behavior_examples", "eval.positive_label", "export.quantize", "gates.max_quantization_loss"),
         *(
             "gates.min_oos_recall",
             "gates.min_in_scope_accuracy",
@@ -327,6 +328,9 @@ class SequenceClassification(TaskType):
         module.log("val/f1_macro", module.val_f1_macro, on_epoch=True, prog_bar=True)
 
     # -------------------------------------------------------------------------------------- inference
+
+    def feature_head(self, model: Any, meta: dict[str, Any]) -> Any:
+        return head_layer(model, len(meta["labels"]))
 
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> ClassificationPredictor:
         temperature = load_temperature(meta.get("model_dir"))

@@ -61,8 +61,6 @@ class ClassificationPredictor:
         """
         import torch
 
-        from tuneflow.backbone.pooling import mean_pool
-
         for kind in kinds:
             if kind not in FEATURE_KINDS:
                 raise ValueError(f"unknown feature kind {kind!r}: one of {', '.join(FEATURE_KINDS)}")
@@ -70,9 +68,11 @@ class ClassificationPredictor:
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         feats: dict[str, np.ndarray] = {}
         seen: list[Any] = []
+        # An int8 ONNX Runtime model answers every feature kind from its graph; a torch model is hooked.
+        hooked = "head" in kinds and isinstance(self.model, torch.nn.Module)
         hook = (
             head_layer(self.model, len(self.labels)).register_forward_hook(lambda m, i, o: seen.append(i[0]))
-            if "head" in kinds
+            if hooked
             else None
         )
         hidden = bool({"mean_pooled", "layer_mean"} & set(kinds))
@@ -89,15 +89,12 @@ class ClassificationPredictor:
                     )
                     out = self.model(**enc, output_hidden_states=hidden)
                     logits[idx] = out.logits.float().numpy()
-                    batch: dict[str, Any] = {}
-                    if "head" in kinds:
-                        batch["head"] = seen.pop()
-                    if "mean_pooled" in kinds:
-                        batch["mean_pooled"] = mean_pool(out.hidden_states[-1], enc["attention_mask"])
-                    if "layer_mean" in kinds:
-                        # hidden_states[0] is the embedding output, not a transformer layer
-                        layers = [mean_pool(h, enc["attention_mask"]) for h in out.hidden_states[1:]]
-                        batch["layer_mean"] = torch.stack(layers).mean(0)
+                    served = getattr(out, "features", None)
+                    batch = (
+                        {kind: served[kind] for kind in kinds}
+                        if served is not None
+                        else _torch_features(out, enc["attention_mask"], kinds, seen)
+                    )
                     for kind, values in batch.items():
                         values = values.float().numpy()
                         if kind not in feats:
@@ -121,25 +118,42 @@ class ClassificationPredictor:
         logits, feats = self.forward(texts, batch_size, features=scope.feature_kind if scope else None)
         proba = softmax(logits, self.temperature)
         best = proba.argmax(-1)
-        out = pd.DataFrame(
-            {
-                "label": [self.labels[i] for i in best],
-                "score": proba[np.arange(len(best)), best].astype(float),
-            }
-        )
+        # Columns as arrays, one DataFrame at the end: per-query serving pays for every pandas operation
+        # (an in-place .loc assignment alone costs about a millisecond).
+        labels = np.asarray(self.labels, dtype=object)[best]
+        columns: dict[str, Any] = {"label": labels, "score": proba[np.arange(len(best)), best].astype(float)}
         if scope is not None:
             scores = scope.scores(logits, feats)
-            out["in_scope"] = scores >= scope.threshold
-            out.loc[~out["in_scope"], "label"] = scope.fallback_label
-            out["oos_score"] = scores.astype(float)
-            out["threshold"] = float(scope.threshold)
-        return out
+            in_scope = scores >= scope.threshold
+            columns["label"] = np.where(in_scope, labels, scope.fallback_label)
+            columns["in_scope"] = in_scope
+            columns["oos_score"] = scores.astype(float)
+            columns["threshold"] = np.full(len(best), float(scope.threshold))
+        return pd.DataFrame(columns)
 
     def labels_of(self, texts: list[str], batch_size: int = 128) -> list[str]:
         """The classifier's top label per text (no out-of-scope fallback)."""
         if not texts:
             return []
         return [self.labels[i] for i in self.forward(texts, batch_size)[0].argmax(-1)]
+
+
+def _torch_features(out: Any, mask: Any, kinds: tuple[str, ...], seen: list[Any]) -> dict[str, Any]:
+    """The feature kinds of one batch from a torch model's output (``seen``: the head hook's input)."""
+    import torch
+
+    from tuneflow.backbone.pooling import mean_pool
+
+    batch: dict[str, Any] = {}
+    if "head" in kinds:
+        batch["head"] = seen.pop()
+    if "mean_pooled" in kinds:
+        batch["mean_pooled"] = mean_pool(out.hidden_states[-1], mask)
+    if "layer_mean" in kinds:
+        # hidden_states[0] is the embedding output, not a transformer layer
+        layers = [mean_pool(h, mask) for h in out.hidden_states[1:]]
+        batch["layer_mean"] = torch.stack(layers).mean(0)
+    return batch
 
 
 def head_layer(model: Any, n_labels: int) -> Any:

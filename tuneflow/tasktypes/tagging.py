@@ -244,8 +244,12 @@ class TokenClassification(TaskType):
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     label_head = True
+    quantizable = True
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
-    own_config = ("data.tokens_column", "data.tags_column", "eval.worst_examples")
+    own_config = (
+        *("data.tokens_column", "data.tags_column", "eval.worst_examples"),
+        *("export.quantize", "gates.max_quantization_loss"),
+    )
     column_roles = {
         "tokens_column": ("tokens", "words"),
         "tags_column": ("tags", "ner_tags", "labels", "bio"),

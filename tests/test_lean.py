@@ -1,0 +1,124 @@
+"""Lean generative fine-tuning: the labeled-positions loss equals transformers' loss (values and gradients),
+gradient checkpointing changes nothing but memory, and training commands restart under jemalloc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+IGNORE = -100
+
+
+def _batch(vocab: int) -> dict[str, torch.Tensor]:
+    """3 rows, two padded; a prompt without labels (-100) before each reply, as the chat encoding gives."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, vocab, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 5:] = 0
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    labels[:, :4] = IGNORE
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_labeled_positions_loss_equals_the_full_forward(
+    tiny_gpt2: str, lora: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneflow.backbone import lean
+    from tuneflow.backbone.lora import apply_lora
+    from tuneflow.config import LoraConfig
+    from tuneflow.fitting.model import load_pretrained
+
+    monkeypatch.setattr(lean, "CHUNK", 5)  # several chunks, the last one short
+    model, _ = load_pretrained("causal_lm", tiny_gpt2, [], None)
+    if lora:
+        model = apply_lora(model, "CAUSAL_LM", LoraConfig(r=4, dropout=0.0))
+    model.train()
+    batch = _batch(model.config.vocab_size)
+    torch.manual_seed(1)
+    full = model(**batch).loss
+    full.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    torch.manual_seed(1)
+    mine = lean.causal_lm_loss(model, batch)
+    assert mine is not None
+    mine.backward()
+    assert torch.allclose(mine, full, atol=1e-6)
+    got = _grads(model)
+    assert got.keys() == expected.keys() and expected
+    for name, grad in expected.items():
+        assert torch.allclose(got[name], grad, atol=1e-6), name
+
+
+def test_no_labeled_position_gives_a_zero_loss_and_unknown_models_fall_back(tiny_gpt2: str) -> None:
+    from tuneflow.backbone.lean import causal_lm_loss
+    from tuneflow.fitting.model import load_pretrained
+
+    model, _ = load_pretrained("causal_lm", tiny_gpt2, [], None)
+    batch = _batch(model.config.vocab_size)
+    batch["labels"][:] = IGNORE
+    assert causal_lm_loss(model, batch).item() == 0.0
+    model.config.final_logit_softcapping = 30.0  # logits are not just the output layer: full forward
+    assert causal_lm_loss(model, batch) is None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_gpt2: str) -> None:
+    from tuneflow.backbone.lean import causal_lm_loss, enable_checkpointing
+    from tuneflow.fitting.model import load_pretrained
+
+    results = []
+    for checkpointing in (False, True):
+        model, _ = load_pretrained("causal_lm", tiny_gpt2, [], None)
+        if checkpointing:
+            enable_checkpointing(model)
+        model.train()
+        model.config.resid_pdrop = model.config.attn_pdrop = model.config.embd_pdrop = 0.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        causal_lm_loss(model, _batch(model.config.vocab_size)).backward()
+        results.append(_grads(model))
+    for name, grad in results[0].items():
+        assert torch.allclose(results[1][name], grad, atol=1e-6), name
+
+
+def test_the_setting_is_checked_and_reaches_the_model(tmp_path, tiny_model: str) -> None:  # noqa: ANN001
+    from tests.conftest import make_config
+    from tuneflow.fitting.model import load_tokenizer
+    from tuneflow.fitting.training import build_module
+    from tuneflow.tasktypes import task_type
+    from tuneflow.tasktypes.resolve import load_config
+
+    cfg = load_config(make_config(tmp_path, tiny_model), ["train.gradient_checkpointing=true"])
+    kind = task_type(cfg.task)
+    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    module, _ = build_module(cfg, kind.encode(splits, load_tokenizer(tiny_model), cfg), kind)
+    assert module.model.is_gradient_checkpointing
+
+
+def test_training_commands_restart_under_jemalloc() -> None:
+    """The re-executed process has jemalloc mapped; ``TUNEFLOW_ALLOCATOR=system`` keeps glibc's malloc."""
+    from tuneflow.allocator import SWITCH, jemalloc, preload_env
+
+    assert preload_env({SWITCH: "system"}) is None
+    if jemalloc() is None:
+        pytest.skip("no libjemalloc on this system (apt install libjemalloc2): nothing to restart under")
+    code = (
+        "import sys; from tuneflow.allocator import use_jemalloc; use_jemalloc(['tuneflow', 'run']); "
+        "print('jemalloc' in open('/proc/self/maps').read())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (SWITCH, "LD_PRELOAD")}
+    for switch, mapped in ((None, "True"), ("system", "False")):
+        run_env = {**env, **({SWITCH: switch} if switch else {})}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True)
+        assert out.stdout.strip() == mapped, out.stderr
