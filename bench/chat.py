@@ -113,7 +113,7 @@ def _worktree(rev: str, where: Path) -> Path:
     return where
 
 
-def memory(before: str) -> dict[str, Any]:
+def memory(before: str, arms: list[str], skip: list[str]) -> dict[str, Any]:
     """Each support arm before (commit ``before``, glibc's malloc: how it ran) and now (as ``tuneflow run``
     runs it: jemalloc where installed), alternating, in fresh processes."""
     import os
@@ -133,10 +133,12 @@ def memory(before: str) -> dict[str, Any]:
         (work / "shared").symlink_to(ROOT.parent / "shared")  # configs name ../../shared/data
         now_env = preload_env(dict(os.environ)) or {}
         try:
-            for arm in MEMORY_ARMS:
+            for arm in arms:
                 config, overrides = ARMS[arm]
                 settings = [*overrides, *MEMORY, f"data.validation={validation}"]
                 for label, root, env in (("before", old, {}), ("now", ROOT, now_env)):
+                    if f"{arm}:{label}" in skip:
+                        continue
                     print(f"== {arm} {label}", flush=True)
                     result = run_pipeline(
                         root / config.relative_to(ROOT), settings, work / f"{arm}-{label}", env, root=root
@@ -157,7 +159,11 @@ def memory_rows(results: list[dict[str, Any]], before: str) -> list[dict[str, st
     rows = []
     for arm in MEMORY_ARMS:
         pair = {r["code"]: r for r in results if r["arm"] == arm}
-        b, n = pair["before"], pair["now"]
+        if "now" not in pair:
+            continue
+        n = pair["now"]
+        b = pair.get("before") or {"peak_rss_mb": float("nan"), "train_tokens_per_s": float("nan")}
+        b = {"val_loss": float("nan"), "allocator": "not run", **b}
         target = "<= 4 GB" if arm == "support_lora" else "<= 5 GB"
         rows.append(
             {
@@ -183,9 +189,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subsets: checks the bench runs")
     parser.add_argument("--memory", action="store_true", help="peak RSS and tokens/s: --before vs now")
     parser.add_argument("--before", default=BEFORE, help="--memory: the commit to compare with")
+    parser.add_argument("--skip", nargs="*", default=[], help="--memory: ARM:before|now runs to leave out")
     args = parser.parse_args()
     if args.memory:
-        path = write_result("chat-memory", memory(args.before))
+        arms = [a for a in args.arms if a in MEMORY_ARMS]
+        path = write_result("chat-memory", memory(args.before, arms, args.skip))
         print(f"wrote {path} and {write_table()}")
         return
     payload = run(args.arms, args.quick)

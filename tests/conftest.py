@@ -145,6 +145,16 @@ def make_config(
     return path
 
 
+OFF_TOPIC = ["what's the weather like", "tell me a joke", "asdf qwerty", "who won the match", "sing a song"]
+
+
+def write_oos(tmp_path: Path) -> Path:
+    """A file of off-topic queries (each twice), for ``data.oos_validation`` / ``data.oos_test``."""
+    path = tmp_path / "oos.csv"
+    path.write_text("text\n" + "".join(f'"{t}"\n' for t in OFF_TOPIC * 2))
+    return path
+
+
 # ---------------------------------------------------------------- other task types (tiny, random)
 
 PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
@@ -227,6 +237,21 @@ def tiny_ner_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     BertForTokenClassification(config).save_pretrained(out)
     return str(out)
+
+
+def ner_config(tmp_path: Path, model: str, **sections: dict) -> Path:
+    """A token-classification config for the tiny NER model on synthetic sentences."""
+    train = write_conll(tmp_path / "train.conll", ner_rows(160, 1))
+    test = write_conll(tmp_path / "test.conll", ner_rows(40, 2))
+    return make_config(
+        tmp_path,
+        model,
+        name="tiny-ner",
+        task="token_classification",
+        data={"train": str(train), "test": str(test)},
+        train={"lr": 5e-3, "max_epochs": 4, "monitor": "val/f1"},
+        **sections,
+    )
 
 
 def seq2seq_rows(n: int, seed: int) -> list[dict]:

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import demo_rows, invoke, make_config, mlflow_process, ner_rows, write_conll
+from tests.conftest import (
+    OFF_TOPIC,
+    demo_rows,
+    invoke,
+    make_config,
+    mlflow_process,
+    ner_config,
+    ner_rows,
+    write_oos,
+)
 
 TEXTS = ["where is my parcel", "hi", "i would like to cancel the order i placed last week please", "refund"]
 
@@ -136,9 +145,7 @@ def test_the_flow_scores_gates_and_serves_the_int8_model(
     from tuneflow.fitting.export import load_predictor
     from tuneflow.judging.metrics import classification_metrics
 
-    oos = ["what's the weather like", "tell me a joke", "asdf qwerty", "who won the match", "sing a song"]
-    oos_file = tmp_path / "oos.csv"
-    pd.DataFrame({"text": oos * 2}).to_csv(oos_file, index=False)
+    oos, oos_file = OFF_TOPIC, write_oos(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = make_config(
         tmp_path,
@@ -194,15 +201,9 @@ def test_token_classification_flow_with_int8_logs_its_entity_f1_loss(
 ) -> None:
     from flows.finetune import finetune
 
-    train = write_conll(tmp_path / "train.conll", ner_rows(160, 1))
-    test = write_conll(tmp_path / "test.conll", ner_rows(40, 2))
-    cfg = make_config(
+    cfg = ner_config(
         tmp_path,
         tiny_ner_model,
-        name="int8-ner",
-        task="token_classification",
-        data={"train": str(train), "test": str(test)},
-        train={"lr": 5e-3, "monitor": "val/f1"},
         tracking={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
         export={"quantize": "int8"},
         gates={"max_val_degradation": None},

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, make_config
+from tests.conftest import OFF_TOPIC, ROOT, make_config, write_oos
 from tuneflow.config import ConfigError
 from tuneflow.judging.calibration import expected_calibration_error, fit_temperature, softmax
 from tuneflow.judging.outofscope import (
@@ -285,9 +285,7 @@ def test_registered_model_answers_the_fallback(
 
     from flows.finetune import finetune
 
-    oos = ["what's the weather like", "tell me a joke", "asdf qwerty", "who won the match", "sing a song"]
-    oos_file = tmp_path / "oos.csv"
-    pd.DataFrame({"text": oos * 2}).to_csv(oos_file, index=False)
+    oos, oos_file = OFF_TOPIC, write_oos(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = make_config(
         tmp_path,

@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, chat_rows, ner_rows, seq2seq_rows, write_conll, write_jsonl
+from tests.conftest import ROOT, chat_rows, ner_config, ner_rows, seq2seq_rows, write_conll, write_jsonl
 from tuneflow.config import ConfigError, DataConfig, FileSpec
 from tuneflow.data.readers import read_conll, read_tagged
 from tuneflow.tasktypes.resolve import load_config
@@ -100,23 +100,6 @@ def test_hub_model_offline_fails_clearly():
 # -------------------------------------------------------------------------------------------- end to end
 
 
-def _ner_config(tmp_path: Path, model: str, **sections) -> Path:
-    from tests.conftest import make_config
-
-    train = write_conll(tmp_path / "train.conll", ner_rows(160, 1))
-    test = write_conll(tmp_path / "test.conll", ner_rows(40, 2))
-    cfg = make_config(
-        tmp_path,
-        model,
-        name="tiny-ner",
-        task="token_classification",
-        data={"train": str(train), "test": str(test)},
-        train={"lr": 5e-3, "max_epochs": 4, "monitor": "val/f1"},
-        **sections,
-    )
-    return cfg
-
-
 def _run(cfg_path: Path) -> dict:
     from flows.finetune import finetune
 
@@ -146,7 +129,7 @@ def _artifacts(run_id: str, path: str) -> set[str]:
 def test_ner_end_to_end(tmp_path, tiny_ner_model, tracking_uri, prefect_harness):
     import yaml
 
-    cfg_path = _ner_config(tmp_path, tiny_ner_model)
+    cfg_path = ner_config(tmp_path, tiny_ner_model)
     raw = yaml.safe_load(cfg_path.read_text())
     raw["data"].pop("text_column"), raw["data"].pop("label_column")
     cfg_path.write_text(yaml.safe_dump(raw))

@@ -89,9 +89,9 @@ def print_run(result: Any, cfg: Any) -> None:
         console.print(f"{key:<15} {m[key]:.4f}")
     for label, text in task_type(cfg.task).result_lines(m):
         console.print(f"{label:<15} {text}")
-    if "quantization/loss" in m:
-        metric = cfg.gates.metric
-        fp32, speedup = m.get(f"quantization/fp32_{metric}"), m.get("quantization/latency_speedup")
+    metric = cfg.gates.metric
+    fp32, speedup = m.get(f"quantization/fp32_{metric}"), m.get("quantization/latency_speedup")
+    if fp32 is not None:
         faster = f", single examples {speedup:.1f}x faster" if speedup else ""
         console.print(
             f"{'served int8':<15} test {metric} {fp32:.4f} (fp32) -> {m.get(f'test/{metric}', 0):.4f} "
