@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_result, write_table
+from bench.common import RESULTS, write_result, write_table
 from bench.pipeline import ROOT, run_pipeline
 
 DATASETS: dict[str, tuple[Path, list[str]]] = {
@@ -226,7 +226,10 @@ def _served_text(s: dict[str, Any]) -> str:
     def rate(arm: str, clients: int) -> str:
         return f"{s[arm][str(clients)]['requests_per_s']:.0f}"
 
-    rps = ", ".join(f"{rate('fp32', c)} -> {rate('int8', c)} req/s ({c} clients)" for c in CLIENTS)
+    def who(clients: int) -> str:
+        return f"{clients} client{'s' if clients > 1 else ''}"
+
+    rps = ", ".join(f"{rate('fp32', c)} -> {rate('int8', c)} req/s ({who(c)})" for c in CLIENTS)
     return (
         f"p50 {one_32['p50_ms']:.1f} -> {one_8['p50_ms']:.1f} ms (x{one_32['p50_ms'] / one_8['p50_ms']:.2f} "
         f"lower), p95 {one_32['p95_ms']:.1f} -> {one_8['p95_ms']:.1f} ms, {rps}"
@@ -272,6 +275,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         results = [run_dataset(d, args.quick, args.seconds, Path(tmp)) for d in args.datasets]
     suite = "quantize-quick" if args.quick else "quantize"
+    earlier = RESULTS / f"{suite}.json"
+    if earlier.exists():  # datasets run in separate invocations: keep the others' results
+        kept = [r for r in json.loads(earlier.read_text())["results"] if r["dataset"] not in args.datasets]
+        results = sorted(kept + results, key=lambda r: list(DATASETS).index(r["dataset"]))
     payload = {"quick": args.quick, "results": results, "rows": rows(results, args.quick, args.seconds)}
     print(f"wrote {write_result(suite, payload)} and {write_table()}")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,13 @@ class Gaussian:
         # (x - m)^T P (x - m) = x^T P x - 2 x^T P m + m^T P m, for all classes at once.
         xp = x @ self.precision
         quad_x = np.einsum("ij,ij->i", xp, x)
-        quad_m = np.einsum("ij,jk,ik->i", self.means, self.precision, self.means)
-        return (quad_x[:, None] - 2 * xp @ self.means.T + quad_m[None, :]).min(axis=1)
+        return (quad_x[:, None] - 2 * xp @ self.means.T + self._quad_means[None, :]).min(axis=1)
+
+    @cached_property
+    def _quad_means(self) -> np.ndarray:
+        """m^T P m per class: fixed once fitted, and the largest product of a served query's score (a
+        three-operand einsum took ~30 ms per call for 150 classes in 384 dimensions)."""
+        return ((self.means @ self.precision) * self.means).sum(axis=1)
 
 
 @dataclass(frozen=True)
