@@ -20,10 +20,12 @@ NOT_PARAMS = (
     "train.rdzv_endpoint",
     "train.log_every_n_steps",
     "train.num_workers",
+    "train.gradient_checkpointing",
 )
-"""Settings that say where a run is stored, when it reruns, how it is promoted or how it is spread over
-processes, not what it trains: ``config/resolved.yaml`` keeps them; params stay what tells fine-tunings
-apart (the MLflow UI lists every param in one flat picker)."""
+"""Settings that say where a run is stored, when it reruns, how it is promoted, how it is spread over
+processes or how much memory a step holds (the same gradients, tested), not what it trains:
+``config/resolved.yaml`` keeps them; params stay what tells fine-tunings apart (the MLflow UI lists every
+param in one flat picker)."""
 
 
 _FILE_DEFAULTS = {k: f.default for k, f in config.FileSpec.model_fields.items() if k != "path"}
