@@ -39,9 +39,11 @@ class _Servable(torch.nn.Module):
         super().__init__()
         self.model = model
         self.seen: list[torch.Tensor] = []
-        if head is not None:
-            head.register_forward_hook(lambda m, i, o: self.seen.append(i[0]))
         self.features = head is not None
+        self.hook = None if head is None else head.register_forward_hook(self._keep_input)
+
+    def _keep_input(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.seen.append(inputs[0])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *extra: torch.Tensor) -> Any:
         from tuneflow.backbone.pooling import mean_pool
@@ -84,10 +86,11 @@ def write_onnx(
         fp32 = Path(tmp) / "model.onnx" if int8 else Path(out_path)
         # The tracer warns about every data-dependent branch in transformers' masking code; the padded
         # example above takes the branches real batches take (tests/test_quantize.py checks both).
+        servable = _Servable(model, head).eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Servable(model, head).eval(),
+                servable,
                 tuple(enc[name] for name in inputs),
                 str(fp32),
                 input_names=inputs,
@@ -96,6 +99,8 @@ def write_onnx(
                 opset_version=17,
                 dynamo=False,  # the TorchScript exporter: dynamic batch and length without shape hints
             )
+        if servable.hook is not None:  # the model may serve on in this process (the benchmark's fp32 arm)
+            servable.hook.remove()
         # Per-channel weight scales: each output row keeps its own range (a per-tensor scale lost ~1 point
         # of accuracy on BANKING77; see bench/RESULTS.md).
         if int8:
