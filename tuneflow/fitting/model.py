@@ -20,6 +20,7 @@ from tuneflow.backbone.lora import apply_lora, weights_hash
 from tuneflow.backbone.pretrained import (  # noqa: F401 (re-exported: callers load models through this module)
     ModelLoadError,
     load_from,
+    load_model,
     load_tokenizer,
     quiet_load_report,
     resolve_model,
@@ -80,7 +81,7 @@ def load_pretrained(
     # The head is new on purpose: transformers' "missing keys" load report would only alarm (the fresh
     # weights are returned in ``info`` and left out of the base hash below).
     with quiet_load_report():
-        model, info = load_from(
+        model, info = load_model(
             "model", loader, name, config=config, ignore_mismatched_sizes=True, output_loading_info=True
         )
     fresh = set(info.get("missing_keys") or []) | {k[0] for k in info.get("mismatched_keys") or []}

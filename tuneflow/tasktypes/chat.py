@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tuneflow import names
-from tuneflow.backbone.pretrained import load_from, load_tokenizer
+from tuneflow.backbone.pretrained import load_model, load_tokenizer
 from tuneflow.config import SMOLLM2_MODEL, DataConfig, FileSpec, GenerationConfig, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
 from tuneflow.data.readers import LINE, MESSAGES, REFERENCES, Problem, read_chats, read_instructions
@@ -259,7 +259,7 @@ class ChatPredictor:
             return
         from transformers import AutoModelForCausalLM
 
-        model = load_from("base model", AutoModelForCausalLM, base_name).eval()
+        model = load_model("base model", AutoModelForCausalLM, base_name).eval()
         tokenizer = prepare_tokenizer(load_tokenizer(base_name))
         yield ChatPredictor(model, tokenizer, self.max_length, self.generate_kwargs, self.system_prompt)
 
