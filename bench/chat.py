@@ -215,7 +215,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory:
         arms = [a for a in args.arms if a in MEMORY_ARMS]
-        path = write_result("chat-memory", memory(args.before, arms, args.skip))
+        payload = memory(args.before, arms, args.skip)
+        earlier = RESULTS / "chat-memory.json"
+        if earlier.exists():  # runs left out with --skip/--arms keep their earlier measurement
+            fresh = {(r["arm"], r["code"]) for r in payload["results"]}
+            kept = json.loads(earlier.read_text())["results"]
+            kept = [r for r in kept if (r["arm"], r["code"]) not in fresh]
+            payload["results"] = kept + payload["results"]
+            payload["rows"] = memory_rows(payload["results"], args.before)
+        path = write_result("chat-memory", payload)
         print(f"wrote {path} and {write_table()}")
         return
     payload = run(args.arms, args.quick, args.all_data, args.data)

@@ -160,8 +160,16 @@ def run_dataset(name: str, quick: bool, seconds: float, work: Path) -> dict[str,
     config, overrides = DATASETS[name]
     overrides = [*overrides, "export.quantize=int8", *(QUICK if quick else [])]
     store = work / name
-    print(f"== {name}: fine-tuning with export.quantize=int8 ...", flush=True)
-    pipeline = run_pipeline(config, overrides, store)
+    done = store / "pipeline.json"  # --work: a store kept from an earlier invocation is measured again
+    if done.exists():
+        print(f"== {name}: the model registered in {store}", flush=True)
+        pipeline = json.loads(done.read_text())
+        shutil.rmtree(store / "int8", ignore_errors=True)
+        shutil.rmtree(store / "fp32-export", ignore_errors=True)
+    else:
+        print(f"== {name}: fine-tuning with export.quantize=int8 ...", flush=True)
+        pipeline = run_pipeline(config, overrides, store)
+        done.write_text(json.dumps(pipeline))
     tracking_uri = f"sqlite:///{store}/mlflow.db"
     registered = pipeline["registered"]
     int8_uri = f"models:/{registered['name']}/{registered['version']}"
@@ -271,9 +279,11 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--seconds", type=float, default=15, help="load per client level and round")
     parser.add_argument("--quick", action="store_true", help="1 epoch: checks the bench runs")
+    parser.add_argument("--work", type=Path, help="keep the stores here; a dataset's store there is reused")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
-        results = [run_dataset(d, args.quick, args.seconds, Path(tmp)) for d in args.datasets]
+        work = args.work or Path(tmp)
+        results = [run_dataset(d, args.quick, args.seconds, work) for d in args.datasets]
     suite = "quantize-quick" if args.quick else "quantize"
     earlier = RESULTS / f"{suite}.json"
     if earlier.exists():  # datasets run in separate invocations: keep the others' results

@@ -67,6 +67,30 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor |
     return total / len(target)
 
 
+def position_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Inference: the next-token loss of each labeled position and the row it belongs to, computed like
+    :func:`causal_lm_loss` (output layer on labeled positions only, in chunks: an evaluation batch of 4 x 512
+    tokens would otherwise hold 0.4 GB of logits and as much again for their log-softmax), or None for an
+    architecture it does not know how to take apart."""
+    parts = _parts(model)
+    if parts is None:
+        return None
+    decoder, head = parts
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    target = batch["labels"][:, 1:]
+    keep = target != IGNORE
+    rows = keep.nonzero()[:, 0]
+    states, target = hidden[:, :-1][keep], target[keep]
+    losses = [
+        torch.nn.functional.cross_entropy(
+            head(states[start : start + CHUNK]).float(), target[start : start + CHUNK], reduction="none"
+        )
+        for start in range(0, len(target), CHUNK)
+    ]
+    return (torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)), rows
+
+
 def enable_checkpointing(model: Any) -> None:
     """transformers' gradient checkpointing (non-reentrant: works with frozen LoRA bases and no extra input
     gradients), on the model or, under LoRA, its base.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from tuneflow.config import PipelineConfig, TrainConfig, apply_params
 from tuneflow.data.datamodule import TextDataModule
 from tuneflow.data.encoding import Encoded, EncodedData
 from tuneflow.faults import crash_point
+from tuneflow.fitting.checkpointio import StreamingCheckpointIO
 from tuneflow.fitting.export import export_model, load_predictor, quantize_export, weights_bytes
 from tuneflow.fitting.model import FineTuner, load_module, load_tokenizer
 from tuneflow.store import tracking
@@ -266,6 +268,7 @@ def build_trainer(
         log_every_n_steps=tcfg.log_every_n_steps,
         logger=logger if logger is not None else False,
         callbacks=cbs,
+        plugins=[StreamingCheckpointIO()],
         enable_progress_bar=any(isinstance(cb, CompactProgressBar) for cb in cbs),
         enable_model_summary=False,
         # No sanity validation before the first step: validation code is the task type's, covered by tests;
@@ -396,6 +399,10 @@ def fit(
         params_total=n_total,
     )
     (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    # The trainer and the module reference each other: until a collection, the weights, gradients and
+    # optimizer state (3x the model in a full fine-tune) stay alive while the export loads the model again.
+    del trainer, module, dm
+    gc.collect()
     return result
 
 

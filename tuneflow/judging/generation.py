@@ -24,7 +24,12 @@ def sequence_collator(tokenizer: Any) -> PadSequences:
 
 
 def token_losses(
-    model: Any, data: Encoded, collate: Callable[[list], dict], shift: bool, batch_size: int = 16
+    model: Any,
+    data: Encoded,
+    collate: Callable[[list], dict],
+    shift: bool,
+    batch_size: int = 16,
+    positions: Callable[[Any, dict], Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed cross-entropy and the number of scored label tokens of each example (teacher forcing).
 
@@ -34,6 +39,9 @@ def token_losses(
         collate: the task's collator (pads labels with -100).
         shift: causal LMs predict token t+1 at position t (labels are the inputs); seq2seq labels are not.
         batch_size: examples per forward pass.
+        positions: ``(model, batch) -> (loss per labeled position, its row) | None``, computed without the
+            batch's vocabulary-wide logits (:func:`tuneflow.backbone.lean.position_losses`); None (or its
+            None) takes the loss from the model's logits.
     """
     import torch
 
@@ -43,6 +51,12 @@ def token_losses(
             end = start + batch_size
             rows = list(zip(data.ids[start:end], data.labels[start:end], strict=True))
             batch = collate(rows)
+            lean = positions(model, batch) if positions is not None else None
+            if lean is not None:  # a causal LM's labeled positions alone through its output layer
+                losses, at = lean[0].double().numpy(), lean[1].numpy()
+                sums[start : start + len(rows)] = np.bincount(at, losses, minlength=len(rows))
+                counts[start : start + len(rows)] = np.bincount(at, minlength=len(rows))
+                continue
             logits = model(**batch).logits.float()
             labels = batch["labels"]
             if shift:

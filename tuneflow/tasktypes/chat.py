@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tuneflow import names
+from tuneflow.backbone.lean import position_losses
 from tuneflow.backbone.pretrained import load_model, load_tokenizer
 from tuneflow.config import SMOLLM2_MODEL, DataConfig, FileSpec, GenerationConfig, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
@@ -238,8 +239,9 @@ class ChatPredictor:
             for m in df[MESSAGES]
         ]
         data = Encoded([p[0] for p in pairs], [p[1] for p in pairs])
-        # A causal LM's logits are vocabulary-wide per token (49k for SmolLM2): small batches bound memory.
-        return token_losses(self.model, data, sequence_collator(self.tokenizer), shift=True, batch_size=4)
+        # Only the labeled positions go through the output layer (its logits are 49k wide for SmolLM2).
+        collate = sequence_collator(self.tokenizer)
+        return token_losses(self.model, data, collate, shift=True, batch_size=4, positions=position_losses)
 
     def loss(self, df: pd.DataFrame) -> float:
         """Mean cross-entropy per assistant token of the conversations in ``df``."""
