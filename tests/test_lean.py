@@ -82,7 +82,8 @@ def test_evaluation_losses_from_labeled_positions_equal_the_logits_path(
 
     collate = sequence_collator(prepare_tokenizer(load_tokenizer(tiny_gpt2)))
     expected = token_losses(model, data, collate, shift=True, batch_size=2)
-    sums, counts = token_losses(model, data, collate, shift=True, batch_size=2, positions=lean.position_losses)
+    lean_path = lean.position_losses
+    sums, counts = token_losses(model, data, collate, shift=True, batch_size=2, positions=lean_path)
     assert counts.tolist() == expected[1].tolist() and counts[2] == 0 and counts[:2].min() > 0
     assert sums == pytest.approx(expected[0], rel=1e-5)
 
@@ -174,8 +175,8 @@ def test_models_load_without_hub_kernels(tiny_gpt2: str, tiny_model: str, tmp_pa
 
 
 def test_checkpoints_stream_to_disk(tmp_path) -> None:
-    """Lightning's own CheckpointIO serializes through a memory buffer (several times a 1.6 GB full-fine-tune
-    checkpoint held in RAM): tuneflow's writes the file directly, and a failed save leaves the previous one."""
+    """Lightning's CheckpointIO serializes through a memory buffer (several times a 1.6 GB full-fine-tune
+    checkpoint held in RAM): tuneflow's writes the file directly; a failed save leaves the previous one."""
     import tracemalloc
 
     from lightning.pytorch.plugins.io import TorchCheckpointIO
