@@ -39,6 +39,21 @@ def _parts(model: Any) -> tuple[Any, Any] | None:
     return decoder, head
 
 
+def _labeled(model: Any, batch: dict[str, torch.Tensor]) -> tuple[Any, ...] | None:
+    """The output layer, the decoder's hidden states, those at labeled positions with their next-token
+    targets, and the (rows, positions) mask of the labeled positions; None when the model cannot be taken
+    apart or the batch has no labels."""
+    parts = _parts(model)
+    if parts is None or "labels" not in batch:
+        return None
+    decoder, head = parts
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    target = batch["labels"][:, 1:]  # position t predicts token t + 1
+    keep = target != IGNORE
+    return head, hidden, hidden[:, :-1][keep], target[keep], keep
+
+
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # fp32 logits for the loss, as transformers computes it under autocast.
     return torch.nn.functional.cross_entropy(head(hidden).float(), target, reduction="sum")
@@ -49,17 +64,12 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor |
     None for an architecture it does not know how to take apart (the caller runs the full forward)."""
     from torch.utils.checkpoint import checkpoint
 
-    parts = _parts(model)
-    if parts is None or "labels" not in batch:
+    labeled = _labeled(model, batch)
+    if labeled is None:
         return None
-    decoder, head = parts
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state
-    target = batch["labels"][:, 1:]  # position t predicts token t + 1
-    keep = target != IGNORE
-    if not bool(keep.any()):
+    head, hidden, states, target, _ = labeled
+    if not len(target):
         return hidden.sum() * 0.0  # nothing to learn from: a zero that keeps the graph
-    states, target = hidden[:, :-1][keep], target[keep]
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(target), CHUNK):
         chunk = slice(start, start + CHUNK)
@@ -72,23 +82,17 @@ def position_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.T
     :func:`causal_lm_loss` (output layer on labeled positions only, in chunks: an evaluation batch of 4 x 512
     tokens would otherwise hold 0.4 GB of logits and as much again for their log-softmax), or None for an
     architecture it does not know how to take apart."""
-    parts = _parts(model)
-    if parts is None:
+    labeled = _labeled(model, batch)
+    if labeled is None:
         return None
-    decoder, head = parts
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state
-    target = batch["labels"][:, 1:]
-    keep = target != IGNORE
-    rows = keep.nonzero()[:, 0]
-    states, target = hidden[:, :-1][keep], target[keep]
+    head, hidden, states, target, keep = labeled
     losses = [
         torch.nn.functional.cross_entropy(
             head(states[start : start + CHUNK]).float(), target[start : start + CHUNK], reduction="none"
         )
         for start in range(0, len(target), CHUNK)
     ]
-    return (torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)), rows
+    return (torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)), keep.nonzero()[:, 0]
 
 
 def enable_checkpointing(model: Any) -> None:
