@@ -118,9 +118,8 @@ def quantize_export(export_dir: str | Path) -> Path:
     head = task_type(meta["task"]).feature_head(model, meta)
     path = write_onnx(model, tokenizer, head, export_dir / QUANTIZED_FILE)
     path.chmod(0o644)
-    meta = read_meta(export_dir)
-    meta.pop("model_dir")
-    (export_dir / META_FILE).write_text(json.dumps({**meta, "quantize": "int8"}, indent=2))
+    saved = {k: v for k, v in meta.items() if k != "model_dir"}  # load_exported read it; no second read
+    (export_dir / META_FILE).write_text(json.dumps({**saved, "quantize": "int8"}, indent=2))
     return path
 
 
