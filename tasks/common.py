@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tuneflow.allocator import release_free_memory
 from tuneflow.config import ConfigError
 from tuneflow.data.validation import DataValidationError
 from tuneflow.fitting.model import ModelLoadError
@@ -101,6 +102,8 @@ def stage(name: str) -> Iterator[Callable[[str], None]]:
         raise
     finally:
         # A stage's models sit in reference cycles (Lightning's trainer and module, predictors' hooks): freed
-        # now, the next stage's model loads reuse their memory instead of adding to the process's peak.
+        # now, and the pages the allocator kept for them handed back: the next stage runs in another thread,
+        # whose allocations would not reuse them (jemalloc's arenas are per thread), so they would add up.
         gc.collect()
+        release_free_memory()
     print(f"✓ {name:<10} {time.perf_counter() - start:6.1f} s  {'; '.join(notes)}".rstrip())

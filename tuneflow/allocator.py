@@ -12,6 +12,9 @@ jemalloc preloaded when the system has it (Debian/Ubuntu: ``apt install libjemal
 ``TUNEFLOW_ALLOCATOR=system`` to keep glibc's malloc. Processes started otherwise (a Prefect worker, a
 notebook) choose their allocator themselves: ``LD_PRELOAD=libjemalloc.so.2`` with :data:`MALLOC_CONF`.
 
+Kept pages are a cost once a stage is over: what training held for its steps would stay resident through the
+export and evaluation, which need other sizes. :func:`release_free_memory` hands them back between stages.
+
 May import: nothing of tuneflow (it runs before anything is imported).
 """
 
@@ -62,3 +65,33 @@ def use_jemalloc(argv: list[str] | None = None) -> None:
     env = preload_env(dict(os.environ))
     if env is not None:
         os.execve(sys.executable, sys.orig_argv, env)
+
+
+# jemalloc's MALLCTL_ARENAS_ALL: "every arena" in an ``arena.<i>.*`` name.
+_ALL_ARENAS = 4096
+
+
+def release_free_memory() -> str | None:
+    """Hand the pages the allocator keeps for reuse back to the system (called when a stage ends).
+
+    jemalloc (as :data:`MALLOC_CONF` sets it) never returns freed pages on its own, which keeps steps fast;
+    between stages they are only a cost: a full fine-tune's optimizer state and activations would stay
+    resident while the export and evaluation allocate tensors of other sizes beside them. glibc's
+    ``malloc_trim`` does the same for its heap.
+
+    Returns:
+        What released: ``"jemalloc"``, ``"glibc"``, or None where neither is available (macOS, musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    process = ctypes.CDLL(None)
+    mallctl = getattr(process, "mallctl", None)  # resolves only when jemalloc is the process's malloc
+    if mallctl is not None:
+        name = f"arena.{_ALL_ARENAS}.purge".encode()
+        if mallctl(name, None, None, None, ctypes.c_size_t(0)) == 0:
+            return "jemalloc"
+    trim = getattr(process, "malloc_trim", None)
+    if trim is not None:
+        trim(ctypes.c_size_t(0))
+        return "glibc"
+    return None

@@ -91,7 +91,8 @@ def load_pretrained(
 def load_module(checkpoint: str | Path) -> FineTuner:
     """A checkpoint written by ``fit`` as a FineTuner in eval mode (weights only: no pickled code runs).
     LoRA checkpoints hold the adapter and head only: the frozen base comes from its pre-trained weights."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # Memory-mapped: the weights are copied into the model from the file's pages, not from a second copy.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     hp = dict(state["hyper_parameters"])
     module = FineTuner(**hp)
     module.load_state_dict(state["state_dict"], strict=not hp.get("lora"))

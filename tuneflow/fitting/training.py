@@ -20,6 +20,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tuneflow import names
+from tuneflow.allocator import release_free_memory
 from tuneflow.backbone.lean import enable_checkpointing
 from tuneflow.config import PipelineConfig, TrainConfig, apply_params
 from tuneflow.data.datamodule import TextDataModule
@@ -403,6 +404,7 @@ def fit(
     # optimizer state (3x the model in a full fine-tune) stay alive while the export loads the model again.
     del trainer, module, dm
     gc.collect()
+    release_free_memory()  # what the steps kept for reuse: a search's next trial or the export start afresh
     return result
 
 
