@@ -94,7 +94,7 @@ def _runtimes(
     arms = {
         "pytorch_fp32": kind.predictor(model, tokenizer, meta),
         "torch_ao_int8": kind.predictor(torch_int8, tokenizer, meta),
-        "onnxruntime_fp32": kind.predictor(OnnxModel(graph), tokenizer, meta),
+        "onnxruntime_fp32": kind.predictor(OnnxModel(graph, int8=False), tokenizer, meta),
         "onnxruntime_int8": load_predictor(int8_export),
     }
     texts, truth = splits.test[TEXT].tolist(), splits.test[LABEL].tolist()

@@ -154,7 +154,7 @@ def test_the_flow_scores_gates_and_serves_the_int8_model(
         name="int8-intents",
         tracking={"tracking_uri": uri},
         data={"oos_validation": str(oos_file), "oos_test": str(oos_file)},
-        oos={"method": "mahalanobis", "features": "head"},
+        oos={"method": ["knn", "mahalanobis"], "features": "head"},
         export={"quantize": "int8"},
         gates={"max_val_degradation": None, "max_quantization_loss": 1.0},
     )
@@ -178,11 +178,16 @@ def test_the_flow_scores_gates_and_serves_the_int8_model(
         assert scored == pytest.approx(m[key]), key
     assert m["quantization/loss"] == pytest.approx(m["quantization/fp32_accuracy"] - m["test/accuracy"])
 
+    # The knn bank is served in int8 as well, and the scores the threshold was fitted on are those.
+    spec = json.loads((export / "scope.json").read_text())
+    assert spec["method"] == "knn+mahalanobis" and spec["knn_int8"] is True
+    served = load_predictor(export)
+    assert served.scope is not None and served.scope.neighbors is not None and served.scope.neighbors.int8
     texts = ["where is my parcel", *oos]
     out = pd.DataFrame(mlflow.pyfunc.load_model(str(local)).predict(texts))
+    np.testing.assert_allclose(out["oos_score"], served.predict(texts)["oos_score"], rtol=1e-5)
     assert {"label", "score", "in_scope", "oos_score", "threshold"} <= set(out.columns)
     assert (out.loc[~out["in_scope"], "label"] == "unknown").all()
-    spec = json.loads((export / "scope.json").read_text())
     (export / "scope.json").write_text(json.dumps({**spec, "threshold": 1e30}))  # everything falls back
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     serve = ["models", "serve", "-m", str(local), "--env-manager", "local"]

@@ -102,6 +102,29 @@ def test_detector_round_trips_without_pickle(tmp_path: Path) -> None:
     assert ScopeDetector.load(tmp_path / "nowhere") is None
 
 
+def test_an_int8_bank_scores_like_the_float_one_and_round_trips(tmp_path: Path) -> None:
+    """A quantized model's knn bank runs in int8 (ONNX Runtime, a scale per bank row): distances within a
+    hundredth of the fp32 bank's for any k; scope.json keeps the choice, so serving scores as the threshold
+    was fitted."""
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(2000, 64)), rng.normal(size=(300, 64))
+    for k in (1, 3):
+        exact, int8 = Neighbors.fit(bank, k), Neighbors.fit(bank, k, int8=True)
+        assert int8.int8 and not exact.int8
+        np.testing.assert_allclose(int8.kth_distance(queries), exact.kth_distance(queries), atol=0.01)
+    # Near-duplicates of training rows (confidently in scope): the similarity keeps its accuracy (distances
+    # there, sqrt(2 - 2 x similarity), magnify it; they are far from any threshold).
+    close = rng.normal(size=(300, 64)) * 0.1 + bank[:300]
+    exact, int8 = Neighbors.fit(bank, 1), Neighbors.fit(bank, 1, int8=True)
+    similarity = lambda n: 1 - n.kth_distance(close) ** 2 / 2  # noqa: E731
+    np.testing.assert_allclose(similarity(int8), similarity(exact), atol=0.005)
+    ScopeDetector(("knn",), -0.5, "unknown", 1.0, None, "head", int8).save(tmp_path)
+    loaded = ScopeDetector.load(tmp_path)
+    assert loaded is not None and loaded.neighbors is not None and loaded.neighbors.int8
+    np.testing.assert_allclose(loaded.neighbors.kth_distance(queries), int8.kth_distance(queries))
+    assert json.loads((tmp_path / "scope.json").read_text())["knn_int8"] is True
+
+
 def test_knn_scores_the_kth_neighbour_and_its_bank_round_trips(tmp_path: Path) -> None:
     """knn: minus the distance between unit vectors to the k-th nearest training row, computed in chunks
     exactly as all at once; the bank ships as .npz (no pickle) and serving gets the same scores."""

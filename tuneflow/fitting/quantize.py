@@ -131,8 +131,9 @@ class OnnxModel:
     torch's thread count to say how many a call may use (single-query latency is measured on one).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, int8: bool = True):
         self.path = str(path)
+        self.int8 = int8  # weights quantized (what ``export.quantize: int8`` serves); False: an fp32 graph
         self._sessions: dict[int, Any] = {}
         self.names = [i.name for i in self._session().get_inputs()]
         self.outputs = [o.name for o in self._session().get_outputs()]

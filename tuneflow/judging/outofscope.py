@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -86,28 +86,93 @@ class Gaussian:
 
 @dataclass(frozen=True)
 class Neighbors:
-    """L2-normalized training features; a query's score is minus its distance to the k-th nearest one."""
+    """L2-normalized training features; a query's score is minus its distance to the k-th nearest one.
+
+    With ``int8`` (the detector of an ``export.quantize: int8`` model) the products with the bank run in ONNX
+    Runtime on an int8 copy of it, one scale per bank row: a 15,000 x 384 bank is 5.8 MB to read per query
+    instead of 23 MB, which is what a single query's product costs (bench/RESULTS.md, CLINC150).
+    """
 
     bank: np.ndarray  # (examples, features), unit rows, float32
     k: int = 1
+    int8: bool = False
+    _sessions: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Stored feature-major: a query's product then reads the bank row by row (BLAS's fast case), 1.5x
+        # faster for one query than the example-major layout; ``bank`` keeps its shape.
+        object.__setattr__(self, "bank", np.asfortranarray(self.bank, dtype=np.float32))
 
     @classmethod
-    def fit(cls, features: np.ndarray, k: int = 1) -> Neighbors:
+    def fit(cls, features: np.ndarray, k: int = 1, int8: bool = False) -> Neighbors:
         """The bank of normalized training features (``k`` <= their count)."""
         if not 1 <= k <= len(features):
             raise ValueError(f"knn: k={k} needs between 1 and {len(features)} (the training examples)")
-        return cls(_unit(features), k)
+        return cls(_unit(features), k, int8)
 
     def kth_distance(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """Euclidean distance of each normalized query to its k-th nearest bank row."""
         q = _unit(features)
         out = np.empty(len(q), dtype=np.float64)
         for start in range(0, len(q), chunk):  # chunks bound the (queries x bank) similarity matrix
-            sims = q[start : start + chunk] @ self.bank.T
-            # k = 1 (the configs' choice) is a max: a partition of a 15,000-example bank costs 40x more.
-            kth = sims.max(axis=1) if self.k == 1 else -np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
+            kth = self._kth_similarity(q[start : start + chunk])
             out[start : start + chunk] = np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
         return out
+
+    def _kth_similarity(self, q: np.ndarray) -> np.ndarray:
+        if self.int8:
+            return self._session().run(None, {"query": q})[0][:, -1]
+        sims = q @ self.bank.T
+        # k = 1 (the configs' choice) is a max: a partition of a 15,000-example bank costs 40x more.
+        return sims.max(axis=1) if self.k == 1 else -np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
+
+    def _session(self) -> Any:
+        """The int8 graph (query -> its k highest similarities), one session per torch thread count as for
+        the quantized model itself (a session's threads are fixed when it is made)."""
+        import onnxruntime as ort
+        import torch
+
+        threads = torch.get_num_threads()
+        if threads not in self._sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            options.log_severity_level = 3
+            graph = _int8_topk_graph(self.bank, self.k)
+            self._sessions[threads] = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
+
+
+def _int8_topk_graph(bank: np.ndarray, k: int) -> bytes:
+    """An ONNX graph of the queries' ``k`` highest similarities with ``bank``, its weights quantized per bank
+    row by ONNX Runtime's dynamic quantization (the query is quantized per call)."""
+    import tempfile
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = [
+        helper.make_node("MatMul", ["query", "bank"], ["similarity"]),
+        helper.make_node("TopK", ["similarity", "k"], ["top", "index"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "knn",
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["n", bank.shape[1]])],
+        [helper.make_tensor_value_info("top", TensorProto.FLOAT, ["n", k])],
+        [
+            numpy_helper.from_array(np.ascontiguousarray(bank.T), "bank"),
+            numpy_helper.from_array(np.array([k], dtype=np.int64), "k"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "knn.onnx", Path(tmp) / "knn_int8.onnx"
+        onnx.save(model, fp32)
+        # 7-bit weights (reduce_range): CPUs without VNNI multiply uint8 x int8 in pairs summed into int16,
+        # which saturates with full-range weights: distances were off by up to 0.07 (0.003 with it).
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        return int8.read_bytes()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -150,8 +215,8 @@ class Method:
 
     name: str
     score: Callable[[np.ndarray, np.ndarray | None, float, Gaussian | None, Neighbors | None], np.ndarray]
-    fit: Callable[[np.ndarray, np.ndarray, int, int], dict[str, Any]] | None = (
-        None  # (features, labels, classes, k)
+    fit: Callable[[np.ndarray, np.ndarray, int, int, bool], dict[str, Any]] | None = (
+        None  # (features, labels, classes, k, int8)
     )
 
     @property
@@ -164,8 +229,8 @@ SCOPE_METHODS: dict[str, Method] = {
     for m in (
         Method("msp", _msp),
         Method("energy", _energy),
-        Method("mahalanobis", _mahalanobis, lambda x, y, n, k: {"gaussian": Gaussian.fit(x, y, n)}),
-        Method("knn", _knn, lambda x, y, n, k: {"neighbors": Neighbors.fit(x, min(k, len(x)))}),
+        Method("mahalanobis", _mahalanobis, lambda x, y, n, k, q: {"gaussian": Gaussian.fit(x, y, n)}),
+        Method("knn", _knn, lambda x, y, n, k, q: {"neighbors": Neighbors.fit(x, min(k, len(x)), q)}),
     )
 }
 """The registry of out-of-scope methods (``oos.method``). Adding one: a :class:`Method` here and its name in
@@ -190,13 +255,19 @@ def in_scope_scores(
 
 
 def fit_methods(
-    methods: tuple[str, ...], features: np.ndarray, labels: np.ndarray, n_classes: int, k: int
+    methods: tuple[str, ...],
+    features: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    k: int,
+    int8: bool = False,
 ) -> dict[str, Any]:
-    """What ``methods`` fit on the training features: the :class:`ScopeDetector` fields to set."""
+    """What ``methods`` fit on the training features: the :class:`ScopeDetector` fields to set (``int8``:
+    for a quantized model, whose knn bank is served in int8 too)."""
     fitted: dict[str, Any] = {}
     for name in methods:
         if SCOPE_METHODS[name].fit is not None:
-            fitted.update(SCOPE_METHODS[name].fit(features, labels, n_classes, k))
+            fitted.update(SCOPE_METHODS[name].fit(features, labels, n_classes, k, int8))
     return fitted
 
 
@@ -315,6 +386,7 @@ class ScopeDetector:
         }
         if self.neighbors is not None:
             spec["k"] = self.neighbors.k
+            spec["knn_int8"] = self.neighbors.int8
         if self.standardize is not None:
             spec["standardize"] = {m: list(v) for m, v in self.standardize.items()}
         (model_dir / SCOPE_FILE).write_text(json.dumps(spec, indent=2))
@@ -343,7 +415,7 @@ class ScopeDetector:
         neighbors = None
         if (model_dir / NEIGHBORS_FILE).is_file():
             with np.load(model_dir / NEIGHBORS_FILE, allow_pickle=False) as z:
-                neighbors = Neighbors(z["bank"], int(spec.get("k", 1)))
+                neighbors = Neighbors(z["bank"], int(spec.get("k", 1)), bool(spec.get("knn_int8", False)))
         return cls(
             tuple(spec["method"].split("+")),
             float(spec["threshold"]),

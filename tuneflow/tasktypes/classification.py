@@ -362,7 +362,9 @@ class SequenceClassification(TaskType):
             _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features)
             assert train_feats is not None
             y_train = np.array([index[x] for x in train[LABEL]])
-            fitted = fit_methods(oos.methods, train_feats, y_train, len(index), oos.knn_k)
+            # A quantized model's detector runs its knn bank in int8 too: what is fitted is what serves.
+            int8 = bool(getattr(predictor.model, "int8", False))
+            fitted = fit_methods(oos.methods, train_feats, y_train, len(index), oos.knn_k, int8)
         detector = replace(unfitted, temperature=temperature, **fitted)
         parts = detector.part_scores(logits, feats)
         if len(parts) > 1:
