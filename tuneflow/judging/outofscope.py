@@ -145,6 +145,7 @@ class Neighbors:
 def _int8_topk_graph(bank: np.ndarray, k: int) -> bytes:
     """An ONNX graph of the queries' ``k`` highest similarities with ``bank``, its weights quantized per bank
     row by ONNX Runtime's dynamic quantization (the query is quantized per call)."""
+    import logging
     import tempfile
 
     import onnx
@@ -171,7 +172,13 @@ def _int8_topk_graph(bank: np.ndarray, k: int) -> bytes:
         onnx.save(model, fp32)
         # 7-bit weights (reduce_range): CPUs without VNNI multiply uint8 x int8 in pairs summed into int16,
         # which saturates with full-range weights: distances were off by up to 0.07 (0.003 with it).
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        root = logging.getLogger()  # onnxruntime advises shape pre-processing on the root logger: not here
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        finally:
+            root.setLevel(level)
         return int8.read_bytes()
 
 
