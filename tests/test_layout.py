@@ -20,7 +20,17 @@ MAY_IMPORT: dict[str, set[str]] = {
     "backbone": {"config"},
     "tasktypes": {"config", "names", "data", "judging", "backbone"},
     "store": {"config", "names", "tasktypes"},
-    "fitting": {"config", "names", "faults", "data", "judging", "backbone", "tasktypes", "store"},
+    "fitting": {
+        "config",
+        "names",
+        "faults",
+        "data",
+        "judging",
+        "backbone",
+        "tasktypes",
+        "store",
+        "allocator",
+    },
     "registry": {"config", "names", "faults", "data", "judging", "backbone", "tasktypes", "store", "fitting"},
     "preflight": {"config", "data", "backbone", "tasktypes"},
     "serving": {"registry"},  # the import path of models registered before the packages (a shim)

@@ -400,8 +400,7 @@ def fit(
         params_total=n_total,
     )
     (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
-    # The trainer and the module reference each other: until a collection, the weights, gradients and
-    # optimizer state (3x the model in a full fine-tune) stay alive while the export loads the model again.
+    # Trainer and module reference each other: collected now, not while the export loads the model again.
     del trainer, module, dm
     gc.collect()
     release_free_memory()  # what the steps kept for reuse: a search's next trial or the export start afresh
