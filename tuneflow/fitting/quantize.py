@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuneflow.onnxrt import Sessions, quantize_int8
+
 QUANTIZED_FILE = "model_int8.onnx"
 FEATURE_OUTPUTS = ("head", "mean_pooled", "layer_mean")  # the predictor's feature kinds, in graph order
 # The example the graph is traced with holds padding: transformers skips the attention mask when no token
@@ -74,8 +76,6 @@ def write_onnx(
         out_path: the ``.onnx`` file to write.
         int8: quantize (False: the fp32 graph, which the benchmark compares with).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     inputs = _input_names(tokenizer)
     enc = tokenizer(TRACE_TEXTS, padding=True, return_tensors="pt")
     outputs = ["logits", *(FEATURE_OUTPUTS if head is not None else ())]
@@ -101,10 +101,8 @@ def write_onnx(
             )
         if servable.hook is not None:  # the model may serve on in this process (the benchmark's fp32 arm)
             servable.hook.remove()
-        # Per-channel weight scales: each output row keeps its own range (a per-tensor scale lost ~1 point
-        # of accuracy on BANKING77; see bench/RESULTS.md).
         if int8:
-            quantize_dynamic(fp32, out_path, weight_type=QuantType.QInt8, per_channel=True)
+            quantize_int8(fp32, Path(out_path))
     return Path(out_path)
 
 
@@ -134,22 +132,12 @@ class OnnxModel:
     def __init__(self, path: str | Path, int8: bool = True):
         self.path = str(path)
         self.int8 = int8  # weights quantized (what ``export.quantize: int8`` serves); False: an fp32 graph
-        self._sessions: dict[int, Any] = {}
+        self._sessions = Sessions(Path(path))
         self.names = [i.name for i in self._session().get_inputs()]
         self.outputs = [o.name for o in self._session().get_outputs()]
 
     def _session(self) -> Any:
-        import onnxruntime as ort
-
-        threads = torch.get_num_threads()
-        if threads not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3  # warnings about unused initializers are not the user's business
-            cpu = ["CPUExecutionProvider"]
-            self._sessions[threads] = ort.InferenceSession(self.path, options, providers=cpu)
-        return self._sessions[threads]
+        return self._sessions.get()
 
     def eval(self) -> OnnxModel:
         return self

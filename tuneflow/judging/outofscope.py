@@ -40,6 +40,7 @@ import numpy as np
 
 from tuneflow import names
 from tuneflow.judging.calibration import softmax
+from tuneflow.onnxrt import Sessions, quantize_int8
 
 SCOPE_FILE = "scope.json"
 GAUSSIAN_FILE = "scope_gaussian.npz"
@@ -96,7 +97,7 @@ class Neighbors:
     bank: np.ndarray  # (examples, features), unit rows, float32
     k: int = 1
     int8: bool = False
-    _sessions: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _sessions: Sessions | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Stored feature-major: a query's product then reads the bank row by row (BLAS's fast case), 1.5x
@@ -128,29 +129,19 @@ class Neighbors:
 
     def _session(self) -> Any:
         """The int8 graph (query -> its k highest similarities), one session per torch thread count as for
-        the quantized model itself (a session's threads are fixed when it is made)."""
-        import onnxruntime as ort
-        import torch
-
-        threads = torch.get_num_threads()
-        if threads not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            options.log_severity_level = 3
-            graph = _int8_topk_graph(self.bank, self.k)
-            self._sessions[threads] = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        return self._sessions[threads]
+        the quantized model itself."""
+        if self._sessions is None:
+            object.__setattr__(self, "_sessions", Sessions(_int8_topk_graph(self.bank, self.k)))
+        return self._sessions.get()
 
 
 def _int8_topk_graph(bank: np.ndarray, k: int) -> bytes:
     """An ONNX graph of the queries' ``k`` highest similarities with ``bank``, its weights quantized per bank
     row by ONNX Runtime's dynamic quantization (the query is quantized per call)."""
-    import logging
     import tempfile
 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     nodes = [
         helper.make_node("MatMul", ["query", "bank"], ["similarity"]),
@@ -170,16 +161,8 @@ def _int8_topk_graph(bank: np.ndarray, k: int) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "knn.onnx", Path(tmp) / "knn_int8.onnx"
         onnx.save(model, fp32)
-        # 7-bit weights (reduce_range): CPUs without VNNI multiply uint8 x int8 in pairs summed into int16,
-        # which saturates with full-range weights: distances were off by up to 0.07 (0.003 with it).
-        root = logging.getLogger()  # onnxruntime advises shape pre-processing on the root logger: not here
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
-        finally:
-            root.setLevel(level)
-        return int8.read_bytes()
+        # 7 bits: one bank row's distances must hold on any CPU (see quantize_int8).
+        return quantize_int8(fp32, int8, reduce_range=True).read_bytes()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
