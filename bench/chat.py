@@ -102,11 +102,12 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
             anchors = "; ".join(f"{k} {v[0]}/{v[1]}/{v[2]}" for k, v in SCITLDR_ANCHORS.items())
             result = f"ROUGE-1/2/L base {rouge(b)} -> tuned {rouge(t)}; {anchors}"
             data = f"SciTLDR-A test, 100 sampled papers; {budget}"
+        allocator = f" ({r['allocator']})" if "allocator" in r else ""  # runs before it was recorded: glibc
         cost = (
             f"; wall {r['wall_s'] / 60:.1f} min (fit {r['fit_s'] / 60:.1f}), "
             f"train {r['train_tokens_per_s']:.0f} tok/s, "
             f"generation {r['generation_tokens_per_s']:.1f} tok/s, "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB, weights {r['weights_mb']:.1f} MB"
+            f"peak RSS {r['peak_rss_mb']:.0f} MB{allocator}, weights {r['weights_mb']:.1f} MB"
         )
         out.append(
             {"what": what, "result": result + cost, "target": "tuned beats its own base model", "data": data}
@@ -117,18 +118,25 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
 def run(
     arms: list[str], quick: bool, all_data: bool = False, data: Path | None = None, epochs: int | None = None
 ) -> dict[str, Any]:
+    import os
+
+    from tuneflow.allocator import preload_env
+
     results = []
     extra = [*(QUICK if quick else []), *(["data.max_train_examples=null"] if all_data else [])]
     if epochs is not None:
         extra.append(f"train.max_epochs={epochs}")
     if data is not None:
         extra += [f"data.{split}={data.resolve() / f'{split}.jsonl'}" for split in SPLITS]
+    # The allocator `tuneflow run` gives itself (jemalloc where installed): peak RSS as a user meets it.
+    env = preload_env(dict(os.environ)) or {}
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
         for arm in arms:
             config, overrides = ARMS[arm]
             print(f"== {arm}", flush=True)
-            out = run_pipeline(config, [*overrides, *extra], Path(tmp) / arm)
+            out = run_pipeline(config, [*overrides, *extra], Path(tmp) / arm, env)
             results.append(summarize(f"{arm}_all" if all_data else arm, out))
+            results[-1]["allocator"] = "jemalloc" if env.get("LD_PRELOAD") else "glibc"
             if all_data:
                 train = (data or config.parent / "../../shared/data/sgd_support") / "train.jsonl"
                 results[-1]["train_examples"] = sum(1 for line in train.open() if line.strip())
