@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, write_result, write_table
+from bench.common import RESULTS, keep_earlier, measured_on, write_result, write_table
 from bench.pipeline import ROOT, run_pipeline
 
 SUPPORT = ROOT / "configs" / "support_chat.yaml"
@@ -109,9 +109,8 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
             f"generation {r['generation_tokens_per_s']:.1f} tok/s, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB{allocator}, weights {r['weights_mb']:.1f} MB"
         )
-        out.append(
-            {"what": what, "result": result + cost, "target": "tuned beats its own base model", "data": data}
-        )
+        target = "tuned beats its own base model"
+        out.append({"what": what, "result": result + cost, "target": target, "data": data, **measured_on(r)})
     return out
 
 
@@ -253,13 +252,10 @@ def main() -> None:
     payload = run(args.arms, args.quick, args.all_data, args.data, args.max_epochs)
     suite = "chat-quick" if args.quick else "chat"
     # Arms run in separate invocations (each is ~40 min on CPU): keep the earlier arms' results.
-    earlier = RESULTS / f"{suite}.json"
-    if earlier.exists():
-        fresh = {r["arm"] for r in payload["results"]}
-        kept = [r for r in json.loads(earlier.read_text())["results"] if r["arm"] not in fresh]
-        order = [*ARMS, *(f"{a}_all" for a in ARMS)]
-        payload["results"] = sorted(kept + payload["results"], key=lambda r: order.index(r["arm"]))
-        payload["rows"] = rows(payload["results"], args.quick)
+    kept = keep_earlier(suite, payload["results"], "arm")
+    order = [*ARMS, *(f"{a}_all" for a in ARMS)]
+    payload["results"] = sorted(kept + payload["results"], key=lambda r: order.index(r["arm"]))
+    payload["rows"] = rows(payload["results"], args.quick)
     path = write_result(suite, payload)
     print(f"wrote {path} and {write_table()}")
 

@@ -62,6 +62,24 @@ def write_result(suite: str, payload: dict[str, Any]) -> Path:
 ANCHORS = Path(__file__).resolve().parent / "ANCHORS.md"
 
 
+def keep_earlier(suite: str, fresh: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The results of ``suite``'s committed JSON that ``fresh`` does not replace (matched on ``key``): suites
+    run part by part keep the other parts. Each kept result carries the machine and date it was measured on
+    (``machine``), which its rows show in RESULTS.md instead of the newer run's."""
+    path = RESULTS / f"{suite}.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    replaced = {r[key] for r in fresh}
+    kept = [r for r in earlier["results"] if r[key] not in replaced]
+    return [{"machine": earlier["machine"], **r} for r in kept]
+
+
+def measured_on(result: dict[str, Any]) -> dict[str, Any]:
+    """A row's ``machine`` entry for a result kept by :func:`keep_earlier` (nothing for a fresh one)."""
+    return {"machine": result["machine"]} if "machine" in result else {}
+
+
 def write_table() -> Path:
     """Regenerate RESULTS.md from every committed result's ``rows`` (one markdown row per entry)."""
     lines = [
@@ -75,13 +93,13 @@ def write_table() -> Path:
     ]
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
-        m = result["machine"]
-        machine = (
-            f"{m['cpu_count']} cores, {m['torch_threads']} torch threads"
-            + (f", {m['cpu']}" if m.get("cpu") else "")
-            + (f", {m['gpu']}" if m["gpu"] else "")
-        )
         for row in result.get("rows", []):
+            m = row.get("machine") or result["machine"]  # a row kept from an earlier run: its own machine
+            machine = (
+                f"{m['cpu_count']} cores, {m['torch_threads']} torch threads"
+                + (f", {m['cpu']}" if m.get("cpu") else "")
+                + (f", {m['gpu']}" if m["gpu"] else "")
+            )
             lines.append(
                 f"| {result['suite']} | {row['what']} | {row['result']} | {row['target']} | {row['data']} | "
                 f"{machine} | {m['date'][:10]} |"

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, write_result, write_table
+from bench.common import keep_earlier, measured_on, write_result, write_table
 from bench.pipeline import ROOT, run_pipeline
 
 DATASETS: dict[str, tuple[Path, list[str]]] = {
@@ -258,6 +258,7 @@ def rows(results: list[dict[str, Any]], quick: bool, seconds: float) -> list[dic
                 "result": f"{_served_text(r['served'])}; {_accuracy_text(r['accuracy'])}; {weights}",
                 "target": TARGET,
                 "data": data + ("; QUICK (1 epoch)" if quick else ""),
+                **measured_on(r),
             }
         )
         arms = ", ".join(
@@ -269,6 +270,7 @@ def rows(results: list[dict[str, Any]], quick: bool, seconds: float) -> list[dic
                 "result": f"single-query p50 / test accuracy: {arms}",
                 "target": "choose the runtime for export.quantize",
                 "data": f"{LATENCY_QUERIES} test queries, fastest of 3 each, out-of-scope detector included",
+                **measured_on(r),
             }
         )
     return out
@@ -285,10 +287,8 @@ def main() -> None:
         work = args.work or Path(tmp)
         results = [run_dataset(d, args.quick, args.seconds, work) for d in args.datasets]
     suite = "quantize-quick" if args.quick else "quantize"
-    earlier = RESULTS / f"{suite}.json"
-    if earlier.exists():  # datasets run in separate invocations: keep the others' results
-        kept = [r for r in json.loads(earlier.read_text())["results"] if r["dataset"] not in args.datasets]
-        results = sorted(kept + results, key=lambda r: list(DATASETS).index(r["dataset"]))
+    kept = keep_earlier(suite, results, "dataset")  # datasets run in separate invocations
+    results = sorted(kept + results, key=lambda r: list(DATASETS).index(r["dataset"]))
     payload = {"quick": args.quick, "results": results, "rows": rows(results, args.quick, args.seconds)}
     print(f"wrote {write_result(suite, payload)} and {write_table()}")
 
