@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, keep_earlier, measured_on, write_result, write_table
+from bench.common import RESULTS, keep_earlier, machine_info, measured_on, write_result, write_table
 from bench.pipeline import ROOT, run_pipeline
 
 SUPPORT = ROOT / "configs" / "support_chat.yaml"
@@ -239,14 +239,17 @@ def main() -> None:
     if args.memory:
         arms = [a for a in args.arms if a in MEMORY_ARMS]
         payload = memory(args.before, arms, args.skip)
-        earlier = RESULTS / "chat-memory.json"
+        # bf16 and fp32 CPUs trade memory for speed differently (gradient checkpointing's recompute): each
+        # precision keeps its own rows.
+        suite = "chat-memory-bf16" if machine_info()["cpu"].endswith(", bf16") else "chat-memory"
+        earlier = RESULTS / f"{suite}.json"
         if earlier.exists():  # runs left out with --skip/--arms keep their earlier measurement
             fresh = {(r["arm"], r["code"]) for r in payload["results"]}
             kept = json.loads(earlier.read_text())["results"]
             kept = [r for r in kept if (r["arm"], r["code"]) not in fresh]
             payload["results"] = kept + payload["results"]
             payload["rows"] = memory_rows(payload["results"], args.before)
-        path = write_result("chat-memory", payload)
+        path = write_result(suite, payload)
         print(f"wrote {path} and {write_table()}")
         return
     payload = run(args.arms, args.quick, args.all_data, args.data, args.max_epochs)
