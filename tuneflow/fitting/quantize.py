@@ -132,7 +132,7 @@ class OnnxModel:
     def __init__(self, path: str | Path, int8: bool = True):
         self.path = str(path)
         self.int8 = int8  # weights quantized (what ``export.quantize: int8`` serves); False: an fp32 graph
-        self._sessions = Sessions(Path(path))
+        self._sessions = Sessions(self.path)
         self.names = [i.name for i in self._session().get_inputs()]
         self.outputs = [o.name for o in self._session().get_outputs()]
 
