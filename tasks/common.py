@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tuneflow.allocator import release_free_memory
+from tuneflow import names
+from tuneflow.allocator import PeakWatch, release_free_memory
 from tuneflow.config import ConfigError
 from tuneflow.data.validation import DataValidationError
 from tuneflow.fitting.model import ModelLoadError
@@ -89,21 +90,30 @@ TRANSIENT_RETRIES: dict[str, Any] = {
 
 
 @contextmanager
-def stage(name: str) -> Iterator[Callable[[str], None]]:
+def stage(name: str, run_id: str | None = None) -> Iterator[Callable[[str], None]]:
     """One console line per stage when it ends: ``✓ train      41.3 s  3 epochs, best val_f1_macro 0.93``.
 
-    Yields ``note(text)`` to add the stage's result to its line; a failure prints ``✗ name failed``.
+    Yields ``note(text)`` to add the stage's result to its line; a failure prints ``✗ name failed``. With
+    ``run_id``, the stage's peak resident memory is logged to that run as ``memory/peak_<name>_mb``.
     """
     start, notes = time.perf_counter(), []
     try:
-        yield notes.append
+        with PeakWatch() as memory:
+            yield notes.append
     except BaseException:
         print(f"✗ {name} failed after {time.perf_counter() - start:.1f} s")
         raise
     finally:
+        peak = memory.peak
         # A stage's models sit in reference cycles (Lightning's trainer and module, predictors' hooks): freed
         # now, and the pages the allocator kept for them handed back: the next stage runs in another thread,
         # whose allocations would not reuse them (jemalloc's arenas are per thread), so they would add up.
         gc.collect()
         release_free_memory()
+    if peak is not None:
+        notes.append(f"peak RSS {peak / 1024:.1f} GB")
+        if run_id is not None:
+            from tuneflow.store import tracking
+
+            tracking.log_metrics(run_id, {f"{names.MEMORY}peak_{name}_mb": round(peak, 1)})
     print(f"✓ {name:<10} {time.perf_counter() - start:6.1f} s  {'; '.join(notes)}".rstrip())

@@ -24,7 +24,7 @@ from tuneflow.tasktypes import task_type
 @task(cache_policy=NO_CACHE)
 def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationResult:
     """Evaluate the exported model the task type's way; log metrics and reports to the run."""
-    with stage("evaluate") as note:
+    with stage("evaluate", run_id) as note:
         result = _evaluate(cfg, run_id, export_dir)
         shown = [k for k in task_type(cfg.task).metrics.headline if k in result.metrics][:3]
         note(", ".join(f"{k} {result.metrics[k]:.4f}" for k in shown))

@@ -78,7 +78,7 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: boo
     uri = tracking.configure(cfg.tracking.tracking_uri)
     tracking.log_params(run_id, {"search.metric": cfg.search_metric, **describe_space(cfg)})
     recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)
-    with stage("search") as note:
+    with stage("search", run_id) as note:
         work = run_dir(cfg, run_id) / "search"
         summary = run_study(cfg, recorder, work, workers)
         summary = replace(summary, run_id=run_id)

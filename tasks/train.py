@@ -35,7 +35,7 @@ def train(
             print(f"  {mode}: {start.reason}")
     # MLflow's own CPU / memory / disk sampling while the model trains (the run page's System metrics).
     tracking.configure(cfg.tracking.tracking_uri)
-    with stage("train") as note, tracking.system_metrics(run_id):
+    with stage("train", run_id) as note, tracking.system_metrics(run_id):
         if t.strategy == "ddp" and not under_launcher() and mode != "reuse":
             if t.num_nodes > 1:
                 print(

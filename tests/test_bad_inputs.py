@@ -641,6 +641,148 @@ def init_output_under_a_file(tmp, model):
     return args, 2, [f"--output {blocker}/x.yaml: cannot create {blocker}"]
 
 
+# ---------------------------------------------------------------- the probe of 2026-12-06 (issue 45)
+
+
+@case
+def lora_target_modules_naming_no_module(tmp, model):
+    path = _cfg(
+        tmp, model, model={"name": model, "max_length": 32, "lora": {"target_modules": ["no_such_proj"]}}
+    )
+    return ["run", str(path)], 4, ["model.lora.target_modules: no_such_proj name no module", "query, value"]
+
+
+@case
+def conll_error_keeps_its_line_number_on_the_console(tmp, model):
+    f = write_conll(tmp / "train.conll", ner_rows(60, 0))
+    lines = f.read_text().splitlines()
+    lines.insert(99, "lonelytoken")  # file line 100: Rich would print "train.conll:100:" as an emoji
+    f.write_text("\n".join(lines) + "\n")
+    path = _raw_cfg(
+        tmp, model, lambda c: c.update(task="token_classification") or c["data"].update(train=str(f))
+    )
+    return ["validate", str(path)], 3, [f"{f}:100: expected 'token<TAB>tag'"]
+
+
+@case
+def an_excel_workbook_as_the_training_file(tmp, model):
+    f = tmp / "tickets.xlsx"
+    f.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\x84" + bytes(200))
+    return (
+        ["run", str(_with_train(tmp, model, f))],
+        3,
+        [f"{f}: a spreadsheet workbook", "save the sheet as CSV"],
+    )
+
+
+@case
+def texts_of_only_zero_width_spaces(tmp, model):
+    rows = demo_rows()[:40] + [("\u200b\u200b", "track_order"), ("\ufeff \u200d", "track_order")]
+    f = write_csv(tmp / "zw.csv", rows)
+    return ["validate", str(_with_train(tmp, model, f))], 3, [str(f), "empty or whitespace-only", "42, 43"]
+
+
+@case
+def a_named_pipe_as_the_training_file(tmp, model):
+    import os
+
+    f = tmp / "pipe.csv"
+    os.mkfifo(f)
+    return ["run", str(_with_train(tmp, model, f))], 3, [f"{f}: is not a regular file (a named pipe"]
+
+
+@case
+def a_yaml_alias_bomb(tmp, model):
+    levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp / "bomb.yaml"
+    path.write_text(_cfg(tmp, model).read_text() + "junk:\n" + "\n".join(levels) + "\n")
+    return ["validate", str(path)], 2, ["<yaml>: its aliases expand to over 100,000 values (an alias bomb?)"]
+
+
+@case
+def status_of_a_store_that_is_a_text_file(tmp, model):
+    (tmp / "elsewhere").mkdir()
+    (tmp / "elsewhere" / "mlflow.db").write_text("these are my notes\n")
+    uri = f"sqlite:///{tmp}/elsewhere/mlflow.db"
+    return ["status", "--tracking-uri", uri], 7, [f"{tmp}/elsewhere/mlflow.db is not an SQLite database file"]
+
+
+@case
+def status_of_a_truncated_store(tmp, model):
+    import sqlite3
+
+    (tmp / "elsewhere").mkdir()
+    db = tmp / "elsewhere" / "mlflow.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table t (x text)")
+        conn.executemany("insert into t values (?)", [("x" * 500,)] * 200)
+    db.write_bytes(db.read_bytes()[:9000])
+    args = ["status", "m", "--tracking-uri", f"sqlite:///{db}"]
+    return args, 7, [f"{db} is truncated (9000 bytes of the"]
+
+
+@case
+def predict_with_an_unknown_tracking_scheme(tmp, model):
+    args = ["predict", "--tracking-uri", "foo://bar", "--model", "models:/m/1", "hello"]
+    return args, 2, ["--tracking-uri foo://bar: unknown scheme 'foo://'", "sqlite:///PATH"]
+
+
+@case
+def predict_with_a_model_folder_that_cannot_load(tmp, model):
+    folder = tmp / "broken-model"
+    folder.mkdir()
+    (folder / "MLmodel").write_text(
+        "flavors: {python_function: {loader_module: nowhere, python_model: x.pkl}}\n"
+    )
+    return ["predict", "--model", str(folder), "hello"], 4, [f"cannot load model '{folder}'"]
+
+
+@case
+def init_with_an_unknown_task(tmp, model):
+    f = write_csv(tmp / "intents.csv", demo_rows()[:40])
+    args = ["init", str(f), "--task", "nonsense", "--output", str(tmp / "x.yaml")]
+    return args, 2, ["--task nonsense: one of auto, sequence_classification, token_classification"]
+
+
+@case
+def adapters_bundle_without_any_adapter(tmp, model):
+    return ["adapters", "--bundle", "everything"], 2, ["no registered adapters to bundle"]
+
+
+@case
+def gc_with_a_file_as_the_checkpoint_folder(tmp, model):
+    f = tmp / "not-a-folder"
+    f.write_text("")
+    return ["gc", "--dry-run", "--output-dir", str(f)], 2, [f"--output-dir {f} is a file"]
+
+
+@case
+def ui_on_a_port_out_of_range(tmp, model):
+    return ["ui", "--port", "70000"], 2, ["--port"]
+
+
+@case
+def ui_on_a_port_in_use(tmp, model):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    _HELD.append(taken)
+    port = taken.getsockname()[1]
+    return ["ui", "--port", str(port)], 2, [f"--port {port}: 127.0.0.1:{port} is in use"]
+
+
+@case
+def server_on_a_port_in_use(tmp, model):
+    args, _, needles = ui_on_a_port_in_use(tmp, model)
+    return ["server", *args[1:]], 2, needles
+
+
+_HELD: list = []  # sockets a case keeps bound while its command runs
+
+
 def test_an_offline_hub_id_that_is_not_cached_fails_before_any_run(
     tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -692,3 +834,158 @@ def _store_is_empty(uri: str) -> bool:
     client = MlflowClient(uri, registry_uri=uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return not runs and not client.search_registered_models()
+
+
+@pytest.mark.parametrize(
+    "rows, extra, needle",
+    [
+        ([(f"text number {i}", "only") for i in range(30)], [], "train has 1 class(es)"),
+        ([(f"text number {i}", f"label{i}") for i in range(3000)], [], "3000 class(es) with fewer than"),
+        (demo_rows()[:60], ["--oos", "missing-oos.csv"], "missing-oos.csv"),
+    ],
+    ids=["one_class", "every_label_unique", "missing_oos_file"],
+)
+def test_init_writes_no_config_when_the_data_fails_its_check(
+    rows: list, extra: list[str], needle: str, tmp_path: Path, tiny_model: str
+) -> None:
+    """A config whose data cannot pass would only be found (and run) later: ``init`` says why and writes
+    nothing; a list of 3,000 labels is cut, not printed whole."""
+    from tuneflow import cli
+
+    f = write_csv(tmp_path / "data.csv", rows)
+    output = tmp_path / "drafted.yaml"
+    args = ["init", str(f), "--model", tiny_model, "--output", str(output), *extra]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code in (2, 3), result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert not output.exists()
+    assert max(map(len, result.output.splitlines())) < 1000
+
+
+def test_read_only_commands_never_create_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneflow import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["status"]).output.strip() == "no registered models yet"
+    unknown = runner.invoke(cli.app, ["status", "nope"])
+    assert unknown.exit_code == 2 and "no registered model 'nope'" in unknown.output
+    assert runner.invoke(cli.app, ["adapters"]).output.strip() == "no registered adapters"
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_serve_against_a_closed_prefect_port_is_exit_7_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import time
+
+    from tuneflow import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+    start = time.monotonic()
+    result = CliRunner().invoke(cli.app, ["serve"])
+    assert result.exit_code == 7, result.output
+    assert f"PREFECT_API_URL=http://127.0.0.1:{port}/api is not reachable" in result.output
+    assert time.monotonic() - start < 5
+
+
+def test_data_emptied_after_validation_is_exit_3_naming_the_file(tmp_path: Path, tiny_model: str) -> None:
+    """The training file emptied while a run starts: the stage that reads it again names the file (exit 3),
+    instead of scikit-learn's "With n_samples=0" from inside a Prefect task."""
+    from tuneflow import terminal
+    from tuneflow.data.splits import DataChangedError
+    from tuneflow.tasktypes import task_type
+    from tuneflow.tasktypes.resolve import load_config
+
+    cfg = load_config(_cfg(tmp_path, tiny_model), [])
+    (tmp_path / "train.csv").write_text("text,intent\n")
+    with pytest.raises(DataChangedError, match=f"{tmp_path}/train.csv: no rows -- the data changed"):
+        task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
+    assert (DataChangedError, 3) in terminal.known_errors()
+
+
+# ------------------------------------------------------------------------ the Hub, without a network flag
+
+
+class _Hub:
+    """A stand-in for the Hugging Face Hub on 127.0.0.1 (HF_ENDPOINT): answers 404, or never answers."""
+
+    def __init__(self, mode: str) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:  # noqa: N802
+                if mode == "silent":
+                    threading.Event().wait(10)
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.mark.parametrize("mode", ["refused", "silent", "missing"])
+def test_an_uncached_hub_id_without_the_offline_flag_fails_in_seconds(
+    mode: str, tmp_path: Path, tiny_model: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network and no HF_HUB_OFFLINE: one request with a short timeout decides before anything starts
+    (was: 65 s of "Retrying in Ns" lines after the Prefect server had started, and a FAILED run)."""
+    import socket
+    import time
+
+    from tuneflow import cli
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    if mode == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    else:
+        hub = _Hub(mode)
+        endpoint = hub.url
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    cfg = _cfg(tmp_path, tiny_model, model={"name": "no-such-org/no-such-model-v9"})
+    start = time.monotonic()
+    result = CliRunner().invoke(cli.app, ["run", str(cfg)])
+    assert result.exit_code == 4, result.output
+    assert time.monotonic() - start < 4
+    expected = "has no model 'no-such-org/no-such-model-v9'" if mode == "missing" else "did not answer within"
+    assert expected in result.output and "Retrying" not in result.output
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists() or _store_is_empty(tracking_uri)
+
+
+def test_an_unreachable_hub_uses_the_cached_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached model with the Hub out of reach: the pre-flight passes and turns offline mode on, as
+    HF_HUB_OFFLINE=1 would (no minute of retries at the first load)."""
+    import socket
+
+    from tuneflow.preflight import check_model_dir
+
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / "models--org--cached-model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--org--cached-model" / "refs").mkdir()
+    (cache / "models--org--cached-model" / "refs" / "main").write_text("abc123")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    assert check_model_dir("org/cached-model") == []
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -196,3 +196,20 @@ def test_on_a_terminal_it_asks_for_what_the_columns_do_not_say(
         "bucket",
     )
     assert asked[0].startswith("task type (auto, sequence_classification") and len(asked) == 2
+
+
+def test_off_topic_test_examples_turn_the_fallback_on(tmp_path: Path, tiny_model: str) -> None:
+    """A folder with ``oos_test.csv`` but no off-topic validation file: the bot will meet such queries, so
+    the fallback is on (its threshold from in-scope validation), and the test file measures it."""
+    folder = tmp_path / "tickets"
+    folder.mkdir()
+    write_csv(folder / "train.csv", demo_rows())
+    write_csv(folder / "test.csv", demo_rows("test"))
+    (folder / "oos_test.csv").write_text("text\nwhat's the weather like\ntell me a joke\n")
+    output = tmp_path / "drafted.yaml"
+    result = _cli("init", str(folder), "--model", tiny_model, "--output", str(output))
+    assert result.exit_code == 0, result.output
+    drafted = yaml.safe_load(output.read_text())
+    assert drafted["oos"]["enabled"] is True
+    assert drafted["data"]["oos_test"]["path"].endswith("oos_test.csv")
+    assert "oos_validation" not in drafted["data"]

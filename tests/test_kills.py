@@ -113,3 +113,74 @@ def test_kill_and_rerun(point: str, tmp_path: Path, tiny_model: str) -> None:
     # Registered runs keep no checkpoints.
     leftovers = list((tmp_path / "checkpoints").rglob("*.ckpt"))
     assert not [p for p in leftovers if versions[0].run_id in str(p)]
+
+
+def _started_training(home: Path, cfg: Path) -> tuple[subprocess.Popen, list[str]]:
+    """``tuneflow run`` in its own process group, returned once its final training has begun."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlruns/mlflow.db",
+        "PREFECT_HOME": str(home / "prefect"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    for var in ("TUNEFLOW_CRASH_AT", "PREFECT_API_URL", "PREFECT_PROFILES_PATH"):
+        env.pop(var, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneflow.cli", "run", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("… train"):
+            return proc, lines
+    raise AssertionError("the run ended before training:\n" + "".join(lines))
+
+
+def _gone(pids: list[int], within_s: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "oom-kill"])
+def test_a_stopped_run_stops_at_once_and_leaves_no_process(how: str, tmp_path: Path, tiny_model: str) -> None:
+    """Ctrl-C (SIGINT to the process group) or ``kill PID`` 3 s into training: stopped within seconds, with
+    one line saying how to resume, no traceback, and no process left (the temporary Prefect server
+    included). A run the OOM killer ends (SIGKILL, no handler runs) leaves no server behind either."""
+    import psutil
+
+    train = {"max_epochs": 200, "early_stopping_patience": 200}
+    cfg = make_config(tmp_path, tiny_model, train=train, gates={"max_val_degradation": None})
+    proc, lines = _started_training(tmp_path, cfg)
+    time.sleep(3)
+    started = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert started, "no temporary Prefect server was started"
+    signalled = time.monotonic()
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert time.monotonic() - signalled < 10, output
+    assert _gone(started, within_s=5), f"left running: {started}"
+    if how == "oom-kill":
+        assert proc.returncode == -signal.SIGKILL
+        return
+    assert proc.returncode == (130 if how == "ctrl-c" else 143), output
+    assert "Traceback" not in output and "Crash detected" not in output, output
+    what = "Ctrl-C" if how == "ctrl-c" else "SIGTERM"
+    assert f"interrupted ({what}): stopped; continue with: tuneflow run {cfg} --resume" in output, output

@@ -95,3 +95,53 @@ def release_free_memory() -> str | None:
         trim(ctypes.c_size_t(0))
         return "glibc"
     return None
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (Linux; None elsewhere)."""
+    return _status_mb("VmRSS:")
+
+
+class PeakWatch:
+    """The peak resident memory of this process while a ``with`` block runs, sampled every ``every_s`` by a
+    thread (a /proc read: microseconds). Sampled, not the kernel's high-water mark: resetting that
+    (``/proc/self/clear_refs``) would also reset what ``time -v`` and ``getrusage`` report for the process.
+    """
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import threading
+
+        self.every_s, self.peak = every_s, resident_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.every_s):
+            self._update()
+
+    def _update(self) -> None:
+        mb = resident_mb()
+        if mb is not None and (self.peak is None or mb > self.peak):
+            self.peak = mb
+
+    def __enter__(self) -> PeakWatch:
+        if self.peak is not None:  # Linux
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._update()

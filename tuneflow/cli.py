@@ -89,15 +89,17 @@ def _registry_flow(name: str, *args):  # noqa: ANN001, ANN202
         fail(str(exc), 2)
 
 
-def _prepare(config: Path, overrides: list[str] | None, needs_search: bool = False):  # noqa: ANN202
-    """Config, data, model and stores checked in seconds (exit 2/3/4/7) before Prefect boots; the config,
-    the overrides with URL passwords moved into the environment, and the booting Prefect server."""
+def _prepare(config: Path, overrides: list[str] | None, again: str, needs_search: bool = False):  # noqa: ANN202
+    """Config, data, model, stores checked in seconds (exit 2/3/4/7) before Prefect boots, then Ctrl-C stops
+    at once, printing ``again``; the config, overrides (URL passwords into the environment), the server."""
+    again = terminal.redact(" ".join([again, *(f"--set {o}" for o in overrides or [])]))
     overrides = terminal.hide_secrets(overrides)
     cfg = terminal.load_config_or_exit(config, overrides)  # fail fast, before Prefect starts, on a bad config
     if needs_search and cfg.search is None:
         fail(f"{config} has no search: section (see configs/demo.yaml)", 2)
     terminal.run_preflight(cfg)
     terminal.quiet_env()
+    terminal.stop_on_signals(again)
     return cfg, overrides, _boot_prefect()
 
 
@@ -125,8 +127,7 @@ def init(
     named = {"text_column": text_column, "label_column": label_column}
     given = {**terminal.parse_columns(column or []), **{k: v for k, v in named.items() if v}}
     cfg, drafted = terminal.draft(data, task, given, model, None, oos)
-    terminal.write_draft(cfg, drafted, output := output or Path("configs") / f"{cfg.name}.yaml", force)
-    terminal.print_draft_check(cfg, output)
+    terminal.write_draft(cfg, drafted, output or Path("configs") / f"{cfg.name}.yaml", force, check=True)
 
 
 @app.command()
@@ -140,7 +141,7 @@ def run(
 
     CONFIG may be a data file or folder instead: a config is drafted for it first (as ``tuneflow init``)."""
     config = terminal.config_for(config)
-    cfg, set_, prefect = _prepare(config, set_)
+    cfg, set_, prefect = _prepare(config, set_, f"continue with: tuneflow run {config} --resume")
     from flows.finetune import finetune
 
     result = _call_flow(prefect, finetune, str(config), set_, resume, workers)
@@ -171,17 +172,7 @@ def status(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Champion version, its metrics, data fingerprint and age; last retraining decision and why."""
-    from tuneflow.store import registered, tracking
-
-    terminal.probe_store(tracking_uri)
-    tracking.configure(tracking_uri)
-    if model is None:
-        summaries.print_models(registered.registered_models())
-        return
-    try:
-        summaries.print_status(model, registered.model_status(model))
-    except LookupError as exc:
-        fail(str(exc), 2)
+    summaries.show_status(model, terminal.read_store(tracking_uri, model))
 
 
 @app.command()
@@ -203,7 +194,7 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     Rerunning the same command resumes the study and runs only the missing trials. Several machines can
     run it against one PostgreSQL storage (--set search.storage=postgresql://...).
     """
-    cfg, set_, prefect = _prepare(config, set_, needs_search=True)
+    cfg, set_, prefect = _prepare(config, set_, f"rerun to resume: tuneflow tune {config}", needs_search=True)
     from flows.tune import tune as tune_flow
 
     result = _call_flow(prefect, tune_flow, str(config), set_, workers)
@@ -218,7 +209,7 @@ def retrain(
     workers: WorkersOpt = 1,
 ) -> None:
     """Retrain when the data changed (drift decides on a fresh search), then promote if the gates pass."""
-    cfg, set_, prefect = _prepare(config, set_)
+    cfg, set_, prefect = _prepare(config, set_, f"run it again: tuneflow retrain {config}")
     from flows.retrain import retrain as retrain_flow
 
     result = _call_flow(prefect, retrain_flow, str(config), set_, force, workers)
@@ -235,6 +226,7 @@ def serve(
     if config is not None:
         terminal.load_config_or_exit(config, [])
     terminal.quiet_env()
+    _boot_prefect().wait()  # PREFECT_API_URL set but nothing answers: exit 7 now, not a traceback later
     from prefect import serve as prefect_serve
 
     from flows.deployments import build
@@ -331,14 +323,14 @@ def adapters(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """List registered LoRA adapters per base model; optionally bundle them into one servable model."""
-    from tuneflow.store import registered, tracking
+    from tuneflow.store import registered
 
     terminal.quiet_env()
-    tracking.configure(tracking_uri)
-    found = registered.adapter_versions(base)
+    found = registered.adapter_versions(base) if terminal.read_store(tracking_uri) else []
     if not found:
-        console.print("no registered adapters" + (f" on base '{base}'" if base else ""))
-        raise typer.Exit(1 if bundle else 0)
+        none = "no registered adapters" + (f" on base '{base}'" if base else "")
+        fail(f"{none} to bundle (train one with model.lora set)", 2) if bundle else console.print(none)
+        return
     summaries.print_adapters(found)
     if bundle:
         terminal.bundle_adapters(bundle, found)
@@ -368,7 +360,7 @@ def gc(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the project's store, bound to 127.0.0.1; print a link to each experiment's runs.
@@ -376,12 +368,13 @@ def ui(
     The UI is MLflow's own, served with tuneflow's app (``mlflow ui --app-name tuneflow``): it opens in the
     model-training view and stays there as you click through (MLflow otherwise starts on its GenAI view).
     """
+    terminal.check_port(port)
     summaries.exec_mlflow_ui(port, tracking_uri)
 
 
 @app.command()
 def server(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4200,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 4200,
 ) -> None:
     """Start a Prefect server (API + UI) that runs reuse instead of each starting a temporary one.
 

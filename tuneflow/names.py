@@ -21,6 +21,8 @@ its section:
                (``quantization/loss``, on ``gates.metric``) and the single-example speed-up
 ``behavior/``  behaviour checks: pass rate of each perturbation test (typo, casing, ..., negation)
 ``label_quality/`` likely mislabeled training examples found from out-of-fold probabilities
+``memory/``    resident memory: at the end of each training epoch (``memory/rss_mb``) and each stage's peak
+               (``memory/peak_train_mb``)
 ``search/``    a search's counts; ``cv/`` cross-validation; ``drift/`` a retrain's drift signals
 =============  ===========================================================================================
 
@@ -34,6 +36,7 @@ import re
 
 CALIBRATION, OOS, BEHAVIOR, LABEL_QUALITY = "calibration/", "oos/", "behavior/", "label_quality/"
 BASE = "base/"
+MEMORY = "memory/"
 QUANTIZATION = "quantization/"
 TRAIN, VAL, TEST, FIT, SERVING, TIMING, MODEL, SEARCH, CV, DRIFT = (
     "train/",

@@ -105,28 +105,94 @@ def check_model_dir(name: str) -> list[str]:
     return problems
 
 
+HUB_TIMEOUT_S = 2.5  # one request to the Hub, no retries: an unreachable Hub is known within this
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _check_hub_cache(name: str) -> list[str]:
-    """A hub id without network access (``HF_HUB_OFFLINE``) must already be in the local cache: otherwise
-    loading fails only after Prefect, a run and torch have started. Online, the hub answers when loading."""
-    if not _offline():
-        return []
+def go_offline() -> None:
+    """Load from the local cache only, as ``HF_HUB_OFFLINE=1`` would: in this process (whether or not the Hub
+    client is imported yet) and in the processes it starts."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def hub_answer(name: str, timeout_s: float = HUB_TIMEOUT_S) -> str:
+    """Ask the Hugging Face Hub once about model ``name``: ``found``, ``missing`` (404/401: no such model, or
+    private/gated without a token) or ``unreachable`` (no answer within ``timeout_s``, DNS included).
+
+    One request in a thread, never retried: without a network the Hub client's own retries take a minute
+    (24 "Retrying in Ns" lines) before a load fails.
+    """
+    import threading
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/api/models/{urllib.parse.quote(name)}", method="HEAD")
+    if token := os.environ.get("HF_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
+    answer = ["unreachable"]
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(request, timeout=timeout_s).close()
+            answer[0] = "found"
+        except urllib.error.HTTPError as exc:
+            answer[0] = "missing" if exc.code in (401, 403, 404) else "found"  # 5xx: the Hub is there
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+
+    # Name resolution is not covered by urlopen's timeout: the thread is abandoned if it takes longer.
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout_s)
+    return answer[0]
+
+
+def _cached(name: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        cached = try_to_load_from_cache(name, "config.json")
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except ValueError:  # not a valid repo id either
-        cached = None
-    if isinstance(cached, str):
-        return []
-    return [
-        f"model.name: '{name}' is neither a local directory nor in the Hugging Face cache, and "
-        "HF_HUB_OFFLINE is set (no downloads); check the name, download it once online, or give the "
-        f"local path of a model directory (shorthands: {DEFAULT_MODEL}, {SMOLLM2_MODEL})"
-    ]
+        return False
+
+
+def _check_hub_cache(name: str) -> list[str]:
+    """A hub id: in the local cache when the machine is offline (``HF_HUB_OFFLINE``, or the Hub does not
+    answer within :data:`HUB_TIMEOUT_S`, which then turns offline mode on), or known to the Hub. Otherwise
+    loading would fail only after Prefect, a run and torch have started, a minute of retries later."""
+    fix = f"give the local path of a model directory (shorthands: {DEFAULT_MODEL}, {SMOLLM2_MODEL})"
+    if _offline():
+        if _cached(name):
+            return []
+        return [
+            f"model.name: '{name}' is neither a local directory nor in the Hugging Face cache, and "
+            f"HF_HUB_OFFLINE is set (no downloads); check the name, download it once online, or {fix}"
+        ]
+    answer = hub_answer(name)
+    if answer == "unreachable":
+        if _cached(name):
+            go_offline()  # the cached copy, without the Hub client's retries against a missing network
+            return []
+        return [
+            f"model.name: '{name}' is not in the Hugging Face cache and the Hub did not answer within "
+            f"{HUB_TIMEOUT_S:g} s (no network?); download it once online, or {fix}"
+        ]
+    if answer == "missing" and not _cached(name):
+        return [
+            f"model.name: the Hugging Face Hub has no model '{name}' (or it is private or gated: set "
+            f"HF_TOKEN); check the name, or {fix}"
+        ]
+    return []
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -161,10 +227,58 @@ def validation_report(cfg: PipelineConfig) -> ValidationReport:
     return validate_dataset(raw, cfg, kind, load_tokenizer(cfg.model.name))[0]
 
 
+def _weight_shapes(name: str) -> dict[str, list[int]]:
+    """Tensor names and shapes of a model's safetensors files (local, bundled or in the Hub cache) from their
+    headers alone; empty when there are none to read (GGUF, not downloaded yet)."""
+    from tuneflow.backbone.pretrained import resolve_model_path
+
+    if name == SMOLLM2_MODEL or name.endswith(".gguf"):
+        return {}
+    folder = Path(resolve_model_path(name)).expanduser()
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:
+            return {}
+        if not isinstance(cached, str):
+            return {}
+        folder = Path(cached).parent
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def check_lora_targets(cfg: PipelineConfig) -> list[str]:
+    """``model.lora.target_modules`` as a list must name modules the model has (peft's rule: a module whose
+    name is a target or ends with ``.target``); otherwise peft refuses the model only once the run has
+    started, from inside a Prefect task, with two tracebacks."""
+    lora = cfg.model.lora
+    if lora is None or not isinstance(lora.target_modules, list):
+        return []
+    shapes = _weight_shapes(cfg.model.name)
+    modules = {n.rsplit(".", 1)[0] for n in shapes}
+    targets = lora.target_modules
+    if not shapes or any(m == t or m.endswith(f".{t}") for m in modules for t in targets):
+        return []
+    weights = [n for n, shape in shapes.items() if n.endswith(".weight") and len(shape) == 2]
+    linear = sorted({n.split(".")[-2] for n in weights if "embed" not in n})  # embeddings are 2-D too
+    return [
+        f"model.lora.target_modules: {', '.join(targets)} name no module of {cfg.model.name}; its linear "
+        f"layers are named {', '.join(linear)} (or use target_modules: all-linear)"
+    ]
+
+
 def check_model(cfg: PipelineConfig) -> None:
-    """Raise :class:`PreflightError` (``kind="model"``) when the model directory cannot load, or when
-    ``model.max_length`` is longer than the model can read."""
+    """Raise :class:`PreflightError` (``kind="model"``) when the model directory cannot load, when
+    ``model.max_length`` is longer than the model can read, or LoRA targets name no module of it."""
     problems = check_model_dir(cfg.model.name)
+    problems += [] if problems else check_lora_targets(cfg)
     positions = None if problems else model_positions(cfg.model.name)
     if positions is not None and cfg.model.max_length > positions:
         problems.append(
@@ -223,10 +337,30 @@ def _check_sqlite(setting: str, shown: str, path: Path) -> str | None:
         return f"{setting}: {shown}: cannot write in {folder} ({why}); {fix}"
     if path.exists():
         try:
-            with open(path, "r+b"):  # opened for writing, nothing written
-                pass
+            with open(path, "r+b") as fh:  # opened for writing, nothing written
+                head = fh.read(100)
         except OSError as exc:
             return f"{setting}: {shown}: cannot write {path} ({exc.strerror or exc}); {fix}"
+        if broken := _sqlite_damage(head, path.stat().st_size):
+            return f"{setting}: {shown}: {path} {broken}; restore it from a backup or point at another store"
+    return None
+
+
+def _sqlite_damage(head: bytes, size: int) -> str | None:
+    """What is wrong with an SQLite file from its 100-byte header and its size (an empty file is a new
+    database), or None: MLflow would otherwise fail deep in its migrations with two tracebacks."""
+    if size == 0:
+        return None
+    if not head.startswith(b"SQLite format 3\x00"):
+        return "is not an SQLite database file"
+    if len(head) < 100:
+        return f"is truncated ({size} bytes)"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    # The header's page count is valid when its "version-valid-for" number equals the change counter.
+    if head[92:96] == head[24:28] and pages and size < pages * page_size:
+        return f"is truncated ({size} bytes of the {pages * page_size} its header declares)"
     return None
 
 

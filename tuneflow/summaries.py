@@ -106,6 +106,21 @@ def print_run(result: Any, cfg: Any) -> None:
     print_browse(cfg)
 
 
+def show_status(model: str | None, exists: bool) -> None:
+    """``tuneflow status [MODEL]`` on a store that ``exists`` (or not yet): every registered model, or one
+    model's champion and history (exit 2 for an unknown model)."""
+    from tuneflow.store import registered
+    from tuneflow.terminal import fail
+
+    if model is None:
+        print_models(registered.registered_models() if exists else {})
+        return
+    try:
+        print_status(model, registered.model_status(model))
+    except LookupError as exc:
+        fail(str(exc), 2)
+
+
 def print_models(models: dict[str, dict[str, str]]) -> None:
     """``tuneflow status``: every registered model and its champion."""
     for name, aliases in sorted(models.items()):
@@ -139,7 +154,7 @@ def print_adapters(found: list[dict[str, Any]]) -> None:
     """``tuneflow adapters``: one table per base model (weights and tokenizer hash)."""
     from rich.table import Table
 
-    out = Console()
+    out = Console(emoji=False)
     bases: dict[tuple[str, str, str], list[dict]] = {}
     for a in found:
         bases.setdefault((a["base_model"], a["base_hash"], a["tokenizer_hash"]), []).append(a)
@@ -166,7 +181,7 @@ def print_task_types() -> None:
     for kind in TASK_TYPES.values():
         m = kind.metrics
         table.add_row(kind.name, kind.summary, ", ".join(m.monitors), ", ".join(m.gate_metrics))
-    out = Console()
+    out = Console(emoji=False)
     out.width = max(out.width, 120)  # piped output defaults to 80 columns: too narrow for the names
     out.print(table)
 
@@ -224,7 +239,10 @@ def print_ui_links(uri: str, address: str) -> None:
 def clean_checkpoints(output_dir: Path, dry_run: bool, tracking_uri: str | None) -> None:
     """``tuneflow gc``: list each run folder's fate, then delete (or, dry run, only count)."""
     from tuneflow.store import gc, tracking
+    from tuneflow.terminal import fail
 
+    if output_dir.exists() and not output_dir.is_dir():
+        fail(f"--output-dir {output_dir} is a file; give the checkpoint folder (the configs' output_dir)", 2)
     tracking.configure(tracking_uri)
     actions = gc.plan(output_dir, tracking.run_facts)
     print_gc(actions)

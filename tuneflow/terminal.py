@@ -22,9 +22,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(stderr=True, soft_wrap=True)  # messages name paths: never hard-wrap them
+# Messages name paths: never hard-wrap them; and no emoji codes (a CoNLL error at "train.conll:100:" lost its
+# line number to a 💯).
+console = Console(stderr=True, soft_wrap=True, emoji=False)
 VERBOSE = {"on": False}
 PREFLIGHT_EXIT = {"data": 3, "model": 4, "store": 7}
+TRACKING_SCHEMES = (
+    "sqlite",
+    "file",
+    "http",
+    "https",
+    "postgresql",
+    "postgres",
+    "mysql",
+    "mssql",
+    "databricks",
+)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -37,6 +50,7 @@ def known_errors() -> tuple[tuple[type[Exception], int], ...]:
     """Bad-input errors and their exit codes: printed once by the CLI, never as a traceback."""
     from tuneflow.backbone.lora import AdapterMismatchError
     from tuneflow.config import ConfigError
+    from tuneflow.data.splits import DataChangedError
     from tuneflow.data.validation import DataValidationError
     from tuneflow.fitting.model import ModelLoadError
     from tuneflow.fitting.search import SearchError
@@ -44,6 +58,7 @@ def known_errors() -> tuple[tuple[type[Exception], int], ...]:
     return (
         (ConfigError, 2),
         (DataValidationError, 3),
+        (DataChangedError, 3),
         (ModelLoadError, 4),
         (AdapterMismatchError, 4),
         (SearchError, 5),
@@ -158,28 +173,47 @@ def probe_store(tracking_uri: str | None) -> None:
     from tuneflow.preflight import check_store, tracking_setting
 
     setting = "--tracking-uri" if tracking_uri else tracking_setting()
-    problem = check_store(setting, resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        fail(
+            f"{setting} {uri}: unknown scheme '{scheme}://'; an MLflow store is sqlite:///PATH, "
+            "http(s)://HOST:PORT (a tracking server), postgresql://..., mysql://..., mssql://... or file:///PATH",
+            2,
+        )
+    problem = check_store(setting, uri)
     if problem:
         fail(problem, 7)
+
+
+def read_store(tracking_uri: str | None, model: str | None = None) -> bool:
+    """A read-only command's store: probed (exit 7); False when it does not exist yet (never created here:
+    reading a store that is not there is an answer, not a reason to make an empty one)."""
+    from tuneflow.config import resolve_tracking_uri, sqlite_path
+
+    probe_store(tracking_uri)
+    db = sqlite_path(uri := resolve_tracking_uri(tracking_uri))
+    if db is not None and not db.exists():
+        if model is not None:
+            fail(f"no registered model '{model}' (no MLflow store at {uri} yet)", 2)
+        return False
+    from tuneflow.store import tracking
+
+    tracking.configure(tracking_uri)
+    return True
 
 
 def check_registry(
     tracking_uri: str | None, model: str, version: str | None = None, alias: str | None = None
 ):  # noqa: ANN202
     """Store, model, version and alias checked before Prefect starts (exit 7 / 2)."""
-    from tuneflow.config import resolve_tracking_uri, sqlite_path
 
     if version is not None and not version.isdigit():
         # Checked here, before the store: no store is needed to say so.
         fail(f"--version {version}: a version is a number (e.g. --version 3)", 2)
-    probe_store(tracking_uri)
-    uri = resolve_tracking_uri(tracking_uri)
-    if (db := sqlite_path(uri)) is not None and not db.exists():
-        # Creating an empty store (MLflow's migrations, seconds) only to find nothing in it: say so now.
-        fail(f"no registered model '{model}' (no MLflow store at {uri} yet)", 2)
-    from tuneflow.store import registered, tracking
+    read_store(tracking_uri, model)  # never creates a store only to find nothing in it
+    from tuneflow.store import registered
 
-    tracking.configure(tracking_uri)
     try:
         registered.check_registry(model, version, alias)
     except LookupError as exc:
@@ -203,6 +237,60 @@ def check_model_uri(model: str, tracking_uri: str | None) -> None:
             f"models:/{model}@champion (its champion), models:/{model}/3 (a version) or models:/NAME/latest",
             2,
         )
+
+
+def stop_on_signals(again: str) -> None:
+    """Ctrl-C or SIGTERM during a training command: stop within a second, with what this process started
+    (the temporary Prefect server, search workers, DDP ranks), and say how to go on: one line, exit 130 / 143.
+
+    The default would unwind through Lightning's and Prefect's own interrupt handling: two tracebacks,
+    Prefect's crash report and its event worker's errors against the server being stopped, and a run that
+    did not stop for minutes. Stopping at once loses nothing a ``kill -9`` would not: the run's checkpoint
+    of its last finished epoch stays, and ``--resume`` continues from it. (Prefect swaps in its own SIGTERM
+    handler while a flow runs and re-raises the signal to this one when it unwinds.)
+    """
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        with _suppressed():
+            sys.stdout.flush()
+            console.print(f"[yellow]interrupted[/] ({what}): stopped; {again}", highlight=False)
+        stop_children()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def redact(text: str) -> str:
+    """``text`` with URL passwords masked (for what is printed)."""
+    from tuneflow.config import redact_secrets
+
+    return redact_secrets(text)
+
+
+def _suppressed():  # noqa: ANN202
+    import contextlib
+
+    return contextlib.suppress(Exception)
+
+
+def stop_children(timeout_s: float = 3.0) -> None:
+    """Terminate every process this one started (recursively), then kill what is left after ``timeout_s``."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        with _suppressed():
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout_s)
+    for child in alive:
+        with _suppressed():
+            child.kill()
 
 
 def quiet_env() -> None:
@@ -305,7 +393,7 @@ def load_scorer(model: str, adapter: str | None, params: dict[str, Any], trackin
     except scoring.ScoringError as exc:
         if exc.__cause__ is not None:
             fail_on_known(exc.__cause__)
-        fail(str(exc), 2)
+        fail(str(exc), 4 if isinstance(exc, scoring.ModelUnloadable) else 2)
 
 
 def bundle_adapters(name: str, found: list[dict[str, Any]]) -> None:
@@ -332,6 +420,8 @@ def draft(
     from tuneflow.tasktypes import TASK_TYPES
     from tuneflow.tasktypes.draft import DraftError, draft_config
 
+    if task != "auto" and task not in TASK_TYPES:
+        fail(f"--task {task}: one of {', '.join(['auto', *TASK_TYPES])}", 2)
     for attempt in range(3):
         try:
             return draft_config(data, task, columns, model, name, oos)
@@ -361,12 +451,16 @@ def parse_columns(items: list[str]) -> dict[str, str]:
     return out
 
 
-def write_draft(cfg: Any, drafted: Any, output: Path, force: bool = False) -> None:
-    """Write the drafted config to ``output`` (never over an existing file unless ``force``)."""
+def write_draft(cfg: Any, drafted: Any, output: Path, force: bool = False, check: bool = False) -> None:
+    """Write the drafted config to ``output`` (never over an existing file unless ``force``). With ``check``
+    (``tuneflow init``): the data checks first, printed; a config whose data fails them is not written (exit
+    3): a file that cannot run would only be found and run later."""
     if output.is_dir():
         fail(f"--output {output} is a folder; give a file name", 2)
     if output.exists() and not force:
         fail(f"{output} exists; pass --force to replace it, or --output another file", 2)
+    if check:
+        print_draft_check(cfg, output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -376,6 +470,8 @@ def write_draft(cfg: Any, drafted: Any, output: Path, force: bool = False) -> No
         "Every key is described in the configuration reference (docs/reference/config.md)."
     )
     output.write_text(drafted.to_yaml(header))
+    if check:
+        console.print(f"wrote           {output}\nnext            tuneflow run {output}", highlight=False)
 
 
 def config_for(config: Path) -> Path:
@@ -393,23 +489,42 @@ def config_for(config: Path) -> Path:
 
 
 def print_draft_check(cfg: Any, output: Path) -> None:
-    """``tuneflow init``: the data validation's summary at once, and the next command (exit 3 on errors)."""
+    """``tuneflow init``: the data validation's summary and its problems (exit 3 on errors, before the config
+    is written)."""
     from tuneflow.preflight import validation_report
 
     report = checked(validation_report, cfg)
     summary = report.summary().split(" (report:")[0]
-    console.print(f"wrote           {output}  ({cfg.task}; {summary})", highlight=False)
+    console.print(f"data            {cfg.task}; {summary}", highlight=False)
     for problem in report.errors:
-        console.print(f"  [red]error[/] {escape(problem)}", highlight=False)
+        console.print(f"  [red]error[/] {escape(short(problem))}", highlight=False)
     for warning in report.warnings[:5]:
-        console.print(f"  warning {escape(warning)}", highlight=False)
+        console.print(f"  warning {escape(short(warning))}", highlight=False)
     if not report.ok:
+        console.print(f"not written     {output} (fix the data, then run init again)", highlight=False)
         raise typer.Exit(3)
-    console.print(f"next            tuneflow run {output}", highlight=False)
+
+
+def short(message: str, limit: int = 600) -> str:
+    """A console line of at most ``limit`` characters (a list of 5,000 labels is not a message)."""
+    return message if len(message) <= limit else f"{message[: limit - 40]} ... ({len(message):,} characters)"
+
+
+def check_port(port: int) -> None:
+    """``ui`` / ``server``: exit 2 when 127.0.0.1:``port`` is taken, before anything is printed or started
+    (the server would print its banner, fail to bind and leave its own processes behind)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            fail(f"--port {port}: 127.0.0.1:{port} is in use ({exc.strerror}); choose another with --port", 2)
 
 
 def exec_prefect_server(port: int) -> None:
     """``tuneflow server``: say how to point flows at it, then become a Prefect server on 127.0.0.1."""
+    check_port(port)
     quiet_env()
     url = f"http://127.0.0.1:{port}"
     console.print(

@@ -144,6 +144,10 @@ def read_config(path: str | Path, overrides: list[str] | None, rules: TaskRules)
             f"{path}:{line}", [("<file>", f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})")]
         ) from None
     try:
+        nodes = expanded_nodes(yaml.compose(text, Loader=yaml.SafeLoader))
+        if nodes > MAX_YAML_NODES:
+            problem = f"its aliases expand to over {MAX_YAML_NODES:,} values (an alias bomb?): write it out"
+            raise ConfigError(str(path), [("<yaml>", problem)])
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [("<yaml>", str(exc))]) from None
@@ -156,6 +160,26 @@ def read_config(path: str | Path, overrides: list[str] | None, rules: TaskRules)
         raise ConfigError(str(path), env_problems)
     _resolve_paths(raw, path.resolve().parent)
     return validate_config(raw, str(path), rules)
+
+
+MAX_YAML_NODES = 100_000  # a config has hundreds; aliases nested 9 deep (billion laughs) reach 10^9
+
+
+def expanded_nodes(node: yaml.Node | None) -> int:
+    """How many values a composed YAML document has once its aliases are expanded, counted without expanding
+    them (each node's count is computed once): a few hundred bytes can otherwise expand to billions."""
+    memo: dict[int, int] = {}
+
+    def count(n: yaml.Node) -> int:
+        if id(n) not in memo:
+            memo[id(n)] = 1  # a node met again while counting it (a recursive alias) counts once
+            if isinstance(n, yaml.MappingNode):
+                memo[id(n)] = 1 + sum(count(k) + count(v) for k, v in n.value)
+            elif isinstance(n, yaml.SequenceNode):
+                memo[id(n)] = 1 + sum(count(v) for v in n.value)
+        return memo[id(n)]
+
+    return 0 if node is None else count(node)
 
 
 def validate_config(raw: dict[str, Any], source: str, rules: TaskRules) -> PipelineConfig:

@@ -69,6 +69,16 @@ def _infer_format(spec: FileSpec) -> str:
 def check_utf8(path: Path) -> Problem | None:
     """A problem naming the line and byte when ``path`` is not UTF-8 text (a Latin-1 export, say)."""
     data = path.read_bytes()
+    if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")) and path.suffix.lower() not in (
+        ".parquet",
+        ".pq",
+    ):
+        # A zip (.xlsx, .ods) or OLE (.xls) container: a workbook, whatever its name says.
+        return Problem(
+            "a spreadsheet workbook (Excel / OpenDocument), not text: save the sheet as CSV (UTF-8) and give "
+            "the .csv file",
+            file=str(path),
+        )
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -100,6 +110,8 @@ def not_a_file(path: Path) -> Problem:
         files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         inside = f" (it holds {', '.join(files[:5])}{', ...' if len(files) > 5 else ''})" if files else ""
         return Problem(f"is a folder, not a file{inside}: give the path of one file", file=str(path))
+    if path.exists():
+        return Problem("is not a regular file (a named pipe, device or socket): give a file", file=str(path))
     return Problem("file not found", file=str(path))
 
 
@@ -473,10 +485,19 @@ def read_instructions(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | N
     return pd.DataFrame(rows, columns=[TEXT, MESSAGES, REFERENCES, LINE]), problems
 
 
+_BLANK = re.compile(r"[\s\u00ad\u180e\u200b-\u200d\u2060\ufeff]*")
+
+
+def blank(text: Any) -> bool:
+    """No text to learn from: not a string, or only whitespace and invisible characters (zero-width spaces
+    and joiners, soft hyphens, byte-order marks, which ``str.strip`` keeps)."""
+    return not isinstance(text, str) or _BLANK.fullmatch(text) is not None
+
+
 def _as_text(value: Any) -> str | None:
     if isinstance(value, list):
         value = " ".join(str(v).strip() for v in value)
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    return None if blank(value) else value.strip()
 
 
 def read_pairs(spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:

@@ -86,9 +86,25 @@ def labels_of(train: pd.DataFrame) -> list[str]:
     return []
 
 
+class DataChangedError(ValueError):
+    """A data file became unreadable or empty after it was validated (written to while a run started)."""
+
+
 def load_splits(cfg: DataConfig, seed: int, read: Reader, hub: bool = False, task: str = "") -> Splits:
-    """Read and split already-validated data: every stage after validation sees exactly the same splits."""
-    return split_dataset(load_raw(cfg, read, hub, task), cfg, seed)
+    """Read and split already-validated data: every stage after validation sees exactly the same splits.
+
+    Raises:
+        DataChangedError: a file that passed validation cannot be read now, or has no rows.
+    """
+    raw = load_raw(cfg, read, hub, task)
+    gone = [str(p) for p in raw.problems] + [
+        f"{raw.sources.get(name, name)}: no rows" for name, df in raw.frames.items() if df.empty
+    ]
+    if gone:
+        raise DataChangedError(
+            f"{'; '.join(gone)} -- the data changed after this run validated it; rerun once it is complete"
+        )
+    return split_dataset(raw, cfg, seed)
 
 
 def content_columns(df: pd.DataFrame) -> list[str]:

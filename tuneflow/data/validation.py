@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tuneflow.config import PipelineConfig
-from tuneflow.data.readers import LINE, TEXT, Problem, RawData
+from tuneflow.data.readers import LINE, TEXT, Problem, RawData, blank
 from tuneflow.data.splits import Splits, split_dataset
 
 MAX_LINES_LISTED = 10
@@ -135,7 +135,7 @@ def empty_inputs(name: str, source: str, df: pd.DataFrame) -> list[Problem]:
     """A frame without rows, or inputs that are empty."""
     if df.empty:
         return [Problem(f"{name} has no usable rows", file=source)]
-    empty = df[TEXT].map(lambda t: not isinstance(t, str) or not t.strip())
+    empty = df[TEXT].map(blank)
     if empty.any():
         return [Problem(f"{int(empty.sum())} empty input(s) in {name} at {lines_of(df, empty)}", source)]
     return []

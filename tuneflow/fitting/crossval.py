@@ -19,7 +19,8 @@ import numpy as np
 from tuneflow import names
 from tuneflow.config import PipelineConfig
 from tuneflow.data.encoding import EncodedData
-from tuneflow.fitting.training import EpochCounter, MLflowMetricsLogger, fit, predict_logits
+from tuneflow.fitting.callbacks import EpochCounter, MLflowMetricsLogger
+from tuneflow.fitting.training import fit, predict_logits
 from tuneflow.judging.calibration import softmax
 from tuneflow.store.tracking import TAG_STAGE, RunRecorder
 

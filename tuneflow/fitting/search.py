@@ -29,6 +29,7 @@ from tuneflow import names
 from tuneflow.config import ConfigError, ParamSpec, PipelineConfig, SearchConfig, apply_params, redact_secrets
 from tuneflow.data.encoding import EncodedData
 from tuneflow.data.splits import Splits
+from tuneflow.fitting.callbacks import CrashPoint, EpochCounter, MLflowMetricsLogger
 from tuneflow.fitting.crossval import cross_validate
 from tuneflow.fitting.model import load_pretrained, load_tokenizer
 from tuneflow.fitting.search_report import (
@@ -42,7 +43,7 @@ from tuneflow.fitting.search_report import (
     trials_table,
     write_plots,
 )
-from tuneflow.fitting.training import CrashPoint, EpochCounter, MLflowMetricsLogger, fit, keep_best
+from tuneflow.fitting.training import fit, keep_best
 from tuneflow.judging.evaluation import LEARNING_CURVES, plot_learning_curves, save_table
 from tuneflow.judging.metrics import time_single
 from tuneflow.store.params import run_params

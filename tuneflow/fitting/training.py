@@ -6,7 +6,6 @@ import gc
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from tuneflow import names
 from tuneflow.allocator import release_free_memory
@@ -25,7 +22,13 @@ from tuneflow.backbone.lean import enable_checkpointing
 from tuneflow.config import PipelineConfig, TrainConfig, apply_params
 from tuneflow.data.datamodule import TextDataModule
 from tuneflow.data.encoding import Encoded, EncodedData
-from tuneflow.faults import crash_point
+from tuneflow.fitting.callbacks import (
+    CompactProgressBar,
+    CrashPoint,
+    MemoryWatch,
+    MLflowMetricsLogger,
+    progress_callback,
+)
 from tuneflow.fitting.checkpointio import StreamingCheckpointIO
 from tuneflow.fitting.export import export_model, load_predictor, quantize_export, weights_bytes
 from tuneflow.fitting.model import FineTuner, load_module, load_tokenizer
@@ -33,122 +36,6 @@ from tuneflow.store import tracking
 from tuneflow.tasktypes import task_type
 
 LAST_CHECKPOINT = "last.ckpt"
-
-
-class MLflowMetricsLogger(Logger):
-    """Lightning logger writing a fit's curves to an existing MLflow run, buffered into batches.
-
-    Buffering keeps per-step logging cheap on a SQLite store (one write per ``flush_every`` metrics); the
-    writes go through :func:`tuneflow.store.tracking.log_metric_batch`.
-    """
-
-    def __init__(self, run_id: str, tracking_uri: str, flush_every: int = 50):
-        super().__init__()
-        self.run_id, self.tracking_uri, self.flush_every = run_id, tracking_uri, flush_every
-        self._buffer: list[tuple[str, float, int]] = []
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the flow logs the resolved config as params; module hparams would duplicate them
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._buffer += [(k, float(v), step or 0) for k, v in metrics.items() if k != "epoch"]
-        # Flush at each validation too: a killed run keeps its per-epoch history for --resume.
-        if len(self._buffer) >= self.flush_every or any(k.startswith(names.VAL) for k in metrics):
-            self.save()
-
-    @rank_zero_only
-    def save(self) -> None:
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            tracking.log_metric_batch(self.tracking_uri, self.run_id, batch)
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.save()
-
-
-class CompactProgressBar(RichProgressBar):
-    """One line per epoch: step, train loss and the monitored metric (not every logged value, no v_num)."""
-
-    def __init__(self, monitor: str):
-        super().__init__(leave=True)
-        self.monitor = monitor
-
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        shown = super().get_metrics(trainer, pl_module)
-        return {k: v for k, v in shown.items() if k in (f"{names.TRAIN}loss", self.monitor)}
-
-
-class EpochLines(pl.Callback):
-    """One printed line per epoch, for output that is not a terminal (a pipe, a worker's log, CI).
-
-    A redrawn progress bar there becomes a stream of wrapped fragments; a line per validated epoch says
-    the same: epoch, steps, wall time, the last train loss and the monitored metric.
-    """
-
-    def __init__(self, monitor: str):
-        self.monitor = monitor
-        self.started = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started = time.perf_counter()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        shown = [
-            f"{key} {float(trainer.callback_metrics[key]):.4f}"
-            for key in (f"{names.TRAIN}loss", self.monitor)
-            if key in trainer.callback_metrics
-        ]
-        print(
-            f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {trainer.global_step}  "
-            f"{time.perf_counter() - self.started:.1f} s  " + "  ".join(shown),
-            flush=True,
-        )
-
-
-def progress_callback(monitor: str) -> pl.Callback:
-    """A one-line progress bar on a terminal, one line per epoch elsewhere."""
-    return CompactProgressBar(monitor) if sys.stdout.isatty() else EpochLines(monitor)
-
-
-class EpochCounter(pl.Callback):
-    """Counts trained epochs up to the last validation, also when a fit ends by an exception (a pruned
-    trial); with several validations per epoch a fraction (1.25 = one epoch and a quarter)."""
-
-    def __init__(self, evals_per_epoch: int = 1) -> None:
-        self.evals_per_epoch, self.checks = evals_per_epoch, 0
-
-    @property
-    def epochs(self) -> float:
-        epochs = self.checks / self.evals_per_epoch
-        return int(epochs) if epochs.is_integer() else round(epochs, 3)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.checks += 1
-
-
-class CrashPoint(pl.Callback):
-    """Fault injection: ``crash_point(point)`` at the start of the second epoch (one checkpoint exists)."""
-
-    def __init__(self, point: str) -> None:
-        self.point = point
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == 1:
-            crash_point(self.point)
 
 
 @dataclass(frozen=True)
@@ -226,6 +113,7 @@ def _callbacks(
             save_weights_only=True,
         ),
         *(callbacks or []),
+        MemoryWatch(),
     ]
     if resumable:
         last = Path(LAST_CHECKPOINT).stem

@@ -18,6 +18,10 @@ class ScoringError(ValueError):
     """Bad scoring input or a model that cannot score it; the message names the file, row or setting."""
 
 
+class ModelUnloadable(ScoringError):
+    """The model's files cannot be loaded (missing, truncated, not a model): the CLI's exit 4."""
+
+
 def check_output(output: Path) -> None:
     """``--output`` is checked before the model loads: a missing folder is not found after every row."""
     if output.is_dir():
@@ -125,8 +129,15 @@ def load_scorer(model: str, adapter: str | None, params: dict[str, Any]) -> Scor
         scorer = _load_adapter(adapter, model, params) if adapter else _load_pyfunc(model, params)
     except ScoringError:
         raise
-    except Exception as exc:  # MLflow, transformers and peft raise many kinds: all are "cannot load"
-        raise ScoringError(f"cannot load model '{adapter or model}': {exc}") from exc
+    except Exception as exc:  # MLflow, transformers, peft, ONNX Runtime raise many kinds: all "cannot load"
+        missing = getattr(exc, "filename", None)
+        why = f"{type(exc).__name__}: {str(exc).strip() or 'no message'}" + (
+            f" (missing or unreadable: {missing})" if missing and str(missing) not in str(exc) else ""
+        )
+        raise ModelUnloadable(
+            f"cannot load model '{adapter or model}': {why}. Its files may be missing or damaged: register "
+            "it again (tuneflow run), or predict with another version"
+        ) from exc
     unknown = sorted(set(params) - scorer.accepted)
     if unknown:
         takes = f"it takes: {', '.join(sorted(scorer.accepted))}" if scorer.accepted else "it takes none"

@@ -20,7 +20,7 @@ import pandas as pd
 from tuneflow import names
 from tuneflow.config import DEFAULT_MODEL, DataConfig, FileSpec, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadInputs, tokenize
-from tuneflow.data.readers import LABEL, LINE, TEXT, Problem, RawData, read_columns, read_table
+from tuneflow.data.readers import LABEL, LINE, TEXT, Problem, RawData, blank, read_columns, read_table
 from tuneflow.data.splits import Splits
 from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
 from tuneflow.judging.behavior import check_behavior
@@ -79,7 +79,7 @@ def scope_problems(cfg: PipelineConfig, labels: set[str]) -> list[Problem]:
         if df is None:
             continue
         texts = df[cfg.data.text_column]
-        empty = texts.map(lambda t: not isinstance(t, str) or not t.strip())
+        empty = texts.map(blank)
         if empty.any():
             where = ", ".join(str(lines[i]) for i in np.flatnonzero(empty.to_numpy())[:MAX_LINES_LISTED])
             problems.append(
@@ -209,7 +209,7 @@ class SequenceClassification(TaskType):
 
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
         not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)
-        empty = df[TEXT].map(lambda t: t is None or (isinstance(t, str) and not t.strip()) or t != t)
+        empty = df[TEXT].map(lambda t: t is None or t != t or (isinstance(t, str) and blank(t)))
         checks = (
             (
                 not_text,
@@ -241,11 +241,12 @@ class SequenceClassification(TaskType):
         minimum = cfg.validation.min_examples_per_class
         small = counts[counts < minimum]
         if len(small):
-            listed = ", ".join(f"'{k}' ({v})" for k, v in small.items())
+            listed = ", ".join(f"'{k}' ({v})" for k, v in small.head(MAX_LINES_LISTED).items())
+            more = f" and {len(small) - MAX_LINES_LISTED} more" if len(small) > MAX_LINES_LISTED else ""
             problems.append(
                 Problem(
-                    f"class(es) with fewer than validation.min_examples_per_class={minimum} train examples: "
-                    f"{listed}",
+                    f"{len(small)} class(es) with fewer than validation.min_examples_per_class={minimum} "
+                    f"train examples: {listed}{more}",
                     file=source,
                     column=column,
                 )

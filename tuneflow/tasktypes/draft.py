@@ -235,6 +235,14 @@ def _draft_scope(draft: Draft, kind: TaskType, oos_files: dict[str, Path], oos: 
         raw["oos"] = {"enabled": True}
         c["data.oos_validation"] = "off-topic examples: they set the out-of-scope threshold"
         c["oos.enabled"] = "answer the fallback label instead of a wrong one on off-topic queries"
+    elif "oos_test" in oos_files:
+        # Off-topic test examples say the bot will meet such queries: the fallback is on, its threshold set
+        # on in-scope validation alone (oos.target_in_scope_recall), and the test file measures it.
+        raw["oos"] = {"enabled": True}
+        c["oos.enabled"] = (
+            "the data has off-topic test examples: answer the fallback label on such queries (threshold "
+            "from in-scope validation: oos.target_in_scope_recall; --oos FILE sets it from off-topic ones)"
+        )
     else:
         raw["oos"] = {"enabled": False}
         c["oos.enabled"] = (
