@@ -4,7 +4,8 @@ regenerate bench/RESULTS.md.
 Suites: quality (real data through the real pipeline), speed (vs the HF Trainer at its defaults and at its
 best flags: alternating rounds, or ``--suite tta`` time to accuracy), e2e (a whole tuned fine-tuning:
 ``tuneflow run`` vs ``Trainer.hyperparameter_search`` + train), overhead (orchestration share of a
-pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). Also: search_pruning and
+pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). ``python -m bench field``:
+the real CLI on every data set and edge shape (bench/field.py). Also: search_pruning and
 lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
 """
 
@@ -18,6 +19,13 @@ SUITES = ("quality", "speed", "e2e", "overhead", "coldstart", "gpu")
 
 
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["field"]:  # the field matrix has its own options (python -m bench field --help)
+        from bench import field
+
+        field.main(sys.argv[2:])
+        return
     from bench import coldstart, e2e, gpu, overhead, quality, speed
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])

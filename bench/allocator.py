@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_result, write_table
+from bench.common import keep_earlier, measured_on, write_result, write_table
 from bench.watch import watch
+from tuneflow.allocator import MALLOC_CONF
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEP = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -28,6 +29,12 @@ ARMS: dict[str, tuple[str, str | None]] = {
     "jemalloc_keep": ("jemalloc", KEEP),  # the default before this benchmark: freed pages never returned
     "jemalloc_decay1s": ("jemalloc", "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"),
     "jemalloc_decay10s": ("jemalloc", "background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:0"),
+    # Without jemalloc's background purging thread: on 2 cores a third thread preempts a torch worker, and
+    # the other spins at OpenMP barriers (the chat arms above ran at 0.55x with it).
+    "jemalloc_decay10s_inline": ("jemalloc", "dirty_decay_ms:10000,muzzy_decay_ms:0"),
+    "jemalloc_decay30s_inline": ("jemalloc", "dirty_decay_ms:30000,muzzy_decay_ms:0"),
+    # tuneflow's default since: a 10 s decay that the fit paces to 20 of its steps (tuneflow.allocator).
+    "jemalloc_paced": ("jemalloc", MALLOC_CONF),
     "glibc": ("glibc", None),
 }
 # name -> (config, overrides): small enough for a matrix, long enough (4 epochs) to show growth per epoch.
@@ -84,6 +91,7 @@ def run_one(workload: str, arm: str) -> dict[str, Any]:
         print("\n".join(out["tail"]), file=sys.stderr)
     epochs = out["epoch_s"]
     return {
+        "key": f"{workload}/{arm}",
         "workload": workload,
         "arm": arm,
         "malloc_conf": ARMS[arm][1],
@@ -114,6 +122,7 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, str]]:
                 ),
                 "target": "cls/NER peak <= 3 GB, chat LoRA <= 4 GB; growth <= 10%; epoch time <= 1.05x",
                 "data": " ".join(WORKLOADS[r["workload"]][1]),
+                **measured_on(r),
             }
         )
     return out
@@ -135,6 +144,7 @@ def main() -> None:
                 f"epoch_s {r['epoch_s']} wall {r['wall_s']}",
                 flush=True,
             )
+    results = [*keep_earlier("allocator", results, "key"), *results]
     write_result("allocator", {"results": results, "rows": rows(results)})
     write_table()
 

@@ -86,8 +86,10 @@ def stop_with_this_process(pid: int) -> None:
     import os
     import subprocess
 
-    me = os.getpid()
-    loop = f"while kill -0 {me} && kill -0 {pid}; do sleep 1; done 2>/dev/null; kill {pid} 2>/dev/null"
+    # Alive = not gone and not a zombie (a killed process stays one until its parent reaps it).
+    state = f"sed -n 's/^State:\\s*\\(.\\).*/\\1/p' /proc/{os.getpid()}/status"
+    alive = f'st=$({state}) && [ -n "$st" ] && [ "$st" != Z ]'
+    loop = f"while {alive} && kill -0 {pid}; do sleep 1; done 2>/dev/null; kill {pid} 2>/dev/null"
     subprocess.Popen(
         ["sh", "-c", loop],
         stdin=subprocess.DEVNULL,

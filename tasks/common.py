@@ -100,8 +100,10 @@ def stage(name: str, run_id: str | None = None) -> Iterator[Callable[[str], None
     try:
         with PeakWatch() as memory:
             yield notes.append
-    except BaseException:
-        print(f"✗ {name} failed after {time.perf_counter() - start:.1f} s")
+    except BaseException as exc:
+        # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the run; the CLI says how to resume.
+        stopped = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
+        print(f"✗ {name} {'interrupted' if stopped else 'failed'} after {time.perf_counter() - start:.1f} s")
         raise
     finally:
         peak = memory.peak

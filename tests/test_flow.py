@@ -94,10 +94,12 @@ def test_metrics_per_step_per_epoch_and_test(finished: dict) -> None:
         "calibration",
         "oos",
         "behavior",
+        "memory",
     }
     known.add("system")  # MLflow's own CPU / memory sampling only: tuneflow's bookkeeping is timing/, model/
     assert not [k for k in m if k.startswith("system/") and ("time" in k or "params" in k)]
     assert sections <= known, sections
+    assert m["memory/peak_train_mb"] > 0 and m["memory/peak_evaluate_mb"] > 0
     assert not any(k.startswith(("validation", "best_")) for k in m)
     assert 0 <= m["test/accuracy"] <= 1 and m["serving/latency_p95_ms"] >= m["serving/latency_p50_ms"] > 0
     steps = [x.step for x in c.get_metric_history(run_id, "train/loss")]

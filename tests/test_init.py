@@ -213,3 +213,26 @@ def test_off_topic_test_examples_turn_the_fallback_on(tmp_path: Path, tiny_model
     assert drafted["oos"]["enabled"] is True
     assert drafted["data"]["oos_test"]["path"].endswith("oos_test.csv")
     assert "oos_validation" not in drafted["data"]
+
+
+def test_a_two_column_file_without_a_header_line_is_read_as_text_and_label(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    """UCI's sentiment sentences: ``sentence<TAB>0|1`` lines, no header. The first line is a record, so the
+    drafted config names the columns itself (header: false) instead of asking for columns that have no
+    names."""
+    rng = random.Random(0)
+    lines = [
+        f"{text} and {rng.choice(['good', 'fine', 'bad'])} service\t{i % 2}"
+        for i, (text, _) in enumerate(demo_rows())
+    ]
+    data = tmp_path / "reviews_labelled.txt"
+    data.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "drafted.yaml"
+    result = _cli("init", str(data), "--model", tiny_model, "--output", str(output))
+    assert result.exit_code == 0, result.output
+    drafted = yaml.safe_load(output.read_text())
+    assert drafted["task"] == "sequence_classification"
+    assert drafted["data"]["train"]["header"] is False
+    assert drafted["data"]["train"]["column_names"] == ["text", "label"]
+    assert "2 classes" in result.output

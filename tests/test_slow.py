@@ -130,3 +130,15 @@ def test_support_chat_lora_on_real_dialogues_beats_its_base(tmp_path: Path, pref
     conversation = json.dumps([{"role": "user", "content": "I need a rental car in Chicago tomorrow."}])
     reply = pyfunc.predict([conversation], params={"max_new_tokens": 24})["generated_text"][0]
     assert isinstance(reply, str) and reply.strip()
+
+
+@pytest.mark.parametrize("row", ["tiny_10x10", "skewed_95", "long_2000", "classes_500", "wnut17"])
+def test_field_matrix_row_in_one_epoch(row: str) -> None:
+    """``python -m bench field --quick``'s rows, one epoch each: `tuneflow init DATA` then `tuneflow run`
+    with the drafted config, as a new user runs them; exit 0 within the memory target."""
+    from bench.field import run_row
+
+    result = run_row(row, quick=True)
+    assert result["init_exit"] == 0, result
+    assert result["exit"] == 0, result.get("answer")
+    assert result["peak_rss_mb"] <= 3072, result

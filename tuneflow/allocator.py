@@ -1,19 +1,32 @@
-"""The memory allocator of tuneflow's training processes: jemalloc where it is installed.
+"""The memory allocator of tuneflow's training processes: jemalloc where it is installed, handing freed pages
+back at the pace of the training steps.
 
 A training step allocates and frees tensors of a few MB to a few hundred MB thousands of times. glibc's
 malloc serves the mid-sized ones from its heap and, once they are freed, cannot hand the fragmented space
 back or reuse it well: fine-tuning SmolLM2-135M with LoRA held 7.4 GB of resident memory for ~2 GB of live
-tensors. Returning freed memory to the system instead (a low mmap threshold) brought it to 2.4 GB but made
-steps 45% slower (every new tensor page-faults fresh pages). jemalloc keeps freed pages for reuse and
-fragments far less: 2.3 GB at the fastest step time measured (``bench/RESULTS.md``, the chat memory rows).
+tensors. jemalloc fragments far less. When it hands a freed page back (its decay) is the trade-off,
+measured by ``python -m bench.allocator`` through the real CLI (``bench/RESULTS.md``, the allocator rows):
+
+- never (``dirty_decay_ms:-1``, the default until 2026-12): the fastest chat steps, but batches of varying
+  shapes (classification and NER batches grouped by length) leave blocks no later step fits in; resident
+  memory grew 1.5-3 GB per epoch (BANKING77: 3.2 -> 12.0 GB in 4 epochs; an OOM kill at 23.8 GB).
+- any finite decay: level memory everywhere (intents 1.5 GB, NER 1.8 GB, chat LoRA 2.0 GB) and intent and
+  NER epochs as fast as under glibc; but jemalloc then hands a freed block of more than a few MB back at
+  once (measured: 1 s, 10 s, 30 s and 10 min alike), and a chat step (15 s on 2 CPU cores) faulted in again
+  every block the previous one freed: 1.65-1.8x slower epochs.
+
+So the process starts with a 10 s decay (:data:`MALLOC_CONF`), and a fit whose steps take 2 s or more keeps
+its freed pages until it ends (``tuneflow.fitting.callbacks.PacedDecay`` with :func:`set_decay_ms`): long
+steps reuse the same large blocks, step after step.
 
 ``tuneflow run|tune|retrain`` therefore restart themselves once, before importing anything heavy, with
 jemalloc preloaded when the system has it (Debian/Ubuntu: ``apt install libjemalloc2``). Set
-``TUNEFLOW_ALLOCATOR=system`` to keep glibc's malloc. Processes started otherwise (a Prefect worker, a
-notebook) choose their allocator themselves: ``LD_PRELOAD=libjemalloc.so.2`` with :data:`MALLOC_CONF`.
+``TUNEFLOW_ALLOCATOR=system`` to keep glibc's malloc (a ``MALLOC_CONF`` of your own is kept, and then the
+fit leaves the decay alone). Processes started otherwise (a Prefect worker, a notebook) choose their
+allocator themselves: ``LD_PRELOAD=libjemalloc.so.2`` with :data:`MALLOC_CONF`.
 
-Kept pages are a cost once a stage is over: what training held for its steps would stay resident through the
-export and evaluation, which need other sizes. :func:`release_free_memory` hands them back between stages.
+What a stage kept is handed back when it ends (:func:`release_free_memory`): the export and evaluation that
+follow a fit need other sizes.
 
 May import: nothing of tuneflow (it runs before anything is imported).
 """
@@ -25,9 +38,10 @@ import os
 import sys
 
 SWITCH = "TUNEFLOW_ALLOCATOR"  # system: glibc's malloc; set to jemalloc once the restart happened
-MALLOC_CONF = (
-    "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # keep freed pages for the next step (returning is slower)
-)
+DEFAULT_DECAY_MS = 10_000  # outside fits of long steps (PacedDecay)
+# No background_thread: on 2 cores jemalloc's purging thread preempts a torch worker while the other spins at
+# an OpenMP barrier. muzzy 0: handed-back pages leave the resident set at once (MADV_DONTNEED).
+MALLOC_CONF = f"dirty_decay_ms:{DEFAULT_DECAY_MS},muzzy_decay_ms:0"
 COMMANDS = ("run", "tune", "retrain")  # the commands that train
 
 
@@ -74,8 +88,8 @@ _ALL_ARENAS = 4096
 def release_free_memory() -> str | None:
     """Hand the pages the allocator keeps for reuse back to the system (called when a stage ends).
 
-    jemalloc (as :data:`MALLOC_CONF` sets it) never returns freed pages on its own, which keeps steps fast;
-    between stages they are only a cost: a full fine-tune's optimizer state and activations would stay
+    jemalloc keeps freed pages for a while (its decay; a fit of long steps keeps them); between stages they
+    are only a cost: a full fine-tune's optimizer state and activations would stay
     resident while the export and evaluation allocate tensors of other sizes beside them. glibc's
     ``malloc_trim`` does the same for its heap.
 
@@ -95,6 +109,34 @@ def release_free_memory() -> str | None:
         trim(ctypes.c_size_t(0))
         return "glibc"
     return None
+
+
+def _mallctl():  # noqa: ANN202
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(ctypes.CDLL(None), "mallctl", None)  # resolves only when jemalloc is the process's malloc
+
+
+def paced() -> bool:
+    """Whether the fit may pace jemalloc's decay: jemalloc with tuneflow's own settings (a ``MALLOC_CONF``
+    of the user's is left as it is)."""
+    return _mallctl() is not None and os.environ.get("MALLOC_CONF") == MALLOC_CONF
+
+
+def set_decay_ms(ms: int) -> bool:
+    """How long jemalloc keeps a freed page before handing it back, for every arena and the ones created
+    later; False where jemalloc is not the allocator."""
+    mallctl = _mallctl()
+    if mallctl is None:
+        return False
+    narenas, size = ctypes.c_uint(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
+    if mallctl(b"arenas.narenas", ctypes.byref(narenas), ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+        return False
+    value = ctypes.c_ssize_t(ms)
+    names = [b"arenas.dirty_decay_ms", *(f"arena.{i}.dirty_decay_ms".encode() for i in range(narenas.value))]
+    for name in names:  # an arena index not in use answers EFAULT: nothing to set there
+        mallctl(name, None, None, ctypes.byref(value), ctypes.c_size_t(ctypes.sizeof(value)))
+    return True
 
 
 def _status_mb(field: str) -> float | None:

@@ -78,7 +78,9 @@ class _KnownErrorFilter:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and type(exc).__name__ in self.names:
             return False
-        return not any(name in record.getMessage() for name in self.names)
+        message = record.getMessage()
+        # Prefect's crash report of a SIGTERM: stop_on_signals says it once, with how to resume.
+        return "aborted by a termination signal" not in message and not any(n in message for n in self.names)
 
 
 class _PlainFormatter:
@@ -459,6 +461,9 @@ def write_draft(cfg: Any, drafted: Any, output: Path, force: bool = False, check
         fail(f"--output {output} is a folder; give a file name", 2)
     if output.exists() and not force:
         fail(f"{output} exists; pass --force to replace it, or --output another file", 2)
+    existing = next(p for p in output.parents if p.exists())
+    if not existing.is_dir():
+        fail(f"--output {output}: cannot create {output.parent} ({existing} is a file)", 2)
     if check:
         print_draft_check(cfg, output)
     try:

@@ -115,14 +115,18 @@ def not_a_file(path: Path) -> Problem:
     return Problem("file not found", file=str(path))
 
 
+def looks_like_data(columns: Iterable[Any]) -> bool:
+    """Whether a header line reads like a record (a sentence, a number) rather than column names."""
+    cols = [str(c) for c in columns]
+    return any(
+        len(c) > 40 or len(c.split()) > 3 or c.strip().lstrip("-").replace(".", "").isdigit() for c in cols
+    )
+
+
 def _header_hint(columns: Iterable[Any]) -> str:
     """A file without a header line has its first record read as column names: say so when they look like
     data (a sentence, a number) rather than names."""
-    cols = [str(c) for c in columns]
-    looks_like_data = any(
-        len(c) > 40 or len(c.split()) > 3 or c.strip().lstrip("-").replace(".", "").isdigit() for c in cols
-    )
-    if not looks_like_data:
+    if not looks_like_data(columns):
         return ""
     return (
         " The first line is read as the header, and it looks like data: add a header line naming the columns "

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tuneflow import names
-from tuneflow.allocator import resident_mb
+from tuneflow.allocator import DEFAULT_DECAY_MS, paced, resident_mb, set_decay_ms
 from tuneflow.faults import crash_point
 from tuneflow.store import tracking
 
@@ -136,6 +136,42 @@ class MemoryWatch(pl.Callback):
                     "TUNEFLOW_ALLOCATOR=system and report it (docs: failure modes)",
                     flush=True,
                 )
+
+
+class PacedDecay(pl.Callback):
+    """A fit whose steps are long keeps its freed pages until it ends; one of short steps hands them back
+    after the default 10 s (:mod:`tuneflow.allocator`, measured by ``python -m bench.allocator``).
+
+    jemalloc hands a freed block of more than a few MB back at once under any finite decay (only "never"
+    keeps it), so a 15 s chat step faulted in again every block the previous step freed: 1.7x slower epochs.
+    Never handing pages back is what grew classifiers' memory 1.5-3 GB per epoch: their batches vary in
+    shape step after step and leave blocks no later step fits in. Long steps reuse the same large blocks.
+    """
+
+    STEPS, LONG_STEP_S = 4, 2.0  # timed steps (the first, a warm-up, left out); a step this long keeps pages
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self.started = 0.0
+        self.active = paced()
+        self.kept = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if not self.active or len(self.steps) > self.STEPS:
+            return
+        self.steps.append(time.perf_counter() - self.started)
+        if len(self.steps) > self.STEPS:
+            timed = sorted(self.steps[1:])
+            if timed[len(timed) // 2] >= self.LONG_STEP_S:
+                self.kept = set_decay_ms(-1)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.kept:  # the stage's end hands what was kept back (release_free_memory)
+            set_decay_ms(DEFAULT_DECAY_MS)
+            self.kept = False
 
 
 def progress_callback(monitor: str) -> pl.Callback:

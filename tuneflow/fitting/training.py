@@ -27,6 +27,7 @@ from tuneflow.fitting.callbacks import (
     CrashPoint,
     MemoryWatch,
     MLflowMetricsLogger,
+    PacedDecay,
     progress_callback,
 )
 from tuneflow.fitting.checkpointio import StreamingCheckpointIO
@@ -114,6 +115,7 @@ def _callbacks(
         ),
         *(callbacks or []),
         MemoryWatch(),
+        PacedDecay(),
     ]
     if resumable:
         last = Path(LAST_CHECKPOINT).stem

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from tuneflow.config import DEFAULT_MODEL, ConfigError, PipelineConfig, resolve_tracking_uri, sqlite_path
-from tuneflow.data.readers import TEXT
+from tuneflow.data.readers import TEXT, looks_like_data
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
 from tuneflow.tasktypes.resolve import config_from_dict
 
@@ -95,17 +95,35 @@ def _names_split(stem: str, names: tuple[str, ...]) -> bool:
     return any(n in words or stem.startswith(n) or stem.endswith(n) for n in names)
 
 
+HEADERLESS = ["text", "label"]  # the names a two-column file without a header line gets (UCI's sentences)
+
+
+def headerless(path: Path) -> bool:
+    """A two-column CSV/TSV/TXT file whose first line is a record, not column names (text<TAB>label)."""
+    if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        return False
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        first = pd.read_csv(path, sep=sep, nrows=0, dtype=str, quoting=3 if sep == "\t" else 0).columns
+    except Exception:  # unreadable: _columns says why
+        return False
+    return len(first) == 2 and looks_like_data(first)
+
+
 def _columns(path: Path) -> list[str]:
-    """The column names of a data file (none for CoNLL); an unreadable file is a :class:`DraftError`."""
+    """The column names of a data file (none for CoNLL; :data:`HEADERLESS` for a two-column file without a
+    header line); an unreadable file is a :class:`DraftError`."""
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
         return []
+    if headerless(path):
+        return HEADERLESS
     try:
         if suffix == ".parquet":
             return [str(c) for c in pd.read_parquet(path).columns]
         if suffix in (".jsonl", ".json"):
             return [str(c) for c in pd.read_json(path, lines=True, nrows=50).columns]
-        sep = "\t" if suffix == ".tsv" else ","
+        sep = "\t" if suffix in (".tsv", ".txt") else ","
         return [str(c) for c in pd.read_csv(path, sep=sep, nrows=50, dtype=str).columns]
     except Exception as exc:  # pandas raises many kinds; all mean "cannot read it"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -206,6 +224,9 @@ def _draft_data(draft: Draft, splits: dict[str, Path], mapping: dict[str, str], 
     for split, path in splits.items():
         raw["data"][split] = {"path": str(path)}
         c[f"data.{split}"] = f"the {split} split"
+        if headerless(path):
+            raw["data"][split].update(header=False, column_names=HEADERLESS)
+            c[f"data.{split}.header"] = "its first line is a record, not column names"
     if "validation" not in splits:
         raw["data"]["validation_size"] = 0.15
         c["data.validation_size"] = (
