@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, hidden-32 BERT with random weights and a WordPiece tokenizer trained on the demo texts."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-bert")
     texts = [text for text, _ in demo_rows("train")]
@@ -53,20 +53,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
         model_max_length=128,
     )
     fast.save_pretrained(out)
+    save_bert(out, fast.vocab_size, hidden=32, ffn=64, heads=2, positions=128)
+    return str(out)
+
+
+def save_bert(out: Path, vocab_size: int, hidden: int, ffn: int, heads: int, positions: int) -> None:
+    """A 2-layer BERT classifier with random (seeded) weights, saved to ``out``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
     config = BertConfig(
-        vocab_size=fast.vocab_size,
-        hidden_size=32,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=positions,
         num_labels=2,
     )
-    import torch
-
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(out)
-    return str(out)
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "intent")) -> Path:

@@ -891,7 +891,7 @@ def test_serve_against_a_closed_prefect_port_is_exit_7_at_once(
     result = CliRunner().invoke(cli.app, ["serve"])
     assert result.exit_code == 7, result.output
     assert f"PREFECT_API_URL=http://127.0.0.1:{port}/api is not reachable" in result.output
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # one 3 s probe; generous: shared machines
 
 
 def test_data_emptied_after_validation_is_exit_3_naming_the_file(tmp_path: Path, tiny_model: str) -> None:
@@ -960,7 +960,7 @@ def test_an_uncached_hub_id_without_the_offline_flag_fails_in_seconds(
     start = time.monotonic()
     result = CliRunner().invoke(cli.app, ["run", str(cfg)])
     assert result.exit_code == 4, result.output
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 20  # ~2.5 s at most; was 65 s of retries (generous: shared machines)
     expected = "has no model 'no-such-org/no-such-model-v9'" if mode == "missing" else "did not answer within"
     assert expected in result.output and "Retrying" not in result.output
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() or _store_is_empty(tracking_uri)

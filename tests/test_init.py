@@ -236,3 +236,14 @@ def test_a_two_column_file_without_a_header_line_is_read_as_text_and_label(
     assert drafted["data"]["train"]["header"] is False
     assert drafted["data"]["train"]["column_names"] == ["text", "label"]
     assert "2 classes" in result.output
+
+
+def test_a_file_without_a_header_line_it_cannot_read_asks_for_one(tmp_path: Path) -> None:
+    """Three columns and no header (GoEmotions' TSV): the columns cannot be named by flags, so the answer is
+    to add a header line, not to pass columns that have no names."""
+    data = tmp_path / "train.tsv"
+    data.write_text("My favourite food is anything I did not cook myself.\t27\teebbqej\nok then\t4\tab12\n")
+    result = _cli("init", str(data), "--output", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 2, result.output
+    assert "its first line reads like a record, not column names" in result.output
+    assert not (tmp_path / "x.yaml").exists()

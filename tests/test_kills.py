@@ -175,7 +175,7 @@ def test_a_stopped_run_stops_at_once_and_leaves_no_process(how: str, tmp_path: P
         os.kill(proc.pid, signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
     rest, _ = proc.communicate(timeout=60)
     output = "".join(lines) + rest
-    assert time.monotonic() - signalled < 10, output
+    assert time.monotonic() - signalled < 30, output  # about a second; was over 120 s (shared machines)
     assert _gone(started, within_s=5), f"left running: {started}"
     if how == "oom-kill":
         assert proc.returncode == -signal.SIGKILL

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, demo_rows, make_config, write_csv
+from tests.conftest import ROOT, demo_rows, make_config, save_bert, write_csv
 
 EPOCHS = 6
 MAX_GROWTH = 0.10  # RSS at the last epoch over RSS at epoch 2 (the issue's bound)
@@ -29,24 +29,11 @@ def small_model(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> st
     are megabytes, as in a real fine-tune, not kilobytes."""
     import shutil
 
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
     out = tmp_path_factory.mktemp("small-bert")
     for f in Path(tiny_model).iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
             shutil.copy(f, out / f.name)
-    config = BertConfig(
-        vocab_size=600,
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        max_position_embeddings=256,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(out)
+    save_bert(out, 600, hidden=256, ffn=1024, heads=4, positions=256)
     return str(out)
 
 

@@ -157,12 +157,21 @@ def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType,
         if task != "auto":
             roles = ", ".join(f"--column {key}=NAME" for key in task_type(task).column_roles)
             raise DraftError(f"{path}: cannot tell the {task} columns among {shown}; pass {roles}")
+        if found and looks_like_data(found):
+            raise DraftError(
+                f"{path}: its first line reads like a record, not column names ({_clip(shown)}): add a "
+                "header line naming the columns (e.g. text<TAB>label), then pass --task if they do not say it"
+            )
         raise DraftError(
             f"{path}: columns {shown} match no task type; pass --task (one of {', '.join(TASK_TYPES)}) and "
             "the columns (--text-column, --label-column, or --column KEY=NAME)"
         )
     names = ", ".join(k.name for k, _ in fits)
     raise DraftError(f"{path}: columns {shown} fit several task types ({names}); pass --task")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def store_folder() -> Path:
