@@ -18,18 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneflow.allocator import resident_mb
+
 EPOCH = re.compile(r"^\s+epoch (\d+)/\d+\s+step \d+\s+([\d.]+) s")
-STAGE = re.compile(r"^[✓✗] (\w+)\s+(?:failed after )?([\d.]+) s")
-
-
-def rss_mb(pid: int) -> float | None:
-    """The resident memory of ``pid`` in MB, or None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-    return int(found.group(1)) / 1024 if found else None
+STAGE = re.compile(r"^[✓✗] (\w+)\s+(?:(?:failed|interrupted) after )?([\d.]+) s")
 
 
 def growth(epoch_rss: list[float]) -> float | None:
@@ -63,7 +55,7 @@ def watch(cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 360
 
     def sample() -> None:
         while not done.is_set():
-            mb = rss_mb(proc.pid)
+            mb = resident_mb(proc.pid)
             if mb is not None:
                 samples.append((time.perf_counter() - start, mb))
             done.wait(0.5)
@@ -77,7 +69,7 @@ def watch(cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 360
     for line in proc.stdout:
         lines.append(line.rstrip())
         if m := EPOCH.match(line):
-            epoch_rss.append(rss_mb(proc.pid) or (samples[-1][1] if samples else 0.0))
+            epoch_rss.append(resident_mb(proc.pid) or (samples[-1][1] if samples else 0.0))
             epoch_s.append(float(m.group(2)))
         elif m := STAGE.match(line):
             stages[m.group(1)] = (

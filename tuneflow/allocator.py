@@ -9,7 +9,7 @@ measured by ``python -m bench.allocator`` through the real CLI (``bench/RESULTS.
 
 - never (``dirty_decay_ms:-1``, the default until 2026-12): the fastest chat steps, but batches of varying
   shapes (classification and NER batches grouped by length) leave blocks no later step fits in; resident
-  memory grew 1.5-3 GB per epoch (BANKING77: 3.2 -> 12.0 GB in 4 epochs; an OOM kill at 23.8 GB).
+  memory grew 1.5-3 GB per epoch (BANKING77: 3.1 -> 11.8 GB in 4 epochs; an OOM kill at 23.8 GB).
 - any finite decay: level memory everywhere (intents 1.5 GB, NER 1.8 GB, chat LoRA 2.0 GB) and intent and
   NER epochs as fast as under glibc; but jemalloc then hands a freed block of more than a few MB back at
   once (measured: 1 s, 10 s, 30 s and 10 min alike), and a chat step (15 s on 2 CPU cores) faulted in again
@@ -96,14 +96,14 @@ def release_free_memory() -> str | None:
     Returns:
         What released: ``"jemalloc"``, ``"glibc"``, or None where neither is available (macOS, musl).
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    process = ctypes.CDLL(None)
-    mallctl = getattr(process, "mallctl", None)  # resolves only when jemalloc is the process's malloc
+    mallctl = _mallctl()
     if mallctl is not None:
         name = f"arena.{_ALL_ARENAS}.purge".encode()
         if mallctl(name, None, None, None, ctypes.c_size_t(0)) == 0:
             return "jemalloc"
+    if not sys.platform.startswith("linux"):
+        return None
+    process = ctypes.CDLL(None)
     trim = getattr(process, "malloc_trim", None)
     if trim is not None:
         trim(ctypes.c_size_t(0))
@@ -139,20 +139,17 @@ def set_decay_ms(ms: int) -> bool:
     return True
 
 
-def _status_mb(field: str) -> float | None:
+def resident_mb(pid: int | str = "self") -> float | None:
+    """The resident memory of process ``pid`` (this one by default) in MB; None once it is gone, or off
+    Linux."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith(field):
+                if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
-
-
-def resident_mb() -> float | None:
-    """This process's resident memory in MB (Linux; None elsewhere)."""
-    return _status_mb("VmRSS:")
 
 
 class PeakWatch:
