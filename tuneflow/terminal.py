@@ -13,6 +13,7 @@ May import: everything in tuneflow except the CLI (never Prefect, flows or tasks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -255,7 +256,7 @@ def stop_on_signals(again: str) -> None:
 
     def stop(signum: int, frame: object) -> None:
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        with _suppressed():
+        with contextlib.suppress(Exception):
             sys.stdout.flush()
             console.print(f"[yellow]interrupted[/] ({what}): stopped; {again}", highlight=False)
         stop_children()
@@ -272,12 +273,6 @@ def redact(text: str) -> str:
     return redact_secrets(text)
 
 
-def _suppressed():  # noqa: ANN202
-    import contextlib
-
-    return contextlib.suppress(Exception)
-
-
 def stop_children(timeout_s: float = 3.0) -> None:
     """Terminate every process this one started (recursively), then kill what is left after ``timeout_s``."""
     import psutil
@@ -287,11 +282,11 @@ def stop_children(timeout_s: float = 3.0) -> None:
     except psutil.Error:
         return
     for child in children:
-        with _suppressed():
+        with contextlib.suppress(Exception):
             child.terminate()
     _, alive = psutil.wait_procs(children, timeout=timeout_s)
     for child in alive:
-        with _suppressed():
+        with contextlib.suppress(Exception):
             child.kill()
 
 
