@@ -35,9 +35,20 @@ test: install
 test-slow: install
 	$(BIN)/pytest -q -m slow
 
+# Mermaid.js served with the site (from the npm registry, git-ignored), so its pictures render offline; the
+# theme would load it from a CDN. Without npm the build goes on and the theme falls back to the CDN.
+MERMAID := 11.17.2
+MERMAID_JS := docs/assets/javascripts/mermaid.min.js
+$(MERMAID_JS):
+	@command -v npm > /dev/null || { echo "note: no npm: the docs' diagrams will load Mermaid from a CDN"; exit 0; }; \
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mermaid@$(MERMAID) > /dev/null) \
+	  && tar xzf $$tmp/mermaid-$(MERMAID).tgz -C $$tmp package/dist/mermaid.min.js \
+	  && mkdir -p $(dir $@) && mv $$tmp/package/dist/mermaid.min.js $@; rm -rf $$tmp
+
 # The docs site (docs/ + mkdocs.yml) into site/; --strict: a broken link or a missing page fails the build.
-docs: install
+docs: install $(MERMAID_JS)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -2,7 +2,9 @@
 on the workloads it serves: intent classification, NER and a LoRA chat fine-tune, each through the real CLI.
 
 Every arm runs the same command; only the allocator environment differs (as ``tuneflow run`` would set it
-for itself). Per run: peak RSS, RSS at the end of each epoch and its growth from epoch 2 to the last, the
+for itself); the ``default`` arm is tuneflow as shipped, with ``train.attention: auto`` (eager attention
+while training on a CPU), where the others keep the model's SDPA kernel as every fit did before. Per run:
+peak RSS, RSS at the end of each epoch and its growth from epoch 2 to the last, the
 median epoch time (the step-time measure: same steps in every arm), and wall time. One process at a time.
 
 Writes bench/results/allocator.json and regenerates bench/RESULTS.md.
@@ -24,18 +26,25 @@ from tuneflow.allocator import MALLOC_CONF
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEP = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-# name -> (allocator, MALLOC_CONF); "glibc" runs with TUNEFLOW_ALLOCATOR=system.
-ARMS: dict[str, tuple[str, str | None]] = {
-    "jemalloc_keep": ("jemalloc", KEEP),  # the default before this benchmark: freed pages never returned
-    "jemalloc_decay1s": ("jemalloc", "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"),
-    "jemalloc_decay10s": ("jemalloc", "background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:0"),
+# name -> (allocator, MALLOC_CONF, extra --set); "glibc" runs with TUNEFLOW_ALLOCATOR=system. Every arm but
+# "default" trains with the model's own attention kernel (SDPA), as every fit did before train.attention.
+SDPA = ["train.attention=model"]
+ARMS: dict[str, tuple[str, str | None, list[str]]] = {
+    # the default before this benchmark: freed pages never returned
+    "jemalloc_keep": ("jemalloc", KEEP, SDPA),
+    "jemalloc_decay1s": ("jemalloc", "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0", SDPA),
+    "jemalloc_decay10s": ("jemalloc", "background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:0", SDPA),
     # Without jemalloc's background purging thread: on 2 cores a third thread preempts a torch worker, and
     # the other spins at OpenMP barriers (the chat arms above ran at 0.55x with it).
-    "jemalloc_decay10s_inline": ("jemalloc", "dirty_decay_ms:10000,muzzy_decay_ms:0"),
-    "jemalloc_decay30s_inline": ("jemalloc", "dirty_decay_ms:30000,muzzy_decay_ms:0"),
-    # tuneflow's default since: a 10 s decay that the fit paces to 20 of its steps (tuneflow.allocator).
-    "jemalloc_paced": ("jemalloc", MALLOC_CONF),
-    "glibc": ("glibc", None),
+    "jemalloc_decay10s_inline": ("jemalloc", "dirty_decay_ms:10000,muzzy_decay_ms:0", SDPA),
+    "jemalloc_decay30s_inline": ("jemalloc", "dirty_decay_ms:30000,muzzy_decay_ms:0", SDPA),
+    # tuneflow's allocator: a 10 s decay outside fits; a fit keeps its pages and purges them all when resident
+    # memory passes its bound (BoundedReuse). Its rows before 2026-12-06 18:40 ("jemalloc_paced") were the
+    # first version: fits whose steps took >= 2 s kept their pages, others ran under the 10 s decay.
+    "jemalloc_bounded": ("jemalloc", MALLOC_CONF, SDPA),
+    "glibc": ("glibc", None, SDPA),
+    # tuneflow's default as shipped: the paced allocator and train.attention auto (eager on a CPU).
+    "default": ("jemalloc", MALLOC_CONF, []),
 }
 # name -> (config, overrides): small enough for a matrix, long enough (4 epochs) to show growth per epoch.
 WORKLOADS: dict[str, tuple[str, list[str]]] = {
@@ -69,7 +78,7 @@ def arm_env(arm: str, store: Path) -> dict[str, str]:
     """The environment ``tuneflow run`` trains under in ``arm`` (no re-exec: the switch is already set)."""
     from tuneflow.allocator import SWITCH, jemalloc
 
-    kind, conf = ARMS[arm]
+    kind, conf, _ = ARMS[arm]
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", SWITCH)}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     env["HF_HUB_OFFLINE"] = "1"
@@ -84,7 +93,8 @@ def arm_env(arm: str, store: Path) -> dict[str, str]:
 def run_one(workload: str, arm: str) -> dict[str, Any]:
     config, overrides = WORKLOADS[workload]
     with tempfile.TemporaryDirectory(prefix="bench-alloc-") as tmp:
-        sets = [*overrides, f"tracking.registered_model=alloc-{workload}", f"output_dir={tmp}/ckpt"]
+        sets = [*overrides, *ARMS[arm][2], f"tracking.registered_model=alloc-{workload}"]
+        sets.append(f"output_dir={tmp}/ckpt")
         cmd = [sys.executable, "-m", "tuneflow", "run", config, *(x for s in sets for x in ("--set", s))]
         out = watch(cmd, arm_env(arm, Path(tmp)), ROOT)
     if out["exit"] != 0:
@@ -95,6 +105,7 @@ def run_one(workload: str, arm: str) -> dict[str, Any]:
         "workload": workload,
         "arm": arm,
         "malloc_conf": ARMS[arm][1],
+        "sets": ARMS[arm][2],
         **{k: v for k, v in out.items() if k != "tail"},
         "median_epoch_s": statistics.median(epochs[1:] or epochs) if epochs else None,
     }
@@ -102,9 +113,10 @@ def run_one(workload: str, arm: str) -> dict[str, Any]:
 
 def rows(results: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
-    base = {r["workload"]: r for r in results if r["arm"] == "jemalloc_keep"}
+    # Ratios within one machine and run only (kept results carry theirs).
+    base = {(r["workload"], str(r.get("machine"))): r for r in results if r["arm"] == "jemalloc_keep"}
     for r in results:
-        b = base.get(r["workload"])
+        b = base.get((r["workload"], str(r.get("machine"))))
         speed = (
             f", epoch time x{r['median_epoch_s'] / b['median_epoch_s']:.3f} vs jemalloc_keep"
             if b and b["median_epoch_s"] and r["median_epoch_s"]

@@ -14,6 +14,7 @@ from tasks.validate import validate_data
 from tuneflow.config import ConfigError, redact_secrets
 from tuneflow.fitting.search import StudySummary
 from tuneflow.store import tracking
+from tuneflow.store.params import readable
 from tuneflow.tasktypes.resolve import load_config
 
 
@@ -29,7 +30,7 @@ class TuneResult:
 
 def search_markdown(name: str, summary: StudySummary, uri: str) -> str:
     """A short report of a study for the Prefect UI."""
-    params = "\n".join(f"| `{k}` | {v} |" for k, v in summary.best_params.items())
+    params = "\n".join(f"| `{k}` | {readable(v)} |" for k, v in summary.best_params.items())
     best = "none" if summary.best_value is None else f"{summary.best_value:.4f}"
     return (
         f"# Search `{name}`\n\n- Study `{summary.study_name}` in `{summary.storage}`\n"

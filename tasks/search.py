@@ -14,21 +14,23 @@ from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.fitting.runs import run_dir
 from tuneflow.fitting.search import KEPT, TAG_STUDY, StudySummary, run_study
 from tuneflow.store import tracking
+from tuneflow.store.params import readable
 
 
-def describe_space(cfg: PipelineConfig) -> dict[str, str]:
-    """The searched space as params a person can read: ``space.train.lr = float [3e-05, 0.0003] log``."""
-    out = {}
+def describe_space(cfg: PipelineConfig) -> str:
+    """The searched space as one param a person can read: ``train.lr float [3e-05, 0.0003] log; ...``
+    (one param: beside a run without a search, one blank row in MLflow's param diff, not one per key)."""
+    out = []
     for key, spec in (cfg.search.space if cfg.search else {}).items():
         if spec.type == "categorical":
-            out[f"space.{key}"] = f"one of {spec.choices}"
+            out.append(f"{key} one of {spec.choices}")
         else:
-            out[f"space.{key}"] = (
-                f"{spec.type} [{spec.low}, {spec.high}]"
+            out.append(
+                f"{key} {spec.type} [{spec.low}, {spec.high}]"
                 + (" log" if spec.log else "")
                 + (f" step {spec.step}" if spec.step else "")
             )
-    return out
+    return "; ".join(out)
 
 
 def log_summary(run_id: str, summary: StudySummary, params: bool = True) -> None:
@@ -44,7 +46,7 @@ def log_summary(run_id: str, summary: StudySummary, params: bool = True) -> None
     if summary.best_latency_ms is not None:
         metrics[f"{names.SEARCH}best_latency_p50_ms"] = summary.best_latency_ms
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
-    tags = {f"tuneflow.best.{k}": v for k, v in summary.best_params.items()}
+    tags = {f"tuneflow.best.{k}": readable(v) for k, v in summary.best_params.items()}
     tags.update(
         {
             TAG_STUDY: summary.study_name,
@@ -55,7 +57,7 @@ def log_summary(run_id: str, summary: StudySummary, params: bool = True) -> None
     )
     tracking.set_tags(run_id, tags)
     if params:
-        tracking.log_params(run_id, {f"best.{k}": v for k, v in summary.best_params.items()})
+        tracking.log_params(run_id, {f"best.{k}": readable(v) for k, v in summary.best_params.items()})
     tracking.log_artifacts(run_id, summary.summary_dir, "search")
 
 
@@ -76,7 +78,7 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: boo
         The study summary (best params and value, trial counts); its ``run_id`` is ``run_id``.
     """
     uri = tracking.configure(cfg.tracking.tracking_uri)
-    tracking.log_params(run_id, {"search.metric": cfg.search_metric, **describe_space(cfg)})
+    tracking.log_params(run_id, {"search.space": describe_space(cfg)})
     recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)
     with stage("search", run_id) as note:
         work = run_dir(cfg, run_id) / "search"

@@ -33,25 +33,29 @@ def open_run(
 
 @task(cache_policy=NO_CACHE)
 def close_run(cfg: PipelineConfig, run_id: str, status: str) -> None:
-    """Mark the parent run FINISHED, FAILED or KILLED."""
+    """Mark the parent run FINISHED, FAILED or KILLED; its liveness tags (host, pid, heartbeat) go: they only
+    tell a RUNNING run's state."""
     tracking.configure(cfg.tracking.tracking_uri)
     tracking.end_run(run_id, status)
+    tracking.clear_liveness(run_id)
 
 
 @contextmanager
 def closing_run(cfg: PipelineConfig, run_id: str) -> Iterator[None]:
     """Heartbeat the parent run while the block runs; close it FINISHED, FAILED on an error, KILLED on
     Ctrl-C. A ``kill -9`` closes nothing: the stopped heartbeat lets the next run mark it KILLED."""
-    with tracking.Heartbeat(run_id, cfg.tracking.heartbeat_interval):
-        try:
+    status = "FINISHED"
+    try:
+        with tracking.Heartbeat(run_id, cfg.tracking.heartbeat_interval):
             yield
-        except KeyboardInterrupt:
-            close_run(cfg, run_id, "KILLED")
-            raise
-        except BaseException:
-            close_run(cfg, run_id, "FAILED")
-            raise
-    close_run(cfg, run_id, "FINISHED")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:  # after the heartbeat's last beat, so no beat comes after its tags are cleared
+        close_run(cfg, run_id, status)
 
 
 def remove_checkpoints(cfg: PipelineConfig, run_id: str, keep_export: bool = False) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -35,7 +37,8 @@ def train(
             print(f"  {mode}: {start.reason}")
     # MLflow's own CPU / memory / disk sampling while the model trains (the run page's System metrics).
     tracking.configure(cfg.tracking.tracking_uri)
-    with stage("train", run_id) as note, tracking.system_metrics(run_id):
+    sampling = tracking.system_metrics(run_id) if cfg.tracking.system_metrics else contextlib.nullcontext()
+    with stage("train", run_id) as note, sampling:
         if t.strategy == "ddp" and not under_launcher() and mode != "reuse":
             if t.num_nodes > 1:
                 print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -165,7 +166,8 @@ def test_the_mlflow_ui_meets_a_readable_run(finished: dict) -> None:
     run = c.get_run(result.run_id)
     experiment = c.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert run.info.run_name.startswith("tiny-intents 20")  # config name + start time, not "brave-otter"
+    # Start time to the second and what it did first (the run list shows ~24 characters), not "brave-otter".
+    assert re.fullmatch(r"\d\d-\d\d \d\d:\d\d:\d\d fine-tune · tiny-intents", run.info.run_name)
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"].startswith(
         "tuneflow finetune"
     )

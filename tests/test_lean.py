@@ -153,7 +153,7 @@ def test_training_commands_restart_under_jemalloc() -> None:
 
 
 def test_stage_end_hands_kept_pages_back() -> None:
-    """jemalloc keeps a finished fit's freed pages when its steps were long (``PacedDecay``), and the next
+    """jemalloc keeps the pages a fit freed, up to its bound (``BoundedReuse``), and the next
     stage runs in another thread whose arena would not reuse them: a full fine-tune's 4.5 GB stayed resident
     through export and evaluation. ``release_free_memory`` (every stage's end) hands them back."""
     from tuneflow.allocator import MALLOC_CONF, jemalloc
@@ -163,7 +163,7 @@ def test_stage_end_hands_kept_pages_back() -> None:
     code = (
         "import threading, torch\n"
         "from tuneflow.allocator import release_free_memory, set_decay_ms\n"
-        "set_decay_ms(-1)  # what a fit of long steps sets\n"
+        "set_decay_ms(-1)  # what a fit sets\n"
         "rss = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS'))\n"
         "def stage():\n"
         "    kept = [torch.ones(4 * 2**20) for _ in range(40)]  # 40 x 16 MB, freed when the stage ends\n"

@@ -90,24 +90,43 @@ def test_rss_stays_level_across_epochs_under_the_default_allocator(tmp_path: Pat
         assert parent.data.metrics[f"memory/peak_{stage}_mb"] >= rss[0] * 0.5
 
 
-@pytest.mark.parametrize("step_s, kept", [(0.2, False), (15.0, True)])
-def test_a_fit_of_long_steps_keeps_its_freed_pages_until_it_ends(
-    step_s: float, kept: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Steps of 2 s or more (a chat fine-tune on CPU): jemalloc keeps freed pages for the whole fit (a finite
-    decay hands MB-sized blocks back at once: 1.7x slower chat epochs); short steps keep the default decay.
-    The default comes back when the fit ends."""
+def test_a_fit_keeps_freed_pages_and_hands_them_back_past_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jemalloc keeps what the steps free for the whole fit (a finite decay hands MB-sized blocks back at
+    once: 1.7x slower chat epochs) and purges when resident memory passes the largest step seen after a
+    purge by 20 % (256 MB at least): batches of varied shapes no longer grow memory without bound. The
+    default decay comes back when the fit ends."""
     from tuneflow.fitting import callbacks
 
-    calls: list[int] = []
-    clock = iter(x * step_s for x in range(100))
+    decays: list[int] = []
+    purges: list[float] = []
+    rss = [1000.0, 1100.0, 1300.0, 1050.0, 1200.0, 1400.0, 1500.0, 1700.0]
+    now = {"mb": 0.0}
     monkeypatch.setattr(callbacks, "paced", lambda: True)
-    monkeypatch.setattr(callbacks, "set_decay_ms", lambda ms: calls.append(ms) or True)
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
-    decay = callbacks.PacedDecay()
-    for _ in range(10):
-        decay.on_train_batch_start(None, None)  # type: ignore[arg-type]
-        decay.on_train_batch_end(None, None)  # type: ignore[arg-type]
-    assert calls == ([-1] if kept else [])
-    decay.teardown(None, None, "fit")  # type: ignore[arg-type]
-    assert calls == ([-1, callbacks.DEFAULT_DECAY_MS] if kept else [])
+    monkeypatch.setattr(callbacks, "set_decay_ms", lambda ms: decays.append(ms) or True)
+    monkeypatch.setattr(callbacks, "release_free_memory", lambda: purges.append(now["mb"]))
+    reuse = callbacks.BoundedReuse()
+    reuse.on_train_start(None, None)  # type: ignore[arg-type]
+    assert decays == [-1] and len(purges) == 1  # the fit starts from a purge
+    for mb in rss:
+        now["mb"] = mb
+        monkeypatch.setattr(callbacks, "resident_mb", lambda mb=mb: mb)
+        reuse.on_train_batch_end(None, None)  # type: ignore[arg-type]
+    # The first step ends at 1000 MB: bound 1256 (the 256 MB minimum); 1300 is past it: purge. The step
+    # after the purge ends at 1050, the floor's new largest: bound 1306; 1400 is past it: purge. The next
+    # step, of a larger batch, ends at 1500: bound 1800, and 1700 is kept.
+    assert purges[1:] == [1300.0, 1400.0]
+    assert reuse.floor == 1500.0 and reuse.bound == pytest.approx(1800.0)
+    reuse.teardown(None, None, "fit")  # type: ignore[arg-type]
+    assert decays == [-1, callbacks.DEFAULT_DECAY_MS]
+
+
+def test_the_bound_is_left_alone_without_jemalloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneflow.fitting import callbacks
+
+    monkeypatch.setattr(callbacks, "paced", lambda: False)
+    monkeypatch.setattr(callbacks, "set_decay_ms", lambda ms: pytest.fail("decay set without jemalloc"))
+    monkeypatch.setattr(callbacks, "release_free_memory", lambda: pytest.fail("purged without jemalloc"))
+    reuse = callbacks.BoundedReuse()
+    reuse.on_train_start(None, None)  # type: ignore[arg-type]
+    reuse.on_train_batch_end(None, None)  # type: ignore[arg-type]
+    reuse.teardown(None, None, "fit")  # type: ignore[arg-type]

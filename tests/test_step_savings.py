@@ -72,6 +72,7 @@ class _Recorder:
 
         self.losses: list[float] = []
         self.linear_dtype: torch.dtype | None = None
+        self.kernels: dict[str, set[str]] = {"train": set(), "validation": set()}
         rec = self
 
         class Callback(pl.Callback):
@@ -79,17 +80,23 @@ class _Recorder:
                 rec.losses.append(float(outputs["loss"]))
                 layer = next(m for m in module.model.modules() if isinstance(m, torch.nn.Linear))
                 rec.linear_dtype = layer.weight.dtype
+                rec.kernels["train"].add(module.model.config._attn_implementation)
+
+            def on_validation_batch_end(self, trainer, module, *args) -> None:  # noqa: ANN001, ANN002
+                rec.kernels["validation"].add(module.model.config._attn_implementation)
 
         self.callback = Callback()
 
 
-def _fit(tmp_path: Path, tiny_model: str, name: str, **train: object) -> tuple[_Recorder, dict, object]:
+def _fit(
+    tmp_path: Path, tiny_model: str, name: str, dropout: float = 0.0, **train: object
+) -> tuple[_Recorder, dict, object]:
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
     from tuneflow.tasktypes.resolve import task_of
 
     settings = {"max_epochs": 2, "precision": "bf16-mixed", "grad_clip": 1.0, **train}
-    cfg = load_config(make_config(tmp_path, tiny_model, model={"dropout": 0.0}, train=settings))
+    cfg = load_config(make_config(tmp_path, tiny_model, model={"dropout": dropout}, train=settings))
     kind = task_of(cfg)
     data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
     rec = _Recorder()
@@ -124,3 +131,21 @@ def test_bf16_weights_are_exact_against_plain_bf16_mixed(tmp_path: Path, tiny_mo
     assert lean.linear_dtype == torch.bfloat16
     assert lean.losses == plain.losses
     assert all(torch.equal(lean_state[k], plain_state[k]) for k in plain_state)
+
+
+@pytest.mark.integration
+def test_training_on_a_cpu_with_attention_dropout_uses_eager_attention(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    """SDPA has no fused CPU kernel with dropout: the steps train with eager attention, validation and the
+    exported model keep the model's own (SDPA); ``train.attention: model`` keeps SDPA throughout."""
+    auto, _, result = _fit(tmp_path, tiny_model, "auto", dropout=0.1, max_epochs=1)
+    assert auto.kernels == {"train": {"eager"}, "validation": {"sdpa"}}
+    from tuneflow.fitting.model import load_module
+
+    assert load_module(result.best_checkpoint).model.config._attn_implementation == "sdpa"
+    kept, _, _ = _fit(tmp_path, tiny_model, "model", dropout=0.1, max_epochs=1, attention="model")
+    assert kept.kernels == {"train": {"sdpa"}, "validation": {"sdpa"}}
+    # Without attention dropout SDPA's fused kernel is the faster one: no switch.
+    plain, _, _ = _fit(tmp_path, tiny_model, "plain", dropout=0.0, max_epochs=1)
+    assert plain.kernels["train"] == {"sdpa"}

@@ -24,11 +24,24 @@ from tuneflow.tasktypes.resolve import load_config
 )
 def test_params_are_few_and_portable(path: str) -> None:
     """The UI lists params in one flat picker: what tells fine-tunings apart, no machine's paths."""
-    params = run_params(load_config(path))
-    space = len(load_config(path).search.space) if load_config(path).searching else 0
-    assert len(params) + space <= 70, sorted(params)  # the search's space.* params come on top
+    cfg = load_config(path)
+    params = run_params(cfg)
+    assert len(params) <= 70, sorted(params)
     assert not [k for k, v in params.items() if str(v).startswith("/")]
-    assert not any(k.startswith(("tracking.", "retrain.", "gates.")) for k in params)
+    assert not any(k.startswith(("tracking.", "retrain.", "gates.", "search.")) for k in params)
+    # A search is one param (a blank row, not a dozen, in the diff against a run without one).
+    assert ("search" in params) == cfg.searching
+    if cfg.searching:
+        assert params["search"].startswith(f"metric={cfg.search_metric}; ")
+
+
+def test_params_are_floats_a_narrow_column_shows_whole() -> None:
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml", ["train.lr=3.18508062455e-05", "model.dropout=0.1195955"]
+    )
+    params = run_params(cfg)
+    assert params["train.lr"] == 3.185e-05 and str(params["train.lr"]) == "3.185e-05"
+    assert params["model.dropout"] == 0.1196
 
 
 def test_demo_params_name_data_files_by_folder_and_name() -> None:
@@ -70,8 +83,10 @@ def test_saved_view_round_trips_and_links_use_it(tmp_path: Path) -> None:
     ui.save_runs_view(plain)
     columns = tracking.read_runs_view(experiment_id)["selectedColumns"]
     assert set(ui.runs_view_columns(plain)) < set(columns)
-    # ... grouped by kind, as the table shows them: the kept searched param among the params.
-    assert columns.index("params.`model.dropout`") < columns.index("tags.`tuneflow.data_fingerprint`")
+    # ... grouped by kind, as the table shows them: the version and aliases first (on screen at 1600 px),
+    # the kept searched param among the params, after the scores.
+    assert columns[:2] == ["attributes.`Models`", "tags.`tuneflow.aliases`"]
+    assert columns.index("params.`model.dropout`") > columns.index("metrics.`test/accuracy`")
     again = json.loads(
         tracking.client().get_experiment(experiment_id).tags["mlflow.sharedViewState.tuneflow"]
     )
@@ -109,11 +124,17 @@ def test_trial_names_read_in_a_narrow_column() -> None:
 
 def test_run_description_puts_the_scores_first() -> None:
     text = ui.run_description(
-        [("test/accuracy", 0.98889), ("test/f1_macro", 0.9798)], ("val/best_f1_macro", 1.0), ["registered"]
+        [("test/accuracy", 0.98889), ("test/f1_macro", 0.9798)],
+        ("val/best_f1_macro", 1.0),
+        ["registered as `m` v2", "promoted to champion"],
     )
     first, *rest = text.split("\n\n")
     assert first == "**test/accuracy** 0.9889 · **test/f1_macro** 0.9798"
-    assert rest == ["best validation score: val/best_f1_macro 1.0000", "registered"]
+    # The verdict before "Show more" cuts the description.
+    assert rest == [
+        "registered as `m` v2 · promoted to champion",
+        "best validation score: val/best_f1_macro 1.0000",
+    ]
 
 
 def test_report_tables_round_floats(tmp_path: Path) -> None:

@@ -36,8 +36,9 @@ GENAI_ONLY = "Training runs"  # a heading of the GenAI sidebar, absent from the 
 
 
 @contextmanager
-def _browser() -> Iterator:
-    """A headless Chromium with a new, empty profile: what someone following a link for the first time has."""
+def _browser(width: int = 1600, offline: bool = False) -> Iterator:
+    """A headless Chromium with a new, empty profile: what someone following a link for the first time has
+    (``offline``: every host name fails to resolve, as without a network; 127.0.0.1 and files still load)."""
     chromedriver, chromium = shutil.which("chromedriver"), shutil.which("chromium")
     if not (chromedriver and chromium):
         pytest.skip(
@@ -54,10 +55,11 @@ def _browser() -> Iterator:
         "--headless=new",
         "--no-sandbox",
         "--disable-dev-shm-usage",
-        "--window-size=2200,1200",  # the runs table beside MLflow's assistant panel
+        f"--window-size={width},1000",
         "--disable-background-networking",
         "--no-first-run",
         f"--user-data-dir={profile}",
+        *(["--host-resolver-rules=MAP * ~NOTFOUND"] if offline else []),
     ):
         options.add_argument(arg)
     driver = selenium.webdriver.Chrome(service=Service(chromedriver), options=options)
@@ -165,12 +167,12 @@ def test_printed_links_open_the_runs_table_in_the_model_training_view(store: dic
     browse = store["browse"].replace("http://127.0.0.1:5000", base)
     assert server["links"] and server["links"][0] == browse  # `tuneflow ui` and `tuneflow run` agree
     for name, link in (("run", browse), ("ui", server["links"][0])):
-        with _browser() as driver:
+        with _browser(width=2400) as driver:  # every column rendered (the grid draws only those in view)
             driver.get(link)
             _model_training_view(driver)
             # The columns that decide between fine-tunings, without picking anything.
             _text_when(
-                driver, ["ui-intents 2", "val/best_f1_macro", "test/accuracy", "train.lr", "model.dropout"]
+                driver, ["· ui-intents", "val/best_f1_macro", "test/accuracy", "train.lr", "model.dropout"]
             )
             assert GENAI_ONLY not in driver.find_element("tag name", "body").text
             driver.save_screenshot(str(SHOTS / f"runs-from-{name}.png"))
@@ -202,7 +204,7 @@ def test_printed_links_open_the_runs_table_in_the_model_training_view(store: dic
         run_link = _until(
             driver,
             "return [...document.querySelectorAll('a')]"
-            ".filter(a => a.textContent.startsWith('ui-intents 2'))[0]",
+            ".filter(a => a.textContent.endsWith('· ui-intents'))[0]",
         )
         _click(driver, run_link)
         _text_when(driver, ["Overview", "Model metrics"])
@@ -257,12 +259,22 @@ def test_registry_descriptions_link_back_to_the_runs(store: dict, server: dict) 
         driver.save_screenshot(str(SHOTS / "model.png"))
         link = driver.find_element("xpath", "//a[starts-with(normalize-space(.), 'runs of experiment')]")
         assert link.get_attribute("href").startswith(f"{base}/#/experiments/")  # relative: this UI's host
+        # No promotional dialog over the page on a first visit.
+        assert not driver.find_elements("css selector", "[role=dialog]")
         _click(driver, link)
-        if len(driver.window_handles) > 1:  # MLflow opens description links in a new tab
-            driver.switch_to.window(driver.window_handles[-1])
+        assert len(driver.window_handles) == 1  # the UI's own pages open in this tab
         _model_training_view(driver)
         _text_when(driver, ["val/best_f1_macro", "train.lr"])
         driver.save_screenshot(str(SHOTS / "runs-from-registry.png"))
+        # A version's description links its run by the run's name, not its id, in the same tab.
+        driver.get(f"{base}/#/models/ui-intents/versions/1")
+        run_link = _until(
+            driver,
+            "return [...document.querySelectorAll('a')].find(a => a.textContent.endsWith('· ui-intents'))",
+        )
+        _click(driver, run_link)
+        _text_when(driver, ["Overview", "test/accuracy"])
+        assert len(driver.window_handles) == 1
 
 
 def test_runs_say_which_version_holds_which_alias(store: dict) -> None:
@@ -275,3 +287,59 @@ def test_runs_say_which_version_holds_which_alias(store: dict) -> None:
     assert "champion" in aliases[holder].split(", ")
     other = second if holder == first else first
     assert "champion" not in (aliases[other] or "").split(", ")
+
+
+def test_runs_tell_apart_at_a_glance(store: dict, server: dict) -> None:
+    """At 1600 px, on a first visit: run names that differ in their first 24 characters, the aliases and
+    the registered version on screen without scrolling, floats rounded, no Assistant panel over the table;
+    no machine path in any run's params, tags or dataset sources."""
+    tracking.configure(store["uri"])
+    runs = tracking.client().search_runs([tracking.experiment_id("ui-intents")], max_results=100)
+    parents = [r.info.run_name for r in runs if r.info.run_id in store["runs"]]
+    assert len({name[:24] for name in parents}) == len(parents), parents
+    for run in runs:
+        values = {**run.data.params, **run.data.tags}
+        values.update({f"dataset {i}": d.dataset.source for i, d in enumerate(run.inputs.dataset_inputs)})
+        paths = {k: v for k, v in values.items() if re.search(r"(^|[\s\"'=])/(tmp|home|root|work|usr)/", v)}
+        assert not paths, paths
+        assert not {"tuneflow.host", "tuneflow.pid", "tuneflow.heartbeat"} & set(run.data.tags)
+    with _browser(width=1600) as driver:
+        driver.get(store["browse"].replace("http://127.0.0.1:5000", server["base"]))
+        _model_training_view(driver)
+        _text_when(driver, ["· ui-intents", "tuneflow.aliases", "Models"])
+        time.sleep(2)  # the panel would open on first load
+        driver.save_screenshot(str(SHOTS / "runs-1600.png"))
+        right = driver.execute_script(
+            "const w = window.innerWidth; return [...document.querySelectorAll('.ag-header-cell')]"
+            ".filter(h => /tuneflow.aliases|^Models$/.test(h.textContent.trim()))"
+            ".map(h => [h.textContent.trim(), h.getBoundingClientRect().right <= w])"
+        )
+        assert len(right) == 2 and all(on_screen for _, on_screen in right), right
+        params = driver.execute_script(
+            "return [...document.querySelectorAll('.ag-cell[col-id^=\"params\"]')].map(c => c.innerText)"
+        )
+        assert params and not [p for p in params if re.search(r"\d\.\d{5,}", p)], params
+        assert not driver.execute_script(
+            "return [...document.querySelectorAll('[role=complementary], aside, [data-testid]')]"
+            ".some(e => /assistant/i.test(e.getAttribute('data-testid') || '') && e.offsetWidth > 200)"
+        ), "the Assistant panel opened over the runs table"
+
+
+def test_docs_pipeline_picture_renders_without_a_network() -> None:
+    """The docs site as built by ``make docs``: Mermaid comes with the site, fonts from the system."""
+    page = ROOT / "site" / "concepts" / "index.html"
+    if not page.exists():
+        pytest.skip("the docs site is not built (make docs)")
+    assert "fonts.googleapis" not in page.read_text()
+    with _browser(offline=True) as driver:
+        driver.get(page.as_uri())
+        # The theme draws the diagram into a closed shadow root of a div.mermaid; unrendered, it stays a
+        # <pre class="mermaid"> showing its source.
+        _until(
+            driver,
+            "const m = document.querySelector('div.mermaid');"
+            "return m && m.getBoundingClientRect().height > 50",
+            timeout=30,
+        )
+        assert "flowchart LR" not in driver.find_element("tag name", "body").text
+        driver.save_screenshot(str(SHOTS / "docs-offline.png"))

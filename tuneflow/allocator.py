@@ -1,5 +1,5 @@
-"""The memory allocator of tuneflow's training processes: jemalloc where it is installed, handing freed pages
-back at the pace of the training steps.
+"""The memory allocator of tuneflow's training processes: jemalloc where it is installed, keeping the pages a
+fit frees within a bound.
 
 A training step allocates and frees tensors of a few MB to a few hundred MB thousands of times. glibc's
 malloc serves the mid-sized ones from its heap and, once they are freed, cannot hand the fragmented space
@@ -15,9 +15,10 @@ measured by ``python -m bench.allocator`` through the real CLI (``bench/RESULTS.
   once (measured: 1 s, 10 s, 30 s and 10 min alike), and a chat step (15 s on 2 CPU cores) faulted in again
   every block the previous one freed: 1.65-1.8x slower epochs.
 
-So the process starts with a 10 s decay (:data:`MALLOC_CONF`), and a fit whose steps take 2 s or more keeps
-its freed pages until it ends (``tuneflow.fitting.callbacks.PacedDecay`` with :func:`set_decay_ms`): long
-steps reuse the same large blocks, step after step.
+So the process starts with a 10 s decay (:data:`MALLOC_CONF`), and a fit keeps every page its steps free
+(:func:`set_decay_ms` -1) until resident memory passes a bound, then hands them all back at once
+(``tuneflow.fitting.callbacks.BoundedReuse``): the bound is the largest step seen right after such a purge
+plus 20 %, so it follows the largest batch and stops only the growth.
 
 ``tuneflow run|tune|retrain`` therefore restart themselves once, before importing anything heavy, with
 jemalloc preloaded when the system has it (Debian/Ubuntu: ``apt install libjemalloc2``). Set
@@ -38,7 +39,7 @@ import os
 import sys
 
 SWITCH = "TUNEFLOW_ALLOCATOR"  # system: glibc's malloc; set to jemalloc once the restart happened
-DEFAULT_DECAY_MS = 10_000  # outside fits of long steps (PacedDecay)
+DEFAULT_DECAY_MS = 10_000  # outside fits (BoundedReuse keeps pages within a fit)
 # No background_thread: on 2 cores jemalloc's purging thread preempts a torch worker while the other spins at
 # an OpenMP barrier. muzzy 0: handed-back pages leave the resident set at once (MADV_DONTNEED).
 MALLOC_CONF = f"dirty_decay_ms:{DEFAULT_DECAY_MS},muzzy_decay_ms:0"

@@ -19,7 +19,9 @@ def _type_name(annotation: Any) -> str:
     for module in ("data.", "fitting.", "search.", "registry.", "pipeline.", "base."):
         text = text.replace(module, "")
     text = text.replace("<class '", "").replace("'>", "")
-    return text.replace("NoneType", "None").replace("|", "\\|")
+    # A pipe inside a code span is no column separator for Python-Markdown's tables: no escape there (an
+    # escape would print its backslash).
+    return text.replace("NoneType", "None")
 
 
 def _default(field: Any) -> str:
@@ -101,6 +103,13 @@ def cli_reference() -> str:
         "to promote, 7 a store or server the command needs cannot be reached or written.",
         "",
     ]
+    out += ["## Global options", "", "Before the command: `tuneflow --verbose run ...`.", ""]
+    out += ["| option | default | help |", "| --- | --- | --- |"]
+    for p in group.params:
+        if p.name != "help":
+            flags = " / ".join(f"`{o}`" for o in [*p.opts, *getattr(p, "secondary_opts", [])])
+            out.append(f"| {flags} | `{p.default}` | {(getattr(p, 'help', '') or '').replace('|', '/')} |")
+    out.append("")
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         assert command is not None

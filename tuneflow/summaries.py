@@ -53,6 +53,8 @@ def print_decision(d) -> None:  # noqa: ANN001  (a tuneflow.promotion.Decision)
 
 
 def print_search(s) -> None:  # noqa: ANN001  (a tuneflow.search.StudySummary)
+    from tuneflow.store.params import readable
+
     best = "none" if s.best_value is None else f"{s.best_value:.4f}"
     console.print(
         f"search          study '{s.study_name}': best {s.metric} {best} "
@@ -60,7 +62,7 @@ def print_search(s) -> None:  # noqa: ANN001  (a tuneflow.search.StudySummary)
         f"{s.n_failed} failed; {s.epochs_total:g} epochs"
     )
     for key, value in s.best_params.items():
-        console.print(f"  best {key} = {value}")
+        console.print(f"  best {key} = {readable(value)}")
 
 
 def print_run(result: Any, cfg: Any) -> None:

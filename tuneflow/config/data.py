@@ -29,7 +29,7 @@ class FileSpec(_Section):
 class EvalSetSpec(FileSpec):
     """An extra evaluation set, e.g. an out-of-domain check of generalization."""
 
-    name: str = Field(description="Short name used in metric keys (e.g. 'yelp' -> ood_yelp_accuracy).")
+    name: str = Field(description="Short name used in metric keys (e.g. 'yelp' -> ood/yelp/accuracy).")
 
     @field_validator("name")
     @classmethod

@@ -202,6 +202,15 @@ class TrainConfig(_Section):
             "equal the full computation; the export is unchanged. false: compute every position."
         ),
     )
+    attention: Literal["auto", "model"] = Field(
+        "auto",
+        description=(
+            "auto: eager attention while training on a CPU when the model has attention dropout (PyTorch's "
+            "SDPA has no fused CPU kernel with dropout: eager was 7-16 % faster and, at 512 tokens, 1 GB "
+            "smaller on MiniLM); the model's own kernel in evaluation, on GPUs and without dropout. "
+            "model: always the model's own kernel."
+        ),
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, faster steps)."

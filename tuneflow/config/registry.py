@@ -135,6 +135,14 @@ class TrackingConfig(_Section):
     experiment: str | None = Field(None, description="MLflow experiment name; null = the config's name.")
     registered_model: str | None = Field(None, description="Registered model name; null = the config's name.")
     register_after_eval: bool = Field(True, description="Register the model after a successful evaluation.")
+    system_metrics: bool = Field(
+        False,
+        description=(
+            "Sample CPU, memory, disk and network into the run's system/ metrics while the model trains "
+            "(MLflow's monitor: the run page's System metrics tab). Off by default: those keys are logged "
+            "first and would open the run overview's metrics table; memory/ has the resident memory anyway."
+        ),
+    )
     heartbeat_interval: float = Field(
         30,
         gt=0,

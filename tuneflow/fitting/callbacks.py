@@ -13,7 +13,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tuneflow import names
-from tuneflow.allocator import DEFAULT_DECAY_MS, paced, resident_mb, set_decay_ms
+from tuneflow.allocator import DEFAULT_DECAY_MS, paced, release_free_memory, resident_mb, set_decay_ms
 from tuneflow.faults import crash_point
 from tuneflow.store import tracking
 
@@ -138,40 +138,66 @@ class MemoryWatch(pl.Callback):
                 )
 
 
-class PacedDecay(pl.Callback):
-    """A fit whose steps are long keeps its freed pages until it ends; one of short steps hands them back
-    after the default 10 s (:mod:`tuneflow.allocator`, measured by ``python -m bench.allocator``).
+class BoundedReuse(pl.Callback):
+    """While a fit trains, jemalloc keeps the pages its steps free (the next steps reuse them) and hands them
+    all back whenever resident memory passes a bound (:mod:`tuneflow.allocator`, ``bench.allocator``).
 
-    jemalloc hands a freed block of more than a few MB back at once under any finite decay (only "never"
-    keeps it), so a 15 s chat step faulted in again every block the previous step freed: 1.7x slower epochs.
-    Never handing pages back is what grew classifiers' memory 1.5-3 GB per epoch: their batches vary in
-    shape step after step and leave blocks no later step fits in. Long steps reuse the same large blocks.
+    A finite decay hands a freed block of more than a few MB back at once, so every step faulted in again
+    what the previous one freed: 1.7x slower chat epochs, NER's first epoch 1.36x. Keeping every freed page
+    grows memory without bound where batches vary in shape (their blocks fit no later batch): 1.5-3 GB an
+    epoch. Here the bound is the largest resident size seen at the end of the first step after a purge (the
+    live tensors plus one step's blocks, so it grows to the largest batch) plus 20 %, at least 256 MB; past
+    it, one purge hands every kept page back and the next step faults its blocks in again.
     """
 
-    STEPS, LONG_STEP_S = 4, 2.0  # timed steps (the first, a warm-up, left out); a step this long keeps pages
+    HEADROOM, MIN_HEADROOM_MB = 0.2, 256.0
 
     def __init__(self) -> None:
-        self.steps: list[float] = []
-        self.started = 0.0
         self.active = paced()
-        self.kept = False
+        self.floor: float | None = None  # the largest RSS right after a step that started from a purge
+        self.fresh = False  # the next step ends the first step after a purge
+        self.purges = 0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self.started = time.perf_counter()
+    @property
+    def bound(self) -> float | None:
+        if self.floor is None:
+            return None
+        return self.floor + max(self.floor * self.HEADROOM, self.MIN_HEADROOM_MB)
+
+    def _purge(self) -> None:
+        release_free_memory()
+        self.fresh = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.active:
+            self.active = set_decay_ms(-1)
+            self._purge()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if not self.active or len(self.steps) > self.STEPS:
+        self._check()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(after_step=False)  # validation batches have other shapes: their blocks count too
+
+    def _check(self, after_step: bool = True) -> None:
+        if not self.active:
             return
-        self.steps.append(time.perf_counter() - self.started)
-        if len(self.steps) > self.STEPS:
-            timed = sorted(self.steps[1:])
-            if timed[len(timed) // 2] >= self.LONG_STEP_S:
-                self.kept = set_decay_ms(-1)
+        rss = resident_mb()
+        if rss is None:
+            return
+        if self.fresh and after_step:
+            self.floor, self.fresh = max(self.floor or 0.0, rss), False
+        elif self.bound is not None and rss > self.bound:
+            self.purges += 1
+            self._purge()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.kept:  # the stage's end hands what was kept back (release_free_memory)
-            set_decay_ms(DEFAULT_DECAY_MS)
-            self.kept = False
+        if not self.active:
+            return
+        set_decay_ms(DEFAULT_DECAY_MS)  # the stage's end hands what was kept back (release_free_memory)
+        self.active = False
+        if trainer is not None and trainer.logger is not None:
+            trainer.logger.log_metrics({f"{names.MEMORY}purges": self.purges}, step=trainer.global_step)
 
 
 def progress_callback(monitor: str) -> pl.Callback:

@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from tuneflow.backbone import clsonly
+from tuneflow.backbone import attention, clsonly
 from tuneflow.backbone.lean import causal_lm_loss
 from tuneflow.backbone.lora import apply_lora, weights_hash
 from tuneflow.backbone.pretrained import (  # noqa: F401 (re-exported: callers load models through this module)
@@ -140,12 +140,33 @@ class FineTuner(pl.LightningModule):
         # so without this dropout would silently stay off during training.
         self.model = model.train()
         self.task_type.build_metrics(self)
-        # Training-time switches (train.cls_only_last_layer, train.bf16_weights), set by whoever fits; not
-        # hyperparameters: they change how a step is computed, not what is learned.
+        # Training-time switches (train.cls_only_last_layer, train.bf16_weights, train.attention), set by
+        # whoever fits; not hyperparameters: they change how a step is computed, not what is learned.
         clsonly.enable(self.model)
         self.cls_only = False
         self.bf16_weights = False
+        self.attention = "model"
         self._masters: MasterWeights | None = None
+
+    def _attention_for(self, training: bool) -> None:
+        """train.attention ``auto``: eager attention while training on a CPU with attention dropout, the
+        model's own kernel in validation and after the fit (:mod:`tuneflow.backbone.attention`)."""
+        if self.attention == "auto":
+            attention.follow_mode(self.model, training, self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._attention_for(training=True)
+
+    def on_validation_model_eval(self) -> None:
+        super().on_validation_model_eval()
+        self._attention_for(training=False)
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        self._attention_for(training=self.trainer.training)
+
+    def on_train_end(self) -> None:
+        self._attention_for(training=False)
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)

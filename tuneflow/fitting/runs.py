@@ -14,7 +14,7 @@ import yaml
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting.training import LAST_CHECKPOINT
 from tuneflow.store import tracking, ui
-from tuneflow.store.params import run_params
+from tuneflow.store.params import portable_path, run_params
 from tuneflow.tasktypes.resolve import config_from_dict
 
 
@@ -112,18 +112,35 @@ def open_run(
         tracking.TAG_STAGE: stage,
         tracking.TAG_CONFIG_HASH: cfg.fingerprint(),
         "tuneflow.task": cfg.task,
-        "tuneflow.base_model": cfg.model.name,
+        # A local model as its folder and name: no machine's path in the run's tags.
+        "tuneflow.base_model": portable_path(cfg.model.name)
+        if Path(cfg.model.name).is_absolute()
+        else cfg.model.name,
         "tuneflow.git_commit": git_commit(),
         **origin_tags,
     }
-    # A name a person recognizes in the run list: the config and when it started (Prefect's is a tag).
-    name = f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M')}" + ("" if stage == "finetune" else f" ({stage})")
+    name = run_name(cfg, stage)
     source = tracking.source_tags(f"tuneflow {stage} {cfg.name}" + (f" ({started_by})" if started_by else ""))
     run_id = tracking.start_run(cfg.experiment_name, run_name=name, tags={**source, **tags})
     ui.save_runs_view(cfg)  # the links this run prints open the experiment with this config's columns
     if log_config:
         record_config(cfg, run_id)
     return OpenedRun(run_id)
+
+
+def run_name(cfg: PipelineConfig, stage: str) -> str:
+    """A parent run's name that tells it apart in the run list's ~24 visible characters: when it started
+    (to the second), what it did, then the config (``12-06 18:31:05 search 6t · banking77``); the
+    experiment already names the config, Prefect's flow run name is a tag."""
+    if stage != "finetune":
+        what = stage
+    elif cfg.searching and cfg.search is not None:
+        what = f"search {cfg.search.n_trials}t"
+    else:
+        what = "fine-tune"
+    if cfg.model.lora is not None:
+        what += " LoRA"
+    return f"{time.strftime('%m-%d %H:%M:%S')} {what} · {cfg.name}"
 
 
 def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/resolved.yaml") -> None:

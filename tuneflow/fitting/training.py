@@ -23,11 +23,11 @@ from tuneflow.config import PipelineConfig, TrainConfig, apply_params
 from tuneflow.data.datamodule import TextDataModule
 from tuneflow.data.encoding import Encoded, EncodedData
 from tuneflow.fitting.callbacks import (
+    BoundedReuse,
     CompactProgressBar,
     CrashPoint,
     MemoryWatch,
     MLflowMetricsLogger,
-    PacedDecay,
     progress_callback,
 )
 from tuneflow.fitting.checkpointio import StreamingCheckpointIO
@@ -115,7 +115,7 @@ def _callbacks(
         ),
         *(callbacks or []),
         MemoryWatch(),
-        PacedDecay(),
+        BoundedReuse(),
     ]
     if resumable:
         last = Path(LAST_CHECKPOINT).stem
@@ -205,6 +205,7 @@ def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[Fin
     )
     module.cls_only = tcfg.cls_only_last_layer
     module.bf16_weights = tcfg.bf16_weights
+    module.attention = tcfg.attention
     if tcfg.gradient_checkpointing:
         enable_checkpointing(module.model)
     if tcfg.compile:
@@ -431,7 +432,8 @@ def _log_fit(
         run_id,
         {
             "tuneflow.stopped_early": result.stopped_early,
-            "tuneflow.best_checkpoint": result.best_checkpoint,
+            # The file's name (its epoch): the folder is this machine's and is deleted after registration.
+            "tuneflow.best_checkpoint": Path(result.best_checkpoint).name,
             "tuneflow.lora": bool(cfg.model.lora),
             **({"tuneflow.final": f"{start.mode}: {start.reason}"} if start else {}),
         },

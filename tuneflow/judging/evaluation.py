@@ -157,7 +157,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, name: str = "") -> None:
+    """The row-normalized confusion matrix, headed by ``name`` (the config) and the accuracy it shows: two of
+    them side by side in MLflow's compare view say whose each is."""
     plt = _pyplot()
     size = min(4 + 0.25 * len(labels), 30)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -181,7 +183,10 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
                     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Confusion matrix (test, row-normalized colour)")
+    title = "Confusion matrix (test, row-normalized colour)"
+    if name:
+        title = f"{name}: accuracy {np.trace(cm) / max(cm.sum(), 1):.4f}\n{title}"
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

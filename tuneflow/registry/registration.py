@@ -33,9 +33,12 @@ class Registration:
         return cls(mv.source, mv.name, str(mv.version), decided, reused=True)
 
 
-def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float], experiment_id: str) -> str:
+def describe(
+    cfg: PipelineConfig, run_id: str, metrics: dict[str, float], experiment_id: str, run_name: str = ""
+) -> str:
     """A version's one-line description: the run's headline test ``metrics``, task, base model and a link to
-    its run (relative: it opens in whichever MLflow UI shows the registry, in the model-training view)."""
+    its run, by name (relative: it opens in whichever MLflow UI shows the registry, in the model-training
+    view)."""
     from tuneflow.tasktypes import task_type
 
     scores = ", ".join(
@@ -47,7 +50,8 @@ def describe(cfg: PipelineConfig, run_id: str, metrics: dict[str, float], experi
     lora = " (LoRA adapter)" if cfg.model.lora else ""
     # Scores first: the registry's list of versions shows only the description's first ~25 characters.
     link = tracking.run_link(experiment_id, run_id)
-    return f"test {scores or 'not evaluated'}; {cfg.task} from {base}{lora}; MLflow run [{run_id}]({link})"
+    label = (run_name or run_id).replace("[", "(").replace("]", ")")
+    return f"test {scores or 'not evaluated'}; {cfg.task} from {base}{lora}; MLflow run [{label}]({link})"
 
 
 def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fingerprint: str) -> Registration:
@@ -91,7 +95,7 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
         name,
         run_id,
         tags=tags,
-        description=describe(cfg, run_id, recorded.metrics, run.info.experiment_id),
+        description=describe(cfg, run_id, recorded.metrics, run.info.experiment_id, run.info.run_name),
     )
     tracking.set_tags(run_id, {tracking.TAG_REGISTERED: version})
     tracking.log_metrics(run_id, {f"{names.TIMING}register_s": time.perf_counter() - start})

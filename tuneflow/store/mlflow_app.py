@@ -3,9 +3,13 @@
 MLflow 3.17/3.18 keep the UI's GenAI / Model-training toggle in the browser's localStorage (default GenAI)
 and do not reconcile it with the opened experiment's kind (MLflow #24498; the fix was not released). A
 ``?workflowType=`` link selects a view for that page only: the first click into a run falls back to GenAI.
-This app is MLflow's server app with one change to the page it serves: a line of script that, before the
-UI starts, stores the view a link asked for (``workflowType=`` in the URL), or model training when the
-browser has no choice yet. A user's own toggle is kept. Registered for ``mlflow server --app-name tuneflow``
+This app is MLflow's server app with one change to the page it serves: a script that, before the UI
+starts, stores the view a link asked for (``workflowType=`` in the URL), or model training when the browser
+has no choice yet; marks the Assistant panel as already shown once and the registry's promotional dialog as
+dismissed (MLflow 3.17 opens the panel over a third of the runs table on a first visit, and has no server
+setting for either: both are the same per-browser flags a click sets); and opens links between the UI's own
+pages (a version's description linking its run) in the same tab instead of a new one. A user's own choices
+are kept. Registered for ``mlflow server --app-name tuneflow``
 through the ``mlflow.app`` entry point (MLflow's plugin mechanism for server apps).
 """
 
@@ -18,16 +22,33 @@ STORAGE_KEY = "mlflow.workflowType_v1"  # the UI's useLocalStorage key (name + v
 DEFAULT_VIEW = "machine_learning"
 VIEWS = ("machine_learning", "genai")
 
+# The UI's useLocalStorage flags (name + version) that a first visit would otherwise find unset.
+SHOWN_ONCE = (
+    "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1",
+    "_mlflow_model_registry_promo_modal_dismissed_v1",
+)
+
 SCRIPT = (
     "<script>(function(){try{var k=KEY,m=location.href.match(/[?&]workflowType=(VIEWS)/);"
     "if(m){localStorage.setItem(k,JSON.stringify(m[1]));}"
     "else if(localStorage.getItem(k)===null){localStorage.setItem(k,JSON.stringify(DEFAULT));}"
-    "}catch(e){}})();</script>"
+    "SHOWN.forEach(function(f){if(localStorage.getItem(f)===null){localStorage.setItem(f,'true');}});"
+    "}catch(e){}"
+    # A click on a new-tab link to one of the UI's own pages (#/...) navigates this tab; modified clicks
+    # (Ctrl, Cmd, Shift, middle button) still open a new one.
+    "document.addEventListener('click',function(e){"
+    "var a=e.target.closest&&e.target.closest('a[target=_blank]');"
+    "if(!a||e.button!==0||e.ctrlKey||e.metaKey||e.shiftKey||e.altKey){return;}"
+    "var u=new URL(a.getAttribute('href')||'',location.href);"
+    "if(u.origin===location.origin&&u.pathname===location.pathname&&u.hash.indexOf('#/')===0){"
+    "e.preventDefault();e.stopPropagation();location.hash=u.hash;}},true);"
+    "})();</script>"
 )
 for _name, _value in (
     ("KEY", json.dumps(STORAGE_KEY)),
     ("VIEWS", "|".join(VIEWS)),
     ("DEFAULT", json.dumps(DEFAULT_VIEW)),
+    ("SHOWN", json.dumps(list(SHOWN_ONCE))),
 ):
     SCRIPT = SCRIPT.replace(_name, _value)
 

@@ -31,7 +31,7 @@ param in one flat picker)."""
 _FILE_DEFAULTS = {k: f.default for k, f in config.FileSpec.model_fields.items() if k != "path"}
 
 
-def _portable_path(path: str) -> str:
+def portable_path(path: str) -> str:
     """A data file as a param: its folder and name (``chatbot_intents/train.csv``), never this machine's
     absolute path, so the same data reads the same from every machine (its content is the run's
     ``tuneflow.data_fingerprint`` tag; the full path is in ``config/resolved.yaml``)."""
@@ -39,25 +39,36 @@ def _portable_path(path: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
+def readable(value: Any) -> Any:
+    """A float at 4 significant digits (``3.185e-05``, ``0.1196``), as the MLflow UI's narrow columns and a
+    console line can show it whole; anything else as it is. The exact values stay in ``config/resolved.yaml``
+    and in the Optuna study."""
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return float(f"{value:.4g}")
+    return value
+
+
 def run_params(cfg: PipelineConfig) -> dict[str, Any]:
     """The config as MLflow params: what defines the fine-tuning, resolved, for its task type, nothing empty.
 
     Keys the task type does not use, :data:`NOT_PARAMS`, file options left at their defaults, empty values
-    and the search space (logged on the search run) are left out; data paths and a local model's path are
-    :func:`_portable_path` (the ``tuneflow.base_model`` tag keeps the model's full path).
-    The whole resolved config is logged as ``config/resolved.yaml`` next to them.
+    and the search space (logged on the search run) are left out; a search's settings are one ``search``
+    param (``n_trials=6; sampler=tpe; ...``); data paths and a local model's path are
+    :func:`portable_path` (``config/resolved.yaml`` keeps the full paths).
+    Floats are :func:`readable`. The whole resolved config is logged as ``config/resolved.yaml`` next to
+    them.
     """
     unused = unused_config(task_type(cfg.task))
-    out = {}
+    out: dict[str, Any] = {}
+    searched: list[str] = []
     for key, value in flatten(cfg.recorded()).items():
         if value is None or value == "" or value == [] or value == {}:
             continue
-        if (
-            key.startswith(unused)
-            or key.startswith(NOT_PARAMS)
-            or key.startswith("search.space.")
-            or (key.startswith("search.") and not cfg.searching)
-        ):
+        if key.startswith(unused) or key.startswith(NOT_PARAMS) or key.startswith("search.space."):
+            continue
+        if key.startswith("search."):
+            if cfg.searching and key != "search.enabled":
+                searched.append(f"{key.removeprefix('search.')}={readable(value)}")
             continue
         leaf = key.rsplit(".", 1)[-1]
         if key.startswith("data.") and leaf in _FILE_DEFAULTS and value == _FILE_DEFAULTS[leaf]:
@@ -65,5 +76,10 @@ def run_params(cfg: PipelineConfig) -> dict[str, Any]:
         is_path = (key.startswith("data.") and leaf == "path") or (
             key == "model.name" and Path(value).is_absolute()
         )
-        out[key] = _portable_path(value) if is_path else value
+        out[key] = portable_path(value) if is_path else readable(value)
+    if cfg.searching:
+        searched = [f"metric={cfg.search_metric}", *(s for s in searched if not s.startswith("metric="))]
+        # One param, not one per setting: compared with a run without a search, MLflow's param diff would
+        # open on a dozen blank search rows.
+        out["search"] = "; ".join(searched)
     return out

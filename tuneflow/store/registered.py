@@ -22,6 +22,13 @@ from tuneflow.store.tracking import (
     set_tags,
 )
 
+# The runs table's aliases column is narrow: what serves first ("champion, challenger", not "challenger, c…").
+_ALIAS_ORDER = ("champion", "challenger", "previous-champion")
+
+
+def _alias_rank(alias: str) -> tuple[int, str]:
+    return (_ALIAS_ORDER.index(alias) if alias in _ALIAS_ORDER else len(_ALIAS_ORDER), alias)
+
 
 def registry_description(name: str, experiment_id: str | None = None) -> str:
     """What the registered model's page says about its aliases and tags (shown in the MLflow UI), with a
@@ -108,7 +115,7 @@ def _mark_aliases(name: str, versions: set[str | None]) -> None:
         try:
             mv = client().get_model_version(name, version)
             if mv.run_id:
-                set_tags(mv.run_id, {TAG_ALIASES: ", ".join(sorted(mv.aliases)) or "-"})
+                set_tags(mv.run_id, {TAG_ALIASES: ", ".join(sorted(mv.aliases, key=_alias_rank)) or "-"})
         except mlflow.exceptions.MlflowException:  # a run in another store, or deleted: the alias stands
             continue
 

@@ -24,17 +24,13 @@ from mlflow.entities import Metric, Param, RunTag
 from tuneflow.config import SMOLLM2_MODEL, resolve_tracking_uri, sqlite_path  # noqa: F401 (re-exported)
 from tuneflow.store.gc import RunFacts
 
-TAG_STAGE, TAG_CONFIG_HASH, TAG_DATA_FP = (
-    "tuneflow.stage",
-    "tuneflow.config_hash",
-    "tuneflow.data_fingerprint",
-)
+TAG_STAGE, TAG_CONFIG_HASH = "tuneflow.stage", "tuneflow.config_hash"
+TAG_DATA_FP = "tuneflow.data_fingerprint"
 TAG_ADAPTER = "tuneflow.adapter"
 TAG_REGISTERED = "tuneflow.registered_version"  # on a run: the version registered from it
 REFERENCE_SAMPLE = "reference/train_sample.jsonl"  # a run's training sample: the drift reference
 ADAPTER_PREFIX = "adapter-"  # artifact keys of an adapter-set model: adapter-<name>
 MAX_PARAM_LEN = 6000
-
 
 HTTP_RETRY_BUDGET = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -216,9 +212,8 @@ def set_description(run_id: str, markdown: str) -> None:
 
 @contextmanager
 def system_metrics(run_id: str, interval: float = 5.0) -> Iterator[None]:
-    """Sample CPU, memory, disk and network into the run's ``system/`` metrics (MLflow's own monitor, the
-    run page's System metrics tab) while the block runs; nothing where psutil is missing. A resumed run's
-    samples continue its steps."""
+    """Sample CPU, memory, disk and network into the run's ``system/`` metrics (MLflow's monitor) while the
+    block runs (``tracking.system_metrics``); nothing without psutil. A resumed run's samples continue."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -311,10 +306,11 @@ def log_dataset(
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
-    # A local file is named as one (a bare string is ambiguous to MLflow, which warns on every dataset);
-    # "path (stratified 10% split, seed 1)" describes a split carved out of that file.
+    # A local file is named as one (a bare string is ambiguous to MLflow, which warns on every dataset), by
+    # its folder and name only (no machine's path); "path (stratified 10% split, seed 1)" is a carved split.
     path = Path(source.split(" (")[0])
-    origin = LocalArtifactDatasetSource(str(path.resolve())) if path.is_file() else source
+    portable = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    origin = LocalArtifactDatasetSource(portable) if path.is_file() else source
     dataset = mlflow.data.from_pandas(df, source=origin, name=name, targets=targets)
     client().log_inputs(
         run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
@@ -332,6 +328,12 @@ TAG_HEARTBEAT_INTERVAL = "tuneflow.heartbeat_interval"
 TAG_KILLED = "tuneflow.killed_reason"
 TAG_HOST, TAG_PID = "tuneflow.host", "tuneflow.pid"
 STALE_AFTER = 4  # heartbeat intervals without a beat before a RUNNING run counts as dead
+
+
+def clear_liveness(run_id: str) -> None:
+    """Delete a closed run's liveness tags (:class:`Heartbeat`): they only tell a RUNNING run's state."""
+    for key in {TAG_HEARTBEAT, TAG_HEARTBEAT_INTERVAL, TAG_HOST, TAG_PID} & set(get_run(run_id).data.tags):
+        client().delete_tag(run_id, key)
 
 
 class Heartbeat:
@@ -385,7 +387,7 @@ def _process_gone(tags: dict[str, str]) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # exists, owned by someone else
-        return False
+        pass
     return False
 
 
@@ -545,9 +547,7 @@ class RunRecorder:
         self, name: str, tags: dict[str, str], finished_on: tuple[type[BaseException], ...] = ()
     ) -> Iterator[ChildRun]:
         """Open a nested run; it ends FINISHED, or FAILED / KILLED with the exception that left the block.
-
-        ``finished_on``: exceptions that end the run normally (a pruned trial is a finished trial).
-        """
+        ``finished_on``: exceptions that end the run normally (a pruned trial is a finished trial)."""
         run = ChildRun(
             start_run(self.experiment, run_name=name, tags=tags, parent_run_id=self.parent_run_id), self
         )

@@ -14,7 +14,9 @@ from tuneflow.tasktypes import task_type
 
 ALWAYS_SHOWN_PARAMS = ("train.lr", "train.batch_size", "train.max_epochs")
 CURVES_SECTION, TEST_SECTION = "learning curves", "test"
-KINDS = ("metrics", "params", "tags", "attributes")  # the runs table's column groups, in its order
+# The runs table's column groups, in the order the view shows them: what serves (the registered version and
+# its aliases) first, within reach at 1600 px; then the scores and the params, which scroll.
+KINDS = ("attributes", "tags", "metrics", "params")
 # Short names for searched keys in a trial's run name (the run list's column is ~25 characters wide).
 SHORT = {
     "lr": "lr",
@@ -47,8 +49,8 @@ def runs_view_columns(cfg: PipelineConfig) -> list[str]:
     return [
         *(column("metrics", m) for m in metrics),
         *(column("params", p) for p in params),
-        column("tags", tracking.TAG_DATA_FP),
         column("tags", tracking.TAG_ALIASES),
+        column("tags", tracking.TAG_DATA_FP),
         column("attributes", "Models"),
     ]
 
@@ -113,7 +115,8 @@ def runs_view_state(cfg: PipelineConfig, kept_columns: list[str] | None = None) 
         "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
         "columnOrder": columns,  # without it the UI orders the chosen columns by name
-        "columnWidths": {c: 120 for c in columns},  # the default 200 px puts the params off-screen
+        # The default 200 px puts the params off-screen; the Models cell holds "name vN".
+        "columnWidths": {c: 160 if c.startswith("attributes.") else 120 for c in columns},
         "runsHiddenMode": "SHOW_ALL",  # charts compare every run, not the first 10
         "compareRunCharts": charts,
         "compareRunSections": [
@@ -161,9 +164,12 @@ def run_description(
     monitor: tuple[str, float] | None = None,
     notes: list[str] | None = None,
 ) -> str:
-    """The run page's description (shown above its metrics): headline scores first, then the monitored
-    validation score and ``notes`` (the registered version and its promotion decision, a study's counts)."""
+    """The run page's description (shown above its metrics, cut after a few lines behind "Show more"):
+    headline scores first, then ``notes`` on one line (the registered version and its promotion decision,
+    a study's counts), then the monitored validation score."""
     lines = [" · ".join(f"**{k}** {v:.4f}" for k, v in headline)] if headline else []
+    if notes:
+        lines.append(" · ".join(notes))
     if monitor is not None:
         lines.append(f"best validation score: {monitor[0]} {monitor[1]:.4f}")
-    return "\n\n".join(lines + list(notes or []))
+    return "\n\n".join(lines)

@@ -1,9 +1,8 @@
 """Sequence classification (``task: sequence_classification``): sentiment, topics, chatbot intents.
 
 Examples are a text and one label; the model is a pre-trained encoder with a fresh classification head.
-Headline metrics are accuracy and macro F1; promotion compares champion and challenger per example
-(paired bootstrap or McNemar on the same frozen test set).
-"""
+Headline metrics: accuracy, macro F1; promotion compares champion and challenger per example (paired
+bootstrap or McNemar on the same frozen test set)."""
 
 from __future__ import annotations
 
@@ -439,7 +438,7 @@ class SequenceClassification(TaskType):
         truth = test[LABEL].tolist()
         metrics.update(classification_metrics(truth, pred, prefix=names.TEST))
         save_table(per_class_table(truth, pred, labels), out / "per_class_metrics.csv")
-        plot_confusion(confusion(truth, pred, labels), labels, out / "confusion_matrix.png")
+        plot_confusion(confusion(truth, pred, labels), labels, out / "confusion_matrix.png", cfg.name)
         index = {label: i for i, label in enumerate(labels)}
         y = np.array([index[t] for t in truth])
         errors = test.assign(
