@@ -216,3 +216,23 @@ def test_token_classification_flow_with_int8_logs_its_entity_f1_loss(
     )
     m = finetune(str(cfg), ["train.max_epochs=1"]).metrics
     assert "quantization/f1_loss" in m and m["quantization/loss"] == m["quantization/f1_loss"]
+
+
+def test_a_served_model_loads_and_predicts_without_lightning(tmp_path: Path, tiny_model: str) -> None:
+    """Serving imports what inference needs: the pyfunc's loader and a prediction never import Lightning
+    (the training loop's framework: seconds of import time and memory in every serving process)."""
+    import subprocess
+    import sys
+
+    export = _export(tmp_path, tiny_model, "sequence_classification", ["a", "b"])
+    code = (
+        "import sys\n"
+        "import tuneflow.registry.serving\n"
+        "from tuneflow.fitting.export import load_predictor\n"
+        f"print(load_predictor({str(export)!r}, quantized=False).labels_of(['where is my parcel']))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    labels, lightning = out.stdout.strip().splitlines()[-2:]
+    assert labels in ("['a']", "['b']") and lightning == "[]", out.stdout

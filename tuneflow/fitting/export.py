@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from tuneflow.backbone.lora import check_compatible, tokenizer_hash, weights_hash
-from tuneflow.backbone.pretrained import NO_HUB_KERNELS
+from tuneflow.backbone.pretrained import NO_HUB_KERNELS, load_tokenizer
 from tuneflow.config import PipelineConfig
-from tuneflow.fitting.model import load_module, load_pretrained, load_tokenizer
+from tuneflow.fitting.loading import load_pretrained
 from tuneflow.tasktypes import task_type
 
 META_FILE = "tuneflow.json"
@@ -65,6 +65,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
     """
     task = cfg.task
     out_dir = Path(out_dir)
+    from tuneflow.fitting.model import load_module  # Lightning: only where a checkpoint is exported
+
     module = load_module(checkpoint)
     hp = dict(module.hparams)
     drop_gguf_marker(module.model)
