@@ -268,11 +268,12 @@ def test_registry_descriptions_link_back_to_the_runs(store: dict, server: dict) 
         driver.save_screenshot(str(SHOTS / "runs-from-registry.png"))
         # A version's description links its run by the run's name, not its id, in the same tab.
         driver.get(f"{base}/#/models/ui-intents/versions/1")
-        run_link = _until(
+        # Found and clicked in one script: the page may re-render between two WebDriver calls.
+        _until(
             driver,
-            "return [...document.querySelectorAll('a')].find(a => a.textContent.endsWith('· ui-intents'))",
+            "const a = [...document.querySelectorAll('a')].find(a => a.textContent.endsWith('· ui-intents'));"
+            "if (a) { a.click(); } return !!a;",
         )
-        _click(driver, run_link)
         _text_when(driver, ["Overview", "test/accuracy"])
         assert len(driver.window_handles) == 1
 
