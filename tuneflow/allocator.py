@@ -89,8 +89,8 @@ _ALL_ARENAS = 4096
 def release_free_memory() -> str | None:
     """Hand the pages the allocator keeps for reuse back to the system (called when a stage ends).
 
-    jemalloc keeps freed pages for a while (its decay; a fit of long steps keeps them); between stages they
-    are only a cost: a full fine-tune's optimizer state and activations would stay
+    jemalloc keeps freed pages for a while (its decay; within a fit, up to the fit's bound); between stages
+    they are only a cost: a full fine-tune's optimizer state and activations would stay
     resident while the export and evaluation allocate tensors of other sizes beside them. glibc's
     ``malloc_trim`` does the same for its heap.
 
@@ -119,8 +119,8 @@ def _mallctl():  # noqa: ANN202
 
 
 def paced() -> bool:
-    """Whether the fit may pace jemalloc's decay: jemalloc with tuneflow's own settings (a ``MALLOC_CONF``
-    of the user's is left as it is)."""
+    """Whether a fit may set jemalloc's decay (``BoundedReuse``): jemalloc with tuneflow's own settings (a
+    ``MALLOC_CONF`` of the user's is left as it is)."""
     return _mallctl() is not None and os.environ.get("MALLOC_CONF") == MALLOC_CONF
 
 

@@ -31,11 +31,10 @@ def _pretrained(model: torch.nn.Module) -> torch.nn.Module | None:
     return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
 
 
-def wants_eager(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether ``model`` trains faster with eager attention on ``device``: a CPU, SDPA, attention dropout
-    on."""
-    base = _pretrained(model)
-    if base is None or device.type != "cpu":
+def _wants_eager(base: torch.nn.Module, device: torch.device) -> bool:
+    """Whether transformers model ``base`` trains faster with eager attention on ``device``: a CPU, SDPA,
+    attention dropout on."""
+    if device.type != "cpu":
         return False
     config = base.config
     if getattr(config, "_attn_implementation", None) != "sdpa" and not hasattr(base, _ORIGINAL):
@@ -47,7 +46,7 @@ def follow_mode(model: torch.nn.Module, training: bool, device: torch.device) ->
     """Eager attention while ``model`` trains on a CPU with attention dropout on; the model's own kernel
     in eval mode and everywhere else."""
     base = _pretrained(model)
-    if base is None or not wants_eager(model, device):
+    if base is None or not _wants_eager(base, device):
         return
     if training and not hasattr(base, _ORIGINAL):
         setattr(base, _ORIGINAL, base.config._attn_implementation)

@@ -14,7 +14,7 @@ import yaml
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting.training import LAST_CHECKPOINT
 from tuneflow.store import tracking, ui
-from tuneflow.store.params import portable_path, run_params
+from tuneflow.store.params import portable_model, run_params
 from tuneflow.tasktypes.resolve import config_from_dict
 
 
@@ -112,10 +112,7 @@ def open_run(
         tracking.TAG_STAGE: stage,
         tracking.TAG_CONFIG_HASH: cfg.fingerprint(),
         "tuneflow.task": cfg.task,
-        # A local model as its folder and name: no machine's path in the run's tags.
-        "tuneflow.base_model": portable_path(cfg.model.name)
-        if Path(cfg.model.name).is_absolute()
-        else cfg.model.name,
+        "tuneflow.base_model": portable_model(cfg.model.name),  # no machine's path in the run's tags
         "tuneflow.git_commit": git_commit(),
         **origin_tags,
     }

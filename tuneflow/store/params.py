@@ -39,6 +39,11 @@ def portable_path(path: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
+def portable_model(name: str) -> str:
+    """A model name as recorded: a hub id as it is, a local folder by :func:`portable_path`."""
+    return portable_path(name) if Path(name).is_absolute() else name
+
+
 def readable(value: Any) -> Any:
     """A float at 4 significant digits (``3.185e-05``, ``0.1196``), as the MLflow UI's narrow columns and a
     console line can show it whole; anything else as it is. The exact values stay in ``config/resolved.yaml``
@@ -73,10 +78,12 @@ def run_params(cfg: PipelineConfig) -> dict[str, Any]:
         leaf = key.rsplit(".", 1)[-1]
         if key.startswith("data.") and leaf in _FILE_DEFAULTS and value == _FILE_DEFAULTS[leaf]:
             continue
-        is_path = (key.startswith("data.") and leaf == "path") or (
-            key == "model.name" and Path(value).is_absolute()
-        )
-        out[key] = portable_path(value) if is_path else readable(value)
+        if key == "model.name":
+            out[key] = portable_model(value)
+        elif key.startswith("data.") and leaf == "path":
+            out[key] = portable_path(value)
+        else:
+            out[key] = readable(value)
     if cfg.searching:
         searched = [f"metric={cfg.search_metric}", *(s for s in searched if not s.startswith("metric="))]
         # One param, not one per setting: compared with a run without a search, MLflow's param diff would

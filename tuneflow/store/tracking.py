@@ -306,11 +306,12 @@ def log_dataset(
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
+    from tuneflow.store.params import portable_path
+
     # A local file is named as one (a bare string is ambiguous to MLflow, which warns on every dataset), by
     # its folder and name only (no machine's path); "path (stratified 10% split, seed 1)" is a carved split.
-    path = Path(source.split(" (")[0])
-    portable = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-    origin = LocalArtifactDatasetSource(portable) if path.is_file() else source
+    file = source.split(" (")[0]
+    origin = LocalArtifactDatasetSource(portable_path(file)) if Path(file).is_file() else source
     dataset = mlflow.data.from_pandas(df, source=origin, name=name, targets=targets)
     client().log_inputs(
         run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
