@@ -5,7 +5,8 @@ Suites: quality (real data through the real pipeline), speed (vs the HF Trainer 
 best flags: alternating rounds, or ``--suite tta`` time to accuracy), e2e (a whole tuned fine-tuning:
 ``tuneflow run`` vs ``Trainer.hyperparameter_search`` + train), overhead (orchestration share of a
 pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). ``python -m bench field``:
-the real CLI on every data set and edge shape (bench/field.py). Also: search_pruning and
+the real CLI on every data set and edge shape (bench/field.py). ``python -m bench open_intents``: questions
+about intents the model was never taught (bench/open_intents.py). Also: search_pruning and
 lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
 """
 
@@ -25,6 +26,11 @@ def main() -> None:
         from bench import field
 
         field.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["open_intents"]:  # its own options too (python -m bench open_intents --help)
+        from bench import open_intents
+
+        open_intents.main(sys.argv[2:])
         return
     from bench import coldstart, e2e, gpu, overhead, quality, speed
 

@@ -118,3 +118,28 @@ def test_e2e_suite_runs_tuneflow_run_against_trainer_hyperparameter_search(tmp_p
         "weight_decay",
     }
     assert out["rows"][0]["target"].startswith(">= 1.5x") and "2 trials" in out["rows"][0]["data"]
+
+
+def test_open_intent_folders_keep_every_unknown_intent_text_out_until_the_test(tmp_path):
+    """The open-intent protocol: the known intents are a seeded draw; train and test hold known intents only,
+    and every test question of another intent is in oos_test.csv, labelled with the open class."""
+    import pandas as pd
+    import pytest
+
+    from bench.open_intents import DATA, OPEN, known_intents, open_metrics, write_folder
+
+    if not (DATA / "banking77").is_dir():
+        pytest.skip(f"no {DATA / 'banking77'} (the shared data sets sit beside the checkout)")
+    labels = [f"intent_{i}" for i in range(77)]
+    assert known_intents(labels, 0.25, 1) == known_intents(labels, 0.25, 1) != known_intents(labels, 0.25, 2)
+    assert len(known_intents(labels, 0.5, 0)) == 38
+    meta = write_folder("banking77", 0.25, 0, tmp_path)
+    known = set(meta["known"])
+    train, test = pd.read_csv(tmp_path / "train.csv"), pd.read_csv(tmp_path / "test.csv")
+    unknown = pd.read_csv(tmp_path / "oos_test.csv")
+    assert set(train["label"]) == set(test["label"]) == known and len(known) == 19
+    assert set(unknown["label"]) == {OPEN} and len(test) + len(unknown) == 3080  # every test question
+    assert not set(unknown["text"]) & set(train["text"])
+    # The ADB paper's metrics: accuracy and macro F1 over the known classes + the open one.
+    m = open_metrics(["a", "b", OPEN, OPEN], ["a", OPEN, OPEN, "a"], ["a", "b"])
+    assert m["accuracy"] == 50.0 and m["f1_open"] == 50.0 and m["f1_known"] == pytest.approx(100 / 3)

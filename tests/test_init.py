@@ -215,6 +215,30 @@ def test_off_topic_test_examples_turn_the_fallback_on(tmp_path: Path, tiny_model
     assert "oos_validation" not in drafted["data"]
 
 
+@pytest.mark.parametrize(("classes", "words", "on"), [(12, 6, True), (12, 60, False), (2, 6, False)])
+def test_the_fallback_is_drafted_on_for_intent_like_data(
+    tmp_path: Path, tiny_model: str, classes: int, words: int, on: bool
+) -> None:
+    """Many classes of short texts look like a bot's intents: the fallback is on, its threshold from the known
+    intents alone (the comment says how); sentiment-like (2 classes) or long documents: off."""
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(50)]
+    rows = [
+        (" ".join([f"topic{c}", *rng.choices(vocab, k=words - 1)]), f"label_{c}")
+        for c in range(classes)
+        for _ in range(12)
+    ]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_csv(folder / "train.csv", rows)
+    output = tmp_path / "drafted.yaml"
+    result = _cli("init", str(folder), "--model", tiny_model, "--output", str(output))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(output.read_text())["oos"]["enabled"] is on
+    line = next(line for line in output.read_text().splitlines() if line.strip().startswith("enabled:"))
+    assert ("target_in_scope_recall (90%)" in line) is on, line
+
+
 def test_a_two_column_file_without_a_header_line_is_read_as_text_and_label(
     tmp_path: Path, tiny_model: str
 ) -> None:

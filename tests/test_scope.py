@@ -342,3 +342,26 @@ def test_registered_model_answers_the_fallback(
     (export / "scope.json").write_text(json.dumps({**spec, "threshold": 1e30}))
     out = pd.DataFrame(mlflow.pyfunc.load_model(str(local)).predict(texts))
     assert (out["label"] == "unknown").all() and not out["in_scope"].any()
+
+
+@pytest.mark.integration
+def test_without_off_topic_examples_the_default_detector_is_knn_keeping_90_percent(
+    tmp_path: Path, tiny_model: str, prefect_harness: None
+) -> None:
+    """The default fallback: knn on layer-averaged features, its threshold keeping 90% of the in-scope
+    validation questions (logged), shipped with the registered model."""
+    import mlflow
+
+    from flows.finetune import finetune
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = make_config(tmp_path, tiny_model, name="default-scope", tracking={"tracking_uri": uri})
+    result = finetune(str(cfg), ["train.max_epochs=1"])
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["default-scope"], output_format="list")
+    m = next(r.data.metrics for r in runs if "oos/val_in_scope_recall" in r.data.metrics)
+    assert 0.9 <= m["oos/val_in_scope_recall"] < 0.95, m  # at least 90%, up to one step of a small split
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/default-scope/{result.model.version}"))
+    spec = json.loads((local / "artifacts" / "export" / "scope.json").read_text())
+    assert (spec["method"], spec["features"]) == ("knn", "layer_mean")
+    assert spec["threshold"] == pytest.approx(m["oos/threshold"], rel=1e-5)  # MLflow keeps metrics in float32

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +40,15 @@ from tuneflow.judging.metrics import (
 from tuneflow.judging.outofscope import (
     LOGIT_METHODS,
     ScopeDetector,
-    fit_methods,
     in_scope_scores,
     scope_metrics,
-    standardization,
-    threshold_for_recall,
-    threshold_on_oos,
 )
 from tuneflow.judging.promotion import decide
 from tuneflow.tasktypes.base import MetricSpec, TaskType
 from tuneflow.tasktypes.classification_predictor import ClassificationPredictor, head_layer
+from tuneflow.tasktypes.classification_scope import fit_scope, read_texts, scope_features
 
 TRAIN_SAMPLE_FOR_GAP = 2000
-# Train examples the Mahalanobis means and covariance are fitted on, and the most a knn bank holds (20,000
-# x 384 float32 = 31 MB in the exported model).
-MAX_TRAIN_FOR_SCOPE = 20_000
 
 
 def scope_problems(cfg: PipelineConfig, labels: set[str]) -> list[Problem]:
@@ -91,16 +84,6 @@ def scope_problems(cfg: PipelineConfig, labels: set[str]) -> list[Problem]:
         if df.empty:
             problems.append(Problem(f"data.{key} has no rows", file=spec.path))
     return problems
-
-
-def read_texts(spec: FileSpec | None, cfg: DataConfig) -> list[str]:
-    """The texts of an out-of-scope file (validated before training: problems here are errors)."""
-    if spec is None:
-        return []
-    df, _, problems = read_columns(spec, [cfg.text_column])
-    if df is None:
-        raise ValueError("; ".join(str(p) for p in problems))
-    return df[cfg.text_column].astype(str).tolist()
 
 
 def _subsample_problems(counts: pd.Series, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
@@ -343,42 +326,19 @@ class SequenceClassification(TaskType):
         self, predictor: ClassificationPredictor, export_dir: Path, splits: Splits, cfg: PipelineConfig
     ) -> dict[str, float]:
         """Temperature scaling on validation, then the out-of-scope detector
-        (:mod:`tuneflow.judging.outofscope`)."""
-        batch, oos = cfg.train.eval_batch_size, cfg.oos
+        (:mod:`tuneflow.tasktypes.classification_scope`)."""
         index = {label: i for i, label in enumerate(predictor.labels)}
-        # The detector says which features its methods read; what it is fitted on comes after the forward.
-        unfitted = ScopeDetector(oos.methods, 0.0, oos.fallback_label, features=oos.features)
-        features = unfitted.feature_kind if oos.enabled else None
-        logits, feats = predictor.forward(splits.validation[TEXT].tolist(), batch, features)
+        features = scope_features(cfg.oos) if cfg.oos.enabled else None  # one forward for both
+        logits, feats = predictor.forward(
+            splits.validation[TEXT].tolist(), cfg.train.eval_batch_size, features
+        )
         y = np.array([index[x] for x in splits.validation[LABEL]])
         temperature = fit_temperature(logits, y) if cfg.eval.calibrate else 1.0
         save_temperature(export_dir, temperature)
         out = {f"{names.CALIBRATION}temperature": temperature}
-        if not oos.enabled:
+        if not cfg.oos.enabled:
             return out
-        fitted = {}
-        if features:
-            train = splits.train.sample(n=min(len(splits.train), MAX_TRAIN_FOR_SCOPE), random_state=0)
-            _, train_feats = predictor.forward(train[TEXT].tolist(), batch, features)
-            assert train_feats is not None
-            y_train = np.array([index[x] for x in train[LABEL]])
-            # A quantized model's detector runs its knn bank in int8 too: what is fitted is what serves.
-            int8 = bool(getattr(predictor.model, "int8", False))
-            fitted = fit_methods(oos.methods, train_feats, y_train, len(index), oos.knn_k, int8)
-        detector = replace(unfitted, temperature=temperature, **fitted)
-        parts = detector.part_scores(logits, feats)
-        if len(parts) > 1:
-            detector = replace(detector, standardize=standardization(parts))
-        in_scores = detector.scores(logits, feats)
-        oos_texts = read_texts(cfg.data.oos_validation, cfg.data)
-        if oos_texts and oos.threshold_rule == "youden":
-            o_logits, o_feats = predictor.forward(oos_texts, batch, features)
-            threshold = threshold_on_oos(in_scores, detector.scores(o_logits, o_feats))
-        else:
-            threshold = threshold_for_recall(in_scores, oos.target_in_scope_recall)
-        detector = replace(detector, threshold=threshold)
-        detector.save(export_dir)
-        return {**out, f"{names.OOS}threshold": threshold}
+        return {**out, **fit_scope(predictor, export_dir, splits, cfg, temperature, (logits, feats))}
 
     def output_example(self) -> pd.DataFrame:
         return pd.DataFrame({"label": ["x"], "score": [0.5]})

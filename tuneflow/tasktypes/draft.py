@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from tuneflow.config import DEFAULT_MODEL, ConfigError, PipelineConfig, resolve_tracking_uri, sqlite_path
-from tuneflow.data.readers import TEXT, looks_like_data
+from tuneflow.data.readers import LABEL, TEXT, looks_like_data
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
 from tuneflow.tasktypes.resolve import config_from_dict
 
@@ -95,6 +95,9 @@ def _names_split(stem: str, names: tuple[str, ...]) -> bool:
     return any(n in words or stem.startswith(n) or stem.endswith(n) for n in names)
 
 
+# Intent-like data (the fallback drafted on): this many classes or more, of texts this short (median words).
+# Sentiment (2-5 classes) and long documents are not asked "about something else" as a bot is.
+INTENT_CLASSES, INTENT_WORDS = 10, 30
 HEADERLESS = ["text", "label"]  # the names a two-column file without a header line gets (UCI's sentences)
 
 
@@ -217,9 +220,9 @@ def draft_config(
     c["name"] = f"MLflow experiment and registered-model name (from {data.name})"
     c["task"] = f"recognised from the columns of {splits['train'].name}"
     _draft_data(draft, splits, mapping, set(columns or {}))
-    _draft_scope(draft, kind, _oos_files(data) if data.is_dir() else {}, oos)
     cfg = _validated(raw, folder)
     train = kind.load_splits(cfg.data, cfg.train.seed).train
+    _draft_scope(draft, kind, _oos_files(data) if data.is_dir() else {}, oos, train)
     _derive(draft, cfg, kind, train)
     _draft_search(draft, len(train), raw["train"]["batch_size"], raw["train"]["max_epochs"])
     raw["tracking"] = {"registered_model": name}
@@ -249,9 +252,12 @@ def _draft_data(draft: Draft, splits: dict[str, Path], mapping: dict[str, str], 
         c[f"data.{key}"] = "recognised column" if key not in given else "given on the command line"
 
 
-def _draft_scope(draft: Draft, kind: TaskType, oos_files: dict[str, Path], oos: Path | None) -> None:
-    """The out-of-scope fallback: on with off-topic examples (``--oos`` or files beside the splits), else off
-    with a comment on how to turn it on; nothing for task types without one."""
+def _draft_scope(
+    draft: Draft, kind: TaskType, oos_files: dict[str, Path], oos: Path | None, train: pd.DataFrame
+) -> None:
+    """The out-of-scope fallback: on with off-topic examples (``--oos`` or files beside the splits) and for
+    intent-like data (many classes of short texts: a bot meets questions about intents it was not taught),
+    else off with a comment on how to turn it on; nothing for task types without one."""
     raw, c = draft.raw, draft.comments
     if "oos." not in kind.own_config:
         return
@@ -260,18 +266,28 @@ def _draft_scope(draft: Draft, kind: TaskType, oos_files: dict[str, Path], oos: 
     if "oos_test" in oos_files:
         raw["data"]["oos_test"] = {"path": str(oos_files["oos_test"].resolve())}
         c["data.oos_test"] = "other off-topic examples: how often the fallback catches them (oos/recall)"
+    classes = train[LABEL].nunique() if LABEL in train else 0
+    words = train[TEXT].astype(str).str.split().str.len().median() if classes else 0
+    # Without off-topic validation examples the threshold comes from the known intents alone.
+    held_out = (
+        "without off-topic validation examples the threshold keeps oos.target_in_scope_recall (90%) of "
+        "in-scope validation queries; --oos FILE sets it from real off-topic ones"
+    )
     if oos is not None:
         raw["data"]["oos_validation"] = {"path": str(oos.resolve())}
         raw["oos"] = {"enabled": True}
         c["data.oos_validation"] = "off-topic examples: they set the out-of-scope threshold"
         c["oos.enabled"] = "answer the fallback label instead of a wrong one on off-topic queries"
     elif "oos_test" in oos_files:
-        # Off-topic test examples say the bot will meet such queries: the fallback is on, its threshold set
-        # on in-scope validation alone (oos.target_in_scope_recall), and the test file measures it.
         raw["oos"] = {"enabled": True}
         c["oos.enabled"] = (
-            "the data has off-topic test examples: answer the fallback label on such queries (threshold "
-            "from in-scope validation: oos.target_in_scope_recall; --oos FILE sets it from off-topic ones)"
+            f"the data has off-topic test examples: answer the fallback label on such queries; {held_out}"
+        )
+    elif classes >= INTENT_CLASSES and words <= INTENT_WORDS:
+        raw["oos"] = {"enabled": True}
+        c["oos.enabled"] = (
+            f"{classes} classes of short texts (median {words:.0f} words) look like intents: answer the "
+            f"fallback label for queries about none of them; {held_out}"
         )
     else:
         raw["oos"] = {"enabled": False}
