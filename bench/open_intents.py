@@ -266,11 +266,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=Path, default=Path("/tmp/tuneflow-open-intents"), help="cell cache")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--variants", action="store_true", help="also score every method x rule per cell")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="results from the cells --keep holds; train none"
+    )
     args = parser.parse_args(argv)
     results = []
     for seed in args.seeds:  # every cell of a seed before the next seed: a cut-short run has all cells
         for dataset in args.datasets:
             for ratio in args.ratios:
+                cell = args.keep / f"{dataset}-{round(100 * ratio)}-{seed}"
+                if args.cached_only and not (cell / "result.json").is_file():
+                    continue
                 start = time.perf_counter()
                 r = run_cell(dataset, ratio, seed, args.keep, args.set)
                 s = r["served"]
@@ -283,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.variants:
                     from bench.open_intents_variants import score_variants
 
-                    r["variants"] = score_variants(args.keep / f"{dataset}-{round(100 * ratio)}-{seed}", r)
+                    r["variants"] = score_variants(cell, r)
                 results.append(r)
     key = "cell"
     for r in results:

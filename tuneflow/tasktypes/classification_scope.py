@@ -1,5 +1,5 @@
-"""Fitting the out-of-scope fallback of a sequence classifier after training (temperature first, then the
-detector of :mod:`tuneflow.judging.outofscope` and its threshold)."""
+"""Fitting the out-of-scope fallback of a sequence classifier after training, once its temperature is
+known: the detector of :mod:`tuneflow.judging.outofscope`, its threshold, saved with the exported model."""
 
 from __future__ import annotations
 
