@@ -131,7 +131,6 @@ def run_cell(dataset: str, ratio: float, seed: int, keep: Path, overrides: list[
         "served": {
             **open_metrics(truth, answers["label"].tolist(), meta["known"]),
             "closed_accuracy": 100 * float(answers["closed_correct"][answers["truth"] != OPEN].mean()),
-            "method": pipeline["metrics"].get("oos/method_name"),
         },
         "flow_metrics": {k: v for k, v in pipeline["metrics"].items() if k.startswith(("oos/", "test/"))},
         "wall_min": pipeline["wall"]["flow_s"] / 60,
@@ -232,7 +231,6 @@ def summary(results: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, 
         out[key] = {m: statistics.median(r["served"][m] for r in rs) for m in metrics}
         out[key]["wall_min"] = statistics.median(r["wall_min"] for r in rs)
         out[key]["seeds"] = sorted(r["seed"] for r in rs)
-        out[key]["method"] = rs[0]["served"].get("method")
     return out
 
 
