@@ -42,12 +42,12 @@ def run_here(config: str, overrides: list[str], store: Path, early_boot: bool = 
 
     t0 = time.perf_counter()
     gc.disable()  # as `tuneflow run` does while the libraries import (tuneflow.cli._boot_prefect)
-    from flows.api import Boot, boot
+    from tuneflow.flows.api import Boot, boot
 
     prefect = boot() if early_boot else Boot()
     from mlflow import MlflowClient
 
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
     from tuneflow.store import tracking
 
     gc.freeze()

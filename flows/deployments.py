@@ -118,9 +118,10 @@ def definitions(path: str | Path = ROOT / "prefect.yaml") -> list[dict[str, Any]
 
 
 def load_flow(entrypoint: str) -> Any:
-    """``flows/retrain.py:retrain`` -> the flow object."""
+    """``flows/retrain.py:retrain`` (a file of the checkout) -> the flow object of the installed
+    ``tuneflow.flows.retrain``."""
     file, name = entrypoint.split(":")
-    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    module = importlib.import_module("tuneflow." + file.removesuffix(".py").replace("/", "."))
     return getattr(module, name)
 
 

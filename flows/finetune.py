@@ -7,22 +7,6 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.deployments import guard_deployment_run
-from flows.tune import search_markdown
-from tasks.crossval import cross_validate
-from tasks.evaluate import evaluate
-from tasks.promote import promote
-from tasks.registry import register
-from tasks.search import search
-from tasks.tracking import (
-    artifact_key,
-    closing_run,
-    describe_run,
-    open_run,
-    remove_checkpoints,
-)
-from tasks.train import train
-from tasks.validate import validate_data
 from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.faults import crash_point
 from tuneflow.fitting.crossval import CVResult
@@ -30,9 +14,25 @@ from tuneflow.fitting.reuse import plan_final
 from tuneflow.fitting.runs import OpenedRun, record_config, recorded_config
 from tuneflow.fitting.search import StudySummary, best_config
 from tuneflow.fitting.training import FitResult
+from tuneflow.flows.deployments import guard_deployment_run
+from tuneflow.flows.tune import search_markdown
 from tuneflow.judging.promotion import Decision
 from tuneflow.registry.registration import Registration
 from tuneflow.store import registered, tracking
+from tuneflow.tasks.crossval import cross_validate
+from tuneflow.tasks.evaluate import evaluate
+from tuneflow.tasks.promote import promote
+from tuneflow.tasks.registry import register
+from tuneflow.tasks.search import search
+from tuneflow.tasks.tracking import (
+    artifact_key,
+    closing_run,
+    describe_run,
+    open_run,
+    remove_checkpoints,
+)
+from tuneflow.tasks.train import train
+from tuneflow.tasks.validate import validate_data
 from tuneflow.tasktypes import task_type
 from tuneflow.tasktypes.resolve import load_config
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.promote import promote as promote_task
-from tasks.promote import rollback as rollback_task
 from tuneflow.fitting.runs import recorded_config
 from tuneflow.judging.promotion import Decision
 from tuneflow.registry.champion import Rollback
 from tuneflow.store import registered, tracking
+from tuneflow.tasks.promote import promote as promote_task
+from tuneflow.tasks.promote import rollback as rollback_task
 
 
 @flow(name="promote", log_prints=True)

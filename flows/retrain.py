@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.deployments import guard_deployment_run
-from flows.finetune import FinetuneResult, finetune
-from tasks.retrain import check_data
-from tasks.tracking import artifact_key
+from tuneflow.flows.deployments import guard_deployment_run
+from tuneflow.flows.finetune import FinetuneResult, finetune
 from tuneflow.registry.retraining import TAG_DECISION, RetrainCheck, champion_overrides
 from tuneflow.store import tracking
+from tuneflow.tasks.retrain import check_data
+from tuneflow.tasks.tracking import artifact_key
 from tuneflow.tasktypes.resolve import load_config
 
 

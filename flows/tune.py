@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.deployments import guard_deployment_run
-from tasks.search import search
-from tasks.tracking import artifact_key, closing_run, describe_run, open_run
-from tasks.validate import validate_data
 from tuneflow.config import ConfigError, redact_secrets
 from tuneflow.fitting.search import StudySummary
+from tuneflow.flows.deployments import guard_deployment_run
 from tuneflow.store import tracking
 from tuneflow.store.params import readable
+from tuneflow.tasks.search import search
+from tuneflow.tasks.tracking import artifact_key, closing_run, describe_run, open_run
+from tuneflow.tasks.validate import validate_data
 from tuneflow.tasktypes.resolve import load_config
 
 

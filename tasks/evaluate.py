@@ -8,7 +8,6 @@ from dataclasses import replace
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import stage
 from tuneflow import names
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting.export import load_predictor, read_meta
@@ -18,6 +17,7 @@ from tuneflow.judging.evaluation import evaluate as evaluate_model
 from tuneflow.judging.overfitting import validation_degradation
 from tuneflow.registry.champion import keep_evidence
 from tuneflow.store import tracking
+from tuneflow.tasks.common import stage
 from tuneflow.tasktypes import task_type
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import stage
 from tuneflow.config import PipelineConfig
 from tuneflow.registry.registration import Registration, register_export
+from tuneflow.tasks.common import stage
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a retry after a partial success could create a second version

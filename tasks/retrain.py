@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import TRANSIENT_RETRIES
 from tuneflow.config import PipelineConfig
 from tuneflow.registry.retraining import RetrainCheck
 from tuneflow.registry.retraining import check_data as check_retraining
+from tuneflow.tasks.common import TRANSIENT_RETRIES
 
 
 @task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)

@@ -8,13 +8,13 @@ from dataclasses import replace
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import stage
 from tuneflow import names
 from tuneflow.config import PipelineConfig, redact_secrets
 from tuneflow.fitting.runs import run_dir
 from tuneflow.fitting.search import KEPT, TAG_STUDY, StudySummary, run_study
 from tuneflow.store import tracking
 from tuneflow.store.params import readable
+from tuneflow.tasks.common import stage
 
 
 def describe_space(cfg: PipelineConfig) -> str:

@@ -9,12 +9,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks.common import TRANSIENT_RETRIES
 from tuneflow import names
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting import runs
 from tuneflow.fitting.runs import OpenedRun, run_dir
 from tuneflow.store import gc, tracking, ui
+from tuneflow.tasks.common import TRANSIENT_RETRIES
 
 
 @task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)

@@ -7,12 +7,12 @@ import contextlib
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import stage
 from tuneflow.config import PipelineConfig
 from tuneflow.fitting.distributed import launch, under_launcher
 from tuneflow.fitting.runs import run_dir
 from tuneflow.fitting.training import FinalStart, FitResult, Trained, train_and_export
 from tuneflow.store import tracking
+from tuneflow.tasks.common import stage
 
 
 @task(cache_policy=NO_CACHE)  # no retries: a failed fit is a bug or bad settings, not a transient fault

@@ -9,7 +9,6 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import TRANSIENT_RETRIES
 from tuneflow import names
 from tuneflow.config import PipelineConfig
 from tuneflow.data.readers import LABEL
@@ -18,6 +17,7 @@ from tuneflow.data.validation import DataValidationError, ValidatedData, validat
 from tuneflow.faults import crash_point
 from tuneflow.fitting.model import load_tokenizer
 from tuneflow.store import tracking
+from tuneflow.tasks.common import TRANSIENT_RETRIES
 from tuneflow.tasktypes import task_type
 
 

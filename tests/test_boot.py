@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import subprocess, sys
     from prefect.server.api import server as prefect_server
-    from flows import api
+    from tuneflow.flows import api
 
     def late_start(self, timeout=None):
         # What Prefect's start does when /health does not answer in time: the process stays up.
@@ -52,8 +52,8 @@ def test_flow_commands_collect_garbage_again_once_the_libraries_are_loaded(monke
     the flow runs: a run with the collector off would keep every reference cycle it makes."""
     import gc
 
-    from flows import api
     from tuneflow import cli
+    from tuneflow.flows import api
 
     monkeypatch.setattr(api, "boot", api.Boot)  # nothing to start: PREFECT_API_URL-style, no thread
     frozen = gc.get_freeze_count()
@@ -72,7 +72,7 @@ HEARTBEATS = textwrap.dedent(
     """
     import threading
     from prefect.settings import get_current_settings
-    from flows import api
+    from tuneflow.flows import api
 
     api.Boot().wait()  # PREFECT_API_URL's server (nothing started here): a long-lived server reads heartbeats
     print(get_current_settings().flows.heartbeat_frequency)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_prefect_yaml_cron_matches_the_demo_config() -> None:
-    from flows.deployments import definitions
+    from tuneflow.flows.deployments import definitions
 
     specs = {d["name"]: d for d in definitions()}
     assert set(specs) == {"finetune", "tune", "retrain"}
@@ -29,7 +29,7 @@ def test_deployments_apply_and_a_triggered_retrain_completes(
     from prefect.deployments import run_deployment
     from prefect.runner import Runner
 
-    from flows.deployments import build
+    from tuneflow.flows.deployments import build
     from tuneflow.store import registered, tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -66,7 +66,7 @@ def test_a_deployment_run_with_a_forbidden_override_fails(
     from prefect.deployments import run_deployment
     from prefect.runner import Runner
 
-    from flows.deployments import build
+    from tuneflow.flows.deployments import build
 
     cfg = make_config(tmp_path, tiny_model, name="guarded", train={"max_epochs": 1})
     deployments = [d for d in build(str(cfg)) if d.name == "finetune"]
@@ -97,10 +97,10 @@ def test_pull_step_enters_the_workers_own_checkout(tmp_path, monkeypatch) -> Non
 
     import yaml
 
-    from flows.deployments import ROOT, enter_checkout
+    from tuneflow.flows.deployments import ROOT, enter_checkout
 
     pull = yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"]
-    assert pull == [{"flows.deployments.enter_checkout": {}}]
+    assert pull == [{"tuneflow.flows.deployments.enter_checkout": {}}]
     other = tmp_path / "checkout"
     (other / "flows").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

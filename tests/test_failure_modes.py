@@ -95,7 +95,7 @@ def test_reaper_kills_runs_whose_heartbeat_stopped_with_their_children(tracking_
 def test_resume_skips_a_newer_run_without_checkpoint(
     tmp_path: Path, tiny_model: str, tracking_uri: str
 ) -> None:
-    from tasks.tracking import open_run
+    from tuneflow.tasks.tracking import open_run
 
     cfg = load_config(make_config(tmp_path, tiny_model))
     tracking.configure(tracking_uri)
@@ -231,7 +231,7 @@ def test_a_password_never_reaches_a_store(
 
 
 def test_deployment_runs_take_only_allowed_overrides() -> None:
-    from flows.deployments import check_deployment_parameters
+    from tuneflow.flows.deployments import check_deployment_parameters
 
     check_deployment_parameters("configs/demo.yaml", ["train.lr=1e-4"], "finetune")
     check_deployment_parameters("/anywhere.yaml", ["data.train=/etc/passwd"], None)  # not a deployment run

@@ -23,7 +23,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_
     """One successful flow run shared by the assertions below (training is the expensive part)."""
     import mlflow
 
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     tmp = tmp_path_factory.mktemp("flow")
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -300,8 +300,8 @@ def test_bad_data_exits_3_and_registers_nothing(
         return
     # A flow started without the CLI (a deployment, Python) fails in its validation stage instead: the run
     # is FAILED, with its report, and nothing is registered.
-    from flows.finetune import finetune
     from tuneflow.data.validation import DataValidationError
+    from tuneflow.flows.finetune import finetune
 
     with pytest.raises(DataValidationError, match=expected.split(":")[0]):
         finetune(str(cfg))

@@ -140,3 +140,33 @@ def test_models_registered_before_the_packages_find_their_classes() -> None:
 
     for name in ("TuneflowModel", "GenerativeModel", "AdapterSetModel"):
         assert getattr(legacy, name) is getattr(current, name)
+
+
+def test_the_installed_distribution_adds_only_tuneflow_to_site_packages(tmp_path: Path) -> None:
+    """flows/ and tasks/ install as tuneflow.flows and tuneflow.tasks: no top-level ``flows`` or ``tasks``
+    module to clash with a user's own, and every module of the checkout is in the wheel."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = LIB.parent
+    for name in ("tuneflow", "flows", "tasks"):
+        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", "dist", "."],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"tuneflow"}
+    checkout = {
+        ("tuneflow/" if folder != "tuneflow" else "") + str(p.relative_to(root))
+        for folder in ("tuneflow", "flows", "tasks")
+        for p in (root / folder).rglob("*.py")
+    }
+    assert checkout <= set(names), sorted(checkout - set(names))

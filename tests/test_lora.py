@@ -91,8 +91,8 @@ def test_adapter_refuses_another_base(tmp_path, tiny_model, tiny_ner_model):
 
 
 def test_adapter_registry_cli_and_adapter_set(tmp_path, tiny_model, tiny_ner_model, tracking_uri):
-    from tasks.registry import register
     from tuneflow.store import tracking
+    from tuneflow.tasks.registry import register
 
     small = {"track_order", "refund_request", "account_login"}
     exports = {}

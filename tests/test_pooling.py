@@ -76,9 +76,9 @@ def test_a_mean_pooled_model_trains_registers_and_serves(
     import mlflow
     import pandas as pd
 
-    from flows.finetune import finetune
     from tuneflow.backbone.pooling import HEAD_FILE, MeanPooledClassifier
     from tuneflow.fitting.export import load_predictor
+    from tuneflow.flows.finetune import finetune
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = make_config(

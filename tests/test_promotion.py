@@ -166,7 +166,7 @@ LENIENT = {
 
 
 def _finetune(tmp: Path, tiny_model: str, name: str, uri: str, train: dict, gates: dict):
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     cfg = make_config(
         tmp,
@@ -182,7 +182,7 @@ def _finetune(tmp: Path, tiny_model: str, name: str, uri: str, train: dict, gate
 def test_aliases_concurrent_decisions_worse_challenger_and_rollback(
     tmp_path: Path, tiny_model: str, prefect_harness: None
 ) -> None:
-    from flows.promote import promote, rollback
+    from tuneflow.flows.promote import promote, rollback
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # v1: a model that cannot learn (lr 1e-9), promoted because there is no champion yet.

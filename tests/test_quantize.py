@@ -142,8 +142,8 @@ def test_the_flow_scores_gates_and_serves_the_int8_model(
     import mlflow
     import pandas as pd
 
-    from flows.finetune import finetune
     from tuneflow.fitting.export import load_predictor
+    from tuneflow.flows.finetune import finetune
     from tuneflow.judging.metrics import classification_metrics
 
     oos, oos_file = OFF_TOPIC, write_oos(tmp_path)
@@ -205,7 +205,7 @@ def test_the_flow_scores_gates_and_serves_the_int8_model(
 def test_token_classification_flow_with_int8_logs_its_entity_f1_loss(
     tmp_path: Path, tiny_ner_model: str, prefect_harness: None
 ) -> None:
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     cfg = ner_config(
         tmp_path,

@@ -41,8 +41,8 @@ SPACE = {"train.lr": {"type": "categorical", "choices": [3e-3, 1e-3]}}
 def test_retrain_skips_unchanged_data_then_retrains_changed_data(
     tmp_path: Path, tiny_model: str, prefect_harness: None
 ) -> None:
-    from flows.finetune import finetune
-    from flows.retrain import retrain
+    from tuneflow.flows.finetune import finetune
+    from tuneflow.flows.retrain import retrain
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     rows = demo_rows("train")

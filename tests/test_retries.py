@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2 as codes
 from sqlalchemy.exc import OperationalError
 
-from tasks.common import RETRY_DELAYS_S, TRANSIENT_RETRIES, is_transient
+from tuneflow.tasks.common import RETRY_DELAYS_S, TRANSIENT_RETRIES, is_transient
 
 
 @pytest.mark.parametrize(

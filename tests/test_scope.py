@@ -306,7 +306,7 @@ def test_registered_model_answers_the_fallback(
     import mlflow
     import pandas as pd
 
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     oos, oos_file = OFF_TOPIC, write_oos(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -352,7 +352,7 @@ def test_without_off_topic_examples_the_default_detector_is_knn_keeping_90_perce
     validation questions (logged), shipped with the registered model."""
     import mlflow
 
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = make_config(tmp_path, tiny_model, name="default-scope", tracking={"tracking_uri": uri})

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_on_demo_intents_well_above_chance(tmp_path: Path, prefect_harness: None) -> None:
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = finetune(
@@ -40,8 +40,8 @@ def test_registered_model_serves_from_a_fresh_virtualenv(
     import mlflow
     import pandas as pd
 
-    from flows.finetune import finetune
     from tests.conftest import invoke, make_config, mlflow_process
+    from tuneflow.flows.finetune import finetune
 
     if not (shutil.which("pyenv") or os.environ.get("PYENV_ROOT")):
         pytest.skip("MLflow's virtualenv env manager needs pyenv (https://github.com/pyenv/pyenv)")
@@ -105,7 +105,7 @@ def test_support_chat_lora_on_real_dialogues_beats_its_base(tmp_path: Path, pref
     registers, and the registered pyfunc answers a conversation with generation settings per request."""
     import mlflow
 
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = finetune(

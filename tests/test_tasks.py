@@ -101,7 +101,7 @@ def test_hub_model_offline_fails_clearly():
 
 
 def _run(cfg_path: Path) -> dict:
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     return finetune(str(cfg_path))
 

@@ -29,7 +29,7 @@ def _children(client: MlflowClient, experiment: str, parent: str) -> list:
 def test_run_with_search_and_cv_retrains_best_params(
     tmp_path: Path, tiny_model: str, prefect_harness: None
 ) -> None:
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     cfg_path = search_config(tmp_path, tiny_model, n_trials=2, max_epochs=2)
     result = finetune(str(cfg_path), ["train.cv_folds=2"])
@@ -71,7 +71,7 @@ def test_tune_logs_study_summary_and_cli_rerun_resumes(
 ) -> None:
     from prefect.artifacts import Artifact
 
-    from flows.tune import tune
+    from tuneflow.flows.tune import tune
 
     cfg_path = search_config(tmp_path, tiny_model, n_trials=3)
     result = tune(str(cfg_path))
@@ -103,7 +103,7 @@ def test_run_reuses_the_best_trial_instead_of_training_again(
 ) -> None:
     """search.final: reuse_best (the default) with trials that train the final config: no second training;
     the registered model is the best trial's, and scores what that trial scored."""
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     cfg_path = search_config(tmp_path, tiny_model, n_trials=2, pruner="none")
     result = finetune(str(cfg_path), ["train.precision=32-true"])
@@ -137,7 +137,7 @@ def test_run_continues_from_the_best_trial_when_asked(
 ) -> None:
     """search.final: continue with a final budget larger than the trials': the added epochs only, from the
     best trial's weights."""
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     cfg_path = search_config(tmp_path, tiny_model, n_trials=1, pruner="none", max_epochs=1, final="continue")
     result = finetune(str(cfg_path), ["train.max_epochs=3"])

@@ -107,7 +107,7 @@ def _click(driver, element) -> None:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_harness: None) -> dict:
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     tmp = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{tmp}/mlflow.db"

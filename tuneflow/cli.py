@@ -37,12 +37,12 @@ def _options(
     terminal.VERBOSE["on"] = verbose
 
 
-def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
+def _boot_prefect():  # noqa: ANN202  (a tuneflow.flows.api.Boot)
     """Check ``PREFECT_API_URL``'s server, or boot Prefect's temporary one while the flow module imports; wait
     on the result before calling a flow (a half-started server is not a running one). Unreachable: exit 7."""
     import gc
 
-    from flows.api import PrefectUnreachable, boot
+    from tuneflow.flows.api import PrefectUnreachable, boot
 
     # The flow module's imports create millions of long-lived objects; the full collections Python runs
     # while they load cost ~1.5 s on 2 cores and free nothing. _ready turns collection back on.
@@ -53,7 +53,7 @@ def _boot_prefect():  # noqa: ANN202  (a flows.api.Boot)
         fail(str(exc), 7)
 
 
-def _ready(prefect) -> None:  # noqa: ANN001  (a flows.api.Boot)
+def _ready(prefect) -> None:  # noqa: ANN001  (a tuneflow.flows.api.Boot)
     """After the flow's imports: GC on with everything loaded so far frozen; wait for ``_boot_prefect``'s."""
     import gc
 
@@ -77,14 +77,15 @@ def _call_flow(prefect, flow_fn, *args):  # noqa: ANN001, ANN202
 
 
 def _registry_flow(name: str, *args):  # noqa: ANN001, ANN202
-    """Run flow ``name`` of ``flows.promote`` (``promote`` or ``rollback``); a lookup error is exit 2."""
+    """Run flow ``name`` of ``tuneflow.flows.promote`` (``promote`` or ``rollback``); a lookup error is
+    exit 2."""
     terminal.quiet_env()
     prefect = _boot_prefect()
-    import flows.promote
+    from tuneflow.flows import promote
 
     _ready(prefect)
     try:
-        return getattr(flows.promote, name)(*args)
+        return getattr(promote, name)(*args)
     except LookupError as exc:
         fail(str(exc), 2)
 
@@ -142,7 +143,7 @@ def run(
     CONFIG may be a data file or folder instead: a config is drafted for it first (as ``tuneflow init``)."""
     config = terminal.config_for(config)
     cfg, set_, prefect = _prepare(config, set_, f"continue with: tuneflow run {config} --resume")
-    from flows.finetune import finetune
+    from tuneflow.flows.finetune import finetune
 
     result = _call_flow(prefect, finetune, str(config), set_, resume, workers)
     summaries.print_run(result, cfg)
@@ -195,7 +196,7 @@ def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> Non
     run it against one PostgreSQL storage (--set search.storage=postgresql://...).
     """
     cfg, set_, prefect = _prepare(config, set_, f"rerun to resume: tuneflow tune {config}", needs_search=True)
-    from flows.tune import tune as tune_flow
+    from tuneflow.flows.tune import tune as tune_flow
 
     result = _call_flow(prefect, tune_flow, str(config), set_, workers)
     summaries.print_tune(result, cfg, config, set_)
@@ -210,7 +211,7 @@ def retrain(
 ) -> None:
     """Retrain when the data changed (drift decides on a fresh search), then promote if the gates pass."""
     cfg, set_, prefect = _prepare(config, set_, f"run it again: tuneflow retrain {config}")
-    from flows.retrain import retrain as retrain_flow
+    from tuneflow.flows.retrain import retrain as retrain_flow
 
     result = _call_flow(prefect, retrain_flow, str(config), set_, force, workers)
     summaries.print_retrain(result, cfg)
@@ -229,7 +230,7 @@ def serve(
     _boot_prefect().wait()  # PREFECT_API_URL set but nothing answers: exit 7 now, not a traceback later
     from prefect import serve as prefect_serve
 
-    from flows.deployments import build
+    from tuneflow.flows.deployments import build
 
     deployments = build(str(config.resolve()) if config else None)
     names = ", ".join(d.name for d in deployments)

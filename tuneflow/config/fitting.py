@@ -105,9 +105,26 @@ class GenerationConfig(_Section):
 class TrainConfig(_Section):
     """Lightning fine-tuning settings."""
 
-    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    optimizer: Literal["adamw", "adafactor", "sgd"] = Field(
+        "adamw",
+        description=(
+            "adamw = AdamW with decoupled weight decay (fused kernel where it applies); adafactor = "
+            "torch's Adafactor (factored second moments: optimizer state of about one row + one column "
+            "per weight matrix instead of two full copies, for models whose AdamW state does not fit; its "
+            "steps are train.lr times each weight's RMS, so it wants a far higher lr, e.g. 1e-2); "
+            "sgd = SGD with momentum 0.9 (usually wants a 10-100x higher lr)."
+        ),
+    )
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear",
+        description=(
+            "Learning-rate schedule after the warmup (train.warmup_ratio): linear or cosine decay to 0 at "
+            "the last step, or constant at train.lr."
+        ),
+    )
+    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the optimizer.")
     weight_decay: float = Field(
-        0.01, ge=0, lt=1, description="AdamW decoupled weight decay (not on bias/LayerNorm)."
+        0.01, ge=0, lt=1, description="Decoupled weight decay (not on bias/LayerNorm)."
     )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps with linear warmup.")
     batch_size: int = Field(32, ge=1, description="Examples per device per step.")

@@ -52,7 +52,8 @@ class LossOnly:
 
 
 class FineTuner(pl.LightningModule):
-    """Fine-tunes a Hugging Face model with AdamW and linear warmup/decay; optionally only a LoRA adapter.
+    """Fine-tunes a Hugging Face model (train.optimizer, train.scheduler: AdamW with linear warmup/decay by
+    default); optionally only a LoRA adapter.
 
     The task type adds its validation metrics through hooks. Hyperparameters are primitives only, so
     checkpoints reload under torch's ``weights_only`` default. With LoRA, checkpoints hold the trainable
@@ -70,6 +71,8 @@ class FineTuner(pl.LightningModule):
         lora: dict[str, Any] | None = None,
         task: str = "sequence_classification",
         pooling: str = "cls",
+        optimizer: str = "adamw",
+        scheduler: str = "linear",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -224,7 +227,7 @@ class FineTuner(pl.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
-        from transformers import get_linear_schedule_with_warmup
+        from transformers import get_scheduler
 
         hp = self.hparams
         if self._master_weights_fit() and self._masters is None:
@@ -239,12 +242,27 @@ class FineTuner(pl.LightningModule):
             {"params": decay, "weight_decay": hp.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        optimizer = self._optimizer(groups, decay + no_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        name = hp.get("scheduler", "linear")
+        scheduler = get_scheduler(
+            "constant_with_warmup" if name == "constant" else name,
+            optimizer,
+            num_warmup_steps=int(hp.warmup_ratio * total),
+            num_training_steps=total,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _optimizer(self, groups: list[dict[str, Any]], params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        """train.optimizer over the parameter groups (decay / no decay)."""
+        name, lr = self.hparams.get("optimizer", "adamw"), self.hparams.lr
+        if name == "adafactor":
+            return torch.optim.Adafactor(groups, lr=lr)
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=0.9)
         # The fused kernel (one pass over all parameters; the Trainer's default, adamw_torch_fused) is ~5x
         # faster than the per-tensor loop on CPU: 10 vs 50-65 ms a MiniLM step, a third of a bf16 step.
         fused = self._fused_optimizer_fits() and all(
-            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
         )
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, fused=fused or None)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return torch.optim.AdamW(groups, lr=lr, fused=fused or None)

@@ -202,6 +202,8 @@ def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[Fin
         lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
         task=cfg.task,
         pooling=cfg.model.pooling,
+        optimizer=tcfg.optimizer,
+        scheduler=tcfg.scheduler,
     )
     module.cls_only = tcfg.cls_only_last_layer
     module.bf16_weights = tcfg.bf16_weights
