@@ -271,3 +271,24 @@ def test_a_file_without_a_header_line_it_cannot_read_asks_for_one(tmp_path: Path
     assert result.exit_code == 2, result.output
     assert "its first line reads like a record, not column names" in result.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize(("words", "batch"), [(8, 32), (150, 16)])
+def test_long_texts_get_a_batch_bounded_in_tokens(
+    tmp_path: Path, tiny_model: str, words: int, batch: int
+) -> None:
+    """Activations grow with the padded tokens of a batch: long documents get fewer per batch than short
+    queries of the same data size (at most 2,048 tokens), and the search explores around that."""
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(50)]
+    rows = [(" ".join(rng.choices(vocab, k=words)), f"label_{i % 4}") for i in range(3000)]
+    data = tmp_path / "docs.csv"
+    write_csv(data, rows)
+    output = tmp_path / "drafted.yaml"
+    result = _cli("init", str(data), "--model", tiny_model, "--output", str(output))
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(output.read_text())
+    assert cfg["train"]["batch_size"] == batch
+    assert cfg["train"]["batch_size"] * cfg["model"]["max_length"] <= 2048 or batch == 32
+    assert cfg["search"]["space"]["train.batch_size"]["choices"] == [batch // 2, batch]
+    assert ("at most 2048 tokens a batch" in output.read_text()) is (batch < 32)

@@ -98,6 +98,10 @@ def _names_split(stem: str, names: tuple[str, ...]) -> bool:
 # Intent-like data (the fallback drafted on): this many classes or more, of texts this short (median words).
 # Sentiment (2-5 classes) and long documents are not asked "about something else" as a bot is.
 INTENT_CLASSES, INTENT_WORDS = 10, 30
+# Padded tokens in the longest batch a drafted config trains on: activations grow with them. 8 x 512 peaked at
+# 2.43 GB under bf16 and 3.44 GB in fp32 (a CPU without bf16) with MiniLM, over the 3 GB a classification
+# run is held to (bench field, long_2000); short texts keep their batch sizes (32 x 64 = 2,048).
+TOKENS_PER_BATCH = 2048
 HEADERLESS = ["text", "label"]  # the names a two-column file without a header line gets (UCI's sentences)
 
 
@@ -316,7 +320,7 @@ def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
         "storage": storage,
         "space": {
             "train.lr": {"type": "float", "low": 2.0e-5, "high": 3.0e-4, "log": True},
-            "train.batch_size": {"type": "categorical", "choices": [max(4, batch // 2), batch]},
+            "train.batch_size": {"type": "categorical", "choices": sorted({max(1, batch // 2), batch})},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
         },
     }
@@ -348,7 +352,7 @@ def _derive(draft: Draft, cfg: PipelineConfig, kind: TaskType, train: pd.DataFra
     raw["model"]["max_length"] = max_length
     c["model.max_length"] = f"p99 of the training inputs is {p99} tokens (rounded up to a multiple of 8)"
     n = len(train)
-    batch = 8 if n < 200 else 16 if n < 2000 else 32
+    batch = min(8 if n < 200 else 16 if n < 2000 else 32, max(1, TOKENS_PER_BATCH // max_length))
     epochs = 10 if n < 1000 else 6 if n < 10000 else 3
     raw["train"] = {
         "batch_size": batch,
@@ -358,7 +362,9 @@ def _derive(draft: Draft, cfg: PipelineConfig, kind: TaskType, train: pd.DataFra
     if cfg.model.name == DEFAULT_MODEL:
         raw["train"]["lr"] = 1.0e-4
         c["train.lr"] = "a small model with a fresh head learns faster than BERT-base's 2e-5 allows"
-    c["train.batch_size"] = f"{n} training examples"
+    c["train.batch_size"] = f"{n} training examples" + (
+        f", at most {TOKENS_PER_BATCH} tokens a batch" if batch * max_length >= TOKENS_PER_BATCH else ""
+    )
     c["train.max_epochs"] = "an upper bound sized to the data; early stopping ends sooner"
     c["train.early_stopping_patience"] = "validations without improvement before stopping"
     for key, (value, comment) in kind.draft(train, cfg).items():
