@@ -62,7 +62,7 @@ def test_all_problems_reported_at_once_with_dotted_keys(tmp_path: Path) -> None:
     bad.write_text(
         "name: x\n"
         "data: {train: t.csv, txt_column: a}\n"
-        "train: {lr: -1, batch_size: 0, min_epochs: 5, max_epochs: 2, optimizer: sgd}\n"
+        "train: {lr: -1, batch_size: 0, min_epochs: 5, max_epochs: 2, optimizer: lion}\n"
         "model: {max_length: 2}\n"
         "bogus: 1\n"
     )
