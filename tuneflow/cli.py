@@ -300,14 +300,15 @@ def predict(
     scorer = terminal.load_scorer(model, adapter, params, tracking_uri)
     try:
         if frame is None:
-            print("\n".join(scorer.lines(texts)))
+            answers = scorer.run(list(texts)).to_dict("records")
+            print("\n".join(summaries.prediction_line(t, row) for t, row in zip(texts, answers, strict=True)))
             return
         result = summaries.with_progress(
             len(frame), lambda advance: scoring.score_frame(scorer, frame, column, advance=advance)
         )
     except ValueError as exc:  # bad --param values, named by the model
         fail(str(exc), 2)
-    result.to_csv(output, index=False)
+    summaries.csv_cells(result).to_csv(output, index=False)
     console.print(f"wrote {len(result)} predictions to {output}", highlight=False, markup=False)
 
 

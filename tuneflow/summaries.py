@@ -69,7 +69,6 @@ def print_run(result: Any, cfg: Any) -> None:
     """The end of ``tuneflow run``: the run, search and cross-validation, headline scores, what the task
     type adds (calibration, out-of-scope, base vs tuned), the registered version and the decision."""
     from tuneflow.config import redact_secrets
-    from tuneflow.tasktypes import task_type
 
     m = result.metrics
     console.rule("[bold green]tuneflow run finished")
@@ -89,7 +88,7 @@ def print_run(result: Any, cfg: Any) -> None:
     headline = shown[0][0].rsplit("/", 1)[-1]
     for key in sorted(k for k in m if k.startswith("ood/") and k.endswith(f"/{headline}")):
         console.print(f"{key:<15} {m[key]:.4f}")
-    for label, text in task_type(cfg.task).result_lines(m):
+    for label, text in result_lines(m):
         console.print(f"{label:<15} {text}")
     metric = cfg.gates.metric
     fp32, speedup = m.get(f"quantization/fp32_{metric}"), m.get("quantization/latency_speedup")
@@ -263,3 +262,68 @@ def exec_mlflow_ui(port: int, tracking_uri: str | None) -> None:
     print_ui_links(uri, f"http://127.0.0.1:{port}")
     cmd = [sys.executable, "-m", "mlflow", *ui_args(uri), "--host", "127.0.0.1", "--port", str(port)]
     os.execv(sys.executable, cmd)
+
+
+def result_lines(m: dict[str, float]) -> list[tuple[str, str]]:
+    """A run's own results beyond the headline, from the metrics it logged (label, text): calibration and
+    the out-of-scope fallback (classifiers), the base model against the tuned one (generative models)."""
+    out = []
+    if "calibration/ece" in m:
+        before, temperature = (
+            m.get("calibration/ece_before", float("nan")),
+            m.get("calibration/temperature", 1.0),
+        )
+        out.append(
+            ("calibration", f"ECE {before:.3f} -> {m['calibration/ece']:.3f} (temperature {temperature:.2f})")
+        )
+    if "oos/in_scope_accuracy" in m:
+        caught = (
+            f"out-of-scope recall {m['oos/recall']:.3f}, precision {m['oos/precision']:.3f}, "
+            f"AUROC {m['oos/auroc']:.3f}; "
+            if "oos/recall" in m
+            else ""
+        )
+        out.append(
+            ("out-of-scope", f"{caught}in-scope accuracy with fallback {m['oos/in_scope_accuracy']:.3f}")
+        )
+    before = [k.split("/", 1)[1] for k in sorted(m) if k.startswith("base/") and k != "base/loss"]
+    changes = [f"{k} {m[f'base/{k}']:.4f} -> {m[f'test/{k}']:.4f}" for k in before if f"test/{k}" in m]
+    if changes:
+        out.append(("base -> tuned", ", ".join(changes)))
+    return out
+
+
+def prediction_line(text: str, row: dict[str, Any]) -> str:
+    """One line of ``tuneflow predict`` for ``text``, by what the model answered: entities (token
+    classification), generated text (seq2seq, chat), or a label with its score and, where the model has a
+    fallback, whether the text was in scope."""
+    import json
+
+    if "entities" in row:
+        return f"{text}\t{json.dumps(list(row['entities']), default=float)}"
+    if "generated_text" in row:
+        return f"{text}\t{row['generated_text']}"
+    if "in_scope" not in row:
+        return f"{row['label']}\t{row['score']:.4f}\t{text}"
+    scope = "in scope" if row["in_scope"] else "out of scope"
+    how = f"{scope} ({row['oos_score']:.3g} vs threshold {row['threshold']:.3g})"
+    return f"{row['label']}\t{row['score']:.4f}\t{how}\t{text}"
+
+
+def csv_cells(frame: Any) -> Any:  # (a pandas DataFrame)
+    """Predictions as CSV cells (``tuneflow predict --output``): list-valued answers (entity spans) as
+    JSON text, every other value as it is."""
+    import json
+
+    import numpy as np
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, dict):
+            return json.dumps(v, default=float)
+        return json.dumps(list(v), default=float) if isinstance(v, list | tuple | np.ndarray) else v
+
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].map(lambda v: isinstance(v, list | tuple | dict | np.ndarray)).any():
+            out[column] = out[column].map(cell)
+    return out

@@ -1,5 +1,5 @@
 """Scoring with a registered model outside a server (``tuneflow predict``): the inputs checked before the
-model loads, the model loaded once, texts or a whole file scored in batches, shown the task type's way."""
+model loads, the model loaded once, texts or a whole file scored in batches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneflow.tasktypes import TaskType, task_type
+from tuneflow.tasktypes import task_type
 
 
 class ScoringError(ValueError):
@@ -98,24 +98,12 @@ def adapter_uri(adapter: str) -> str:
 
 @dataclass
 class Scorer:
-    """A loaded model: ``run(texts)`` -> the task type's prediction frame."""
+    """A loaded model: ``run(texts)`` -> the task type's prediction frame (the CLI prints it:
+    :func:`tuneflow.summaries.prediction_line`, :func:`tuneflow.summaries.csv_cells`)."""
 
-    kind: TaskType
     accepted: set[str]
     run: Callable[[list[str]], pd.DataFrame]
     _keep: list[Any] = field(default_factory=list)  # what must outlive the call (a temporary folder)
-
-    def lines(self, texts: list[str]) -> list[str]:
-        """One line per text, as the task type shows a prediction."""
-        out = self.run(list(texts))
-        return [
-            self.kind.show_prediction(t, row) for t, row in zip(texts, out.to_dict("records"), strict=True)
-        ]
-
-    def table(self, frame: pd.DataFrame, column: str, predictions: pd.DataFrame) -> pd.DataFrame:
-        """The input rows and their predictions (``predicted_*`` columns), ready for a CSV."""
-        cells = self.kind.prediction_table(predictions) if len(predictions) else predictions
-        return pd.concat([frame.reset_index(drop=True), cells.add_prefix("predicted_")], axis=1)
 
 
 def load_scorer(model: str, adapter: str | None, params: dict[str, Any]) -> Scorer:
@@ -155,7 +143,6 @@ def _load_adapter(adapter: str, base: str, params: dict[str, Any]) -> Scorer:
     kind = task_type(meta["task"])
     predictor = load_predictor(export, base=base)
     return Scorer(
-        kind,
         set(kind.serving_params(meta)),
         lambda batch: predictor.predict(kind.to_inputs(batch), **params),
         [tmp],
@@ -167,10 +154,7 @@ def _load_pyfunc(model: str, params: dict[str, Any]) -> Scorer:
 
     pyfunc = registered.load_pyfunc(model)
     schema = pyfunc.metadata.get_params_schema()
-    # The model's own task type, looked up in this registry: today's way of showing its predictions.
-    kind = task_type(pyfunc.unwrap_python_model().task.name)
     return Scorer(
-        kind,
         {p.name for p in schema.params} if schema else set(),
         lambda batch: pyfunc.predict(batch, params=params) if params else pyfunc.predict(batch),
     )
@@ -183,7 +167,8 @@ def score_frame(
     batch: int = 256,
     advance: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Predict ``frame[column]`` in batches (``advance(n)`` after each); the input + predictions."""
+    """Predict ``frame[column]`` in batches (``advance(n)`` after each); the input rows and their
+    predictions (``predicted_*`` columns)."""
     texts = frame[column].astype(str).tolist()
     parts = []
     for start in range(0, len(texts), batch):
@@ -191,4 +176,4 @@ def score_frame(
         if advance is not None:
             advance(min(batch, len(texts) - start))
     predictions = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return scorer.table(frame, column, predictions)
+    return pd.concat([frame.reset_index(drop=True), predictions.add_prefix("predicted_")], axis=1)

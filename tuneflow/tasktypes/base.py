@@ -239,18 +239,6 @@ class TaskType:
         """An output frame of this task's shape (for the logged MLflow signature)."""
         raise NotImplementedError
 
-    def result_lines(self, metrics: dict[str, float]) -> list[tuple[str, str]]:
-        """Lines of this task's own results for the end of ``tuneflow run`` (label, text); none by default."""
-        return []
-
-    def show_prediction(self, text: str, row: dict[str, Any]) -> str:
-        """One line of ``tuneflow predict`` output for ``text``: the input, then the generated text."""
-        return f"{text}\t{row['generated_text']}"
-
-    def prediction_table(self, predictions: pd.DataFrame) -> pd.DataFrame:
-        """Predictions as CSV cells (``tuneflow predict --output``): plain values by default."""
-        return predictions
-
     # ------------------------------------------------------------------------------------- evaluation
 
     def evaluate_test(

@@ -383,13 +383,6 @@ class CausalLM(TaskType):
     def to_inputs(self, model_input: Any) -> list[Any]:
         return to_conversations(model_input)
 
-    def result_lines(self, metrics: dict[str, float]) -> list[tuple[str, str]]:
-        """The base model zero-shot on the same test turns, against the fine-tuned one."""
-        m = metrics
-        before = [k.split("/", 1)[1] for k in sorted(m) if k.startswith("base/") and k != "base/loss"]
-        changes = [f"{k} {m[f'base/{k}']:.4f} -> {m[f'test/{k}']:.4f}" for k in before if f"test/{k}" in m]
-        return [("base -> tuned", ", ".join(changes))] if changes else []
-
     def output_example(self) -> pd.DataFrame:
         return generated_text_example()
 

@@ -343,36 +343,6 @@ class SequenceClassification(TaskType):
     def output_example(self) -> pd.DataFrame:
         return pd.DataFrame({"label": ["x"], "score": [0.5]})
 
-    def result_lines(self, metrics: dict[str, float]) -> list[tuple[str, str]]:
-        m, out = metrics, []
-        if "calibration/ece" in m:
-            before = m.get("calibration/ece_before", float("nan"))
-            temperature = m.get("calibration/temperature", 1.0)
-            out.append(
-                (
-                    "calibration",
-                    f"ECE {before:.3f} -> {m['calibration/ece']:.3f} (temperature {temperature:.2f})",
-                )
-            )
-        if "oos/in_scope_accuracy" in m:
-            caught = (
-                f"out-of-scope recall {m['oos/recall']:.3f}, precision {m['oos/precision']:.3f}, "
-                f"AUROC {m['oos/auroc']:.3f}; "
-                if "oos/recall" in m
-                else ""
-            )
-            out.append(
-                ("out-of-scope", f"{caught}in-scope accuracy with fallback {m['oos/in_scope_accuracy']:.3f}")
-            )
-        return out
-
-    def show_prediction(self, text: str, row: dict[str, Any]) -> str:
-        if "in_scope" not in row:
-            return f"{row['label']}\t{row['score']:.4f}\t{text}"
-        scope = "in scope" if row["in_scope"] else "out of scope"
-        how = f"{scope} ({row['oos_score']:.3g} vs threshold {row['threshold']:.3g})"
-        return f"{row['label']}\t{row['score']:.4f}\t{how}\t{text}"
-
     # ------------------------------------------------------------------------------------- evaluation
 
     def evaluate_test(

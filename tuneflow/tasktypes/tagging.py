@@ -8,7 +8,6 @@ as found only with exact boundaries and type.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,15 +351,6 @@ class TokenClassification(TaskType):
         return pd.DataFrame(
             {"entities": [[{"type": "person", "text": "Alice", "start": 0, "end": 5, "score": 0.9}]]}
         )
-
-    def show_prediction(self, text: str, row: dict[str, Any]) -> str:
-        return f"{text}\t{json.dumps(list(row['entities']), default=float)}"
-
-    def prediction_table(self, predictions: pd.DataFrame) -> pd.DataFrame:
-        """Spans as JSON text in a CSV cell."""
-        out = predictions.copy()
-        out["entities"] = out["entities"].map(lambda e: json.dumps(list(e), default=float))
-        return out
 
     def evaluate_test(
         self,
