@@ -100,7 +100,8 @@ def _names_split(stem: str, names: tuple[str, ...]) -> bool:
 INTENT_CLASSES, INTENT_WORDS = 10, 30
 # Padded tokens in the longest batch a drafted config trains on: activations grow with them. 8 x 512 peaked at
 # 2.43 GB under bf16 and 3.44 GB in fp32 (a CPU without bf16) with MiniLM, over the 3 GB a classification
-# run is held to (bench field, long_2000); short texts keep their batch sizes (32 x 64 = 2,048).
+# run is held to (bench field, long_2000); 4 x 512 peaked at 2.24 GB there. Short texts keep their batch
+# sizes (32 x 64 = 2,048).
 TOKENS_PER_BATCH = 2048
 HEADERLESS = ["text", "label"]  # the names a two-column file without a header line gets (UCI's sentences)
 
