@@ -297,10 +297,8 @@ def prediction_line(text: str, row: dict[str, Any]) -> str:
     """One line of ``tuneflow predict`` for ``text``, by what the model answered: entities (token
     classification), generated text (seq2seq, chat), or a label with its score and, where the model has a
     fallback, whether the text was in scope."""
-    import json
-
     if "entities" in row:
-        return f"{text}\t{json.dumps(list(row['entities']), default=float)}"
+        return f"{text}\t{_json_cell(row['entities'])}"
     if "generated_text" in row:
         return f"{text}\t{row['generated_text']}"
     if "in_scope" not in row:
@@ -313,17 +311,15 @@ def prediction_line(text: str, row: dict[str, Any]) -> str:
 def csv_cells(frame: Any) -> Any:  # (a pandas DataFrame)
     """Predictions as CSV cells (``tuneflow predict --output``): list-valued answers (entity spans) as
     JSON text, every other value as it is."""
+    return frame.map(_json_cell)
+
+
+def _json_cell(value: Any) -> Any:
+    """A list-like or dict value as JSON text (numpy scalars as floats); anything else unchanged."""
     import json
 
     import numpy as np
 
-    def cell(v: Any) -> Any:
-        if isinstance(v, dict):
-            return json.dumps(v, default=float)
-        return json.dumps(list(v), default=float) if isinstance(v, list | tuple | np.ndarray) else v
-
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].map(lambda v: isinstance(v, list | tuple | dict | np.ndarray)).any():
-            out[column] = out[column].map(cell)
-    return out
+    if isinstance(value, dict):
+        return json.dumps(value, default=float)
+    return json.dumps(list(value), default=float) if isinstance(value, list | tuple | np.ndarray) else value
