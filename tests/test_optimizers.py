@@ -58,7 +58,7 @@ def test_adafactor_steps_and_bad_names_are_named(tmp_path: Path, tiny_model: str
 
     module = FineTuner(tiny_model, ["a", "b"], optimizer="adafactor")
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = module._optimizer([{"params": params, "weight_decay": 0.0}], params)
+    optimizer = module._optimizer([{"params": params, "weight_decay": 0.0}])
     assert type(optimizer) is torch.optim.Adafactor
     before = [p.detach().clone() for p in params]
     batch = {"input_ids": torch.tensor([[2, 7, 9, 3]]), "labels": torch.tensor([1])}
