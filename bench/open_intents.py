@@ -105,9 +105,14 @@ def open_metrics(truth: list[str], answer: list[str], known: list[str]) -> dict[
     }
 
 
+def cell_dir(keep: Path, dataset: str, ratio: float, seed: int) -> Path:
+    """Where a draw's data, store, features and result are cached under ``--keep``."""
+    return keep / f"{dataset}-{round(100 * ratio)}-{seed}"
+
+
 def run_cell(dataset: str, ratio: float, seed: int, keep: Path, overrides: list[str]) -> dict[str, Any]:
     """One draw through init's drafting + the finetune flow; the registered model scored as served."""
-    cell = keep / f"{dataset}-{round(100 * ratio)}-{seed}"
+    cell = cell_dir(keep, dataset, ratio, seed)
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:  # every cell of a seed before the next seed: a cut-short run has all cells
         for dataset in args.datasets:
             for ratio in args.ratios:
-                cell = args.keep / f"{dataset}-{round(100 * ratio)}-{seed}"
+                cell = cell_dir(args.keep, dataset, ratio, seed)
                 if args.cached_only and not (cell / "result.json").is_file():
                     continue
                 start = time.perf_counter()
