@@ -105,14 +105,14 @@ def open_metrics(truth: list[str], answer: list[str], known: list[str]) -> dict[
     }
 
 
-def cell_dir(keep: Path, dataset: str, ratio: float, seed: int) -> Path:
-    """Where a draw's data, store, features and result are cached under ``--keep``."""
-    return keep / f"{dataset}-{round(100 * ratio)}-{seed}"
+def cell_name(dataset: str, ratio: float, seed: int) -> str:
+    """A draw's name: its results' key and its cache folder under ``--keep``."""
+    return f"{dataset}-{round(100 * ratio)}-{seed}"
 
 
 def run_cell(dataset: str, ratio: float, seed: int, keep: Path, overrides: list[str]) -> dict[str, Any]:
     """One draw through init's drafting + the finetune flow; the registered model scored as served."""
-    cell = cell_dir(keep, dataset, ratio, seed)
+    cell = keep / cell_name(dataset, ratio, seed)
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:  # every cell of a seed before the next seed: a cut-short run has all cells
         for dataset in args.datasets:
             for ratio in args.ratios:
-                cell = cell_dir(args.keep, dataset, ratio, seed)
+                cell = args.keep / cell_name(dataset, ratio, seed)
                 if args.cached_only and not (cell / "result.json").is_file():
                     continue
                 start = time.perf_counter()
@@ -294,9 +294,12 @@ def main(argv: list[str] | None = None) -> None:
 
                     r["variants"] = score_variants(cell, r)
                 results.append(r)
+    if not results:
+        print(f"no cell of these draws under {args.keep}: nothing written", flush=True)
+        return
     key = "cell"
     for r in results:
-        r[key] = f"{r['dataset']}-{round(100 * r['ratio'])}-{r['seed']}"
+        r[key] = cell_name(r["dataset"], r["ratio"], r["seed"])
     kept = keep_earlier("open_intents", results, key)
     everything = kept + results
     from bench.open_intents_variants import variant_rows
