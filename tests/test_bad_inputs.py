@@ -154,6 +154,29 @@ def empty_label(tmp, model):
     return ["validate", str(_with_train(tmp, model, f))], 3, ["missing (NaN/empty) label", "line(s) 9"]
 
 
+def _indexed(tmp: Path, bad_row: int | None = None) -> tuple[Path, Path]:
+    """The demo rows with their labels as indices into a labels.txt (one row's index out of range)."""
+    rows = demo_rows()
+    names = sorted({label for _, label in rows})
+    indexed = [(t, "99" if i == bad_row else str(names.index(label))) for i, (t, label) in enumerate(rows)]
+    (tmp / "labels.txt").write_text("\n".join(names) + "\n")
+    return write_csv(tmp / "indexed.csv", indexed), tmp / "labels.txt"
+
+
+@case
+def label_index_out_of_range(tmp, model):
+    train, names = _indexed(tmp, bad_row=7)
+    path = _with_train(tmp, model, train, label_names=str(names))
+    return ["validate", str(path)], 3, ["not an index into data.label_names", "line(s) 9", str(train)]
+
+
+@case
+def label_names_file_missing(tmp, model):
+    train, _ = _indexed(tmp)
+    path = _with_train(tmp, model, train, label_names=str(tmp / "names.txt"))
+    return ["validate", str(path)], 3, [f"{tmp}/names.txt: file not found"]
+
+
 @case
 def unseen_test_label(tmp, model):
     test = write_csv(tmp / "t.csv", demo_rows("test")[:20] + [("what is the weather", "weather")])

@@ -12,6 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import chat_rows, demo_rows, ner_rows, write_conll, write_csv, write_jsonl
+from tuneflow.tasktypes import task_type
+from tuneflow.tasktypes.resolve import load_config
 
 
 def _cli(*args: str):  # noqa: ANN202
@@ -263,13 +265,42 @@ def test_a_two_column_file_without_a_header_line_is_read_as_text_and_label(
 
 
 def test_a_file_without_a_header_line_it_cannot_read_asks_for_one(tmp_path: Path) -> None:
-    """Three columns and no header (GoEmotions' TSV): the columns cannot be named by flags, so the answer is
-    to add a header line, not to pass columns that have no names."""
+    """Five columns and no header: too many to name by position, so the answer is to add a header line."""
     data = tmp_path / "train.tsv"
-    data.write_text("My favourite food is anything I did not cook myself.\t27\teebbqej\nok then\t4\tab12\n")
+    data.write_text(
+        "My favourite food is anything I did not cook myself.\t27\teebbqej\tx\ty\nok then\t4\ta\tb\tc\n"
+    )
     result = _cli("init", str(data), "--output", str(tmp_path / "x.yaml"))
     assert result.exit_code == 2, result.output
     assert "its first line reads like a record, not column names" in result.output
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_label_indices_with_a_labels_file_are_named_by_it(tmp_path: Path, tiny_model: str) -> None:
+    """Header-less text<TAB>index rows beside a labels.txt: init names the file in data.label_names, and
+    the run's labels are the names, not the indices."""
+    rows = demo_rows()
+    names = sorted({label for _, label in rows})
+    (tmp_path / "train.tsv").write_text("".join(f"{t}\t{names.index(label)}\n" for t, label in rows))
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    output = tmp_path / "drafted.yaml"
+    result = _cli("init", str(tmp_path), "--model", tiny_model, "--output", str(output))
+    assert result.exit_code == 0, result.output
+    drafted = yaml.safe_load(output.read_text())
+    assert drafted["data"]["label_names"] == str(tmp_path / "labels.txt")
+    assert "labels.txt names them" in output.read_text()
+    cfg = load_config(output)
+    assert sorted(task_type(cfg.task).load_splits(cfg.data, 0).labels) == names
+
+
+def test_too_few_rows_to_split_is_exit_2_naming_the_file(tmp_path: Path, tiny_model: str) -> None:
+    """A header-less three-column file (GoEmotions' text, label ids, comment id) is read by position; two
+    rows cannot give a validation and a test split: exit 2 naming the file, no config written."""
+    data = tmp_path / "train.tsv"
+    data.write_text("My favourite food is anything I did not cook myself.\t27\teebbqej\nok then\t4\tab12\n")
+    result = _cli("init", str(data), "--model", tiny_model, "--output", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 2, result.output
+    assert "train.tsv" in result.output and "too few" in result.output
     assert not (tmp_path / "x.yaml").exists()
 
 

@@ -53,6 +53,13 @@ class DataConfig(_Section):
     hub_config: str | None = Field(None, description="Dataset configuration name for hub_dataset.")
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str = Field("label", description="Column holding the class label.")
+    label_names: str | None = Field(
+        None,
+        description=(
+            "A file naming the labels, one per line, when the label column holds their 0-based indices "
+            "(GoEmotions' labels.txt); relative paths are resolved against the config file's folder."
+        ),
+    )
     tokens_column: str = Field(
         "tokens", description="token_classification JSONL: column holding the list of words."
     )

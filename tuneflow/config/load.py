@@ -99,6 +99,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for split in ("oos_validation", "oos_test"):
         if isinstance(data.get(split), str):
             data[split] = {"path": data[split]}
+    if isinstance(data.get("label_names"), str):
+        names = Path(data["label_names"]).expanduser()
+        data["label_names"] = str(names if names.is_absolute() else (base / names).resolve())
     specs = [data.get(s) for s in ("train", "validation", "test", "oos_validation", "oos_test")]
     specs += list(data.get("extra_eval") or [])
     for spec in specs:

@@ -261,18 +261,59 @@ def read_columns(
 
 
 def read_table(
-    spec: FileSpec, text_column: str, label_column: str
+    spec: FileSpec, text_column: str, label_column: str, label_names: str | None = None
 ) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one file into a ``text``/``label``/``_line`` frame.
+    """Read one file into a ``text``/``label``/``_line`` frame (label indices named by ``label_names``).
 
     Returns the frame (None when it cannot be read) and the problems found: a missing or unreadable file,
-    missing columns. Cell-level problems are left to :func:`tuneflow.data.validation.validate_dataset`.
+    missing columns, label indices the names file does not name. Other cell-level problems are left to
+    :func:`tuneflow.data.validation.validate_dataset`.
     """
     df, lines, problems = read_columns(spec, (text_column, label_column))
     if df is None:
         return None, problems
-    out = pd.DataFrame({TEXT: df[text_column], LABEL: df[label_column].map(_label_to_str), LINE: lines})
-    return out, []
+    labels = df[label_column].map(_label_to_str)
+    if label_names is not None:
+        names, problems = read_label_names(label_names)
+        if names is None:
+            return None, problems
+        named = labels.map(lambda x: name_label(x, names))
+        bad = labels.notna() & named.isna()
+        if bad.any():
+            where = ", ".join([str(line) for line, b in zip(lines, bad, strict=True) if b][:10])
+            return None, [
+                Problem(
+                    f"{int(bad.sum())} label(s) that are not an index into data.label_names "
+                    f"(0-{len(names) - 1}) at line(s) {where}",
+                    file=spec.path,
+                    column=label_column,
+                )
+            ]
+        labels = named
+    return pd.DataFrame({TEXT: df[text_column], LABEL: labels, LINE: lines}), []
+
+
+def read_label_names(path: str) -> tuple[list[str] | None, list[Problem]]:
+    """The label names of ``data.label_names`` (one per line, blank lines skipped), or the problem found."""
+    file = Path(path)
+    if not file.is_file():
+        return None, [not_a_file(file)]
+    bad = check_utf8(file)
+    if bad:
+        return None, [bad]
+    names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if not names or duplicated:
+        why = "names no label" if not names else f"names {', '.join(map(repr, duplicated))} twice"
+        return None, [Problem(f"data.label_names {why}: one distinct label name per line", file=path)]
+    return names, []
+
+
+def name_label(value: str | None, names: list[str]) -> str | None:
+    """The name of label index ``value`` ("3" -> names[3]); None when it is not an index into ``names``."""
+    if value is None or not value.isdigit() or int(value) >= len(names):
+        return None
+    return names[int(value)]
 
 
 def _label_to_str(value: Any) -> str | None:

@@ -6,8 +6,6 @@ never Lightning.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from tuneflow.backbone.pretrained import load_from, load_model, quiet_load_report
@@ -40,13 +38,7 @@ def load_pretrained(
     import transformers
 
     kind = task_type(task)
-    kwargs: dict[str, Any] = {}
-    if kind.label_head:
-        kwargs = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-        }
+    kwargs = kind.head_config(labels)
     config = load_from("model config", transformers.AutoConfig, name, **kwargs)
     if dropout is not None:
         for attr in DROPOUT_ATTRS:

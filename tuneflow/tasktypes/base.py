@@ -82,7 +82,6 @@ class TaskType:
     metrics: ClassVar[MetricSpec]
     auto_class: ClassVar[str]  # the transformers Auto* class of its pre-trained model
     peft_task_type: ClassVar[str]  # peft's TaskType name for LoRA
-    label_head: ClassVar[bool] = False  # a fresh classification head sized to the label set
     reads_hub: ClassVar[bool] = False  # data.hub_dataset can feed it
     supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
     mean_pooled_head: ClassVar[bool] = False  # model.pooling: mean (tuneflow.pooling)
@@ -101,11 +100,18 @@ class TaskType:
 
     # ------------------------------------------------------------------------------------------- config
 
-    def recognise(self, columns: list[str], conll: bool, given: dict[str, str]) -> dict[str, str] | None:
-        """The data keys naming this type's columns in a file with ``columns`` (``given``: from flags), or
-        None when the file is not this type's data."""
+    def recognise(
+        self, sample: pd.DataFrame, conll: bool, given: dict[str, str]
+    ) -> tuple[dict[str, str], int] | None:
+        """The data keys naming this type's columns in a file whose first rows are ``sample`` (``given``:
+        from flags), and how specific the match is; None when the file is not this type's data.
+
+        Column names alone score 0; a type that also checks the values (list-valued labels) scores higher, so
+        ``tuneflow init`` picks it over a type that matched the names only.
+        """
         if conll or not self.column_roles:
             return None
+        columns = [str(c) for c in sample.columns]
         lower = {c.lower(): c for c in columns}
         out = {}
         for key, usual in self.column_roles.items():
@@ -113,7 +119,12 @@ class TaskType:
             if column is None or column not in columns:
                 return None
             out[key] = column
-        return out if len(set(out.values())) == len(out) else None
+        return (out, 0) if len(set(out.values())) == len(out) else None
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        """Model-config settings for this type's head (a fresh classifier sized to ``labels``); none by
+        default (the pre-trained head is kept)."""
+        return {}
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         """Settings ``tuneflow init`` derives from the training split: dotted key -> (value, comment)."""
@@ -321,6 +332,15 @@ class TaskType:
             n_examples=len(test),
             lower_is_better=self.metrics.lower_better(cfg.gates.metric),
         )
+
+
+def label_head(labels: list[str]) -> dict[str, Any]:
+    """The model-config settings of a fresh classification head for ``labels`` (in this order)."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
 
 
 def to_texts(model_input: Any) -> list[str]:

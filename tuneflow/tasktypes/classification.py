@@ -44,7 +44,7 @@ from tuneflow.judging.outofscope import (
     scope_metrics,
 )
 from tuneflow.judging.promotion import decide
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import MetricSpec, TaskType, label_head
 from tuneflow.tasktypes.classification_predictor import ClassificationPredictor, head_layer
 from tuneflow.tasktypes.classification_scope import fit_scope, read_texts, scope_features
 
@@ -134,7 +134,6 @@ class SequenceClassification(TaskType):
     auto_class = "AutoModelForSequenceClassification"
     mean_pooled_head = True
     peft_task_type = "SEQ_CLS"
-    label_head = True
     reads_hub = True
     supports_cv = True
     supports_latency_objective = True
@@ -147,7 +146,13 @@ class SequenceClassification(TaskType):
     }
     default_model = DEFAULT_MODEL
     own_config = (
-        *("data.text_column", "data.label_column", "model.pooling", "eval.worst_examples"),
+        *(
+            "data.text_column",
+            "data.label_column",
+            "data.label_names",
+            "model.pooling",
+            "eval.worst_examples",
+        ),
         *(
             "validation.min_examples_per_class",
             "validation.max_imbalance_ratio",
@@ -184,10 +189,13 @@ class SequenceClassification(TaskType):
             ),
         }
 
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        return label_head(labels)
+
     # --------------------------------------------------------------------------------------------- data
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
-        return read_table(spec, cfg.text_column, cfg.label_column)
+        return read_table(spec, cfg.text_column, cfg.label_column, cfg.label_names)
 
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
         not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)

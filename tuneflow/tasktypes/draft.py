@@ -103,36 +103,57 @@ INTENT_CLASSES, INTENT_WORDS = 10, 30
 # run is held to (bench field, long_2000); 4 x 512 peaked at 2.24 GB there. Short texts keep their batch
 # sizes (32 x 64 = 2,048).
 TOKENS_PER_BATCH = 2048
-HEADERLESS = ["text", "label"]  # the names a two-column file without a header line gets (UCI's sentences)
+SAMPLE_ROWS = 200  # the rows a task type's recognise() sees (list-valued labels are told by their values)
 
 
-def headerless(path: Path) -> bool:
-    """A two-column CSV/TSV/TXT file whose first line is a record, not column names (text<TAB>label)."""
+def headerless_names(n: int) -> list[str]:
+    """The names the columns of a file without a header line get: text, label, then column_3, ... (UCI's
+    sentences are text<TAB>label; GoEmotions adds a comment id)."""
+    return ["text", "label", *(f"column_{i}" for i in range(3, n + 1))][:n]
+
+
+def _header_columns(path: Path) -> list[str] | None:
+    """The columns of a CSV/TSV/TXT file's first line when that line is a record, not column names (2-4
+    columns; a line with more is more likely a header than a record); None otherwise."""
     if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
-        return False
+        return None
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
         first = pd.read_csv(path, sep=sep, nrows=0, dtype=str, quoting=3 if sep == "\t" else 0).columns
-    except Exception:  # unreadable: _columns says why
-        return False
-    return len(first) == 2 and looks_like_data(first)
+    except Exception:  # unreadable: _sample says why
+        return None
+    return list(first) if 2 <= len(first) <= 4 and looks_like_data(first) else None
 
 
-def _columns(path: Path) -> list[str]:
-    """The column names of a data file (none for CoNLL; :data:`HEADERLESS` for a two-column file without a
-    header line); an unreadable file is a :class:`DraftError`."""
+def headerless(path: Path) -> list[str] | None:
+    """The column names given to a file whose first line is a record (text<TAB>label), or None when the
+    file has a header line (or is not a CSV/TSV/TXT file)."""
+    first = _header_columns(path)
+    return headerless_names(len(first)) if first is not None else None
+
+
+def _sample(path: Path) -> pd.DataFrame:
+    """The first :data:`SAMPLE_ROWS` rows of a data file (no columns for CoNLL; :func:`headerless_names`
+    for a file without a header line); an unreadable file is a :class:`DraftError`."""
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
-        return []
-    if headerless(path):
-        return HEADERLESS
+        return pd.DataFrame()
+    names = headerless(path)
     try:
         if suffix == ".parquet":
-            return [str(c) for c in pd.read_parquet(path).columns]
+            return pd.read_parquet(path).head(SAMPLE_ROWS)
         if suffix in (".jsonl", ".json"):
-            return [str(c) for c in pd.read_json(path, lines=True, nrows=50).columns]
-        sep = "\t" if suffix in (".tsv", ".txt") else ","
-        return [str(c) for c in pd.read_csv(path, sep=sep, nrows=50, dtype=str).columns]
+            return pd.read_json(path, lines=True, nrows=SAMPLE_ROWS)
+        tsv = suffix in (".tsv", ".txt")
+        return pd.read_csv(
+            path,
+            sep="\t" if tsv else ",",
+            nrows=SAMPLE_ROWS,
+            dtype=str,
+            quoting=3 if tsv else 0,
+            header=None if names else 0,
+            names=names,
+        )
     except Exception as exc:  # pandas raises many kinds; all mean "cannot read it"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DraftError(f"{path}: cannot read it as a {suffix.lstrip('.') or 'CSV'} file: {first}") from None
@@ -154,10 +175,14 @@ def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType,
     Raises:
         DraftError: no task type or several fit, or a column cannot be told; the message names the flag.
     """
-    found = _columns(path)
+    sample = _sample(path)
+    found = [str(c) for c in sample.columns]
     conll = path.suffix.lower() in CONLL_SUFFIXES
     kinds = list(TASK_TYPES.values()) if task == "auto" else [task_type(task)]
-    fits = [(k, m) for k in kinds if (m := k.recognise(found, conll, columns)) is not None]
+    matches = [(k, m) for k in kinds if (m := k.recognise(sample, conll, columns)) is not None]
+    # The most specific matches only: a type that checked the values beats one that matched names alone.
+    top = max((specific for _, (_, specific) in matches), default=0)
+    fits = [(k, mapping) for k, (mapping, specific) in matches if specific == top]
     if len(fits) == 1:
         return fits[0]
     shown = ", ".join(found) if found else "a CoNLL file"
@@ -226,7 +251,12 @@ def draft_config(
     c["task"] = f"recognised from the columns of {splits['train'].name}"
     _draft_data(draft, splits, mapping, set(columns or {}))
     cfg = _validated(raw, folder)
-    train = kind.load_splits(cfg.data, cfg.train.seed).train
+    try:
+        train = kind.load_splits(cfg.data, cfg.train.seed).train
+    except ValueError as exc:  # unreadable rows, or too few to carve out validation and test splits
+        first = str(exc).splitlines()[0]
+        hint = "too few examples to hold out validation and test splits: " if "n_samples" in first else ""
+        raise DraftError(f"{splits['train']}: {hint}{first}") from None
     _draft_scope(draft, kind, _oos_files(data) if data.is_dir() else {}, oos, train)
     _derive(draft, cfg, kind, train)
     _draft_search(draft, len(train), raw["train"]["batch_size"], raw["train"]["max_epochs"])
@@ -241,8 +271,9 @@ def _draft_data(draft: Draft, splits: dict[str, Path], mapping: dict[str, str], 
     for split, path in splits.items():
         raw["data"][split] = {"path": str(path)}
         c[f"data.{split}"] = f"the {split} split"
-        if headerless(path):
-            raw["data"][split].update(header=False, column_names=HEADERLESS)
+        names = headerless(path)
+        if names:
+            raw["data"][split].update(header=False, column_names=names)
             c[f"data.{split}.header"] = "its first line is a record, not column names"
     if "validation" not in splits:
         raw["data"]["validation_size"] = 0.15
@@ -255,6 +286,24 @@ def _draft_data(draft: Draft, splits: dict[str, Path], mapping: dict[str, str], 
     for key, column in mapping.items():
         raw["data"][key] = column
         c[f"data.{key}"] = "recognised column" if key not in given else "given on the command line"
+    names = _label_names_file(splits["train"], mapping.get("label_column"))
+    if names is not None:
+        raw["data"]["label_names"] = str(names)
+        c["data.label_names"] = f"the label column holds indices; {names.name} names them"
+
+
+LABEL_NAME_FILES = ("labels.txt", "label_names.txt", "classes.txt")
+
+
+def _label_names_file(train: Path, column: str | None) -> Path | None:
+    """A label-names file beside ``train`` (``labels.txt``, ...) when its label ``column`` holds indices
+    (``3``, or lists of them: ``4,27``), not names."""
+    found = [train.parent / n for n in LABEL_NAME_FILES if (train.parent / n).is_file()]
+    if column is None or not found:
+        return None
+    values = _sample(train)[column].dropna().astype(str)
+    indices = values.str.fullmatch(r"\s*\d+(\s*[,;]\s*\d+)*\s*")
+    return found[0] if len(values) and indices.all() else None
 
 
 def _draft_scope(

@@ -23,7 +23,7 @@ from tuneflow.data.splits import Splits
 from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
 from tuneflow.judging.evaluation import Gap, plot_confusion, save_table
 from tuneflow.judging.metrics import time_single
-from tuneflow.tasktypes.base import MetricSpec, TaskType
+from tuneflow.tasktypes.base import MetricSpec, TaskType, label_head
 
 IGNORE = -100
 TAG_PATTERN = re.compile(r"^(O|[BI]-.+)$")
@@ -242,7 +242,6 @@ class TokenClassification(TaskType):
     )
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
-    label_head = True
     quantizable = True
     input_example = ["Alice moved to Paris to work for Acme Corp ."]
     own_config = (
@@ -255,8 +254,13 @@ class TokenClassification(TaskType):
     }
     default_model = DEFAULT_MODEL
 
-    def recognise(self, columns: list[str], conll: bool, given: dict[str, str]) -> dict[str, str] | None:
-        return {} if conll else super().recognise(columns, conll, given)
+    def recognise(
+        self, sample: pd.DataFrame, conll: bool, given: dict[str, str]
+    ) -> tuple[dict[str, str], int] | None:
+        return ({}, 0) if conll else super().recognise(sample, conll, given)
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        return label_head(labels)
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         return {
