@@ -22,9 +22,8 @@ class PipelineConfig(_Section):
     task: str = Field(
         "sequence_classification",
         description=(
-            "Task type, by its registry name: sequence_classification (sentiment, topics, intents), "
-            "token_classification (NER, BIO tags), seq2seq (summarization, translation), causal_lm (chat "
-            "fine-tuning). `tuneflow tasks` lists them."
+            "Task type, by its registry name (e.g. sequence_classification for sentiment, topics, intents); "
+            "`tuneflow tasks` lists every registered one with what it is for."
         ),
     )
     data: DataConfig = Field(description="Dataset files, columns and splits.")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
 from tuneflow.config import DataConfig
-from tuneflow.data.readers import LABEL, LINE, TAGS, TEXT, RawData, Reader, load_raw
+from tuneflow.data.readers import LABEL, LINE, TEXT, RawData, Reader, load_raw
 
 
 def clean_text(series: pd.Series) -> pd.Series:
@@ -52,8 +53,13 @@ def _stratified_take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd
     return rest.reset_index(drop=True), taken.reset_index(drop=True)
 
 
-def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
-    """Clean the raw frames and carve missing validation/test splits out of train, stratified and seeded."""
+LabelSet = Callable[[pd.DataFrame], list[str]]
+"""A task type's label set of a training frame, in the order its head's outputs take."""
+
+
+def split_dataset(raw: RawData, cfg: DataConfig, seed: int, label_set: LabelSet) -> Splits:
+    """Clean the raw frames and carve missing validation/test splits out of train, stratified and seeded;
+    the label set is the task type's ``label_set`` of the train split."""
     frames = {
         name: df.assign(**{TEXT: clean_text(df[TEXT])}).reset_index(drop=True)
         for name, df in raw.frames.items()
@@ -70,27 +76,24 @@ def split_dataset(raw: RawData, cfg: DataConfig, seed: int) -> Splits:
         sources["validation"] = (
             f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
         )
-    labels = labels_of(train)
+    labels = label_set(train)
     extra = {name.split(":", 1)[1]: df for name, df in frames.items() if name.startswith("extra:")}
     sources = {name.removeprefix("extra:"): src for name, src in sources.items()}
     return Splits(train, frames["validation"], frames["test"], extra, labels, sources)
-
-
-def labels_of(train: pd.DataFrame) -> list[str]:
-    """The label set a model is built for: sentence classes, or BIO tags ("O" first) for NER; none else."""
-    if LABEL in train.columns:
-        return sorted(train[LABEL].unique().tolist())
-    if TAGS in train.columns:
-        tags = {t for seq in train[TAGS] for t in seq}
-        return ["O", *sorted(tags - {"O"})]
-    return []
 
 
 class DataChangedError(ValueError):
     """A data file became unreadable or empty after it was validated (written to while a run started)."""
 
 
-def load_splits(cfg: DataConfig, seed: int, read: Reader, hub: bool = False, task: str = "") -> Splits:
+def load_splits(
+    cfg: DataConfig,
+    seed: int,
+    read: Reader,
+    label_set: LabelSet,
+    hub: bool = False,
+    task: str = "",
+) -> Splits:
     """Read and split already-validated data: every stage after validation sees exactly the same splits.
 
     Raises:
@@ -104,7 +107,7 @@ def load_splits(cfg: DataConfig, seed: int, read: Reader, hub: bool = False, tas
         raise DataChangedError(
             f"{'; '.join(gone)} -- the data changed after this run validated it; rerun once it is complete"
         )
-    return split_dataset(raw, cfg, seed)
+    return split_dataset(raw, cfg, seed, label_set)
 
 
 def content_columns(df: pd.DataFrame) -> list[str]:

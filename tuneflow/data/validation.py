@@ -108,7 +108,7 @@ def validate_dataset(
         report.errors.append("no training data (data.train, or a hub dataset's 'train' split, is required)")
     if not report.ok:
         return report, None
-    splits = split_dataset(raw, cfg.data, cfg.train.seed)
+    splits = split_dataset(raw, cfg.data, cfg.train.seed, task.label_set)
     duplicates_and_leakage(report, splits, cfg)
     report.stats = {f"rows_{n}": len(df) for n, df in splits.frames().items()}
     report.errors += batch_problems(cfg, len(splits.train))

@@ -183,7 +183,12 @@ class TaskType:
 
     def load_splits(self, cfg: DataConfig, seed: int) -> Splits:
         """Read and split already-validated data: every stage after validation sees the same splits."""
-        return load_splits(cfg, seed, self.read, self.reads_hub, self.name)
+        return load_splits(cfg, seed, self.read, self.label_set, self.reads_hub, self.name)
+
+    def label_set(self, train: pd.DataFrame) -> list[str]:
+        """The labels a model is built for, from the training frame (class names, BIO tags), in the order of
+        the head's outputs; none for a type without a label head."""
+        return []
 
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
         """Errors in one frame on its own (empty or malformed examples)."""

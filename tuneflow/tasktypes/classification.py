@@ -197,6 +197,9 @@ class SequenceClassification(TaskType):
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_table(spec, cfg.text_column, cfg.label_column, cfg.label_names)
 
+    def label_set(self, train: pd.DataFrame) -> list[str]:
+        return sorted(train[LABEL].unique().tolist())
+
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
         not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)
         empty = df[TEXT].map(lambda t: t is None or t != t or (isinstance(t, str) and blank(t)))

@@ -271,6 +271,11 @@ class TokenClassification(TaskType):
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_tagged(spec, cfg)
 
+    def label_set(self, train: pd.DataFrame) -> list[str]:
+        """The BIO tags, "O" first."""
+        tags = {t for seq in train[TAGS] for t in seq}
+        return ["O", *sorted(tags - {"O"})]
+
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
         return empty_inputs(name, source, df)
 
