@@ -45,6 +45,9 @@ def test_prediction_lines_follow_what_the_model_answered() -> None:
     spans = [{"text": "Paris", "type": "loc", "score": np.float32(0.5)}]
     assert prediction_line("to Paris", {"entities": spans}) == f"to Paris\t{json.dumps(spans, default=float)}"
     assert prediction_line("q", {"generated_text": "an answer"}) == "q\tan answer"
+    # An answer of another shape (a task type added later) prints its values as cells, lists as JSON.
+    sets = {"labels": ["joy", "love"], "scores": np.array([0.9, 0.6])}
+    assert prediction_line("yay", sets) == '["joy", "love"]\t[0.9, 0.6]\tyay'
 
 
 def test_csv_cells_write_spans_as_json_and_leave_other_values() -> None:

@@ -295,12 +295,14 @@ def result_lines(m: dict[str, float]) -> list[tuple[str, str]]:
 
 def prediction_line(text: str, row: dict[str, Any]) -> str:
     """One line of ``tuneflow predict`` for ``text``, by what the model answered: entities (token
-    classification), generated text (seq2seq, chat), or a label with its score and, where the model has a
-    fallback, whether the text was in scope."""
+    classification), generated text (seq2seq, chat), a label with its score and, where the model has a
+    fallback, whether the text was in scope; any other answer's values, each as a cell (JSON for lists)."""
     if "entities" in row:
         return f"{text}\t{_json_cell(row['entities'])}"
     if "generated_text" in row:
         return f"{text}\t{row['generated_text']}"
+    if "label" not in row:  # another task type's answer (a label set with scores): its values as cells
+        return "\t".join([*(str(_json_cell(v)) for v in row.values()), text])
     if "in_scope" not in row:
         return f"{row['label']}\t{row['score']:.4f}\t{text}"
     scope = "in scope" if row["in_scope"] else "out of scope"
