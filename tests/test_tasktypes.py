@@ -36,6 +36,16 @@ def _classification(tmp: Path) -> tuple[dict, str]:
     }, "tiny_model"
 
 
+def _multilabel(tmp: Path) -> tuple[dict, str]:
+    from tests.test_multilabel import multilabel_rows
+
+    rows = multilabel_rows(200, 0)
+    return {
+        "train": str(write_csv(tmp / "train.csv", rows)),
+        "test": str(write_csv(tmp / "test.csv", rows[:40])),
+    }, "tiny_model"
+
+
 def _tagging(tmp: Path) -> tuple[dict, str]:
     return {
         "train": str(write_conll(tmp / "train.conll", ner_rows(60, 1))),
@@ -59,6 +69,7 @@ def _chat(tmp: Path) -> tuple[dict, str]:
 
 CASES = {
     "sequence_classification": _classification,
+    "multi_label_classification": _multilabel,
     "token_classification": _tagging,
     "seq2seq": _seq2seq,
     "causal_lm": _chat,

@@ -12,11 +12,19 @@ from __future__ import annotations
 from tuneflow.tasktypes.base import MetricSpec, TaskType
 from tuneflow.tasktypes.chat import CausalLM
 from tuneflow.tasktypes.classification import SequenceClassification
+from tuneflow.tasktypes.multilabel import MultiLabelClassification
 from tuneflow.tasktypes.seq2seq import Seq2Seq
 from tuneflow.tasktypes.tagging import TokenClassification
 
 TASK_TYPES: dict[str, TaskType] = {
-    t.name: t for t in (SequenceClassification(), TokenClassification(), Seq2Seq(), CausalLM())
+    t.name: t
+    for t in (
+        SequenceClassification(),
+        MultiLabelClassification(),
+        TokenClassification(),
+        Seq2Seq(),
+        CausalLM(),
+    )
 }
 
 __all__ = ["TASK_TYPES", "MetricSpec", "TaskType", "task_type", "unused_config"]
