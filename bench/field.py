@@ -182,7 +182,11 @@ ROWS: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {
         [],
         "SGD customer-service dialogues, 120 (causal LM), LoRA r=16 and 2 epochs given with --set",
     ),
-    "goemotions": (shared("goemotions"), [], "GoEmotions (multi-label: no such task type yet)"),
+    "goemotions": (
+        shared("goemotions"),
+        [],
+        "GoEmotions, all 43,410 training comments, 28 labels (multi-label, header-less TSV + labels.txt)",
+    ),
     "tiny_10x10": (tiny_10x10, [], "10 classes x 10 rows"),
     "skewed_95": (skewed_95, [], "one class 95 % of 1,000 rows"),
     "long_2000": (long_2000, [], "200 texts of ~2,000 tokens"),
