@@ -186,7 +186,7 @@ def bare_loop(cfg: Any, data: Any, cuda: bool, tally: EpochTally) -> int:
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True
     )
     items = list(zip(data.train.ids, data.train.labels, strict=True))
-    collate = task_of(cfg).collator(data.tokenizer)
+    collate = task_of(cfg).training.collator(data.tokenizer)
     sampler = LengthGroupedBatches([len(ids) for ids, _ in items], cfg.train.batch_size, cfg.train.seed)
     for _ in range(cfg.train.max_epochs):
         tally.start()
@@ -286,8 +286,8 @@ def run_arm(name: str, tokenizer: str, smoke: bool = False) -> dict[str, Any]:
             ]
         cfg = load_config(ROOT / "configs" / "banking77.yaml", overrides)
         kind = task_of(cfg)
-        splits = kind.load_splits(cfg.data, cfg.train.seed)
-        data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
+        splits = kind.data.load_splits(cfg.data, cfg.train.seed)
+        data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
         tally = EpochTally(sync)
         if cuda:
             torch.cuda.reset_peak_memory_stats()

@@ -54,8 +54,8 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
     ]
     cfg = load_config(ROOT / "configs" / "banking77.yaml", overrides)
     kind = task_of(cfg)
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
-    data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
+    data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
     # Libraries, data and tokenizer are loaded: what the peak adds on top of this is the training's own cost.
     rss_before_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()

@@ -171,7 +171,7 @@ def served_answers(pipeline: dict[str, Any], cell: Path) -> pd.DataFrame:
     from tuneflow.tasktypes.resolve import load_config
 
     cfg = load_config(cell / "config.yaml", [])
-    splits = task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
+    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
     sets = {
         "train": splits.train,
         "validation": splits.validation,

@@ -55,7 +55,7 @@ def _fp32_twin(int8_export: Path, twin: Path, cfg: Any, splits: Any) -> None:
     meta = read_meta(twin)
     meta.pop("quantize"), meta.pop("model_dir")
     (twin / META_FILE).write_text(json.dumps(meta, indent=2))
-    task_type(cfg.task).after_export(load_predictor(twin), twin, splits, cfg)
+    task_type(cfg.task).serving.after_export(load_predictor(twin), twin, splits, cfg)
 
 
 def _scores(predictor: Any, cfg: Any, splits: Any, out: Path) -> dict[str, float]:
@@ -64,7 +64,7 @@ def _scores(predictor: Any, cfg: Any, splits: Any, out: Path) -> dict[str, float
 
     metrics: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
-    task_type(cfg.task).evaluate_test(predictor, splits.test, out, cfg, metrics)
+    task_type(cfg.task).judging.evaluate_test(predictor, splits.test, out, cfg, metrics)
     keep = ("test/accuracy", "test/f1_macro", "oos/in_scope_accuracy", "oos/recall")
     return {k: metrics[k] for k in keep if k in metrics}
 
@@ -85,16 +85,18 @@ def _runtimes(
 
     kind = task_type(cfg.task)
     model, tokenizer, meta = load_exported(twin)
-    graph = write_onnx(model, tokenizer, kind.feature_head(model, meta), work / "fp32.onnx", int8=False)
+    graph = write_onnx(
+        model, tokenizer, kind.serving.feature_head(model, meta), work / "fp32.onnx", int8=False
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated: that is part of the finding
         from torch.ao.quantization import quantize_dynamic
 
         torch_int8 = quantize_dynamic(load_exported(twin)[0], {torch.nn.Linear}, dtype=torch.qint8)
     arms = {
-        "pytorch_fp32": kind.predictor(model, tokenizer, meta),
-        "torch_ao_int8": kind.predictor(torch_int8, tokenizer, meta),
-        "onnxruntime_fp32": kind.predictor(OnnxModel(graph, int8=False), tokenizer, meta),
+        "pytorch_fp32": kind.serving.predictor(model, tokenizer, meta),
+        "torch_ao_int8": kind.serving.predictor(torch_int8, tokenizer, meta),
+        "onnxruntime_fp32": kind.serving.predictor(OnnxModel(graph, int8=False), tokenizer, meta),
         "onnxruntime_int8": load_predictor(int8_export),
     }
     texts, truth = splits.test[TEXT].tolist(), splits.test[LABEL].tolist()
@@ -179,7 +181,7 @@ def run_dataset(name: str, quick: bool, seconds: float, work: Path) -> dict[str,
     cfg = load_config(config, overrides)
     from tuneflow.tasktypes import task_type
 
-    splits = task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
+    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"behavior_checks": False})})
     twin = store / "fp32-export"
     _fp32_twin(int8_export, twin, cfg, splits)

@@ -52,8 +52,8 @@ def _setup(args: argparse.Namespace, config: Path, extra: list[str] | None = Non
     ]
     cfg = load_config(config, overrides)
     kind = task_of(cfg)
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
-    return cfg, splits, kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
+    return cfg, splits, kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
 
 
 def _accuracy(model: Any, tokenizer: Any, cfg: Any, splits: Any) -> float:

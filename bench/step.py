@@ -66,10 +66,10 @@ def measure(setting: dict[str, bool], steps: int, threads: int) -> dict[str, Any
     cfg = load_config(ROOT / "configs" / "banking77.yaml", ["data.max_train_examples=3000"])
     kind = task_of(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), tokenizer, cfg)
+    data = kind.training.encode(kind.data.load_splits(cfg.data, cfg.train.seed), tokenizer, cfg)
     items = list(zip(data.train.ids, data.train.labels, strict=True))
     batches = list(LengthGroupedBatches([len(i) for i, _ in items], 32, cfg.train.seed))[:steps]
-    collate = kind.collator(tokenizer)
+    collate = kind.training.collator(tokenizer)
     model = load_pretrained(cfg.task, cfg.model.name, data.labels, 0.1)[0].train()
     clsonly.enable(model)
     masters = MasterWeights(model) if setting["master"] else None

@@ -27,12 +27,14 @@ def cross_validate(cfg: PipelineConfig, run_id: str) -> CVResult:
     """Score the config by ``train.cv_folds``-fold cross-validation before the final training."""
     uri = tracking.configure(cfg.tracking.tracking_uri)
     kind = task_type(cfg.task)
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
-    data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
+    data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
     recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)
     work = run_dir(cfg, run_id) / "cv"
     oof = work / "out_of_fold_proba.npy"
-    result = cross_validate_folds(cfg, data, recorder, work, oof_path=oof if kind.detects_scope else None)
+    result = cross_validate_folds(
+        cfg, data, recorder, work, oof_path=oof if kind.judging.detects_scope else None
+    )
     tracking.log_metrics(run_id, result.metrics())
     folds = len(result.scores)
     print(f"cross-validation: {result.metric} {result.mean:.4f} +- {result.std:.4f} over {folds} folds")

@@ -34,7 +34,7 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRes
 def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationResult:
     tracking.configure(cfg.tracking.tracking_uri)
     start, kind, monitor = time.perf_counter(), task_type(cfg.task), cfg.train.monitor
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     history = tracking.metric_history(run_id, dict.fromkeys((*kind.metrics.history, monitor)))
     out = run_dir(cfg, run_id) / "eval"
     # An int8 export is scored as it will be served; its fp32 weights only for what quantization cost.

@@ -39,7 +39,7 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model.name)
     kind = task_type(cfg.task)
-    report, splits = validate_dataset(kind.load_raw(cfg.data), cfg, kind, tokenizer)
+    report, splits = validate_dataset(kind.data.load_raw(cfg.data), cfg, kind, tokenizer)
     tracking.log_text(run_id, report.to_json(), "validation/report.json")
     tracking.log_text(run_id, report.to_markdown(), "validation/report.md")
     for warning in report.warnings:

@@ -928,7 +928,7 @@ def test_data_emptied_after_validation_is_exit_3_naming_the_file(tmp_path: Path,
     cfg = load_config(_cfg(tmp_path, tiny_model), [])
     (tmp_path / "train.csv").write_text("text,intent\n")
     with pytest.raises(DataChangedError, match=f"{tmp_path}/train.csv: no rows -- the data changed"):
-        task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
+        task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
     assert (DataChangedError, 3) in terminal.known_errors()
 
 

@@ -52,7 +52,7 @@ def test_collation_pads_inputs_and_label_sequences(tiny_model: str) -> None:
         32,
         "sequence_classification",
     )
-    batch = task_type(classes.task).collator(tok)(
+    batch = task_type(classes.task).training.collator(tok)(
         list(zip(classes.train.ids, classes.train.labels, strict=True))
     )
     assert batch["input_ids"].tolist() == [[2, 5, 3, tok.pad_token_id, tok.pad_token_id], [2, 5, 6, 7, 3]]
@@ -66,7 +66,9 @@ def test_collation_pads_inputs_and_label_sequences(tiny_model: str) -> None:
         32,
         "token_classification",
     )
-    batch = task_type(tags.task).collator(tok)(list(zip(tags.train.ids, tags.train.labels, strict=True)))
+    batch = task_type(tags.task).training.collator(tok)(
+        list(zip(tags.train.ids, tags.train.labels, strict=True))
+    )
     assert batch["input_ids"].tolist()[0] == [2, 5, 3, tok.pad_token_id]
     assert batch["labels"].tolist() == [[-100, 1, -100, -100], [-100, 0, 2, -100]]  # padded with -100
 
@@ -153,7 +155,9 @@ def test_resumed_training_continues_the_same_loss_curve(tmp_path: Path, tiny_mod
     )
     cfg = load_config(path)
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(
+        kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
+    )
 
     whole = _Losses()
     fit(cfg, data, tmp_path / "whole", callbacks=[whole.callback], progress_bar=False)
@@ -196,7 +200,9 @@ def test_deterministic_training_repeats_exactly_without_filling_new_tensors(
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2, "deterministic": True}))
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(
+        kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
+    )
     runs = [_Losses(), _Losses()]
     for i, losses in enumerate(runs):
         fit(cfg, data, tmp_path / f"run{i}", callbacks=[losses.callback], progress_bar=False, resumable=False)
@@ -230,7 +236,9 @@ def test_training_uses_the_fused_optimizer_and_sorted_validation_batches(
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 1, "eval_batch_size": 4}))
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(
+        kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
+    )
     seen: dict = {"val_lengths": []}
 
     class Spy(pl.Callback):

@@ -263,7 +263,7 @@ def test_every_checkpoint_loads_weights_only(tmp_path: Path, tiny_model: str) ->
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2}))
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(kind.data.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
     checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert len(checkpoints) >= 2

@@ -125,7 +125,7 @@ def test_compiled_training_keeps_eager_parameter_names(
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 1, "compile": True}))
     assert cfg.train.compile
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(kind.data.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     captured = counters["stats"]["calls_captured"]
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False, resumable=False)
     assert counters["stats"]["calls_captured"] > captured  # the model did run compiled

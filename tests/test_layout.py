@@ -170,3 +170,33 @@ def test_the_installed_distribution_adds_only_tuneflow_to_site_packages(tmp_path
         for p in (root / folder).rglob("*.py")
     }
     assert checkout <= set(names), sorted(checkout - set(names))
+
+
+def _members(cls: type) -> set[str]:
+    """The public attributes and methods a class declares or inherits (below ``object``)."""
+    return {
+        name
+        for klass in cls.__mro__
+        if klass is not object
+        for name in vars(klass)
+        if not name.startswith("_")
+    } | {name for klass in cls.__mro__ for name in getattr(klass, "__annotations__", {}) if name[0] != "_"}
+
+
+def test_a_task_type_is_a_small_protocol_of_components() -> None:
+    """TaskType has at most 15 members (name, metrics, four parts, ...); so does each part. A task type
+    formats no output (its answers are data the CLI prints)."""
+    from tuneflow.tasktypes import TASK_TYPES
+    from tuneflow.tasktypes.base import PARTS, DataPart, JudgingPart, ServingPart, TaskType, TrainingPart
+
+    assert len(_members(TaskType)) <= 15, sorted(_members(TaskType))
+    for part in (DataPart, TrainingPart, ServingPart, JudgingPart):
+        assert len(_members(part)) <= 15, (part.__name__, sorted(_members(part)))
+    for kind in TASK_TYPES.values():
+        assert _members(type(kind)) == _members(TaskType), kind.name  # no member beyond the protocol
+        for part in PARTS:
+            component = getattr(kind, part)
+            assert component.kind is type(kind), (kind.name, part)
+            base = getattr(TaskType, part)
+            assert _members(type(component)) <= _members(type(base)) | {"kind"}, (kind.name, part)
+        assert not any("print" in name or "line" in name for name in _members(type(kind)))

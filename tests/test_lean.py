@@ -129,8 +129,8 @@ def test_the_setting_is_checked_and_reaches_the_model(tmp_path, tiny_model: str)
 
     cfg = load_config(make_config(tmp_path, tiny_model), ["train.gradient_checkpointing=true"])
     kind = task_type(cfg.task)
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
-    module, _ = build_module(cfg, kind.encode(splits, load_tokenizer(tiny_model), cfg), kind)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
+    module, _ = build_module(cfg, kind.training.encode(splits, load_tokenizer(tiny_model), cfg), kind)
     assert module.model.is_gradient_checkpointing
 
 

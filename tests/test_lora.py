@@ -42,7 +42,9 @@ def _train_adapter(tmp_path: Path, tiny_model: str, name: str, labels: set[str] 
     kind = task_of(cfg)
     from tuneflow.fitting.model import load_tokenizer
 
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(
+        kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
+    )
     result = fit(cfg, data, work / "ckpt", progress_bar=False)
     export = export_model(result.best_checkpoint, work / "export", data.tokenizer, cfg)
     return cfg, result, export

@@ -151,7 +151,7 @@ def test_label_sets_read_the_same_in_json_and_separated_cells(tmp_path: Path, sp
     else:
         rows = [(t, labels.replace(", ", ";")) for t, labels in rows]
     path = write_csv(tmp_path / "train.csv", rows, header=("text", "labels"))
-    frame, problems = task_type("multi_label_classification").read(
+    frame, problems = task_type("multi_label_classification").data.read(
         FileSpec(path=str(path)), DataConfig(train=FileSpec(path=str(path)), label_column="labels")
     )
     assert not problems

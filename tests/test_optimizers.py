@@ -31,7 +31,9 @@ def _fit_recording(tmp_path: Path, tiny_model: str, **train: object) -> tuple[li
     settings = {"max_epochs": 2, "warmup_ratio": 0.25, **train}
     cfg = load_config(make_config(tmp_path, tiny_model, train=settings))
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(
+        kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
+    )
     result = fit(cfg, data, tmp_path / "fit", callbacks=[Record()], progress_bar=False, resumable=False)
     return seen, lrs, result
 

@@ -271,7 +271,7 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     )
     tracking.configure(tracking_uri)
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(kind.data.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
     export = export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer, cfg)
     versions = []
@@ -280,9 +280,9 @@ def test_promotion_runs_as_a_library_call_without_prefect(
         versions.append(registered.register_model(packaging.log_model(run_id, export), "lib-promo", run_id))
         tracking.end_run(run_id)
     # The first version went through evaluation, which keeps its test predictions for promotion.
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     evaluated = evaluate(kind, load_predictor(export), splits, tmp_path / "eval", cfg)
-    assert evaluated.evidence == kind.promotion_evidence(load_predictor(export), splits.test, cfg)
+    assert evaluated.evidence == kind.judging.promotion_evidence(load_predictor(export), splits.test, cfg)
     first_run = registered.model_version("lib-promo", versions[0]).run_id
     keep_evidence(first_run, cfg, splits.test, evaluated.evidence)
     heard: list[str] = []

@@ -55,9 +55,11 @@ def test_the_graph_computes_what_the_torch_model_computes_padded_or_not(
     export = _export(tmp_path, tiny_model, "sequence_classification", labels)
     model, tokenizer, meta = load_exported(export)
     kind = task_type("sequence_classification")
-    graph = write_onnx(model, tokenizer, kind.feature_head(model, meta), tmp_path / "fp32.onnx", int8=False)
-    torch_predictor = kind.predictor(model, tokenizer, meta)
-    onnx_predictor = kind.predictor(OnnxModel(graph), tokenizer, meta)
+    graph = write_onnx(
+        model, tokenizer, kind.serving.feature_head(model, meta), tmp_path / "fp32.onnx", int8=False
+    )
+    torch_predictor = kind.serving.predictor(model, tokenizer, meta)
+    onnx_predictor = kind.serving.predictor(OnnxModel(graph), tokenizer, meta)
     texts = [text for text, _ in demo_rows("test")][:40] + TEXTS
     for batch in (16, 1):
         t_logits, t_feats = torch_predictor.forward_kinds(texts, batch, FEATURE_KINDS)

@@ -30,8 +30,8 @@ def test_dropout_is_active_during_training(tiny_model: str) -> None:
 def _fit(cfg_path: Path, out: Path):
     cfg = load_config(cfg_path)
     kind = task_of(cfg)
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
-    data = kind.encode(splits, load_tokenizer(cfg.model.name), cfg)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
+    data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
     return fit(cfg, data, out, progress_bar=False), splits, cfg
 
 

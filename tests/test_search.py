@@ -76,11 +76,11 @@ def _trial_runs(client: MlflowClient, cfg, parent: str) -> list:
 def test_study_nests_trials_in_mlflow_with_states(
     tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tuneflow.tasktypes.classification import SequenceClassification
+    from tuneflow.tasktypes.classification import ClassificationTraining
 
     calls = []
-    real_encode = SequenceClassification.encode
-    monkeypatch.setattr(SequenceClassification, "encode", lambda *a: calls.append(a) or real_encode(*a))
+    real_encode = ClassificationTraining.encode
+    monkeypatch.setattr(ClassificationTraining, "encode", lambda *a: calls.append(a) or real_encode(*a))
     cfg, summary, parent, client = _study(tmp_path, tiny_model)
     assert len(calls) == 1  # data tokenized once for the 4 trials of the study
     study = open_study(cfg)

@@ -98,7 +98,9 @@ def _fit(
     settings = {"max_epochs": 2, "precision": "bf16-mixed", "grad_clip": 1.0, **train}
     cfg = load_config(make_config(tmp_path, tiny_model, model={"dropout": dropout}, train=settings))
     kind = task_of(cfg)
-    data = kind.encode(kind.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg)
+    data = kind.training.encode(
+        kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
+    )
     rec = _Recorder()
     result = fit(cfg, data, tmp_path / name, callbacks=[rec.callback], progress_bar=False, resumable=False)
     state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]

@@ -115,9 +115,11 @@ def _untrained_test_loss(cfg_path: Path) -> float:
 
     cfg = load_config(cfg_path)
     kind = task_of(cfg)
-    test = kind.load_splits(cfg.data, cfg.train.seed).test
-    model = getattr(transformers, kind.auto_class).from_pretrained(cfg.model.name).eval()
-    predictor = kind.predictor(model, load_tokenizer(cfg.model.name), kind.inference_settings(cfg))
+    test = kind.data.load_splits(cfg.data, cfg.train.seed).test
+    model = getattr(transformers, kind.training.auto_class).from_pretrained(cfg.model.name).eval()
+    predictor = kind.serving.predictor(
+        model, load_tokenizer(cfg.model.name), kind.serving.inference_settings(cfg)
+    )
     return predictor.loss(test)
 
 
@@ -337,7 +339,7 @@ def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
             data={"train": str(train), "test": str(test)},
         )
     )
-    report, splits = validate_dataset(task_of(cfg).load_raw(cfg.data), cfg, task_of(cfg))
+    report, splits = validate_dataset(task_of(cfg).data.load_raw(cfg.data), cfg, task_of(cfg))
     assert splits is None
     bad_line = 1 + sum(len(w) + 1 for w, _ in ner_rows(40, 1))
     assert any(
@@ -366,7 +368,7 @@ def test_wnut17_reads_and_validates(tiny_ner_model):
 
     cfg = load_config(ROOT / "configs" / "wnut17.yaml", [f"model.name={tiny_ner_model}"])
     report, splits = validate_dataset(
-        task_of(cfg).load_raw(cfg.data), cfg, task_of(cfg), load_tokenizer(tiny_ner_model)
+        task_of(cfg).data.load_raw(cfg.data), cfg, task_of(cfg), load_tokenizer(tiny_ner_model)
     )
     assert report.ok, report.errors
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (3394, 1009, 1287)
@@ -393,7 +395,7 @@ def test_instruction_rows_become_exchanges_with_every_reference(tmp_path, tiny_g
         )
     )
     kind = task_of(cfg)
-    df, problems = kind.read(cfg.data.train, cfg.data)
+    df, problems = kind.data.read(cfg.data.train, cfg.data)
     assert [str(p) for p in problems] == [f"{train}:21 [column 'target']: empty text: nothing to learn from"]
     assert df["messages"][0] == [
         {"role": "user", "content": "tl;dr: a b c d e"},

@@ -89,8 +89,8 @@ def test_metric_spec_is_consistent(name: str) -> None:
     assert all(m.startswith("val/") for m in spec.monitors)
     assert all(h.split("/")[0] in ("test", "base", "fit", "serving") for h in spec.headline)
     assert spec.mode("val/loss") == "min" and spec.direction("val/loss") == "minimize"
-    assert kind.auto_class.startswith("AutoModelFor") and kind.peft_task_type
-    assert kind.input_example and not kind.output_example().empty
+    assert kind.training.auto_class.startswith("AutoModelFor") and kind.training.peft_task_type
+    assert kind.serving.input_example and not kind.serving.output_example().empty
 
 
 @pytest.mark.parametrize("name", sorted(TASK_TYPES))
@@ -115,7 +115,7 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     assert cfg.train.monitor == kind.metrics.monitors[0] and cfg.gates.metric == kind.metrics.gate_metrics[0]
 
     # Reads and validates.
-    raw = kind.load_raw(cfg.data)
+    raw = kind.data.load_raw(cfg.data)
     assert not raw.problems and {"train", "test"} <= set(raw.frames)
     from tuneflow.fitting.model import load_pretrained, load_tokenizer
 
@@ -125,7 +125,7 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     assert report.stats["rows_train"] == len(splits.train) > 0
 
     # Encodes.
-    encoded = kind.encode(splits, tokenizer, cfg)
+    encoded = kind.training.encode(splits, tokenizer, cfg)
     assert encoded.task == name and len(encoded.train) == len(splits.train) > 0
     assert all(len(ids) <= cfg.model.max_length for ids in encoded.train.ids)
 
@@ -133,7 +133,7 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
     from tuneflow.fitting.model import FineTuner
 
     module = FineTuner(model, encoded.labels, lr=1e-3, task=name)
-    batch = kind.collator(encoded.tokenizer)(
+    batch = kind.training.collator(encoded.tokenizer)(
         list(zip(encoded.train.ids[:4], encoded.train.labels[:4], strict=True))
     )
     loss = module(**batch).loss
@@ -143,38 +143,42 @@ def test_task_type_contract(name: str, tmp_path: Path, request: pytest.FixtureRe
 
     # Predicts: the output frame has the shape the logged signature promises.
     pretrained, _ = load_pretrained(name, model, encoded.labels)
-    meta = {"task": name, "labels": encoded.labels, **kind.inference_settings(cfg)}
-    predictor = kind.predictor(pretrained.eval(), encoded.tokenizer, meta)
-    out = predictor.predict(kind.to_inputs(list(kind.input_example)))
-    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(kind.output_example().columns)
-    assert len(out) == len(kind.input_example)
+    meta = {"task": name, "labels": encoded.labels, **kind.serving.inference_settings(cfg)}
+    predictor = kind.serving.predictor(pretrained.eval(), encoded.tokenizer, meta)
+    out = predictor.predict(kind.serving.to_inputs(list(kind.serving.input_example)))
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(kind.serving.output_example().columns)
+    assert len(out) == len(kind.serving.input_example)
 
     # Fits what inference needs from validation after export (a classifier's temperature and out-of-scope
     # detector), stores it beside the weights, and predicts with it.
     export = tmp_path / "export"
     export.mkdir()
-    fitted = kind.after_export(predictor, export, splits, cfg)
+    fitted = kind.serving.after_export(predictor, export, splits, cfg)
     assert all(math.isfinite(v) for v in fitted.values())
-    predictor = kind.predictor(pretrained.eval(), encoded.tokenizer, {**meta, "model_dir": str(export)})
-    assert len(predictor.predict(kind.to_inputs(list(kind.input_example)))) == len(kind.input_example)
+    predictor = kind.serving.predictor(
+        pretrained.eval(), encoded.tokenizer, {**meta, "model_dir": str(export)}
+    )
+    assert len(predictor.predict(kind.serving.to_inputs(list(kind.serving.input_example)))) == len(
+        kind.serving.input_example
+    )
 
     # Scores: the test headline, the gap, another set, latency, promotion evidence.
     metrics: dict[str, float] = {}
     kept: dict[str, Any] = {}
-    files = kind.evaluate_test(predictor, splits.test, tmp_path, cfg, metrics, kept)
+    files = kind.judging.evaluate_test(predictor, splits.test, tmp_path, cfg, metrics, kept)
     assert kind.metrics.headline[0] in metrics and all((tmp_path / f).is_file() for f in files)
     assert f"test/{cfg.gates.metric}" in metrics
-    gap = kind.measure_gap(predictor, splits, cfg)
+    gap = kind.judging.measure_gap(predictor, splits, cfg)
     assert isinstance(gap, Gap) and math.isfinite(gap.gap)
-    ood = kind.score_set(predictor, splits.test, cfg, prefix="ood/x/")
+    ood = kind.judging.score_set(predictor, splits.test, cfg, prefix="ood/x/")
     assert f"ood/x/{cfg.gates.metric}" in ood
-    assert "serving/latency_p95_ms" in kind.measure_latency(predictor, splits.test, cfg)
-    evidence = kind.promotion_evidence(predictor, splits.test, cfg)
+    assert "serving/latency_p95_ms" in kind.judging.measure_latency(predictor, splits.test, cfg)
+    evidence = kind.judging.promotion_evidence(predictor, splits.test, cfg)
     # What evaluation keeps for promotion is exactly what promotion would measure (never a re-score).
     assert ("promotion" in kept) == (cfg.gates.metric != "perplexity"), kept
     if "promotion" in kept:
         assert kept["promotion"] == evidence
-    decision = kind.decide(cfg, "m", "1", splits.test, evidence, {}, None, None)
+    decision = kind.judging.decide(cfg, "m", "1", splits.test, evidence, {}, None, None)
     assert decision.metric == cfg.gates.metric and decision.gates
 
 

@@ -202,7 +202,7 @@ def preflight(cfg: PipelineConfig) -> None:
         PreflightError: ``kind="data"`` (exit 3) or ``kind="model"`` (exit 4), listing every problem.
     """
     kind = task_type(cfg.task)
-    report, _ = validate_dataset(kind.load_raw(cfg.data), cfg, kind, tokenizer=None)
+    report, _ = validate_dataset(kind.data.load_raw(cfg.data), cfg, kind, tokenizer=None)
     if not report.ok:
         raise PreflightError("data", report.errors)
     check_model(cfg)
@@ -217,7 +217,7 @@ def validation_report(cfg: PipelineConfig) -> ValidationReport:
         tuneflow.backbone.pretrained.ModelLoadError: the tokenizer cannot load.
     """
     kind = task_type(cfg.task)
-    raw = kind.load_raw(cfg.data)
+    raw = kind.data.load_raw(cfg.data)
     report, _ = validate_dataset(raw, cfg, kind, tokenizer=None)
     if not report.ok:
         return report

@@ -101,20 +101,20 @@ def validate_dataset(
     """
     report = ValidationReport(errors=[str(p) for p in raw.problems])
     for name, df in raw.frames.items():
-        report.errors += [str(p) for p in task.check_frame(name, raw.sources[name], df, cfg)]
+        report.errors += [str(p) for p in task.data.check_frame(name, raw.sources[name], df, cfg)]
     if "train" in raw.frames:
-        report.errors += [str(p) for p in task.check_against_train(raw, cfg)]
+        report.errors += [str(p) for p in task.data.check_against_train(raw, cfg)]
     elif not raw.problems:
         report.errors.append("no training data (data.train, or a hub dataset's 'train' split, is required)")
     if not report.ok:
         return report, None
-    splits = split_dataset(raw, cfg.data, cfg.train.seed, task.label_set)
+    splits = split_dataset(raw, cfg.data, cfg.train.seed, task.data.label_set)
     duplicates_and_leakage(report, splits, cfg)
     report.stats = {f"rows_{n}": len(df) for n, df in splits.frames().items()}
     report.errors += batch_problems(cfg, len(splits.train))
     if not report.ok:
         return report, None
-    task.describe(report, splits, cfg, tokenizer)
+    task.data.describe(report, splits, cfg, tokenizer)
     lengths = splits.train[TEXT].str.split().str.len()
     report.stats.update(train_words_mean=round(float(lengths.mean()), 1), train_words_max=int(lengths.max()))
     return report, splits

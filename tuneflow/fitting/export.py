@@ -78,7 +78,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
         "labels": labels,
         "base_model": hp["model_name"],
         "lora": hp.get("lora"),
-        **task_type(task).inference_settings(cfg),
+        **task_type(task).serving.inference_settings(cfg),
     }
     if hp.get("pooling", "cls") != "cls":
         meta["pooling"] = hp["pooling"]
@@ -117,7 +117,7 @@ def quantize_export(export_dir: str | Path) -> Path:
     model, tokenizer, meta = load_exported(export_dir, quantized=False)
     if meta.get("lora"):
         model = model.merge_and_unload()
-    head = task_type(meta["task"]).feature_head(model, meta)
+    head = task_type(meta["task"]).serving.feature_head(model, meta)
     path = write_onnx(model, tokenizer, head, export_dir / QUANTIZED_FILE)
     path.chmod(0o644)
     saved = {k: v for k, v in meta.items() if k != "model_dir"}  # load_exported read it; no second read
@@ -157,7 +157,7 @@ def load_exported(
 
         model = MeanPooledClassifier.from_export(model_dir, len(meta["labels"]))
     else:
-        loader = getattr(transformers, task_type(meta["task"]).auto_class)
+        loader = getattr(transformers, task_type(meta["task"]).training.auto_class)
         model = loader.from_pretrained(model_dir, **NO_HUB_KERNELS).eval()
     return model, transformers.AutoTokenizer.from_pretrained(model_dir), meta
 
@@ -188,4 +188,4 @@ def load_predictor(model_dir: str | Path, base: str | None = None, quantized: bo
     """Load an export (full model, or adapter on its base) wrapped in its task type's predictor; a quantized
     export's int8 model unless ``quantized`` is False."""
     model, tokenizer, meta = load_exported(model_dir, base, quantized)
-    return task_type(meta["task"]).predictor(model, tokenizer, meta)
+    return task_type(meta["task"]).serving.predictor(model, tokenizer, meta)

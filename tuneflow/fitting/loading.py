@@ -38,7 +38,7 @@ def load_pretrained(
     import transformers
 
     kind = task_type(task)
-    kwargs = kind.head_config(labels)
+    kwargs = kind.training.head_config(labels)
     config = load_from("model config", transformers.AutoConfig, name, **kwargs)
     if dropout is not None:
         for attr in DROPOUT_ATTRS:
@@ -49,7 +49,7 @@ def load_pretrained(
 
         model = MeanPooledClassifier.from_pretrained_encoder(name, len(labels), config=config)
         return model, {f"classifier.{k}" for k in model.classifier.state_dict()}
-    loader = getattr(transformers, kind.auto_class)
+    loader = getattr(transformers, kind.training.auto_class)
     # Starting from a model that already has a head of another size (e.g. a sentiment checkpoint) is normal:
     # the head is re-initialized for our labels.
     # The head is new on purpose: transformers' "missing keys" load report would only alarm (the fresh

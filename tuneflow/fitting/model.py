@@ -81,13 +81,13 @@ class FineTuner(pl.LightningModule):
         self.base_hash: str | None = None
         if lora:
             self.base_hash = weights_hash(model, fresh)
-            model = apply_lora(model, self.task_type.peft_task_type, LoraConfig(**lora))
+            model = apply_lora(model, self.task_type.training.peft_task_type, LoraConfig(**lora))
             # A checkpoint holds only the trainable weights: the frozen base comes from the hub/disk again.
             self.strict_loading = False
         # transformers 5 returns pretrained models in eval mode and Lightning 2.6 keeps submodule modes,
         # so without this dropout would silently stay off during training.
         self.model = model.train()
-        self.task_type.build_metrics(self)
+        self.task_type.training.build_metrics(self)
         # Training-time switches (train.cls_only_last_layer, train.bf16_weights, train.attention), set by
         # whoever fits; not hyperparameters: they change how a step is computed, not what is learned.
         clsonly.enable(self.model)
@@ -122,7 +122,7 @@ class FineTuner(pl.LightningModule):
     def _step_forward(self, batch: dict[str, torch.Tensor]) -> Any:
         """The model on a batch; its last layer on [CLS] only when that is on (the loss reads no other); a
         causal LM's loss from its labeled positions only (:func:`tuneflow.backbone.lean.causal_lm_loss`)."""
-        if self.task_type.labeled_positions_loss:
+        if self.task_type.training.labeled_positions_loss:
             loss = causal_lm_loss(self.model, batch)
             if loss is not None:
                 return LossOnly(loss)
@@ -139,20 +139,20 @@ class FineTuner(pl.LightningModule):
         # waits for the GPU every step (the value is read on the host anyway, at logging steps).
         lr = torch.tensor(self.lr_schedulers().get_last_lr()[0])
         self.log("train/lr", lr, on_step=True, on_epoch=False)
-        self.task_type.on_train_batch(self, batch, out)
+        self.task_type.training.on_train_batch(self, batch, out)
         return out.loss
 
     def on_validation_epoch_start(self) -> None:
-        self.task_type.on_validation_epoch_start(self)
+        self.task_type.training.on_validation_epoch_start(self)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self._step_forward(batch)
         size = batch["labels"].shape[0]
         self.log("val/loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
-        self.task_type.on_validation_batch(self, batch, out)
+        self.task_type.training.on_validation_batch(self, batch, out)
 
     def on_validation_epoch_end(self) -> None:
-        self.task_type.on_validation_epoch_end(self)
+        self.task_type.training.on_validation_epoch_end(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._masters:

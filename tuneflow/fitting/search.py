@@ -271,7 +271,9 @@ class EncodingCache:
         if key not in self._encoded:
             if m.name not in self._tokenizers:
                 self._tokenizers[m.name] = load_tokenizer(m.name)
-            self._encoded[key] = task_type(cfg.task).encode(self.splits, self._tokenizers[m.name], cfg)
+            self._encoded[key] = task_type(cfg.task).training.encode(
+                self.splits, self._tokenizers[m.name], cfg
+            )
         return self._encoded[key]
 
 
@@ -279,8 +281,8 @@ def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, inputs: list[Any]
     """Median single-example latency of the trial's architecture at its max_length (weights do not matter)."""
     kind = task_type(cfg.task)
     model, _ = load_pretrained(cfg.task, cfg.model.name, data.labels)
-    meta = {"labels": data.labels, **kind.inference_settings(cfg)}
-    predictor = kind.predictor(model.eval(), data.tokenizer, meta)
+    meta = {"labels": data.labels, **kind.serving.inference_settings(cfg)}
+    predictor = kind.serving.predictor(model.eval(), data.tokenizer, meta)
     return time_single(predictor.predict, inputs[:LATENCY_EXAMPLES], LATENCY_EXAMPLES)[
         f"{names.SERVING}latency_p50_ms"
     ]
@@ -428,7 +430,7 @@ def optimize(
     study = open_study(cfg, recorder)
     # Distinct seeds per worker and per resume, so parallel or resumed workers do not replay one sequence.
     study.sampler = build_sampler(cfg.search, cfg.train.seed + 1000 * worker + len(study.trials))
-    splits = task_type(cfg.task).load_splits(cfg.data, cfg.train.seed)
+    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
     objective = Objective(cfg, recorder, Path(work_dir), splits)
     callbacks = []
     if cfg.search.n_trials:

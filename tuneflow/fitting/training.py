@@ -185,7 +185,7 @@ def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[Fin
     tcfg = cfg.train
     dm = TextDataModule(
         data,
-        kind.collator(data.tokenizer),
+        kind.training.collator(data.tokenizer),
         tcfg.batch_size,
         tcfg.eval_batch_size,
         tcfg.seed,
@@ -344,7 +344,7 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits of a checkpoint on already-encoded examples (a fold's held-out part), shape (n, labels)."""
     module = load_module(checkpoint)
-    collate = task_type(data.task).collator(data.tokenizer)
+    collate = task_type(data.task).training.collator(data.tokenizer)
     out = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
@@ -464,8 +464,8 @@ def train_and_export(
     uri = tracking.configure(cfg.tracking.tracking_uri)
     kind = task_type(cfg.task)
     tokenizer = load_tokenizer(cfg.model.name)
-    splits = kind.load_splits(cfg.data, cfg.train.seed)  # validated before
-    data = kind.encode(splits, tokenizer, cfg)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)  # validated before
+    data = kind.training.encode(splits, tokenizer, cfg)
     began = time.perf_counter()
     mode = start.mode if start else "retrain"
     result = _final_fit(cfg, data, out_dir, run_id, uri, resume_from, start)
@@ -479,7 +479,7 @@ def train_and_export(
     export_s = time.perf_counter() - began - fit_s
     # Fitted on held-out data after training and stored with the weights (a classifier's temperature and
     # out-of-scope threshold): part of the model that gets registered.
-    fitted = kind.after_export(load_predictor(export_dir), export_dir, splits, cfg)
+    fitted = kind.serving.after_export(load_predictor(export_dir), export_dir, splits, cfg)
     timings = {"after_export_s": time.perf_counter() - began - fit_s - export_s, "fit_s": fit_s}
     timings["export_s"] = export_s
     # A resumed fit's time covers only the epochs after the restart; a reused one trained nothing.

@@ -98,16 +98,16 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     kept: dict[str, Any] = {}
-    artifacts = task.evaluate_test(predictor, splits.test, out, cfg, metrics, kept)
-    gap = task.measure_gap(predictor, splits, cfg)
+    artifacts = task.judging.evaluate_test(predictor, splits.test, out, cfg, metrics, kept)
+    gap = task.judging.measure_gap(predictor, splits, cfg)
     threshold = cfg.train.overfit_gap_threshold
     metrics.update(gap.metrics)
     metrics[names.TRAIN_VAL_GAP] = gap.gap
     metrics[names.OVERFIT_WARNING] = float(gap.gap > threshold)
     warnings = [gap.warning(threshold)] if gap.gap > threshold else []
     for name, df in splits.extra.items():
-        metrics.update(task.score_set(predictor, df, cfg, prefix=names.ood(name)))
-    metrics.update(task.measure_latency(predictor, splits.test, cfg))
+        metrics.update(task.judging.score_set(predictor, df, cfg, prefix=names.ood(name)))
+    metrics.update(task.judging.measure_latency(predictor, splits.test, cfg))
     if fp32 is not None:
         metrics.update(quantization_loss(task, fp32, splits.test, cfg, metrics))
     if history is not None and plot_learning_curves(history, task.metrics.history, out / LEARNING_CURVES):
@@ -126,7 +126,7 @@ def quantization_loss(
     (what ``gates.max_quantization_loss`` bounds), and the fp32 single-example p50 with the speed-up.
     """
     out: dict[str, float] = {}
-    for metric, value in task.score_set(fp32, test, cfg, prefix="").items():
+    for metric, value in task.judging.score_set(fp32, test, cfg, prefix="").items():
         out[f"{names.QUANTIZATION}fp32_{metric}"] = value
         mine = served.get(f"{names.TEST}{metric}")
         if mine is not None:
@@ -135,7 +135,7 @@ def quantization_loss(
     primary = out.get(f"{names.QUANTIZATION}{cfg.gates.metric}_loss")
     if primary is not None:
         out[f"{names.QUANTIZATION}loss"] = primary
-    p50 = task.measure_latency(fp32, test, cfg).get(names.LATENCY_P50)
+    p50 = task.judging.measure_latency(fp32, test, cfg).get(names.LATENCY_P50)
     if p50 and served.get(names.LATENCY_P50):
         out[f"{names.QUANTIZATION}fp32_latency_p50_ms"] = p50
         out[f"{names.QUANTIZATION}latency_speedup"] = p50 / served[names.LATENCY_P50]

@@ -99,7 +99,7 @@ def _evidence(
         return json.loads(cached)
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_predictor(registered.download_export(f"models:/{name}/{version}", tmp))
-        evidence = kind.promotion_evidence(predictor, test, cfg)
+        evidence = kind.judging.promotion_evidence(predictor, test, cfg)
     try:
         tracking.log_text(run_id, json.dumps(evidence), path)
     except Exception as exc:  # a cache: a store that refuses the write only costs a re-score next time
@@ -131,7 +131,7 @@ def promote_version(
     name = cfg.registered_model_name
     mv = registered.model_version(name, version)
     kind = task_type(cfg.task)
-    test = kind.load_splits(cfg.data, cfg.train.seed).test
+    test = kind.data.load_splits(cfg.data, cfg.train.seed).test
     key = evidence_key(cfg, test)
     evidence = _evidence(kind, cfg, name, str(version), test, key)
     with decision_lock(name, cfg.tracking, notify) as still_held:
@@ -142,7 +142,7 @@ def promote_version(
             champion = None  # re-deciding the current champion: absolute gates only
         run_metrics = tracking.run_metrics(mv.run_id)
         champion_evidence = _evidence(kind, cfg, name, champion, test, key) if champion else None
-        decision = kind.decide(
+        decision = kind.judging.decide(
             cfg, name, str(version), test, evidence, run_metrics, champion, champion_evidence
         )
         if force and not decision.promote:

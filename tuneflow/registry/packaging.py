@@ -26,7 +26,7 @@ def log_model(run_id: str, model_dir: str | Path, task: str = "sequence_classifi
 
     adapter = (Path(model_dir) / "adapter_config.json").is_file()
     meta = read_meta(model_dir)
-    params = task_type(task).serving_params(meta)
+    params = task_type(task).serving.serving_params(meta)
     code = "generative_model.py" if params else "single_model.py"
     return _log_pyfunc(
         run_id,
@@ -112,10 +112,10 @@ def _log_pyfunc(
     from mlflow.models import infer_signature
 
     kind = task_type(task)
-    example = list(kind.input_example)
+    example = list(kind.serving.input_example)
     # A single model's signature is its predict type hints (requests are validated against them); the adapter
     # set declares its ``adapter`` param, which type-hint signatures cannot carry.
-    signature = infer_signature(example, kind.output_example(), params=params) if params else None
+    signature = infer_signature(example, kind.serving.output_example(), params=params) if params else None
     requirements = pip_requirements(adapter, gguf, onnx)
     # log_model needs a fluent run; resuming ours by id is thread-safe because the run stack is thread-local.
     with mlflow.start_run(run_id=run_id), _requirement_modules(requirements):

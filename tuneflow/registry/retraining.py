@@ -66,15 +66,15 @@ def measure_drift(cfg: PipelineConfig, kind: Any, champion_run_id: str, train: p
     new = train.sample(n=min(len(ref), len(train)), random_state=cfg.train.seed)
     uri = f"models:/{cfg.registered_model_name}@{CHAMPION}"
     with tempfile.TemporaryDirectory() as tmp:
-        ref_conf, new_conf = kind.drift_confidences(
+        ref_conf, new_conf = kind.judging.drift_confidences(
             lambda: load_predictor(registered.download_export(uri, tmp)), ref, new
         )
     return drift_report(
         cfg.retrain,
         ref[TEXT].astype(str).tolist(),
-        kind.drift_labels(ref),
+        kind.judging.drift_labels(ref),
         new[TEXT].tolist(),
-        kind.drift_labels(new),
+        kind.judging.drift_labels(new),
         ref_conf,
         new_conf,
     )
@@ -89,7 +89,7 @@ def check_data(cfg: PipelineConfig, force: bool = False) -> RetrainCheck:
     tracking.configure(cfg.tracking.tracking_uri)
     kind = task_type(cfg.task)
     name = cfg.registered_model_name
-    splits = kind.load_splits(cfg.data, cfg.train.seed)
+    splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     data_fp = fingerprint(splits)
     run_id = tracking.start_run(
         cfg.experiment_name,

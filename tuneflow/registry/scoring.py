@@ -143,8 +143,8 @@ def _load_adapter(adapter: str, base: str, params: dict[str, Any]) -> Scorer:
     kind = task_type(meta["task"])
     predictor = load_predictor(export, base=base)
     return Scorer(
-        set(kind.serving_params(meta)),
-        lambda batch: predictor.predict(kind.to_inputs(batch), **params),
+        set(kind.serving.serving_params(meta)),
+        lambda batch: predictor.predict(kind.serving.to_inputs(batch), **params),
         [tmp],
     )
 

@@ -33,7 +33,7 @@ class TuneflowModel(mlflow.pyfunc.PythonModel):
     # The type hints are the signature: MLflow validates requests against them, so `{"inputs": [42]}` or a
     # wrong column is a 400 naming the problem, not a prediction. (A conversation is one JSON string.)
     def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-        return self.predictor.predict(self.task.to_inputs(model_input))
+        return self.predictor.predict(self.task.serving.to_inputs(model_input))
 
 
 class GenerativeModel(TuneflowModel):
@@ -45,7 +45,7 @@ class GenerativeModel(TuneflowModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:  # noqa: ANN001
-        return self.predictor.predict(self.task.to_inputs(model_input), **(params or {}))
+        return self.predictor.predict(self.task.serving.to_inputs(model_input), **(params or {}))
 
 
 class AdapterSetModel(mlflow.pyfunc.PythonModel):
@@ -73,7 +73,7 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
             add_adapter(self.model, dirs[name], name)
         self.task = task_type(first["task"])
         self.predictors = {
-            name: self.task.predictor(self.model, _tokenizer(dirs[name]), metas[name])
+            name: self.task.serving.predictor(self.model, _tokenizer(dirs[name]), metas[name])
             for name in sorted(dirs)
         }
         self.lock = threading.Lock()
@@ -90,7 +90,7 @@ class AdapterSetModel(mlflow.pyfunc.PythonModel):
             )
         with self.lock:  # the active adapter is model-wide state
             self.model.set_adapter(name)
-            return self.predictors[name].predict(self.task.to_inputs(model_input))
+            return self.predictors[name].predict(self.task.serving.to_inputs(model_input))
 
 
 def _tokenizer(model_dir: str) -> Any:

@@ -1,8 +1,11 @@
 """The task-type protocol: everything that differs between task types, answered by one object per type.
 
 Stages (validation, training, search, evaluation, registration, serving, promotion) ask a task type; none
-of them branches on the task's name. A new task type subclasses :class:`TaskType`, fills in what differs
-and is listed once in :mod:`tuneflow.tasktypes` (the registry).
+of them branches on the task's name. A task type is a small protocol of components (torchtune's recipe
+interface, litgpt's one module per method): its name and :class:`MetricSpec`, and a :class:`DataPart`,
+:class:`TrainingPart`, :class:`ServingPart` and :class:`JudgingPart`, each with defaults. A new task type
+subclasses the parts it changes and :class:`TaskType`, and is listed once in :mod:`tuneflow.tasktypes` (the
+registry).
 
 Task-type modules import torch and transformers inside their methods: reading and validating data (the
 pre-flight check before any run) must stay fast and torch-free.
@@ -10,6 +13,7 @@ pre-flight check before any run) must stay fast and torch-free.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,31 +78,19 @@ def generative_draft(unit: str) -> dict[str, tuple[Any, str]]:
     }
 
 
-class TaskType:
-    """One task type (see the module docstring). Subclasses set the class attributes and the hooks."""
+class Part:
+    """A component of a task type; ``kind`` is the task type it belongs to (set when that class is made)."""
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
-    metrics: ClassVar[MetricSpec]
-    auto_class: ClassVar[str]  # the transformers Auto* class of its pre-trained model
-    peft_task_type: ClassVar[str]  # peft's TaskType name for LoRA
-    reads_hub: ClassVar[bool] = False  # data.hub_dataset can feed it
-    supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
-    mean_pooled_head: ClassVar[bool] = False  # model.pooling: mean (tuneflow.pooling)
-    supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
-    detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
-    quantizable: ClassVar[bool] = False  # export.quantize: int8 (tuneflow.fitting.quantize)
-    labeled_positions_loss: ClassVar[bool] = False  # the loss from labeled positions only (backbone.lean)
-    input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
+    kind: Any = None
+
+
+class DataPart(Part):
+    """How a task type's examples are read, recognised, checked and split."""
+
     # ``tuneflow init``: data-section keys naming this type's columns, each with the column names that
-    # usually hold it (a data set is recognised by them); its bundled model (None: --model is required).
+    # usually hold it (a data set is recognised by them).
     column_roles: ClassVar[dict[str, tuple[str, ...]]] = {}
-    default_model: ClassVar[str | None] = None
-    # Config keys (dotted prefixes) that only some task types read, this one among them; the others' are
-    # left out of its runs' MLflow params (tuneflow.tasktypes.unused_config).
-    own_config: ClassVar[tuple[str, ...]] = ()
-
-    # ------------------------------------------------------------------------------------------- config
+    reads_hub: ClassVar[bool] = False  # data.hub_dataset can feed it
 
     def recognise(
         self, sample: pd.DataFrame, conll: bool, given: dict[str, str]
@@ -121,57 +113,9 @@ class TaskType:
             out[key] = column
         return (out, 0) if len(set(out.values())) == len(out) else None
 
-    def head_config(self, labels: list[str]) -> dict[str, Any]:
-        """Model-config settings for this type's head (a fresh classifier sized to ``labels``); none by
-        default (the pre-trained head is kept)."""
-        return {}
-
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         """Settings ``tuneflow init`` derives from the training split: dotted key -> (value, comment)."""
         return {}
-
-    def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
-        """Settings that exist for every task type but do not apply to this one, by dotted key."""
-        monitors, gates = self.metrics.monitors, self.metrics.gate_metrics
-        problems = []
-        if cfg.train.monitor not in monitors:
-            problems.append(
-                ("train.monitor", f"'{cfg.train.monitor}' is not one of {monitors} for task {self.name}")
-            )
-        if cfg.search and cfg.search.metric and cfg.search.metric not in monitors:
-            problems.append(
-                ("search.metric", f"'{cfg.search.metric}' is not one of {monitors} for task {self.name}")
-            )
-        if cfg.gates.metric not in gates:
-            problems.append(
-                ("gates.metric", f"'{cfg.gates.metric}' is not one of {gates} for task {self.name}")
-            )
-        if cfg.model.pooling != "cls":
-            if not self.mean_pooled_head:
-                problems.append(("model.pooling", f"'{cfg.model.pooling}' is not supported for {self.name}"))
-            elif cfg.model.lora is not None:
-                problems.append(
-                    ("model.pooling", f"'{cfg.model.pooling}' is not supported with model.lora yet: use cls")
-                )
-        if cfg.train.cv_folds and not self.supports_cv:
-            problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
-        if cfg.search and cfg.search.latency_objective and not self.supports_latency_objective:
-            problems.append(("search.latency_objective", f"not supported for {self.name}"))
-        if cfg.export.quantize != "none" and not self.quantizable:
-            problems.append(("export.quantize", f"'{cfg.export.quantize}' is not supported for {self.name}"))
-        if cfg.gates.max_quantization_loss is not None and cfg.export.quantize == "none":
-            problems.append(("gates.max_quantization_loss", "nothing to gate: set export.quantize: int8"))
-        if not self.detects_scope:
-            scope_keys = ("data.oos_validation", "data.oos_test", "gates.min_oos_recall", "gates.max_ece")
-            for key in (*scope_keys, "gates.min_behavior_pass_rate", "eval.positive_label"):
-                section, _, field = key.partition(".")
-                if getattr(getattr(cfg, section), field) is not None:
-                    problems.append(
-                        (key, f"out-of-scope detection and calibration are not supported for {self.name}")
-                    )
-        return problems
-
-    # --------------------------------------------------------------------------------------------- data
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         """Read one file of this task's examples into its standard frame (``text`` and ``_line`` at least)."""
@@ -179,11 +123,11 @@ class TaskType:
 
     def load_raw(self, cfg: DataConfig) -> RawData:
         """Every configured source, read (not split, not checked)."""
-        return load_raw(cfg, self.read, self.reads_hub, self.name)
+        return load_raw(cfg, self.read, self.reads_hub, self.kind.name)
 
     def load_splits(self, cfg: DataConfig, seed: int) -> Splits:
         """Read and split already-validated data: every stage after validation sees the same splits."""
-        return load_splits(cfg, seed, self.read, self.label_set, self.reads_hub, self.name)
+        return load_splits(cfg, seed, self.read, self.label_set, self.reads_hub, self.kind.name)
 
     def label_set(self, train: pd.DataFrame) -> list[str]:
         """The labels a model is built for, from the training frame (class names, BIO tags), in the order of
@@ -203,7 +147,20 @@ class TaskType:
     ) -> None:
         """Statistics and warnings on the split data (balance, lengths, truncation at ``max_length``)."""
 
-    # --------------------------------------------------------------------------------------- training
+
+class TrainingPart(Part):
+    """The model a task type fine-tunes, how its batches are made and what is measured while training."""
+
+    auto_class: ClassVar[str]  # the transformers Auto* class of its pre-trained model
+    peft_task_type: ClassVar[str]  # peft's TaskType name for LoRA
+    supports_cv: ClassVar[bool] = False  # stratified k-fold cross-validation (train.cv_folds)
+    mean_pooled_head: ClassVar[bool] = False  # model.pooling: mean (tuneflow.pooling)
+    labeled_positions_loss: ClassVar[bool] = False  # the loss from labeled positions only (backbone.lean)
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        """Model-config settings for this type's head (a fresh classifier sized to ``labels``); none by
+        default (the pre-trained head is kept)."""
+        return {}
 
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         """Tokenize the train and validation splits the way this task trains on them (no padding)."""
@@ -228,7 +185,12 @@ class TaskType:
     def on_validation_epoch_end(self, module: Any) -> None:
         """Log validation metrics computed over the whole epoch."""
 
-    # -------------------------------------------------------------------------------------- inference
+
+class ServingPart(Part):
+    """What a served model of this type takes and answers, and what it needs besides its weights."""
+
+    input_example: ClassVar[list[Any]] = []  # for the logged MLflow signature
+    quantizable: ClassVar[bool] = False  # export.quantize: int8 (tuneflow.fitting.quantize)
 
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
         """What serving needs besides the weights (stored in the export's ``tuneflow.json``)."""
@@ -255,7 +217,19 @@ class TaskType:
         """An output frame of this task's shape (for the logged MLflow signature)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------------------------- evaluation
+    def after_export(
+        self, predictor: Any, export_dir: Path, splits: Splits, cfg: PipelineConfig
+    ) -> dict[str, float]:
+        """Fit what inference needs from held-out data once the model is exported (a classifier's temperature
+        and out-of-scope threshold), store it in ``export_dir`` and return what to log. Nothing by default."""
+        return {}
+
+
+class JudgingPart(Part):
+    """How a model of this type is scored on test and other sets, watched for drift and promoted."""
+
+    detects_scope: ClassVar[bool] = False  # calibration + out-of-scope fallback (oos:, data.oos_*)
+    supports_latency_objective: ClassVar[bool] = False  # search.latency_objective
 
     def evaluate_test(
         self,
@@ -274,13 +248,6 @@ class TaskType:
         """
         raise NotImplementedError
 
-    def after_export(
-        self, predictor: Any, export_dir: Path, splits: Splits, cfg: PipelineConfig
-    ) -> dict[str, float]:
-        """Fit what inference needs from held-out data once the model is exported (a classifier's temperature
-        and out-of-scope threshold), store it in ``export_dir`` and return what to log. Nothing by default."""
-        return {}
-
     def measure_gap(self, predictor: Any, splits: Splits, cfg: PipelineConfig) -> Gap:
         """The train/validation gap, measured in eval mode on both sides."""
         raise NotImplementedError
@@ -296,8 +263,6 @@ class TaskType:
         (:func:`tuneflow.judging.metrics.time_single`)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------------------------------ drift
-
     def drift_labels(self, df: pd.DataFrame) -> list[str] | None:
         """The label values whose distribution drift compares (None: this task has no label to compare)."""
         return None
@@ -307,8 +272,6 @@ class TaskType:
     ) -> tuple[list[float] | None, list[float] | None]:
         """The champion's confidence on the reference and the new sample (``load()`` gives its predictor)."""
         return None, None
-
-    # -------------------------------------------------------------------------------------- promotion
 
     def promotion_evidence(self, predictor: Any, test: pd.DataFrame, cfg: PipelineConfig) -> Any:
         """What a model is judged on at promotion: its score on the frozen test set (by default)."""
@@ -335,8 +298,79 @@ class TaskType:
             champion,
             champion_evidence,
             n_examples=len(test),
-            lower_is_better=self.metrics.lower_better(cfg.gates.metric),
+            lower_is_better=self.kind.metrics.lower_better(cfg.gates.metric),
         )
+
+
+PARTS = ("data", "training", "serving", "judging")
+
+
+class TaskType:
+    """One task type (see the module docstring): its name and metrics, and four components a subclass
+    fills in: ``data`` (read, recognise, check, split), ``training`` (model head, batches, training
+    metrics), ``serving`` (predictor, inputs and outputs, what is fitted after export) and ``judging``
+    (test metrics, gap, drift, promotion)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    metrics: ClassVar[MetricSpec]
+    default_model: ClassVar[str | None] = None  # its bundled model (None: --model is required)
+    # Config keys (dotted prefixes) that only some task types read, this one among them; the others' are
+    # left out of its runs' MLflow params (tuneflow.tasktypes.unused_config).
+    own_config: ClassVar[tuple[str, ...]] = ()
+    data: ClassVar[DataPart] = DataPart()
+    training: ClassVar[TrainingPart] = TrainingPart()
+    serving: ClassVar[ServingPart] = ServingPart()
+    judging: ClassVar[JudgingPart] = JudgingPart()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for part in PARTS:  # each class its own components, each knowing its task type
+            bound = copy.copy(getattr(cls, part))
+            bound.kind = cls
+            setattr(cls, part, bound)
+
+    def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
+        """Settings that exist for every task type but do not apply to this one, by dotted key."""
+        monitors, gates = self.metrics.monitors, self.metrics.gate_metrics
+        training, serving, judging = self.training, self.serving, self.judging
+        problems = []
+        if cfg.train.monitor not in monitors:
+            problems.append(
+                ("train.monitor", f"'{cfg.train.monitor}' is not one of {monitors} for task {self.name}")
+            )
+        if cfg.search and cfg.search.metric and cfg.search.metric not in monitors:
+            problems.append(
+                ("search.metric", f"'{cfg.search.metric}' is not one of {monitors} for task {self.name}")
+            )
+        if cfg.gates.metric not in gates:
+            problems.append(
+                ("gates.metric", f"'{cfg.gates.metric}' is not one of {gates} for task {self.name}")
+            )
+        if cfg.model.pooling != "cls":
+            if not training.mean_pooled_head:
+                problems.append(("model.pooling", f"'{cfg.model.pooling}' is not supported for {self.name}"))
+            elif cfg.model.lora is not None:
+                problems.append(
+                    ("model.pooling", f"'{cfg.model.pooling}' is not supported with model.lora yet: use cls")
+                )
+        if cfg.train.cv_folds and not training.supports_cv:
+            problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
+        if cfg.search and cfg.search.latency_objective and not judging.supports_latency_objective:
+            problems.append(("search.latency_objective", f"not supported for {self.name}"))
+        if cfg.export.quantize != "none" and not serving.quantizable:
+            problems.append(("export.quantize", f"'{cfg.export.quantize}' is not supported for {self.name}"))
+        if cfg.gates.max_quantization_loss is not None and cfg.export.quantize == "none":
+            problems.append(("gates.max_quantization_loss", "nothing to gate: set export.quantize: int8"))
+        if not judging.detects_scope:
+            scope_keys = ("data.oos_validation", "data.oos_test", "gates.min_oos_recall", "gates.max_ece")
+            for key in (*scope_keys, "gates.min_behavior_pass_rate", "eval.positive_label"):
+                section, _, field = key.partition(".")
+                if getattr(getattr(cfg, section), field) is not None:
+                    problems.append(
+                        (key, f"out-of-scope detection and calibration are not supported for {self.name}")
+                    )
+        return problems
 
 
 def label_head(labels: list[str]) -> dict[str, Any]:

@@ -41,7 +41,16 @@ from tuneflow.judging.generation import (
 )
 from tuneflow.judging.metrics import time_single
 from tuneflow.judging.promotion import decide_on_examples
-from tuneflow.tasktypes.base import GENERATION_CONFIG, MetricSpec, TaskType, generative_draft
+from tuneflow.tasktypes.base import (
+    GENERATION_CONFIG,
+    DataPart,
+    JudgingPart,
+    MetricSpec,
+    ServingPart,
+    TaskType,
+    TrainingPart,
+    generative_draft,
+)
 
 IGNORE = -100
 
@@ -301,39 +310,11 @@ def show_context(messages: list[dict[str, str]], last: int = 3) -> str:
     return "\n".join(head + [f"{m['role']}: {m['content']}" for m in messages[-last:]])
 
 
-class CausalLM(TaskType):
-    name = "causal_lm"
-    summary = "conversations: chat fine-tuning with an assistant-only loss"
-    metrics = MetricSpec(
-        monitors=("val/loss",),
-        gate_metrics=("chrf", "perplexity", "bleu", "rouge1", "rouge2", "rougeL"),
-        headline=("test/chrf", "base/chrf", "test/perplexity", "base/perplexity", "fit/train_val_gap"),
-        lower_is_better=frozenset({"loss", "perplexity"}),
-    )
-    auto_class = "AutoModelForCausalLM"
-    peft_task_type = "CAUSAL_LM"
-    labeled_positions_loss = True
-    input_example = ["How do I reset my password?"]
+class ChatData(DataPart):
     column_roles = {"messages_column": ("messages", "conversation", "conversations", "dialogue", "chat")}
-    default_model = SMOLLM2_MODEL
-    own_config = (
-        *("data.messages_column", "data.source_column", "data.target_column", "data.max_source_words"),
-        *("data.system_prompt", "data.prompt_template", "eval.compare_base"),
-        *GENERATION_CONFIG,
-    )
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         return generative_draft("conversations")
-
-    def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
-        problems = super().config_problems(cfg)
-        if cfg.gates.significance == "mcnemar":
-            problems.append(
-                ("gates.significance", "mcnemar needs right/wrong predictions; use bootstrap for generation")
-            )
-        if cfg.data.max_source_words and not cfg.data.prompt_template:
-            problems.append(("data.max_source_words", "only applies with data.prompt_template"))
-        return problems
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_instructions(spec, cfg) if cfg.prompt_template else read_chats(spec, cfg)
@@ -347,6 +328,12 @@ class CausalLM(TaskType):
         if tokenizer is not None:
             token_lengths(report, splits, cfg, tokenizer, "inputs")
 
+
+class ChatTraining(TrainingPart):
+    auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    labeled_positions_loss = True
+
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         prepare_tokenizer(tokenizer)
         max_length, system = cfg.model.max_length, cfg.data.system_prompt
@@ -355,10 +342,14 @@ class CausalLM(TaskType):
             pairs = [encode_chat(tokenizer, with_system(m, system), max_length) for m in df[MESSAGES]]
             return Encoded([p[0] for p in pairs], [p[1] for p in pairs])
 
-        return EncodedData(one(splits.train), one(splits.validation), [], tokenizer, max_length, self.name)
+        return EncodedData(one(splits.train), one(splits.validation), [], tokenizer, max_length, cfg.task)
 
     def collator(self, tokenizer: Any) -> PadSequences:
         return sequence_collator(tokenizer)
+
+
+class ChatServing(ServingPart):
+    input_example = ["How do I reset my password?"]
 
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
         return {
@@ -386,6 +377,8 @@ class CausalLM(TaskType):
     def output_example(self) -> pd.DataFrame:
         return generated_text_example()
 
+
+class ChatJudging(JudgingPart):
     def evaluate_test(
         self,
         predictor: ChatPredictor,
@@ -488,3 +481,34 @@ class CausalLM(TaskType):
             lower_is_better=perplexity,
             seed=cfg.train.seed,
         )
+
+
+class CausalLM(TaskType):
+    name = "causal_lm"
+    summary = "conversations: chat fine-tuning with an assistant-only loss"
+    metrics = MetricSpec(
+        monitors=("val/loss",),
+        gate_metrics=("chrf", "perplexity", "bleu", "rouge1", "rouge2", "rougeL"),
+        headline=("test/chrf", "base/chrf", "test/perplexity", "base/perplexity", "fit/train_val_gap"),
+        lower_is_better=frozenset({"loss", "perplexity"}),
+    )
+    default_model = SMOLLM2_MODEL
+    own_config = (
+        *("data.messages_column", "data.source_column", "data.target_column", "data.max_source_words"),
+        *("data.system_prompt", "data.prompt_template", "eval.compare_base"),
+        *GENERATION_CONFIG,
+    )
+    data = ChatData()
+    training = ChatTraining()
+    serving = ChatServing()
+    judging = ChatJudging()
+
+    def config_problems(self, cfg: PipelineConfig) -> list[tuple[str, str]]:
+        problems = super().config_problems(cfg)
+        if cfg.gates.significance == "mcnemar":
+            problems.append(
+                ("gates.significance", "mcnemar needs right/wrong predictions; use bootstrap for generation")
+            )
+        if cfg.data.max_source_words and not cfg.data.prompt_template:
+            problems.append(("data.max_source_words", "only applies with data.prompt_template"))
+        return problems

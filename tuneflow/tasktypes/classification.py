@@ -44,7 +44,15 @@ from tuneflow.judging.outofscope import (
     scope_metrics,
 )
 from tuneflow.judging.promotion import decide
-from tuneflow.tasktypes.base import MetricSpec, TaskType, label_head
+from tuneflow.tasktypes.base import (
+    DataPart,
+    JudgingPart,
+    MetricSpec,
+    ServingPart,
+    TaskType,
+    TrainingPart,
+    label_head,
+)
 from tuneflow.tasktypes.classification_predictor import ClassificationPredictor, head_layer
 from tuneflow.tasktypes.classification_scope import fit_scope, read_texts, scope_features
 
@@ -116,58 +124,12 @@ def _subsample_problems(counts: pd.Series, raw: RawData, cfg: PipelineConfig) ->
     ]
 
 
-class SequenceClassification(TaskType):
-    name = "sequence_classification"
-    summary = "one label per text: sentiment, topics, chatbot intents"
-    metrics = MetricSpec(
-        monitors=("val/f1_macro", "val/accuracy", "val/loss"),
-        gate_metrics=("f1_macro", "accuracy", "f1_weighted"),
-        headline=(
-            "test/accuracy",
-            "test/f1_macro",
-            "test/f1_weighted",
-            "fit/train_val_gap",
-            "serving/latency_p95_ms",
-        ),
-        history=("train/loss", "val/loss", "train/accuracy", "val/accuracy", "val/f1_macro"),
-    )
-    auto_class = "AutoModelForSequenceClassification"
-    mean_pooled_head = True
-    peft_task_type = "SEQ_CLS"
+class ClassificationData(DataPart):
     reads_hub = True
-    supports_cv = True
-    supports_latency_objective = True
-    detects_scope = True
-    quantizable = True
-    input_example = ["where is my order?"]
     column_roles = {
         "text_column": ("text", "sentence", "utterance", "query", "review", "content", "message", "question"),
         "label_column": ("label", "intent", "category", "class", "sentiment", "labels", "topic", "target"),
     }
-    default_model = DEFAULT_MODEL
-    own_config = (
-        *(
-            "data.text_column",
-            "data.label_column",
-            "data.label_names",
-            "model.pooling",
-            "eval.worst_examples",
-        ),
-        *(
-            "validation.min_examples_per_class",
-            "validation.max_imbalance_ratio",
-            "validation.max_label_issue_share",
-        ),
-        # calibration, out-of-scope detection, behaviour checks and their gates
-        *("oos.", "data.oos_validation", "data.oos_test", "eval.calibrate", "eval.behavior_checks"),
-        *("eval.behavior_examples", "eval.positive_label", "export.quantize", "gates.max_quantization_loss"),
-        *(
-            "gates.min_oos_recall",
-            "gates.min_in_scope_accuracy",
-            "gates.max_ece",
-            "gates.min_behavior_pass_rate",
-        ),
-    )
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         """Macro F1 when the classes are imbalanced; a gate floor halfway from the majority-class baseline
@@ -188,11 +150,6 @@ class SequenceClassification(TaskType):
                 f"halfway from always answering '{counts.index[0]}' ({metric} {baseline:.3f}) to perfect",
             ),
         }
-
-    def head_config(self, labels: list[str]) -> dict[str, Any]:
-        return label_head(labels)
-
-    # --------------------------------------------------------------------------------------------- data
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         return read_table(spec, cfg.text_column, cfg.label_column, cfg.label_names)
@@ -281,7 +238,15 @@ class SequenceClassification(TaskType):
         if tokenizer is not None:
             token_lengths(report, splits, cfg, tokenizer, "texts")
 
-    # --------------------------------------------------------------------------------------- training
+
+class ClassificationTraining(TrainingPart):
+    auto_class = "AutoModelForSequenceClassification"
+    mean_pooled_head = True
+    peft_task_type = "SEQ_CLS"
+    supports_cv = True
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        return label_head(labels)
 
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         label2id, max_length = splits.label2id, cfg.model.max_length
@@ -292,7 +257,7 @@ class SequenceClassification(TaskType):
             )
 
         return EncodedData(
-            one(splits.train), one(splits.validation), splits.labels, tokenizer, max_length, self.name
+            one(splits.train), one(splits.validation), splits.labels, tokenizer, max_length, cfg.task
         )
 
     def collator(self, tokenizer: Any) -> PadInputs:
@@ -321,7 +286,10 @@ class SequenceClassification(TaskType):
         module.log("val/accuracy", module.val_accuracy, on_epoch=True, prog_bar=True)
         module.log("val/f1_macro", module.val_f1_macro, on_epoch=True, prog_bar=True)
 
-    # -------------------------------------------------------------------------------------- inference
+
+class ClassificationServing(ServingPart):
+    quantizable = True
+    input_example = ["where is my order?"]
 
     def feature_head(self, model: Any, meta: dict[str, Any]) -> Any:
         return head_layer(model, len(meta["labels"]))
@@ -354,7 +322,10 @@ class SequenceClassification(TaskType):
     def output_example(self) -> pd.DataFrame:
         return pd.DataFrame({"label": ["x"], "score": [0.5]})
 
-    # ------------------------------------------------------------------------------------- evaluation
+
+class ClassificationJudging(JudgingPart):
+    supports_latency_objective = True
+    detects_scope = True
 
     def evaluate_test(
         self,
@@ -493,8 +464,6 @@ class SequenceClassification(TaskType):
         # Batched throughput comes from the test-set pass in evaluate_test.
         return time_single(lambda t: predictor.predict_proba(t, 1), texts, cfg.eval.latency_examples)
 
-    # ------------------------------------------------------------------------------------------ drift
-
     def drift_labels(self, df: pd.DataFrame) -> list[str]:
         return df[LABEL].astype(str).tolist()
 
@@ -507,8 +476,6 @@ class SequenceClassification(TaskType):
             predictor.predict(ref[TEXT].astype(str).tolist())["score"].tolist(),
             predictor.predict(new[TEXT].astype(str).tolist())["score"].tolist(),
         )
-
-    # -------------------------------------------------------------------------------------- promotion
 
     def promotion_evidence(
         self, predictor: ClassificationPredictor, test: pd.DataFrame, cfg: PipelineConfig
@@ -538,3 +505,48 @@ class SequenceClassification(TaskType):
             champion_evidence,
             seed=cfg.train.seed,
         )
+
+
+class SequenceClassification(TaskType):
+    name = "sequence_classification"
+    summary = "one label per text: sentiment, topics, chatbot intents"
+    metrics = MetricSpec(
+        monitors=("val/f1_macro", "val/accuracy", "val/loss"),
+        gate_metrics=("f1_macro", "accuracy", "f1_weighted"),
+        headline=(
+            "test/accuracy",
+            "test/f1_macro",
+            "test/f1_weighted",
+            "fit/train_val_gap",
+            "serving/latency_p95_ms",
+        ),
+        history=("train/loss", "val/loss", "train/accuracy", "val/accuracy", "val/f1_macro"),
+    )
+    default_model = DEFAULT_MODEL
+    own_config = (
+        *(
+            "data.text_column",
+            "data.label_column",
+            "data.label_names",
+            "model.pooling",
+            "eval.worst_examples",
+        ),
+        *(
+            "validation.min_examples_per_class",
+            "validation.max_imbalance_ratio",
+            "validation.max_label_issue_share",
+        ),
+        # calibration, out-of-scope detection, behaviour checks and their gates
+        *("oos.", "data.oos_validation", "data.oos_test", "eval.calibrate", "eval.behavior_checks"),
+        *("eval.behavior_examples", "eval.positive_label", "export.quantize", "gates.max_quantization_loss"),
+        *(
+            "gates.min_oos_recall",
+            "gates.min_in_scope_accuracy",
+            "gates.max_ece",
+            "gates.min_behavior_pass_rate",
+        ),
+    )
+    data = ClassificationData()
+    training = ClassificationTraining()
+    serving = ClassificationServing()
+    judging = ClassificationJudging()

@@ -179,7 +179,7 @@ def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType,
     found = [str(c) for c in sample.columns]
     conll = path.suffix.lower() in CONLL_SUFFIXES
     kinds = list(TASK_TYPES.values()) if task == "auto" else [task_type(task)]
-    matches = [(k, m) for k in kinds if (m := k.recognise(sample, conll, columns)) is not None]
+    matches = [(k, m) for k in kinds if (m := k.data.recognise(sample, conll, columns)) is not None]
     # The most specific matches only: a type that checked the values beats one that matched names alone.
     top = max((specific for _, (_, specific) in matches), default=0)
     fits = [(k, mapping) for k, (mapping, specific) in matches if specific == top]
@@ -188,7 +188,7 @@ def recognise(path: Path, task: str, columns: dict[str, str]) -> tuple[TaskType,
     shown = ", ".join(found) if found else "a CoNLL file"
     if not fits:
         if task != "auto":
-            roles = ", ".join(f"--column {key}=NAME" for key in task_type(task).column_roles)
+            roles = ", ".join(f"--column {key}=NAME" for key in task_type(task).data.column_roles)
             raise DraftError(f"{path}: cannot tell the {task} columns among {shown}; pass {roles}")
         if found and looks_like_data(found):
             raise DraftError(
@@ -252,7 +252,7 @@ def draft_config(
     _draft_data(draft, splits, mapping, set(columns or {}))
     cfg = _validated(raw, folder)
     try:
-        train = kind.load_splits(cfg.data, cfg.train.seed).train
+        train = kind.data.load_splits(cfg.data, cfg.train.seed).train
     except ValueError as exc:  # unreadable rows, or too few to carve out validation and test splits
         first = str(exc).splitlines()[0]
         hint = "too few examples to hold out validation and test splits: " if "n_samples" in first else ""
@@ -417,7 +417,7 @@ def _derive(draft: Draft, cfg: PipelineConfig, kind: TaskType, train: pd.DataFra
     )
     c["train.max_epochs"] = "an upper bound sized to the data; early stopping ends sooner"
     c["train.early_stopping_patience"] = "validations without improvement before stopping"
-    for key, (value, comment) in kind.draft(train, cfg).items():
+    for key, (value, comment) in kind.data.draft(train, cfg).items():
         section, _, leaf = key.partition(".")
         raw.setdefault(section, {})[leaf] = value
         c[key] = comment

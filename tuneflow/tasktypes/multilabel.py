@@ -41,7 +41,15 @@ from tuneflow.data.splits import Splits
 from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
 from tuneflow.judging.evaluation import Gap, save_table
 from tuneflow.judging.metrics import time_single
-from tuneflow.tasktypes.base import MetricSpec, TaskType, label_head
+from tuneflow.tasktypes.base import (
+    DataPart,
+    JudgingPart,
+    MetricSpec,
+    ServingPart,
+    TaskType,
+    TrainingPart,
+    label_head,
+)
 from tuneflow.tasktypes.classification_predictor import ClassificationPredictor
 
 LABELS = "labels"  # the standard frame's column: the tuple of label names of an example
@@ -177,34 +185,11 @@ def _label_problems(name: str, source: str, df: pd.DataFrame, column: str) -> li
     ]
 
 
-class MultiLabelClassification(TaskType):
-    name = "multi_label_classification"
-    summary = "a set of labels per text: emotions, ticket topics (sigmoid head, per-label thresholds)"
-    metrics = MetricSpec(
-        monitors=("val/f1_macro", "val/f1_micro", "val/loss"),
-        gate_metrics=("f1_macro", "f1_micro", "f1_samples"),
-        headline=(
-            "test/f1_macro",
-            "test/f1_micro",
-            "test/exact_match",
-            "fit/train_val_gap",
-            "serving/latency_p95_ms",
-        ),
-        history=("train/loss", "val/loss", "val/f1_macro", "val/f1_micro"),
-    )
-    auto_class = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    input_example = ["I love this, thank you so much!"]
+class MultiLabelData(DataPart):
     column_roles = {
         "text_column": ("text", "comment", "sentence", "content", "message", "ticket", "body"),
         "label_column": ("labels", "label", "emotions", "tags", "topics", "categories", "intents"),
     }
-    default_model = DEFAULT_MODEL
-    own_config = (
-        *("data.text_column", "data.label_column", "data.label_names", "eval.worst_examples"),
-        "validation.min_examples_per_class",
-        "validation.max_imbalance_ratio",
-    )
 
     def recognise(
         self, sample: pd.DataFrame, conll: bool, given: dict[str, str]
@@ -237,12 +222,6 @@ class MultiLabelClassification(TaskType):
                 "a first run shows what the data allows",
             ),
         }
-
-    def head_config(self, labels: list[str]) -> dict[str, Any]:
-        # transformers' sequence classifiers then train with BCEWithLogitsLoss on float 0/1 targets.
-        return {**label_head(labels), "problem_type": "multi_label_classification"}
-
-    # --------------------------------------------------------------------------------------------- data
 
     def read(self, spec: FileSpec, cfg: DataConfig) -> tuple[pd.DataFrame | None, list[Problem]]:
         df, lines, problems = read_columns(spec, (cfg.text_column, cfg.label_column))
@@ -352,7 +331,14 @@ class MultiLabelClassification(TaskType):
         if tokenizer is not None:
             token_lengths(report, splits, cfg, tokenizer, "texts")
 
-    # --------------------------------------------------------------------------------------- training
+
+class MultiLabelTraining(TrainingPart):
+    auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        # transformers' sequence classifiers then train with BCEWithLogitsLoss on float 0/1 targets.
+        return {**label_head(labels), "problem_type": "multi_label_classification"}
 
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         labels, max_length = splits.labels, cfg.model.max_length
@@ -361,9 +347,7 @@ class MultiLabelClassification(TaskType):
             targets = multi_hot(df[LABELS].tolist(), labels).astype(float).tolist()
             return Encoded(tokenize(tokenizer, df[TEXT].tolist(), max_length), targets)
 
-        return EncodedData(
-            one(splits.train), one(splits.validation), labels, tokenizer, max_length, self.name
-        )
+        return EncodedData(one(splits.train), one(splits.validation), labels, tokenizer, max_length, cfg.task)
 
     def collator(self, tokenizer: Any) -> PadInputs:
         return PadInputs(tokenizer)  # float 0/1 rows: the BCE targets
@@ -383,7 +367,9 @@ class MultiLabelClassification(TaskType):
         module.log("val/f1_macro", module.val_f1_macro, on_epoch=True, prog_bar=True)
         module.log("val/f1_micro", module.val_f1_micro, on_epoch=True, prog_bar=True)
 
-    # -------------------------------------------------------------------------------------- inference
+
+class MultiLabelServing(ServingPart):
+    input_example = ["I love this, thank you so much!"]
 
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> MultiLabelPredictor:
         base = ClassificationPredictor(model, tokenizer, meta["labels"], meta.get("max_length", 128))
@@ -418,8 +404,8 @@ class MultiLabelClassification(TaskType):
     def output_example(self) -> pd.DataFrame:
         return pd.DataFrame({"labels": [["joy", "love"]], "scores": [[0.9, 0.6]]})
 
-    # ------------------------------------------------------------------------------------- evaluation
 
+class MultiLabelJudging(JudgingPart):
     def evaluate_test(
         self,
         predictor: MultiLabelPredictor,
@@ -487,8 +473,6 @@ class MultiLabelClassification(TaskType):
     ) -> dict[str, float]:
         return time_single(lambda t: predictor.predict(t, 1), test[TEXT].tolist(), cfg.eval.latency_examples)
 
-    # ------------------------------------------------------------------------------------------ drift
-
     def drift_labels(self, df: pd.DataFrame) -> list[str]:
         """Every label occurrence (an example with two labels counts for both)."""
         return [x for s in df[LABELS] for x in s]
@@ -502,10 +486,35 @@ class MultiLabelClassification(TaskType):
             predictor.predict_proba(df[TEXT].astype(str).tolist()).max(1).tolist() for df in (ref, new)
         )
 
-    # -------------------------------------------------------------------------------------- promotion
-
     def promotion_evidence(
         self, predictor: MultiLabelPredictor, test: pd.DataFrame, cfg: PipelineConfig
     ) -> float:
         """The gate metric on the frozen test set."""
         return self._f1(predictor, test, cfg)[cfg.gates.metric]
+
+
+class MultiLabelClassification(TaskType):
+    name = "multi_label_classification"
+    summary = "a set of labels per text: emotions, ticket topics (sigmoid head, per-label thresholds)"
+    metrics = MetricSpec(
+        monitors=("val/f1_macro", "val/f1_micro", "val/loss"),
+        gate_metrics=("f1_macro", "f1_micro", "f1_samples"),
+        headline=(
+            "test/f1_macro",
+            "test/f1_micro",
+            "test/exact_match",
+            "fit/train_val_gap",
+            "serving/latency_p95_ms",
+        ),
+        history=("train/loss", "val/loss", "val/f1_macro", "val/f1_micro"),
+    )
+    default_model = DEFAULT_MODEL
+    own_config = (
+        *("data.text_column", "data.label_column", "data.label_names", "eval.worst_examples"),
+        "validation.min_examples_per_class",
+        "validation.max_imbalance_ratio",
+    )
+    data = MultiLabelData()
+    training = MultiLabelTraining()
+    serving = MultiLabelServing()
+    judging = MultiLabelJudging()

@@ -31,7 +31,16 @@ from tuneflow.judging.generation import (
     subset,
 )
 from tuneflow.judging.metrics import time_single
-from tuneflow.tasktypes.base import GENERATION_CONFIG, MetricSpec, TaskType, generative_draft
+from tuneflow.tasktypes.base import (
+    GENERATION_CONFIG,
+    DataPart,
+    JudgingPart,
+    MetricSpec,
+    ServingPart,
+    TaskType,
+    TrainingPart,
+    generative_draft,
+)
 
 
 def encode_frame(
@@ -89,33 +98,11 @@ def which_metrics(cfg: PipelineConfig) -> list[str]:
     return cfg.eval.generation_metrics or ["rouge"]
 
 
-class Seq2Seq(TaskType):
-    name = "seq2seq"
-    summary = "text to text: summarization, translation"
-    metrics = MetricSpec(
-        monitors=("val/loss",),
-        gate_metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf"),
-        headline=(
-            "test/rougeL",
-            "test/rouge1",
-            "test/bleu",
-            "test/chrf",
-            "test/loss",
-            "fit/train_val_gap",
-            "serving/latency_p95_ms",
-        ),
-    )
-    auto_class = "AutoModelForSeq2SeqLM"
-    peft_task_type = "SEQ_2_SEQ_LM"
-    input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
+class Seq2SeqData(DataPart):
     column_roles = {
         "source_column": ("source", "document", "article", "text", "input", "src", "question"),
         "target_column": ("target", "summary", "highlights", "output", "tgt", "translation", "answer"),
     }
-    own_config = (
-        *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
-        *GENERATION_CONFIG,
-    )
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         return generative_draft("documents")
@@ -153,16 +140,25 @@ class Seq2Seq(TaskType):
                 f"{cfg.model.max_target_length} tokens and will be truncated"
             )
 
+
+class Seq2SeqTraining(TrainingPart):
+    auto_class = "AutoModelForSeq2SeqLM"
+    peft_task_type = "SEQ_2_SEQ_LM"
+
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         m = cfg.model
         train, val = (
             encode_frame(df, tokenizer, m.max_length, m.max_target_length, m.source_prefix)
             for df in (splits.train, splits.validation)
         )
-        return EncodedData(train, val, [], tokenizer, m.max_length, self.name)
+        return EncodedData(train, val, [], tokenizer, m.max_length, cfg.task)
 
     def collator(self, tokenizer: Any) -> PadSequences:
         return sequence_collator(tokenizer)
+
+
+class Seq2SeqServing(ServingPart):
+    input_example = ["We propose a method that trains faster and generalizes better than prior work ."]
 
     def inference_settings(self, cfg: PipelineConfig) -> dict[str, Any]:
         return {
@@ -185,6 +181,8 @@ class Seq2Seq(TaskType):
     def output_example(self) -> pd.DataFrame:
         return generated_text_example()
 
+
+class Seq2SeqJudging(JudgingPart):
     def evaluate_test(
         self,
         predictor: Seq2SeqPredictor,
@@ -235,3 +233,29 @@ class Seq2Seq(TaskType):
         return generation_metrics(
             predictor.generate(test[TEXT].tolist()), test[REFERENCES].tolist(), [family]
         )[metric]
+
+
+class Seq2Seq(TaskType):
+    name = "seq2seq"
+    summary = "text to text: summarization, translation"
+    metrics = MetricSpec(
+        monitors=("val/loss",),
+        gate_metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf"),
+        headline=(
+            "test/rougeL",
+            "test/rouge1",
+            "test/bleu",
+            "test/chrf",
+            "test/loss",
+            "fit/train_val_gap",
+            "serving/latency_p95_ms",
+        ),
+    )
+    own_config = (
+        *("data.source_column", "data.target_column", "model.max_target_length", "model.source_prefix"),
+        *GENERATION_CONFIG,
+    )
+    data = Seq2SeqData()
+    training = Seq2SeqTraining()
+    serving = Seq2SeqServing()
+    judging = Seq2SeqJudging()

@@ -23,7 +23,15 @@ from tuneflow.data.splits import Splits
 from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
 from tuneflow.judging.evaluation import Gap, plot_confusion, save_table
 from tuneflow.judging.metrics import time_single
-from tuneflow.tasktypes.base import MetricSpec, TaskType, label_head
+from tuneflow.tasktypes.base import (
+    DataPart,
+    JudgingPart,
+    MetricSpec,
+    ServingPart,
+    TaskType,
+    TrainingPart,
+    label_head,
+)
 
 IGNORE = -100
 TAG_PATTERN = re.compile(r"^(O|[BI]-.+)$")
@@ -231,36 +239,16 @@ def _spans(words: list[str], tags: list[str]) -> str:
 # --------------------------------------------------------------------------------------------- task type
 
 
-class TokenClassification(TaskType):
-    name = "token_classification"
-    summary = "one BIO tag per word: named-entity recognition"
-    metrics = MetricSpec(
-        monitors=("val/f1", "val/loss"),
-        gate_metrics=("f1",),
-        headline=("test/f1", "test/precision", "test/recall", "fit/train_val_gap", "serving/latency_p95_ms"),
-        history=("train/loss", "val/loss", "val/f1"),
-    )
-    auto_class = "AutoModelForTokenClassification"
-    peft_task_type = "TOKEN_CLS"
-    quantizable = True
-    input_example = ["Alice moved to Paris to work for Acme Corp ."]
-    own_config = (
-        *("data.tokens_column", "data.tags_column", "eval.worst_examples"),
-        *("export.quantize", "gates.max_quantization_loss"),
-    )
+class TaggingData(DataPart):
     column_roles = {
         "tokens_column": ("tokens", "words"),
         "tags_column": ("tags", "ner_tags", "labels", "bio"),
     }
-    default_model = DEFAULT_MODEL
 
     def recognise(
         self, sample: pd.DataFrame, conll: bool, given: dict[str, str]
     ) -> tuple[dict[str, str], int] | None:
         return ({}, 0) if conll else super().recognise(sample, conll, given)
-
-    def head_config(self, labels: list[str]) -> dict[str, Any]:
-        return label_head(labels)
 
     def draft(self, train: pd.DataFrame, cfg: PipelineConfig) -> dict[str, tuple[Any, str]]:
         return {
@@ -310,6 +298,14 @@ class TokenClassification(TaskType):
                 share = truncated_share(tokenizer, frames[name][TOKENS].tolist(), cfg.model.max_length)
                 warn_truncation(report, cfg, name, share, "sentences")
 
+
+class TaggingTraining(TrainingPart):
+    auto_class = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        return label_head(labels)
+
     def encode(self, splits: Splits, tokenizer: Any, cfg: PipelineConfig) -> EncodedData:
         """Tokenize words (``is_split_into_words``) and align the tags to the first sub-token of each word."""
         tag2id = {tag: i for i, tag in enumerate(splits.labels)}
@@ -325,7 +321,7 @@ class TokenClassification(TaskType):
             return Encoded(enc["input_ids"], labels)
 
         return EncodedData(
-            one(splits.train), one(splits.validation), splits.labels, tokenizer, max_length, self.name
+            one(splits.train), one(splits.validation), splits.labels, tokenizer, max_length, cfg.task
         )
 
     def collator(self, tokenizer: Any) -> PadSequences:
@@ -353,6 +349,11 @@ class TokenClassification(TaskType):
             # Under DDP each rank scores its shard; the logged value is their mean (close, not exact).
             module.log("val/f1", float(f1_score(gold, pred, zero_division=0)), prog_bar=True, sync_dist=True)
 
+
+class TaggingServing(ServingPart):
+    quantizable = True
+    input_example = ["Alice moved to Paris to work for Acme Corp ."]
+
     def predictor(self, model: Any, tokenizer: Any, meta: dict[str, Any]) -> TaggingPredictor:
         return TaggingPredictor(model, tokenizer, meta["labels"], meta.get("max_length", 128))
 
@@ -361,6 +362,8 @@ class TokenClassification(TaskType):
             {"entities": [[{"type": "person", "text": "Alice", "start": 0, "end": 5, "score": 0.9}]]}
         )
 
+
+class TaggingJudging(JudgingPart):
     def evaluate_test(
         self,
         predictor: TaggingPredictor,
@@ -420,3 +423,23 @@ class TokenClassification(TaskType):
         self, predictor: TaggingPredictor, test: pd.DataFrame, cfg: PipelineConfig
     ) -> float:
         return self.score_set(predictor, test, cfg, "")[cfg.gates.metric]
+
+
+class TokenClassification(TaskType):
+    name = "token_classification"
+    summary = "one BIO tag per word: named-entity recognition"
+    metrics = MetricSpec(
+        monitors=("val/f1", "val/loss"),
+        gate_metrics=("f1",),
+        headline=("test/f1", "test/precision", "test/recall", "fit/train_val_gap", "serving/latency_p95_ms"),
+        history=("train/loss", "val/loss", "val/f1"),
+    )
+    own_config = (
+        *("data.tokens_column", "data.tags_column", "eval.worst_examples"),
+        *("export.quantize", "gates.max_quantization_loss"),
+    )
+    default_model = DEFAULT_MODEL
+    data = TaggingData()
+    training = TaggingTraining()
+    serving = TaggingServing()
+    judging = TaggingJudging()
