@@ -28,7 +28,9 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 class MeanPooledClassifier(torch.nn.Module):
     """Encoder -> mean over real tokens -> dropout -> linear head; returns transformers' classifier output
-    (``loss`` when ``labels`` are given, ``logits``, ``hidden_states`` when asked), like the Auto class."""
+    (``loss`` when ``labels`` are given, ``logits``, ``hidden_states`` when asked), like the Auto class: the
+    loss is cross-entropy, or binary cross-entropy per label for ``problem_type:
+    multi_label_classification``."""
 
     def __init__(self, encoder: Any, num_labels: int):
         super().__init__()
@@ -63,7 +65,11 @@ class MeanPooledClassifier(torch.nn.Module):
             **kwargs,
         )
         logits = self.classifier(self.dropout(mean_pool(out.last_hidden_state, attention_mask)))
-        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss = None
+        if labels is not None and getattr(self.config, "problem_type", None) == "multi_label_classification":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        elif labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
     def save_pretrained(self, out_dir: str | Path, **kwargs: Any) -> None:

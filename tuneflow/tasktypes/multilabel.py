@@ -335,6 +335,7 @@ class MultiLabelData(DataPart):
 class MultiLabelTraining(TrainingPart):
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    mean_pooled_head = True
 
     def head_config(self, labels: list[str]) -> dict[str, Any]:
         # transformers' sequence classifiers then train with BCEWithLogitsLoss on float 0/1 targets.
@@ -511,6 +512,7 @@ class MultiLabelClassification(TaskType):
     default_model = DEFAULT_MODEL
     own_config = (
         *("data.text_column", "data.label_column", "data.label_names", "eval.worst_examples"),
+        "model.pooling",
         "validation.min_examples_per_class",
         "validation.max_imbalance_ratio",
     )
