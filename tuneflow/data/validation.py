@@ -131,6 +131,44 @@ def batch_problems(cfg: PipelineConfig, train_rows: int) -> list[str]:
     ]
 
 
+def text_problems(name: str, source: str, df: pd.DataFrame, column: str) -> list[Problem]:
+    """Non-text values and empty or whitespace-only texts in ``df``'s text column (``column`` in the file)."""
+    not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)
+    empty = df[TEXT].map(lambda t: t is None or t != t or (isinstance(t, str) and blank(t)))
+    checks = (
+        (not_text, "non-text value(s) (numbers, lists or objects where text is expected)"),
+        (empty, "empty or whitespace-only text(s)"),
+    )
+    return [
+        Problem(f"{int(mask.sum())} {what} in {name} at {lines_of(df, mask)}", file=source, column=column)
+        for mask, what in checks
+        if mask.any()
+    ]
+
+
+def count_problems(counts: pd.Series, noun: str, minimum: int, source: str, column: str) -> list[Problem]:
+    """Fewer than 2 labels in train, and labels with fewer than ``minimum`` train examples (``counts``:
+    examples per label; ``noun``: what a label is called, e.g. "class(es)")."""
+    problems = []
+    if len(counts) < 2:
+        problems.append(
+            Problem(f"train has {len(counts)} {noun}; at least 2 are needed", file=source, column=column)
+        )
+    small = counts[counts < minimum]
+    if len(small):
+        listed = ", ".join(f"'{k}' ({v})" for k, v in small.head(MAX_LINES_LISTED).items())
+        more = f" and {len(small) - MAX_LINES_LISTED} more" if len(small) > MAX_LINES_LISTED else ""
+        problems.append(
+            Problem(
+                f"{len(small)} {noun} with fewer than validation.min_examples_per_class={minimum} "
+                f"train examples: {listed}{more}",
+                file=source,
+                column=column,
+            )
+        )
+    return problems
+
+
 def empty_inputs(name: str, source: str, df: pd.DataFrame) -> list[Problem]:
     """A frame without rows, or inputs that are empty."""
     if df.empty:

@@ -20,7 +20,14 @@ from tuneflow.config import DEFAULT_MODEL, DataConfig, FileSpec, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadInputs, tokenize
 from tuneflow.data.readers import LABEL, LINE, TEXT, Problem, RawData, blank, read_columns, read_table
 from tuneflow.data.splits import Splits
-from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
+from tuneflow.data.validation import (
+    MAX_LINES_LISTED,
+    ValidationReport,
+    count_problems,
+    lines_of,
+    text_problems,
+    token_lengths,
+)
 from tuneflow.judging.behavior import check_behavior
 from tuneflow.judging.calibration import (
     expected_calibration_error,
@@ -158,22 +165,16 @@ class ClassificationData(DataPart):
         return sorted(train[LABEL].unique().tolist())
 
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
-        not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)
-        empty = df[TEXT].map(lambda t: t is None or t != t or (isinstance(t, str) and blank(t)))
-        checks = (
-            (
-                not_text,
-                "non-text value(s) (numbers, lists or objects where text is expected)",
-                cfg.data.text_column,
-            ),
-            (empty, "empty or whitespace-only text(s)", cfg.data.text_column),
-            (df[LABEL].isna(), "missing (NaN/empty) label(s)", cfg.data.label_column),
-        )
-        problems = [
-            Problem(f"{int(mask.sum())} {what} in {name} at {lines_of(df, mask)}", file=source, column=column)
-            for mask, what, column in checks
-            if mask.any()
-        ]
+        problems = text_problems(name, source, df, cfg.data.text_column)
+        missing = df[LABEL].isna()
+        if missing.any():
+            problems.append(
+                Problem(
+                    f"{int(missing.sum())} missing (NaN/empty) label(s) in {name} at {lines_of(df, missing)}",
+                    file=source,
+                    column=cfg.data.label_column,
+                )
+            )
         if df.empty:
             problems.append(Problem(f"{name} has no rows", file=source))
         return problems
@@ -181,26 +182,8 @@ class ClassificationData(DataPart):
     def check_against_train(self, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
         counts = raw.frames["train"][LABEL].value_counts()
         source, column = raw.sources["train"], cfg.data.label_column
-        problems = []
-        if len(counts) < 2:
-            problems.append(
-                Problem(
-                    f"train has {len(counts)} class(es); at least 2 are needed", file=source, column=column
-                )
-            )
         minimum = cfg.validation.min_examples_per_class
-        small = counts[counts < minimum]
-        if len(small):
-            listed = ", ".join(f"'{k}' ({v})" for k, v in small.head(MAX_LINES_LISTED).items())
-            more = f" and {len(small) - MAX_LINES_LISTED} more" if len(small) > MAX_LINES_LISTED else ""
-            problems.append(
-                Problem(
-                    f"{len(small)} class(es) with fewer than validation.min_examples_per_class={minimum} "
-                    f"train examples: {listed}{more}",
-                    file=source,
-                    column=column,
-                )
-            )
+        problems = count_problems(counts, "class(es)", minimum, source, column)
         problems += _subsample_problems(counts, raw, cfg)
         known = set(counts.index)
         problems += scope_problems(cfg, {str(x) for x in known})

@@ -32,13 +32,19 @@ from tuneflow.data.readers import (
     TEXT,
     Problem,
     RawData,
-    blank,
     name_label,
     read_columns,
     read_label_names,
 )
 from tuneflow.data.splits import Splits
-from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, lines_of, token_lengths
+from tuneflow.data.validation import (
+    MAX_LINES_LISTED,
+    ValidationReport,
+    count_problems,
+    lines_of,
+    text_problems,
+    token_lengths,
+)
 from tuneflow.judging.evaluation import Gap, save_table
 from tuneflow.judging.metrics import time_single
 from tuneflow.tasktypes.base import (
@@ -171,20 +177,6 @@ class MultiLabelPredictor:
         return pd.DataFrame({"labels": sets, "scores": scores})
 
 
-def _label_problems(name: str, source: str, df: pd.DataFrame, column: str) -> list[Problem]:
-    not_text = df[TEXT].map(lambda t: t is not None and not isinstance(t, str) and t == t)
-    empty = df[TEXT].map(lambda t: t is None or t != t or (isinstance(t, str) and blank(t)))
-    checks = (
-        (not_text, "non-text value(s) where text is expected", column),
-        (empty, "empty or whitespace-only text(s)", column),
-    )
-    return [
-        Problem(f"{int(mask.sum())} {what} in {name} at {lines_of(df, mask)}", file=source, column=col)
-        for mask, what, col in checks
-        if mask.any()
-    ]
-
-
 class MultiLabelData(DataPart):
     column_roles = {
         "text_column": ("text", "comment", "sentence", "content", "message", "ticket", "body"),
@@ -258,7 +250,7 @@ class MultiLabelData(DataPart):
         return sorted({x for s in train[LABELS] for x in s})
 
     def check_frame(self, name: str, source: str, df: pd.DataFrame, cfg: PipelineConfig) -> list[Problem]:
-        problems = _label_problems(name, source, df, cfg.data.text_column)
+        problems = text_problems(name, source, df, cfg.data.text_column)
         missing = df[LABELS].isna()
         if missing.any():
             problems.append(
@@ -277,25 +269,8 @@ class MultiLabelData(DataPart):
         train = raw.frames["train"][LABELS].dropna()
         counts = pd.Series([x for s in train for x in s], dtype=object).value_counts()
         source, column = raw.sources["train"], cfg.data.label_column
-        problems = []
-        if len(counts) < 2:
-            problems.append(
-                Problem(
-                    f"train has {len(counts)} label(s); at least 2 are needed", file=source, column=column
-                )
-            )
         minimum = cfg.validation.min_examples_per_class
-        small = counts[counts < minimum]
-        if len(small):
-            listed = ", ".join(f"'{k}' ({v})" for k, v in small.head(MAX_LINES_LISTED).items())
-            problems.append(
-                Problem(
-                    f"{len(small)} label(s) on fewer than validation.min_examples_per_class={minimum} train "
-                    f"examples: {listed}",
-                    file=source,
-                    column=column,
-                )
-            )
+        problems = count_problems(counts, "label(s)", minimum, source, column)
         known = set(counts.index)
         for name, df in raw.frames.items():
             unseen = df[LABELS].map(lambda s: s is not None and bool(set(s) - known))
