@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,16 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
+def decide_labels(proba: np.ndarray, thresholds: np.ndarray, at_least_one: bool) -> np.ndarray:
+    """0/1 decisions: each label at its threshold; with ``at_least_one``, the most probable label of a row
+    where none reaches its threshold."""
+    out = (proba >= thresholds).astype(np.int64)
+    if at_least_one and len(out):
+        none = out.sum(1) == 0
+        out[none, proba[none].argmax(1)] = 1
+    return out
+
+
 @dataclass
 class MultiLabelPredictor:
     """An exported multi-label classifier: ``predict`` answers ``labels`` (the set, most probable first)
@@ -143,7 +153,7 @@ class MultiLabelPredictor:
     """
 
     base: ClassificationPredictor  # batched logits (length-sorted batches)
-    thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    thresholds: np.ndarray  # one per label (0.5 each before after_export fits them)
     at_least_one: bool = True
 
     @property
@@ -156,12 +166,7 @@ class MultiLabelPredictor:
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
         """The 0/1 decisions of probabilities ``proba`` at the per-label thresholds."""
-        thresholds = self.thresholds if len(self.thresholds) else np.full(proba.shape[1], 0.5)
-        out = (proba >= thresholds).astype(np.int64)
-        if self.at_least_one and len(out):
-            none = out.sum(1) == 0
-            out[none, proba[none].argmax(1)] = 1
-        return out
+        return decide_labels(proba, self.thresholds, self.at_least_one)
 
     def predict(self, texts: list[str], batch_size: int = 128) -> pd.DataFrame:
         """``labels`` (most probable first) and ``scores`` per text."""
@@ -356,7 +361,7 @@ class MultiLabelServing(ServingPart):
         base = ClassificationPredictor(model, tokenizer, meta["labels"], meta.get("max_length", 128))
         path = Path(meta["model_dir"]) / THRESHOLDS_FILE if meta.get("model_dir") else None
         if path is None or not path.is_file():
-            return MultiLabelPredictor(base)
+            return MultiLabelPredictor(base, np.full(len(base.labels), 0.5))
         fitted = json.loads(path.read_text())
         thresholds = np.array([fitted["thresholds"][label] for label in base.labels])
         return MultiLabelPredictor(base, thresholds, fitted["at_least_one"])
@@ -373,9 +378,8 @@ class MultiLabelServing(ServingPart):
         fitted = dict(zip(predictor.labels, thresholds.tolist(), strict=True))
         path.write_text(json.dumps({"thresholds": fitted, "at_least_one": at_least_one}, indent=2))
         path.chmod(0o644)
-        tuned = MultiLabelPredictor(predictor.base, thresholds, at_least_one).decide(proba)
-        half = np.full(len(thresholds), 0.5)
-        at_half = MultiLabelPredictor(predictor.base, half, at_least_one).decide(proba)
+        tuned = decide_labels(proba, thresholds, at_least_one)
+        at_half = decide_labels(proba, np.full(len(thresholds), 0.5), at_least_one)
         return {
             f"{names.CALIBRATION}threshold_mean": float(thresholds.mean()),
             f"{names.CALIBRATION}val_f1_macro_at_0.5": multilabel_metrics(truth, at_half)["f1_macro"],
@@ -408,7 +412,6 @@ class MultiLabelJudging(JudgingPart):
         if evidence is not None:
             evidence["promotion"] = metrics[f"{names.TEST}{cfg.gates.metric}"]
         p, r, f, support = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
-        thresholds = predictor.thresholds if len(predictor.thresholds) else np.full(len(labels), 0.5)
         table = pd.DataFrame(
             {
                 "label": labels,
@@ -416,7 +419,7 @@ class MultiLabelJudging(JudgingPart):
                 "recall": r,
                 "f1": f,
                 "support": support,
-                "threshold": thresholds,
+                "threshold": predictor.thresholds,
             }
         )
         save_table(table.sort_values("f1"), out / "per_label_metrics.csv")
