@@ -89,6 +89,12 @@ TRANSIENT_RETRIES: dict[str, Any] = {
 """The retry policy of every IO-bound task: ``@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)``."""
 
 
+def is_stop(exc: BaseException) -> bool:
+    """Whether ``exc`` is a person stopping the run: Ctrl-C, or ``kill PID`` (Prefect's TerminationSignal);
+    the CLI says how to resume."""
+    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
+
+
 @contextmanager
 def stage(name: str, run_id: str | None = None) -> Iterator[Callable[[str], None]]:
     """One console line per stage when it ends: ``✓ train      41.3 s  3 epochs, best val_f1_macro 0.93``.
@@ -101,9 +107,8 @@ def stage(name: str, run_id: str | None = None) -> Iterator[Callable[[str], None
         with PeakWatch() as memory:
             yield notes.append
     except BaseException as exc:
-        # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the run; the CLI says how to resume.
-        stopped = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
-        print(f"✗ {name} {'interrupted' if stopped else 'failed'} after {time.perf_counter() - start:.1f} s")
+        how = "interrupted" if is_stop(exc) else "failed"
+        print(f"✗ {name} {how} after {time.perf_counter() - start:.1f} s")
         raise
     finally:
         peak = memory.peak

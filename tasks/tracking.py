@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +15,7 @@ from tuneflow.config import PipelineConfig
 from tuneflow.fitting import runs
 from tuneflow.fitting.runs import OpenedRun, run_dir
 from tuneflow.store import gc, tracking, ui
-from tuneflow.tasks.common import TRANSIENT_RETRIES
+from tuneflow.tasks.common import TRANSIENT_RETRIES, is_stop
 
 
 @task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
@@ -40,22 +41,45 @@ def close_run(cfg: PipelineConfig, run_id: str, status: str) -> None:
     tracking.clear_liveness(run_id)
 
 
+STOP_CLOSE_S = 3.0
+"""How long a stopped run waits to mark its MLflow run KILLED before it leaves that to the next run."""
+
+
 @contextmanager
 def closing_run(cfg: PipelineConfig, run_id: str) -> Iterator[None]:
     """Heartbeat the parent run while the block runs; close it FINISHED, FAILED on an error, KILLED on
-    Ctrl-C. A ``kill -9`` closes nothing: the stopped heartbeat lets the next run mark it KILLED."""
+    Ctrl-C or ``kill PID``. A ``kill -9`` closes nothing: the next run sees the process gone (or the
+    heartbeat stopped) and marks it KILLED."""
     status = "FINISHED"
     try:
         with tracking.Heartbeat(run_id, cfg.tracking.heartbeat_interval):
             yield
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
+    except BaseException as exc:
+        status = "KILLED" if is_stop(exc) else "FAILED"
         raise
     finally:  # after the heartbeat's last beat, so no beat comes after its tags are cleared
-        close_run(cfg, run_id, status)
+        if status == "KILLED":
+            _close_within(cfg, run_id, STOP_CLOSE_S)
+        else:
+            close_run(cfg, run_id, status)
+
+
+def _close_within(cfg: PipelineConfig, run_id: str, seconds: float) -> None:
+    """Mark a stopped run KILLED, waiting at most ``seconds``: a stop signal can land in the middle of a
+    store write and leave an SQLite write lock held until the process ends; closing would then wait out the
+    store's busy timeout (20 s, twice) instead of stopping at once. What is not closed in time, the next run
+    closes (its pid is gone)."""
+    import threading
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            tracking.configure(cfg.tracking.tracking_uri)
+            tracking.end_run(run_id, "KILLED")
+            tracking.clear_liveness(run_id)
+
+    closer = threading.Thread(target=close, name=f"close-{run_id[:8]}", daemon=True)
+    closer.start()
+    closer.join(seconds)
 
 
 def remove_checkpoints(cfg: PipelineConfig, run_id: str, keep_export: bool = False) -> int:

@@ -92,6 +92,40 @@ def test_reaper_kills_runs_whose_heartbeat_stopped_with_their_children(tracking_
     assert tracking.get_run(legacy).info.status == "RUNNING"
 
 
+def test_a_stopped_run_closes_killed_without_waiting_on_a_store_lock(tracking_uri: str) -> None:
+    """Ctrl-C or ``kill PID`` marks the run KILLED. A stop that lands in the middle of a store write can leave
+    SQLite's write lock held: the run still stops within seconds (not after the store's 20 s busy timeout,
+    twice) and is closed KILLED once the lock goes."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from tuneflow.tasks.tracking import STOP_CLOSE_S, closing_run
+
+    cfg = SimpleNamespace(tracking=SimpleNamespace(tracking_uri=tracking_uri, heartbeat_interval=30))
+    tracking.configure(tracking_uri)
+    stopped = tracking.start_run("exp")
+    with pytest.raises(KeyboardInterrupt), closing_run(cfg, stopped):
+        raise KeyboardInterrupt
+    assert tracking.get_run(stopped).info.status == "KILLED"
+
+    locked = tracking.start_run("exp")
+    holder = sqlite3.connect(tracking_uri.removeprefix("sqlite:///"))
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), closing_run(cfg, locked):
+        holder.execute("BEGIN IMMEDIATE")  # what a write cut off by the signal leaves behind
+        start = time.monotonic()
+        raise KeyboardInterrupt
+    waited = time.monotonic() - start
+    assert tracking.get_run(locked).info.status == "RUNNING"  # reading is not blocked; closing was
+    holder.rollback()
+    holder.close()
+    assert waited < STOP_CLOSE_S + 3, f"a stopped run waited {waited:.1f} s on the store lock"
+    deadline = time.monotonic() + 30
+    while tracking.get_run(locked).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tracking.get_run(locked).info.status == "KILLED"
+
+
 def test_resume_skips_a_newer_run_without_checkpoint(
     tmp_path: Path, tiny_model: str, tracking_uri: str
 ) -> None:

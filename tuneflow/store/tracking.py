@@ -374,7 +374,9 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        # A beat stuck on a store lock must not hold up a stopped or failed run; a late beat on a closed run
+        # is harmless (only RUNNING runs are judged by their heartbeat).
+        self._thread.join(timeout=5 if exc[0] is None else 1)
 
 
 def _process_gone(tags: dict[str, str]) -> bool:
