@@ -57,7 +57,6 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
         threshold_for_recall,
         threshold_on_oos,
     )
-    from tuneflow.tasktypes import task_type
     from tuneflow.tasktypes.classification import read_texts
     from tuneflow.tasktypes.classification_predictor import FEATURE_KINDS
     from tuneflow.tasktypes.resolve import load_config
@@ -66,7 +65,7 @@ def score_methods(model_uri: str, tracking_uri: str, overrides: list[str]) -> di
     mlflow.set_tracking_uri(tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     predictor = load_predictor(local / "artifacts" / "export")
-    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
+    splits = cfg.kind.data.load_splits(cfg.data, cfg.train.seed)
     index = {label: i for i, label in enumerate(predictor.labels)}
     batch, temperature = cfg.train.eval_batch_size, predictor.temperature
     texts = {

@@ -175,7 +175,6 @@ def bare_loop(cfg: Any, data: Any, cuda: bool, tally: EpochTally) -> int:
 
     from tuneflow.data.encoding import LengthGroupedBatches
     from tuneflow.fitting.model import load_pretrained
-    from tuneflow.tasktypes.resolve import task_of
 
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(cfg.train.seed)
@@ -186,7 +185,7 @@ def bare_loop(cfg: Any, data: Any, cuda: bool, tally: EpochTally) -> int:
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True
     )
     items = list(zip(data.train.ids, data.train.labels, strict=True))
-    collate = task_of(cfg).training.collator(data.tokenizer)
+    collate = cfg.kind.training.collator(data.tokenizer)
     sampler = LengthGroupedBatches([len(ids) for ids, _ in items], cfg.train.batch_size, cfg.train.seed)
     for _ in range(cfg.train.max_epochs):
         tally.start()
@@ -248,7 +247,7 @@ def run_arm(name: str, tokenizer: str, smoke: bool = False) -> dict[str, Any]:
 
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import load_config, task_of
+    from tuneflow.tasktypes.resolve import load_config
 
     arm = dict(ARMS[name])
     cuda = torch.cuda.is_available() and not smoke
@@ -285,7 +284,7 @@ def run_arm(name: str, tokenizer: str, smoke: bool = False) -> dict[str, Any]:
                 "train.min_epochs=2",
             ]
         cfg = load_config(ROOT / "configs" / "banking77.yaml", overrides)
-        kind = task_of(cfg)
+        kind = cfg.kind
         splits = kind.data.load_splits(cfg.data, cfg.train.seed)
         data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
         tally = EpochTally(sync)

@@ -42,7 +42,7 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
     from tuneflow.judging.metrics import classification_metrics
-    from tuneflow.tasktypes.resolve import load_config, task_of
+    from tuneflow.tasktypes.resolve import load_config
 
     overrides = [
         f"data.max_train_examples={args.train}",
@@ -53,7 +53,7 @@ def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict:
         *ARMS[arm],
     ]
     cfg = load_config(ROOT / "configs" / "banking77.yaml", overrides)
-    kind = task_of(cfg)
+    kind = cfg.kind
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
     # Libraries, data and tokenizer are loaded: what the peak adds on top of this is the training's own cost.

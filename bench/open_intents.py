@@ -167,11 +167,10 @@ def served_answers(pipeline: dict[str, Any], cell: Path) -> pd.DataFrame:
     out = predictor.predict(texts, 256)
     closed = predictor.labels_of(texts, 256)
     # The splits as the flow read them (BANKING77's validation is held out of train by the flow).
-    from tuneflow.tasktypes import task_type
     from tuneflow.tasktypes.resolve import load_config
 
     cfg = load_config(cell / "config.yaml", [])
-    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
+    splits = cfg.kind.data.load_splits(cfg.data, cfg.train.seed)
     sets = {
         "train": splits.train,
         "validation": splits.validation,

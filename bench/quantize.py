@@ -48,23 +48,21 @@ def _fp32_twin(int8_export: Path, twin: Path, cfg: Any, splits: Any) -> None:
     """The same weights served fp32: the export without its graph, calibrated and thresholded on fp32."""
     from tuneflow.fitting.export import META_FILE, load_predictor, read_meta
     from tuneflow.fitting.quantize import QUANTIZED_FILE
-    from tuneflow.tasktypes import task_type
 
     shutil.copytree(int8_export, twin)
     (twin / QUANTIZED_FILE).unlink()
     meta = read_meta(twin)
     meta.pop("quantize"), meta.pop("model_dir")
     (twin / META_FILE).write_text(json.dumps(meta, indent=2))
-    task_type(cfg.task).serving.after_export(load_predictor(twin), twin, splits, cfg)
+    cfg.kind.serving.after_export(load_predictor(twin), twin, splits, cfg)
 
 
 def _scores(predictor: Any, cfg: Any, splits: Any, out: Path) -> dict[str, float]:
     """Test accuracy (and out-of-scope metrics) as the pipeline's evaluation computes them."""
-    from tuneflow.tasktypes import task_type
 
     metrics: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
-    task_type(cfg.task).judging.evaluate_test(predictor, splits.test, out, cfg, metrics)
+    cfg.kind.judging.evaluate_test(predictor, splits.test, out, cfg, metrics)
     keep = ("test/accuracy", "test/f1_macro", "oos/in_scope_accuracy", "oos/recall")
     return {k: metrics[k] for k in keep if k in metrics}
 
@@ -81,9 +79,8 @@ def _runtimes(
     from tuneflow.fitting.export import load_exported, load_predictor
     from tuneflow.fitting.quantize import OnnxModel, write_onnx
     from tuneflow.judging.metrics import time_single
-    from tuneflow.tasktypes import task_type
 
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     model, tokenizer, meta = load_exported(twin)
     graph = write_onnx(
         model, tokenizer, kind.serving.feature_head(model, meta), work / "fp32.onnx", int8=False
@@ -179,9 +176,8 @@ def run_dataset(name: str, quick: bool, seconds: float, work: Path) -> dict[str,
     local = Path(mlflow.artifacts.download_artifacts(int8_uri, dst_path=str(store / "int8")))
     int8_export = local / "artifacts" / "export"
     cfg = load_config(config, overrides)
-    from tuneflow.tasktypes import task_type
 
-    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
+    splits = cfg.kind.data.load_splits(cfg.data, cfg.train.seed)
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"behavior_checks": False})})
     twin = store / "fp32-export"
     _fp32_twin(int8_export, twin, cfg, splits)

@@ -39,7 +39,7 @@ PAIR_ARMS = ("tuneflow", "trainer_best", "trainer_defaults")
 
 def _setup(args: argparse.Namespace, config: Path, extra: list[str] | None = None) -> tuple[Any, Any, Any]:
     from tuneflow.fitting.model import load_tokenizer
-    from tuneflow.tasktypes.resolve import load_config, task_of
+    from tuneflow.tasktypes.resolve import load_config
 
     overrides = [
         f"train.max_epochs={args.epochs}",
@@ -51,7 +51,7 @@ def _setup(args: argparse.Namespace, config: Path, extra: list[str] | None = Non
         *(extra or []),
     ]
     cfg = load_config(config, overrides)
-    kind = task_of(cfg)
+    kind = cfg.kind
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     return cfg, splits, kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
 

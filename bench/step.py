@@ -59,12 +59,12 @@ def measure(setting: dict[str, bool], steps: int, threads: int) -> dict[str, Any
     from tuneflow.data.encoding import LengthGroupedBatches
     from tuneflow.fitting.master import MasterWeights
     from tuneflow.fitting.model import load_pretrained, load_tokenizer
-    from tuneflow.tasktypes.resolve import load_config, task_of
+    from tuneflow.tasktypes.resolve import load_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(ROOT / "configs" / "banking77.yaml", ["data.max_train_examples=3000"])
-    kind = task_of(cfg)
+    kind = cfg.kind
     tokenizer = load_tokenizer(cfg.model.name)
     data = kind.training.encode(kind.data.load_splits(cfg.data, cfg.train.seed), tokenizer, cfg)
     items = list(zip(data.train.ids, data.train.labels, strict=True))

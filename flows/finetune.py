@@ -33,7 +33,6 @@ from tuneflow.tasks.tracking import (
 )
 from tuneflow.tasks.train import train
 from tuneflow.tasks.validate import validate_data
-from tuneflow.tasktypes import task_type
 from tuneflow.tasktypes.resolve import load_config
 
 
@@ -51,11 +50,7 @@ class FinetuneResult:
     search: StudySummary | None
     cv: CVResult | None
     promotion: Decision | None  # None when not registered, not asked, or decided before a kill
-
-    @property
-    def headline(self) -> list[tuple[str, float]]:
-        """The task type's headline metrics that this run has, in their order."""
-        return [(k, self.metrics[k]) for k in task_type(self.task).metrics.headline if k in self.metrics]
+    headline: list[tuple[str, float]]  # the task type's headline metrics that this run has, in their order
 
 
 @flow(name="finetune", log_prints=True)
@@ -85,7 +80,7 @@ def finetune(
     with closing_run(cfg, run_id):
         done = _stages(cfg, opened, workers)
         promotion = _decide(done.final, done.model)
-    headline = [(k, done.metrics[k]) for k in task_type(cfg.task).metrics.headline if k in done.metrics]
+    headline = [(k, done.metrics[k]) for k in cfg.kind.metrics.headline if k in done.metrics]
     describe_run(done.final, run_id, headline, done.final.train.monitor, _notes(done.model, promotion))
     result = FinetuneResult(
         run_id,
@@ -98,6 +93,7 @@ def finetune(
         done.searched,
         done.cv,
         promotion,
+        headline,
     )
     create_markdown_artifact(
         key=artifact_key("finetune", cfg),

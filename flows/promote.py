@@ -29,4 +29,5 @@ def promote(
 @flow(name="rollback", log_prints=True)
 def rollback(model: str, tracking_uri: str | None = None) -> Rollback:
     """Move ``champion`` back to ``previous-champion``."""
+    tracking.configure(tracking_uri)
     return rollback_task(model, tracking_uri)

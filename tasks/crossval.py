@@ -19,14 +19,13 @@ from tuneflow.fitting.crossval import cross_validate as cross_validate_folds
 from tuneflow.fitting.model import load_tokenizer
 from tuneflow.fitting.runs import run_dir
 from tuneflow.store import tracking
-from tuneflow.tasktypes import task_type
 
 
 @task(cache_policy=NO_CACHE)
 def cross_validate(cfg: PipelineConfig, run_id: str) -> CVResult:
     """Score the config by ``train.cv_folds``-fold cross-validation before the final training."""
-    uri = tracking.configure(cfg.tracking.tracking_uri)
-    kind = task_type(cfg.task)
+    uri = tracking.current_uri()
+    kind = cfg.kind
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
     recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)

@@ -18,7 +18,6 @@ from tuneflow.judging.overfitting import validation_degradation
 from tuneflow.registry.champion import keep_evidence
 from tuneflow.store import tracking
 from tuneflow.tasks.common import stage
-from tuneflow.tasktypes import task_type
 
 
 @task(cache_policy=NO_CACHE)
@@ -26,14 +25,13 @@ def evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationRes
     """Evaluate the exported model the task type's way; log metrics and reports to the run."""
     with stage("evaluate", run_id) as note:
         result = _evaluate(cfg, run_id, export_dir)
-        shown = [k for k in task_type(cfg.task).metrics.headline if k in result.metrics][:3]
+        shown = [k for k in cfg.kind.metrics.headline if k in result.metrics][:3]
         note(", ".join(f"{k} {result.metrics[k]:.4f}" for k in shown))
     return result
 
 
 def _evaluate(cfg: PipelineConfig, run_id: str, export_dir: str) -> EvaluationResult:
-    tracking.configure(cfg.tracking.tracking_uri)
-    start, kind, monitor = time.perf_counter(), task_type(cfg.task), cfg.train.monitor
+    start, kind, monitor = time.perf_counter(), cfg.kind, cfg.train.monitor
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     history = tracking.metric_history(run_id, dict.fromkeys((*kind.metrics.history, monitor)))
     out = run_dir(cfg, run_id) / "eval"

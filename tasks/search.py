@@ -77,7 +77,7 @@ def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: boo
     Returns:
         The study summary (best params and value, trial counts); its ``run_id`` is ``run_id``.
     """
-    uri = tracking.configure(cfg.tracking.tracking_uri)
+    uri = tracking.current_uri()
     tracking.log_params(run_id, {"search.space": describe_space(cfg)})
     recorder = tracking.RunRecorder(uri, cfg.experiment_name, run_id)
     with stage("search", run_id) as note:

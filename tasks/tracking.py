@@ -36,7 +36,6 @@ def open_run(
 def close_run(cfg: PipelineConfig, run_id: str, status: str) -> None:
     """Mark the parent run FINISHED, FAILED or KILLED; its liveness tags (host, pid, heartbeat) go: they only
     tell a RUNNING run's state."""
-    tracking.configure(cfg.tracking.tracking_uri)
     tracking.end_run(run_id, status)
     tracking.clear_liveness(run_id)
 
@@ -73,7 +72,6 @@ def _close_within(cfg: PipelineConfig, run_id: str, seconds: float) -> None:
 
     def close() -> None:
         with contextlib.suppress(Exception):
-            tracking.configure(cfg.tracking.tracking_uri)
             tracking.end_run(run_id, "KILLED")
             tracking.clear_liveness(run_id)
 
@@ -101,7 +99,6 @@ def describe_run(
 ) -> None:
     """Write the run's description (the top of its page in the MLflow UI): headline scores first, then the
     best value of ``monitor`` (a validation curve) and ``notes``."""
-    tracking.configure(cfg.tracking.tracking_uri)
     monitor = names.best(monitor)
     value = tracking.run_metrics(run_id).get(monitor)
     best = (monitor, value) if value is not None else None

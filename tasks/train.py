@@ -36,7 +36,6 @@ def train(
         if start is not None:
             print(f"  {mode}: {start.reason}")
     # MLflow's own CPU / memory / disk sampling while the model trains (the run page's System metrics).
-    tracking.configure(cfg.tracking.tracking_uri)
     sampling = tracking.system_metrics(run_id) if cfg.tracking.system_metrics else contextlib.nullcontext()
     with stage("train", run_id) as note, sampling:
         if t.strategy == "ddp" and not under_launcher() and mode != "reuse":

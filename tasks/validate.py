@@ -18,7 +18,6 @@ from tuneflow.faults import crash_point
 from tuneflow.fitting.model import load_tokenizer
 from tuneflow.store import tracking
 from tuneflow.tasks.common import TRANSIENT_RETRIES
-from tuneflow.tasktypes import task_type
 
 
 def _flat(df: pd.DataFrame) -> pd.DataFrame:
@@ -35,10 +34,9 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
         DataValidationError: when the report has errors (after logging the report to MLflow).
     """
     logger = get_run_logger()
-    tracking.configure(cfg.tracking.tracking_uri)
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model.name)
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     report, splits = validate_dataset(kind.data.load_raw(cfg.data), cfg, kind, tokenizer)
     tracking.log_text(run_id, report.to_json(), "validation/report.json")
     tracking.log_text(run_id, report.to_markdown(), "validation/report.md")

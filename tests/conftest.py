@@ -94,9 +94,9 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
+    from tuneflow.store import tracking
 
-    mlflow.set_tracking_uri(uri)
+    tracking.configure(uri)  # what a process entry does: tracking and registry both point at this store
     return uri
 
 

@@ -923,13 +923,12 @@ def test_data_emptied_after_validation_is_exit_3_naming_the_file(tmp_path: Path,
     instead of scikit-learn's "With n_samples=0" from inside a Prefect task."""
     from tuneflow import terminal
     from tuneflow.data.splits import DataChangedError
-    from tuneflow.tasktypes import task_type
     from tuneflow.tasktypes.resolve import load_config
 
     cfg = load_config(_cfg(tmp_path, tiny_model), [])
     (tmp_path / "train.csv").write_text("text,intent\n")
     with pytest.raises(DataChangedError, match=f"{tmp_path}/train.csv: no rows -- the data changed"):
-        task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
+        cfg.kind.data.load_splits(cfg.data, cfg.train.seed)
     assert (DataChangedError, 3) in terminal.known_errors()
 
 

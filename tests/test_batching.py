@@ -147,14 +147,13 @@ def test_resumed_training_continues_the_same_loss_curve(tmp_path: Path, tiny_mod
     run (same batches, optimizer, scheduler and step counter), as torchtune's recipe tests check."""
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import LAST_CHECKPOINT, fit
-    from tuneflow.tasktypes.resolve import task_of
 
     # Dropout off: the only randomness left is the (seeded, per-epoch) batch order.
     path = make_config(
         tmp_path, tiny_model, model={"dropout": 0.0}, train={"max_epochs": 4, "early_stopping_patience": 9}
     )
     cfg = load_config(path)
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(
         kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
     )
@@ -196,10 +195,9 @@ def test_deterministic_training_repeats_exactly_without_filling_new_tensors(
 
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2, "deterministic": True}))
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(
         kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
     )
@@ -232,10 +230,9 @@ def test_training_uses_the_fused_optimizer_and_sorted_validation_batches(
 
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 1, "eval_batch_size": 4}))
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(
         kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
     )

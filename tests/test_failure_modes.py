@@ -293,10 +293,9 @@ def test_every_checkpoint_loads_weights_only(tmp_path: Path, tiny_model: str) ->
     from tuneflow.fitting.export import export_model
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 2}))
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(kind.data.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
     checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))

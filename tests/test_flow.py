@@ -21,9 +21,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_harness: None) -> dict:
     """One successful flow run shared by the assertions below (training is the expensive part)."""
+    from unittest import mock
+
     import mlflow
 
+    from tuneflow import config as config_package
     from tuneflow.flows.finetune import finetune
+    from tuneflow.terminal import load_config_or_exit
 
     tmp = tmp_path_factory.mktemp("flow")
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -35,8 +39,23 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, prefect_
         tracking={"tracking_uri": uri},
         data={"extra_eval": [{"name": "ood", "path": str(ood)}]},
     )
-    result = finetune(str(cfg), ["train.max_epochs=3"])
-    return {"result": result, "uri": uri, "tmp": tmp, "config": cfg}
+    parses: list[str] = []
+    read = config_package.read_config
+
+    def counted(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        parses.append(str(path))
+        return read(path, *args, **kwargs)
+
+    with mock.patch.object(config_package, "read_config", counted):
+        load_config_or_exit(cfg, ["train.max_epochs=3"])  # what `tuneflow run` checks before Prefect starts
+        result = finetune(str(cfg), ["train.max_epochs=3"])
+    return {"result": result, "uri": uri, "tmp": tmp, "config": cfg, "parses": parses}
+
+
+def test_the_config_is_parsed_once_per_run(finished: dict) -> None:
+    """The CLI's check before Prefect starts and the flow share one parsed config; every stage below gets it
+    with its task type (``cfg.kind``)."""
+    assert finished["parses"] == [str(finished["config"])]
 
 
 def _client(uri: str) -> MlflowClient:

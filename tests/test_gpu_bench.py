@@ -114,7 +114,6 @@ def test_compiled_training_keeps_eager_parameter_names(
     from tuneflow.fitting.export import export_model
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import task_of
 
     # The names are the point here, not inductor's kernels: its C++ code generation takes a minute on 2
     # cores. aot_eager still traces the model with dynamo and AOTAutograd, as inductor's front end does.
@@ -124,7 +123,7 @@ def test_compiled_training_keeps_eager_parameter_names(
     )
     cfg = load_config(make_config(tmp_path, tiny_model, train={"max_epochs": 1, "compile": True}))
     assert cfg.train.compile
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(kind.data.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     captured = counters["stats"]["calls_captured"]
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False, resumable=False)

@@ -12,7 +12,6 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import chat_rows, demo_rows, ner_rows, write_conll, write_csv, write_jsonl
-from tuneflow.tasktypes import task_type
 from tuneflow.tasktypes.resolve import load_config
 
 
@@ -290,7 +289,7 @@ def test_label_indices_with_a_labels_file_are_named_by_it(tmp_path: Path, tiny_m
     assert drafted["data"]["label_names"] == str(tmp_path / "labels.txt")
     assert "labels.txt names them" in output.read_text()
     cfg = load_config(output)
-    assert sorted(task_type(cfg.task).data.load_splits(cfg.data, 0).labels) == names
+    assert sorted(cfg.kind.data.load_splits(cfg.data, 0).labels) == names
 
 
 def test_too_few_rows_to_split_is_exit_2_naming_the_file(tmp_path: Path, tiny_model: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,106 @@ def test_a_task_type_is_a_small_protocol_of_components() -> None:
             base = getattr(TaskType, part)
             assert _members(type(component)) <= _members(type(base)) | {"kind"}, (kind.name, part)
         assert not any("print" in name or "line" in name for name in _members(type(kind)))
+
+
+REPO = LIB.parent
+
+
+def _calls(root: Path, name: str) -> list[tuple[str, str, ast.Call]]:
+    """Every call of ``name`` (``name(...)`` or ``x.name(...)``) under ``root``: (module path, enclosing
+    function, call)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]:
+            for node in ast.walk(fn):
+                func = getattr(node, "func", None)
+                called = getattr(func, "attr", None) or getattr(func, "id", None)
+                if isinstance(node, ast.Call) and called == name:
+                    found.append((str(path.relative_to(REPO)), fn.name, node))
+    return found
+
+
+# Where a task type may still be looked up by its name: the name comes from outside a run there (the config
+# being loaded, `tuneflow init --task`, a saved model's tuneflow.json, a checkpoint's hyperparameters).
+BY_NAME = {
+    "tuneflow/tasktypes/resolve.py",
+    "tuneflow/tasktypes/draft.py",
+    "tuneflow/fitting/model.py",
+    "tuneflow/fitting/loading.py",
+    "tuneflow/fitting/export.py",
+    "tuneflow/registry/serving.py",
+    "tuneflow/registry/scoring.py",
+    "tuneflow/registry/packaging.py",
+}
+
+
+def test_no_stage_looks_its_task_type_up_by_name() -> None:
+    """The config is resolved once, with its task type (``cfg.kind``), and handed down: flows, tasks and the
+    stages below never ask the registry for ``cfg.task`` again."""
+    calls = [c for root in ("tuneflow", "flows", "tasks") for c in _calls(REPO / root, "task_type")]
+    assert calls, "the scan found no call at all: it is broken"
+    outside = sorted({path for path, _, _ in calls} - BY_NAME)
+    assert not outside, f"task_type(name) below the loader in {outside}: use cfg.kind"
+    of_a_config = [
+        f"{path}:{call.lineno}"
+        for path, _, call in calls
+        if path != "tuneflow/tasktypes/resolve.py" and re.search(r"cfg\.task\b", ast.unparse(call))
+    ]
+    assert not of_a_config, f"a config's task type looked up again at {of_a_config}: use cfg.kind"
+
+
+# The one place each kind of process points MLflow at its store: the CLI (terminal.use_store), a flow run
+# (its flow function), a spawned search worker, a DDP rank.
+STORE_ENTRIES = {
+    ("tuneflow/terminal.py", "use_store"),
+    ("tuneflow/fitting/search.py", "_worker"),
+    ("tuneflow/fitting/distributed.py", "main"),
+    ("flows/finetune.py", "finetune"),
+    ("flows/tune.py", "tune"),
+    ("flows/retrain.py", "retrain"),
+    ("flows/promote.py", "promote"),
+    ("flows/promote.py", "rollback"),
+}
+
+
+def test_the_store_is_configured_only_where_a_process_starts() -> None:
+    """``tracking.configure`` sets MLflow's process-wide store: only process entries call it; the library
+    below uses the store its process was pointed at."""
+    calls = {
+        (path, fn)
+        for root in ("tuneflow", "flows", "tasks")
+        for path, fn, call in _calls(REPO / root, "configure")
+        if path != "tuneflow/store/tracking.py"
+    }
+    assert calls, "the scan found no call at all: it is broken"
+    assert calls <= STORE_ENTRIES, sorted(calls - STORE_ENTRIES)
+    flows = {path for path, _ in calls if path.startswith("flows/")}
+    assert flows == {"flows/finetune.py", "flows/tune.py", "flows/retrain.py", "flows/promote.py"}
+
+
+def test_load_config_is_parsed_once_and_read_again_when_edited(tmp_path: Path, tiny_model: str) -> None:
+    """One parse per process for the same file, overrides and environment: the CLI's check and the flow share
+    it. An edited file, other overrides or a changed ``${VAR}`` it names are read again."""
+    import os
+
+    from tests.conftest import make_config
+    from tuneflow.tasktypes.resolve import load_config
+
+    path = make_config(tmp_path, tiny_model)
+    first = load_config(path, ["train.lr=0.01"])
+    assert load_config(path, ["train.lr=0.01"]) is first
+    assert first.kind.name == first.task == "sequence_classification"
+    assert load_config(path, ["train.lr=0.02"]).train.lr == 0.02
+    path.write_text(path.read_text() + "# edited\n")
+    edited = load_config(path, ["train.lr=0.01"])
+    assert edited is not first and load_config(path, ["train.lr=0.01"]) is edited
+    named = ["tracking.experiment=${TUNEFLOW_TEST_EXPERIMENT}"]
+    os.environ["TUNEFLOW_TEST_EXPERIMENT"] = "one"
+    try:
+        one = load_config(path, named)
+        assert one.experiment_name == "one" and load_config(path, named) is one
+        os.environ["TUNEFLOW_TEST_EXPERIMENT"] = "two"
+        assert load_config(path, named).experiment_name == "two"
+    finally:
+        del os.environ["TUNEFLOW_TEST_EXPERIMENT"]

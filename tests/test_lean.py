@@ -124,11 +124,10 @@ def test_the_setting_is_checked_and_reaches_the_model(tmp_path, tiny_model: str)
     from tests.conftest import make_config
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import build_module
-    from tuneflow.tasktypes import task_type
     from tuneflow.tasktypes.resolve import load_config
 
     cfg = load_config(make_config(tmp_path, tiny_model), ["train.gradient_checkpointing=true"])
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     module, _ = build_module(cfg, kind.training.encode(splits, load_tokenizer(tiny_model), cfg), kind)
     assert module.model.is_gradient_checkpointing

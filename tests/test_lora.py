@@ -15,7 +15,7 @@ from tuneflow.backbone.lora import AdapterMismatchError
 from tuneflow.cli import app
 from tuneflow.fitting.export import export_model, load_predictor, read_meta
 from tuneflow.fitting.training import fit
-from tuneflow.tasktypes.resolve import load_config, task_of
+from tuneflow.tasktypes.resolve import load_config
 
 TEXTS = ["where is my order", "i want a refund please", "how do i reset my password"]
 
@@ -39,7 +39,7 @@ def _train_adapter(tmp_path: Path, tiny_model: str, name: str, labels: set[str] 
         train={"max_epochs": 1, "lr": 5e-3},
     )
     cfg = load_config(cfg_path)
-    kind = task_of(cfg)
+    kind = cfg.kind
     from tuneflow.fitting.model import load_tokenizer
 
     data = kind.training.encode(

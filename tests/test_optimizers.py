@@ -18,7 +18,6 @@ def _fit_recording(tmp_path: Path, tiny_model: str, **train: object) -> tuple[li
 
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import task_of
 
     seen: list = []
     lrs: list[float] = []
@@ -30,7 +29,7 @@ def _fit_recording(tmp_path: Path, tiny_model: str, **train: object) -> tuple[li
 
     settings = {"max_epochs": 2, "warmup_ratio": 0.25, **train}
     cfg = load_config(make_config(tmp_path, tiny_model, train=settings))
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(
         kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
     )

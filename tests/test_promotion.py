@@ -264,13 +264,13 @@ def test_promotion_runs_as_a_library_call_without_prefect(
     from tuneflow.fitting.training import fit
     from tuneflow.judging.evaluation import evaluate
     from tuneflow.registry.champion import keep_evidence, promote_version, rollback_champion
-    from tuneflow.tasktypes.resolve import load_config, task_of
+    from tuneflow.tasktypes.resolve import load_config
 
     cfg = load_config(
         make_config(tmp_path, tiny_model, name="lib-promo", train={"max_epochs": 2}, gates=LENIENT_CURVE)
     )
     tracking.configure(tracking_uri)
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(kind.data.load_splits(cfg.data, 0), load_tokenizer(tiny_model), cfg)
     result = fit(cfg, data, tmp_path / "ckpt", progress_bar=False)
     export = export_model(result.best_checkpoint, tmp_path / "export", data.tokenizer, cfg)

@@ -16,7 +16,7 @@ from tests.conftest import make_config
 from tuneflow.fitting.model import FineTuner, load_tokenizer
 from tuneflow.fitting.training import fit
 from tuneflow.store import registered, tracking
-from tuneflow.tasktypes.resolve import load_config, task_of
+from tuneflow.tasktypes.resolve import load_config
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def test_dropout_is_active_during_training(tiny_model: str) -> None:
 
 def _fit(cfg_path: Path, out: Path):
     cfg = load_config(cfg_path)
-    kind = task_of(cfg)
+    kind = cfg.kind
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     data = kind.training.encode(splits, load_tokenizer(cfg.model.name), cfg)
     return fit(cfg, data, out, progress_bar=False), splits, cfg

@@ -93,11 +93,10 @@ def _fit(
 ) -> tuple[_Recorder, dict, object]:
     from tuneflow.fitting.model import load_tokenizer
     from tuneflow.fitting.training import fit
-    from tuneflow.tasktypes.resolve import task_of
 
     settings = {"max_epochs": 2, "precision": "bf16-mixed", "grad_clip": 1.0, **train}
     cfg = load_config(make_config(tmp_path, tiny_model, model={"dropout": dropout}, train=settings))
-    kind = task_of(cfg)
+    kind = cfg.kind
     data = kind.training.encode(
         kind.data.load_splits(cfg.data, cfg.train.seed), load_tokenizer(tiny_model), cfg
     )

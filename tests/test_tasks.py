@@ -111,10 +111,9 @@ def _untrained_test_loss(cfg_path: Path) -> float:
     import transformers
 
     from tuneflow.fitting.model import load_tokenizer
-    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(cfg_path)
-    kind = task_of(cfg)
+    kind = cfg.kind
     test = kind.data.load_splits(cfg.data, cfg.train.seed).test
     model = getattr(transformers, kind.training.auto_class).from_pretrained(cfg.model.name).eval()
     predictor = kind.serving.predictor(
@@ -327,7 +326,6 @@ def test_lora_keys_are_searchable():
 def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
     from tests.conftest import make_config
     from tuneflow.data.validation import validate_dataset
-    from tuneflow.tasktypes.resolve import task_of
 
     train = write_conll(tmp_path / "train.conll", ner_rows(40, 1) + [(["bob", "smith"], ["O", "I-person"])])
     test = write_conll(tmp_path / "test.conll", [(["ann", "x"], ["B-animal", "O"])] + ner_rows(5, 2))
@@ -339,7 +337,7 @@ def test_ner_validation_errors_name_file_and_line(tmp_path, tiny_ner_model):
             data={"train": str(train), "test": str(test)},
         )
     )
-    report, splits = validate_dataset(task_of(cfg).data.load_raw(cfg.data), cfg, task_of(cfg))
+    report, splits = validate_dataset(cfg.kind.data.load_raw(cfg.data), cfg, cfg.kind)
     assert splits is None
     bad_line = 1 + sum(len(w) + 1 for w, _ in ner_rows(40, 1))
     assert any(
@@ -364,11 +362,10 @@ def test_wnut17_reads_and_validates(tiny_ner_model):
     """The shipped NER config on the real WNUT-17 files: counts as documented, no BIO errors."""
     from tuneflow.data.validation import validate_dataset
     from tuneflow.fitting.model import load_tokenizer
-    from tuneflow.tasktypes.resolve import task_of
 
     cfg = load_config(ROOT / "configs" / "wnut17.yaml", [f"model.name={tiny_ner_model}"])
     report, splits = validate_dataset(
-        task_of(cfg).data.load_raw(cfg.data), cfg, task_of(cfg), load_tokenizer(tiny_ner_model)
+        cfg.kind.data.load_raw(cfg.data), cfg, cfg.kind, load_tokenizer(tiny_ner_model)
     )
     assert report.ok, report.errors
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (3394, 1009, 1287)
@@ -380,7 +377,6 @@ def test_instruction_rows_become_exchanges_with_every_reference(tmp_path, tiny_g
     max_source_words; empty targets are errors naming file, line and column."""
     from tests.conftest import make_config
     from tuneflow.tasktypes.chat import assistant_turns
-    from tuneflow.tasktypes.resolve import task_of
 
     rows = [{"source": ["a b c", "d e f g"], "target": ["short one .", "another ."]} for _ in range(20)]
     rows.append({"source": ["x y"], "target": [""]})
@@ -394,7 +390,7 @@ def test_instruction_rows_become_exchanges_with_every_reference(tmp_path, tiny_g
             gates={"max_val_degradation": None},
         )
     )
-    kind = task_of(cfg)
+    kind = cfg.kind
     df, problems = kind.data.read(cfg.data.train, cfg.data)
     assert [str(p) for p in problems] == [f"{train}:21 [column 'target']: empty text: nothing to learn from"]
     assert df["messages"][0] == [

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import demo_rows, write_csv
 from tuneflow.data.validation import validate_dataset
-from tuneflow.tasktypes.resolve import config_from_dict, task_of
+from tuneflow.tasktypes.resolve import config_from_dict
 
 
 def _cfg(train: Path, test: Path | None = None, validation: Path | None = None, **extra: object):
@@ -26,7 +26,7 @@ def _rows(n_per_class: int = 6, classes: tuple[str, ...] = ("a", "b", "c")) -> l
 
 
 def _check(cfg, tokenizer=None):
-    return validate_dataset(task_of(cfg).data.load_raw(cfg.data), cfg, task_of(cfg), tokenizer)
+    return validate_dataset(cfg.kind.data.load_raw(cfg.data), cfg, cfg.kind, tokenizer)
 
 
 def test_clean_data_passes_and_splits(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_tsv_without_header_and_unbalanced_quotes(tmp_path: Path) -> None:
             "validation": {"min_examples_per_class": 2},
         }
     )
-    raw = task_of(cfg).data.load_raw(cfg.data)
+    raw = cfg.kind.data.load_raw(cfg.data)
     assert len(raw.frames["train"]) == 8 and not raw.problems
     assert raw.frames["train"]["label"].tolist()[:2] == ["1", "0"]
 
@@ -154,7 +154,7 @@ def test_hub_dataset_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     cfg = config_from_dict({"name": "t", "data": {"hub_dataset": "tuneflow-test/no-such-dataset"}})
-    report, splits = validate_dataset(task_of(cfg).data.load_raw(cfg.data), cfg, task_of(cfg))
+    report, splits = validate_dataset(cfg.kind.data.load_raw(cfg.data), cfg, cfg.kind)
     assert splits is None
     assert any(
         "cannot load hub dataset 'tuneflow-test/no-such-dataset'" in e and "local files" in e

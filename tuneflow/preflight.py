@@ -24,7 +24,6 @@ from tuneflow.config import (
     sqlite_path,
 )
 from tuneflow.data.validation import ValidationReport, validate_dataset
-from tuneflow.tasktypes import task_type
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json")
 
@@ -201,7 +200,7 @@ def preflight(cfg: PipelineConfig) -> None:
     Raises:
         PreflightError: ``kind="data"`` (exit 3) or ``kind="model"`` (exit 4), listing every problem.
     """
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     report, _ = validate_dataset(kind.data.load_raw(cfg.data), cfg, kind, tokenizer=None)
     if not report.ok:
         raise PreflightError("data", report.errors)
@@ -216,7 +215,7 @@ def validation_report(cfg: PipelineConfig) -> ValidationReport:
         PreflightError: ``kind="model"`` when the model directory cannot load.
         tuneflow.backbone.pretrained.ModelLoadError: the tokenizer cannot load.
     """
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     raw = kind.data.load_raw(cfg.data)
     report, _ = validate_dataset(raw, cfg, kind, tokenizer=None)
     if not report.ok:

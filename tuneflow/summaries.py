@@ -23,7 +23,7 @@ def print_browse(cfg: Any, what: str = "browse runs") -> None:  # (a tuneflow.co
     from tuneflow.config import redact_secrets
     from tuneflow.store import tracking
 
-    uri = tracking.configure(cfg.tracking.tracking_uri)
+    uri = tracking.current_uri()  # the store the flow that just ran was pointed at
     experiment_id = tracking.experiment_id(cfg.experiment_name)
     if experiment_id is None:
         return
@@ -240,11 +240,11 @@ def print_ui_links(uri: str, address: str) -> None:
 def clean_checkpoints(output_dir: Path, dry_run: bool, tracking_uri: str | None) -> None:
     """``tuneflow gc``: list each run folder's fate, then delete (or, dry run, only count)."""
     from tuneflow.store import gc, tracking
-    from tuneflow.terminal import fail
+    from tuneflow.terminal import fail, use_store
 
     if output_dir.exists() and not output_dir.is_dir():
         fail(f"--output-dir {output_dir} is a file; give the checkpoint folder (the configs' output_dir)", 2)
-    tracking.configure(tracking_uri)
+    use_store(tracking_uri)
     actions = gc.plan(output_dir, tracking.run_facts)
     print_gc(actions)
     if dry_run:
@@ -255,10 +255,10 @@ def clean_checkpoints(output_dir: Path, dry_run: bool, tracking_uri: str | None)
 
 def exec_mlflow_ui(port: int, tracking_uri: str | None) -> None:
     """``tuneflow ui``: print the links, then become MLflow's UI server (tuneflow's app) on 127.0.0.1."""
-    from tuneflow.store import tracking
     from tuneflow.store.mlflow_app import ui_args
+    from tuneflow.terminal import use_store
 
-    uri = tracking.configure(tracking_uri)
+    uri = use_store(tracking_uri)
     print_ui_links(uri, f"http://127.0.0.1:{port}")
     cmd = [sys.executable, "-m", "mlflow", *ui_args(uri), "--host", "127.0.0.1", "--port", str(port)]
     os.execv(sys.executable, cmd)

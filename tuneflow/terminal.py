@@ -200,10 +200,17 @@ def read_store(tracking_uri: str | None, model: str | None = None) -> bool:
         if model is not None:
             fail(f"no registered model '{model}' (no MLflow store at {uri} yet)", 2)
         return False
+    use_store(tracking_uri)
+    return True
+
+
+def use_store(tracking_uri: str | None) -> str:
+    """Point this CLI process at the MLflow store and return its URI: the one place a command sets it
+    (a flow it runs sets the same store for its own run; a search worker or DDP rank sets it at its entry).
+    Library code below never sets it: it uses the store its process was pointed at."""
     from tuneflow.store import tracking
 
-    tracking.configure(tracking_uri)
-    return True
+    return tracking.configure(tracking_uri)
 
 
 def check_registry(
@@ -380,11 +387,10 @@ def scoring_request(
 def load_scorer(model: str, adapter: str | None, params: dict[str, Any], tracking_uri: str | None) -> Any:
     """The model ``tuneflow predict`` scores with, its registry entry checked first (exit 7 / 2 / 4)."""
     from tuneflow.registry import scoring
-    from tuneflow.store import tracking
 
     probe_store(tracking_uri) if adapter else check_model_uri(model, tracking_uri)
     quiet_env()
-    tracking.configure(tracking_uri)
+    use_store(tracking_uri)
     try:
         return scoring.load_scorer(model, adapter, params)
     except scoring.ScoringError as exc:

@@ -281,6 +281,8 @@ def apply_params(
     if not validate:
         return raw
     try:
-        return PipelineConfig.model_validate(raw)
+        applied = PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError("search parameters", _problems(err)) from err
+    # Parameters never change the task: the resolved task type carries over.
+    return applied.resolved(base._kind) if isinstance(base, PipelineConfig) else applied

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from tuneflow.config.base import _Section, check_name, redact_tree
 from tuneflow.config.data import DataConfig, OOSConfig, ValidationConfig
@@ -53,10 +53,31 @@ class PipelineConfig(_Section):
         "mlruns/checkpoints", description="Where checkpoints go (relative to the working directory)."
     )
 
+    # The task type, resolved once when the config is loaded and handed down with it (pickled to workers
+    # too): no stage below the loader looks a task type up by name.
+    _kind: Any = PrivateAttr(default=None)
+
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
         return check_name(v)  # type: ignore[return-value]
+
+    @property
+    def kind(self) -> Any:
+        """The task type (a :class:`tuneflow.tasktypes.base.TaskType`) this config fine-tunes for, set when it
+        was loaded (:func:`tuneflow.tasktypes.resolve.load_config`; the schema knows no task type)."""
+        if self._kind is None:
+            raise RuntimeError(
+                f"config {self.name!r} was not resolved for its task type: load it with "
+                "tuneflow.tasktypes.resolve.load_config (or config_from_dict)"
+            )
+        return self._kind
+
+    def resolved(self, kind: Any) -> PipelineConfig:
+        """This config carrying ``kind`` (its ``task``'s registered type)."""
+        copy = self.model_copy()
+        copy._kind = kind
+        return copy
 
     @property
     def searching(self) -> bool:

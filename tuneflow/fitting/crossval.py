@@ -73,7 +73,7 @@ def _fit_fold(
             resumable=False,
         )
         if oof is not None:
-            logits = predict_logits(result.best_checkpoint, fold.validation, data, cfg.train.eval_batch_size)
+            logits = predict_logits(result.best_checkpoint, fold.validation, data, cfg)
             oof[held_out] = softmax(logits)
     finally:
         shutil.rmtree(fold_dir, ignore_errors=True)  # scored: the fold's weights are not needed again

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 from tuneflow.config import PipelineConfig
 
 TRAINED_FILE = "trained.json"
-CONFIG_FILE = "distributed_config.json"
+CONFIG_FILE = "distributed_config.pkl"
 
 
 def under_launcher() -> bool:
@@ -71,7 +72,8 @@ def launch(cfg: PipelineConfig, run_id: str, out_dir: Path, resume_from: str | N
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / CONFIG_FILE
-    config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+    # The flow's config object itself, with its resolved task type: node 0's ranks do not parse it again.
+    config_file.write_bytes(pickle.dumps(cfg))
     (out_dir / TRAINED_FILE).unlink(missing_ok=True)
     cmd = [
         sys.executable,
@@ -126,12 +128,13 @@ def _die_with_parent() -> Callable[[], None] | None:
 def main(argv: list[str] | None = None) -> None:
     """One rank of a torchrun-launched training stage (see the module docstring)."""
     from tuneflow.fitting.training import global_rank, train_and_export
-    from tuneflow.tasktypes.resolve import config_from_dict, load_config
+    from tuneflow.store import tracking
+    from tuneflow.tasktypes.resolve import load_config
 
     parser = argparse.ArgumentParser(prog="python -m tuneflow.fitting.distributed", description=main.__doc__)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--config", help="the experiment YAML (nodes other than 0)")
-    what.add_argument("--resolved", help="the resolved config the flow wrote (node 0)")
+    what.add_argument("--resolved", help="the resolved config the flow pickled (node 0)")
     parser.add_argument(
         "--set", "-s", dest="overrides", action="append", default=[], help="KEY=VALUE, as for run"
     )
@@ -140,12 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", help="a last.ckpt of this run to continue from")
     args = parser.parse_args(argv)
     if args.resolved:
-        cfg = config_from_dict(json.loads(Path(args.resolved).read_text()), args.resolved)
+        cfg = pickle.loads(Path(args.resolved).read_bytes())  # written by launch() for its own children
     else:
         cfg = load_config(args.config, args.overrides)
     if global_rank() == 0 and not (args.run_id and args.out):
         parser.error("global rank 0 runs on node 0, started by the flow: it needs --run-id and --out")
     out_dir = args.out or Path(cfg.output_dir) / "distributed-worker"
+    tracking.configure(cfg.tracking.tracking_uri)  # a rank is a process of its own: point it at the store
     trained = train_and_export(cfg, args.run_id or "", out_dir, args.resume)
     if trained is not None:
         payload = {"fit": trained.fit.to_dict(), "export_dir": trained.export_dir}

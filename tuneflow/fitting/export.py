@@ -78,7 +78,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any, cf
         "labels": labels,
         "base_model": hp["model_name"],
         "lora": hp.get("lora"),
-        **task_type(task).serving.inference_settings(cfg),
+        **cfg.kind.serving.inference_settings(cfg),
     }
     if hp.get("pooling", "cls") != "cls":
         meta["pooling"] = hp["pooling"]

@@ -100,7 +100,6 @@ def open_run(
         origin: what started it (e.g. "Prefect flow run X") and its tags (the flow run's id and name).
         notify: where the lines about reaped and resumed runs go.
     """
-    tracking.configure(cfg.tracking.tracking_uri)
     reaped = tracking.reap_stale_runs(cfg.experiment_name, by=f"a new {stage} run of '{cfg.name}'")
     if reaped:
         notify(f"marked {len(reaped)} run(s) whose process died KILLED (no heartbeat): {', '.join(reaped)}")
@@ -142,7 +141,6 @@ def run_name(cfg: PipelineConfig, stage: str) -> str:
 
 def record_config(cfg: PipelineConfig, run_id: str, artifact: str = "config/resolved.yaml") -> None:
     """Log the flattened config as params and the resolved YAML as an artifact (URL passwords masked)."""
-    tracking.configure(cfg.tracking.tracking_uri)
     tracking.log_params(run_id, run_params(cfg))
     tracking.log_text(run_id, yaml.safe_dump(cfg.recorded(), sort_keys=False), artifact)
 

@@ -46,10 +46,10 @@ from tuneflow.fitting.search_report import (
 from tuneflow.fitting.training import fit, keep_best
 from tuneflow.judging.evaluation import LEARNING_CURVES, plot_learning_curves, save_table
 from tuneflow.judging.metrics import time_single
+from tuneflow.store import tracking
 from tuneflow.store.params import run_params
 from tuneflow.store.tracking import TAG_STAGE, ChildRun, RunRecorder
 from tuneflow.store.ui import trial_run_name
-from tuneflow.tasktypes import task_type
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 TAG_TRIAL, TAG_STATE, TAG_STUDY = "optuna.trial_number", "optuna.state", "optuna.study_name"
@@ -187,7 +187,7 @@ def build_storage(scfg: SearchConfig, recorder: RunRecorder | None = None) -> op
 def direction(cfg: PipelineConfig) -> str:
     """The search metric's direction: the config's, else the task type's metric spec decides."""
     assert cfg.search is not None
-    return cfg.search.direction or task_type(cfg.task).metrics.direction(cfg.search_metric)
+    return cfg.search.direction or cfg.kind.metrics.direction(cfg.search_metric)
 
 
 def directions(cfg: PipelineConfig) -> list[str]:
@@ -271,15 +271,13 @@ class EncodingCache:
         if key not in self._encoded:
             if m.name not in self._tokenizers:
                 self._tokenizers[m.name] = load_tokenizer(m.name)
-            self._encoded[key] = task_type(cfg.task).training.encode(
-                self.splits, self._tokenizers[m.name], cfg
-            )
+            self._encoded[key] = cfg.kind.training.encode(self.splits, self._tokenizers[m.name], cfg)
         return self._encoded[key]
 
 
 def measure_latency_ms(cfg: PipelineConfig, data: EncodedData, inputs: list[Any]) -> float:
     """Median single-example latency of the trial's architecture at its max_length (weights do not matter)."""
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     model, _ = load_pretrained(cfg.task, cfg.model.name, data.labels)
     meta = {"labels": data.labels, **kind.serving.inference_settings(cfg)}
     predictor = kind.serving.predictor(model.eval(), data.tokenizer, meta)
@@ -352,7 +350,7 @@ class Objective:
     def _log_curves(self, run: ChildRun) -> None:
         """The trial's learning curves as ``learning_curves.png``, the name the final training uses too, so
         the UI's Compare view shows the trials' curves side by side. Pruned trials included."""
-        keys = task_type(self.cfg.task).metrics.history
+        keys = self.cfg.kind.metrics.history
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / LEARNING_CURVES
             if plot_learning_curves(run.history(keys), keys, path):
@@ -408,7 +406,7 @@ class Objective:
 
 
 def optimize(
-    cfg_dump: dict[str, Any],
+    cfg: PipelineConfig,
     recorder: RunRecorder,
     work_dir: str,
     n_trials: int | None,
@@ -417,20 +415,19 @@ def optimize(
 ) -> int:
     """One worker: run up to ``n_trials`` trials of the study (until its timeout); returns trials run.
 
-    Takes plain values so it can run in a spawned process; also runs in-process for a single worker.
+    Runs in a spawned process (the config arrives pickled, with its resolved task type: not parsed again)
+    or in-process for a single worker.
     """
-    cfg = PipelineConfig.model_validate(cfg_dump)
     assert cfg.search is not None
     _quiet()
     if threads and not cfg.train.torch_threads:
         import torch
 
         torch.set_num_threads(threads)  # N workers share the cores instead of each taking them all
-    recorder.configure()
     study = open_study(cfg, recorder)
     # Distinct seeds per worker and per resume, so parallel or resumed workers do not replay one sequence.
     study.sampler = build_sampler(cfg.search, cfg.train.seed + 1000 * worker + len(study.trials))
-    splits = task_type(cfg.task).data.load_splits(cfg.data, cfg.train.seed)
+    splits = cfg.kind.data.load_splits(cfg.data, cfg.train.seed)
     objective = Objective(cfg, recorder, Path(work_dir), splits)
     callbacks = []
     if cfg.search.n_trials:
@@ -446,6 +443,14 @@ def optimize(
         gc_after_trial=True,
     )
     return len(study.trials) - before
+
+
+def _worker(
+    cfg: PipelineConfig, recorder: RunRecorder, work_dir: str, n_trials: int | None, worker: int, threads: int
+) -> int:
+    """A spawned search worker's entry: it starts unconfigured, so it points itself at the store first."""
+    tracking.configure(recorder.tracking_uri)
+    return optimize(cfg, recorder, work_dir, n_trials, worker, threads)
 
 
 def shares(remaining: int | None, workers: int) -> list[int | None]:
@@ -497,7 +502,6 @@ def run_study(
     """
     if cfg.search is None:
         raise SearchError("the config has no search: section")
-    recorder.configure()
     study = open_study(cfg, recorder)
     optuna.storages.fail_stale_trials(study)  # a worker killed last time: fail and re-queue its trials now
     done = finished_count(study)
@@ -507,13 +511,13 @@ def run_study(
         f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"
     )
     plan = shares(remaining, workers)
-    args = (cfg.model_dump(mode="json"), recorder, str(work_dir))
+    args = (cfg, recorder, str(work_dir))
     if len(plan) == 1:
         optimize(*args, plan[0], 0)
     elif plan:
         threads = max(1, (os.cpu_count() or 1) // len(plan))
         with ProcessPoolExecutor(max_workers=len(plan), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(optimize, *args, n, i, threads) for i, n in enumerate(plan)]
+            futures = [pool.submit(_worker, *args, n, i, threads) for i, n in enumerate(plan)]
             errors = [f.exception() for f in futures]
         failed = [e for e in errors if e is not None]
         if failed:

@@ -34,7 +34,6 @@ from tuneflow.fitting.checkpointio import StreamingCheckpointIO
 from tuneflow.fitting.export import export_model, load_predictor, quantize_export, weights_bytes
 from tuneflow.fitting.model import FineTuner, load_module, load_tokenizer
 from tuneflow.store import tracking
-from tuneflow.tasktypes import task_type
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -268,7 +267,7 @@ def fit(
     _seed_torch(tcfg)
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     module, dm = build_module(cfg, data, kind)
     if init_from and not resume_from:
         state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
@@ -333,18 +332,19 @@ def _reused_fit(start: FinalStart, cfg: PipelineConfig, run_id: str, uri: str) -
     assert start.checkpoint is not None
     facts = json.loads(Path(start.checkpoint).with_suffix(".json").read_text())
     if start.trial_run_id:
-        history = tracking.metric_history(start.trial_run_id, task_type(cfg.task).metrics.history)
+        history = tracking.metric_history(start.trial_run_id, cfg.kind.metrics.history)
         batch = [(key, value, step) for key, points in history.items() for step, value in points]
         tracking.log_metric_batch(uri, run_id, batch)
     return FitResult(**facts)
 
 
 def predict_logits(
-    checkpoint: str | Path, encoded: Encoded, data: EncodedData, batch_size: int
+    checkpoint: str | Path, encoded: Encoded, data: EncodedData, cfg: PipelineConfig
 ) -> np.ndarray:
     """Logits of a checkpoint on already-encoded examples (a fold's held-out part), shape (n, labels)."""
     module = load_module(checkpoint)
-    collate = task_type(data.task).training.collator(data.tokenizer)
+    collate = cfg.kind.training.collator(data.tokenizer)
+    batch_size = cfg.train.eval_batch_size
     out = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
@@ -461,8 +461,8 @@ def train_and_export(
         start: after a search, whether to reuse or continue from the best trial (None: train from the
             pre-trained weights).
     """
-    uri = tracking.configure(cfg.tracking.tracking_uri)
-    kind = task_type(cfg.task)
+    uri = tracking.current_uri()
+    kind = cfg.kind
     tokenizer = load_tokenizer(cfg.model.name)
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)  # validated before
     data = kind.training.encode(splits, tokenizer, cfg)

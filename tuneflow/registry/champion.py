@@ -27,7 +27,7 @@ from tuneflow.fitting.export import load_predictor
 from tuneflow.judging.promotion import Decision
 from tuneflow.store import registered, tracking
 from tuneflow.store.locks import default_lock_url, lease
-from tuneflow.tasktypes import TaskType, task_type
+from tuneflow.tasktypes import TaskType
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 EVIDENCE_DIR = "promotion/evidence"
@@ -127,10 +127,9 @@ def promote_version(
         The decision (every gate's value, threshold and verdict; the per-class table for classifiers).
     """
     start = time.perf_counter()
-    tracking.configure(cfg.tracking.tracking_uri)
     name = cfg.registered_model_name
     mv = registered.model_version(name, version)
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     test = kind.data.load_splits(cfg.data, cfg.train.seed).test
     key = evidence_key(cfg, test)
     evidence = _evidence(kind, cfg, name, str(version), test, key)
@@ -180,7 +179,6 @@ def rollback_champion(
     model: str, tracking_uri: str | None = None, notify: Callable[[str], None] = print
 ) -> Rollback:
     """Move ``champion`` back to the ``previous-champion`` version (under the model's lease)."""
-    tracking.configure(tracking_uri)
     with decision_lock(model, TrackingConfig(tracking_uri=tracking_uri), notify):
         previous = registered.alias_version(model, PREVIOUS)
         current = registered.alias_version(model, CHAMPION)

@@ -39,11 +39,9 @@ def describe(
     """A version's one-line description: the run's headline test ``metrics``, task, base model and a link to
     its run, by name (relative: it opens in whichever MLflow UI shows the registry, in the model-training
     view)."""
-    from tuneflow.tasktypes import task_type
-
     scores = ", ".join(
         f"{k.removeprefix(names.TEST)} {metrics[k]:.4f}"
-        for k in task_type(cfg.task).metrics.headline
+        for k in cfg.kind.metrics.headline
         if k.startswith(names.TEST) and k in metrics
     )
     base = Path(cfg.model.name).name if Path(cfg.model.name).is_absolute() else cfg.model.name
@@ -60,7 +58,6 @@ def register_export(cfg: PipelineConfig, run_id: str, export_dir: str, data_fing
     Idempotent per run: a run that already has a version (a resumed run killed after registering) gets
     that version back, with ``decided`` telling whether it already has a promotion decision.
     """
-    tracking.configure(cfg.tracking.tracking_uri)
     name = cfg.registered_model_name
     existing = registered.version_of_run(name, run_id)
     if existing is not None:

@@ -23,7 +23,6 @@ from tuneflow.fitting.export import load_predictor
 from tuneflow.judging.drift import DriftReport, drift_report
 from tuneflow.registry.champion import CHAMPION
 from tuneflow.store import registered, tracking
-from tuneflow.tasktypes import task_type
 
 TAG_DECISION, TAG_REASON = "tuneflow.retrain.decision", "tuneflow.retrain.reason"
 
@@ -86,8 +85,7 @@ def check_data(cfg: PipelineConfig, force: bool = False) -> RetrainCheck:
     Logs a ``retrain-check`` run (decision, reason, drift report) and returns the decision: ``skip``, or
     ``train`` with whether to run a fresh search and which champion to reuse hyperparameters from.
     """
-    tracking.configure(cfg.tracking.tracking_uri)
-    kind = task_type(cfg.task)
+    kind = cfg.kind
     name = cfg.registered_model_name
     splits = kind.data.load_splits(cfg.data, cfg.train.seed)
     data_fp = fingerprint(splits)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tuneflow import config
 from tuneflow.config import PipelineConfig, flatten
-from tuneflow.tasktypes import task_type, unused_config
+from tuneflow.tasktypes import unused_config
 
 NOT_PARAMS = (
     "tracking.",
@@ -63,7 +63,7 @@ def run_params(cfg: PipelineConfig) -> dict[str, Any]:
     Floats are :func:`readable`. The whole resolved config is logged as ``config/resolved.yaml`` next to
     them.
     """
-    unused = unused_config(task_type(cfg.task))
+    unused = unused_config(cfg.kind)
     out: dict[str, Any] = {}
     searched: list[str] = []
     for key, value in flatten(cfg.recorded()).items():

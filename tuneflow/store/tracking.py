@@ -1,8 +1,8 @@
 """Every MLflow call of tuneflow goes through this module.
 
-Runs are addressed by id through ``MlflowClient`` (never the thread-local "active run"), because Prefect
-tasks run on worker threads. Store default: ``sqlite:///mlruns/mlflow.db`` with artifacts under
-``mlruns/artifacts``; ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` override it.
+Runs are addressed by id through ``MlflowClient`` (never the thread-local "active run"): Prefect tasks run on
+worker threads. :func:`configure` points a process at its store once, at its entry (the CLI, a flow, a search
+worker, a DDP rank); default: ``sqlite:///mlruns/mlflow.db``, artifacts in ``mlruns/artifacts``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from tuneflow.config import SMOLLM2_MODEL, resolve_tracking_uri, sqlite_path  # 
 from tuneflow.store.gc import RunFacts
 
 TAG_STAGE, TAG_CONFIG_HASH = "tuneflow.stage", "tuneflow.config_hash"
-TAG_DATA_FP = "tuneflow.data_fingerprint"
-TAG_ADAPTER = "tuneflow.adapter"
+TAG_DATA_FP, TAG_ADAPTER = "tuneflow.data_fingerprint", "tuneflow.adapter"
 TAG_REGISTERED = "tuneflow.registered_version"  # on a run: the version registered from it
 REFERENCE_SAMPLE = "reference/train_sample.jsonl"  # a run's training sample: the drift reference
 ADAPTER_PREFIX = "adapter-"  # artifact keys of an adapter-set model: adapter-<name>
@@ -51,6 +50,11 @@ def configure(configured: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def current_uri() -> str:
+    """The store this process was pointed at by its entry (the CLI, a flow, a search worker, a DDP rank)."""
+    return mlflow.get_tracking_uri()
 
 
 def client() -> MlflowClient:
@@ -245,10 +249,9 @@ def reopen_run(run_id: str) -> None:
 
 
 def run_status(exc: BaseException | None) -> str:
-    """MLflow status for a run that ended with ``exc`` (None: it finished)."""
-    if exc is None:
-        return "FINISHED"
-    return "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+    """MLflow status for a run that ended with ``exc``: None finished; Ctrl-C, exit, ``kill PID`` killed."""
+    stopped = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == "TerminationSignal"
+    return "FINISHED" if exc is None else "KILLED" if stopped else "FAILED"
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
@@ -374,8 +377,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        # A beat stuck on a store lock must not hold up a stopped or failed run; a late beat on a closed run
-        # is harmless (only RUNNING runs are judged by their heartbeat).
+        # A beat stuck on a store lock must not hold up a failed run (a late beat on a closed run: harmless).
         self._thread.join(timeout=5 if exc[0] is None else 1)
 
 
@@ -540,10 +542,6 @@ class RunRecorder:
     tracking_uri: str
     experiment: str
     parent_run_id: str
-
-    def configure(self) -> None:
-        """Point this process at the store (a spawned worker starts unconfigured)."""
-        configure(self.tracking_uri)
 
     @contextmanager
     def child(

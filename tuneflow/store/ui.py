@@ -10,7 +10,6 @@ from typing import Any
 from tuneflow import names
 from tuneflow.config import PipelineConfig
 from tuneflow.store import tracking
-from tuneflow.tasktypes import task_type
 
 ALWAYS_SHOWN_PARAMS = ("train.lr", "train.batch_size", "train.max_epochs")
 CURVES_SECTION, TEST_SECTION = "learning curves", "test"
@@ -40,7 +39,7 @@ def runs_view_columns(cfg: PipelineConfig) -> list[str]:
     """The columns that decide between fine-tunings, in reading order: the monitored validation metric
     (what early stopping and the search optimize), the headline test scores, the searched (or the usual)
     hyper-parameters, base model, data fingerprint, registry aliases and version."""
-    spec = task_type(cfg.task).metrics
+    spec = cfg.kind.metrics
     monitors = [cfg.search_metric] if cfg.searching else []
     metrics = list(dict.fromkeys(names.best(m) for m in [*monitors, cfg.train.monitor]))
     metrics += [m for m in spec.headline if m.startswith(names.TEST) and m not in metrics]
@@ -96,7 +95,7 @@ def runs_view_state(cfg: PipelineConfig, kept_columns: list[str] | None = None) 
     curves, then the headline test metrics; MLflow appends every other section after them.
 
     ``kept_columns``: columns shown for earlier runs, kept after this config's own."""
-    spec = task_type(cfg.task).metrics
+    spec = cfg.kind.metrics
     monitor = cfg.search_metric if cfg.searching else cfg.train.monitor
     curves = list(dict.fromkeys([monitor, *spec.history, f"{names.TRAIN}lr"]))
     tests = [m for m in spec.headline if m.startswith(names.TEST)]

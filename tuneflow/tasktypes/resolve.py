@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from tuneflow import config
 from tuneflow.config import PipelineConfig
-from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
+from tuneflow.tasktypes import TASK_TYPES, task_type
 
 
 class _RegistryRules:
@@ -23,7 +26,8 @@ class _RegistryRules:
         return f"unknown task type {task!r}; registered: {', '.join(TASK_TYPES)}"
 
     def resolve(self, cfg: PipelineConfig) -> tuple[PipelineConfig, list[tuple[str, str]]]:
-        spec = task_type(cfg.task).metrics
+        kind = task_type(cfg.task)
+        spec = kind.metrics
         if cfg.train.monitor is None or cfg.gates.metric is None:
             cfg = cfg.model_copy(
                 update={
@@ -33,26 +37,56 @@ class _RegistryRules:
                     ),
                 }
             )
-        return cfg, task_type(cfg.task).config_problems(cfg)
+        cfg = cfg.resolved(kind)
+        return cfg, kind.config_problems(cfg)
 
 
 RULES = _RegistryRules()
 
 
+_LOADED: dict[tuple[Any, ...], PipelineConfig] = {}
+_KEEP = 8
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load, override and validate a YAML experiment config, resolved for its task type.
+    """Load, override and validate a YAML experiment config, resolved for its task type (``cfg.kind``).
+
+    Parsed once per process: the CLI's check before Prefect starts and the flow it then runs share one
+    config object (frozen), handed down with its task type to every stage and, pickled, to search workers
+    and DDP ranks. The key is the file's bytes, the overrides, the environment variables the file names
+    (``${VAR}``), the tracking-URI variable and the working directory: an edited file is read again.
 
     Raises:
         tuneflow.config.ConfigError: listing every problem, each by dotted key.
     """
-    return config.read_config(path, overrides, RULES)
+    key = _load_key(Path(path), overrides or [])
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
+    cfg = config.read_config(path, overrides, RULES)
+    if key is not None:
+        while len(_LOADED) >= _KEEP:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = cfg
+    return cfg
+
+
+def _load_key(path: Path, overrides: list[str]) -> tuple[Any, ...] | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # read_config says what is wrong with the path
+    text = data.decode("utf-8", "replace") + "\n".join(overrides)
+    env = tuple((n, os.environ.get(n)) for n in sorted(set(re.findall(r"\$\{(\w+)\}", text))))
+    return (
+        str(path.resolve()),
+        hashlib.sha256(data).hexdigest(),
+        tuple(overrides),
+        env,
+        os.environ.get("MLFLOW_TRACKING_URI"),
+        os.getcwd(),
+    )
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
     """Validate an already-parsed config mapping (absolute paths), resolved for its task type."""
     return config.validate_config(raw, source, RULES)
-
-
-def task_of(cfg: PipelineConfig) -> TaskType:
-    """The task type a config fine-tunes for."""
-    return task_type(cfg.task)
