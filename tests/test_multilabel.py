@@ -67,6 +67,23 @@ def test_each_label_gets_the_threshold_that_maximizes_its_f1() -> None:
     assert 0.6 < thresholds[1] <= 0.9
 
 
+def test_a_fresh_head_starts_at_each_labels_base_rate(tiny_model: str) -> None:
+    """Before its first step the sigmoid head predicts each label's share of the training set, not 0.5 (which
+    spent GoEmotions' first epoch on learning the base rates: validation macro F1 0.0 after it)."""
+    import torch
+
+    from tuneflow.data.encoding import Encoded, EncodedData
+    from tuneflow.fitting.loading import load_pretrained
+    from tuneflow.tasktypes import task_type
+
+    kind, labels = task_type("multi_label_classification"), ["joy", "anger", "grief"]
+    model, _ = load_pretrained(kind.name, tiny_model, labels)
+    rows = [[1.0, 0.0, 0.0]] * 6 + [[0.0, 1.0, 0.0]] * 3 + [[1.0, 0.0, 1.0]]
+    data = EncodedData(Encoded([[1]] * 10, rows), Encoded([], []), labels, None, 8, kind.name)
+    kind.training.init_head(model, data)
+    assert torch.sigmoid(model.classifier.bias).tolist() == pytest.approx([0.7, 0.3, 0.1], abs=1e-5)
+
+
 def test_init_tells_label_sets_from_single_labels(tmp_path: Path, tiny_model: str) -> None:
     sets = tmp_path / "sets"
     sets.mkdir()

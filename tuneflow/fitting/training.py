@@ -204,6 +204,7 @@ def build_module(cfg: PipelineConfig, data: EncodedData, kind: Any) -> tuple[Fin
         optimizer=tcfg.optimizer,
         scheduler=tcfg.scheduler,
     )
+    kind.training.init_head(module.model, data)
     module.cls_only = tcfg.cls_only_last_layer
     module.bf16_weights = tcfg.bf16_weights
     module.attention = tcfg.attention

@@ -166,6 +166,9 @@ class TrainingPart(Part):
         """Tokenize the train and validation splits the way this task trains on them (no padding)."""
         raise NotImplementedError
 
+    def init_head(self, model: Any, data: EncodedData) -> None:
+        """Start a fresh head from what the training data says before any step (nothing by default)."""
+
     def collator(self, tokenizer: Any) -> Any:
         """The batch collator (pads per batch)."""
         raise NotImplementedError

@@ -335,6 +335,20 @@ class MultiLabelTraining(TrainingPart):
 
         return EncodedData(one(splits.train), one(splits.validation), labels, tokenizer, max_length, cfg.task)
 
+    def init_head(self, model: Any, data: EncodedData) -> None:
+        # A fresh sigmoid head says 0.5 for every label, where most labels are rare (GoEmotions: 28 labels,
+        # 1.2 per comment): its first epoch would go to learning the base rates, with large gradients through
+        # the encoder. Biases at each label's log-odds start it there (the prior init of RetinaNet's head).
+        import torch
+
+        rate = np.asarray(data.train.labels, dtype=float).mean(axis=0).clip(1e-4, 1 - 1e-4)
+        bias = torch.tensor(np.log(rate / (1 - rate)), dtype=torch.float32)
+        for name, layer in model.named_modules():  # the head, and its trainable copy under LoRA
+            head = "classifier" in name and isinstance(layer, torch.nn.Linear)
+            if head and layer.out_features == len(rate):
+                with torch.no_grad():
+                    layer.bias.copy_(bias)
+
     def collator(self, tokenizer: Any) -> PadInputs:
         return PadInputs(tokenizer)  # float 0/1 rows: the BCE targets
 
