@@ -21,6 +21,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """absl's log handler (imported with rouge_score by the seq2seq metrics) writes to the sys.stderr of the
+    moment it is created: under pytest, a capture buffer. The next ``logging.config.dictConfig`` (Prefect's,
+    on its first import) closes every handler, and absl's close() closes its stream unless it is a real
+    standard stream: the capture buffer of a later test then reads as "I/O operation on closed file". Pointed
+    at the process's real stderr, the handler leaves the buffers alone (outside pytest it already is)."""
+    import sys
+
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # no seq2seq metrics installed
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, hidden-32 BERT with random weights and a WordPiece tokenizer trained on the demo texts."""
