@@ -106,6 +106,15 @@ def test_init_tells_label_sets_from_single_labels(tmp_path: Path, tiny_model: st
     assert drafted["data"]["label_names"] == str(goemotions / "labels.txt")
     assert drafted["data"]["train"]["column_names"] == ["text", "label", "column_3"]
     assert drafted["gates"]["metric"] == "f1_macro"
+    assert (
+        "pooling" not in drafted["model"] and "lr" not in drafted["train"]
+    )  # a model we measured nothing on
+    # The bundled sentence encoder: mean pooling and lr 2e-4, what GoEmotions chose (bench/HISTORY.md).
+    out = tmp_path / "bundled.yaml"
+    result = _cli("init", str(sets), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    bundled = yaml.safe_load(out.read_text())
+    assert (bundled["model"]["pooling"], bundled["train"]["lr"]) == ("mean", 2.0e-4)
 
 
 def test_a_label_index_the_names_file_lacks_is_exit_3_naming_the_line(
