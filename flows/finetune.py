@@ -55,7 +55,7 @@ class FinetuneResult:
 
 @flow(name="finetune", log_prints=True)
 def finetune(
-    config_path: str, overrides: list[str] | None = None, resume: bool = False, workers: int = 1
+    config_path: str, overrides: list[str] | None = None, resume: bool = False, workers: int | str = "auto"
 ) -> dict:
     """Fine-tune the model described by a YAML config and register it in MLflow.
 
@@ -115,7 +115,7 @@ class _Done:
     fitted: FitResult | None = None
 
 
-def _stages(cfg: PipelineConfig, opened: OpenedRun, workers: int) -> _Done:
+def _stages(cfg: PipelineConfig, opened: OpenedRun, workers: int | str) -> _Done:
     """validate -> search (optional) -> cross-validate (optional) -> train -> evaluate -> register."""
     run_id = opened.run_id
     if opened.registered_version:

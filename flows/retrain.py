@@ -32,7 +32,7 @@ class RetrainResult:
 
 @flow(name="retrain", log_prints=True)
 def retrain(
-    config_path: str, overrides: list[str] | None = None, force: bool = False, workers: int = 1
+    config_path: str, overrides: list[str] | None = None, force: bool = False, workers: int | str = "auto"
 ) -> RetrainResult:
     """Retrain the config's model when its data changed (or ``force``), then let the gates decide.
 

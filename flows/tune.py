@@ -46,7 +46,7 @@ def search_markdown(name: str, summary: StudySummary, uri: str) -> str:
 
 
 @flow(name="tune", log_prints=True)
-def tune(config_path: str, overrides: list[str] | None = None, workers: int = 1) -> TuneResult:
+def tune(config_path: str, overrides: list[str] | None = None, workers: int | str = "auto") -> TuneResult:
     """Run (or resume) the config's hyperparameter search.
 
     Args:

@@ -62,7 +62,9 @@ def log_summary(run_id: str, summary: StudySummary, params: bool = True) -> None
 
 
 @task(cache_policy=NO_CACHE)  # no retries: the study itself resumes on the next run
-def search(cfg: PipelineConfig, run_id: str, workers: int = 1, final_params: bool = False) -> StudySummary:
+def search(
+    cfg: PipelineConfig, run_id: str, workers: int | str = "auto", final_params: bool = False
+) -> StudySummary:
     """Run the study's missing trials as runs nested directly under ``run_id`` and log the study there.
 
     One level of nesting: in the MLflow UI a run's trials are one click away, whether the run is a

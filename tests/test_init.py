@@ -322,3 +322,8 @@ def test_long_texts_get_a_batch_bounded_in_tokens(
     assert cfg["train"]["batch_size"] * cfg["model"]["max_length"] <= 2048 or batch == 32
     assert cfg["search"]["space"]["train.batch_size"]["choices"] == [batch // 2, batch]
     assert ("at most 2048 tokens a batch" in output.read_text()) is (batch < 32)
+    # The drafted search lets a trial train the final budget (its best checkpoint is the final model) and
+    # puts successive halving's first rung after >= 50 steps: 2,100 rows are 66 steps of 32, 132 of 16.
+    search = cfg["search"]
+    assert "max_epochs" not in search and search["pruner"] == "successive_halving"
+    assert (search["evals_per_epoch"], search["warmup_epochs"]) == ((1, 1) if batch == 32 else (2, 0))

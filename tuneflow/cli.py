@@ -24,7 +24,11 @@ DataOrConfig = Annotated[Path, typer.Argument(help="Experiment YAML, or a data f
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.lr=3e-5")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the project store).")]
 WorkersOpt = Annotated[
-    int, typer.Option(min=1, help="Local worker processes sharing the Optuna study (search only).")
+    str,
+    typer.Option(
+        callback=terminal.workers_option,
+        help="Local worker processes sharing the Optuna study (search only): N, or auto (by cores, memory).",
+    ),
 ]
 
 
@@ -136,7 +140,7 @@ def run(
     config: DataOrConfig,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the last interrupted run of this config.")] = False,
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = "auto",
 ) -> None:
     """Validate data, search (when configured), fine-tune, evaluate and register a model (finetune flow).
 
@@ -189,7 +193,7 @@ def rollback(
 
 
 @app.command()
-def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = 1) -> None:
+def tune(config: ConfigArg, set_: SetOpt = None, workers: WorkersOpt = "auto") -> None:
     """Run (or resume) the config's Optuna search only; trials are nested runs in MLflow (the tune flow).
 
     Rerunning the same command resumes the study and runs only the missing trials. Several machines can
@@ -207,7 +211,7 @@ def retrain(
     config: ConfigArg,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Retrain even if the data is unchanged.")] = False,
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = "auto",
 ) -> None:
     """Retrain when the data changed (drift decides on a fresh search), then promote if the gates pass."""
     cfg, set_, prefect = _prepare(config, set_, f"run it again: tuneflow retrain {config}")

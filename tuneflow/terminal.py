@@ -41,6 +41,15 @@ TRACKING_SCHEMES = (
 )
 
 
+def workers_option(value: str) -> int | str:
+    """``--workers``: a positive number of search worker processes, or ``auto``."""
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"expected a number >= 1 or auto, got {value!r}")
+    return int(value)
+
+
 def fail(message: str, code: int) -> NoReturn:
     """Print ``error: message`` (markup escaped) and exit with ``code``."""
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)

@@ -31,6 +31,7 @@ from tuneflow.data.encoding import EncodedData
 from tuneflow.data.splits import Splits
 from tuneflow.fitting.callbacks import CrashPoint, EpochCounter, MLflowMetricsLogger
 from tuneflow.fitting.crossval import cross_validate
+from tuneflow.fitting.fidelity import build_pruner, build_sampler, plan_workers
 from tuneflow.fitting.model import load_pretrained, load_tokenizer
 from tuneflow.fitting.search_report import (
     EPOCHS_ATTR,
@@ -90,15 +91,6 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
     return params
 
 
-def build_sampler(scfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (constant liar, so parallel workers do not propose the same point) or random sampling."""
-    if scfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(scfg.startup_trials, 1), multivariate=True, constant_liar=True
-    )
-
-
 def trial_evals_per_epoch(cfg: PipelineConfig) -> int:
     """Validations (pruning reports) per trial epoch: ``search.evals_per_epoch``, or 1 with cross-validation
     (a cross-validated trial reports once per fold)."""
@@ -106,27 +98,13 @@ def trial_evals_per_epoch(cfg: PipelineConfig) -> int:
     return 1 if cfg.train.cv_folds else cfg.search.evals_per_epoch
 
 
-def build_pruner(scfg: SearchConfig, max_epochs: int, per_epoch: int = 1) -> optuna.pruners.BasePruner:
-    """Pruner over the validation values a trial reports, ``per_epoch`` of them per epoch (per-fold running
-    means with cross-validation). Resources are counted in reports; the config states them in epochs."""
-    warmup = scfg.warmup_epochs * per_epoch
-    if scfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=scfg.startup_trials, n_warmup_steps=warmup)
-    if scfg.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(warmup, 1))
-    if scfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=max(warmup, 1), max_resource=max_epochs * per_epoch
-        )
-    return optuna.pruners.NopPruner()
-
-
 class ReportValidations(pl.Callback):
     """Reports every validation of a trial to Optuna (step = validations so far) and prunes on its verdict.
 
-    Used with ``evals_per_epoch > 1`` only: optuna-integration's ``PyTorchLightningPruningCallback`` (the
-    default) reports with the epoch as the step, so a second validation within an epoch would be dropped as
-    a duplicate step and the pruner would never see the early values it exists for.
+    Used with ``evals_per_epoch > 1`` and with the rung-based pruners: optuna-integration's
+    ``PyTorchLightningPruningCallback`` (the median pruner's) reports with the 0-based epoch as the step, so a
+    second validation within an epoch would be dropped as a duplicate step, and successive halving's first
+    rung (step 1) would come after the second epoch, not the first.
     """
 
     def __init__(self, trial: optuna.Trial, monitor: str):
@@ -382,7 +360,9 @@ class Objective:
         from optuna_integration import PyTorchLightningPruningCallback
 
         callbacks = [counter, CrashPoint("trial"), TrialProgress(trial.number, self.metric)]
-        if self.pruning and cfg.train.evals_per_epoch > 1:
+        # Steps count validations from 1 (successive halving's first rung is the first validation with
+        # warmup_epochs 0); the median pruner keeps the library callback's epoch steps it was measured with.
+        if self.pruning and (cfg.train.evals_per_epoch > 1 or self.cfg.search.pruner != "median"):
             callbacks.append(ReportValidations(trial, self.metric))
         elif self.pruning:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
@@ -487,7 +467,7 @@ class StudySummary:
 
 
 def run_study(
-    cfg: PipelineConfig, recorder: RunRecorder, work_dir: str | Path, workers: int = 1
+    cfg: PipelineConfig, recorder: RunRecorder, work_dir: str | Path, workers: int | str = 1
 ) -> StudySummary:
     """Run the missing trials of the config's study with ``workers`` processes and summarize the study.
 
@@ -495,7 +475,8 @@ def run_study(
         cfg: config with an enabled ``search`` section.
         recorder: records each trial as a run nested under the HPO parent run.
         work_dir: trial checkpoints (removed after scoring) and the summary files.
-        workers: local worker processes; 1 runs in this process.
+        workers: local worker processes (1 runs in this process), or ``"auto"``
+            (:func:`~tuneflow.fitting.fidelity.plan_workers`).
 
     Returns:
         The study summary; plots and the trials table are written to ``work_dir/summary``.
@@ -506,6 +487,7 @@ def run_study(
     optuna.storages.fail_stale_trials(study)  # a worker killed last time: fail and re-queue its trials now
     done = finished_count(study)
     remaining = None if cfg.search.n_trials is None else max(cfg.search.n_trials - done, 0)
+    workers = plan_workers(workers, remaining, cfg)
     print(
         f"study {cfg.study_name!r} ({redact_secrets(cfg.search.storage)}): {done} finished trial(s), "
         f"{'until timeout' if remaining is None else f'{remaining} to run'} on {workers} worker(s)"

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from tuneflow.config import DEFAULT_MODEL, ConfigError, PipelineConfig, resolve_tracking_uri, sqlite_path
+from tuneflow.config.search import rung_plan
 from tuneflow.data.readers import LABEL, TEXT, looks_like_data
 from tuneflow.tasktypes import TASK_TYPES, TaskType, task_type
 from tuneflow.tasktypes.resolve import config_from_dict
@@ -359,14 +360,18 @@ def _validated(raw: dict[str, Any], folder: Path) -> PipelineConfig:
 
 
 def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
-    """An Optuna study sized to the data: more trials where a trial is cheap, a short epoch budget per
-    trial, batch sizes around the drafted one, its storage beside the MLflow store."""
+    """An Optuna study sized to the data, multi-fidelity: every trial is allowed the final budget, successive
+    halving keeps the best third at each rung (the first after ~50 steps), so the surviving trial *is* the
+    final model (``search.final: reuse_best``: no training after the search)."""
     raw, c = draft.raw, draft.comments
     storage = f"sqlite:///{(store_folder() / 'optuna.db').resolve()}"
+    rungs = rung_plan(math.ceil(n_train / batch))
     raw["search"] = {
         "enabled": False,
         "n_trials": _trials(n_train),
-        "max_epochs": max(1, min(3, epochs // 2)),
+        "pruner": "successive_halving",
+        "reduction_factor": 3,
+        **rungs,
         "storage": storage,
         "space": {
             "train.lr": {"type": "float", "low": 2.0e-5, "high": 3.0e-4, "log": True},
@@ -376,7 +381,18 @@ def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
     }
     c["search"] = "Optuna before the final training; turn on with --set search.enabled=true"
     c["search.n_trials"] = f"sized to {n_train} training examples"
-    c["search.max_epochs"] = "epoch budget per trial (the final training keeps train.max_epochs)"
+    c["search.pruner"] = (
+        f"trials may train the final {epochs} epoch(s); weak ones stop at the rungs, and the best trial's "
+        "checkpoint is the final model"
+    )
+    c["search.reduction_factor"] = "each rung keeps the best third of the trials that reached it"
+    first = (
+        "a third of an epoch"
+        if rungs["evals_per_epoch"] == 3
+        else ("half an epoch" if rungs["evals_per_epoch"] == 2 else "one epoch")
+    )
+    c["search.evals_per_epoch"] = f"validations per trial epoch: the first rung comes after {first}"
+    c["search.warmup_epochs"] = "0: the first rung is the first validation; 1: the end of the first epoch"
     c["search.storage"] = "beside the MLflow store, not in the checkout: the study resumes from it"
     c["search.space.train.lr"] = "peak learning rate, log scale"
     c["search.space.train.batch_size"] = "around the drafted batch size"
