@@ -223,6 +223,21 @@ def _headline(store: Path, config: Path) -> dict[str, float]:
     return {m: round(metrics[m], 4) for m in names[:4]}
 
 
+def _champion(store: Path, config: Path) -> str | None:
+    """The version the run's registered model's ``champion`` alias points at; None when not promoted."""
+    import yaml
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    cfg = yaml.safe_load(config.read_text())
+    name = (cfg.get("tracking") or {}).get("registered_model") or cfg["name"]
+    uri = f"sqlite:///{store}/mlflow.db"
+    try:
+        return str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        return None
+
+
 def run_row(name: str, quick: bool) -> dict[str, Any]:
     import os
 
@@ -264,6 +279,7 @@ def run_row(name: str, quick: bool) -> dict[str, Any]:
         if out["exit"] != 0:
             row["answer"] = [line for line in out["tail"] if line.strip()][-4:]
         row["metrics"] = _headline(tmp / "mlruns", config)
+        row["champion"] = _champion(tmp / "mlruns", config)
         row["lora"] = "lora:" in drafted or any(o.startswith("model.lora") for o in overrides)
     return row
 
@@ -278,6 +294,8 @@ def rows(results: list[dict[str, Any]], quick: bool) -> list[dict[str, str]]:
             limit = RSS_TARGET_MB.get(r.get("task", ""), 3072)
             grow = "n/a (< 3 epochs)" if r.get("rss_growth") is None else f"{r['rss_growth']:+.1%}"
             metrics = ", ".join(f"{k} {v}" for k, v in r.get("metrics", {}).items()) or "none"
+            if "champion" in r:  # rows measured before the alias was recorded say nothing of it
+                metrics += f"; champion v{r['champion']}" if r["champion"] else "; not promoted"
             stages = ", ".join(f"{k} {v:.0f} s" for k, v in r.get("stage_s", {}).items())
             fail = f" ({' / '.join(r['answer'])[:200]})" if r.get("exit") else ""
             result = (

@@ -142,3 +142,4 @@ def test_field_matrix_row_in_one_epoch(row: str) -> None:
     assert result["init_exit"] == 0, result
     assert result["exit"] == 0, result.get("answer")
     assert result["peak_rss_mb"] <= 3072, result
+    assert "champion" in result  # the row says whether the drafted gates promoted the version
