@@ -42,7 +42,7 @@ CONFIG = ROOT / "configs" / "banking77.yaml"
 LR, WEIGHT_DECAY = (5e-5, 5e-4), (0.0, 0.1)
 METRIC = "f1_macro"
 # tuneflow's search: the Trainer arm's (median pruner, one warm-up epoch), or what `tuneflow init` drafts
-# (successive halving, reduction factor 3, the first rung after ~50 steps: tuneflow.fitting.fidelity).
+# (successive halving, reduction factor 3, the first rung after ~50 steps: tuneflow.config.search.rung_plan).
 SEARCHES = {
     "median": {"sampler": "tpe", "pruner": "median", "warmup_epochs": 1, "evals_per_epoch": 1},
     "multi_fidelity": {"sampler": "tpe", "pruner": "successive_halving", "reduction_factor": 3},

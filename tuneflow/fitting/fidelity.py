@@ -54,6 +54,11 @@ THREADS_PER_WORKER = 2
 WORKER_MEMORY_BYTES = 3 * 2**30
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def plan_workers(requested: int | str, remaining: int | None, cfg: PipelineConfig) -> int:
     """Worker processes for the missing trials: ``requested``, or for ``"auto"`` one per
     :data:`THREADS_PER_WORKER` cores (``train.torch_threads`` when set), no more than the trials left or
@@ -66,7 +71,6 @@ def plan_workers(requested: int | str, remaining: int | None, cfg: PipelineConfi
 
     if torch.cuda.is_available() or (cfg.search is not None and cfg.search.latency_objective):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    by_cores = cores // (cfg.train.torch_threads or THREADS_PER_WORKER)
+    by_cores = usable_cores() // (cfg.train.torch_threads or THREADS_PER_WORKER)
     by_memory = psutil.virtual_memory().available // WORKER_MEMORY_BYTES
     return max(1, min(by_cores, by_memory, remaining if remaining is not None else by_cores))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import warnings
@@ -31,7 +30,7 @@ from tuneflow.data.encoding import EncodedData
 from tuneflow.data.splits import Splits
 from tuneflow.fitting.callbacks import CrashPoint, EpochCounter, MLflowMetricsLogger
 from tuneflow.fitting.crossval import cross_validate
-from tuneflow.fitting.fidelity import build_pruner, build_sampler, plan_workers
+from tuneflow.fitting.fidelity import build_pruner, build_sampler, plan_workers, usable_cores
 from tuneflow.fitting.model import load_pretrained, load_tokenizer
 from tuneflow.fitting.search_report import (
     EPOCHS_ATTR,
@@ -497,7 +496,7 @@ def run_study(
     if len(plan) == 1:
         optimize(*args, plan[0], 0)
     elif plan:
-        threads = max(1, (os.cpu_count() or 1) // len(plan))
+        threads = max(1, usable_cores() // len(plan))
         with ProcessPoolExecutor(max_workers=len(plan), mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_worker, *args, n, i, threads) for i, n in enumerate(plan)]
             errors = [f.exception() for f in futures]

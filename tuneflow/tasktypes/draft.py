@@ -386,11 +386,7 @@ def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
         "checkpoint is the final model"
     )
     c["search.reduction_factor"] = "each rung keeps the best third of the trials that reached it"
-    first = (
-        "a third of an epoch"
-        if rungs["evals_per_epoch"] == 3
-        else ("half an epoch" if rungs["evals_per_epoch"] == 2 else "one epoch")
-    )
+    first = {3: "a third of an epoch", 2: "half an epoch", 1: "one epoch"}[rungs["evals_per_epoch"]]
     c["search.evals_per_epoch"] = f"validations per trial epoch: the first rung comes after {first}"
     c["search.warmup_epochs"] = "0: the first rung is the first validation; 1: the end of the first epoch"
     c["search.storage"] = "beside the MLflow store, not in the checkout: the study resumes from it"
