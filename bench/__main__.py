@@ -3,10 +3,12 @@ regenerate bench/RESULTS.md.
 
 Suites: quality (real data through the real pipeline), speed (vs the HF Trainer at its defaults and at its
 best flags: alternating rounds, or ``--suite tta`` time to accuracy), e2e (a whole tuned fine-tuning:
-``tuneflow run`` vs ``Trainer.hyperparameter_search`` + train), overhead (orchestration share of a
+``tuneflow run`` vs ``Trainer.hyperparameter_search`` + train; its own options: ``python -m bench e2e
+--help``), overhead (orchestration share of a
 pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). ``python -m bench field``:
 the real CLI on every data set and edge shape (bench/field.py). ``python -m bench open_intents``: questions
-about intents the model was never taught (bench/open_intents.py). Also: search_pruning and
+about intents the model was never taught (bench/open_intents.py). ``python -m bench fewshot``: few-shot mode
+against fine-tuning at 5-64 examples per class (bench/fewshot.py). Also: search_pruning and
 lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
 """
 
@@ -26,6 +28,16 @@ def main() -> None:
         from bench import field
 
         field.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["e2e"]:  # its own options (python -m bench e2e --help)
+        from bench import e2e
+
+        e2e.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["fewshot"]:  # its own options too (python -m bench fewshot --help)
+        from bench import fewshot
+
+        fewshot.main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["open_intents"]:  # its own options too (python -m bench open_intents --help)
         from bench import open_intents
@@ -57,9 +69,6 @@ def main() -> None:
         help="overhead: only the demo rows, written as overhead-demo.json (the stored runs' rows stay)",
     )
     speed.add_arguments(parser)  # --train, --epochs, --threads, --model: e2e reads them too
-    parser.add_argument("--trials", type=int, default=6, help="e2e: trials of each arm's search")
-    parser.add_argument("--startup", type=int, default=2, help="e2e: trials before the median pruner prunes")
-    parser.add_argument("--rounds", type=int, default=2, help="e2e: rounds of both arms (order alternating)")
     args = parser.parse_args()
     if args.quick:
         args.train, args.epochs, args.pairs = min(args.train, 1000), 1, 3
@@ -69,16 +78,22 @@ def main() -> None:
             payload = quality.run(args.quick, args.only)
         elif suite == "speed":
             payload = speed.run(args)
-        elif suite == "e2e":
-            payload = e2e.run(args)
+        elif suite == "e2e":  # its defaults (python -m bench e2e --help), --quick's budget
+            e2e_args = e2e.parse([])
+            if args.quick:
+                e2e_args.train, e2e_args.epochs, e2e_args.seeds = args.train, args.epochs, "42"
+            payload = e2e.run(e2e_args)
         elif suite == "overhead":
             payload = overhead.run(args.quick, args.banking77_server, args.repeat, args.demo_only)
         elif suite == "coldstart":
             payload = coldstart.run(args.quick)
         else:
             payload = gpu.run(args)
-        namer = {"speed": speed.result_name, "e2e": e2e.result_name}.get(suite)
-        name = namer(args) if namer else suite
+        name = suite
+        if suite == "speed":
+            name = speed.result_name(args)
+        elif suite == "e2e":
+            name = e2e.result_name(e2e_args)
         if suite == "quality" and args.only:  # a partial rerun keeps the full suite's result
             name = "quality-" + "-".join(sorted(args.only))
         if suite == "overhead" and args.demo_only:

@@ -103,14 +103,19 @@ def test_overhead_rows_take_each_quality_run_from_its_latest_measurement(tmp_pat
 def test_e2e_suite_runs_tuneflow_run_against_trainer_hyperparameter_search(tmp_path, tiny_model):
     from bench import e2e
 
-    args = argparse.Namespace(
-        train=1600, trials=2, epochs=1, startup=1, threads=1, rounds=1, model=tiny_model
-    )
+    flags = {"train": 1600, "trials": 2, "epochs": 1, "startup": 1, "threads": 1}
+    args = e2e.parse([f"--{k}={v}" for k, v in flags.items()])
+    args.seeds, args.model = "7", tiny_model
     out = e2e.run(args)
     runs = {r["arm"]: r for r in out["runs"]}
     assert set(runs) == {"tuneflow", "trainer"}
     for r in runs.values():
         assert r["seconds"] > 0 and 0 <= r["test_accuracy"] <= 1 and r["peak_rss_mb"] > 0
+        assert r["seed"] == 7
+        # Time-to-quality: the running best validation score, rising, within the arm's wall time.
+        times, values = zip(*r["curve"], strict=True)
+        assert list(times) == sorted(times) and list(values) == sorted(values)
+        assert 0 < times[-1] < r["seconds"]
     # The trials train the final budget: tuneflow registers the best trial instead of training again.
     assert runs["tuneflow"]["final"].startswith("reuse: trial ")
     assert len(runs["tuneflow"]["trials"]) == 2 and set(runs["trainer"]["best_params"]) == {
@@ -118,6 +123,7 @@ def test_e2e_suite_runs_tuneflow_run_against_trainer_hyperparameter_search(tmp_p
         "weight_decay",
     }
     assert out["rows"][0]["target"].startswith(">= 1.5x") and "2 trials" in out["rows"][0]["data"]
+    assert "seeds 7" in out["rows"][0]["data"] and e2e.result_name(args) == "e2e-1600x2t1ep-s7"
 
 
 def test_open_intent_folders_keep_every_unknown_intent_text_out_until_the_test(tmp_path):
@@ -143,3 +149,29 @@ def test_open_intent_folders_keep_every_unknown_intent_text_out_until_the_test(t
     # The ADB paper's metrics: accuracy and macro F1 over the known classes + the open one.
     m = open_metrics(["a", "b", OPEN, OPEN], ["a", OPEN, OPEN, "a"], ["a", "b"])
     assert m["accuracy"] == 50.0 and m["f1_open"] == 50.0 and m["f1_known"] == pytest.approx(100 / 3)
+
+
+def test_time_to_quality_plot_draws_each_arm_and_seed(tmp_path, monkeypatch):
+    """bench.e2e_plot: one step curve per arm and seed (best validation so far), a star at each arm's end."""
+    import json
+
+    from bench import e2e_plot
+
+    runs = [
+        {
+            "arm": arm,
+            "seed": seed,
+            "seconds": 300.0 + seed,
+            "test_accuracy": 0.8,
+            "curve": [[60.0, 0.5], [200.0, 0.7]],
+        }
+        for arm in ("tuneflow", "trainer")
+        for seed in (1, 2)
+    ]
+    monkeypatch.setattr(e2e_plot, "RESULTS", tmp_path)
+    monkeypatch.setattr(e2e_plot, "ASSETS", tmp_path / "assets")
+    (tmp_path / "e2e-x.json").write_text(json.dumps({"runs": runs}))
+    (tmp_path / "e2e-old.json").write_text(json.dumps({"runs": [{"arm": "tuneflow", "seconds": 1}]}))
+    e2e_plot.main([])  # only results with curves
+    assert [p.name for p in (tmp_path / "assets").iterdir()] == ["e2e-x.png"]
+    assert (tmp_path / "assets" / "e2e-x.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,20 +10,15 @@ import pytest
 from optuna.trial import TrialState
 
 from tuneflow.config import SearchConfig
-from tuneflow.config.search import MIN_RUNG_STEPS, rung_plan
+from tuneflow.config.search import rung_plan
 from tuneflow.fitting.fidelity import build_pruner, build_sampler, plan_workers
 
 
-@pytest.mark.parametrize(
-    ("steps", "plan"),
-    [(10, (1, 1)), (85, (1, 1)), (100, (2, 0)), (149, (2, 0)), (150, (3, 0)), (2000, (3, 0))],
-)
-def test_the_first_rung_comes_after_enough_steps(steps: int, plan: tuple[int, int]) -> None:
-    """At most 3 rungs in the first epoch, each after >= MIN_RUNG_STEPS steps; else the end of epoch 1."""
-    got = rung_plan(steps)
-    assert (got["evals_per_epoch"], got["warmup_epochs"]) == plan
-    first = steps * max(got["warmup_epochs"], 1 / got["evals_per_epoch"])
-    assert first >= MIN_RUNG_STEPS or got["warmup_epochs"] == 1
+@pytest.mark.parametrize(("epochs", "warmup"), [(1, 1), (2, 1), (3, 1), (6, 2), (10, 3)])
+def test_the_first_rung_comes_after_a_third_of_the_budget(epochs: int, warmup: int) -> None:
+    """One report per epoch; the first rung after a third of the trial's epochs, never inside epoch 1 (an
+    earlier rung picked a trial at lr 6e-5 over one at 1.4e-4 on BANKING77)."""
+    assert rung_plan(epochs) == {"evals_per_epoch": 1, "warmup_epochs": warmup}
 
 
 def test_config_chooses_the_rungs() -> None:

@@ -33,8 +33,10 @@ from tuneflow.config.data import (  # noqa: F401
     ValidationConfig,
 )
 from tuneflow.config.fitting import (  # noqa: F401
+    FEWSHOT_MAX_PER_CLASS,
     EvalConfig,
     ExportConfig,
+    FewShotConfig,
     GenerationConfig,
     LoraConfig,
     ModelConfig,

@@ -10,7 +10,14 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from tuneflow.config.base import _Section, check_name, redact_tree
 from tuneflow.config.data import DataConfig, OOSConfig, ValidationConfig
-from tuneflow.config.fitting import EvalConfig, ExportConfig, GenerationConfig, ModelConfig, TrainConfig
+from tuneflow.config.fitting import (
+    EvalConfig,
+    ExportConfig,
+    FewShotConfig,
+    GenerationConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from tuneflow.config.registry import GatesConfig, RetrainConfig, TrackingConfig
 from tuneflow.config.search import SearchConfig
 
@@ -30,6 +37,10 @@ class PipelineConfig(_Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality checks.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Pre-trained model.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning settings.")
+    fewshot: FewShotConfig = Field(
+        default_factory=FewShotConfig,
+        description="Few-shot mode (classification): contrastive pairs, then the head, then the fine-tune.",
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     oos: OOSConfig = Field(
         default_factory=OOSConfig,

@@ -32,6 +32,7 @@ from tuneflow.fitting.callbacks import (
 )
 from tuneflow.fitting.checkpointio import StreamingCheckpointIO
 from tuneflow.fitting.export import export_model, load_predictor, quantize_export, weights_bytes
+from tuneflow.fitting.fewshot import fewshot_active, tune_on_pairs
 from tuneflow.fitting.model import FineTuner, load_module, load_tokenizer
 from tuneflow.store import tracking
 
@@ -52,6 +53,7 @@ class FitResult:
     resumed_from: str | None = None
     params_trainable: int = 0
     params_total: int = 0
+    fewshot: dict[str, float] | None = None  # the few-shot phases' facts (FewShotFacts.metrics), if they ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,6 +240,27 @@ def _fit_facts(trainer: pl.Trainer, last: Path, monitor: str) -> tuple[str, Any,
     return best, score, epochs, step, stopped_early
 
 
+def _starting_weights(
+    module: FineTuner,
+    cfg: PipelineConfig,
+    data: EncodedData,
+    init_from: str | None,
+    resume_from: str | None,
+    logger: Any,
+) -> dict[str, float] | None:
+    """Where training starts, unless it resumes: a checkpoint's weights (``init_from``), or the few-shot
+    phases on the pre-trained ones when they apply (returns their facts)."""
+    if resume_from:
+        return None
+    if init_from:
+        state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=not cfg.model.lora)
+        return None
+    if fewshot_active(cfg, data):
+        return tune_on_pairs(module.model, data, cfg, resolve_precision(cfg.train), logger).metrics()
+    return None
+
+
 def fit(
     cfg: PipelineConfig,
     data: EncodedData,
@@ -270,9 +293,7 @@ def fit(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     kind = cfg.kind
     module, dm = build_module(cfg, data, kind)
-    if init_from and not resume_from:
-        state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state, strict=not cfg.model.lora)
+    fewshot = _starting_weights(module, cfg, data, init_from, resume_from, logger)
     n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in module.parameters())
     mode = kind.metrics.mode(tcfg.monitor)
@@ -291,6 +312,7 @@ def fit(
         resumed_from=resume_from,
         params_trainable=n_trainable,
         params_total=n_total,
+        fewshot=fewshot,
     )
     (ckpt_dir / "fit_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     # Trainer and module reference each other: collected now, not while the export loads the model again.
@@ -425,6 +447,7 @@ def _log_fit(
             f"{names.MODEL}params_trainable_share": result.params_trainable / max(result.params_total, 1),
             # What a deployment has to ship for this fine-tuning (the adapter alone with LoRA).
             f"{names.MODEL}weights_bytes": weights_bytes(export_dir),
+            **(result.fewshot or {}),
         },
     )
     if tokens:
@@ -438,6 +461,7 @@ def _log_fit(
             # The file's name (its epoch): the folder is this machine's and is deleted after registration.
             "tuneflow.best_checkpoint": Path(result.best_checkpoint).name,
             "tuneflow.lora": bool(cfg.model.lora),
+            "tuneflow.fewshot": result.fewshot is not None,
             **({"tuneflow.final": f"{start.mode}: {start.reason}"} if start else {}),
         },
     )

@@ -357,6 +357,19 @@ class TaskType:
                 problems.append(
                     ("model.pooling", f"'{cfg.model.pooling}' is not supported with model.lora yet: use cls")
                 )
+        if cfg.fewshot.enabled is True:
+            if not training.mean_pooled_head:
+                problems.append(("fewshot.enabled", f"few-shot mode is not supported for {self.name}"))
+            elif cfg.model.pooling != "mean" or cfg.model.lora is not None:
+                problems.append(
+                    (
+                        "fewshot.enabled",
+                        "few-shot mode tunes the mean of the token states: set model.pooling: mean (no "
+                        "model.lora)",
+                    )
+                )
+            elif cfg.train.num_nodes > 1 or str(cfg.train.devices) != "1":
+                problems.append(("fewshot.enabled", "few-shot mode runs on one device: set train.devices: 1"))
         if cfg.train.cv_folds and not training.supports_cv:
             problems.append(("train.cv_folds", f"stratified k-fold is not supported for {self.name}"))
         if cfg.search and cfg.search.latency_objective and not judging.supports_latency_objective:

@@ -361,11 +361,11 @@ def _validated(raw: dict[str, Any], folder: Path) -> PipelineConfig:
 
 def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
     """An Optuna study sized to the data, multi-fidelity: every trial is allowed the final budget, successive
-    halving keeps the best third at each rung (the first after ~50 steps), so the surviving trial *is* the
-    final model (``search.final: reuse_best``: no training after the search)."""
+    halving keeps the best third at each rung (the first after a third of the budget), so the surviving trial
+    *is* the final model (``search.final: reuse_best``: no training after the search)."""
     raw, c = draft.raw, draft.comments
     storage = f"sqlite:///{(store_folder() / 'optuna.db').resolve()}"
-    rungs = rung_plan(math.ceil(n_train / batch))
+    rungs = rung_plan(epochs)
     raw["search"] = {
         "enabled": False,
         "n_trials": _trials(n_train),
@@ -386,9 +386,9 @@ def _draft_search(draft: Draft, n_train: int, batch: int, epochs: int) -> None:
         "checkpoint is the final model"
     )
     c["search.reduction_factor"] = "each rung keeps the best third of the trials that reached it"
-    first = {3: "a third of an epoch", 2: "half an epoch", 1: "one epoch"}[rungs["evals_per_epoch"]]
-    c["search.evals_per_epoch"] = f"validations per trial epoch: the first rung comes after {first}"
-    c["search.warmup_epochs"] = "0: the first rung is the first validation; 1: the end of the first epoch"
+    c["search.evals_per_epoch"] = "validations per trial epoch (each one a report to the pruner)"
+    first = rungs["warmup_epochs"]
+    c["search.warmup_epochs"] = f"the first rung after {first} of {epochs} epoch(s): earlier ranks mislead"
     c["search.storage"] = "beside the MLflow store, not in the checkout: the study resumes from it"
     c["search.space.train.lr"] = "peak learning rate, log scale"
     c["search.space.train.batch_size"] = "around the drafted batch size"

@@ -522,6 +522,7 @@ class MultiLabelClassification(TaskType):
     own_config = (
         *("data.text_column", "data.label_column", "data.label_names", "eval.worst_examples"),
         "model.pooling",
+        "fewshot.",
         "validation.min_examples_per_class",
         "validation.max_imbalance_ratio",
     )

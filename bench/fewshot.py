@@ -1,0 +1,161 @@
+"""Few-shot mode against today's fine-tuning on the same few examples per class.
+
+``python -m bench fewshot [--data banking77 clinc150 sst2] [--shots 10] [--seeds 0 1 2 3 4]``: for each data
+set, number of train examples per class and seed, a folder is written the way a user with that little data
+would bring it (``k`` texts per class drawn at random from the official train split; the official test
+split, CLINC150's in-scope part and SST-2's dev set; no validation file: the flow holds out part of the
+``k`` as it would for that user). ``tuneflow init``'s drafting makes the config; two arms run the real
+finetune flow on it:
+
+- ``finetune``: the drafted config with ``fewshot.enabled: false`` (what tuneflow did before few-shot mode);
+- ``fewshot``: the drafted config with ``fewshot.enabled: true`` and ``model.pooling: mean``.
+
+Reported: test accuracy (the registered model's top label, no fallback), median over the draws, beside the
+published 10-shot figures (Casanueva et al. 2020, "Efficient Intent Detection with Dual Sentence Encoders":
+USE+ConveRT, their best). Cells are cached under ``--keep``; a rerun adds what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.common import keep_earlier, write_result, write_table
+from bench.pipeline import run_pipeline
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHOTS = {"banking77": (5, 10, 30), "clinc150": (5, 10, 30), "sst2": (8, 16, 64)}
+# Accuracy at 10 examples per intent, USE+ConveRT (Casanueva et al. 2020, Table 3): the issue's bar.
+PUBLISHED = {("banking77", 10): 85.19, ("clinc150", 10): 93.26}
+ARMS = {
+    "finetune": ["fewshot.enabled=false"],
+    "fewshot": ["fewshot.enabled=true", "model.pooling=mean"],
+}
+
+
+def read_splits(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The data set's official train and test splits as (text, label) frames (SST-2: dev is the test)."""
+    folder = DATA / dataset
+    if dataset == "sst2":
+        train, test = (pd.read_csv(folder / f, sep="\t") for f in ("train.tsv", "dev.tsv"))
+        column = "label"
+        names = {0: "negative", 1: "positive"}
+        train, test = (
+            f.assign(label=f[column].map(names)).rename(columns={"sentence": "text"}) for f in (train, test)
+        )
+    else:
+        column = "category" if dataset == "banking77" else "intent"
+        train, test = (
+            pd.read_csv(folder / f).rename(columns={column: "label"}) for f in ("train.csv", "test.csv")
+        )
+    return train[["text", "label"]], test[["text", "label"]]
+
+
+def write_folder(dataset: str, shots: int, seed: int, folder: Path) -> dict[str, Any]:
+    """``shots`` train texts per class, drawn with ``seed``; the official test split."""
+    train, test = read_splits(dataset)
+    drawn = train.groupby("label", group_keys=False).sample(n=shots, random_state=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn.sample(frac=1.0, random_state=seed).to_csv(folder / "train.csv", index=False)
+    test.to_csv(folder / "test.csv", index=False)
+    return {"train": len(drawn), "classes": int(drawn["label"].nunique()), "test": len(test)}
+
+
+def cell_name(dataset: str, shots: int, seed: int, arm: str) -> str:
+    return f"{dataset}-{shots}shot-{seed}-{arm}"
+
+
+def run_cell(dataset: str, shots: int, seed: int, arm: str, keep: Path) -> dict[str, Any]:
+    """One draw and arm through init's drafting + the finetune flow (cached under ``keep``)."""
+    cell = keep / cell_name(dataset, shots, seed, arm)
+    done = cell / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    from tuneflow.tasktypes.draft import draft_config
+
+    meta = write_folder(dataset, shots, seed, cell / "data")
+    _, draft = draft_config(cell / "data")
+    config = cell / "config.yaml"
+    config.write_text(draft.to_yaml(f"drafted for the few-shot bench: {cell.name}"))
+    print(f"fewshot: {cell.name}: {meta['train']} train texts, {meta['classes']} classes", flush=True)
+    pipeline = run_pipeline(config, ARMS[arm], cell / "store")
+    m = pipeline["metrics"]
+    result = {
+        "cell": cell.name,
+        "dataset": dataset,
+        "shots": shots,
+        "seed": seed,
+        "arm": arm,
+        **meta,
+        "config": {k: v for k, v in draft.raw.items() if k in ("model", "train")},
+        "test_accuracy": 100 * m["test/accuracy"],
+        "test_f1_macro": 100 * m.get("test/f1_macro", float("nan")),
+        "fewshot": {k: v for k, v in m.items() if k.startswith("fewshot/")},
+        "epochs": m.get("fit/epochs_trained"),
+        "wall_min": pipeline["wall"]["flow_s"] / 60,
+        "peak_rss_mb": pipeline["peak_rss_mb"],
+    }
+    done.write_text(json.dumps(result, indent=2))
+    print(
+        f"fewshot: {cell.name}: test accuracy {result['test_accuracy']:.2f}, {result['wall_min']:.1f} min",
+        flush=True,
+    )
+    return result
+
+
+def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per data set and shot count: medians of both arms, the gain, the published figure."""
+    rows = []
+    cells = sorted({(r["dataset"], r["shots"]) for r in results})
+    for dataset, shots in cells:
+        by = {
+            arm: [r for r in results if (r["dataset"], r["shots"], r["arm"]) == (dataset, shots, arm)]
+            for arm in ARMS
+        }
+        if not all(by.values()):
+            continue
+        med = {arm: statistics.median(r["test_accuracy"] for r in rs) for arm, rs in by.items()}
+        wall = {arm: statistics.median(r["wall_min"] for r in rs) for arm, rs in by.items()}
+        published = PUBLISHED.get((dataset, shots))
+        rows.append(
+            {
+                "what": f"few-shot mode vs fine-tuning, {dataset} {shots} per class: test accuracy (median)",
+                "result": f"fewshot {med['fewshot']:.2f} vs finetune {med['finetune']:.2f} "
+                f"({med['fewshot'] - med['finetune']:+.2f} pt; "
+                f"{wall['fewshot']:.1f} vs {wall['finetune']:.1f} min)",
+                "target": ">= 5 pt above fine-tuning"
+                + (f" and >= {published} (USE+ConveRT, Casanueva et al. 2020)" if published else ""),
+                "data": f"{dataset}: {shots} train texts per class drawn per seed "
+                f"({', '.join(str(r['seed']) for r in by['fewshot'])}), official test split; drafted config "
+                "(tuneflow init), bundled MiniLM-L6",
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench fewshot", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", choices=list(SHOTS), default=list(SHOTS))
+    parser.add_argument("--shots", nargs="+", type=int, help="per class (default: each data set's three)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--keep", type=Path, default=Path("/tmp/tuneflow-fewshot"), help="cell cache")
+    args = parser.parse_args(argv)
+    results = []
+    for dataset in args.data:
+        for shots in args.shots or SHOTS[dataset]:
+            for seed in args.seeds:
+                for arm in args.arms:
+                    results.append(run_cell(dataset, shots, seed, arm, args.keep))
+    results += keep_earlier("fewshot", results, "cell")  # earlier cells not rerun this time stay
+    payload = {"results": results, "rows": rows_for(results)}
+    print(f"wrote {write_result('fewshot', payload)} and {write_table()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Few-shot mode (``fewshot``): SetFit's contrastive phase and head before the usual fine-tune.
+
+With ten examples per class a fresh linear head trained by cross-entropy has little to go on, and its
+gradients reshape the encoder from a random start. SetFit (Tunstall et al., 2022, "Efficient Few-Shot
+Learning Without Prompts") first tunes the sentence encoder on pairs of the train texts (same label: cosine
+similarity 1, different labels: 0; :func:`sample_pairs`), which multiplies what ten examples teach
+(2 x iterations pairs per example), then fits a logistic regression on the tuned embeddings. Here that
+regression becomes the model's own linear head (:func:`fit_head`), so the model is the usual
+mean-pooled classifier (:mod:`tuneflow.backbone.pooling`): export, calibration, out-of-scope detection,
+serving and promotion are unchanged, and ``train`` fine-tunes from that start as it would from any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from tuneflow.backbone.pooling import mean_pool
+from tuneflow.config import PipelineConfig
+from tuneflow.data.encoding import EncodedData, LengthGroupedBatches
+
+
+def label_sets(labels: Sequence[Any]) -> list[tuple[int, ...]]:
+    """Each example's labels as class indices: a class id (single-label) or a 0/1 row (multi-label)."""
+    return [
+        tuple(int(j) for j in np.flatnonzero(np.asarray(y) > 0.5))
+        if isinstance(y, list | tuple | np.ndarray)
+        else (int(y),)
+        for y in labels
+    ]
+
+
+def median_per_class(labels: Sequence[Any]) -> float:
+    """Train examples in the median class (a multi-label example counts for each of its labels)."""
+    counts: dict[int, int] = {}
+    for labels_of_one in label_sets(labels):
+        for label in labels_of_one:
+            counts[label] = counts.get(label, 0) + 1
+    return float(statistics.median(counts.values())) if counts else 0.0
+
+
+def fewshot_active(cfg: PipelineConfig, data: EncodedData) -> bool:
+    """Whether this fit starts with the few-shot phases: ``fewshot.enabled``, or for ``auto`` single-label
+    data whose median class has at most ``fewshot.max_per_class`` train examples, on a mean-pooled
+    classifier without LoRA, on one device."""
+    enabled, tcfg = cfg.fewshot.enabled, cfg.train
+    if enabled != "auto":
+        return bool(enabled)
+    pooled = cfg.model.pooling == "mean" and cfg.model.lora is None and cfg.kind.training.mean_pooled_head
+    if data.train.labels and isinstance(data.train.labels[0], list | tuple | np.ndarray):
+        return False  # multi-label: not measured yet, so only on request (fewshot.enabled: true)
+    one_device = tcfg.num_nodes == 1 and str(tcfg.devices) == "1"  # the pair phase runs on one device
+    return pooled and one_device and median_per_class(data.train.labels) <= cfg.fewshot.max_per_class
+
+
+def sample_pairs(sets: list[tuple[int, ...]], iterations: int, seed: int) -> np.ndarray:
+    """SetFit's pairs: for every example, ``iterations`` times, one partner with the same label (target 1)
+    and one without it (target 0).
+
+    A multi-label example draws one of its labels as the anchor each time. Examples alone in their class get
+    no positive partner; examples without labels get none at all. Returns rows ``(a, b, target)``.
+    """
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, np.ndarray] = {}
+    for i, labels in enumerate(sets):
+        for label in labels:
+            by_label.setdefault(label, []).append(i)  # type: ignore[attr-defined]
+    by_label = {k: np.asarray(v) for k, v in by_label.items()}
+    n, rows = len(sets), []
+    for _ in range(iterations):
+        for i, labels in enumerate(sets):
+            if not labels:
+                continue
+            anchor = labels[rng.integers(len(labels))]
+            same = by_label[anchor]
+            if len(same) > 1:
+                j = i
+                while j == i:
+                    j = int(same[rng.integers(len(same))])
+                rows.append((i, j, 1.0))
+            if len(same) < n:
+                k = int(rng.integers(n))
+                while anchor in sets[k]:  # terminates: some example lacks the anchor label
+                    k = int(rng.integers(n))
+                rows.append((i, k, 0.0))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def pair_iterations(examples: int, iterations: int, max_pairs: int) -> int:
+    """``fewshot.iterations``, fewer where 2 x iterations x examples would pass ``fewshot.max_pairs``."""
+    return max(1, min(iterations, max_pairs // (2 * max(examples, 1))))
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, ids: list[list[int]], pairs: np.ndarray):
+        self.ids, self.pairs = ids, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> tuple[list[int], list[int], float]:
+        a, b, target = self.pairs[k]
+        return self.ids[int(a)], self.ids[int(b)], float(target)
+
+
+@dataclass
+class _PadPairs:
+    """A batch of pairs as one encoder batch: the first halves, then the second halves, padded together."""
+
+    pad_id: int
+
+    def __call__(self, items: list[tuple[list[int], list[int], float]]) -> dict[str, torch.Tensor]:
+        texts = [a for a, _, _ in items] + [b for _, b, _ in items]
+        width = max(map(len, texts))
+        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.long)
+        for row, t in enumerate(texts):
+            ids[row, : len(t)] = torch.tensor(t)
+            mask[row, : len(t)] = 1
+        target = torch.tensor([t for _, _, t in items], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "target": target}
+
+
+class PairTuner(pl.LightningModule):
+    """The encoder on pairs: mean-pooled embeddings, squared error between their cosine similarity and the
+    target (sentence-transformers' CosineSimilarityLoss, SetFit's default)."""
+
+    def __init__(self, encoder: Any, lr: float, warmup_ratio: float):
+        super().__init__()
+        self.encoder, self.lr, self.warmup_ratio = encoder.train(), lr, warmup_ratio
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        first, second = mean_pool(out.last_hidden_state, batch["attention_mask"]).float().chunk(2)
+        cosine = torch.nn.functional.cosine_similarity(first, second)
+        loss = torch.nn.functional.mse_loss(cosine, batch["target"])
+        self.log("fewshot/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        from transformers import get_scheduler
+
+        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = get_scheduler(
+            "linear", optimizer, num_warmup_steps=int(self.warmup_ratio * total), num_training_steps=total
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# The last pair-tuned model's weights and facts, by what determines them: a search's trials share their
+# data, seed and fewshot settings (the space rarely searches these), so the pair phase runs once per process.
+_TUNED: dict[str, tuple[dict[str, torch.Tensor], FewShotFacts]] = {}
+
+
+def _tuned_key(cfg: PipelineConfig, data: EncodedData, precision: str) -> str:
+    """What the pair phase's result depends on: the model, its dropout, the fewshot settings, seed, warmup,
+    clipping, precision, and the train split's tokens and labels."""
+    t = cfg.train
+    h = hashlib.sha256(
+        json.dumps(
+            [
+                cfg.model.name,
+                cfg.model.dropout,
+                cfg.fewshot.model_dump(),
+                t.seed,
+                t.warmup_ratio,
+                t.grad_clip,
+            ],
+            default=str,
+        ).encode()
+    )
+    h.update(precision.encode())
+    for ids in data.train.ids:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    h.update(json.dumps(data.train.labels, default=float).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FewShotFacts:
+    """What the few-shot phases did (logged on the run as ``fewshot/*``)."""
+
+    pairs: int
+    steps: int
+    final_loss: float
+    head_train_accuracy: float
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        return {f"fewshot/{k}": float(v) for k, v in self.__dict__.items()}
+
+
+def tune_on_pairs(
+    model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, logger: Any = None
+) -> FewShotFacts:
+    """Both few-shot phases on ``model`` (a :class:`~tuneflow.backbone.pooling.MeanPooledClassifier`), in
+    place: the encoder on :func:`sample_pairs` of the train split, then :func:`fit_head`.
+
+    A second call with the same inputs in this process (the next trial of a search) loads the first one's
+    weights instead of training again. Either way the global seed is set again afterwards, so what follows
+    (dropout, shuffling) does not depend on which of the two happened.
+    """
+    key = _tuned_key(cfg, data, precision)
+    if key in _TUNED:
+        state, facts = _TUNED[key]
+        model.load_state_dict(state)
+        pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+        return facts
+    facts = _tune(model, data, cfg, precision, logger)
+    _TUNED.clear()  # one entry: a model's weights are large
+    _TUNED[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, facts)
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    return facts
+
+
+def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, logger: Any) -> FewShotFacts:
+    began, fcfg, tcfg = time.perf_counter(), cfg.fewshot, cfg.train
+    sets = label_sets(data.train.labels)
+    pairs = sample_pairs(sets, pair_iterations(len(sets), fcfg.iterations, fcfg.max_pairs), tcfg.seed)
+    ids = data.train.ids
+    # Both halves share the batch's width: pairs of similar longer halves batched together (shuffled in
+    # mega-batches, as the fine-tune's group_by_length) pad far less than random pairs.
+    longer = [max(len(ids[int(a)]), len(ids[int(b)])) for a, b, _ in pairs]
+    loader = torch.utils.data.DataLoader(
+        _Pairs(ids, pairs),
+        batch_sampler=LengthGroupedBatches(longer, fcfg.batch_size, tcfg.seed),
+        collate_fn=_PadPairs(data.tokenizer.pad_token_id or 0),
+    )
+    tuner = PairTuner(model.encoder, fcfg.lr, tcfg.warmup_ratio)
+    trainer = pl.Trainer(
+        accelerator=tcfg.accelerator,
+        devices=1,
+        precision=precision,
+        max_epochs=fcfg.epochs,
+        gradient_clip_val=tcfg.grad_clip,
+        logger=logger if logger is not None else False,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(tuner, train_dataloaders=loader)
+    loss = trainer.callback_metrics.get("fewshot/loss")
+    steps = trainer.global_step
+    del trainer, tuner
+    accuracy = fit_head(model, data, cfg.train.eval_batch_size, tcfg.seed)
+    return FewShotFacts(
+        pairs=len(pairs),
+        steps=steps,
+        final_loss=float(loss) if loss is not None else float("nan"),
+        head_train_accuracy=accuracy,
+        seconds=time.perf_counter() - began,
+    )
+
+
+def embed(model: Any, ids: list[list[int]], pad_id: int, batch_size: int) -> np.ndarray:
+    """Mean-pooled embeddings (eval mode, no dropout) of token-id lists, in their order."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(x) for x in ids])
+    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    pad = _PadPairs(pad_id)
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            idx = order[start : start + batch_size]
+            batch = pad([(ids[i], [], 0.0) for i in idx])  # second halves empty: one padded batch
+            mask = batch["attention_mask"][: len(idx)]
+            hidden = model.encoder(input_ids=batch["input_ids"][: len(idx)], attention_mask=mask)
+            out[idx] = mean_pool(hidden.last_hidden_state, mask).float().numpy()
+    model.train(was_training)
+    return out
+
+
+def fit_head(model: Any, data: EncodedData, batch_size: int, seed: int) -> float:
+    """SetFit's head: a logistic regression on the tuned encoder's train embeddings (one per label for
+    multi-label data), loaded into the model's linear head. Returns its train accuracy (exact-set accuracy
+    for multi-label)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = embed(model, data.train.ids, data.tokenizer.pad_token_id or 0, batch_size)
+    head = model.classifier
+    weight = np.zeros((head.out_features, x.shape[1]), dtype=np.float32)
+    bias = head.bias.detach().float().numpy().copy()
+    multi = isinstance(data.train.labels[0], list | tuple | np.ndarray)
+    if multi:
+        y = np.asarray(data.train.labels, dtype=float) > 0.5
+        for j in range(y.shape[1]):
+            if 0 < y[:, j].sum() < len(y):  # a label always or never present keeps its base-rate bias
+                lr = LogisticRegression(max_iter=1000, random_state=seed).fit(x, y[:, j])
+                weight[j], bias[j] = lr.coef_[0], lr.intercept_[0]
+        predicted = (x @ weight.T + bias) > 0
+        accuracy = float((predicted == y).all(axis=1).mean())
+    else:
+        y = np.asarray(data.train.labels)
+        lr = LogisticRegression(max_iter=1000, random_state=seed).fit(x, y)
+        if len(lr.classes_) == 2 and lr.coef_.shape[0] == 1:  # sklearn's binary form: one logit difference
+            weight[lr.classes_[1]], bias[lr.classes_[1]] = lr.coef_[0] / 2, lr.intercept_[0] / 2
+            weight[lr.classes_[0]], bias[lr.classes_[0]] = -lr.coef_[0] / 2, -lr.intercept_[0] / 2
+        else:
+            bias[:] = -1e4 if len(lr.classes_) < head.out_features else 0.0  # labels absent from train
+            weight[lr.classes_], bias[lr.classes_] = lr.coef_, lr.intercept_
+        accuracy = float((lr.predict(x) == y).mean())
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    return accuracy
