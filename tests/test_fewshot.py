@@ -119,7 +119,7 @@ def test_the_head_is_the_logistic_regression_on_the_encoder_embeddings(tiny_mode
     model.eval()
     with torch.no_grad():
         logits = model(**tok(texts, padding=True, return_tensors="pt")).logits.numpy()
-    x = embed(model, ids, tok.pad_token_id, 4)
+    x = embed(model, ids, tok, 4)
     np.testing.assert_allclose(
         logits,
         x @ model.classifier.weight.detach().numpy().T + model.classifier.bias.detach().numpy(),
@@ -152,7 +152,7 @@ def test_the_pair_phase_pulls_classes_apart_once_per_process(tiny_model: str) ->
     differ = ~np.equal.outer(labels, labels)
 
     def margin(model: MeanPooledClassifier) -> float:
-        x = fewshot.embed(model, ids, tok.pad_token_id, 8)
+        x = fewshot.embed(model, ids, tok, 8)
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         cos = x @ x.T
         return float(cos[same].mean() - cos[differ].mean())

@@ -29,14 +29,16 @@ from tuneflow.config import PipelineConfig
 from tuneflow.data.encoding import EncodedData, LengthGroupedBatches
 
 
+def is_multi_label(labels: Sequence[Any]) -> bool:
+    """Whether encoded labels are 0/1 rows (multi-label) rather than class ids."""
+    return bool(len(labels)) and isinstance(labels[0], list | tuple | np.ndarray)
+
+
 def label_sets(labels: Sequence[Any]) -> list[tuple[int, ...]]:
     """Each example's labels as class indices: a class id (single-label) or a 0/1 row (multi-label)."""
-    return [
-        tuple(int(j) for j in np.flatnonzero(np.asarray(y) > 0.5))
-        if isinstance(y, list | tuple | np.ndarray)
-        else (int(y),)
-        for y in labels
-    ]
+    if is_multi_label(labels):
+        return [tuple(int(j) for j in np.flatnonzero(np.asarray(y) > 0.5)) for y in labels]
+    return [(int(y),) for y in labels]
 
 
 def median_per_class(labels: Sequence[Any]) -> float:
@@ -56,7 +58,7 @@ def fewshot_active(cfg: PipelineConfig, data: EncodedData) -> bool:
     if enabled != "auto":
         return bool(enabled)
     pooled = cfg.model.pooling == "mean" and cfg.model.lora is None and cfg.kind.training.mean_pooled_head
-    if data.train.labels and isinstance(data.train.labels[0], list | tuple | np.ndarray):
+    if is_multi_label(data.train.labels):
         return False  # multi-label: not measured yet, so only on request (fewshot.enabled: true)
     one_device = tcfg.num_nodes == 1 and str(tcfg.devices) == "1"  # the pair phase runs on one device
     return pooled and one_device and median_per_class(data.train.labels) <= cfg.fewshot.max_per_class
@@ -116,18 +118,13 @@ class _Pairs(torch.utils.data.Dataset):
 class _PadPairs:
     """A batch of pairs as one encoder batch: the first halves, then the second halves, padded together."""
 
-    pad_id: int
+    tokenizer: Any
 
     def __call__(self, items: list[tuple[list[int], list[int], float]]) -> dict[str, torch.Tensor]:
         texts = [a for a, _, _ in items] + [b for _, b, _ in items]
-        width = max(map(len, texts))
-        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), width), dtype=torch.long)
-        for row, t in enumerate(texts):
-            ids[row, : len(t)] = torch.tensor(t)
-            mask[row, : len(t)] = 1
-        target = torch.tensor([t for _, _, t in items], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "target": target}
+        batch = dict(self.tokenizer.pad({"input_ids": texts}, return_tensors="pt"))
+        batch["target"] = torch.tensor([t for _, _, t in items], dtype=torch.float32)
+        return batch
 
 
 class PairTuner(pl.LightningModule):
@@ -235,7 +232,7 @@ def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, lo
     loader = torch.utils.data.DataLoader(
         _Pairs(ids, pairs),
         batch_sampler=LengthGroupedBatches(longer, fcfg.batch_size, tcfg.seed),
-        collate_fn=_PadPairs(data.tokenizer.pad_token_id or 0),
+        collate_fn=_PadPairs(data.tokenizer),
     )
     tuner = PairTuner(model.encoder, fcfg.lr, tcfg.warmup_ratio)
     trainer = pl.Trainer(
@@ -266,20 +263,18 @@ def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, lo
     )
 
 
-def embed(model: Any, ids: list[list[int]], pad_id: int, batch_size: int) -> np.ndarray:
+def embed(model: Any, ids: list[list[int]], tokenizer: Any, batch_size: int) -> np.ndarray:
     """Mean-pooled embeddings (eval mode, no dropout) of token-id lists, in their order."""
     was_training = model.training
     model.eval()
     order = np.argsort([len(x) for x in ids])
     out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-    pad = _PadPairs(pad_id)
     with torch.inference_mode():
         for start in range(0, len(ids), batch_size):
             idx = order[start : start + batch_size]
-            batch = pad([(ids[i], [], 0.0) for i in idx])  # second halves empty: one padded batch
-            mask = batch["attention_mask"][: len(idx)]
-            hidden = model.encoder(input_ids=batch["input_ids"][: len(idx)], attention_mask=mask)
-            out[idx] = mean_pool(hidden.last_hidden_state, mask).float().numpy()
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            hidden = model.encoder(**batch)
+            out[idx] = mean_pool(hidden.last_hidden_state, batch["attention_mask"]).float().numpy()
     model.train(was_training)
     return out
 
@@ -290,12 +285,11 @@ def fit_head(model: Any, data: EncodedData, batch_size: int, seed: int) -> float
     for multi-label)."""
     from sklearn.linear_model import LogisticRegression
 
-    x = embed(model, data.train.ids, data.tokenizer.pad_token_id or 0, batch_size)
+    x = embed(model, data.train.ids, data.tokenizer, batch_size)
     head = model.classifier
     weight = np.zeros((head.out_features, x.shape[1]), dtype=np.float32)
     bias = head.bias.detach().float().numpy().copy()
-    multi = isinstance(data.train.labels[0], list | tuple | np.ndarray)
-    if multi:
+    if is_multi_label(data.train.labels):
         y = np.asarray(data.train.labels, dtype=float) > 0.5
         for j in range(y.shape[1]):
             if 0 < y[:, j].sum() < len(y):  # a label always or never present keeps its base-rate bias
