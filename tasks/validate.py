@@ -11,8 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tuneflow import names
 from tuneflow.config import PipelineConfig
-from tuneflow.data.readers import LABEL
-from tuneflow.data.splits import content_columns, fingerprint
+from tuneflow.data.readers import LABEL, ROUND_PREFIX
+from tuneflow.data.splits import Splits, content_columns, fingerprint, round_lineage
 from tuneflow.data.validation import DataValidationError, ValidatedData, validate_dataset
 from tuneflow.faults import crash_point
 from tuneflow.fitting.model import load_tokenizer
@@ -24,6 +24,25 @@ def _flat(df: pd.DataFrame) -> pd.DataFrame:
     """The example columns with lists (tokens, tags, messages) as JSON text: MLflow datasets want scalars."""
     cols = content_columns(df)
     return df[cols].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
+
+
+def _log_rounds(run_id: str, cfg: PipelineConfig, splits: Splits) -> None:
+    """Lineage of the labelled rounds in train: each round an MLflow input of its own (context
+    ``train:ROUND``), its examples with file and line in ``data/rounds.csv``, their sizes in a tag."""
+    if not splits.rounds:
+        return
+    for name, df in splits.rounds.items():
+        tracking.log_dataset(
+            run_id,
+            _flat(df),
+            name=f"{cfg.name}-{name}",
+            source=splits.sources.get(ROUND_PREFIX + name, name),
+            context=f"train:{name}",
+            targets=LABEL if LABEL in df.columns else None,
+        )
+    tracking.log_text(run_id, round_lineage(splits).to_csv(index=False), "data/rounds.csv")
+    sizes = ", ".join(f"{name} ({len(df)})" for name, df in splits.rounds.items())
+    tracking.set_tags(run_id, {"tuneflow.labelled_rounds": sizes})
 
 
 @task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
@@ -65,6 +84,7 @@ def validate_data(cfg: PipelineConfig, run_id: str) -> ValidatedData:
             context=context,
             targets=LABEL if LABEL in df.columns else None,
         )
+    _log_rounds(run_id, cfg, splits)
     tracking.log_text(run_id, json.dumps({"labels": splits.labels}, indent=2), "validation/labels.json")
     # A sample of the training data travels with the run: the drift reference once this model is champion.
     n = min(cfg.retrain.reference_sample, len(splits.train))

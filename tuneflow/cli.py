@@ -256,40 +256,25 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def predict(
-    texts: Annotated[
-        list[str] | None,
-        typer.Argument(help="Texts to classify, tag or summarize; user messages for a chat model."),
-    ] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts; a chat model: user messages.")] = None,
     model: Annotated[
         str,
-        typer.Option(
-            help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/model; with --adapter: the base model "
-            "id or directory to put the adapter on."
-        ),
+        typer.Option(help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model; --adapter: its base."),
     ] = ...,
     adapter: Annotated[
-        str | None,
-        typer.Option(help="A registered LoRA adapter: NAME (its champion), NAME/VERSION or NAME@ALIAS."),
+        str | None, typer.Option(help="A registered LoRA adapter: NAME (champion), NAME/VERSION, NAME@A.")
     ] = None,
     input_file: Annotated[
-        Path | None,
-        typer.Option("--input", help="Score a file instead (CSV, TSV, JSONL or parquet); needs --output."),
+        Path | None, typer.Option("--input", help="Score a file (CSV, TSV, JSONL, parquet); needs --output.")
     ] = None,
     column: Annotated[str, typer.Option(help="The --input column holding the texts.")] = "text",
-    output: Annotated[
-        Path | None,
-        typer.Option(help="Where --input's predictions go (CSV: the input columns + predictions)."),
-    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Where --input's predictions go (CSV).")] = None,
     skip_empty: Annotated[
-        bool,
-        typer.Option(help="--input rows with an empty text get no prediction (default: refuse the file)."),
+        bool, typer.Option(help="--input rows with an empty text get no prediction (default: refuse).")
     ] = False,
     param: Annotated[
         list[str] | None,
-        typer.Option(
-            help="KEY=VALUE request setting, repeatable: a chat model's generation settings "
-            "(max_new_tokens=32, do_sample=true, temperature=0.7, top_p, num_beams)."
-        ),
+        typer.Option(help="KEY=VALUE, repeatable: chat models' max_new_tokens=32, do_sample=true, ..."),
     ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -317,14 +302,30 @@ def predict(
 
 
 @app.command()
+def label(
+    config: ConfigArg,
+    output: Annotated[Path, typer.Option(help="Where the picks go: .csv, or .json for Label Studio.")],
+    pool: Annotated[Path | None, typer.Option(help="Unlabelled texts: CSV, TSV, JSONL or parquet.")] = None,
+    column: Annotated[str, typer.Option(help="The --pool column holding the texts.")] = "text",
+    served: Annotated[Path | None, typer.Option(help="A served model's TUNEFLOW_REQUEST_LOG file.")] = None,
+    below: Annotated[float, typer.Option(min=0, max=1, help="--served answers scored below it count.")] = 0.5,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many texts to pick.")] = 100,
+    model: Annotated[str | None, typer.Option(help="The model that scores (default: the champion).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Write the N texts most worth labelling next (the model is unsure of them; varied) for data.labelled."""
+    cfg = terminal.load_config_or_exit(config, set_)
+    sources = {"pool": pool and (pool, column), "served": served and (served, below)}
+    summaries.print_round(terminal.labelling_round(cfg, output, n, sources, model, force), cfg, config)
+
+
+@app.command()
 def adapters(
     base: Annotated[str | None, typer.Option(help="Only adapters trained on this base model id.")] = None,
     bundle: Annotated[
         str | None,
-        typer.Option(
-            help="Register a model NAME serving every listed adapter (its champion, else newest version) on "
-            "one shared base; pick one per request with params={'adapter': NAME}."
-        ),
+        typer.Option(help="Register model NAME serving the adapters on one base (params={'adapter': A})."),
     ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:

@@ -325,3 +325,31 @@ def _json_cell(value: Any) -> Any:
     if isinstance(value, dict):
         return json.dumps(value, default=float)
     return json.dumps(list(value), default=float) if isinstance(value, list | tuple | np.ndarray) else value
+
+
+def print_round(result: Any, cfg: Any, config: Path) -> None:  # (a tuneflow.registry.labelling.Round)
+    """What ``tuneflow label`` picked, where it went, and how the round joins the next run."""
+    picks, out = result.picks, result.written[0]
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    served = f", {result.from_served} from the served log" if result.from_served else ""
+    console.print(
+        f"picked {len(picks)} of {result.candidates} candidate texts{served} "
+        f"({result.already_labelled} already in the data, skipped) -> {', '.join(map(str, result.written))}",
+        highlight=False,
+        markup=False,
+    )
+    for row in picks.head(3).to_dict("records"):
+        text = row["text"] if len(row["text"]) <= 70 else row["text"][:67] + "..."
+        console.print(f"  {text!r}: model guesses {row['suggested']} ({row['confidence']:.2f})", markup=False)
+    try:
+        listed = os.path.relpath(out.resolve(), config.resolve().parent)
+    except ValueError:  # another drive
+        listed = str(out.resolve())
+    fill = "label them in Label Studio, export CSV" if out.suffix == ".json" else "fill in"
+    console.print(
+        f"next: {fill} the '{cfg.data.label_column}' column, list the file in {config} under data.labelled "
+        f"(- {listed}), then: tuneflow run {config}  (or tuneflow retrain {config})",
+        highlight=False,
+        markup=False,
+    )

@@ -408,6 +408,26 @@ def load_scorer(model: str, adapter: str | None, params: dict[str, Any], trackin
         fail(str(exc), 4 if isinstance(exc, scoring.ModelUnloadable) else 2)
 
 
+def labelling_round(cfg: Any, output: Path, n: int, sources: dict[str, Any], model: str | None, force: bool) -> Any:
+    """``tuneflow label``: the request (exit 2) and the model's registry entry (exit 7 / 2) checked before
+    the model loads (exit 4); the round written (:func:`tuneflow.registry.labelling.plan_round`)."""
+    from tuneflow.registry import labelling, scoring
+
+    pool, served = sources.get("pool"), sources.get("served")
+    try:
+        labelling.check_request(output, pool and pool[0], served and served[0], force)
+    except labelling.LabellingError as exc:
+        fail(str(exc), 2)
+    uri = model or f"models:/{cfg.registered_model_name}@champion"
+    check_model_uri(uri, cfg.tracking.tracking_uri)
+    quiet_env()
+    use_store(cfg.tracking.tracking_uri)
+    try:
+        return labelling.plan_round(cfg, uri, output, n, pool, served)
+    except (labelling.LabellingError, scoring.ScoringError) as exc:
+        fail(str(exc), 4 if isinstance(exc, scoring.ModelUnloadable) else 2)
+
+
 def bundle_adapters(name: str, found: list[dict[str, Any]]) -> None:
     """``tuneflow adapters --bundle NAME``: register the adapters as one servable model (exit 4 when they
     do not share a base)."""

@@ -28,6 +28,7 @@ from tuneflow.config.data import (  # noqa: F401
     DataConfig,
     EvalSetSpec,
     FileSpec,
+    LabelledSpec,
     OOSConfig,
     ScopeMethod,
     ValidationConfig,

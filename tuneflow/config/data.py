@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -35,6 +37,24 @@ class EvalSetSpec(FileSpec):
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
         return check_name(v)
+
+
+class LabelledSpec(FileSpec):
+    """A file of examples labelled in one round (``tuneflow label``'s picks, labels filled in)."""
+
+    round: str | None = Field(
+        None, description="The round's name in MLflow's lineage (default: the file name without extension)."
+    )
+
+    @field_validator("round")
+    @classmethod
+    def _safe_round(cls, v: str | None) -> str | None:
+        return check_name(v)
+
+    @property
+    def round_name(self) -> str:
+        """``round``, or the file's name made safe (``labels/round 1.csv`` -> ``round-1``)."""
+        return self.round or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.path).stem).strip("-.") or "round"
 
 
 class DataConfig(_Section):
@@ -106,6 +126,15 @@ class DataConfig(_Section):
     max_train_examples: int | None = Field(
         None, gt=0, description="Stratified subsample of train to this many examples (quick experiments)."
     )
+    labelled: list[LabelledSpec] = Field(
+        default_factory=list,
+        description=(
+            "Labelling rounds: files of examples labelled later (tuneflow label writes them), in the train "
+            "file's columns. They are added to train after validation and test are split off, so every "
+            "round is evaluated on the same held-out data; each run logs which examples came from which "
+            "round (MLflow inputs and data/rounds.csv)."
+        ),
+    )
     extra_eval: list[EvalSetSpec] = Field(
         default_factory=list, description="Extra labelled sets evaluated separately (out-of-domain checks)."
     )
@@ -133,6 +162,12 @@ class DataConfig(_Section):
     def _source_given(self) -> DataConfig:
         if self.train is None and self.hub_dataset is None:
             raise ValueError("either data.train or data.hub_dataset must be set")
+        rounds = [spec.round_name for spec in self.labelled]
+        twice = sorted({r for r in rounds if rounds.count(r) > 1})
+        if twice:
+            raise ValueError(
+                f"data.labelled: round name(s) {', '.join(twice)} given twice; set round: to tell them apart"
+            )
         return self
 
 

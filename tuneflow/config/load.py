@@ -103,7 +103,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         names = Path(data["label_names"]).expanduser()
         data["label_names"] = str(names if names.is_absolute() else (base / names).resolve())
     specs = [data.get(s) for s in ("train", "validation", "test", "oos_validation", "oos_test")]
-    specs += list(data.get("extra_eval") or [])
+    if isinstance(data.get("labelled"), list):  # shorthand: `labelled: [labels/round1.csv, ...]`
+        data["labelled"] = [{"path": s} if isinstance(s, str) else s for s in data["labelled"]]
+    specs += list(data.get("extra_eval") or []) + list(data.get("labelled") or [])
     for spec in specs:
         if isinstance(spec, dict) and isinstance(spec.get("path"), str):
             p = Path(spec["path"]).expanduser()

@@ -54,6 +54,25 @@ class RawData:
     sources: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
+    def trained(self) -> pd.DataFrame:
+        """What the model trains on before validation/test are carved out: train and every labelled round
+        (their frames are named ``labelled:ROUND``)."""
+        parts = [df for name, df in self.frames.items() if name == "train" or is_round(name)]
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def train_source(self) -> str:
+        """Where train's examples come from, for messages about all of them (counts, label sets)."""
+        rounds = sum(is_round(name) for name in self.frames)
+        return self.sources.get("train", "train") + (f" + {rounds} labelled round(s)" if rounds else "")
+
+
+ROUND_PREFIX = "labelled:"
+
+
+def is_round(name: str) -> bool:
+    """Whether a frame name is a labelled round's (``data.labelled``)."""
+    return name.startswith(ROUND_PREFIX)
+
 
 def _infer_format(spec: FileSpec) -> str:
     if spec.format != "auto":
@@ -351,6 +370,7 @@ def load_raw(cfg: DataConfig, read: Reader, hub: bool = False, task: str = "") -
             )
     specs: dict[str, FileSpec] = {s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s) is not None}
     specs.update({f"extra:{e.name}": e for e in cfg.extra_eval})
+    specs.update({f"{ROUND_PREFIX}{spec.round_name}": spec for spec in cfg.labelled})
     for name, spec in specs.items():
         frame, problems = read(spec, cfg)
         raw.problems += problems

@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from tuneflow.config import DataConfig
-from tuneflow.data.readers import LABEL, LINE, TEXT, RawData, Reader, load_raw
+from tuneflow.data.readers import LABEL, LINE, ROUND_PREFIX, TEXT, RawData, Reader, is_round, load_raw
 
 
 def clean_text(series: pd.Series) -> pd.Series:
@@ -31,6 +31,8 @@ class Splits:
     extra: dict[str, pd.DataFrame]
     labels: list[str]
     sources: dict[str, str]
+    # The labelled rounds (data.labelled) by name, as read: already part of ``train``; kept for lineage.
+    rounds: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {"train": self.train, "validation": self.validation, "test": self.test, **self.extra}
@@ -59,11 +61,17 @@ LabelSet = Callable[[pd.DataFrame], list[str]]
 
 def split_dataset(raw: RawData, cfg: DataConfig, seed: int, label_set: LabelSet) -> Splits:
     """Clean the raw frames and carve missing validation/test splits out of train, stratified and seeded;
-    the label set is the task type's ``label_set`` of the train split."""
+    the label set is the task type's ``label_set`` of the train split.
+
+    Labelled rounds join train after the carving: validation and test stay the same examples whatever the
+    rounds add, so rounds are compared on one held-out set (and uncertainty-picked examples, which are
+    not a random sample, never become test data).
+    """
     frames = {
         name: df.assign(**{TEXT: clean_text(df[TEXT])}).reset_index(drop=True)
         for name, df in raw.frames.items()
     }
+    rounds = {name.removeprefix(ROUND_PREFIX): frames.pop(name) for name in list(frames) if is_round(name)}
     train = frames["train"]
     sources = dict(raw.sources)
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
@@ -76,10 +84,12 @@ def split_dataset(raw: RawData, cfg: DataConfig, seed: int, label_set: LabelSet)
         sources["validation"] = (
             f"{sources['train']} (stratified {cfg.validation_size:.0%} split, seed {seed + 1})"
         )
+    if rounds:
+        train = pd.concat([train, *rounds.values()], ignore_index=True)
     labels = label_set(train)
     extra = {name.split(":", 1)[1]: df for name, df in frames.items() if name.startswith("extra:")}
-    sources = {name.removeprefix("extra:"): src for name, src in sources.items()}
-    return Splits(train, frames["validation"], frames["test"], extra, labels, sources)
+    sources = {name.removeprefix("extra:"): src for name, src in sources.items()}  # rounds: labelled:NAME
+    return Splits(train, frames["validation"], frames["test"], extra, labels, sources, rounds)
 
 
 class DataChangedError(ValueError):
@@ -108,6 +118,18 @@ def load_splits(
             f"{'; '.join(gone)} -- the data changed after this run validated it; rerun once it is complete"
         )
     return split_dataset(raw, cfg, seed, label_set)
+
+
+def round_lineage(splits: Splits) -> pd.DataFrame:
+    """Which train examples came from which labelled round: ``round``, ``file``, ``line`` and the example
+    columns, one row per round example (empty without rounds)."""
+    parts = [
+        df.assign(round=name, file=splits.sources.get(ROUND_PREFIX + name, ""))
+        .rename(columns={LINE: "line"})
+        .loc[:, ["round", "file", "line", *content_columns(df)]]
+        for name, df in splits.rounds.items()
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["round", "file", "line"])
 
 
 def content_columns(df: pd.DataFrame) -> list[str]:

@@ -111,6 +111,8 @@ def validate_dataset(
     splits = split_dataset(raw, cfg.data, cfg.train.seed, task.data.label_set)
     duplicates_and_leakage(report, splits, cfg)
     report.stats = {f"rows_{n}": len(df) for n, df in splits.frames().items()}
+    if splits.rounds:  # part of rows_train: the labelled rounds' share of it
+        report.stats["rows_labelled"] = sum(len(df) for df in splits.rounds.values())
     report.errors += batch_problems(cfg, len(splits.train))
     if not report.ok:
         return report, None

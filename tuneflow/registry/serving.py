@@ -14,6 +14,7 @@ import pandas as pd
 
 from tuneflow.backbone.lora import AdapterMismatchError, add_adapter
 from tuneflow.fitting.export import load_base, load_predictor, read_meta
+from tuneflow.registry import requestlog
 from tuneflow.store.tracking import ADAPTER_PREFIX
 from tuneflow.tasktypes import task_type
 
@@ -29,11 +30,17 @@ class TuneflowModel(mlflow.pyfunc.PythonModel):
         model_dir = context.artifacts["model_dir"]
         self.task = task_type(read_meta(model_dir)["task"])
         self.predictor = load_predictor(model_dir)
+        self.request_log = requestlog.log_path()  # opt-in: None unless TUNEFLOW_REQUEST_LOG is set
 
     # The type hints are the signature: MLflow validates requests against them, so `{"inputs": [42]}` or a
     # wrong column is a 400 naming the problem, not a prediction. (A conversation is one JSON string.)
     def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-        return self.predictor.predict(self.task.serving.to_inputs(model_input))
+        answers = self.predictor.predict(self.task.serving.to_inputs(model_input))
+        if (
+            getattr(self, "request_log", None) is not None
+        ):  # (models unpickled from before the option lack it)
+            requestlog.append(self.request_log, list(model_input), answers, self.task.name)
+        return answers
 
 
 class GenerativeModel(TuneflowModel):

@@ -18,7 +18,17 @@ import pandas as pd
 from tuneflow import names
 from tuneflow.config import DEFAULT_MODEL, FEWSHOT_MAX_PER_CLASS, DataConfig, FileSpec, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadInputs, tokenize
-from tuneflow.data.readers import LABEL, LINE, TEXT, Problem, RawData, blank, read_columns, read_table
+from tuneflow.data.readers import (
+    LABEL,
+    LINE,
+    TEXT,
+    Problem,
+    RawData,
+    blank,
+    is_round,
+    read_columns,
+    read_table,
+)
 from tuneflow.data.splits import Splits
 from tuneflow.data.validation import (
     MAX_LINES_LISTED,
@@ -196,8 +206,8 @@ class ClassificationData(DataPart):
         return problems
 
     def check_against_train(self, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
-        counts = raw.frames["train"][LABEL].value_counts()
-        source, column = raw.sources["train"], cfg.data.label_column
+        counts = raw.trained()[LABEL].value_counts()
+        source, column = raw.train_source(), cfg.data.label_column
         minimum = cfg.validation.min_examples_per_class
         problems = count_problems(counts, "class(es)", minimum, source, column)
         problems += _subsample_problems(counts, raw, cfg)
@@ -205,7 +215,7 @@ class ClassificationData(DataPart):
         problems += scope_problems(cfg, {str(x) for x in known})
         for name, df in raw.frames.items():
             unseen = df[LABEL].notna() & ~df[LABEL].isin(known)
-            if name != "train" and unseen.any():
+            if name != "train" and not is_round(name) and unseen.any():
                 labels = ", ".join(repr(x) for x in sorted(df.loc[unseen, LABEL].unique())[:MAX_LINES_LISTED])
                 problems.append(
                     Problem(

@@ -32,6 +32,7 @@ from tuneflow.data.readers import (
     TEXT,
     Problem,
     RawData,
+    is_round,
     name_label,
     read_columns,
     read_label_names,
@@ -283,15 +284,15 @@ class MultiLabelData(DataPart):
         return problems
 
     def check_against_train(self, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
-        train = raw.frames["train"][LABELS].dropna()
+        train = raw.trained()[LABELS].dropna()
         counts = pd.Series([x for s in train for x in s], dtype=object).value_counts()
-        source, column = raw.sources["train"], cfg.data.label_column
+        source, column = raw.train_source(), cfg.data.label_column
         minimum = cfg.validation.min_examples_per_class
         problems = count_problems(counts, "label(s)", minimum, source, column)
         known = set(counts.index)
         for name, df in raw.frames.items():
             unseen = df[LABELS].map(lambda s: s is not None and bool(set(s) - known))
-            if name != "train" and unseen.any():
+            if name != "train" and not is_round(name) and unseen.any():
                 new = sorted({x for s in df.loc[unseen, LABELS] for x in s} - known)[:MAX_LINES_LISTED]
                 listed = ", ".join(map(repr, new))
                 problems.append(

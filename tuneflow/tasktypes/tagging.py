@@ -18,7 +18,7 @@ import pandas as pd
 
 from tuneflow.config import DEFAULT_MODEL, DataConfig, FileSpec, PipelineConfig
 from tuneflow.data.encoding import Encoded, EncodedData, PadSequences
-from tuneflow.data.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, read_tagged
+from tuneflow.data.readers import LINE, TAGS, TEXT, TOKENS, Problem, RawData, is_round, read_tagged
 from tuneflow.data.splits import Splits
 from tuneflow.data.validation import MAX_LINES_LISTED, ValidationReport, empty_inputs, warn_truncation
 from tuneflow.judging.evaluation import Gap, plot_confusion, save_table
@@ -268,10 +268,11 @@ class TaggingData(DataPart):
         return empty_inputs(name, source, df)
 
     def check_against_train(self, raw: RawData, cfg: PipelineConfig) -> list[Problem]:
-        known = {t for tags in raw.frames["train"][TAGS] for t in tags}
+        known = {t for tags in raw.trained()[TAGS] for t in tags}
         out: list[Problem] = []
         for name, df in raw.frames.items():
-            problems = check_tags(name, raw.sources[name], df, None if name == "train" else known)
+            trained = name == "train" or is_round(name)
+            problems = check_tags(name, raw.sources[name], df, None if trained else known)
             out += problems[:MAX_LINES_LISTED]
             if len(problems) > MAX_LINES_LISTED:
                 out.append(
