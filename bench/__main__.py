@@ -8,7 +8,8 @@ best flags: alternating rounds, or ``--suite tta`` time to accuracy), e2e (a who
 pipeline run), coldstart (fresh clone -> make demo), gpu (skipped without a GPU). ``python -m bench field``:
 the real CLI on every data set and edge shape (bench/field.py). ``python -m bench open_intents``: questions
 about intents the model was never taught (bench/open_intents.py). ``python -m bench fewshot``: few-shot mode
-against fine-tuning at 5-64 examples per class (bench/fewshot.py). Also: search_pruning and
+against fine-tuning at 5-64 examples per class (bench/fewshot.py). ``python -m bench label_loop``: the
+labelling loop against random labelling in simulated rounds (bench/label_loop.py). Also: search_pruning and
 lora_vs_full (their own modules: ``python -m bench.search_pruning`` ...).
 """
 
@@ -38,6 +39,11 @@ def main() -> None:
         from bench import fewshot
 
         fewshot.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["label_loop"]:  # its own options too (python -m bench label_loop --help)
+        from bench import label_loop
+
+        label_loop.main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["open_intents"]:  # its own options too (python -m bench open_intents --help)
         from bench import open_intents

@@ -175,3 +175,27 @@ def test_time_to_quality_plot_draws_each_arm_and_seed(tmp_path, monkeypatch):
     e2e_plot.main([])  # only results with curves
     assert [p.name for p in (tmp_path / "assets").iterdir()] == ["e2e-x.png"]
     assert (tmp_path / "assets" / "e2e-x.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_loop_reports_the_labels_the_loop_needs_to_reach_random_labelling(tmp_path):
+    """The headline: the labels at which the loop's curve first reaches random's final accuracy (interpolated
+    between rounds), as a share of random's final labels; never reached is reported, not hidden."""
+    import pandas as pd
+
+    from bench.label_loop import labels_to_reach, rows_for, write_start
+
+    assert labels_to_reach([(100, 50.0), (200, 70.0), (300, 80.0)], 75.0) == 250.0
+    assert labels_to_reach([(100, 80.0)], 75.0) == 100.0 and labels_to_reach([(100, 50.0)], 75.0) is None
+    results = [
+        {"dataset": "banking77", "seed": 0, "arm": arm, "labels": x, "test_accuracy": y}
+        for arm, curve in {
+            "loop": [(100, 50.0), (200, 80.0), (300, 85.0)],
+            "random": [(100, 50.0), (200, 70.0), (300, 80.0)],
+        }.items()
+        for x, y in curve
+    ]
+    (row,) = rows_for(results)
+    assert row["result"].startswith("67% of random's labels") and "85.00 vs 80.00" in row["result"]
+    pool, classes = write_start("banking77", 5, 0, tmp_path)
+    drawn = set(pd.read_csv(tmp_path / "train.csv")["text"])
+    assert classes == 77 and len(drawn) == 385 and not drawn & set(pool["text"])

@@ -146,7 +146,7 @@ def test_label_picks_from_a_pool_and_served_answers_then_the_round_trains_with_l
     assert [json.loads(line)["text"] for line in log.read_text().splitlines()] == asked
     monkeypatch.delenv(requestlog.ENV)
 
-    known = demo_rows("train")[0][0]  # already in the data: never offered
+    known = pd.read_csv(tmp_path / "train.csv")["text"][0]  # already in the data: never offered
     pool = write_csv(tmp_path / "pool.csv", [(t, "") for t in [known, "lost my wallet", "hello there", "hi"]])
     out = tmp_path / "round1.csv"
     args = ["label", str(cfg), "--pool", str(pool), "--served", str(log), "--below", "1.0", "--model", model]
@@ -155,7 +155,8 @@ def test_label_picks_from_a_pool_and_served_answers_then_the_round_trains_with_l
     picked = pd.read_csv(out, keep_default_na=False)
     assert list(picked.columns[:4]) == ["text", "intent", "suggested", "confidence"]
     assert len(picked) == 4 and known not in set(picked["text"]) and (picked["intent"] == "").all()
-    assert set(picked["source"]) <= {"pool", "served"} and "data.labelled" in " ".join(result.output.split())
+    assert set(picked["source"]) <= {"pool", "served"} and "labelled:" in result.output
+    assert "picked 4 of 4 candidates (1 from --pool, 3 from --served; 3 already in the data" in result.output
     again = CliRunner().invoke(app, [*args, "--output", str(out)])
     assert again.exit_code == 2 and "exists" in again.output  # a file being labelled is never overwritten
     studio = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "round1.json"), "-n", "2"])

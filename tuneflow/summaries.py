@@ -332,10 +332,14 @@ def print_round(result: Any, cfg: Any, config: Path) -> None:  # (a tuneflow.reg
     picks, out = result.picks, result.written[0]
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
-    served = f", {result.from_served} from the served log" if result.from_served else ""
+    origin = [
+        f"{n} from {flag}"
+        for n, flag in ((result.candidates - result.from_served, "--pool"), (result.from_served, "--served"))
+        if n
+    ]
     console.print(
-        f"picked {len(picks)} of {result.candidates} candidate texts{served} "
-        f"({result.already_labelled} already in the data, skipped) -> {', '.join(map(str, result.written))}",
+        f"picked {len(picks)} of {result.candidates} candidates ({', '.join(origin) or 'none'}; "
+        f"{result.already_labelled} already in the data, skipped) -> {', '.join(map(str, result.written))}",
         highlight=False,
         markup=False,
     )
@@ -346,10 +350,10 @@ def print_round(result: Any, cfg: Any, config: Path) -> None:  # (a tuneflow.reg
         listed = os.path.relpath(out.resolve(), config.resolve().parent)
     except ValueError:  # another drive
         listed = str(out.resolve())
-    fill = "label them in Label Studio, export CSV" if out.suffix == ".json" else "fill in"
+    fill = "label them in Label Studio and export CSV" if out.suffix == ".json" else "fill in"
     console.print(
-        f"next: {fill} the '{cfg.data.label_column}' column, list the file in {config} under data.labelled "
-        f"(- {listed}), then: tuneflow run {config}  (or tuneflow retrain {config})",
+        f"next: {fill} the '{cfg.data.label_column}' column, add the file to {config}:\n"
+        f"  data:\n    labelled:\n      - {listed}\nthen run: tuneflow retrain {config}  (or tuneflow run)",
         highlight=False,
         markup=False,
     )

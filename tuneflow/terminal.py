@@ -408,7 +408,9 @@ def load_scorer(model: str, adapter: str | None, params: dict[str, Any], trackin
         fail(str(exc), 4 if isinstance(exc, scoring.ModelUnloadable) else 2)
 
 
-def labelling_round(cfg: Any, output: Path, n: int, sources: dict[str, Any], model: str | None, force: bool) -> Any:
+def labelling_round(
+    cfg: Any, output: Path, n: int, sources: dict[str, Any], model: str | None, force: bool
+) -> Any:
     """``tuneflow label``: the request (exit 2) and the model's registry entry (exit 7 / 2) checked before
     the model loads (exit 4); the round written (:func:`tuneflow.registry.labelling.plan_round`)."""
     from tuneflow.registry import labelling, scoring

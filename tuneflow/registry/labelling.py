@@ -22,7 +22,7 @@ import pandas as pd
 
 from tuneflow.config import PipelineConfig
 from tuneflow.data.readers import TEXT
-from tuneflow.data.selection import STRATEGIES, Strategy, margins, pick
+from tuneflow.data.selection import PREFILTER, STRATEGIES, Strategy, margins, pick
 from tuneflow.data.validation import normalize
 from tuneflow.judging.calibration import softmax
 from tuneflow.registry import requestlog
@@ -111,10 +111,16 @@ def gather(frames: list[pd.DataFrame], known: set[str]) -> tuple[pd.DataFrame, i
     return frame[~seen].drop(columns="_key").reset_index(drop=True), int(seen.sum())
 
 
-def score(predictor: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities and mean-pooled sentence vectors of ``texts``."""
-    logits, feats = predictor.forward_kinds(texts, kinds=(FEATURES,))
-    return softmax(logits, predictor.temperature), feats[FEATURES]
+def probabilities(predictor: Any, texts: list[str]) -> np.ndarray:
+    """Calibrated class probabilities of ``texts`` (rows, labels)."""
+    if not texts:
+        return np.zeros((0, len(predictor.labels)))
+    return softmax(predictor.forward_kinds(texts)[0], predictor.temperature)
+
+
+def sentence_vectors(predictor: Any, texts: list[str]) -> np.ndarray:
+    """The mean-pooled sentence vector of each of ``texts`` (rows, hidden)."""
+    return predictor.forward_kinds(texts, kinds=(FEATURES,))[1][FEATURES]
 
 
 def load_classifier(model_uri: str, tmp: str) -> Any:
@@ -142,8 +148,15 @@ def choose(
     if strategy not in STRATEGIES:
         raise LabellingError(f"unknown strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
     texts = candidates[TEXT].tolist()
-    proba, feats = score(predictor, texts) if texts else (np.zeros((0, 2)), None)
-    rows = pick(proba, feats, n, seed, strategy)
+    proba = probabilities(predictor, texts)
+    if strategy == "uncertain-diverse" and len(texts) > n:
+        # Sentence vectors only for the prefiltered candidates: a pool of a million texts needs its
+        # probabilities (rows x labels), not a million vectors of 384 floats (1.5 GB).
+        kept = pick(proba, None, PREFILTER * n, strategy="uncertain")
+        vectors = sentence_vectors(predictor, [texts[i] for i in kept])
+        rows = kept[pick(proba[kept], vectors, n, seed, prefilter=PREFILTER)]
+    else:
+        rows = pick(proba, None, n, seed, strategy)
     chosen = proba[rows]
     return candidates.iloc[rows].assign(
         suggested=np.asarray(predictor.labels, dtype=object)[chosen.argmax(1)],
