@@ -157,6 +157,13 @@ def test_label_picks_from_a_pool_and_served_answers_then_the_round_trains_with_l
     assert len(picked) == 4 and known not in set(picked["text"]) and (picked["intent"] == "").all()
     assert set(picked["source"]) <= {"pool", "served"} and "labelled:" in result.output
     assert "picked 4 of 4 candidates (1 from --pool, 3 from --served; 3 already in the data" in result.output
+    only_known = write_csv(tmp_path / "known.csv", [(known, "")])
+    spent = CliRunner().invoke(
+        app, [*args[:2], "--pool", str(only_known), "--model", model, "--output", "x.csv"]
+    )
+    assert (
+        spent.exit_code == 2 and "already in the data" in spent.output and not (tmp_path / "x.csv").exists()
+    )
     again = CliRunner().invoke(app, [*args, "--output", str(out)])
     assert again.exit_code == 2 and "exists" in again.output  # a file being labelled is never overwritten
     studio = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "round1.json"), "-n", "2"])

@@ -286,6 +286,12 @@ def plan_round(
     if served is not None:
         frames.append(served_candidates(*served))
     candidates, known = gather(frames, labelled_texts(cfg))
+    if candidates.empty:
+        where = " and ".join(f for f, given in (("--pool", pool), ("--served", served)) if given)
+        raise LabellingError(
+            f"nothing to pick: every text of {where} is already in the data ({known} found there)"
+            + ("" if served is None else " or was answered confidently")
+        )
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_classifier(model_uri, tmp)
         picks = choose(predictor, candidates, n, seed)
