@@ -22,7 +22,7 @@ import pandas as pd
 
 from tuneflow.config import PipelineConfig
 from tuneflow.data.readers import TEXT
-from tuneflow.data.selection import PREFILTER, STRATEGIES, Strategy, margins, pick
+from tuneflow.data.selection import PREFILTER, Strategy, margins, pick
 from tuneflow.data.validation import normalize
 from tuneflow.judging.calibration import softmax
 from tuneflow.registry import requestlog
@@ -144,9 +144,8 @@ def load_classifier(model_uri: str, tmp: str) -> Any:
 def choose(
     predictor: Any, candidates: pd.DataFrame, n: int, seed: int = 0, strategy: Strategy = "uncertain-diverse"
 ) -> pd.DataFrame:
-    """The ``n`` candidates most worth labelling, most uncertain first, with the model's guess."""
-    if strategy not in STRATEGIES:
-        raise LabellingError(f"unknown strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
+    """The ``n`` candidates most worth labelling, most uncertain first, with the model's guess (an unknown
+    ``strategy`` is :func:`tuneflow.data.selection.pick`'s ValueError)."""
     texts = candidates[TEXT].tolist()
     proba = probabilities(predictor, texts)
     if strategy == "uncertain-diverse" and len(texts) > n:

@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from tuneflow.data.readers import TEXT
+
 ENV = "TUNEFLOW_REQUEST_LOG"
-TEXT = "text"
 _LOCK = threading.Lock()
 
 
