@@ -10,7 +10,14 @@ import pytest
 
 from tests.conftest import ROOT, make_config
 from tuneflow.config import ConfigError
-from tuneflow.fitting.fewshot import label_sets, median_per_class, pair_iterations, sample_pairs
+from tuneflow.fitting.fewshot import (
+    anchor_cap,
+    anchors,
+    label_sets,
+    median_per_class,
+    pair_iterations,
+    sample_pairs,
+)
 from tuneflow.tasktypes.resolve import load_config
 
 
@@ -29,6 +36,26 @@ def test_pairs_join_same_label_texts_as_similar_and_others_as_dissimilar() -> No
     # iterations, CLINC150's 1,275 get 11.
     assert pair_iterations(654, 20, 30000) == 20 and pair_iterations(1275, 20, 30000) == 11
     assert not np.array_equal(pairs, sample_pairs(sets, iterations=4, seed=2))
+
+
+def test_one_large_class_does_not_take_the_pair_budget() -> None:
+    """Skewed data: the large class anchors twice the median class's count per iteration, the small classes
+    all their examples; balanced data gets exactly the pairs it got without a cap."""
+    labels = [0] * 200 + [1] * 10 + [2] * 12 + [3] * 11
+    sets = label_sets(labels)
+    cap = anchor_cap(sets)
+    assert cap == 23 and anchors(sets, cap) == 23 + 10 + 12 + 11
+    pairs = sample_pairs(sets, iterations=5, seed=0, cap=cap)
+    anchored = pairs[:, 0].astype(int)
+    assert (np.asarray(labels)[anchored] == 0).sum() == 5 * 23 * 2  # a positive and a negative per anchor
+    assert len(set(anchored[anchored < 200].tolist())) > 23  # drawn anew each iteration
+    for small in (1, 2, 3):
+        members = [i for i, y in enumerate(labels) if y == small]
+        assert set(anchored.tolist()) >= set(members)  # every small-class example anchors
+    balanced = label_sets([c for c in range(6) for _ in range(9)])
+    cap = anchor_cap(balanced)
+    np.testing.assert_array_equal(sample_pairs(balanced, 4, 3, cap), sample_pairs(balanced, 4, 3))
+    assert anchor_cap(label_sets([[1.0, 1.0], [0.0, 1.0]])) is None  # multi-label: every example anchors
 
 
 def test_multi_label_pairs_share_the_anchor_label_or_lack_it() -> None:
@@ -68,8 +95,8 @@ def test_auto_turns_few_shot_on_for_small_classes_on_a_mean_pooled_classifier(ti
 
 
 def test_init_drafts_few_shot_mode_for_a_handful_of_examples_per_intent(tmp_path: Path) -> None:
-    """Intent-like data (10+ classes) with few examples per class gets the mean-pooled head, so auto turns
-    few-shot mode on; the same intents with many examples keep the [CLS] head."""
+    """The bundled model always gets the mean-pooled head it was trained for; with a handful of examples per
+    class (any number of classes) the drafted config says that auto turns few-shot mode on."""
     import random
 
     from tests.conftest import write_csv
@@ -77,17 +104,20 @@ def test_init_drafts_few_shot_mode_for_a_handful_of_examples_per_intent(tmp_path
 
     rng = random.Random(0)
     words = [f"w{i}" for i in range(40)]
-    for per_class, pooling in ((8, "mean"), (60, None)):
-        folder = tmp_path / str(per_class)
+    for classes, per_class, few in ((12, 8, True), (2, 8, True), (12, 60, False)):
+        folder = tmp_path / f"{classes}x{per_class}"
         folder.mkdir()
         rows = [
-            (" ".join(rng.choices(words, k=5)), f"intent_{c}") for c in range(12) for _ in range(per_class)
+            (" ".join(rng.choices(words, k=5)), f"intent_{c}")
+            for c in range(classes)
+            for _ in range(per_class)
         ]
         write_csv(folder / "train.csv", rows, header=("text", "label"))
         cfg, draft = draft_config(folder)
-        assert draft.raw["model"].get("pooling") == pooling, per_class
-        if pooling:
-            assert "few-shot mode" in draft.comments["model.pooling"] and cfg.fewshot.enabled == "auto"
+        # The bundled sentence encoder always gets its own pooling; few-shot mode only with few examples.
+        assert draft.raw["model"]["pooling"] == "mean", (classes, per_class)
+        assert ("few-shot mode" in draft.comments["model.pooling"]) is few, (classes, per_class)
+        assert cfg.fewshot.enabled == "auto"
 
 
 def test_few_shot_settings_that_cannot_work_are_errors_naming_the_key() -> None:

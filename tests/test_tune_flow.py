@@ -136,14 +136,18 @@ def test_run_continues_from_the_best_trial_when_asked(
     tmp_path: Path, tiny_model: str, prefect_harness: None
 ) -> None:
     """search.final: continue with a final budget larger than the trials': the added epochs only, from the
-    best trial's weights."""
+    best trial's weights; a few-shot trial's pair phase is not run again, and the run still says the model
+    went through it."""
     from tuneflow.flows.finetune import finetune
 
     cfg_path = search_config(tmp_path, tiny_model, n_trials=1, pruner="none", max_epochs=1, final="continue")
-    result = finetune(str(cfg_path), ["train.max_epochs=3"])
+    few = ["model.pooling=mean", "fewshot.enabled=true", "fewshot.iterations=1"]
+    result = finetune(str(cfg_path), ["train.max_epochs=3", *few])
     client = MlflowClient(tracking_uri=tracking.configure(load_config(cfg_path).tracking.tracking_uri))
     parent = client.get_run(result.run_id)
     assert parent.data.tags["tuneflow.final"].startswith("continue: trial 0's weights + 2 epoch(s)")
+    assert parent.data.tags["tuneflow.fewshot"] == "True" and parent.data.metrics["fewshot/pairs"] > 0
+    assert not client.get_metric_history(result.run_id, "fewshot/loss")  # the trial's curve, not this run's
     assert result.fit.epochs == 2 and parent.data.params["train.max_epochs"] == "3"
     assert result.model.version == "1"
 

@@ -282,7 +282,9 @@ class FewShotConfig(_Section):
         le=200,
         description=(
             "Pairs drawn per train example and per kind, SetFit's num_iterations: each example gets this "
-            "many same-label and as many different-label partners (2 x iterations x examples pairs)."
+            "many same-label and as many different-label partners (2 x iterations x examples pairs); a class "
+            "anchors at most twice the median class's count per iteration (single-label), so one large "
+            "class does not take the pairs."
         ),
     )
     max_pairs: int = Field(

@@ -64,23 +64,53 @@ def fewshot_active(cfg: PipelineConfig, data: EncodedData) -> bool:
     return pooled and one_device and median_per_class(data.train.labels) <= cfg.fewshot.max_per_class
 
 
-def sample_pairs(sets: list[tuple[int, ...]], iterations: int, seed: int) -> np.ndarray:
+def anchor_cap(sets: list[tuple[int, ...]]) -> int | None:
+    """How many examples of one class anchor pairs per iteration: twice the median class's count, for
+    single-label data (None: multi-label, every example anchors).
+
+    SetFit draws pairs per example, so on skewed data (one class 95 % of the rows) nearly every pair is spent
+    on the large class and the pair budget (``fewshot.max_pairs``) on what the model already separates; a
+    class-balanced budget spends it on the small classes few-shot mode is for. Balanced data, where no class
+    has twice the median, is unaffected.
+    """
+    if not sets or any(len(labels) != 1 for labels in sets):
+        return None
+    return max(1, int(2 * median_per_class([labels[0] for labels in sets])))
+
+
+def anchors(sets: list[tuple[int, ...]], cap: int | None) -> int:
+    """Examples that anchor pairs in one iteration of :func:`sample_pairs` (what ``max_pairs`` divides)."""
+    counts: dict[int, int] = {}
+    for labels in sets:
+        if labels:
+            counts[labels[0]] = counts.get(labels[0], 0) + 1
+    return sum(counts.values()) if cap is None else sum(min(c, cap) for c in counts.values())
+
+
+def sample_pairs(
+    sets: list[tuple[int, ...]], iterations: int, seed: int, cap: int | None = None
+) -> np.ndarray:
     """SetFit's pairs: for every example, ``iterations`` times, one partner with the same label (target 1)
     and one without it (target 0).
 
     A multi-label example draws one of its labels as the anchor each time. Examples alone in their class get
-    no positive partner; examples without labels get none at all. Returns rows ``(a, b, target)``.
+    no positive partner; examples without labels get none at all. ``cap`` (:func:`anchor_cap`, single-label):
+    a class with more examples anchors ``cap`` of them per iteration, drawn anew each time from a stream of
+    its own, so that without such a class the pairs are exactly those of no cap. Returns rows ``(a, b,
+    target)``.
     """
-    rng = np.random.default_rng(seed)
+    rng, thin = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     by_label: dict[int, np.ndarray] = {}
     for i, labels in enumerate(sets):
         for label in labels:
             by_label.setdefault(label, []).append(i)  # type: ignore[attr-defined]
     by_label = {k: np.asarray(v) for k, v in by_label.items()}
+    large = {k: v for k, v in by_label.items() if cap is not None and len(v) > cap}
     n, rows = len(sets), []
     for _ in range(iterations):
+        skip = {int(i) for v in large.values() for i in np.setdiff1d(v, thin.choice(v, cap, replace=False))}
         for i, labels in enumerate(sets):
-            if not labels:
+            if not labels or i in skip:
                 continue
             anchor = labels[rng.integers(len(labels))]
             same = by_label[anchor]
@@ -224,7 +254,9 @@ def tune_on_pairs(
 def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, logger: Any) -> FewShotFacts:
     began, fcfg, tcfg = time.perf_counter(), cfg.fewshot, cfg.train
     sets = label_sets(data.train.labels)
-    pairs = sample_pairs(sets, pair_iterations(len(sets), fcfg.iterations, fcfg.max_pairs), tcfg.seed)
+    cap = anchor_cap(sets)
+    iterations = pair_iterations(anchors(sets, cap), fcfg.iterations, fcfg.max_pairs)
+    pairs = sample_pairs(sets, iterations, tcfg.seed, cap)
     ids = data.train.ids
     # Both halves share the batch's width: pairs of similar longer halves batched together (shuffled in
     # mega-batches, as the fine-tune's group_by_length) pad far less than random pairs.

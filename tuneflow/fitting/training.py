@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -411,7 +411,7 @@ def _final_fit(
         assert start is not None
         added = {"train.max_epochs": start.added_epochs, "train.min_epochs": 1}
         fit_cfg, init_from = apply_params(cfg, added), start.checkpoint
-    return fit(
+    result = fit(
         fit_cfg,
         data,
         out_dir,
@@ -420,6 +420,11 @@ def _final_fit(
         callbacks=[CrashPoint("train")],
         init_from=init_from,
     )
+    if init_from and result.fewshot is None:
+        # Continued from the best trial's weights: its few-shot phases are this model's too.
+        trial = json.loads(Path(init_from).with_suffix(".json").read_text())
+        result = replace(result, fewshot=trial.get("fewshot"))
+    return result
 
 
 def _timing(seconds: dict[str, float]) -> dict[str, float]:
