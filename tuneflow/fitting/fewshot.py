@@ -41,12 +41,18 @@ def label_sets(labels: Sequence[Any]) -> list[tuple[int, ...]]:
     return [(int(y),) for y in labels]
 
 
-def median_per_class(labels: Sequence[Any]) -> float:
-    """Train examples in the median class (a multi-label example counts for each of its labels)."""
+def class_counts(sets: list[tuple[int, ...]]) -> dict[int, int]:
+    """Examples per class (a multi-label example counts for each of its labels)."""
     counts: dict[int, int] = {}
-    for labels_of_one in label_sets(labels):
+    for labels_of_one in sets:
         for label in labels_of_one:
             counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def median_per_class(labels: Sequence[Any]) -> float:
+    """Train examples in the median class (a multi-label example counts for each of its labels)."""
+    counts = class_counts(label_sets(labels))
     return float(statistics.median(counts.values())) if counts else 0.0
 
 
@@ -75,16 +81,14 @@ def anchor_cap(sets: list[tuple[int, ...]]) -> int | None:
     """
     if not sets or any(len(labels) != 1 for labels in sets):
         return None
-    return max(1, int(2 * median_per_class([labels[0] for labels in sets])))
+    return max(1, int(2 * statistics.median(class_counts(sets).values())))
 
 
 def anchors(sets: list[tuple[int, ...]], cap: int | None) -> int:
     """Examples that anchor pairs in one iteration of :func:`sample_pairs` (what ``max_pairs`` divides)."""
-    counts: dict[int, int] = {}
-    for labels in sets:
-        if labels:
-            counts[labels[0]] = counts.get(labels[0], 0) + 1
-    return sum(counts.values()) if cap is None else sum(min(c, cap) for c in counts.values())
+    if cap is None:
+        return sum(1 for labels in sets if labels)
+    return sum(min(c, cap) for c in class_counts(sets).values())  # single-label: one class per example
 
 
 def sample_pairs(
