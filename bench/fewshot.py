@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.common import keep_earlier, write_result, write_table
+from bench.common import keep_earlier, machine_info, write_result, write_table
 from bench.pipeline import run_pipeline
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -113,6 +113,30 @@ def run_cell(dataset: str, shots: int, seed: int, arm: str, keep: Path) -> dict[
     return result
 
 
+def machines(results: list[dict[str, Any]]) -> str:
+    """Where a row's draws ran, when not all on one CPU (the machine column shows the latest run's)."""
+    here = None
+    seeds: dict[str, set[int]] = {}
+    for r in results:
+        cpu = r.get("machine", {}).get("cpu")
+        if cpu is None:
+            here = here or machine_info()["cpu"]
+            cpu = here
+        seeds.setdefault(cpu, set()).add(r["seed"])
+    if len(seeds) < 2:
+        return ""
+    return "; draws " + " and ".join(
+        f"{', '.join(map(str, sorted(s)))} on {cpu}" for cpu, s in sorted(seeds.items())
+    )
+
+
+def kept_machine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row whose draws all come from earlier runs shows their machine (the latest), not this run's."""
+    if not results or any("machine" not in r for r in results):
+        return {}
+    return {"machine": max((r["machine"] for r in results), key=lambda m: m["date"])}
+
+
 def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One row per data set and shot count: medians of both arms, the gain, the published figure."""
     rows = []
@@ -138,7 +162,8 @@ def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
                 + (f" and >= {published} (USE+ConveRT, Casanueva et al. 2020)" if published else ""),
                 "data": f"{dataset}: {shots} train texts per class drawn per seed "
                 f"({', '.join(str(r['seed']) for r in by['fewshot'])}), official test split; drafted config "
-                "(tuneflow init), bundled MiniLM-L6",
+                "(tuneflow init), bundled MiniLM-L6" + machines([r for rs in by.values() for r in rs]),
+                **kept_machine([r for rs in by.values() for r in rs]),
             }
         )
     return rows
