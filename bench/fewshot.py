@@ -12,7 +12,10 @@ default finetune and fewshot) run the real finetune flow on it:
 - ``cls``: the same with ``model.pooling: cls``, the [CLS] head that drafts had before (BANKING77's first
   10-shot ``finetune`` cells were drafted before ``init`` gave intent-like data mean pooling: they are this
   arm, relabelled; CLINC150's were already mean-pooled and reran to the same figures);
-- ``fewshot``: the drafted config with ``fewshot.enabled: true`` and ``model.pooling: mean``.
+- ``fewshot``: the drafted config with ``fewshot.enabled: true`` and ``model.pooling: mean`` (since
+  2026-12-07 its contrastive phase is the supervised contrastive loss, ``fewshot.loss: supcon``);
+- ``pairs``: the same with ``fewshot.loss: pairs``, SetFit's cosine pairs (the ``fewshot`` cells measured
+  before supcon became the default are this arm, relabelled).
 
 Reported: test accuracy (the registered model's top label, no fallback), median over the draws, beside the
 published 10-shot figures (Casanueva et al. 2020, "Efficient Intent Detection with Dual Sentence Encoders":
@@ -40,6 +43,7 @@ ARMS = {
     "finetune": ["fewshot.enabled=false"],
     "cls": ["fewshot.enabled=false", "model.pooling=cls"],
     "fewshot": ["fewshot.enabled=true", "model.pooling=mean"],
+    "pairs": ["fewshot.enabled=true", "model.pooling=mean", "fewshot.loss=pairs"],
 }
 
 
@@ -151,6 +155,7 @@ def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
         med = {arm: statistics.median(r["test_accuracy"] for r in rs) for arm, rs in by.items() if rs}
         wall = {arm: statistics.median(r["wall_min"] for r in rs) for arm, rs in by.items() if rs}
         cls = f"; [CLS] head {med['cls']:.2f}" if "cls" in med else ""
+        cls += f"; SetFit's pairs {med['pairs']:.2f}" if "pairs" in med else ""
         published = PUBLISHED.get((dataset, shots))
         rows.append(
             {

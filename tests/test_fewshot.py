@@ -13,10 +13,12 @@ from tuneflow.config import ConfigError
 from tuneflow.fitting.fewshot import (
     anchor_cap,
     anchors,
+    class_batches,
     label_sets,
     median_per_class,
     pair_iterations,
     sample_pairs,
+    supcon_loss,
 )
 from tuneflow.tasktypes.resolve import load_config
 
@@ -69,6 +71,42 @@ def test_multi_label_pairs_share_the_anchor_label_or_lack_it() -> None:
             assert shared  # a positive partner shares the drawn label
     assert 4 not in pairs[:, 0]  # a text without labels anchors nothing
     assert median_per_class([0, 0, 0, 1, 2, 2]) == 2.0
+
+
+def test_contrastive_batches_hold_every_example_once_per_iteration_with_a_positive() -> None:
+    from collections import Counter
+
+    labels = [c for c in range(77) for _ in range(8)] + [0]  # BANKING77-like: 77 classes of ~8
+    sets = label_sets(labels)
+    batches = class_batches(sets, iterations=3, texts=32, seed=0)
+    members = np.concatenate(batches)
+    assert sorted(Counter(members.tolist()).values()) == [3] * len(labels)  # each example, each iteration
+    for batch in batches:
+        per_class = Counter(labels[i] for i in batch)
+        assert min(per_class.values()) >= 2 and len(batch) <= 34  # 16 classes x 2, a third where one is left
+    assert all(np.array_equal(a, b) for a, b in zip(batches, class_batches(sets, 3, 32, 0), strict=True))
+    two = label_sets([0] * 7 + [1] * 7)  # two classes: few classes per batch, many examples of each
+    assert [len(b) for b in class_batches(two, 2, 32, 0)] == [14, 14]
+    skewed = label_sets([0] * 100 + [1] * 5 + [2] * 6 + [3] * 4)
+    cap = anchor_cap(skewed)
+    assert all(
+        sum(labels == 0 for labels in (skewed[i][0] for i in b)) <= cap
+        for b in class_batches(skewed, 5, 32, 0, cap)
+    )
+    assert pair_iterations(654, 20, 30000, texts_per_example=1) == 20
+    assert pair_iterations(4000, 20, 30000, texts_per_example=1) == 15  # 60,000 texts at most
+
+
+def test_supervised_contrastive_loss_is_low_when_classes_cluster() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    classes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    positive = classes[:, None] == classes[None, :]
+    clustered = torch.randn(4, 16).repeat_interleave(2, 0) + 0.01 * torch.randn(8, 16)
+    assert supcon_loss(clustered, positive) < 0.01 < 1.0 < supcon_loss(torch.randn(8, 16), positive)
+    alone = torch.eye(8, dtype=torch.bool)  # no example has a positive in the batch: nothing to learn
+    assert supcon_loss(clustered, alone) == 0
 
 
 def test_auto_turns_few_shot_on_for_small_classes_on_a_mean_pooled_classifier(tiny_model: str) -> None:
@@ -192,12 +230,22 @@ def test_the_pair_phase_pulls_classes_apart_once_per_process(tiny_model: str) ->
     before = margin(model)
     fewshot._TUNED.clear()
     facts = fewshot.tune_on_pairs(model, data, cfg, "32-true")
-    assert facts.pairs == 8 * 12 * 2 and facts.steps == 12 and margin(model) > before + 0.05
+    # supcon (the default): both classes in every batch of 32 texts, so one step per pass over the 12 texts
+    assert facts.texts == 8 * 12 and facts.steps == 8 and margin(model) > before + 0.05
     assert facts.head_train_accuracy == 1.0  # the regression head separates the two tuned classes
     again = MeanPooledClassifier.from_pretrained_encoder(tiny_model, 2)
     assert fewshot.tune_on_pairs(again, data, cfg, "32-true") == facts  # loaded, not trained again
     for (name, p), q in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+    pairs_cfg = load_config(
+        ROOT / "configs" / "demo.yaml",
+        [f"model.name={tiny_model}", "model.pooling=mean", "fewshot.lr=0.001", "fewshot.iterations=8"]
+        + ["fewshot.loss=pairs"],
+    )
+    torch.manual_seed(0)
+    setfit = MeanPooledClassifier.from_pretrained_encoder(tiny_model, 2)
+    facts = fewshot.tune_on_pairs(setfit, data, pairs_cfg, "32-true")  # other settings: trained, not loaded
+    assert facts.texts == 2 * (8 * 12 * 2) and facts.steps == 12 and margin(setfit) > before + 0.05
 
 
 @pytest.mark.integration
@@ -230,7 +278,7 @@ def test_a_few_shot_run_tunes_on_pairs_then_fine_tunes_registers_and_serves(
     assert run.data.tags["tuneflow.fewshot"] == "True"
     facts = run.data.metrics
     assert (
-        facts["fewshot/pairs"] > 0
+        facts["fewshot/texts"] > 0
         and facts["fewshot/steps"] > 0
         and 0 <= facts["fewshot/head_train_accuracy"] <= 1
     )

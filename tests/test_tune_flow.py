@@ -146,7 +146,7 @@ def test_run_continues_from_the_best_trial_when_asked(
     client = MlflowClient(tracking_uri=tracking.configure(load_config(cfg_path).tracking.tracking_uri))
     parent = client.get_run(result.run_id)
     assert parent.data.tags["tuneflow.final"].startswith("continue: trial 0's weights + 2 epoch(s)")
-    assert parent.data.tags["tuneflow.fewshot"] == "True" and parent.data.metrics["fewshot/pairs"] > 0
+    assert parent.data.tags["tuneflow.fewshot"] == "True" and parent.data.metrics["fewshot/texts"] > 0
     assert not client.get_metric_history(result.run_id, "fewshot/loss")  # the trial's curve, not this run's
     assert result.fit.epochs == 2 and parent.data.params["train.max_epochs"] == "3"
     assert result.model.version == "1"

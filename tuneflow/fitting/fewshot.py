@@ -131,9 +131,84 @@ def sample_pairs(
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
-def pair_iterations(examples: int, iterations: int, max_pairs: int) -> int:
-    """``fewshot.iterations``, fewer where 2 x iterations x examples would pass ``fewshot.max_pairs``."""
-    return max(1, min(iterations, max_pairs // (2 * max(examples, 1))))
+def pair_iterations(examples: int, iterations: int, max_pairs: int, texts_per_example: int = 4) -> int:
+    """``fewshot.iterations``, fewer where the texts encoded would pass those of ``fewshot.max_pairs`` pairs
+    (two each): an iteration encodes ``texts_per_example`` texts per example, 4 for pairs (two pairs of two),
+    1 for the supervised contrastive loss's batches (each example once)."""
+    return max(1, min(iterations, 2 * max_pairs // (texts_per_example * max(examples, 1))))
+
+
+def class_batches(
+    sets: list[tuple[int, ...]], iterations: int, texts: int, seed: int, cap: int | None = None
+) -> list[np.ndarray]:
+    """Batches for the supervised contrastive loss: every example (at most ``cap`` per class, as for pairs)
+    once per iteration, in batches of about ``texts`` examples drawn from few enough classes that each
+    class in a batch brings at least two (BANKING77: 16 intents x 2; two-class data: 2 x 16), so that every
+    example meets a positive and the batch's other classes as negatives.
+
+    A multi-label example joins the pool of one of its labels, drawn anew each iteration; examples without
+    labels join none. Returns the batches' example indices.
+    """
+    rng, thin = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    batches: list[np.ndarray] = []
+    for _ in range(iterations):
+        pools: dict[int, list[int]] = {}
+        for i, labels in enumerate(sets):
+            if labels:
+                pools.setdefault(labels[rng.integers(len(labels))], []).append(i)
+        for label, members in pools.items():
+            keep = members if cap is None or len(members) <= cap else thin.choice(members, cap, replace=False)
+            pools[label] = [int(i) for i in rng.permutation(keep)]
+        per_batch = max(2, min(len(pools), texts // 2))  # classes per batch
+        take = max(2, texts // per_batch)  # examples per class
+        while True:
+            live = [label for label, members in pools.items() if len(members) >= 2]
+            if len(live) < 2:
+                if live and batches:  # the last class's remainder joins the last batch rather than drop out
+                    batches[-1] = np.concatenate([batches[-1], pools[live[0]]])
+                break
+            batch: list[int] = []
+            for label in rng.choice(live, min(per_batch, len(live)), replace=False):
+                members = pools[int(label)]
+                n = len(members) if len(members) - take < 2 else take  # no lone example left behind
+                batch += members[-n:]
+                del members[-n:]
+            batches.append(np.asarray(batch))
+    return batches
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Each item is one whole batch of :func:`class_batches`: padded ids and which pairs share a label."""
+
+    def __init__(
+        self, ids: list[list[int]], sets: list[tuple[int, ...]], batches: list[np.ndarray], tok: Any
+    ):
+        self.ids, self.sets, self.batches, self.tokenizer = ids, sets, batches, tok
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        members = [int(i) for i in self.batches[k]]
+        batch = dict(self.tokenizer.pad({"input_ids": [self.ids[i] for i in members]}, return_tensors="pt"))
+        labels = [set(self.sets[i]) for i in members]
+        batch["positive"] = torch.tensor([[bool(a & b) for b in labels] for a in labels])
+        return batch
+
+
+def supcon_loss(z: torch.Tensor, positive: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., 2020) on cosine similarities x ``scale``: each example's
+    mean log-likelihood of its positives against every other example of the batch."""
+    z = torch.nn.functional.normalize(z, dim=-1)
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = (scale * z @ z.T).masked_fill(eye, float("-inf"))
+    log_p = (sim - torch.logsumexp(sim, dim=1, keepdim=True)).masked_fill(eye, 0.0)
+    positive = positive & ~eye
+    has = positive.any(1)  # an example whose positives all stayed out of the batch teaches nothing here
+    if not has.any():
+        return (z * 0.0).sum()  # a zero loss with a graph, not the NaN of an empty mean
+    per_example = (log_p * positive).sum(1) / positive.sum(1).clamp(min=1)
+    return -per_example[has].mean()
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -162,8 +237,9 @@ class _PadPairs:
 
 
 class PairTuner(pl.LightningModule):
-    """The encoder on pairs: mean-pooled embeddings, squared error between their cosine similarity and the
-    target (sentence-transformers' CosineSimilarityLoss, SetFit's default)."""
+    """The encoder on mean-pooled embeddings: batches of :func:`class_batches` with :func:`supcon_loss`, or
+    pairs with the squared error between their cosine similarity and the target (sentence-transformers'
+    CosineSimilarityLoss, SetFit's default)."""
 
     def __init__(self, encoder: Any, lr: float, warmup_ratio: float):
         super().__init__()
@@ -171,9 +247,13 @@ class PairTuner(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        first, second = mean_pool(out.last_hidden_state, batch["attention_mask"]).float().chunk(2)
-        cosine = torch.nn.functional.cosine_similarity(first, second)
-        loss = torch.nn.functional.mse_loss(cosine, batch["target"])
+        z = mean_pool(out.last_hidden_state, batch["attention_mask"]).float()
+        if "positive" in batch:
+            loss = supcon_loss(z, batch["positive"])
+        else:
+            first, second = z.chunk(2)
+            cosine = torch.nn.functional.cosine_similarity(first, second)
+            loss = torch.nn.functional.mse_loss(cosine, batch["target"])
         self.log("fewshot/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -222,7 +302,7 @@ def _tuned_key(cfg: PipelineConfig, data: EncodedData, precision: str) -> str:
 class FewShotFacts:
     """What the few-shot phases did (logged on the run as ``fewshot/*``)."""
 
-    pairs: int
+    texts: int
     steps: int
     final_loss: float
     head_train_accuracy: float
@@ -259,17 +339,24 @@ def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, lo
     began, fcfg, tcfg = time.perf_counter(), cfg.fewshot, cfg.train
     sets = label_sets(data.train.labels)
     cap = anchor_cap(sets)
-    iterations = pair_iterations(anchors(sets, cap), fcfg.iterations, fcfg.max_pairs)
-    pairs = sample_pairs(sets, iterations, tcfg.seed, cap)
-    ids = data.train.ids
-    # Both halves share the batch's width: pairs of similar longer halves batched together (shuffled in
-    # mega-batches, as the fine-tune's group_by_length) pad far less than random pairs.
-    longer = [max(len(ids[int(a)]), len(ids[int(b)])) for a, b, _ in pairs]
-    loader = torch.utils.data.DataLoader(
-        _Pairs(ids, pairs),
-        batch_sampler=LengthGroupedBatches(longer, fcfg.batch_size, tcfg.seed),
-        collate_fn=_PadPairs(data.tokenizer),
-    )
+    ids, supcon = data.train.ids, fcfg.loss == "supcon"
+    iterations = pair_iterations(anchors(sets, cap), fcfg.iterations, fcfg.max_pairs, 1 if supcon else 4)
+    if supcon:
+        # A batch encodes 2 x batch_size texts, as batch_size pairs do: the same time per step.
+        batches = class_batches(sets, iterations, 2 * fcfg.batch_size, tcfg.seed, cap)
+        texts = sum(len(b) for b in batches)
+        loader = torch.utils.data.DataLoader(_Batches(ids, sets, batches, data.tokenizer), batch_size=None)
+    else:
+        pairs = sample_pairs(sets, iterations, tcfg.seed, cap)
+        texts = 2 * len(pairs)
+        # Both halves share the batch's width: pairs of similar longer halves batched together (shuffled in
+        # mega-batches, as the fine-tune's group_by_length) pad far less than random pairs.
+        longer = [max(len(ids[int(a)]), len(ids[int(b)])) for a, b, _ in pairs]
+        loader = torch.utils.data.DataLoader(
+            _Pairs(ids, pairs),
+            batch_sampler=LengthGroupedBatches(longer, fcfg.batch_size, tcfg.seed),
+            collate_fn=_PadPairs(data.tokenizer),
+        )
     tuner = PairTuner(model.encoder, fcfg.lr, tcfg.warmup_ratio)
     trainer = pl.Trainer(
         accelerator=tcfg.accelerator,
@@ -291,7 +378,7 @@ def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, lo
     del trainer, tuner
     accuracy = fit_head(model, data, cfg.train.eval_batch_size, tcfg.seed)
     return FewShotFacts(
-        pairs=len(pairs),
+        texts=texts,
         steps=steps,
         final_loss=float(loss) if loss is not None else float("nan"),
         head_train_accuracy=accuracy,
