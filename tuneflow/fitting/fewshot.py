@@ -1,17 +1,22 @@
-"""Few-shot mode (``fewshot``): SetFit's contrastive phase and head before the usual fine-tune.
+"""Few-shot mode (``fewshot``): a contrastive phase and SetFit's head before the usual fine-tune.
 
 With ten examples per class a fresh linear head trained by cross-entropy has little to go on, and its
 gradients reshape the encoder from a random start. SetFit (Tunstall et al., 2022, "Efficient Few-Shot
 Learning Without Prompts") first tunes the sentence encoder on pairs of the train texts (same label: cosine
-similarity 1, different labels: 0; :func:`sample_pairs`), which multiplies what ten examples teach
-(2 x iterations pairs per example), then fits a logistic regression on the tuned embeddings. Here that
-regression becomes the model's own linear head (:func:`fit_head`), so the model is the usual
-mean-pooled classifier (:mod:`tuneflow.backbone.pooling`): export, calibration, out-of-scope detection,
-serving and promotion are unchanged, and ``train`` fine-tunes from that start as it would from any other.
+similarity 1, different labels: 0; :func:`sample_pairs`), then fits a logistic regression on the tuned
+embeddings. The default contrastive phase here is the supervised contrastive loss (Khosla et al., 2020;
+:func:`class_batches`, :func:`supcon_loss`) instead: each text against a batch of 30 others at once, its
+own class's pulled closer and the rest pushed away, rather than one partner at a time. On BANKING77 at 10
+per intent it made a better encoder for a logistic-regression head than SetFit's pairs (86.2 against 81.4;
+the pre-trained encoder alone gives 84.9) in a quarter of the time. The regression becomes the model's own
+linear head (:func:`fit_head`), so the model is the usual mean-pooled classifier
+(:mod:`tuneflow.backbone.pooling`): export, calibration, out-of-scope detection, serving and promotion are
+unchanged, and ``train`` fine-tunes from that start as it would from any other.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import statistics
@@ -190,7 +195,13 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         members = [int(i) for i in self.batches[k]]
-        batch = dict(self.tokenizer.pad({"input_ids": [self.ids[i] for i in members]}, return_tensors="pt"))
+        # Widths in steps of 8: these batches mix lengths (their classes decide them, not their lengths), and
+        # every distinct batch shape is a oneDNN kernel kept in its cache (+450 MB at BANKING77 10-shot).
+        batch = dict(
+            self.tokenizer.pad(
+                {"input_ids": [self.ids[i] for i in members]}, pad_to_multiple_of=8, return_tensors="pt"
+            )
+        )
         labels = [set(self.sets[i]) for i in members]
         batch["positive"] = torch.tensor([[bool(a & b) for b in labels] for a in labels])
         return batch
@@ -376,6 +387,7 @@ def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, lo
     loss = trainer.callback_metrics.get("fewshot/loss")
     steps = trainer.global_step
     del trainer, tuner
+    gc.collect()  # trainer and tuner reference each other: the optimizer's moments go now, not at a later collection
     accuracy = fit_head(model, data, cfg.train.eval_batch_size, tcfg.seed)
     return FewShotFacts(
         texts=texts,
