@@ -387,7 +387,7 @@ def _tune(model: Any, data: EncodedData, cfg: PipelineConfig, precision: str, lo
     loss = trainer.callback_metrics.get("fewshot/loss")
     steps = trainer.global_step
     del trainer, tuner
-    gc.collect()  # trainer and tuner reference each other: the optimizer's moments go now, not at a later collection
+    gc.collect()  # trainer and tuner reference each other: the optimizer moments go now
     accuracy = fit_head(model, data, cfg.train.eval_batch_size, tcfg.seed)
     return FewShotFacts(
         texts=texts,
