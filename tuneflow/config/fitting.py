@@ -262,9 +262,10 @@ FEWSHOT_MAX_PER_CLASS = 16
 
 class FewShotConfig(_Section):
     """Few-shot mode (sequence and multi-label classification, ``model.pooling: mean``): SetFit's recipe
-    (Tunstall et al., 2022) before the usual fine-tune. The encoder first learns from pairs of train texts
-    (same label: cosine similarity 1, different labels: 0), then the head starts as a logistic regression
-    fitted on the tuned encoder's embeddings, then ``train`` fine-tunes as usual from there."""
+    (Tunstall et al., 2022) before the usual fine-tune. The encoder first learns which train texts belong
+    together (``loss``: a supervised contrastive loss over batches of several classes, or SetFit's pairs),
+    then the head starts as a logistic regression fitted on the tuned encoder's embeddings, then ``train``
+    fine-tunes as usual from there."""
 
     enabled: bool | Literal["auto"] = Field(
         "auto",

@@ -172,7 +172,7 @@ class ClassificationData(DataPart):
                 "the mean of the token states, what this sentence encoder was trained to make meaningful"
                 + (
                     f"; {median:.0f} examples in the median class: few-shot mode (fewshot.enabled: auto) "
-                    "tunes the encoder on pairs of them before the fine-tune"
+                    "first pulls each class's examples together (a contrastive phase), then fine-tunes"
                     if few
                     else ""
                 ),
