@@ -157,6 +157,7 @@ def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
         cls = f"; [CLS] head {med['cls']:.2f}" if "cls" in med else ""
         cls += f"; SetFit's pairs {med['pairs']:.2f}" if "pairs" in med else ""
         published = PUBLISHED.get((dataset, shots))
+        cells = [r for rs in by.values() for r in rs]
         rows.append(
             {
                 "what": f"few-shot mode vs fine-tuning, {dataset} {shots} per class: test accuracy (median)",
@@ -167,8 +168,8 @@ def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
                 + (f" and >= {published} (USE+ConveRT, Casanueva et al. 2020)" if published else ""),
                 "data": f"{dataset}: {shots} train texts per class drawn per seed "
                 f"({', '.join(str(r['seed']) for r in by['fewshot'])}), official test split; drafted config "
-                "(tuneflow init), bundled MiniLM-L6" + machines([r for rs in by.values() for r in rs]),
-                **kept_machine([r for rs in by.values() for r in rs]),
+                "(tuneflow init), bundled MiniLM-L6" + machines(cells),
+                **kept_machine(cells),
             }
         )
     return rows

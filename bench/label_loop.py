@@ -56,7 +56,7 @@ def run_round(cell: Path, config: Path, rounds: list[Path]) -> dict[str, Any]:
     m, registered = pipeline["metrics"], pipeline["registered"]
     result = {
         "test_accuracy": 100 * m["test/accuracy"],
-        "fewshot": bool(m.get("fewshot/texts", m.get("fewshot/pairs"))),
+        "fewshot": bool(m.get("fewshot/texts")),
         "wall_min": pipeline["wall"]["flow_s"] / 60,
         "peak_rss_mb": pipeline["peak_rss_mb"],
         "model": f"models:/{registered['name']}/{registered['version']}",

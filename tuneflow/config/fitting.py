@@ -305,8 +305,8 @@ class FewShotConfig(_Section):
             "~8 min on 2 CPU cores. BANKING77 at 10 per intent: supcon 13,080 texts, pairs 52,320."
         ),
     )
-    epochs: int = Field(1, ge=1, le=20, description="Passes over the pairs.")
-    lr: float = Field(2e-5, gt=0, lt=1, description="Learning rate of the encoder on the pairs.")
+    epochs: int = Field(1, ge=1, le=20, description="Passes over the batches (or pairs) drawn.")
+    lr: float = Field(2e-5, gt=0, lt=1, description="Learning rate of the encoder in the contrastive phase.")
     batch_size: int = Field(
         16, ge=2, description="Pairs per step; supcon: twice as many texts per step, as for pairs."
     )
