@@ -283,5 +283,11 @@ def test_a_few_shot_run_tunes_on_pairs_then_fine_tunes_registers_and_serves(
         and 0 <= facts["fewshot/head_train_accuracy"] <= 1
     )
     assert len(client.get_metric_history(run_id, "fewshot/loss")) >= 1
+    # The fine-tune after the phases peaks at train.lr x fewshot.finetune_lr_scale, not at train.lr.
+    tuned = load_config(cfg)
+    peak = tuned.train.lr * tuned.fewshot.finetune_lr_scale
+    assert facts["fewshot/finetune_lr"] == pytest.approx(peak)
+    rates = [p.value for p in client.get_metric_history(run_id, "train/lr")]
+    assert rates and max(rates) == pytest.approx(peak, rel=1e-3)
     served = mlflow.pyfunc.load_model(f"models:/fewshot-intents/{result.model.version}")
     assert len(served.predict(["where is my parcel"])) == 1

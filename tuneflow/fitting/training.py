@@ -249,16 +249,20 @@ def _starting_weights(
     logger: Any,
 ) -> dict[str, float] | None:
     """Where training starts, unless it resumes: a checkpoint's weights (``init_from``), or the few-shot
-    phases on the pre-trained ones when they apply (returns their facts)."""
+    phases on the pre-trained ones when they apply (returns their facts). In few-shot mode the fine-tune
+    runs at ``train.lr x fewshot.finetune_lr_scale``, also when it continues a few-shot trial's weights."""
     if resume_from:
-        return None
+        return None  # the rate comes back with the optimizer and scheduler state of last.ckpt
+    facts = None
     if init_from:
         state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=not cfg.model.lora)
+    if not fewshot_active(cfg, data):
         return None
-    if fewshot_active(cfg, data):
-        return tune_on_pairs(module.model, data, cfg, resolve_precision(cfg.train), logger).metrics()
-    return None
+    if not init_from:
+        facts = tune_on_pairs(module.model, data, cfg, resolve_precision(cfg.train), logger).metrics()
+    module.hparams.lr = cfg.train.lr * cfg.fewshot.finetune_lr_scale
+    return None if facts is None else {**facts, "fewshot/finetune_lr": module.hparams.lr}
 
 
 def fit(
