@@ -15,7 +15,9 @@ default finetune and fewshot) run the real finetune flow on it:
 - ``fewshot``: the drafted config with ``fewshot.enabled: true`` and ``model.pooling: mean`` (since
   2026-12-07 its contrastive phase is the supervised contrastive loss, ``fewshot.loss: supcon``);
 - ``pairs``: the same with ``fewshot.loss: pairs``, SetFit's cosine pairs (the ``fewshot`` cells measured
-  before supcon became the default are this arm, relabelled).
+  before supcon became the default are this arm, relabelled);
+- ``fullrate``: ``fewshot`` with ``fewshot.finetune_lr_scale: 1``, the fine-tune after the phases at
+  ``train.lr`` itself (the default until 2026-12-08).
 
 Reported: test accuracy (the registered model's top label, no fallback), median over the draws, beside the
 published 10-shot figures (Casanueva et al. 2020, "Efficient Intent Detection with Dual Sentence Encoders":
@@ -44,6 +46,7 @@ ARMS = {
     "cls": ["fewshot.enabled=false", "model.pooling=cls"],
     "fewshot": ["fewshot.enabled=true", "model.pooling=mean"],
     "pairs": ["fewshot.enabled=true", "model.pooling=mean", "fewshot.loss=pairs"],
+    "fullrate": ["fewshot.enabled=true", "model.pooling=mean", "fewshot.finetune_lr_scale=1"],
 }
 
 
@@ -156,6 +159,7 @@ def rows_for(results: list[dict[str, Any]]) -> list[dict[str, str]]:
         wall = {arm: statistics.median(r["wall_min"] for r in rs) for arm, rs in by.items() if rs}
         cls = f"; [CLS] head {med['cls']:.2f}" if "cls" in med else ""
         cls += f"; SetFit's pairs {med['pairs']:.2f}" if "pairs" in med else ""
+        cls += f"; fine-tune at full train.lr {med['fullrate']:.2f}" if "fullrate" in med else ""
         published = PUBLISHED.get((dataset, shots))
         cells = [r for rs in by.values() for r in rs]
         rows.append(

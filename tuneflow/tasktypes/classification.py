@@ -172,7 +172,8 @@ class ClassificationData(DataPart):
                 "the mean of the token states, what this sentence encoder was trained to make meaningful"
                 + (
                     f"; {median:.0f} examples in the median class: few-shot mode (fewshot.enabled: auto) "
-                    "first pulls each class's examples together (a contrastive phase), then fine-tunes"
+                    "first pulls each class's examples together (a contrastive phase), then fine-tunes "
+                    "at train.lr x fewshot.finetune_lr_scale"
                     if few
                     else ""
                 ),
