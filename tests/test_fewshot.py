@@ -291,3 +291,33 @@ def test_a_few_shot_run_tunes_on_pairs_then_fine_tunes_registers_and_serves(
     assert rates and max(rates) == pytest.approx(peak, rel=1e-3)
     served = mlflow.pyfunc.load_model(f"models:/fewshot-intents/{result.model.version}")
     assert len(served.predict(["where is my parcel"])) == 1
+
+
+def test_continuing_a_few_shot_trial_fine_tunes_at_the_scaled_rate(tmp_path: Path, tiny_model: str) -> None:
+    """search.final: continue starts from a few-shot trial's weights: no second contrastive phase, and the
+    fine-tune at train.lr x fewshot.finetune_lr_scale as in the trial; without few-shot mode, train.lr."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tuneflow.data.encoding import Encoded, EncodedData, tokenize
+    from tuneflow.fitting import fewshot, training
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    texts = [f"where is my parcel {i}" for i in range(6)] + [f"cancel the order now {i}" for i in range(6)]
+    labels = [0] * 6 + [1] * 6
+    ids = tokenize(tok, texts, 32)
+    data = EncodedData(Encoded(ids, labels), Encoded(ids, labels), ["a", "b"], tok, 32, "x")
+    base = [f"model.name={tiny_model}", "model.pooling=mean", "train.lr=0.0001"]
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [*base, "fewshot.enabled=true"])
+    module, _ = training.build_module(cfg, data, cfg.kind)
+    ckpt = tmp_path / "trial.ckpt"
+    torch.save({"state_dict": module.state_dict()}, ckpt)
+    fewshot._TUNED.clear()
+    again, _ = training.build_module(cfg, data, cfg.kind)
+    assert training._starting_weights(again, cfg, data, str(ckpt), None, None) is None
+    assert again.hparams.lr == pytest.approx(1e-4 * cfg.fewshot.finetune_lr_scale)
+    assert not fewshot._TUNED  # the trial's weights went through the phases: they are not run again
+    off = load_config(ROOT / "configs" / "demo.yaml", [*base, "fewshot.enabled=false"])
+    plain, _ = training.build_module(off, data, off.kind)
+    training._starting_weights(plain, off, data, str(ckpt), None, None)
+    assert plain.hparams.lr == pytest.approx(1e-4)
