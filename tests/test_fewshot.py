@@ -4,6 +4,7 @@ through the real flow."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -197,21 +198,29 @@ def test_the_head_is_the_logistic_regression_on_the_encoder_embeddings(tiny_mode
     assert accuracy == pytest.approx(float((logits.argmax(-1) == np.array(labels)).mean()))
 
 
-def test_the_pair_phase_pulls_classes_apart_once_per_process(tiny_model: str) -> None:
-    """After the pair phase same-label texts are closer than different-label ones, by more than before;
-    a second call with the same inputs (a search's next trial) loads the result instead of training."""
-    import torch
+def _two_intents(tiny_model: str) -> tuple[Any, list[int], list[list[int]], Any]:
+    """Six texts of each of two intents, tokenized: (tokenizer, labels, ids, EncodedData with them as both
+    train and validation)."""
     from transformers import AutoTokenizer
 
-    from tuneflow.backbone.pooling import MeanPooledClassifier
     from tuneflow.data.encoding import Encoded, EncodedData, tokenize
-    from tuneflow.fitting import fewshot
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     texts = [f"where is my parcel {i}" for i in range(6)] + [f"cancel the order now {i}" for i in range(6)]
     labels = [0] * 6 + [1] * 6
     ids = tokenize(tok, texts, 32)
-    data = EncodedData(Encoded(ids, labels), Encoded(ids, labels), ["a", "b"], tok, 32, "x")
+    return tok, labels, ids, EncodedData(Encoded(ids, labels), Encoded(ids, labels), ["a", "b"], tok, 32, "x")
+
+
+def test_the_pair_phase_pulls_classes_apart_once_per_process(tiny_model: str) -> None:
+    """After the pair phase same-label texts are closer than different-label ones, by more than before;
+    a second call with the same inputs (a search's next trial) loads the result instead of training."""
+    import torch
+
+    from tuneflow.backbone.pooling import MeanPooledClassifier
+    from tuneflow.fitting import fewshot
+
+    tok, labels, ids, data = _two_intents(tiny_model)
     cfg = load_config(
         ROOT / "configs" / "demo.yaml",
         [f"model.name={tiny_model}", "model.pooling=mean", "fewshot.lr=0.001", "fewshot.iterations=8"],
@@ -297,16 +306,10 @@ def test_continuing_a_few_shot_trial_fine_tunes_at_the_scaled_rate(tmp_path: Pat
     """search.final: continue starts from a few-shot trial's weights: no second contrastive phase, and the
     fine-tune at train.lr x fewshot.finetune_lr_scale as in the trial; without few-shot mode, train.lr."""
     import torch
-    from transformers import AutoTokenizer
 
-    from tuneflow.data.encoding import Encoded, EncodedData, tokenize
     from tuneflow.fitting import fewshot, training
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    texts = [f"where is my parcel {i}" for i in range(6)] + [f"cancel the order now {i}" for i in range(6)]
-    labels = [0] * 6 + [1] * 6
-    ids = tokenize(tok, texts, 32)
-    data = EncodedData(Encoded(ids, labels), Encoded(ids, labels), ["a", "b"], tok, 32, "x")
+    tok, labels, ids, data = _two_intents(tiny_model)
     base = [f"model.name={tiny_model}", "model.pooling=mean", "train.lr=0.0001"]
     cfg = load_config(ROOT / "configs" / "demo.yaml", [*base, "fewshot.enabled=true"])
     module, _ = training.build_module(cfg, data, cfg.kind)

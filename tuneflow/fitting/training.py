@@ -253,16 +253,16 @@ def _starting_weights(
     runs at ``train.lr x fewshot.finetune_lr_scale``, also when it continues a few-shot trial's weights."""
     if resume_from:
         return None  # the rate comes back with the optimizer and scheduler state of last.ckpt
-    facts = None
     if init_from:
         state = torch.load(init_from, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=not cfg.model.lora)
     if not fewshot_active(cfg, data):
         return None
-    if not init_from:
-        facts = tune_on_pairs(module.model, data, cfg, resolve_precision(cfg.train), logger).metrics()
     module.hparams.lr = cfg.train.lr * cfg.fewshot.finetune_lr_scale
-    return None if facts is None else {**facts, "fewshot/finetune_lr": module.hparams.lr}
+    if init_from:
+        return None  # a few-shot trial's weights: they went through the phases already
+    facts = tune_on_pairs(module.model, data, cfg, resolve_precision(cfg.train), logger).metrics()
+    return {**facts, "fewshot/finetune_lr": module.hparams.lr}
 
 
 def fit(
